@@ -1,0 +1,104 @@
+"""The kopf handlers of the operator: thin wiring from Kubernetes events to :class:`Reconciler`.
+
+Started by ``kopf run --standalone --all-namespaces -m trainrun.controller.handlers`` (the operator
+Deployment, and the integration tests). Every handler ends in the same idempotent reconcile, so the
+order and number of triggers never matter: a TrainingRun's create/resume/update, an event of any child
+it owns (PyTorchJob, pods, uploader Job), and a periodic resync while the run is active. A daemon per
+active run follows its logs. Errors talking to the API are retried by kopf with a delay; a bad spec or
+a missing training-operator becomes a Stalled condition, never a crash loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from trainrun.controller.artifacts import ArtifactReader
+from trainrun.controller.logs import LogFollower
+from trainrun.controller.reconcile import Reconciler
+from trainrun.kube import KubeApi, KubeError
+from trainrun.render.children import RUN_LABEL
+from trainrun.spec import InvalidTrainingRun, load_training_run
+from trainrun.spec.model import GROUP, PLURAL, VERSION
+from trainrun.spec.status import Phase
+
+logger = logging.getLogger(__name__)
+
+RESYNC_SECONDS = 15.0
+RETRY_DELAY_SECONDS = 10
+_state: dict[str, Reconciler] = {}
+
+
+def reconciler() -> Reconciler:
+    """The process-wide reconciler, made on first use (after kopf's login)."""
+    if "reconciler" not in _state:
+        _state["reconciler"] = Reconciler(KubeApi())
+    return _state["reconciler"]
+
+
+def is_active(status: Mapping[str, Any], **_: Any) -> bool:
+    """Runs that can still change: no phase yet, or a phase that is not finished."""
+    phase = status.get("phase")
+    return phase is None or not Phase(phase).finished
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations, so status holds only what users read."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 120
+    settings.execution.max_workers = 16
+
+
+def _reconcile(body: Mapping[str, Any]) -> None:
+    try:
+        reconciler().reconcile(body)
+    except KubeError as error:
+        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_SECONDS) from error
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+def on_run_changed(body: kopf.Body, **_: Any) -> None:
+    """A run was created, changed, or found at start-up: converge it."""
+    _reconcile(body)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, when=is_active)
+def resync(body: kopf.Body, **_: Any) -> None:
+    """A periodic level-based check, so nothing depends on catching every event."""
+    _reconcile(body)
+
+
+@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={RUN_LABEL: kopf.PRESENT})
+@kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
+@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
+def on_child_event(labels: kopf.Labels, namespace: str, type: str | None, **_: Any) -> None:
+    """A child changed: converge its run right away instead of waiting for the resync."""
+    if type is None:  # the initial listing; the runs' own resume handlers cover it
+        return
+    try:
+        reconciler().reconcile_named(namespace, labels[RUN_LABEL])
+    except KubeError as error:
+        logger.warning("reconcile after a child event failed (the resync retries): %s", error)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, when=is_active, cancellation_timeout=30)
+def follow_logs(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
+    """Follow the replicas' logs while the run is active, then archive them next to the artifacts."""
+    try:
+        run = load_training_run(body)
+    except InvalidTrainingRun:
+        return  # the reconcile reports the problem; there is nothing to follow
+    api = reconciler().api
+    follower = LogFollower(api, run)
+    follower.follow(stopped)
+    ArtifactReader(api).archive_logs(run, follower.log_files())

@@ -1,0 +1,237 @@
+"""The only code that talks to the Kubernetes API server: apply, get, list, patch, delete, events, logs, watch.
+
+A thin typed facade over the official ``kubernetes`` client's dynamic client, so any kind (TrainingRun,
+PyTorchJob, Pod, Job, Event) is handled the same way and objects travel as plain dicts. Used by the
+operator's handlers, the log follower, and the cluster backend of ``trainrun.Client`` (and so the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+Object = dict[str, Any]
+DEFAULT_FIELD_MANAGER = "trainrun"
+
+
+class KubeError(RuntimeError):
+    """An API call that failed, with the server's own message."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class KindNotServed(KubeError):
+    """The cluster does not serve this kind (its CRD is not installed, e.g. no training-operator)."""
+
+
+def _error_from(error: ApiException, what: str) -> KubeError:
+    message = error.reason or "error"
+    try:
+        body = json.loads(error.body or "{}")
+        message = body.get("message") or message
+    except (TypeError, ValueError):
+        pass
+    return KubeError(f"{what}: {message}", status=error.status)
+
+
+def load_api_client(*, kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An API client from the in-cluster service account, else the kubeconfig (``$KUBECONFIG`` or ~/.kube/config)."""
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+    except (config.ConfigException, FileNotFoundError, OSError) as error:
+        raise KubeError(
+            f"cannot load a kubeconfig ({error}); set --kubeconfig or $KUBECONFIG, or use --local"
+        ) from None
+    return client.ApiClient(configuration)
+
+
+class KubeApi:
+    """Generic access to any kind, by apiVersion and kind, with objects as dicts."""
+
+    def __init__(self, *, kubeconfig: str | None = None, context: str | None = None) -> None:
+        self.api_client = load_api_client(kubeconfig=kubeconfig, context=context)
+        self._dynamic: DynamicClient | None = None
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        # Discovery costs requests: do it on first use, not at construction.
+        if self._dynamic is None:
+            self._dynamic = DynamicClient(self.api_client)
+        return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            # A CRD may have been installed since discovery was cached.
+            self.dynamic.resources.invalidate_cache()
+            try:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError:
+                raise KindNotServed(f"the cluster does not serve {kind} ({api_version}): is its CRD installed?") from None
+
+    def apply(self, obj: Object, *, field_manager: str = DEFAULT_FIELD_MANAGER, force: bool = True) -> Object:
+        """Server-side apply: create or update to exactly this intent, idempotently."""
+        metadata = obj["metadata"]
+        resource = self.resource(obj["apiVersion"], obj["kind"])
+        try:
+            result = self.dynamic.server_side_apply(
+                resource,
+                body=obj,
+                name=metadata["name"],
+                namespace=metadata.get("namespace"),
+                field_manager=field_manager,
+                force_conflicts=force,
+            )
+        except ApiException as error:
+            raise _error_from(error, f"apply {obj['kind']} {metadata['name']}") from None
+        return cast(Object, result.to_dict())
+
+    def create(self, obj: Object) -> Object:
+        """Create, or raise KubeError with status 409 when it exists."""
+        resource = self.resource(obj["apiVersion"], obj["kind"])
+        try:
+            result = self.dynamic.create(resource, body=obj, namespace=obj["metadata"].get("namespace"))
+        except ApiException as error:
+            raise _error_from(error, f"create {obj['kind']} {obj['metadata']['name']}") from None
+        return cast(Object, result.to_dict())
+
+    def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Object | None:
+        """The object, or None when it does not exist."""
+        resource = self.resource(api_version, kind)
+        try:
+            return cast(Object, resource.get(name=name, namespace=namespace).to_dict())
+        except NotFoundError:
+            return None
+        except ApiException as error:
+            raise _error_from(error, f"get {kind} {name}") from None
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
+    ) -> list[Object]:
+        """Objects of a kind in a namespace (None: all namespaces), optionally by label selector."""
+        resource = self.resource(api_version, kind)
+        try:
+            listing = resource.get(namespace=namespace, label_selector=label_selector)
+        except ApiException as error:
+            raise _error_from(error, f"list {kind}") from None
+        return [cast(Object, item) for item in listing.to_dict().get("items", [])]
+
+    def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
+        """Delete with foreground propagation; False when it was already gone."""
+        resource = self.resource(api_version, kind)
+        try:
+            resource.delete(name=name, namespace=namespace, body={"propagationPolicy": "Foreground"})
+        except NotFoundError:
+            return False
+        except ApiException as error:
+            raise _error_from(error, f"delete {kind} {name}") from None
+        return True
+
+    def patch_merge(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str | None,
+        patch: Object,
+        *,
+        subresource: str | None = None,
+    ) -> Object:
+        """JSON merge patch of the object or of a subresource such as ``status``."""
+        resource = self.resource(api_version, kind)
+        target = getattr(resource, subresource) if subresource else resource
+        try:
+            result = self.dynamic.patch(
+                target, body=patch, name=name, namespace=namespace, content_type="application/merge-patch+json"
+            )
+        except ApiException as error:
+            raise _error_from(error, f"patch {kind} {name}") from None
+        return cast(Object, result.to_dict())
+
+    def events(self, namespace: str, *, involved_names: Iterable[str]) -> list[Object]:
+        """Events about the named objects, oldest first."""
+        wanted = set(involved_names)
+        events = [
+            event
+            for event in self.list("v1", "Event", namespace)
+            if event.get("involvedObject", {}).get("name") in wanted
+        ]
+        return sorted(events, key=lambda event: event.get("lastTimestamp") or event.get("eventTime") or "")
+
+    def pod_logs(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        container: str = "pytorch",
+        follow: bool = False,
+        tail_lines: int | None = None,
+    ) -> Iterator[str]:
+        """A pod's log lines; with follow, they keep coming until the container ends."""
+        core = client.CoreV1Api(self.api_client)
+        arguments: dict[str, Any] = {"container": container, "follow": follow, "_preload_content": False}
+        if tail_lines is not None:
+            arguments["tail_lines"] = tail_lines
+        try:
+            response = core.read_namespaced_pod_log(name, namespace, **arguments)
+        except ApiException as error:
+            raise _error_from(error, f"logs of pod {name}") from None
+        try:
+            pending = b""
+            for chunk in response.stream(amt=65536, decode_content=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+        finally:
+            response.release_conn()
+
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        *,
+        name: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> Iterator[tuple[str, Object]]:
+        """(event type, object) pairs until the server ends the watch after timeout_seconds."""
+        resource = self.resource(api_version, kind)
+        watcher = watch.Watch()
+        try:
+            for event in self.dynamic.watch(
+                resource,
+                namespace=namespace,
+                name=name,
+                label_selector=label_selector,
+                timeout=timeout_seconds,
+                watcher=watcher,
+            ):
+                yield str(event["type"]), cast(Object, event["raw_object"])
+        except ApiException as error:
+            raise _error_from(error, f"watch {kind}") from None
+        finally:
+            watcher.stop()
+
+    def create_event(self, event: Object) -> None:
+        """Record a core/v1 Event (best effort is the caller's choice)."""
+        self.create(event)

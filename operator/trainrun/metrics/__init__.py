@@ -1,0 +1,129 @@
+"""Log line -> metric samples: the structured ``trainrun:metric {json}`` lines and the spec's regexes.
+
+Used by the operator's log follower and by the local runner on every line of every replica, so both
+report the same numbers. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from trainrun.spec.model import MetricDefinition
+
+METRIC_PREFIX = "trainrun:metric "
+POSITION_KEYS = ("epoch", "step")
+# Shown in `kubectl get tr`, the first one a run has reported wins.
+KEY_METRIC_PREFERENCE = ("val_loss", "train_loss", "val_accuracy", "loss")
+
+
+@dataclass(frozen=True)
+class MetricSample:
+    """One value of one metric, at the position (epoch, step) the program reported, if any."""
+
+    name: str
+    value: float
+    epoch: int | None = None
+    step: int | None = None
+
+
+@dataclass(frozen=True)
+class MetricParser:
+    """Parses log lines with the structured prefix and the spec's user-defined regular expressions."""
+
+    definitions: tuple[tuple[str, re.Pattern[str]], ...] = ()
+
+    @classmethod
+    def from_definitions(cls, definitions: Iterable[MetricDefinition]) -> MetricParser:
+        return cls(tuple((item.name, re.compile(item.regex)) for item in definitions))
+
+    def parse(self, line: str) -> list[MetricSample]:
+        """Every metric sample on one log line (often none)."""
+        samples = structured_samples(line)
+        for name, pattern in self.definitions:
+            match = pattern.search(line)
+            if match is None:
+                continue
+            text = match.group("value") if "value" in pattern.groupindex else match.group(1)
+            value = _number(text)
+            if value is not None:
+                samples.append(MetricSample(name=name, value=value))
+        return samples
+
+
+def structured_samples(line: str) -> list[MetricSample]:
+    """Samples of a ``trainrun:metric {json}`` line; anything else (or malformed JSON) gives none."""
+    start = line.find(METRIC_PREFIX)
+    if start < 0:
+        return []
+    try:
+        payload = json.loads(line[start + len(METRIC_PREFIX) :])
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(payload, dict):
+        return []
+    epoch = _position(payload.get("epoch"))
+    step = _position(payload.get("step"))
+    samples = []
+    for name, raw in payload.items():
+        if name in POSITION_KEYS or isinstance(raw, bool):
+            continue
+        value = _number(raw)
+        if value is not None:
+            samples.append(MetricSample(name=name, value=value, epoch=epoch, step=step))
+    return samples
+
+
+@dataclass
+class MetricSummary:
+    """The latest value of every metric, as ``status.metrics`` shows it."""
+
+    latest: dict[str, float] = field(default_factory=dict)
+
+    def add(self, samples: Iterable[MetricSample]) -> bool:
+        """Record samples; True when a value changed."""
+        changed = False
+        for sample in samples:
+            if self.latest.get(sample.name) != sample.value:
+                self.latest[sample.name] = sample.value
+                changed = True
+        return changed
+
+    def key_metric(self) -> str | None:
+        return key_metric(self.latest)
+
+
+def key_metric(latest: Mapping[str, float]) -> str | None:
+    """``val_loss=0.3124``: the metric worth a column in ``kubectl get tr``."""
+    for name in KEY_METRIC_PREFERENCE:
+        if name in latest:
+            return f"{name}={latest[name]:.4g}"
+    if latest:
+        name = sorted(latest)[0]
+        return f"{name}={latest[name]:.4g}"
+    return None
+
+
+def _number(raw: object) -> float | None:
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        value = float(raw)
+    elif isinstance(raw, str):
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _position(raw: object) -> int | None:
+    return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
+
+
+__all__ = ["METRIC_PREFIX", "MetricParser", "MetricSample", "MetricSummary", "key_metric", "structured_samples"]

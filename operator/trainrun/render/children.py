@@ -1,0 +1,322 @@
+"""TrainingRun + operator configuration -> the Kubernetes objects that carry it out.
+
+Builds the PyTorchJob (one Master, N Workers), the per-run output volume claim and the uploader Job,
+with deterministic names, labels and owner references. Called by the operator's handlers, by
+``trainrun render`` and, for the replica command and env, by the local runner. Pure: plain dicts in the
+shape of kubeflow-training's ``KubeflowOrgV1PyTorchJob`` (a unit test round-trips them through it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
+from trainrun.render.replica import (
+    DEFAULT_MASTER_PORT,
+    INPUTS_ROOT,
+    input_path,
+    launch_command,
+    trainrun_env,
+)
+from trainrun.spec.config import OperatorConfig, Pool
+from trainrun.spec.model import API_VERSION, DEFAULT_OUTPUT_DIR, KIND, Toleration, TrainingRun
+
+Object = dict[str, Any]
+
+PYTORCHJOB_API_VERSION = "kubeflow.org/v1"
+PYTORCHJOB_KIND = "PyTorchJob"
+CONTAINER_NAME = "pytorch"  # the training-operator finds the rendezvous port on the container with this name
+PORT_NAME = "pytorchjob-port"
+RUN_LABEL = "trainrun.dev/run"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+FIELD_MANAGER = "trainrun-operator"
+OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
+
+
+def canonical_spec(run: TrainingRun) -> dict[str, Any]:
+    """The spec with defaults, as JSON: what the applied-spec annotation records and changes compare."""
+    return run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def job_name(run: TrainingRun) -> str:
+    """The PyTorchJob is named after the run, so a crash and a retry can never make a second one."""
+    return run.metadata.name
+
+
+def volume_claim_name(run: TrainingRun) -> str:
+    """The per-run output volume claim (or the user's own claim)."""
+    return run.spec.output.volume.claim_name or f"{run.metadata.name}-outputs"
+
+
+def uploader_job_name(run: TrainingRun) -> str:
+    """The Job that copies $OUTPUT_DIR to the output URI."""
+    return f"{run.metadata.name}-upload"
+
+
+def master_pod_name(run: TrainingRun) -> str:
+    """The training-operator names pods ``<job>-<replica type>-<index>``."""
+    return f"{job_name(run)}-master-0"
+
+
+def common_labels(run: TrainingRun, component: str) -> dict[str, str]:
+    """Labels on every child: which run, which part, who manages it."""
+    return {
+        RUN_LABEL: run.metadata.name,
+        COMPONENT_LABEL: component,
+        "app.kubernetes.io/managed-by": "trainrun",
+        "app.kubernetes.io/part-of": "trainrun",
+    }
+
+
+def owner_reference(run: TrainingRun) -> Object:
+    """Children are garbage-collected with their run; ``controller: true`` marks the one owner."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": run.metadata.name,
+        "uid": run.metadata.uid or OWNER_UID_PLACEHOLDER,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def child_metadata(run: TrainingRun, name: str, component: str) -> Object:
+    """Metadata of a child object: its name, the run's namespace, labels and the owner reference."""
+    return {
+        "name": name,
+        "namespace": run.metadata.namespace,
+        "labels": common_labels(run, component),
+        "ownerReferences": [owner_reference(run)],
+    }
+
+
+def _toleration(toleration: Toleration) -> Object:
+    return toleration.model_dump(by_alias=True, exclude_none=True)
+
+
+def scheduling(run: TrainingRun, pool: Pool | None) -> Object:
+    """nodeSelector, tolerations, affinity and priority of replica pods: the pool's, then the run's overrides."""
+    resources = run.spec.resources
+    node_selector = {**(pool.node_selector if pool else {}), **resources.node_selector}
+    tolerations = [_toleration(item) for item in (pool.tolerations if pool else [])]
+    for extra in resources.tolerations:
+        rendered = _toleration(extra)
+        if rendered not in tolerations:
+            tolerations.append(rendered)
+    affinity = resources.affinity if resources.affinity is not None else (pool.affinity if pool else None)
+    placement: Object = {}
+    if node_selector:
+        placement["nodeSelector"] = node_selector
+    if tolerations:
+        placement["tolerations"] = tolerations
+    if affinity:
+        placement["affinity"] = affinity
+    if resources.priority_class_name:
+        placement["priorityClassName"] = resources.priority_class_name
+    return placement
+
+
+def container_resources(run: TrainingRun, pool: Pool | None) -> Object:
+    """Requests = limits (Guaranteed QoS for CPU/memory; GPUs are only ever limits = requests)."""
+    resources = run.spec.resources
+    amounts: dict[str, Any] = {}
+    if resources.cpu is not None:
+        amounts["cpu"] = str(resources.cpu)
+    if resources.memory is not None:
+        amounts["memory"] = str(resources.memory)
+    if resources.gpus > 0:
+        gpu_resource = resources.gpu_resource or (pool.gpu_resource if pool else "nvidia.com/gpu")
+        amounts[gpu_resource] = str(resources.gpus)
+    return {"limits": dict(amounts), "requests": dict(amounts)} if amounts else {}
+
+
+def _env_list(run: TrainingRun) -> list[Object]:
+    rendered = [{"name": name, "value": value} for name, value in trainrun_env(run).items()]
+    user_names = {variable.name for variable in run.spec.env}
+    # The user's own value wins over ours (a deliberate override of OUTPUT_DIR, say).
+    rendered = [item for item in rendered if item["name"] not in user_names]
+    rendered.extend(variable.model_dump(by_alias=True, exclude_none=True) for variable in run.spec.env)
+    return rendered
+
+
+def _staging_init_containers(run: TrainingRun, config: OperatorConfig) -> list[Object]:
+    """Init containers that download the inputs and the code snapshot with ``trainrun download``."""
+    spec = run.spec
+    env_from = [{"secretRef": {"name": spec.output.secret_name}}] if spec.output.secret_name else []
+    containers: list[Object] = []
+    downloads = [(item.uri, input_path(item.name, item.path)) for item in spec.inputs]
+    if spec.code is not None:
+        downloads.append((spec.code.uri, spec.code.mount_path))
+    if not downloads:
+        return containers
+    script = " && ".join(f"trainrun download {uri} {path}" for uri, path in downloads)
+    containers.append(
+        {
+            "name": "stage-in",
+            "image": config.operator_image,
+            "command": ["sh", "-c", script],
+            "envFrom": env_from,
+            "volumeMounts": _staging_mounts(run),
+        }
+    )
+    return containers
+
+
+def _staging_mounts(run: TrainingRun) -> list[Object]:
+    mounts: list[Object] = []
+    if run.spec.inputs:
+        mounts.append({"name": "inputs", "mountPath": INPUTS_ROOT})
+        mounts.extend(
+            {"name": "inputs", "mountPath": item.path, "subPath": item.name} for item in run.spec.inputs if item.path
+        )
+    if run.spec.code is not None:
+        mounts.append({"name": "code", "mountPath": run.spec.code.mount_path})
+    return mounts
+
+
+def _volumes(run: TrainingRun, *, is_master: bool) -> list[Object]:
+    volumes: list[Object] = []
+    if is_master and run.spec.output.uri is not None:
+        volumes.append({"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}})
+    else:
+        volumes.append({"name": "outputs", "emptyDir": {}})
+    if run.spec.inputs:
+        volumes.append({"name": "inputs", "emptyDir": {}})
+    if run.spec.code is not None:
+        volumes.append({"name": "code", "emptyDir": {}})
+    return volumes
+
+
+def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *, is_master: bool) -> Object:
+    """The pod of one replica type: the ``pytorch`` container, volumes, staging and placement."""
+    spec = run.spec
+    container: Object = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": launch_command(run),
+        "env": _env_list(run),
+        "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_MASTER_PORT, "protocol": "TCP"}],
+        "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR}, *_staging_mounts(run)],
+    }
+    working_dir = spec.working_dir or (spec.code.mount_path if spec.code else None)
+    if working_dir:
+        container["workingDir"] = working_dir
+    if spec.env_from:
+        container["envFrom"] = list(spec.env_from)
+    resources = container_resources(run, pool)
+    if resources:
+        container["resources"] = resources
+    pod_spec: Object = {"containers": [container], "volumes": _volumes(run, is_master=is_master)}
+    init_containers = _staging_init_containers(run, config)
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    if spec.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
+    pod_spec.update(scheduling(run, pool))
+    labels = {**spec.pod_metadata.labels, **common_labels(run, "replica")}
+    metadata: Object = {"labels": labels}
+    if spec.pod_metadata.annotations:
+        metadata["annotations"] = dict(spec.pod_metadata.annotations)
+    return {"metadata": metadata, "spec": pod_spec}
+
+
+def run_policy(run: TrainingRun) -> Object:
+    """The PyTorchJob's runPolicy; a queued run starts suspended so that Kueue admits it."""
+    policy = run.spec.run_policy
+    rendered: Object = {
+        "backoffLimit": policy.backoff_limit,
+        "cleanPodPolicy": policy.clean_pod_policy,
+        "suspend": policy.suspend or run.spec.cancel or run.spec.resources.queue is not None,
+    }
+    if policy.active_deadline_seconds is not None:
+        rendered["activeDeadlineSeconds"] = policy.active_deadline_seconds
+    if policy.ttl_seconds_after_finished is not None:
+        rendered["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
+    return rendered
+
+
+def render_pytorchjob(run: TrainingRun, config: OperatorConfig) -> Object:
+    """The PyTorchJob for a run: Master x1 and Worker x N, launched through torchrun."""
+    spec = run.spec
+    _, pool = config.pool_named(spec.resources.pool)
+    replica_specs: Object = {
+        "Master": {
+            "replicas": 1,
+            "restartPolicy": spec.run_policy.restart_policy,
+            "template": pod_template(run, config, pool, is_master=True),
+        }
+    }
+    if spec.distribution.workers > 0:
+        replica_specs["Worker"] = {
+            "replicas": spec.distribution.workers,
+            "restartPolicy": spec.run_policy.restart_policy,
+            "template": pod_template(run, config, pool, is_master=False),
+        }
+    metadata = child_metadata(run, job_name(run), "training")
+    metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: encode_applied_spec(canonical_spec(run))}
+    if spec.resources.queue is not None:
+        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.resources.queue
+    return {
+        "apiVersion": PYTORCHJOB_API_VERSION,
+        "kind": PYTORCHJOB_KIND,
+        "metadata": metadata,
+        "spec": {
+            "nprocPerNode": str(spec.processes_per_replica),
+            "pytorchReplicaSpecs": replica_specs,
+            "runPolicy": run_policy(run),
+        },
+    }
+
+
+def render_volume_claim(run: TrainingRun) -> Object | None:
+    """The per-run output claim; None when the run copies nothing or brings its own claim."""
+    output = run.spec.output
+    if output.uri is None or output.volume.claim_name is not None:
+        return None
+    claim_spec: Object = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(output.volume.size)}},
+    }
+    if output.volume.storage_class_name is not None:
+        claim_spec["storageClassName"] = output.volume.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": child_metadata(run, volume_claim_name(run), "outputs"),
+        "spec": claim_spec,
+    }
+
+
+def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
+    """The Job that copies the output volume to the output URI and writes the manifest last."""
+    output = run.spec.output
+    if output.uri is None:
+        raise ValueError("render_uploader_job needs spec.output.uri")
+    container: Object = {
+        "name": "upload",
+        "image": config.operator_image,
+        "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
+        "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True}],
+    }
+    if output.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": output.secret_name}}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(run, uploader_job_name(run), "uploader"),
+        "spec": {
+            "backoffLimit": 3,
+            "template": {
+                "metadata": {"labels": common_labels(run, "uploader")},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}}
+                    ],
+                },
+            },
+        },
+    }

@@ -1,0 +1,166 @@
+"""The TrainingRun CustomResourceDefinition, generated from the pydantic models.
+
+``trainrun crd`` prints it and ``crds/trainrun.dev_trainingruns.yaml`` is its committed output (a test
+fails when they differ), so the schema, its descriptions (what ``kubectl explain`` shows), defaults,
+enums, minimums and CEL rules can never drift from the code that reads the spec. Pure.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainrun.spec.model import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION, TrainingRunSpec
+from trainrun.spec.status import TrainingRunStatus
+
+JsonSchema = dict[str, Any]
+
+# JSON-Schema keywords that a Kubernetes structural schema accepts as they are.
+_KEPT_KEYWORDS = {
+    "type",
+    "description",
+    "default",
+    "enum",
+    "format",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "pattern",
+    "nullable",
+    "x-kubernetes-validations",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-list-type",
+    "x-kubernetes-map-type",
+}
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the run stands."},
+    {"name": "Pool", "type": "string", "jsonPath": ".status.pool", "description": "Node pool."},
+    {"name": "Workers", "type": "integer", "jsonPath": ".spec.distribution.workers", "description": "Workers beside the Master."},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus", "description": "GPUs per replica."},
+    {"name": "Metric", "type": "string", "jsonPath": ".status.keyMetric", "description": "Latest key metric."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1, "description": "The PyTorchJob."},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What is happening."},
+]
+
+
+def structural_schema(schema: JsonSchema, definitions: dict[str, JsonSchema]) -> JsonSchema:
+    """Turn one pydantic JSON schema node into a Kubernetes structural OpenAPI v3 node ($refs inlined)."""
+    node = dict(schema)
+    if "$ref" in node:
+        referenced = definitions[node.pop("$ref").split("/")[-1]]
+        # The property's own description is more specific than the referenced model's docstring.
+        node = {**referenced, **node}
+    if "allOf" in node and len(node["allOf"]) == 1:
+        node = {**node.pop("allOf")[0], **node}
+        return structural_schema(node, definitions)
+    if "anyOf" in node:
+        variants = [variant for variant in node.pop("anyOf") if variant.get("type") != "null"]
+        types = {variant.get("type") for variant in variants}
+        if types == {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+        elif len(variants) == 1:
+            merged = structural_schema(variants[0], definitions)
+            merged.update({key: value for key, value in node.items() if key in ("description", "default")})
+            node = merged
+        else:
+            raise ValueError(f"no structural form for a union of {sorted(map(str, types))}")
+    if "$ref" in node or "anyOf" in node:
+        return structural_schema(node, definitions)
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if "exclusiveMinimum" in node:
+        # JSON Schema 2020 writes a number; OpenAPI v3 (Kubernetes) writes minimum + a boolean.
+        node["minimum"] = node.pop("exclusiveMinimum")
+        node["exclusiveMinimum"] = True
+    converted: JsonSchema = {key: value for key, value in node.items() if key in _KEPT_KEYWORDS}
+    if "exclusiveMinimum" in node:
+        converted["exclusiveMinimum"] = True
+    if converted.get("default", 0) is None:
+        del converted["default"]
+    if "properties" in node:
+        converted["type"] = "object"
+        converted["properties"] = {
+            name: structural_schema(child, definitions) for name, child in node["properties"].items()
+        }
+        if node.get("required"):
+            converted["required"] = list(node["required"])
+    elif isinstance(node.get("additionalProperties"), dict):
+        converted["additionalProperties"] = structural_schema(node["additionalProperties"], definitions)
+    elif node.get("type") == "object" and "x-kubernetes-preserve-unknown-fields" not in converted:
+        converted["x-kubernetes-preserve-unknown-fields"] = True
+    if "items" in node:
+        converted["items"] = structural_schema(node["items"], definitions)
+    return converted
+
+
+def model_schema(model: type[TrainingRunSpec] | type[TrainingRunStatus]) -> JsonSchema:
+    """The structural schema of one pydantic model."""
+    schema = model.model_json_schema(by_alias=True, mode="validation")
+    definitions = schema.pop("$defs", {})
+    return structural_schema(schema, definitions)
+
+
+def training_run_crd() -> dict[str, Any]:
+    """The whole CRD object, ready for ``kubectl apply --server-side``."""
+    spec_schema = model_schema(TrainingRunSpec)
+    status_schema = model_schema(TrainingRunStatus)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{PLURAL}.{GROUP}",
+            "labels": {"app.kubernetes.io/name": "trainrun", "app.kubernetes.io/part-of": "trainrun"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": SHORT_NAMES,
+                "categories": ["all", "kubeflow", "training"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A TrainingRun trains a PyTorch model as a Kubeflow PyTorchJob "
+                            "(one Master, N Workers) on a GPU node pool, follows its logs and metrics, and copies "
+                            "the model artifacts to object storage when it succeeds.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string", "description": "trainrun.dev/v1alpha1"},
+                                "kind": {"type": "string", "description": "TrainingRun"},
+                                "metadata": {
+                                    "type": "object",
+                                    "description": "Standard object metadata; the name is at most 52 characters, "
+                                    "since child objects are named after it.",
+                                },
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "size(self.metadata.name) <= 52",
+                                    "message": "metadata.name must be at most 52 characters (children are named after it)",
+                                }
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }

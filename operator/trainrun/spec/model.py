@@ -1,0 +1,448 @@
+"""The TrainingRun API (``trainrun.dev/v1alpha1``) as pydantic models: the one place that knows its shape.
+
+Every other part reads a TrainingRun through these models: the renderer, the status function, the
+local runner, ``trainrun validate`` and the operator. The CRD's OpenAPI schema in ``crds/`` is
+generated from them (``trainrun.spec.crd``), descriptions included, so both stay in step. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from trainrun.spec.uri import StorageUriError, parse_uri
+
+GROUP = "trainrun.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "TrainingRun"
+PLURAL = "trainingruns"
+SHORT_NAMES = ["tr"]
+
+DEFAULT_IMAGE_NOTE = "the trainer image built from images/trainer/Dockerfile"
+DEFAULT_TRAINER_MODULE = "trainrun_trainer"
+DEFAULT_OUTPUT_DIR = "/outputs"
+
+# Kubernetes quantities (``500m``, ``2``, ``16Gi``, ``1.5``): the API server's own grammar.
+QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+
+def _checked_quantity(value: int | str) -> int | str:
+    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity; write it like 8, 500m or 16Gi")
+    return value
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_checked_quantity),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 8, 500m or 16Gi"}
+            ]
+        },
+    ),
+]
+FreeFormObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class ApiModel(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields refused, values validated on assignment."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+        frozen=False,
+    )
+
+
+class EnvVar(ApiModel):
+    """One environment variable of the training container, as in a Pod's ``env``."""
+
+    name: str = Field(
+        description="Variable name, e.g. WANDB_PROJECT.",
+        pattern=ENV_NAME_PATTERN,
+    )
+    value: str | None = Field(default=None, description="Literal value. Leave out when valueFrom is set.")
+    value_from: FreeFormObject | None = Field(
+        default=None,
+        description="Where the value comes from (secretKeyRef, configMapKeyRef, fieldRef), as in a Pod's env.",
+    )
+
+
+class PodMetadata(ApiModel):
+    """Extra labels and annotations for every replica pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to every replica pod.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every replica pod.")
+
+
+class CodeSource(ApiModel):
+    """A snapshot of the user's code, uploaded by ``trainrun submit --code DIR``."""
+
+    uri: str = Field(description="Object-storage URI of the code snapshot (a folder), e.g. s3://bucket/code/run-1/.")
+    mount_path: str = Field(
+        default="/workspace/code",
+        description="Where the replicas find the code; it becomes the working directory unless workingDir is set.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_storage(cls, uri: str) -> str:
+        return _checked_uri(uri)
+
+
+class Hyperparameters(ApiModel):
+    """Settings of the training program, passed as ``--flag value`` arguments and ``TRAINRUN_*`` env vars."""
+
+    model: Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "densenet121"] | None = Field(
+        default=None,
+        description="Network to train. Default: mlp for fashion-mnist, cnn for cifar10, resnet18 otherwise.",
+    )
+    dataset: Literal["synthetic", "fashion-mnist", "cifar10", "imagefolder"] = Field(
+        default="synthetic",
+        description="Training data: synthetic (made from the seed), fashion-mnist, cifar10, or imagefolder "
+        "(a labelled folder with train/ and val/).",
+    )
+    data_dir: str | None = Field(
+        default=None,
+        description="Folder holding the dataset inside the container (an input's path, for example).",
+    )
+    epochs: int = Field(default=5, ge=1, le=100000, description="Number of passes over the training data.")
+    batch_size: int = Field(default=16, ge=1, le=65536, description="Batch size of each process.")
+    learning_rate: float = Field(
+        default=0.001, gt=0, le=10, description="Base learning rate; the program scales it by the world size."
+    )
+    warmup_epochs: int = Field(default=0, ge=0, description="Epochs of linear learning-rate warm-up.")
+    seed: int = Field(default=1, ge=0, description="Random seed for data order and initial weights.")
+    patience: int = Field(
+        default=3, ge=0, description="Stop early after this many epochs without a lower validation loss; 0 turns it off."
+    )
+    print_frequency: int = Field(default=10, ge=1, description="Log a metric line every this many steps.")
+    pretrained: bool = Field(default=False, description="Start from pretrained torchvision weights (transfer learning).")
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Further flags for a custom program: each key becomes --key value.",
+    )
+
+    @field_validator("extra")
+    @classmethod
+    def _extra_keys_are_flags(cls, extra: dict[str, str]) -> dict[str, str]:
+        for key in extra:
+            if not re.fullmatch(r"[a-zA-Z][-a-zA-Z0-9_]*", key):
+                raise ValueError(f"key {key!r} is not a flag name: use letters, digits, '-' and '_', e.g. 'dropout'")
+        return extra
+
+
+class Distribution(ApiModel):
+    """How many replicas and processes train together."""
+
+    workers: int = Field(
+        default=1, ge=0, le=1024, description="Worker replicas beside the single Master (0 trains on the Master alone)."
+    )
+    nproc_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="Processes per replica, started by torchrun. Default: the GPUs per replica, or 1 on CPU.",
+    )
+
+
+class Toleration(ApiModel):
+    """A Pod toleration, as in the Pod spec."""
+
+    key: str | None = Field(default=None, description="Taint key to tolerate; empty with Exists tolerates all.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty tolerates all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+
+
+class Resources(ApiModel):
+    """Compute per replica and where it runs."""
+
+    pool: str | None = Field(
+        default=None,
+        description="Node pool by name, from the operator's configuration (ConfigMap trainrun-operator-config). "
+        "It sets nodeSelector, tolerations, affinity and the GPU resource name. Default: the configured defaultPool.",
+        pattern=DNS_LABEL_PATTERN,
+    )
+    gpus: int = Field(default=0, ge=0, le=64, description="GPUs per replica (a whole number).")
+    cpu: Quantity | None = Field(default=None, description="CPU per replica, e.g. 8 or 7500m (request = limit).")
+    memory: Quantity | None = Field(default=None, description="Memory per replica, e.g. 64Gi (request = limit).")
+    gpu_resource: str | None = Field(
+        default=None, description="Extended resource name of the GPU, overriding the pool's (e.g. amd.com/gpu)."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the replicas need, added to (and overriding) the pool's."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations added to the pool's.")
+    affinity: FreeFormObject | None = Field(default=None, description="Pod affinity; replaces the pool's when set.")
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the replica pods.")
+    queue: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue: the job is created suspended with label kueue.x-k8s.io/queue-name and "
+        "Kueue admits it.",
+    )
+
+
+class RunPolicy(ApiModel):
+    """Retries, limits and clean-up, as the PyTorchJob's runPolicy."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=1000, description="Pod restarts allowed before the run fails.")
+    restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = Field(
+        default="OnFailure",
+        description="When a failed replica is restarted: OnFailure, Never, ExitCode (only exit codes >= 128), Always.",
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the run after this many seconds of running."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the PyTorchJob this many seconds after it finished."
+    )
+    clean_pod_policy: Literal["None", "Running", "All"] = Field(
+        default="None", description="Pods deleted when the job finishes: None, Running, All."
+    )
+    suspend: bool = Field(
+        default=False, description="Pause the run: its pods are deleted; false again restarts them from checkpoints."
+    )
+
+
+class Input(ApiModel):
+    """A dataset staged into the replicas before training starts."""
+
+    name: str = Field(description="Name of the input.", pattern=DNS_LABEL_PATTERN)
+    uri: str = Field(description="Object-storage URI of a file or folder, e.g. s3://datasets/fashion-mnist/.")
+    path: str | None = Field(
+        default=None, description="Where the replicas find it. Default: /inputs/<name>. Exported as INPUT_<NAME>."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_storage(cls, uri: str) -> str:
+        return _checked_uri(uri)
+
+
+class OutputVolume(ApiModel):
+    """The volume at $OUTPUT_DIR on the Master, copied to the output URI after training."""
+
+    size: Quantity = Field(default="10Gi", description="Size of the per-run PersistentVolumeClaim.")
+    storage_class_name: str | None = Field(default=None, description="StorageClass of the claim; the cluster default if unset.")
+    claim_name: str | None = Field(
+        default=None, description="Use this existing PersistentVolumeClaim instead of creating one per run."
+    )
+
+
+class Output(ApiModel):
+    """Where the model artifacts and logs go."""
+
+    uri: str | None = Field(
+        default=None,
+        description="Object-storage URI for artifacts and logs: s3://, gs://, az://, file:// or an absolute path.",
+    )
+    secret_name: str | None = Field(
+        default=None,
+        description="Secret in the same namespace holding storage credentials as env keys "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).",
+    )
+    copy_on_failure: bool = Field(default=False, description="Also copy $OUTPUT_DIR when training fails (checkpoints).")
+    keep_volume: bool = Field(default=False, description="Keep the output volume after a verified copy.")
+    volume: OutputVolume = Field(default_factory=OutputVolume, description="The output volume.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_storage(cls, uri: str | None) -> str | None:
+        return None if uri is None else _checked_uri(uri)
+
+
+class MetricDefinition(ApiModel):
+    """A metric read from the logs with a regular expression, as SageMaker's metric definitions."""
+
+    name: str = Field(description="Metric name, e.g. val_loss.", pattern=r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+    regex: str = Field(
+        description="Python regular expression; its group 'value' (or its first group) is the number, "
+        "e.g. 'val_loss=([0-9.eE+-]+)'."
+    )
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_has_value_group(cls, regex: str) -> str:
+        try:
+            compiled = re.compile(regex)
+        except re.error as error:
+            raise ValueError(f"is not a valid regular expression ({error}); escape special characters") from error
+        if compiled.groups == 0:
+            raise ValueError("needs a capture group for the number, e.g. 'loss=([0-9.eE+-]+)'")
+        return regex
+
+
+class TrainingRunSpec(ApiModel):
+    """What to train, with what, on which machines, and where the results go."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.command) && has(self.script))",
+                    "message": "set either spec.command or spec.script, not both",
+                },
+                {
+                    "rule": "!has(self.distribution) || !has(self.distribution.nprocPerNode) || "
+                    "!has(self.resources) || !has(self.resources.gpus) || self.resources.gpus == 0 || "
+                    "self.distribution.nprocPerNode <= self.resources.gpus",
+                    "message": "spec.distribution.nprocPerNode must not exceed spec.resources.gpus "
+                    "(one process per GPU)",
+                },
+                {
+                    "rule": "!has(self.launcher) || self.launcher == 'torchrun' || "
+                    "!has(self.distribution) || !has(self.distribution.nprocPerNode) || "
+                    "self.distribution.nprocPerNode == 1",
+                    "message": "spec.distribution.nprocPerNode > 1 needs spec.launcher: torchrun",
+                },
+            ]
+        }
+    )
+
+    image: str = Field(
+        min_length=1,
+        description="Container image of every replica, e.g. ghcr.io/acme/trainer:1.0 "
+        f"({DEFAULT_IMAGE_NOTE} runs the built-in program). Ignored by --local.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="When the kubelet pulls the image."
+    )
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for a private registry.")
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Program and arguments to run instead of the built-in trainer, e.g. [python, train.py].",
+    )
+    script: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A Python script to run (relative to workingDir), instead of the built-in trainer.",
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments after the program and before the hyperparameter flags.")
+    launcher: Literal["torchrun", "none"] = Field(
+        default="torchrun",
+        description="torchrun starts nprocPerNode processes per replica and sets RANK, WORLD_SIZE and LOCAL_RANK; "
+        "none runs the program directly (one process per replica).",
+    )
+    working_dir: str | None = Field(default=None, description="Working directory of the training program.")
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the training program.")
+    env_from: list[FreeFormObject] = Field(
+        default_factory=list, description="Sources of environment variables (secretRef, configMapRef), as in a Pod."
+    )
+    code: CodeSource | None = Field(default=None, description="Code snapshot made available before training starts.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="Settings of the training program.")
+    distribution: Distribution = Field(default_factory=Distribution, description="Replicas and processes.")
+    resources: Resources = Field(default_factory=Resources, description="Compute per replica and node pool.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Retries, deadlines, clean-up, suspend.")
+    inputs: list[Input] = Field(default_factory=list, description="Datasets staged in before training.")
+    output: Output = Field(default_factory=Output, description="Where artifacts and logs go.")
+    metrics: list[MetricDefinition] = Field(
+        default_factory=list,
+        description="Metrics read from the logs by regular expression, beside the trainrun:metric lines.",
+    )
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations of replica pods.")
+    cancel: bool = Field(
+        default=False,
+        description="Stop the run for good: replicas are stopped, logs archived, and the phase becomes Cancelled.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _env_names_unique(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [variable.name for variable in env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"names {duplicates} appear more than once; keep one entry per name")
+        return env
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_names_unique(cls, inputs: list[Input]) -> list[Input]:
+        names = [item.name for item in inputs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"input names {duplicates} appear more than once; give each input its own name")
+        return inputs
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> TrainingRunSpec:
+        if self.command is not None and self.script is not None:
+            raise ValueError("set either spec.command or spec.script, not both")
+        nproc = self.distribution.nproc_per_node
+        if nproc is not None and self.resources.gpus > 0 and nproc > self.resources.gpus:
+            raise ValueError(
+                f"spec.distribution.nprocPerNode ({nproc}) exceeds spec.resources.gpus ({self.resources.gpus}): "
+                "run at most one process per GPU"
+            )
+        if self.launcher == "none" and nproc is not None and nproc > 1:
+            raise ValueError("spec.distribution.nprocPerNode > 1 needs spec.launcher: torchrun")
+        return self
+
+    @property
+    def processes_per_replica(self) -> int:
+        """nprocPerNode, defaulting to the GPUs per replica, or 1 on CPU."""
+        if self.distribution.nproc_per_node is not None:
+            return self.distribution.nproc_per_node
+        return max(self.resources.gpus, 1)
+
+    @property
+    def replica_count(self) -> int:
+        """The Master plus the Workers."""
+        return 1 + self.distribution.workers
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the whole run."""
+        return self.replica_count * self.processes_per_replica
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metadata the operator reads."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, alias_generator=to_camel)
+
+    name: str = Field(
+        min_length=1,
+        max_length=52,
+        pattern=DNS_LABEL_PATTERN,
+        description="Run name; children are named after it.",
+    )
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingRun(BaseModel):
+    """A whole TrainingRun object: apiVersion, kind, metadata and spec (status is not read from here)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
+
+    api_version: Literal["trainrun.dev/v1alpha1"] = Field(default=API_VERSION)
+    kind: Literal["TrainingRun"] = Field(default=KIND)
+    metadata: ObjectMeta
+    spec: TrainingRunSpec
+
+
+def _checked_uri(uri: str) -> str:
+    try:
+        parse_uri(uri)
+    except StorageUriError as error:
+        raise ValueError(str(error)) from error
+    return uri

@@ -1,0 +1,92 @@
+"""The TrainingRun's status as pydantic models: what ``kubectl get tr`` and ``trainrun describe`` show.
+
+Produced by ``trainrun.status`` (pure) and written by the operator and the local runner; the CRD's
+status schema is generated from these models. Pure.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Phase(StrEnum):
+    """Where a run stands; the first column of ``kubectl get tr``."""
+
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    RUNNING = "Running"
+    UPLOADING = "Uploading"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    SUSPENDED = "Suspended"
+
+    @property
+    def finished(self) -> bool:
+        """Completed, Failed and Cancelled never change again."""
+        return self in (Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED)
+
+
+class StatusModel(BaseModel):
+    """Base of the status models: camelCase on the wire."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Condition(StatusModel):
+    """A kstatus-style condition (Ready, Reconciling, Stalled) that Argo CD and Flux read."""
+
+    type: str = Field(description="Ready, Reconciling or Stalled.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word for the cause.")
+    message: str = Field(default="", description="What happened, for people.")
+    observed_generation: int | None = Field(default=None, description="The spec generation this condition describes.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+
+
+class ReplicaCounts(StatusModel):
+    """Pods of one replica type by state."""
+
+    active: int = Field(default=0, description="Pods running or pending.")
+    succeeded: int = Field(default=0, description="Pods that exited 0.")
+    failed: int = Field(default=0, description="Pods that failed.")
+
+
+class Artifacts(StatusModel):
+    """What was copied to object storage after training."""
+
+    uri: str = Field(description="Where the artifacts are.")
+    manifest_uri: str = Field(description="The manifest (path, size, sha256 of every file), written last.")
+    file_count: int = Field(description="Files copied.")
+    bytes: int = Field(description="Bytes copied.")
+
+
+class TrainingRunStatus(StatusModel):
+    """Everything the operator reports about a run."""
+
+    phase: Phase | None = Field(default=None, description="Queued, Preparing, Running, Uploading, Completed, Failed, Cancelled or Suspended.")
+    reason: str | None = Field(default=None, description="One CamelCase word for why the run is in this phase.")
+    message: str | None = Field(default=None, description="What is happening or what went wrong, naming the cause.")
+    observed_generation: int | None = Field(default=None, description="The spec generation the status describes.")
+    conditions: list[Condition] = Field(default_factory=list, description="kstatus conditions: Ready, Reconciling, Stalled.")
+    job_name: str | None = Field(default=None, description="The PyTorchJob of this run.")
+    pool: str | None = Field(default=None, description="The node pool the run was placed on.")
+    master_pod: str | None = Field(default=None, description="Name of the Master pod.")
+    replicas: dict[str, ReplicaCounts] = Field(default_factory=dict, description="Pod counts per replica type (Master, Worker).")
+    start_time: str | None = Field(default=None, description="When the first replica started running.")
+    completion_time: str | None = Field(default=None, description="When the run finished.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of every metric read from the logs.")
+    key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
+    artifacts: Artifacts | None = Field(default=None, description="What was copied to object storage.")
+    pending_changes: list[str] = Field(
+        default_factory=list,
+        description="Spec fields changed while the run was active; they apply after suspend and resume, or never "
+        "once the run finished.",
+    )
+
+    def to_patch(self) -> dict[str, object]:
+        """The status as a JSON-ready dict for a merge patch (camelCase, no unset optionals)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

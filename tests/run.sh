@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: a virtualenv with the package and its test tools,
+# the control-plane binaries built from Go modules (cached), the static checks, then pytest.
+# Caches live outside the repo: $TRAINRUN_CACHE (default ~/.cache/trainrun).
+# Extra arguments go to pytest, e.g. `bash tests/run.sh tests/unit -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export TRAINRUN_CACHE="${TRAINRUN_CACHE:-$HOME/.cache/trainrun}"
+venv="${TRAINRUN_VENV:-$TRAINRUN_CACHE/venv}"
+python="${PYTHON:-python3.11}"
+command -v "$python" >/dev/null || python=python3
+
+step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "python environment: $venv"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
+"$venv/bin/python" -m pip install -q -e '.[train,test]'
+export PATH="$venv/bin:$PATH"
+
+step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator)"
+bash tests/cluster/build.sh
+
+step "static checks: mypy --strict, import contracts, Dockerfile lint"
+mypy
+lint-imports
+hadolint --failure-threshold warning images/operator/Dockerfile images/trainer/Dockerfile
+
+step "pytest"
+python -m pytest -ra "$@"

@@ -1,0 +1,289 @@
+"""spec + pools -> PyTorchJob, volume claim and uploader Job: every spec field lands where it should."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from run_factory import pools, training_run
+
+from trainrun.render import (
+    expand_references,
+    launch_command,
+    operator_env,
+    render_pytorchjob,
+    render_uploader_job,
+    render_volume_claim,
+)
+from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, decode_applied_spec, pending_changes
+from trainrun.render.children import canonical_spec
+
+
+def master(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]
+
+
+def container(job: dict[str, Any], replica: str = "Master") -> dict[str, Any]:
+    return job["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]["containers"][0]
+
+
+def env_of(job: dict[str, Any], replica: str = "Master") -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container(job, replica)["env"]}
+
+
+def test_a100_sample_shape() -> None:
+    run = training_run(
+        resources={"pool": "a100", "gpus": 8, "cpu": 90, "memory": "900Gi"},
+        distribution={"workers": 4},
+        hyperparameters={"model": "resnet50", "epochs": 90},
+    )
+    job = render_pytorchjob(run, pools())
+    assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "PyTorchJob"
+    assert job["metadata"]["name"] == "mnist" and job["metadata"]["namespace"] == "ml"
+    assert master(job)["replicas"] == 1
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+    assert job["spec"]["nprocPerNode"] == "8"
+    for replica in ("Master", "Worker"):
+        pod = job["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]
+        assert pod["containers"][0]["name"] == "pytorch"
+        assert pod["containers"][0]["resources"]["limits"] == {"cpu": "90", "memory": "900Gi", "nvidia.com/gpu": "8"}
+        assert pod["containers"][0]["resources"]["requests"] == pod["containers"][0]["resources"]["limits"]
+        assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100"}
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        assert pod["containers"][0]["command"][0] == "torchrun"
+        assert "--nproc-per-node=8" in pod["containers"][0]["command"]
+    owner = job["metadata"]["ownerReferences"][0]
+    assert owner == {
+        "apiVersion": "trainrun.dev/v1alpha1",
+        "kind": "TrainingRun",
+        "name": "mnist",
+        "uid": "1234-abcd",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def test_rendered_job_deserializes_into_the_kubeflow_training_models() -> None:
+    from kubeflow.training import models
+    from kubeflow.training.api_client import ApiClient
+
+    run = training_run(resources={"pool": "a100", "gpus": 8}, distribution={"workers": 2})
+    job = render_pytorchjob(run, pools())
+
+    class Response:
+        data = __import__("json").dumps(job)
+
+    model = ApiClient().deserialize(Response(), models.KubeflowOrgV1PyTorchJob)
+    assert model.spec.pytorch_replica_specs["Worker"].replicas == 2
+    assert model.spec.pytorch_replica_specs["Master"].template.spec.containers[0].name == "pytorch"
+    assert model.spec.run_policy.backoff_limit == 3
+    assert ApiClient().sanitize_for_serialization(model) == job
+
+
+def test_launch_through_torchrun_with_the_training_operator_rendezvous() -> None:
+    command = launch_command(training_run())
+    assert command[:6] == [
+        "torchrun",
+        "--nnodes=$(PET_NNODES)",
+        "--nproc-per-node=1",
+        "--node-rank=$(PET_NODE_RANK)",
+        "--master-addr=$(PET_MASTER_ADDR)",
+        "--master-port=$(PET_MASTER_PORT)",
+    ]
+    assert command[6:8] == ["-m", "trainrun_trainer"]
+    assert "--epochs=5" in command and "--batch-size=16" in command and "--learning-rate=0.001" in command
+    assert "--no-pretrained" in command
+
+
+def test_custom_script_and_command_get_only_extra_flags() -> None:
+    script = launch_command(training_run(script="train.py", args=["--fast"], hyperparameters={"extra": {"dropout": "0.1"}}))
+    assert script[6:] == ["train.py", "--fast", "--dropout=0.1"]
+    command = launch_command(training_run(command=["bash", "run.sh"]))
+    assert command[6:] == ["--no-python", "bash", "run.sh"]
+    direct = launch_command(training_run(command=["python", "x.py"], launcher="none"))
+    assert direct == ["python", "x.py"]
+
+
+def test_hyperparameters_reach_the_environment() -> None:
+    job = render_pytorchjob(training_run(hyperparameters={"model": "cnn", "dataset": "cifar10", "dataDir": "/d"}), pools())
+    env = env_of(job)
+    assert env["TRAINRUN_MODEL"] == "cnn"
+    assert env["TRAINRUN_DATASET"] == "cifar10"
+    assert env["TRAINRUN_DATA_DIR"] == "/d"
+    assert env["TRAINRUN_EPOCHS"] == "5"
+    assert env["OUTPUT_DIR"] == "/outputs"
+    assert env["TRAINRUN_RUN_NAME"] == "mnist"
+
+
+def test_user_env_wins_and_env_from_passes_through() -> None:
+    run = training_run(
+        env=[{"name": "OUTPUT_DIR", "value": "/mnt/out"}, {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+        envFrom=[{"configMapRef": {"name": "settings"}}],
+        workingDir="/src",
+    )
+    job = render_pytorchjob(run, pools())
+    env = env_of(job)
+    assert env["OUTPUT_DIR"] == "/mnt/out"
+    assert env["TOKEN"] == {"secretKeyRef": {"name": "s", "key": "k"}}
+    assert container(job)["envFrom"] == [{"configMapRef": {"name": "settings"}}]
+    assert container(job)["workingDir"] == "/src"
+
+
+def test_overrides_merge_over_the_pool() -> None:
+    run = training_run(
+        resources={
+            "pool": "a100",
+            "gpus": 4,
+            "nodeSelector": {"zone": "eu-1"},
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+            "affinity": {"nodeAffinity": {"x": 1}},
+            "priorityClassName": "high",
+            "gpuResource": "nvidia.com/mig-3g.40gb",
+        },
+        imagePullSecrets=["regcred"],
+        imagePullPolicy="Always",
+        podMetadata={"labels": {"team": "vision"}, "annotations": {"note": "x"}},
+    )
+    template = master(render_pytorchjob(run, pools()))["template"]
+    pod = template["spec"]
+    assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100", "zone": "eu-1"}
+    assert {"key": "spot", "operator": "Exists"} in pod["tolerations"] and len(pod["tolerations"]) == 2
+    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert pod["priorityClassName"] == "high"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["containers"][0]["imagePullPolicy"] == "Always"
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "4"
+    assert template["metadata"]["labels"]["team"] == "vision"
+    assert template["metadata"]["labels"]["trainrun.dev/run"] == "mnist"
+    assert template["metadata"]["annotations"] == {"note": "x"}
+
+
+def test_pool_gpu_resource_name_is_used() -> None:
+    job = render_pytorchjob(training_run(resources={"pool": "mi300", "gpus": 2}), pools())
+    assert container(job)["resources"]["limits"] == {"amd.com/gpu": "2"}
+
+
+def test_default_pool_applies_without_a_pool() -> None:
+    pod = master(render_pytorchjob(training_run(), pools()))["template"]["spec"]
+    assert pod["nodeSelector"] == {"trainrun.dev/pool": "cpu"}
+    assert "resources" not in pod["containers"][0]
+
+
+def test_zero_workers_renders_only_a_master() -> None:
+    job = render_pytorchjob(training_run(distribution={"workers": 0}), pools())
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ({}, {"backoffLimit": 3, "cleanPodPolicy": "None", "suspend": False}),
+        (
+            {"backoffLimit": 0, "cleanPodPolicy": "All", "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60, "suspend": True},
+            {"backoffLimit": 0, "cleanPodPolicy": "All", "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60, "suspend": True},
+        ),
+    ],
+)
+def test_run_policy(policy: dict[str, Any], expected: dict[str, Any]) -> None:
+    job = render_pytorchjob(training_run(runPolicy={**policy, "restartPolicy": "ExitCode"}), pools())
+    assert job["spec"]["runPolicy"] == expected
+    assert master(job)["restartPolicy"] == "ExitCode"
+
+
+def test_cancel_and_queue_suspend_the_job() -> None:
+    assert render_pytorchjob(training_run(cancel=True), pools())["spec"]["runPolicy"]["suspend"] is True
+    queued = render_pytorchjob(training_run(resources={"queue": "team-a"}), pools())
+    assert queued["spec"]["runPolicy"]["suspend"] is True
+    assert queued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_output_volume_on_the_master_and_scratch_on_workers() -> None:
+    run = training_run(output={"uri": "s3://models/mnist", "secretName": "s3", "volume": {"size": "50Gi", "storageClassName": "fast"}})
+    job = render_pytorchjob(run, pools())
+    master_volumes = master(job)["template"]["spec"]["volumes"]
+    worker_volumes = job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"]["spec"]["volumes"]
+    assert {"name": "outputs", "persistentVolumeClaim": {"claimName": "mnist-outputs"}} in master_volumes
+    assert {"name": "outputs", "emptyDir": {}} in worker_volumes
+    claim = render_volume_claim(run)
+    assert claim is not None
+    assert claim["metadata"]["name"] == "mnist-outputs"
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "50Gi"}}, "storageClassName": "fast"}
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "1234-abcd"
+
+
+def test_users_own_claim_is_not_created() -> None:
+    run = training_run(output={"uri": "s3://m/x", "volume": {"claimName": "shared"}})
+    assert render_volume_claim(run) is None
+    assert {"name": "outputs", "persistentVolumeClaim": {"claimName": "shared"}} in master(render_pytorchjob(run, pools()))["template"]["spec"]["volumes"]
+    assert render_volume_claim(training_run()) is None
+
+
+def test_uploader_job() -> None:
+    run = training_run(output={"uri": "s3://models/mnist", "secretName": "s3"})
+    job = render_uploader_job(run, pools())
+    assert job["metadata"]["name"] == "mnist-upload"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"] == ["trainrun", "upload", "/outputs", "s3://models/mnist"]
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert pod["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "mnist-outputs"}}]
+    assert pod["containers"][0]["image"] == "ghcr.io/trainrun/operator:0.1.0"
+    with pytest.raises(ValueError, match="output.uri"):
+        render_uploader_job(training_run(), pools())
+
+
+def test_inputs_and_code_are_staged_by_an_init_container() -> None:
+    run = training_run(
+        inputs=[{"name": "fashion-mnist", "uri": "s3://data/fmnist"}, {"name": "extra", "uri": "gs://b/x", "path": "/data/x"}],
+        code={"uri": "s3://code/run-1"},
+        output={"secretName": "creds"},
+    )
+    pod = master(render_pytorchjob(run, pools()))["template"]["spec"]
+    init = pod["initContainers"][0]
+    script = init["command"][2]
+    assert "trainrun download s3://data/fmnist /inputs/fashion-mnist" in script
+    assert "trainrun download gs://b/x /data/x" in script
+    assert "trainrun download s3://code/run-1 /workspace/code" in script
+    assert init["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    env = env_of({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": pod}}}}})
+    assert env["INPUT_FASHION_MNIST"] == "/inputs/fashion-mnist" and env["INPUT_EXTRA"] == "/data/x"
+    assert pod["containers"][0]["workingDir"] == "/workspace/code"
+
+
+def test_rendering_is_deterministic() -> None:
+    run = training_run(distribution={"workers": 3}, output={"uri": "s3://a/b"})
+    assert render_pytorchjob(run, pools()) == render_pytorchjob(run, pools())
+
+
+def test_operator_env_matches_the_training_operator_contract() -> None:
+    env = operator_env(replica_index=2, replica_count=3, nproc_per_node=4, master_addr="job-master-0")
+    assert env == {
+        "PYTHONUNBUFFERED": "1",
+        "MASTER_ADDR": "job-master-0",
+        "MASTER_PORT": "23456",
+        "PET_MASTER_ADDR": "job-master-0",
+        "PET_MASTER_PORT": "23456",
+        "WORLD_SIZE": "12",
+        "RANK": "2",
+        "PET_NODE_RANK": "2",
+        "PET_NNODES": "3",
+        "PET_NPROC_PER_NODE": "4",
+    }
+
+
+def test_reference_expansion_like_kubernetes() -> None:
+    env = {"PET_NNODES": "2"}
+    assert expand_references("--nnodes=$(PET_NNODES)", env) == "--nnodes=2"
+    assert expand_references("$(UNKNOWN)", env) == "$(UNKNOWN)"
+    assert expand_references("$$(PET_NNODES)", env) == "$(PET_NNODES)"
+
+
+def test_applied_spec_annotation_and_pending_changes() -> None:
+    run = training_run(distribution={"workers": 1})
+    job = render_pytorchjob(run, pools())
+    assert APPLIED_SPEC_ANNOTATION in job["metadata"]["annotations"]
+    applied = decode_applied_spec(job)
+    assert applied == canonical_spec(run)
+    changed = training_run(distribution={"workers": 2}, runPolicy={"suspend": True, "backoffLimit": 9}, image="other:1")
+    assert pending_changes(applied, canonical_spec(changed)) == ["spec.distribution.workers", "spec.image"]
+    assert decode_applied_spec({"metadata": {"annotations": {APPLIED_SPEC_ANNOTATION: "{broken"}}}) is None
+    assert decode_applied_spec({}) is None

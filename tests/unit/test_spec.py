@@ -1,0 +1,164 @@
+"""The TrainingRun model: defaults, every field's validation, and errors that name the field and the fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from run_factory import document, pools, training_run
+
+from trainrun.spec import InvalidTrainingRun, load_training_run, validate_training_run
+from trainrun.spec.uri import StorageUriError, parse_uri
+
+
+def test_minimal_run_gets_the_documented_defaults() -> None:
+    spec = training_run().spec
+    assert spec.hyperparameters.epochs == 5
+    assert spec.hyperparameters.batch_size == 16
+    assert spec.hyperparameters.learning_rate == 0.001
+    assert spec.hyperparameters.warmup_epochs == 0
+    assert spec.hyperparameters.seed == 1
+    assert spec.hyperparameters.patience == 3
+    assert spec.hyperparameters.print_frequency == 10
+    assert spec.hyperparameters.dataset == "synthetic"
+    assert spec.distribution.workers == 1
+    assert spec.launcher == "torchrun"
+    assert spec.run_policy.backoff_limit == 3
+    assert spec.run_policy.restart_policy == "OnFailure"
+    assert spec.run_policy.clean_pod_policy == "None"
+    assert spec.image_pull_policy == "IfNotPresent"
+    assert spec.output.volume.size == "10Gi"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "nproc", "expected"),
+    [(0, None, 1), (8, None, 8), (8, 4, 4), (0, 3, 3)],
+)
+def test_processes_per_replica_default_to_the_gpus(gpus: int, nproc: int | None, expected: int) -> None:
+    distribution: dict[str, Any] = {"workers": 2}
+    if nproc is not None:
+        distribution["nprocPerNode"] = nproc
+    spec = training_run(resources={"gpus": gpus}, distribution=distribution).spec
+    assert spec.processes_per_replica == expected
+    assert spec.world_size == 3 * expected
+
+
+BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
+    ({"distribution": {"workers": -1}}, "spec.distribution.workers", "greater than or equal to 0"),
+    ({"distribution": {"nprocPerNode": 0}}, "spec.distribution.nprocPerNode", "greater than or equal to 1"),
+    ({"resources": {"gpus": 1.5}}, "spec.resources.gpus", "whole number"),
+    ({"resources": {"gpus": "two"}}, "spec.resources.gpus", "valid integer"),
+    ({"resources": {"cpu": "lots"}}, "spec.resources.cpu", "16Gi"),
+    ({"resources": {"memory": "12 GB"}}, "spec.resources.memory", "quantity"),
+    ({"image": ""}, "spec.image", "at least 1 character"),
+    ({"output": {"uri": "ftp://host/x"}}, "spec.output.uri", "s3://bucket/prefix"),
+    ({"output": {"uri": "s3://"}}, "spec.output.uri", "names no bucket"),
+    ({"output": {"uri": "file://relative/path"}}, "spec.output.uri", "absolute path"),
+    ({"inputs": [{"name": "data", "uri": "http://x"}]}, "spec.inputs[0].uri", "supported scheme"),
+    ({"inputs": [{"name": "Data_Set", "uri": "s3://b/d"}]}, "spec.inputs[0].name", "pattern"),
+    ({"inputs": [{"name": "d", "uri": "s3://b/1"}, {"name": "d", "uri": "s3://b/2"}]}, "spec.inputs", "more than once"),
+    ({"code": {"uri": "nowhere"}}, "spec.code.uri", "supported scheme"),
+    ({"hyperparameters": {"epochs": 0}}, "spec.hyperparameters.epochs", "greater than or equal to 1"),
+    ({"hyperparameters": {"learningRate": 0}}, "spec.hyperparameters.learningRate", "greater than 0"),
+    ({"hyperparameters": {"model": "vgg16"}}, "spec.hyperparameters.model", "resnet50"),
+    ({"hyperparameters": {"dataset": "imagenet"}}, "spec.hyperparameters.dataset", "imagefolder"),
+    ({"hyperparameters": {"extra": {"bad flag": "1"}}}, "spec.hyperparameters.extra", "not a flag name"),
+    ({"hyperparameters": {"epochz": 3}}, "spec.hyperparameters.epochz", "unknown field"),
+    ({"runPolicy": {"restartPolicy": "Sometimes"}}, "spec.runPolicy.restartPolicy", "OnFailure"),
+    ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy", "Running"),
+    ({"runPolicy": {"backoffLimit": -2}}, "spec.runPolicy.backoffLimit", "greater than or equal to 0"),
+    ({"runPolicy": {"activeDeadlineSeconds": 0}}, "spec.runPolicy.activeDeadlineSeconds", "greater than or equal to 1"),
+    ({"metrics": [{"name": "loss", "regex": "loss=("}]}, "spec.metrics[0].regex", "not a valid regular expression"),
+    ({"metrics": [{"name": "loss", "regex": "loss=[0-9.]+"}]}, "spec.metrics[0].regex", "capture group"),
+    ({"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}, "spec.env", "more than once"),
+    ({"env": [{"name": "1BAD"}]}, "spec.env[0].name", "pattern"),
+    ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "IfNotPresent"),
+    ({"launcher": "mpirun"}, "spec.launcher", "torchrun"),
+    ({"command": ["python", "a.py"], "script": "b.py"}, "spec", "not both"),
+    ({"resources": {"gpus": 2}, "distribution": {"nprocPerNode": 4}}, "spec", "one process per GPU"),
+    ({"launcher": "none", "distribution": {"nprocPerNode": 2}}, "spec", "needs spec.launcher: torchrun"),
+    ({"command": []}, "spec.command", "at least 1 item"),
+]
+
+
+@pytest.mark.parametrize(("spec", "field", "words"), BAD_SPECS, ids=[case[1] + ":" + case[2] for case in BAD_SPECS])
+def test_bad_input_names_the_field_and_the_fix(spec: dict[str, Any], field: str, words: str) -> None:
+    with pytest.raises(InvalidTrainingRun) as raised:
+        load_training_run(document(**spec))
+    fields = [problem.field for problem in raised.value.problems]
+    assert field in fields, fields
+    assert words in str(raised.value), str(raised.value)
+
+
+def test_missing_image_is_required() -> None:
+    body = document()
+    del body["spec"]["image"]
+    with pytest.raises(InvalidTrainingRun, match=r"spec\.image: is required"):
+        load_training_run(body)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"apiVersion": "v1"}, "apiVersion"), ({"kind": "PyTorchJob"}, "kind"), ({"metadata": {"name": "Bad_Name"}}, "metadata.name")],
+)
+def test_wrong_object_header_is_refused(change: dict[str, Any], field: str) -> None:
+    body = {**document(), **change}
+    with pytest.raises(InvalidTrainingRun) as raised:
+        load_training_run(body)
+    assert field in [problem.field for problem in raised.value.problems]
+
+
+def test_several_problems_are_reported_together() -> None:
+    with pytest.raises(InvalidTrainingRun) as raised:
+        load_training_run(document(distribution={"workers": -1}, resources={"gpus": 1.5}))
+    assert {"spec.distribution.workers", "spec.resources.gpus"} <= {p.field for p in raised.value.problems}
+
+
+def test_unknown_pool_names_the_known_ones() -> None:
+    with pytest.raises(InvalidTrainingRun, match=r"spec\.resources\.pool: unknown pool 'h100'.*a100, cpu, mi300"):
+        validate_training_run(document(resources={"pool": "h100"}), pools())
+
+
+def test_more_gpus_than_a_node_of_the_pool_has_is_refused() -> None:
+    with pytest.raises(InvalidTrainingRun, match=r"spec\.resources\.gpus: 16 GPUs per replica.*'a100' have 8"):
+        validate_training_run(document(resources={"pool": "a100", "gpus": 16}), pools())
+
+
+def test_gpus_on_the_default_cpu_pool_are_refused() -> None:
+    with pytest.raises(InvalidTrainingRun, match=r"'cpu' have 0"):
+        validate_training_run(document(resources={"gpus": 1}), pools())
+
+
+def test_a_valid_run_passes_the_pool_checks() -> None:
+    run = validate_training_run(document(resources={"pool": "a100", "gpus": 8}), pools())
+    assert run.spec.resources.gpus == 8
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme", "bucket", "prefix"),
+    [
+        ("s3://models/run-1/", "s3", "models", "run-1"),
+        ("gs://b/a/b", "gs", "b", "a/b"),
+        ("az://container/x", "az", "container", "x"),
+        ("abfs://c@acct.dfs.core.windows.net/p", "az", "c", "p"),
+        ("file:///tmp/out", "file", "", "/tmp/out"),
+        ("/data/out/", "file", "", "/data/out"),
+    ],
+)
+def test_storage_uris_parse(uri: str, scheme: str, bucket: str, prefix: str) -> None:
+    location = parse_uri(uri)
+    assert (location.scheme, location.bucket, location.prefix) == (scheme, bucket, prefix)
+
+
+def test_storage_location_children() -> None:
+    assert parse_uri("s3://b/run").child("manifest.json") == "s3://b/run/manifest.json"
+    assert parse_uri("/tmp/out").child("logs/master-0.log") == "file:///tmp/out/logs/master-0.log"
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [("", "s3://bucket/prefix"), ("ftp://x/y", "s3://bucket/prefix"), ("s3:///k", "s3://bucket/prefix"), ("file://host/x", "file:///")],
+)
+def test_bad_storage_uris_are_refused(uri: str, words: str) -> None:
+    with pytest.raises(StorageUriError, match=words):
+        parse_uri(uri)
