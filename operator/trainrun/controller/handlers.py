@@ -81,9 +81,9 @@ def resync(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={RUN_LABEL: kopf.PRESENT})
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def on_child_event(labels: kopf.Labels, namespace: str, type: str | None, **_: Any) -> None:
+def on_child_event(labels: kopf.Labels, namespace: str | None, type: str, **_: Any) -> None:
     """A child changed: converge its run right away instead of waiting for the resync."""
-    if type is None:  # the initial listing; the runs' own resume handlers cover it
+    if not type or namespace is None:  # the initial listing (no type): the runs' resume handlers cover it
         return
     try:
         reconciler().reconcile_named(namespace, labels[RUN_LABEL])

@@ -25,6 +25,7 @@ from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import (
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
+    RUN_LABEL,
     canonical_spec,
     job_name,
     uploader_job_name,
@@ -46,7 +47,6 @@ from trainrun.status import compute_status, phase_event
 logger = logging.getLogger(__name__)
 
 Object = dict[str, Any]
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 OPERATOR_NAMESPACE = os.environ.get("TRAINRUN_OPERATOR_NAMESPACE", "trainrun-system")
 # Fields of status that the log follower owns; a reconcile never writes them, so neither overwrites the other.
 FOLLOWER_FIELDS = frozenset({"metrics", "keyMetric"})
@@ -150,7 +150,8 @@ class Reconciler:
             if artifact_problem:
                 problems.append(artifact_problem)
             known = previous.model_copy(update={"artifacts": artifacts})
-        pods = self.api.list("v1", "Pod", metadata["namespace"], label_selector=f"{JOB_NAME_LABEL}={job_name(run)}")
+        # Replica pods and the uploader's pods alike carry the run label.
+        pods = self.api.list("v1", "Pod", metadata["namespace"], label_selector=f"{RUN_LABEL}={run.metadata.name}")
         involved = [job_name(run), uploader_job_name(run), *(pod["metadata"]["name"] for pod in pods)]
         events = self.api.events(metadata["namespace"], involved_names=involved)
         status = compute_status(
@@ -178,8 +179,9 @@ class Reconciler:
         job = self.api.get(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, job_name(run), namespace)
         desired = render_pytorchjob(run, config)
         if job is None:
-            if previous.phase is not None and previous.phase.finished:
-                return None, []  # finished and then cleaned up (ttlSecondsAfterFinished): never run again
+            if previous.phase is not None and (previous.phase.finished or previous.phase == Phase.UPLOADING):
+                # Training ended and the job was cleaned up (ttlSecondsAfterFinished): never train again.
+                return None, []
             claim = render_volume_claim(run)
             if claim is not None:
                 self.api.apply(claim, field_manager=FIELD_MANAGER)

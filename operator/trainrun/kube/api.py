@@ -7,6 +7,7 @@ operator's handlers, the log follower, and the cluster backend of ``trainrun.Cli
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
@@ -123,7 +124,7 @@ class KubeApi:
 
     def list(
         self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
-    ) -> list[Object]:
+    ) -> builtins.list[Object]:
         """Objects of a kind in a namespace (None: all namespaces), optionally by label selector."""
         resource = self.resource(api_version, kind)
         try:
@@ -164,7 +165,7 @@ class KubeApi:
             raise _error_from(error, f"patch {kind} {name}") from None
         return cast(Object, result.to_dict())
 
-    def events(self, namespace: str, *, involved_names: Iterable[str]) -> list[Object]:
+    def events(self, namespace: str, *, involved_names: Iterable[str]) -> builtins.list[Object]:
         """Events about the named objects, oldest first."""
         wanted = set(involved_names)
         events = [

@@ -197,6 +197,8 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
         "imagePullPolicy": spec.image_pull_policy,
         "command": launch_command(run),
         "env": _env_list(run),
+        # The last lines of a crashed program become the termination message the status quotes.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_MASTER_PORT, "protocol": "TCP"}],
         "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR}, *_staging_mounts(run)],
     }
@@ -298,6 +300,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "name": "upload",
         "image": config.operator_image,
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True}],
     }
     if output.secret_name:

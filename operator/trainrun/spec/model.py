@@ -434,8 +434,8 @@ class TrainingRun(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel)
 
-    api_version: Literal["trainrun.dev/v1alpha1"] = Field(default=API_VERSION)
-    kind: Literal["TrainingRun"] = Field(default=KIND)
+    api_version: Literal["trainrun.dev/v1alpha1"] = Field(default="trainrun.dev/v1alpha1")
+    kind: Literal["TrainingRun"] = Field(default="TrainingRun")
     metadata: ObjectMeta
     spec: TrainingRunSpec
 

@@ -1,0 +1,21 @@
+"""Observations of a run (PyTorchJob, pods, Events, uploader Job) -> its status: phase, cause, conditions.
+
+The pure decision core between the operator's reads and its status writes: the operator's reconcile
+(``trainrun.controller.reconcile``) and the local runner call ``compute_status`` with what they saw and
+``phase_event`` to announce a phase change; nothing here does I/O or imports a Kubernetes client.
+
+  shapes       defensive readers of raw API dicts
+  observe      raw dicts -> typed views of the job, pods, Events and uploader
+  failure      the cause of a stuck or failed run, in words that name the replica and the fix
+  phase        the decision table: views -> phase, reason, message
+  conditions   the kstatus conditions Ready, Reconciling, Stalled
+  transitions  the Event for a phase change
+  compute      compute_status, which ties them together
+"""
+
+from __future__ import annotations
+
+from trainrun.status.compute import compute_status
+from trainrun.status.transitions import PhaseEvent, phase_event
+
+__all__ = ["PhaseEvent", "compute_status", "phase_event"]

@@ -1,0 +1,245 @@
+"""Why a run is stuck or failed, in words that name the replica, the resource and the fix.
+
+Turns the observed pods, Events, the PyTorchJob and the uploader Job into a ``Cause``: one CamelCase
+reason (Unschedulable, ImagePullBackOff, OOMKilled, ReplicaFailed, BackoffLimitExceeded, ...) and a
+message such as "replica worker-0 was OOMKilled (memory limit 16Gi)". The training-operator itself only
+says "Created" for a job whose pods cannot start, and "N replica(s) failed" for a failure, so the detail
+comes from here. Used by ``trainrun.status.phase`` (for the operator's reconcile and the local runner).
+Pure.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from trainrun.spec.model import TrainingRun
+from trainrun.status.observe import EventView, JobView, PodView, Termination, UploaderView
+from trainrun.status.shapes import as_text
+
+# Waiting reasons that no amount of waiting fixes: the spec (image, secret, config map) must change.
+STALLING_WAITING_REASONS = {
+    "ErrImagePull": "ImagePullBackOff",
+    "ImagePullBackOff": "ImagePullBackOff",
+    "InvalidImageName": "InvalidImageName",
+    "CreateContainerConfigError": "CreateContainerConfigError",
+}
+_IMAGE_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+# How the operator recognises its own problem strings (see ``problems_cause``).
+TRAINING_OPERATOR_MARKERS = ("training-operator", "pytorchjob (kubeflow.org")
+MANIFEST_MARKER = "manifest"  # the operator's artifact reader could not verify the copy
+POOL_FIELD = "spec.resources.pool"
+# A termination message can be a whole log tail (terminationMessagePolicy FallbackToLogsOnError).
+_MAX_DETAIL = 300
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why the run is where it is: one CamelCase word, a sentence, and whether only a change can fix it."""
+
+    reason: str
+    message: str
+    stalled: bool = False
+
+
+def replica_order(pod: PodView) -> tuple[int, int, str]:
+    """Master first, then workers by index: the order people read replicas in."""
+    _, _, index = pod.replica.rpartition("-")
+    return (0 if pod.replica_type == "Master" else 1, int(index) if index.isdigit() else 0, pod.name)
+
+
+def short_detail(text: str | None) -> str | None:
+    """The last non-empty line of a (possibly multi-line) message, cut to a readable length."""
+    if text is None:
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1]
+    return last if len(last) <= _MAX_DETAIL else last[: _MAX_DETAIL - 3] + "..."
+
+
+def stalling_waiting_cause(pods: Sequence[PodView]) -> Cause | None:
+    """A container that cannot start until the spec changes: bad image, missing secret or config map."""
+    for pod in sorted(pods, key=replica_order):
+        for waiting in pod.waiting:
+            reason = STALLING_WAITING_REASONS.get(waiting.reason)
+            if reason is None:
+                continue
+            detail = f" ({waiting.message})" if waiting.message else ""
+            if waiting.reason in _IMAGE_WAITING_REASONS:
+                image = waiting.image or "<unknown image>"
+                message = f"replica {pod.replica} cannot pull image {image}: {waiting.reason}{detail}"
+            else:
+                message = f"replica {pod.replica} cannot start container {waiting.container}: {waiting.reason}{detail}"
+            return Cause(reason, message, stalled=True)
+    return None
+
+
+def resource_needs(pod: PodView) -> str:
+    """What the pod asks of a node: its GPUs if any (the usual reason it does not fit), else CPU and memory."""
+    gpus = [f"{amount} {resource}" for resource, amount in pod.limits.items() if "gpu" in resource.lower()]
+    if gpus:
+        return ", ".join(gpus)
+    return ", ".join(f"{resource} {pod.limits[resource]}" for resource in ("cpu", "memory") if resource in pod.limits)
+
+
+def unschedulable_cause(pods: Sequence[PodView], events: Sequence[EventView], pool: str | None) -> Cause | None:
+    """The first replica that the scheduler cannot place, with what it needs and the scheduler's words."""
+    for pod in sorted(pods, key=replica_order):
+        if pod.scheduled or pod.deleting:
+            continue
+        scheduler_message = pod.unschedulable_message or _newest_event_message(events, pod.name, "FailedScheduling")
+        if scheduler_message is None:
+            continue
+        needs = resource_needs(pod)
+        where = f"no node in pool {pool}" if pool else "no node"
+        message = f"{where} can take replica {pod.replica}"
+        if needs:
+            message += f" (needs {needs})"
+        if scheduler_message:
+            message += f": {scheduler_message}"
+        return Cause("Unschedulable", message)
+    return None
+
+
+def _newest_event_message(events: Sequence[EventView], object_name: str, reason: str) -> str | None:
+    matching = [event.message for event in events if event.object_name == object_name and event.reason == reason]
+    return matching[-1] if matching else None
+
+
+def init_failure_cause(pods: Sequence[PodView]) -> Cause | None:
+    """An init container (input or code staging) that exited with an error before training could start."""
+    for pod in sorted(pods, key=replica_order):
+        if pod.phase != "Pending":
+            continue
+        failures = [item for item in pod.terminations if item.init and item.failed]
+        if failures:
+            failure = _newest(failures)
+            detail = short_detail(failure.message)
+            message = f"replica {pod.replica} cannot start: init container {failure.container} {_exit_phrase(failure)}"
+            return Cause("InitContainerFailed", f"{message}: {detail}" if detail else message)
+    return None
+
+
+def _newest(terminations: Sequence[Termination]) -> Termination:
+    return max(terminations, key=lambda item: item.finished_moment.timestamp() if item.finished_moment else 0.0)
+
+
+def _exit_phrase(termination: Termination) -> str:
+    code = termination.exit_code
+    if code is None:
+        return f"ended ({termination.reason or 'no exit code'})"
+    phrase = f"exited with code {code}"
+    if code > 128:
+        try:
+            phrase += f" ({signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return phrase
+
+
+def replica_failures(pods: Sequence[PodView]) -> list[tuple[PodView, Termination]]:
+    """Every failed exit of a training container, oldest first (exits without a time last)."""
+    failures = [(pod, item) for pod in pods for item in pod.terminations if not item.init and item.failed]
+    return sorted(
+        failures,
+        key=lambda pair: (
+            pair[1].finished_moment is None,
+            pair[1].finished_moment.timestamp() if pair[1].finished_moment else 0.0,
+            replica_order(pair[0]),
+        ),
+    )
+
+
+def termination_cause(pod: PodView, termination: Termination, *, memory_fallback: str | None) -> Cause:
+    """OOMKilled with the memory limit, or the exit code with the container's last words."""
+    if termination.reason == "OOMKilled":
+        limit = termination.memory_limit or memory_fallback
+        memory = f"memory limit {limit}" if limit else "no memory limit set: the node ran out"
+        return Cause("OOMKilled", f"replica {pod.replica} was OOMKilled ({memory})")
+    message = f"replica {pod.replica} {_exit_phrase(termination)}"
+    detail = short_detail(termination.message)
+    return Cause("ReplicaFailed", f"{message}: {detail}" if detail else message)
+
+
+def first_failure_cause(pods: Sequence[PodView], run: TrainingRun | None) -> Cause | None:
+    """The replica that failed first (by finishedAt): later failures are usually the others losing it."""
+    failures = replica_failures(pods)
+    memory = _spec_memory(run)
+    if failures:
+        pod, termination = failures[0]
+        return termination_cause(pod, termination, memory_fallback=memory)
+    for pod in sorted(pods, key=replica_order):
+        if pod.phase == "Failed" and pod.reason is not None:
+            # Evicted, DeadlineExceeded, ...: the pod failed without a container exit to show.
+            detail = f": {short_detail(pod.message)}" if pod.message else ""
+            return Cause("ReplicaFailed", f"replica {pod.replica} failed: {pod.reason}{detail}")
+    return None
+
+
+def latest_failure_cause(pods: Sequence[PodView], run: TrainingRun | None) -> Cause | None:
+    """The most recent failed exit: why a replica is restarting now."""
+    failures = replica_failures(pods)
+    if not failures:
+        return None
+    pod, termination = failures[-1]
+    return termination_cause(pod, termination, memory_fallback=_spec_memory(run))
+
+
+def _spec_memory(run: TrainingRun | None) -> str | None:
+    memory = run.spec.resources.memory if run is not None else None
+    return None if memory is None else str(memory)
+
+
+def job_failure_cause(job: JobView, pods: Sequence[PodView], run: TrainingRun | None) -> Cause:
+    """Why the PyTorchJob failed: its backoff limit or deadline (from its own message), else a replica."""
+    job_message = job.message_of("Failed")
+    lowered = (job_message or "").lower()
+    replica_cause = first_failure_cause(pods, run)
+    policy = run.spec.run_policy if run is not None else None
+    if "backoff limit" in lowered or "deadline" in lowered:
+        backoff = "backoff limit" in lowered
+        reason = "BackoffLimitExceeded" if backoff else "DeadlineExceeded"
+        message = job_message or reason
+        if policy is not None:
+            setting = (
+                f"spec.runPolicy.backoffLimit={policy.backoff_limit}"
+                if backoff
+                else f"spec.runPolicy.activeDeadlineSeconds={policy.active_deadline_seconds}"
+            )
+            message += f" ({setting})"
+        if replica_cause is not None:
+            message += f"; first failure: {replica_cause.message}"
+        return Cause(reason, message, stalled=True)
+    if replica_cause is not None:
+        return Cause(replica_cause.reason, replica_cause.message, stalled=True)
+    return Cause("Failed", job_message or "the PyTorchJob failed without saying why", stalled=True)
+
+
+def upload_failure_message(uri: str, uploader: UploaderView) -> str:
+    """ "artifact copy to s3://... failed: <what the uploader said>"."""
+    detail = short_detail(uploader.failure_message) or "the uploader Job failed without a message"
+    return f"artifact copy to {uri} failed: {detail}"
+
+
+def problems_cause(problems: Sequence[str]) -> Cause:
+    """Configuration problems found by the operator (its ConfigMap, the spec vs the pools, the cluster).
+
+    The reason is read from the first problem: a ``spec.resources.pool`` problem (as
+    ``trainrun.spec.problems_with_config`` words it) is PoolNotFound, one naming the training-operator is
+    TrainingOperatorMissing, one about the uploader's manifest UploadNotVerified, anything else
+    InvalidConfiguration.
+    """
+    texts = [text for problem in problems if (text := as_text(problem)) is not None] or ["invalid configuration"]
+    first = texts[0].lower()
+    if first.startswith(POOL_FIELD.lower()) and "unknown pool" in first:
+        reason = "PoolNotFound"
+    elif any(marker in first for marker in TRAINING_OPERATOR_MARKERS):
+        reason = "TrainingOperatorMissing"
+    elif MANIFEST_MARKER in first:
+        reason = "UploadNotVerified"
+    else:
+        reason = "InvalidConfiguration"
+    return Cause(reason, "; ".join(texts), stalled=True)

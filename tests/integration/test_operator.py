@@ -1,0 +1,281 @@
+"""The operator against the real control plane: kube-apiserver, kube-scheduler, kwok GPU pools and the
+training-operator, driven with the real kubectl the way a user drives it.
+
+The operator runs as a subprocess, exactly as the Deployment starts it (``kopf run --standalone
+--all-namespaces -m trainrun.controller.handlers``), so it can be SIGKILLed and restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+TRAINER_IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
+JOB_LABEL = "training.kubeflow.org/job-name"
+
+
+class OperatorProcess:
+    """The operator as a child process with its output in a log file."""
+
+    def __init__(self, cluster: KubeCluster, log_path: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**self.cluster.env(), "TRAINRUN_OPERATOR_NAMESPACE": "trainrun-system", "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(kube_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        assert process.process is not None and process.process.poll() is not None
+
+
+def training_run(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"image": TRAINER_IMAGE, "distribution": {"workers": 1}, "hyperparameters": {"epochs": 1}}
+    body.update(spec)
+    return {"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
+def kubectl_apply(cluster: KubeCluster, document: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(document), check=check)
+
+
+def get_run(cluster: KubeCluster, name: str, namespace: str) -> dict[str, Any]:
+    found = cluster.get("trainingrun", name, namespace)
+    assert found is not None
+    return found
+
+
+def wait_for_phase(
+    cluster: KubeCluster, operator: OperatorProcess, name: str, namespace: str, phase: str, *, timeout: float = 90, seen: list[str] | None = None
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        run = get_run(cluster, name, namespace)
+        current = run.get("status", {}).get("phase")
+        if seen is not None and current and (not seen or seen[-1] != current):
+            seen.append(current)
+        return run if current == phase else None
+
+    try:
+        return wait_until(reached, timeout=timeout, what=f"TrainingRun {name} phase {phase}", interval=0.3)
+    except ClusterError as error:
+        status = get_run(cluster, name, namespace).get("status")
+        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{operator.log_tail()}") from None
+
+
+def events_of(cluster: KubeCluster, name: str, namespace: str) -> list[dict[str, Any]]:
+    listing = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},involvedObject.kind=TrainingRun", "-o", "json"
+    )
+    return sorted(json.loads(listing.stdout)["items"], key=lambda event: event.get("lastTimestamp") or "")
+
+
+def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(item for item in run["status"]["conditions"] if item["type"] == kind)
+
+
+def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
+    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    annotations = {**pod_behaviour(Outcome.SUCCEED, after="8s"), "kwok.trainrun.dev/start-after": "3s"}
+    document = training_run(
+        "resnet", namespace, resources={"pool": "a100", "gpus": 8}, podMetadata={"annotations": annotations}
+    )
+    kubectl_apply(kube_cluster, document)
+    seen: list[str] = []
+    wait_for_phase(kube_cluster, operator, "resnet", namespace, "Running", seen=seen)
+    table = kube_cluster.kubectl("get", "tr", "resnet", "-n", namespace).stdout
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    assert table.split("\n")[1].split()[:5] == ["resnet", "Running", "a100", "1", "8"]
+
+    pods = kube_cluster.list("pods", namespace, f"{JOB_LABEL}=resnet")
+    assert sorted(pod["metadata"]["name"] for pod in pods) == ["resnet-master-0", "resnet-worker-0"]
+    for pod in pods:
+        node = kube_cluster.get("node", pod["spec"]["nodeName"])
+        assert node is not None and node["metadata"]["labels"]["trainrun.dev/pool"] == "a100"
+        container = pod["spec"]["containers"][0]
+        assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        env = {item["name"]: item.get("value") for item in container["env"]}
+        assert env["WORLD_SIZE"] == "2" and env["PET_NNODES"] == "2" and env["MASTER_ADDR"] == "resnet-master-0"
+
+    run = wait_for_phase(kube_cluster, operator, "resnet", namespace, "Completed", seen=seen)
+    assert seen[0] == "Queued" or seen[0] == "Preparing", seen
+    assert seen[-2:] == ["Running", "Completed"], seen
+    assert "Preparing" in seen, seen
+    assert condition(run, "Ready")["status"] == "True"
+    assert condition(run, "Reconciling")["status"] == "False"
+    assert condition(run, "Stalled")["status"] == "False"
+    assert all(item["observedGeneration"] == run["metadata"]["generation"] for item in run["status"]["conditions"])
+    assert run["status"]["jobName"] == "resnet" and run["status"]["masterPod"] == "resnet-master-0"
+    reasons = [event["reason"] for event in events_of(kube_cluster, "resnet", namespace)]
+    assert "Running" in reasons and "Completed" in reasons, reasons
+    job = kube_cluster.get("pytorchjob", "resnet", namespace)
+    assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
+
+
+def test_a_failing_replica_fails_the_run_with_its_exit_code(
+    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    document = training_run(
+        "broken",
+        namespace,
+        runPolicy={"restartPolicy": "Never", "backoffLimit": 0},
+        podMetadata={"annotations": pod_behaviour(Outcome.FAIL, after="2s", exit_code=3)},
+    )
+    kubectl_apply(kube_cluster, document)
+    run = wait_for_phase(kube_cluster, operator, "broken", namespace, "Failed")
+    message = run["status"]["message"]
+    assert "exited with code 3" in message, message
+    assert "master-0" in message or "worker-0" in message, message
+    assert condition(run, "Stalled")["status"] == "True"
+    assert condition(run, "Ready")["status"] == "False"
+    assert any(event["type"] == "Warning" and event["reason"] != "" for event in events_of(kube_cluster, "broken", namespace))
+
+
+def test_no_node_with_enough_gpus_stays_queued_naming_the_pool(
+    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    # Five replicas of 8 GPUs on a pool of four 8-GPU nodes: one can never be placed.
+    document = training_run(
+        "toobig",
+        namespace,
+        distribution={"workers": 4},
+        resources={"pool": "a100", "gpus": 8},
+        podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
+    )
+    kubectl_apply(kube_cluster, document)
+
+    def unschedulable() -> dict[str, Any] | None:
+        run = get_run(kube_cluster, "toobig", namespace)
+        status = run.get("status", {})
+        return run if status.get("phase") == "Queued" and status.get("reason") == "Unschedulable" else None
+
+    run = wait_until(unschedulable, timeout=90, what="an Unschedulable Queued run")
+    assert "a100" in run["status"]["message"] and "nvidia.com/gpu" in run["status"]["message"], run["status"]["message"]
+    kube_cluster.kubectl("delete", "tr", "toobig", "-n", namespace, "--wait=false")
+
+
+def test_delete_garbage_collects_the_job_and_pods(kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str) -> None:
+    kubectl_apply(kube_cluster, training_run("doomed", namespace, podMetadata={"annotations": pod_behaviour(Outcome.RUN)}))
+    wait_for_phase(kube_cluster, operator, "doomed", namespace, "Running")
+    kube_cluster.kubectl("delete", "tr", "doomed", "-n", namespace, "--timeout=60s")
+    wait_until(lambda: kube_cluster.get("pytorchjob", "doomed", namespace) is None, timeout=60, what="the PyTorchJob to go")
+    wait_until(lambda: not kube_cluster.list("pods", namespace, f"{JOB_LABEL}=doomed"), timeout=60, what="the pods to go")
+
+
+def test_operator_killed_mid_run_finishes_the_run_with_one_job(
+    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    kubectl_apply(kube_cluster, training_run("survivor", namespace, podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="15s")}))
+    wait_for_phase(kube_cluster, operator, "survivor", namespace, "Running")
+    job = kube_cluster.get("pytorchjob", "survivor", namespace)
+    assert job is not None
+    first_uid = job["metadata"]["uid"]
+    operator.kill()
+    operator.start()
+    run = wait_for_phase(kube_cluster, operator, "survivor", namespace, "Completed", timeout=120)
+    jobs = kube_cluster.list("pytorchjobs", namespace)
+    assert [item["metadata"]["uid"] for item in jobs] == [first_uid]
+    assert run["status"]["phase"] == "Completed"
+
+
+def test_unknown_pool_is_a_stalled_condition_not_a_crash(
+    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+) -> None:
+    kubectl_apply(kube_cluster, training_run("lost", namespace, resources={"pool": "h100"}))
+
+    def stalled() -> dict[str, Any] | None:
+        run = get_run(kube_cluster, "lost", namespace)
+        conditions = {item["type"]: item for item in run.get("status", {}).get("conditions", [])}
+        return run if conditions.get("Stalled", {}).get("status") == "True" else None
+
+    run = wait_until(stalled, timeout=60, what="a Stalled condition")
+    assert "unknown pool 'h100'" in condition(run, "Stalled")["message"]
+    assert kube_cluster.get("pytorchjob", "lost", namespace) is None
+    assert operator.process is not None and operator.process.poll() is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"distribution": {"workers": -1}}, "spec.distribution.workers"),
+        ({"resources": {"gpus": 1.5}}, "spec.resources.gpus"),
+        ({"command": ["python"], "script": "train.py"}, "set either spec.command or spec.script"),
+        ({"resources": {"gpus": 2}, "distribution": {"nprocPerNode": 4}}, "must not exceed spec.resources.gpus"),
+        ({"runPolicy": {"restartPolicy": "Sometimes"}}, "spec.runPolicy.restartPolicy"),
+        ({"resources": {"memory": "lots"}}, "spec.resources.memory"),
+        ({"image": None}, "spec.image"),
+    ],
+)
+def test_the_api_server_refuses_invalid_runs(kube_cluster: KubeCluster, namespace: str, spec: dict[str, Any], words: str) -> None:
+    document = training_run("invalid", namespace, **spec)
+    if spec.get("image", "") is None:
+        del document["spec"]["image"]
+    result = kubectl_apply(kube_cluster, document, check=False)
+    assert result.returncode != 0
+    assert words in result.stderr, result.stderr
+
+
+def test_kubectl_explain_and_wide_output(kube_cluster: KubeCluster, namespace: str) -> None:
+    explained = kube_cluster.kubectl("explain", "trainingrun.spec").stdout
+    for field in ("distribution", "hyperparameters", "resources", "runPolicy", "output", "metrics"):
+        assert field in explained
+    assert "Node pool by name" in kube_cluster.kubectl("explain", "trainingrun.spec.resources.pool").stdout
+    kubectl_apply(kube_cluster, training_run("wide", namespace, runPolicy={"suspend": True}))
+    wide = kube_cluster.kubectl("get", "tr", "-n", namespace, "-o", "wide").stdout
+    assert wide.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE", "JOB", "MESSAGE"]
+
+
+def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster) -> None:
+    result = kube_cluster.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"))
+    assert "customresourcedefinition.apiextensions.k8s.io/trainingruns.trainrun.dev serverside-applied" in result.stdout
+    for kind, name in [("clusterrole", "trainrun-operator"), ("clusterrolebinding", "trainrun-operator")]:
+        assert kube_cluster.get(kind, name) is not None
+    assert kube_cluster.get("deployment", "trainrun-operator", "trainrun-system") is not None
+    assert kube_cluster.get("serviceaccount", "trainrun-operator", "trainrun-system") is not None
+    # The install must leave the test cluster's operator configuration as the tests expect it.
+    kube_cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system")
