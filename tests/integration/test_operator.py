@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until
+from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 
 pytestmark = pytest.mark.cluster
 
@@ -119,8 +119,9 @@ def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
-    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
 ) -> None:
+    namespace = kube_namespace
     annotations = {**pod_behaviour(Outcome.SUCCEED, after="8s"), "kwok.trainrun.dev/start-after": "3s"}
     document = training_run(
         "resnet", namespace, resources={"pool": "a100", "gpus": 8}, podMetadata={"annotations": annotations}
@@ -132,7 +133,7 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
     assert table.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
     assert table.split("\n")[1].split()[:5] == ["resnet", "Running", "a100", "1", "8"]
 
-    pods = kube_cluster.list("pods", namespace, f"{JOB_LABEL}=resnet")
+    pods = kube_cluster.list_objects("pods", namespace, f"{JOB_LABEL}=resnet")
     assert sorted(pod["metadata"]["name"] for pod in pods) == ["resnet-master-0", "resnet-worker-0"]
     for pod in pods:
         node = kube_cluster.get("node", pod["spec"]["nodeName"])
@@ -140,7 +141,7 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
         container = pod["spec"]["containers"][0]
         assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == "8"
         env = {item["name"]: item.get("value") for item in container["env"]}
-        assert env["WORLD_SIZE"] == "2" and env["PET_NNODES"] == "2" and env["MASTER_ADDR"] == "resnet-master-0"
+        assert env["WORLD_SIZE"] == "16" and env["PET_NPROC_PER_NODE"] == "8" and env["PET_NNODES"] == "2" and env["MASTER_ADDR"] == "resnet-master-0"
 
     run = wait_for_phase(kube_cluster, operator, "resnet", namespace, "Completed", seen=seen)
     assert seen[0] == "Queued" or seen[0] == "Preparing", seen
@@ -158,8 +159,9 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
 
 
 def test_a_failing_replica_fails_the_run_with_its_exit_code(
-    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
 ) -> None:
+    namespace = kube_namespace
     document = training_run(
         "broken",
         namespace,
@@ -177,8 +179,9 @@ def test_a_failing_replica_fails_the_run_with_its_exit_code(
 
 
 def test_no_node_with_enough_gpus_stays_queued_naming_the_pool(
-    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
 ) -> None:
+    namespace = kube_namespace
     # Five replicas of 8 GPUs on a pool of four 8-GPU nodes: one can never be placed.
     document = training_run(
         "toobig",
@@ -199,17 +202,19 @@ def test_no_node_with_enough_gpus_stays_queued_naming_the_pool(
     kube_cluster.kubectl("delete", "tr", "toobig", "-n", namespace, "--wait=false")
 
 
-def test_delete_garbage_collects_the_job_and_pods(kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str) -> None:
+def test_delete_garbage_collects_the_job_and_pods(kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str) -> None:
+    namespace = kube_namespace
     kubectl_apply(kube_cluster, training_run("doomed", namespace, podMetadata={"annotations": pod_behaviour(Outcome.RUN)}))
     wait_for_phase(kube_cluster, operator, "doomed", namespace, "Running")
     kube_cluster.kubectl("delete", "tr", "doomed", "-n", namespace, "--timeout=60s")
     wait_until(lambda: kube_cluster.get("pytorchjob", "doomed", namespace) is None, timeout=60, what="the PyTorchJob to go")
-    wait_until(lambda: not kube_cluster.list("pods", namespace, f"{JOB_LABEL}=doomed"), timeout=60, what="the pods to go")
+    wait_until(lambda: not kube_cluster.list_objects("pods", namespace, f"{JOB_LABEL}=doomed"), timeout=60, what="the pods to go")
 
 
 def test_operator_killed_mid_run_finishes_the_run_with_one_job(
-    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
 ) -> None:
+    namespace = kube_namespace
     kubectl_apply(kube_cluster, training_run("survivor", namespace, podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="15s")}))
     wait_for_phase(kube_cluster, operator, "survivor", namespace, "Running")
     job = kube_cluster.get("pytorchjob", "survivor", namespace)
@@ -218,14 +223,15 @@ def test_operator_killed_mid_run_finishes_the_run_with_one_job(
     operator.kill()
     operator.start()
     run = wait_for_phase(kube_cluster, operator, "survivor", namespace, "Completed", timeout=120)
-    jobs = kube_cluster.list("pytorchjobs", namespace)
+    jobs = kube_cluster.list_objects("pytorchjobs", namespace)
     assert [item["metadata"]["uid"] for item in jobs] == [first_uid]
     assert run["status"]["phase"] == "Completed"
 
 
 def test_unknown_pool_is_a_stalled_condition_not_a_crash(
-    kube_cluster: KubeCluster, operator: OperatorProcess, namespace: str
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
 ) -> None:
+    namespace = kube_namespace
     kubectl_apply(kube_cluster, training_run("lost", namespace, resources={"pool": "h100"}))
 
     def stalled() -> dict[str, Any] | None:
@@ -251,7 +257,8 @@ def test_unknown_pool_is_a_stalled_condition_not_a_crash(
         ({"image": None}, "spec.image"),
     ],
 )
-def test_the_api_server_refuses_invalid_runs(kube_cluster: KubeCluster, namespace: str, spec: dict[str, Any], words: str) -> None:
+def test_the_api_server_refuses_invalid_runs(kube_cluster: KubeCluster, kube_namespace: str, spec: dict[str, Any], words: str) -> None:
+    namespace = kube_namespace
     document = training_run("invalid", namespace, **spec)
     if spec.get("image", "") is None:
         del document["spec"]["image"]
@@ -260,7 +267,8 @@ def test_the_api_server_refuses_invalid_runs(kube_cluster: KubeCluster, namespac
     assert words in result.stderr, result.stderr
 
 
-def test_kubectl_explain_and_wide_output(kube_cluster: KubeCluster, namespace: str) -> None:
+def test_kubectl_explain_and_wide_output(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    namespace = kube_namespace
     explained = kube_cluster.kubectl("explain", "trainingrun.spec").stdout
     for field in ("distribution", "hyperparameters", "resources", "runPolicy", "output", "metrics"):
         assert field in explained
@@ -279,3 +287,41 @@ def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster)
     assert kube_cluster.get("serviceaccount", "trainrun-operator", "trainrun-system") is not None
     # The install must leave the test cluster's operator configuration as the tests expect it.
     kube_cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system")
+
+
+def test_replica_logs_become_status_metrics_while_the_run_trains(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, tmp_path: Path
+) -> None:
+    namespace = kube_namespace
+    master_log = write_cri_log(
+        tmp_path / "master.log",
+        ["starting", 'trainrun:metric {"epoch": 1, "step": 10, "train_loss": 0.9}', 'trainrun:metric {"epoch": 1, "val_loss": 0.45}'],
+    )
+    worker_log = write_cri_log(tmp_path / "worker.log", ["worker up", "throughput: 812.5 img/s"])
+    kube_cluster.serve_pod_log(namespace, "logs-master-0", master_log)
+    kube_cluster.serve_pod_log(namespace, "logs-worker-0", worker_log)
+    document = training_run(
+        "logs",
+        namespace,
+        metrics=[{"name": "worker_throughput", "regex": r"throughput: ([0-9.]+)"}],
+        podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
+    )
+    kubectl_apply(kube_cluster, document)
+
+    def metrics_reported(expected: dict[str, float]) -> dict[str, Any] | None:
+        run = get_run(kube_cluster, "logs", namespace)
+        metrics = run.get("status", {}).get("metrics", {})
+        return run if all(metrics.get(name) == value for name, value in expected.items()) else None
+
+    run = wait_until(
+        lambda: metrics_reported({"train_loss": 0.9, "val_loss": 0.45, "worker_throughput": 812.5}),
+        timeout=90,
+        what="metrics from both replicas' logs in status",
+    )
+    assert run["status"]["keyMetric"] == "val_loss=0.45"
+    assert "val_loss=0.45" in kube_cluster.kubectl("get", "tr", "logs", "-n", namespace).stdout
+    # Lines written later arrive through the same follow stream.
+    write_cri_log(master_log, ['trainrun:metric {"epoch": 2, "val_loss": 0.31}'], append=True)
+    run = wait_until(lambda: metrics_reported({"val_loss": 0.31}), timeout=60, what="a metric appended to a followed log")
+    assert run["status"]["keyMetric"] == "val_loss=0.31"
+    kube_cluster.kubectl("delete", "tr", "logs", "-n", namespace, "--wait=false")

@@ -144,11 +144,7 @@ def training_run_crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "trainrun.dev/v1alpha1"},
                                 "kind": {"type": "string", "description": "TrainingRun"},
-                                "metadata": {
-                                    "type": "object",
-                                    "description": "Standard object metadata; the name is at most 52 characters, "
-                                    "since child objects are named after it.",
-                                },
+                                "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
