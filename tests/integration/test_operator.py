@@ -7,116 +7,26 @@ The operator runs as a subprocess, exactly as the Deployment starts it (``kopf r
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from runs import (
+    JOB_LABEL,
+    REPO,
+    OperatorProcess,
+    condition,
+    events_of,
+    get_run,
+    kubectl_apply,
+    operator,
+    training_run,
+    wait_for_phase,
+)
 
 pytestmark = pytest.mark.cluster
-
-REPO = Path(__file__).resolve().parents[2]
-TRAINER_IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
-JOB_LABEL = "training.kubeflow.org/job-name"
-
-
-class OperatorProcess:
-    """The operator as a child process with its output in a log file."""
-
-    def __init__(self, cluster: KubeCluster, log_path: Path) -> None:
-        self.cluster = cluster
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**self.cluster.env(), "TRAINRUN_OPERATOR_NAMESPACE": "trainrun-system", "PYTHONUNBUFFERED": "1"}
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture(scope="module")
-def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        assert process.process is not None and process.process.poll() is not None
-
-
-def training_run(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"image": TRAINER_IMAGE, "distribution": {"workers": 1}, "hyperparameters": {"epochs": 1}}
-    body.update(spec)
-    return {"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name, "namespace": namespace}, "spec": body}
-
-
-def kubectl_apply(cluster: KubeCluster, document: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(document), check=check)
-
-
-def get_run(cluster: KubeCluster, name: str, namespace: str) -> dict[str, Any]:
-    found = cluster.get("trainingrun", name, namespace)
-    assert found is not None
-    return found
-
-
-def wait_for_phase(
-    cluster: KubeCluster, operator: OperatorProcess, name: str, namespace: str, phase: str, *, timeout: float = 90, seen: list[str] | None = None
-) -> dict[str, Any]:
-    def reached() -> dict[str, Any] | None:
-        run = get_run(cluster, name, namespace)
-        current = run.get("status", {}).get("phase")
-        if seen is not None and current and (not seen or seen[-1] != current):
-            seen.append(current)
-        return run if current == phase else None
-
-    try:
-        return wait_until(reached, timeout=timeout, what=f"TrainingRun {name} phase {phase}", interval=0.3)
-    except ClusterError as error:
-        status = get_run(cluster, name, namespace).get("status")
-        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{operator.log_tail()}") from None
-
-
-def events_of(cluster: KubeCluster, name: str, namespace: str) -> list[dict[str, Any]]:
-    listing = cluster.kubectl(
-        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},involvedObject.kind=TrainingRun", "-o", "json"
-    )
-    return sorted(json.loads(listing.stdout)["items"], key=lambda event: event.get("lastTimestamp") or "")
-
-
-def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next(item for item in run["status"]["conditions"] if item["type"] == kind)
-
+__all__ = ["operator"]  # a fixture, used by name
 
 def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
     kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str

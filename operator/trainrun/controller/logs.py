@@ -92,7 +92,8 @@ class LogFollower:
 
     def _stream(self, pod_name: str, replica: str) -> None:
         try:
-            with (self.folder / f"{replica}.log").open("a", encoding="utf-8") as archive:
+            # Line-buffered: the archive may be copied while the stream is still open.
+            with (self.folder / f"{replica}.log").open("a", encoding="utf-8", buffering=1) as archive:
                 for line in self.api.pod_logs(pod_name, self.run.metadata.namespace, follow=True):
                     archive.write(line + "\n")
                     samples = self.parser.parse(line)

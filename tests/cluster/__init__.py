@@ -1,0 +1,1 @@
+"""The local Kubernetes test cluster (scripts and harness.py); imported by tests/integration/conftest.py."""

@@ -1,0 +1,339 @@
+"""Local Kubernetes test cluster for the tests: build, start, stop, kubectl, waits, pod behaviour, pod logs.
+
+Called by tests/integration/conftest.py (the session fixture ``kube_cluster``) and by tests that
+talk to that cluster. The cluster itself is made by the shell scripts beside this file:
+build.sh (pinned binaries into ~/.cache/trainrun), up.sh (etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler and kwok through kwokctl's binary runtime, plus the
+training-operator) and down.sh. Nodes are simulated by kwok: pods never run a program; what a pod
+does (succeed, fail, OOM, image pull error, keep running) is chosen by its annotations, see
+``pod_behaviour`` and stages.yaml. ``kubectl logs`` of a pod serves a file given with
+``KubeCluster.serve_pod_log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+CLUSTER_SCRIPTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = CLUSTER_SCRIPTS_DIR.parents[1]
+DEFAULT_KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+
+OUTCOME_ANNOTATION = "kwok.trainrun.dev/outcome"
+AFTER_ANNOTATION = "kwok.trainrun.dev/after"
+EXIT_CODE_ANNOTATION = "kwok.trainrun.dev/exit-code"
+
+# Pool labels and taints of the simulated nodes (nodes.yaml).
+POOL_LABEL = "trainrun.dev/pool"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION: dict[str, str] = {
+    "key": GPU_RESOURCE,
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
+
+T = TypeVar("T")
+JsonObject = dict[str, Any]
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be built, started, stopped, or did not reach an awaited state."""
+
+
+class Outcome(StrEnum):
+    """What a simulated pod does once scheduled (value of the kwok.trainrun.dev/outcome annotation)."""
+
+    SUCCEED = "succeed"
+    FAIL = "fail"
+    OOM = "oom"
+    RUN = "run"
+    IMAGE_PULL_BACKOFF = "imagepullbackoff"
+
+
+def pod_behaviour(
+    outcome: Outcome, *, after: str | None = None, exit_code: int | None = None
+) -> dict[str, str]:
+    """Pod annotations that make kwok play OUTCOME: put them on a pod or a replica's pod template.
+
+    after: how long the pod runs before it ends, a Go duration such as "3s" (default 5s).
+    exit_code: the exit code of the first container, only with Outcome.FAIL (default 1).
+    """
+    if exit_code is not None and outcome is not Outcome.FAIL:
+        raise ValueError(
+            f"exit_code is only used with Outcome.FAIL, not {outcome.value!r}"
+        )
+    annotations = {OUTCOME_ANNOTATION: outcome.value}
+    if after is not None:
+        annotations[AFTER_ANNOTATION] = after
+    if exit_code is not None:
+        annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
+    return annotations
+
+
+def wait_until(
+    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.5
+) -> T:
+    """Calls CHECK until it returns something other than None or False, and returns that.
+
+    Raises ClusterError naming WHAT after TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_cri_log(
+    path: Path, lines: Iterable[str], *, stream: str = "stdout", append: bool = False
+) -> Path:
+    """Writes LINES to PATH in the CRI log format that kwok serves as a container's log.
+
+    Each line becomes "<RFC3339Nano time> <stream> F <line>". Returns the absolute path.
+    """
+    now = datetime.now(UTC)
+    with path.open("a" if append else "w", encoding="utf-8") as log_file:
+        for offset, line in enumerate(lines):
+            stamp = (now + timedelta(microseconds=offset)).strftime(
+                "%Y-%m-%dT%H:%M:%S.%f000Z"
+            )
+            log_file.write(f"{stamp} {stream} F {line}\n")
+    return path.resolve()
+
+
+def pod_condition(
+    pod: Mapping[str, Any], condition_type: str
+) -> Mapping[str, Any] | None:
+    """The condition of type CONDITION_TYPE in a pod's (or any object's) status, or None."""
+    for condition in pod.get("status", {}).get("conditions", []):
+        if condition.get("type") == condition_type:
+            return condition  # type: ignore[no-any-return]
+    return None
+
+
+@dataclass(frozen=True)
+class KubeCluster:
+    """A running local cluster: its name (for down.sh), kubeconfig, and helpers around kubectl."""
+
+    name: str
+    kubeconfig: Path
+    kubectl_binary: Path = DEFAULT_KUBECTL
+
+    @property
+    def state_dir(self) -> Path:
+        """The folder of this cluster's files (kubeconfig, kwok workdir, training-operator log)."""
+        return self.kubeconfig.parent
+
+    @property
+    def training_operator_log(self) -> Path:
+        return self.state_dir / "training-operator.log"
+
+    def env(self) -> dict[str, str]:
+        """This process's environment with KUBECONFIG pointing at the cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(
+        self,
+        *args: str,
+        check: bool = True,
+        stdin: str | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Runs the venv's kubectl against this cluster; raises ClusterError on failure when CHECK."""
+        command = [str(self.kubectl_binary), *args]
+        completed = subprocess.run(
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            check=False,
+        )
+        if check and completed.returncode != 0:
+            raise ClusterError(
+                f"kubectl {' '.join(args)} exited {completed.returncode}: {completed.stderr.strip()}"
+            )
+        return completed
+
+    def apply(self, *manifests: Mapping[str, Any], server_side: bool = False) -> None:
+        """kubectl apply of MANIFESTS (objects as dicts)."""
+        documents = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
+        args = ["apply", "-f", "-"] + (["--server-side"] if server_side else [])
+        self.kubectl(*args, stdin=json.dumps(documents))
+
+    def get(
+        self, kind: str, name: str, namespace: str | None = None
+    ) -> JsonObject | None:
+        """The object as JSON, or None when it does not exist."""
+        args = ["get", kind, name, "-o", "json", "--ignore-not-found"]
+        if namespace is not None:
+            args += ["-n", namespace]
+        output = self.kubectl(*args).stdout.strip()
+        return json.loads(output) if output else None
+
+    def list_objects(
+        self, kind: str, namespace: str | None = None, selector: str | None = None
+    ) -> list[JsonObject]:
+        """The objects of KIND (in NAMESPACE, matching the label SELECTOR) as JSON."""
+        args = ["get", kind, "-o", "json"]
+        args += ["-n", namespace] if namespace is not None else ["--all-namespaces"]
+        if selector is not None:
+            args += ["-l", selector]
+        items: list[JsonObject] = json.loads(self.kubectl(*args).stdout)["items"]
+        return items
+
+    def create_namespace(self, name: str) -> None:
+        """Creates namespace NAME and waits for its default ServiceAccount, without which pods are refused."""
+        self.kubectl("create", "namespace", name)
+        wait_until(
+            lambda: self.get("serviceaccount", "default", name),
+            timeout=30,
+            what=f"the default ServiceAccount of namespace {name}",
+        )
+
+    def wait_for_condition(
+        self,
+        kind: str,
+        name: str,
+        namespace: str,
+        condition_type: str,
+        *,
+        status: str = "True",
+        timeout: float = 60,
+    ) -> JsonObject:
+        """Waits until the object's status has condition CONDITION_TYPE=STATUS; returns the object."""
+
+        def object_with_condition() -> JsonObject | None:
+            found = self.get(kind, name, namespace)
+            condition = pod_condition(found, condition_type) if found else None
+            return (
+                found
+                if condition is not None and condition.get("status") == status
+                else None
+            )
+
+        return wait_until(
+            object_with_condition,
+            timeout=timeout,
+            what=f"{kind} {namespace}/{name} condition {condition_type}={status}",
+        )
+
+    def wait_for_pods(
+        self,
+        namespace: str,
+        selector: str,
+        *,
+        count: int,
+        ready: Callable[[JsonObject], bool] = lambda pod: True,
+        timeout: float = 60,
+        what: str = "pods",
+    ) -> list[JsonObject]:
+        """Waits until COUNT pods match SELECTOR and all satisfy READY; returns them sorted by name."""
+
+        def matching_pods() -> list[JsonObject] | None:
+            pods = self.list_objects("pods", namespace, selector)
+            if len(pods) == count and all(ready(pod) for pod in pods):
+                return sorted(pods, key=lambda pod: str(pod["metadata"]["name"]))
+            return None
+
+        return wait_until(
+            matching_pods,
+            timeout=timeout,
+            what=f"{count} {what} ({selector}) in {namespace}",
+        )
+
+    def serve_pod_log(
+        self, namespace: str, pod: str, log_file: Path, *, container: str | None = None
+    ) -> None:
+        """Makes `kubectl logs` of POD (one CONTAINER, or all) serve LOG_FILE, a CRI-format file.
+
+        The pod may be created before or after. Lines appended to the file later reach
+        `kubectl logs -f` (and the client's follow=True). Calling it again replaces the file.
+        """
+        log = {"logsFile": str(log_file.resolve()), "follow": True}
+        if container is not None:
+            log["containers"] = [container]
+        self.apply(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "Logs",
+                "metadata": {"name": pod, "namespace": namespace},
+                "spec": {"logs": [log]},
+            }
+        )
+
+    def serve_namespace_logs(self, namespace: str, log_file: Path) -> None:
+        """Makes `kubectl logs` of every pod in NAMESPACE (all containers) serve LOG_FILE.
+
+        For pods whose names a test does not know in advance. A per-pod serve_pod_log wins over it.
+        """
+        self.apply(
+            {
+                "apiVersion": "kwok.x-k8s.io/v1alpha1",
+                "kind": "ClusterLogs",
+                "metadata": {"name": f"all-pods-of-{namespace}"},
+                "spec": {
+                    "selector": {"matchNamespaces": [namespace]},
+                    "logs": [{"logsFile": str(log_file.resolve()), "follow": True}],
+                },
+            }
+        )
+
+
+def run_script(
+    script: str, *args: str, timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Runs tests/cluster/SCRIPT; its stderr (progress) passes through, its stdout is returned."""
+    return subprocess.run(
+        ["bash", str(CLUSTER_SCRIPTS_DIR / script), *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def binaries_missing() -> bool:
+    """True when build.sh has something left to build."""
+    return run_script("build.sh", "--check", timeout=60).returncode != 0
+
+
+def build_binaries() -> None:
+    """Runs build.sh (a cold build takes 10-25 minutes; a warm one a second)."""
+    if run_script("build.sh", timeout=3600).returncode != 0:
+        raise ClusterError("tests/cluster/build.sh failed: see its output above")
+
+
+def start_cluster(name: str | None = None) -> KubeCluster:
+    """Starts a cluster with up.sh (a unique name by default) and returns it once nodes are Ready.
+
+    First stops the clusters left running by test sessions that died without stopping theirs.
+    """
+    run_script("down.sh", "--abandoned", timeout=300)
+    args = [name] if name is not None else []
+    completed = run_script("up.sh", *args, timeout=600)
+    lines = completed.stdout.strip().splitlines()
+    if completed.returncode != 0 or not lines:
+        raise ClusterError(
+            f"tests/cluster/up.sh failed (exit {completed.returncode}): see its output above"
+        )
+    kubeconfig = Path(lines[-1])
+    return KubeCluster(name=kubeconfig.parent.name, kubeconfig=kubeconfig)
+
+
+def stop_cluster(name: str) -> None:
+    """Stops cluster NAME with down.sh; a no-op for a cluster already stopped."""
+    if run_script("down.sh", name, timeout=120).returncode != 0:
+        raise ClusterError(f"tests/cluster/down.sh {name} failed: see its output above")

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Starts a local Kubernetes control plane for the tests, with no Docker, and prints the path of
+# its kubeconfig on the LAST line of stdout (everything else goes to stderr).
+#
+# Called by: tests/cluster/harness.py (the pytest fixture kube_cluster) and developers by hand.
+# Stop it with tests/cluster/down.sh NAME.
+#
+# What runs, all as plain processes bound to 127.0.0.1 (ports picked free by kwokctl):
+#   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok  (kwokctl, binary runtime)
+#   training-operator (PyTorchJob only)                                  (background process)
+# What it creates: the PyTorchJob CRD, this repo's CRDs (crds/*.yaml), the simulated node pools
+# (nodes.yaml), the namespaces kubeflow and trainrun-system, the operator config ConfigMap
+# (manifests/base/config.yaml). Pod behaviour comes from stages.yaml.
+#
+# Usage: tests/cluster/up.sh [NAME]     NAME defaults to trainrun-<random>.
+# Environment:
+#   TRAINRUN_CACHE        where build.sh put the binaries (default ~/.cache/trainrun)
+#   TRAINRUN_CLUSTER_DIR  parent of the per-cluster state folder (default ${TMPDIR:-/tmp}/trainrun-clusters)
+#   TRAINRUN_CLUSTER_OWNER_PID  the process whose death makes the cluster "abandoned" for
+#                         `down.sh --abandoned` (default: the caller of up.sh)
+#   TRAINRUN_VENV_BIN     folder with the kubectl to use (default <repo>/.venv/bin)
+#   TRAINRUN_CRDS_DIR     this project's CRDs, a kustomization or *.yaml (default <repo>/crds)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+# shellcheck source=common.sh source-path=SCRIPTDIR
+source "$SCRIPT_DIR/common.sh"
+
+NAME="${1:-trainrun-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}"
+cluster_paths "$NAME"
+START=$SECONDS
+say() { printf '[up %s +%ss] %s\n' "$NAME" "$((SECONDS - START))" "$*" >&2; }
+
+require_binaries
+require_kubectl
+
+if [[ -e "$STATE_DIR" ]]; then
+  echo "up.sh: $STATE_DIR already exists: cluster $NAME is running or was not stopped; run tests/cluster/down.sh $NAME" >&2
+  exit 1
+fi
+mkdir -p "$STATE_DIR" "$KWOK_WORKDIR"
+echo "${TRAINRUN_CLUSTER_OWNER_PID:-$PPID}" >"$OWNER_PID_FILE"
+
+# Anything that fails from here on must not leave processes behind; the logs are kept.
+on_exit() {
+  local status=$?
+  ((status == 0)) && return
+  local kept="$CLUSTERS_DIR-failed/$NAME"
+  rm -rf "$kept"
+  mkdir -p "$kept"
+  cp -r "$STATE_DIR"/*.log "$STATE_DIR/kwokctl.yaml" "$KWOK_WORKDIR/clusters/$NAME/logs" "$kept/" 2>/dev/null || true
+  say "FAILED (exit $status); logs kept in $kept; stopping what was started"
+  "$SCRIPT_DIR/down.sh" "$NAME" >&2 || true
+}
+trap on_exit EXIT
+
+write_kwokctl_config() {
+  cat <<EOF
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeVersion: $KUBE_VERSION
+  etcdBinary: $BIN_DIR/etcd-$ETCD_VERSION/etcd
+  kubeApiserverBinary: $BIN_DIR/kubernetes-$KUBE_VERSION/kube-apiserver
+  kubeControllerManagerBinary: $BIN_DIR/kubernetes-$KUBE_VERSION/kube-controller-manager
+  kubeSchedulerBinary: $BIN_DIR/kubernetes-$KUBE_VERSION/kube-scheduler
+  kwokControllerBinary: $BIN_DIR/kwok-$KWOK_VERSION/kwok
+  kubectlBinary: $KUBECTL
+  # Logs: tests point a pod's container at a log file while the cluster runs.
+  enableCRDs:
+  - Logs
+  - ClusterLogs
+---
+EOF
+  cat "$SCRIPT_DIR/stages.yaml"
+}
+write_kwokctl_config >"$STATE_DIR/kwokctl.yaml"
+
+# kwokctl picks free ports by probing them; two clusters created at the same moment could pick
+# the same ones, so creations are serialized across sessions on this machine.
+say "creating the control plane (kwokctl, binary runtime)"
+(
+  flock 9
+  KWOK_WORKDIR="$KWOK_WORKDIR" "$KWOKCTL" create cluster --name "$NAME" \
+    --config "$STATE_DIR/kwokctl.yaml" --kubeconfig "$KUBECONFIG_PATH" --wait 2m >&2
+  # The webhook port is chosen under the same lock, for the same reason.
+  free_port >"$STATE_DIR/webhook-port"
+) 9>"$CACHE_DIR/cluster-create.lock"
+export KUBECONFIG="$KUBECONFIG_PATH"
+say "control plane up: $(kubectl version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n1)"
+
+say "applying CRDs"
+kubectl apply --server-side -f "$BIN_DIR/training-operator-$TRAINING_OPERATOR_VERSION/kubeflow.org_pytorchjobs.yaml" >&2
+CRDS_DIR="${TRAINRUN_CRDS_DIR:-$REPO_ROOT/crds}"
+if [[ -e "$CRDS_DIR/kustomization.yaml" ]]; then
+  kubectl apply --server-side -k "$CRDS_DIR" >&2
+elif compgen -G "$CRDS_DIR/*.yaml" >/dev/null; then
+  kubectl apply --server-side -f "$CRDS_DIR" >&2
+fi
+kubectl wait --for=condition=Established --timeout=60s crd --all >&2
+
+say "creating nodes and namespaces"
+kubectl apply -f "$SCRIPT_DIR/nodes.yaml" >&2
+kubectl create namespace kubeflow >&2
+kubectl create namespace trainrun-system >&2
+# The operator configuration the install ships (manifests/base/config.yaml) names the pools of nodes.yaml.
+kubectl apply -n trainrun-system -f "$REPO_ROOT/manifests/base/config.yaml" >&2
+
+say "starting the training-operator"
+start_training_operator "$(cat "$STATE_DIR/webhook-port")"
+
+kubectl wait --for=condition=Ready --timeout=60s node --all >&2
+say "ready: $(kubectl get nodes --no-headers | wc -l) nodes; operator log $STATE_DIR/training-operator.log"
+trap - EXIT
+echo "$KUBECONFIG_PATH"

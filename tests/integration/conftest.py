@@ -1,0 +1,77 @@
+"""Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster) and a fresh namespace (kube_namespace).
+
+pytest loads this for every test under tests/integration/. The cluster is started once per test
+session, on first use, by tests/cluster/up.sh (building the binaries first with build.sh when
+they are missing), and always stopped at the end: fixture teardown, and atexit plus a SIGTERM
+handler for a session that is interrupted. TRAINRUN_SKIP_CLUSTER=1 skips the tests that need it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+import pytest
+
+# tests/cluster/harness.py is imported as cluster.harness (tests/ is not a package).
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from cluster.harness import (
+    KubeCluster,
+    binaries_missing,
+    build_binaries,
+    start_cluster,
+    stop_cluster,
+)
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # The default SIGTERM action kills Python without running finalizers or atexit, which
+    # would leave the cluster's processes running. pytest ends the session on
+    # KeyboardInterrupt and still tears fixtures down (a SystemExit would only fail one test).
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """A running local cluster for the whole session (see tests/cluster/harness.py for its API)."""
+    if os.environ.get("TRAINRUN_SKIP_CLUSTER") == "1":
+        pytest.skip("TRAINRUN_SKIP_CLUSTER=1: the local Kubernetes cluster is disabled")
+    if binaries_missing():
+        build_binaries()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    cluster = start_cluster()
+    stopped = False
+
+    def stop_once() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            stop_cluster(cluster.name)
+
+    atexit.register(stop_once)
+    try:
+        yield cluster
+    finally:
+        stop_once()
+        atexit.unregister(stop_once)
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    """A namespace of its own for one test, deleted afterwards (without waiting)."""
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    kube_cluster.create_namespace(name)
+    try:
+        yield name
+    finally:
+        kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,143 @@
+"""The artifact copy in the cluster: PyTorchJob Succeeded -> Uploading -> the uploader Job -> Completed.
+
+Real parts throughout: the kwok control plane and training-operator, the operator as a process, and
+a SeaweedFS S3 server. kwok only simulates the uploader pod's outcome, so the test runs the very
+command that pod runs (``trainrun upload /outputs <uri>`` with the Secret's variables) against the
+S3 server itself; the operator then reads the manifest from the bucket into ``status.artifacts``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from runs import OperatorProcess, get_run, kubectl_apply, operator, training_run, wait_for_phase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+__all__ = ["operator"]  # a fixture, used by name
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bound_claim(cluster: KubeCluster, namespace: str, name: str, host_path: Path) -> None:
+    """A PersistentVolume bound to a claim up front: the test cluster has no volume provisioner."""
+    volume = f"{namespace}-{name}"
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "manual",
+                "hostPath": {"path": str(host_path)},
+                "claimRef": {"namespace": namespace, "name": name},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "manual",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+
+
+def test_succeeded_training_is_uploaded_and_recorded(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, s3_server: SeaweedFS, tmp_path: Path
+) -> None:
+    namespace = kube_namespace
+    uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/art"
+    secret_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    kube_cluster.kubectl(
+        "create", "secret", "generic", "s3-creds", "-n", namespace, *[f"--from-literal={key}={value}" for key, value in secret_env.items()]
+    )
+    bound_claim(kube_cluster, namespace, "art-outputs", tmp_path / "volume")
+    kube_cluster.serve_pod_log(namespace, "art-master-0", write_cri_log(tmp_path / "master.log", ["epoch 1 done", 'trainrun:metric {"val_loss": 0.2}']))
+    document = training_run(
+        "art",
+        namespace,
+        output={"uri": uri, "secretName": "s3-creds", "volume": {"claimName": "art-outputs"}},
+        podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="3s")},
+    )
+    kubectl_apply(kube_cluster, document)
+    wait_for_phase(kube_cluster, operator, "art", namespace, "Uploading", timeout=120)
+
+    uploader = wait_until(lambda: kube_cluster.get("job", "art-upload", namespace), timeout=30, what="the uploader Job")
+    pod_spec = uploader["spec"]["template"]["spec"]
+    container = pod_spec["containers"][0]
+    assert container["command"] == ["trainrun", "upload", "/outputs", uri]
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert {"name": "outputs", "mountPath": "/outputs", "readOnly": True} in container["volumeMounts"]
+    assert pod_spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "art-outputs"}}]
+    assert uploader["metadata"]["ownerReferences"][0]["name"] == "art"
+
+    # What the uploader pod does, for real: the trainer's output folder to the bucket.
+    outputs = tmp_path / "outputs"
+    (outputs / "checkpoints").mkdir(parents=True)
+    (outputs / "model.pt").write_bytes(b"weights" * 1000)
+    (outputs / "checkpoints" / "epoch-0001.pt").write_bytes(b"checkpoint")
+    (outputs / "run.json").write_text(json.dumps({"epochs": 1}))
+    upload = subprocess.run(
+        [str(Path(sys.executable).parent / "trainrun"), "upload", str(outputs), uri],
+        env={**kube_cluster.env(), **secret_env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert upload.returncode == 0, upload.stderr
+    assert ACCESS_KEY not in upload.stdout + upload.stderr and SECRET_KEY not in upload.stdout + upload.stderr
+
+    run = wait_for_phase(kube_cluster, operator, "art", namespace, "Completed", timeout=120)
+    artifacts = run["status"]["artifacts"]
+    assert artifacts == {"uri": uri, "manifestUri": f"{uri}/manifest.json", "fileCount": 3, "bytes": 7000 + 10 + len(json.dumps({"epochs": 1}))}
+    ready = next(item for item in run["status"]["conditions"] if item["type"] == "Ready")
+    assert ready["status"] == "True"
+
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    for entry in manifest["files"]:
+        body = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{entry['path']}")["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
+    # The operator archived the followed replica log beside the artifacts when the run ended.
+    archived = wait_until(
+        lambda: _object(s3, f"{prefix}/logs/master-0.log"), timeout=60, what="the archived master log in the bucket"
+    )
+    assert "epoch 1 done" in archived
+    # Nothing secret leaked into status or Events.
+    events = kube_cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert SECRET_KEY not in json.dumps(get_run(kube_cluster, "art", namespace)) and SECRET_KEY not in events
+
+
+def _object(s3: Any, key: str) -> str | None:
+    try:
+        return str(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
+    except s3.exceptions.NoSuchKey:
+        return None
