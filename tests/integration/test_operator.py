@@ -68,24 +68,77 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
     assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
 
 
-def test_a_failing_replica_fails_the_run_with_its_exit_code(
-    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
+@pytest.mark.parametrize(
+    ("outcome", "words"),
+    [(pod_behaviour(Outcome.FAIL, after="2s", exit_code=3), "exited with code 3"), (pod_behaviour(Outcome.OOM, after="2s"), "OOMKilled")],
+    ids=["exit-code", "oom"],
+)
+def test_a_failing_replica_fails_the_run_naming_it(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, outcome: dict[str, str], words: str
 ) -> None:
     namespace = kube_namespace
     document = training_run(
         "broken",
         namespace,
         runPolicy={"restartPolicy": "Never", "backoffLimit": 0},
-        podMetadata={"annotations": pod_behaviour(Outcome.FAIL, after="2s", exit_code=3)},
+        resources={"memory": "2Gi"},
+        podMetadata={"annotations": outcome},
     )
     kubectl_apply(kube_cluster, document)
     run = wait_for_phase(kube_cluster, operator, "broken", namespace, "Failed")
     message = run["status"]["message"]
-    assert "exited with code 3" in message, message
+    assert words in message, message
     assert "master-0" in message or "worker-0" in message, message
     assert condition(run, "Stalled")["status"] == "True"
     assert condition(run, "Ready")["status"] == "False"
     assert any(event["type"] == "Warning" and event["reason"] != "" for event in events_of(kube_cluster, "broken", namespace))
+
+
+def test_spec_changes_wait_for_suspend_and_resume(kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str) -> None:
+    namespace = kube_namespace
+    document = training_run("elastic", namespace, podMetadata={"annotations": pod_behaviour(Outcome.RUN)})
+    kubectl_apply(kube_cluster, document)
+    wait_for_phase(kube_cluster, operator, "elastic", namespace, "Running")
+    document["spec"]["distribution"] = {"workers": 2}
+    kubectl_apply(kube_cluster, document)
+
+    def pending() -> dict[str, Any] | None:
+        run = get_run(kube_cluster, "elastic", namespace)
+        return run if run["status"].get("pendingChanges") == ["spec.distribution.workers"] else None
+
+    run = wait_until(pending, timeout=60, what="the worker change reported as pending")
+    assert "spec.distribution.workers" in condition(run, "Reconciling")["message"]
+    job = kube_cluster.get("pytorchjob", "elastic", namespace)
+    assert job is not None and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # not applied to live pods
+
+    document["spec"]["runPolicy"] = {"suspend": True}
+    kubectl_apply(kube_cluster, document)
+    wait_for_phase(kube_cluster, operator, "elastic", namespace, "Suspended")
+    wait_until(lambda: not kube_cluster.list_objects("pods", namespace, f"{JOB_LABEL}=elastic"), timeout=60, what="pods gone")
+    document["spec"]["runPolicy"] = {"suspend": False}
+    kubectl_apply(kube_cluster, document)
+    wait_for_phase(kube_cluster, operator, "elastic", namespace, "Running", timeout=120)
+    pods = kube_cluster.wait_for_pods(namespace, f"{JOB_LABEL}=elastic", count=3, timeout=60)
+    assert sorted(pod["metadata"]["name"] for pod in pods) == ["elastic-master-0", "elastic-worker-0", "elastic-worker-1"]
+    assert get_run(kube_cluster, "elastic", namespace)["status"].get("pendingChanges", []) == []
+    kube_cluster.kubectl("delete", "tr", "elastic", "-n", namespace, "--wait=false")
+
+
+def test_cancel_stops_the_replicas_for_good(kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str) -> None:
+    namespace = kube_namespace
+    document = training_run("stopme", namespace, podMetadata={"annotations": pod_behaviour(Outcome.RUN)})
+    kubectl_apply(kube_cluster, document)
+    wait_for_phase(kube_cluster, operator, "stopme", namespace, "Running")
+    kube_cluster.kubectl("patch", "tr", "stopme", "-n", namespace, "--type=merge", "-p", '{"spec": {"cancel": true}}')
+    run = wait_for_phase(kube_cluster, operator, "stopme", namespace, "Cancelled")
+    wait_until(lambda: not kube_cluster.list_objects("pods", namespace, f"{JOB_LABEL}=stopme"), timeout=60, what="pods gone")
+    assert condition(run, "Reconciling")["status"] == "False"
+
+
+@pytest.mark.parametrize("sample", sorted((REPO / "manifests" / "samples").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_sample_is_accepted_by_the_api_server(kube_cluster: KubeCluster, kube_namespace: str, sample: Path) -> None:
+    result = kube_cluster.kubectl("apply", "--dry-run=server", "-n", kube_namespace, "-f", str(sample))
+    assert "trainingrun.trainrun.dev/" in result.stdout, result.stdout
 
 
 def test_no_node_with_enough_gpus_stays_queued_naming_the_pool(
