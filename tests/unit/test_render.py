@@ -212,7 +212,7 @@ def test_output_volume_on_the_master_and_scratch_on_workers() -> None:
 
 
 def test_users_own_claim_is_not_created() -> None:
-    run = training_run(output={"uri": "s3://m/x", "volume": {"claimName": "shared"}})
+    run = training_run(output={"uri": "s3://models/x", "volume": {"claimName": "shared"}})
     assert render_volume_claim(run) is None
     assert {"name": "outputs", "persistentVolumeClaim": {"claimName": "shared"}} in master(render_pytorchjob(run, pools()))["template"]["spec"]["volumes"]
     assert render_volume_claim(training_run()) is None
@@ -233,7 +233,7 @@ def test_uploader_job() -> None:
 
 def test_inputs_and_code_are_staged_by_an_init_container() -> None:
     run = training_run(
-        inputs=[{"name": "fashion-mnist", "uri": "s3://data/fmnist"}, {"name": "extra", "uri": "gs://b/x", "path": "/data/x"}],
+        inputs=[{"name": "fashion-mnist", "uri": "s3://data/fmnist"}, {"name": "extra", "uri": "gs://bucket/x", "path": "/data/x"}],
         code={"uri": "s3://code/run-1"},
         output={"secretName": "creds"},
     )
@@ -241,7 +241,7 @@ def test_inputs_and_code_are_staged_by_an_init_container() -> None:
     init = pod["initContainers"][0]
     script = init["command"][2]
     assert "trainrun download s3://data/fmnist /inputs/fashion-mnist" in script
-    assert "trainrun download gs://b/x /data/x" in script
+    assert "trainrun download gs://bucket/x /data/x" in script
     assert "trainrun download s3://code/run-1 /workspace/code" in script
     assert init["envFrom"] == [{"secretRef": {"name": "creds"}}]
     env = env_of({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": pod}}}}})
@@ -250,7 +250,7 @@ def test_inputs_and_code_are_staged_by_an_init_container() -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    run = training_run(distribution={"workers": 3}, output={"uri": "s3://a/b"})
+    run = training_run(distribution={"workers": 3}, output={"uri": "s3://artifacts/b"})
     assert render_pytorchjob(run, pools()) == render_pytorchjob(run, pools())
 
 

@@ -17,8 +17,7 @@ from typing import Any
 from trainrun.kube import KubeApi, KubeError
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts, TrainingRunStatus
-from trainrun.spec.uri import parse_uri
-from trainrun.storage import StorageError, StorageOptions, read_manifest, upload_file
+from trainrun.storage import StorageError, StorageOptions, parse_uri, read_manifest, upload_file
 from trainrun.storage.manifest import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class ArtifactReader:
         uri = run.spec.output.uri
         if uri is None or not uploader_succeeded(uploader):
             return None, None
-        manifest_uri = parse_uri(uri).child(MANIFEST_NAME)
+        manifest_uri = parse_uri(uri).child(MANIFEST_NAME).uri
         try:
             manifest = read_manifest(uri, options=self.storage_options(run))
         except (StorageError, KubeError, ValueError) as error:
@@ -84,6 +83,6 @@ class ArtifactReader:
         try:
             options = self.storage_options(run)
             for path in files:
-                upload_file(path, location.child(f"logs/{path.name}"), options=options)
+                upload_file(path, location.child(f"logs/{path.name}").uri, options=options)
         except (StorageError, KubeError, OSError) as error:
             logger.warning("archiving the logs of %s to %s failed: %s", run.metadata.name, uri, error)

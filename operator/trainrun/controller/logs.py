@@ -17,11 +17,12 @@ from typing import Any, Protocol
 
 from trainrun.kube import KubeApi, KubeError
 from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.render.children import JOB_NAME_LABEL
 from trainrun.spec.model import API_VERSION, KIND, TrainingRun
+from trainrun.status import replica_name
 
 logger = logging.getLogger(__name__)
 
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 STATUS_FLUSH_SECONDS = 5.0
 LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
 
@@ -32,13 +33,6 @@ class Stopped(Protocol):
     def wait(self, timeout: float | None = None) -> object: ...
 
     def __bool__(self) -> bool: ...
-
-
-def replica_name(pod: dict[str, Any]) -> str:
-    """``master-0``, ``worker-2``: the replica a pod plays, from the training-operator's labels."""
-    labels = pod["metadata"].get("labels", {})
-    kind = labels.get("training.kubeflow.org/replica-type", "replica").lower()
-    return f"{kind}-{labels.get('training.kubeflow.org/replica-index', '0')}"
 
 
 class LogFollower:

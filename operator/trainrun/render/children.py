@@ -28,6 +28,10 @@ PYTORCHJOB_KIND = "PyTorchJob"
 CONTAINER_NAME = "pytorch"  # the training-operator finds the rendezvous port on the container with this name
 PORT_NAME = "pytorchjob-port"
 RUN_LABEL = "trainrun.dev/run"
+# Labels the training-operator puts on the pods of a PyTorchJob.
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
+REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "trainrun-operator"

@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from trainrun.spec.uri import StorageUriError, parse_uri
+from trainrun.storage.errors import InvalidStorageURI
+from trainrun.storage.uri import parse_uri
 
 GROUP = "trainrun.dev"
 VERSION = "v1alpha1"
@@ -443,6 +444,6 @@ class TrainingRun(BaseModel):
 def _checked_uri(uri: str) -> str:
     try:
         parse_uri(uri)
-    except StorageUriError as error:
+    except InvalidStorageURI as error:
         raise ValueError(str(error)) from error
     return uri

@@ -16,6 +16,7 @@ The pure decision core between the operator's reads and its status writes: the o
 from __future__ import annotations
 
 from trainrun.status.compute import compute_status
+from trainrun.status.observe import replica_name
 from trainrun.status.transitions import PhaseEvent, phase_event
 
-__all__ = ["PhaseEvent", "compute_status", "phase_event"]
+__all__ = ["PhaseEvent", "compute_status", "phase_event", "replica_name"]

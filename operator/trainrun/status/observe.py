@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from trainrun.render.children import COMPONENT_LABEL
+from trainrun.render.children import COMPONENT_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL
 from trainrun.spec.status import ReplicaCounts
 from trainrun.status.shapes import (
     as_count,
@@ -29,8 +29,6 @@ from trainrun.status.shapes import (
     timestamp,
 )
 
-REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
-REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 BATCH_JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 UPLOADER_COMPONENT = "uploader"  # the component label render.children gives the uploader Job's pods
 # The batch/v1 Job default, used when the uploader Job's spec does not say.
@@ -303,6 +301,12 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
         reason=as_text(status.get("reason")),
         message=as_text(status.get("message")),
     )
+
+
+def replica_name(pod: Mapping[str, Any]) -> str:
+    """``master-0``, ``worker-2``: the replica a pod plays (its labels, else its name)."""
+    metadata = as_mapping(pod.get("metadata"))
+    return _replica_identity(str(metadata.get("name") or ""), as_mapping(metadata.get("labels")))[1]
 
 
 def _replica_identity(name: str, labels: Mapping[str, Any]) -> tuple[str | None, str]:

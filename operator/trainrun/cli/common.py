@@ -1,0 +1,157 @@
+"""What every verb module shares: the global options, choosing the Client, shared option types, output.
+
+The verb modules (``runs``, ``get``, ``logs``, ``lifecycle``, ``manifests``) call
+:func:`client_for` to get a ``trainrun.Client`` for the cluster of ``--kubeconfig``/``--context``/``-n``,
+or for the local runs folder with ``--local``. Heavy modules (the client, the Kubernetes client,
+rich) are imported when a verb needs them, so that ``trainrun --help`` and ``trainrun validate`` start
+fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec
+
+import typer
+
+if TYPE_CHECKING:
+    from trainrun.client import Client
+
+RUNS_DIR_ENV = "TRAINRUN_RUNS_DIR"
+DEBUG_ENV = "TRAINRUN_DEBUG"
+Parameters = ParamSpec("Parameters")
+
+
+@dataclass
+class GlobalOptions:
+    """The options given before the verb: ``trainrun -n team-a get``."""
+
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+
+
+LocalOption = Annotated[
+    bool,
+    typer.Option("--local", help="Use the runs on this machine (the runs folder) instead of the cluster."),
+]
+RunsDirOption = Annotated[
+    Path,
+    typer.Option("--runs-dir", envvar=RUNS_DIR_ENV, help="Folder of local runs (one sub-folder per run)."),
+]
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Operator configuration (ConfigMap trainrun-operator-config, or its config.yaml): pools to check.",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="Namespace of the run (overrides the global -n; default: default)."),
+]
+CodeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--code",
+        help="Folder of your code to run with (spec.code): uploaded for a cluster, used in place with --local.",
+        exists=True,
+        file_okay=False,
+    ),
+]
+CodeUriOption = Annotated[
+    str | None,
+    typer.Option("--code-uri", help="Where --code is uploaded (default: <spec.output.uri>/code)."),
+]
+FileArgument = Annotated[
+    str, typer.Argument(help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
+]
+NameArgument = Annotated[str, typer.Argument(help="Name of the TrainingRun (locally: also a run folder's name).")]
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def global_options(context: typer.Context) -> GlobalOptions:
+    """The options of the main callback (defaults when a verb is run on its own, as in tests)."""
+    root = context.find_root()
+    options = root.obj
+    return options if isinstance(options, GlobalOptions) else GlobalOptions()
+
+
+def client_for(
+    context: typer.Context,
+    *,
+    local: bool,
+    runs_dir: Path = DEFAULT_RUNS_DIR,
+    config: Path | None = None,
+    namespace: str | None = None,
+) -> Client:
+    """The Client for this command: local runs under runs_dir, else the cluster of the global options."""
+    from trainrun.client import Client
+    from trainrun.client.documents import load_operator_config
+
+    options = global_options(context)
+    operator_config = load_operator_config(config)
+    if local:
+        return Client(backend="local", runs_dir=runs_dir, config=operator_config)
+    return Client(
+        backend="cluster",
+        kubeconfig=options.kubeconfig,
+        context=options.context,
+        namespace=namespace or options.namespace,
+        config=operator_config,
+    )
+
+
+def fail(message: str, *, code: int = 1) -> NoReturn:
+    """One line to stderr, then exit."""
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def dump_yaml(documents: list[Any]) -> str:
+    """Documents as a YAML stream (``---`` between them), keys in their natural order."""
+    import yaml
+
+    return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=len(documents) > 1)
+
+
+def run_dir_of(run: dict[str, Any]) -> str | None:
+    """The run folder of a local run (None for a cluster run)."""
+    from trainrun.local.folder import RUN_DIR_ANNOTATION
+
+    annotations = (run.get("metadata") or {}).get("annotations") or {}
+    folder = annotations.get(RUN_DIR_ANNOTATION)
+    return str(folder) if folder else None
+
+
+def add_command(app: typer.Typer, name: str, function: Callable[Parameters, None], *, hidden: bool = False) -> None:
+    """Register a verb whose errors print as one line (``error: ...``, exit code 1), no traceback.
+
+    ``TRAINRUN_DEBUG=1`` lets the traceback through.
+    """
+
+    @functools.wraps(function)
+    def verb(*args: Parameters.args, **kwargs: Parameters.kwargs) -> None:
+        try:
+            function(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - the CLI's promise: one clear line
+            if os.environ.get(DEBUG_ENV):
+                raise
+            fail(one_line(error))
+
+    app.command(name, hidden=hidden)(verb)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error on a single line (its type when it has none)."""
+    text = " ".join(str(error).split())
+    return text or type(error).__name__

@@ -1,0 +1,141 @@
+"""The live view of a run that ``trainrun run`` shows while it trains.
+
+Phase changes, every replica's lines with a ``[master-0]`` prefix (hidden by --quiet), and on a
+terminal a live progress line (epoch/step, loss, images/s) kept at the bottom with rich; plain lines
+when the output is a file or a pipe. Implements ``trainrun.local.runner.RunObserver``, which the local
+runner and the cluster follower both report to.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from trainrun.metrics import MetricSummary
+from trainrun.spec.status import Phase, TrainingRunStatus
+
+PHASE_STYLES = {
+    Phase.COMPLETED: "bold green",
+    Phase.FAILED: "bold red",
+    Phase.CANCELLED: "bold yellow",
+}
+REPLICA_STYLES = ("cyan", "magenta", "blue", "green", "yellow")
+LOSS_NAMES = ("train_loss", "loss", "val_loss")
+
+
+class RunDisplay:
+    """Shows a run as it goes; use as a context manager around ``Client.run``."""
+
+    def __init__(self, *, name: str, quiet: bool = False, console: Console | None = None) -> None:
+        self.name = name
+        self.quiet = quiet
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.live: Live | None = None
+        self.current_phase: Phase | None = None
+        self.position: dict[str, Any] = {}
+        self.latest: dict[str, float] = {}
+        self.started = time.monotonic()
+
+    def __enter__(self) -> RunDisplay:
+        if self.console.is_terminal:
+            self.live = Live(_ProgressLine(self), console=self.console, refresh_per_second=4, transient=True)
+            self.live.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    # -- RunObserver -------------------------------------------------------------------------------------
+
+    def notice(self, text: str) -> None:
+        self._print(Text(f"note: {text}", style="dim"))
+
+    def phase(self, status: TrainingRunStatus) -> None:
+        self.current_phase = status.phase
+        style = PHASE_STYLES.get(status.phase, "bold") if status.phase else "bold"
+        line = Text(f"{self.name}: ", style="bold")
+        line.append(str(status.phase), style=style)
+        if status.message:
+            line.append(f"  {status.message}")
+        self._print(line, stream_err=status.phase is Phase.FAILED)
+        self._refresh()
+
+    def line(self, replica: str, text: str) -> None:
+        if self.quiet:
+            return
+        prefix = Text(f"[{replica}] ", style=_replica_style(replica))
+        self._print(prefix + Text(text))
+
+    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
+        for key in ("epoch", "step"):
+            if key in record:
+                self.position[key] = record[key]
+        self.latest = dict(summary.latest)
+        if self.live is not None:
+            self._refresh()
+        elif self.quiet:
+            # Without a live line, --quiet still shows the numbers, one line per metric line.
+            values = " ".join(
+                f"{key}={_format(value)}" for key, value in record.items() if key not in ("time", "replica")
+            )
+            print(f"{self.name}: {values}", flush=True)
+
+    # -- drawing -----------------------------------------------------------------------------------------
+
+    def _print(self, text: Text, *, stream_err: bool = False) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            print(text.plain, file=sys.stderr if stream_err else sys.stdout, flush=True)
+
+    def _refresh(self) -> None:
+        if self.live is not None:
+            self.live.refresh()
+
+    def progress_line(self) -> Text:
+        """``quickstart Running  epoch 2 · step 120 · train_loss 0.431 · 1,520 img/s · 0:42``."""
+        elapsed = int(time.monotonic() - self.started)
+        line = Text(f"{self.name} ", style="bold")
+        phase = self.current_phase or Phase.PREPARING
+        line.append(str(phase), style=PHASE_STYLES.get(phase, "bold cyan"))
+        parts = [f"{key} {self.position[key]}" for key in ("epoch", "step") if key in self.position]
+        loss = next((name for name in LOSS_NAMES if name in self.latest), None)
+        if loss is not None:
+            parts.append(f"{loss} {self.latest[loss]:.4g}")
+        if "images_per_sec" in self.latest:
+            parts.append(f"{self.latest['images_per_sec']:,.0f} img/s")
+        parts.append(f"{elapsed // 60}:{elapsed % 60:02d}")
+        line.append("  " + " · ".join(parts))
+        return line
+
+
+class _ProgressLine:
+    """Drawn afresh at every refresh of the live display, so that the clock moves between metric lines."""
+
+    def __init__(self, display: RunDisplay) -> None:
+        self.display = display
+
+    def __rich__(self) -> Text:
+        return self.display.progress_line()
+
+
+def _replica_style(replica: str) -> str:
+    if replica.startswith("master"):
+        return "bold cyan"
+    index = replica.rpartition("-")[2]
+    return REPLICA_STYLES[(int(index) if index.isdigit() else 0) % len(REPLICA_STYLES)]
+
+
+def _format(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

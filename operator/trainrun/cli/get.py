@@ -1,0 +1,105 @@
+"""``trainrun get`` (alias ``list``) and ``trainrun describe``: what runs there are and how they stand.
+
+Fetches through ``trainrun.Client`` and draws with ``trainrun.cli.views``; ``-o yaml|json`` prints the
+objects themselves, ``-o wide`` adds columns, ``-A`` lists every namespace.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from trainrun.cli.common import (
+    add_command,
+    NamespaceOption,
+    DEFAULT_RUNS_DIR,
+    LocalOption,
+    NameArgument,
+    RunsDirOption,
+    client_for,
+    dump_yaml,
+    run_dir_of,
+)
+
+
+class OutputFormat(StrEnum):
+    """The -o choices, as kubectl has them."""
+
+    TABLE = "table"
+    WIDE = "wide"
+    YAML = "yaml"
+    JSON = "json"
+
+
+OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, wide, yaml or json.")]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the verbs of this module to the CLI."""
+    add_command(app, "get", get_command)
+    add_command(app, "list", list_command)
+    add_command(app, "describe", describe_command)
+
+
+def get_command(
+    context: typer.Context,
+    name: Annotated[str | None, typer.Argument(help="One run; all runs when left out.")] = None,
+    output: OutputOption = OutputFormat.TABLE,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Runs of every namespace.")] = False,
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """Show runs as a table (NAME PHASE POOL WORKERS GPUS METRIC AGE), or as YAML/JSON."""
+    client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    if name is not None:
+        runs = [client.get(name)]
+    else:
+        runs = client.list(all_namespaces=all_namespaces)
+    show_runs(runs, output=output, single=name is not None, with_namespace=all_namespaces)
+
+
+def list_command(
+    context: typer.Context,
+    output: OutputOption = OutputFormat.TABLE,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Runs of every namespace.")] = False,
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """List runs (same as `trainrun get` without a name)."""
+    get_command(
+        context, None, output=output, all_namespaces=all_namespaces, namespace=namespace, local=local, runs_dir=runs_dir
+    )
+
+
+def show_runs(runs: list[dict[str, Any]], *, output: OutputFormat, single: bool, with_namespace: bool) -> None:
+    """Print runs in the chosen format."""
+    if output in (OutputFormat.YAML, OutputFormat.JSON):
+        document: Any = runs[0] if single else {"apiVersion": "v1", "kind": "List", "items": runs}
+        print(dump_yaml([document]) if output is OutputFormat.YAML else json.dumps(document, indent=2))
+        return
+    if not runs:
+        print("No TrainingRuns found.")
+        return
+    from trainrun.cli.views import runs_table, show
+
+    show(runs_table(runs, wide=output is OutputFormat.WIDE, with_namespace=with_namespace))
+
+
+def describe_command(
+    context: typer.Context,
+    name: NameArgument,
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """Phase, conditions, replicas, metrics, artifacts and recent events of one run."""
+    from trainrun.cli.views import describe, show
+
+    client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    run = client.get(name)
+    show(describe(run, events=client.events(name), run_dir=run_dir_of(run)))

@@ -1,0 +1,73 @@
+"""``trainrun logs`` and ``trainrun metrics``: what the replicas wrote and the numbers read from it.
+
+Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from trainrun.cli.common import (
+    add_command,
+    NamespaceOption,
+    DEFAULT_RUNS_DIR,
+    LocalOption,
+    NameArgument,
+    RunsDirOption,
+    client_for,
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the verbs of this module to the CLI."""
+    add_command(app, "logs", logs_command)
+    add_command(app, "metrics", metrics_command)
+
+
+def logs_command(
+    context: typer.Context,
+    name: NameArgument,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
+    replica: Annotated[
+        str, typer.Option("--replica", "-r", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
+    ] = "all",
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's)."""
+    client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    prefixed = replica == "all"
+    try:
+        for source, line in client.logs(name, follow=follow, replica=None if prefixed else replica):
+            print(f"[{source}] {line}" if prefixed else line, flush=follow)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def metrics_command(
+    context: typer.Context,
+    name: NameArgument,
+    history: Annotated[bool, typer.Option("--history", help="Every metric line, not only the latest values.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (latest, key and history).")] = False,
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """The run's metrics: the latest value of each, or (--history) every metric line."""
+    client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    metrics = client.metrics(name)
+    if as_json:
+        print(json.dumps(metrics, indent=2))
+        return
+    from trainrun.cli.views import history_table, metrics_table, show
+
+    if history:
+        show(history_table(metrics["history"]))
+    elif metrics["latest"]:
+        show(metrics_table(metrics["latest"]))
+    else:
+        print(f"{name} has reported no metrics yet.")

@@ -1,0 +1,69 @@
+"""``trainrun validate``, ``trainrun render`` and ``trainrun crd``: judge and expand manifests, offline.
+
+``validate`` and ``render`` use the operator's own code (``trainrun.spec.validate_training_run`` and
+``trainrun.render``), so a file that passes here is judged the same by the cluster. No cluster needed.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from trainrun.cli.common import add_command, ConfigOption, FileArgument, dump_yaml
+
+
+def register(app: typer.Typer) -> None:
+    """Add the verbs of this module to the CLI."""
+    add_command(app, "validate", validate_command)
+    add_command(app, "render", render_command)
+    add_command(app, "crd", crd_command)
+
+
+def validate_command(file: FileArgument, config: ConfigOption = None) -> None:
+    """Check every TrainingRun of FILE as the operator would; print each problem (field: what to do), exit 1."""
+    from trainrun.client.documents import load_operator_config, training_run_documents
+    from trainrun.spec import InvalidTrainingRun, validate_training_run
+
+    operator_config = load_operator_config(config)
+    failed = False
+    for document in training_run_documents(file):
+        name = (document.get("metadata") or {}).get("name", "<no name>")
+        try:
+            validate_training_run(document, operator_config)
+        except InvalidTrainingRun as error:
+            failed = True
+            for problem in error.problems:
+                print(str(problem))
+            print(f"{file}: TrainingRun {name!r} has {len(error.problems)} problem(s)", file=sys.stderr)
+        else:
+            print(f"{file}: TrainingRun {name!r} is valid")
+    if failed:
+        raise typer.Exit(1)
+
+
+def render_command(file: FileArgument, config: ConfigOption = None) -> None:
+    """Print what the operator would create for FILE: the PyTorchJob, the output claim, the uploader Job."""
+    from trainrun.client.documents import load_operator_config, training_run_documents
+    from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
+    from trainrun.spec import OperatorConfig, validate_training_run
+
+    operator_config = load_operator_config(config) or OperatorConfig()
+    children: list[dict[str, Any]] = []
+    for document in training_run_documents(file):
+        run = validate_training_run(document, operator_config)
+        children.append(render_pytorchjob(run, operator_config))
+        claim = render_volume_claim(run)
+        if claim is not None:
+            children.append(claim)
+        if run.spec.output.uri is not None:
+            children.append(render_uploader_job(run, operator_config))
+    print(dump_yaml(children), end="")
+
+
+def crd_command() -> None:
+    """Print the TrainingRun CustomResourceDefinition (kubectl apply -f - installs it)."""
+    from trainrun.spec.crd import training_run_crd
+
+    print(dump_yaml([training_run_crd()]), end="")

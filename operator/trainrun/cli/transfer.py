@@ -1,0 +1,182 @@
+"""The ``trainrun upload SRC URI`` and ``trainrun download URI DST`` verbs.
+
+``trainrun.cli.main`` calls :func:`register`. Both verbs sit on :mod:`trainrun.storage`
+(imported when a verb runs, so ``trainrun --help`` stays fast). Credentials come from the
+environment (AWS_*, GOOGLE_*, AZURE_STORAGE_*); ``--endpoint-url`` overrides AWS_ENDPOINT_URL.
+Progress is a rich bar on a terminal and a plain line every few seconds otherwise; failures are
+one ``error:`` line on stderr and exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from trainrun.cli.common import fail
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from trainrun.storage import ProgressCallback, StorageOptions
+
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        help="S3-compatible endpoint (MinIO, SeaweedFS), e.g. http://minio:9000; default: AWS_ENDPOINT_URL.",
+    ),
+]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")
+]
+_PLAIN_PROGRESS_EVERY_S = 5.0
+
+
+def register(app: typer.Typer) -> None:
+    """Add the verbs of this module to the CLI."""
+    app.command("upload")(upload_command)
+    app.command("download")(download_command)
+
+
+def upload_command(
+    src: Annotated[Path, typer.Argument(help="A folder (uploaded with a manifest.json) or one file.")],
+    uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
+    endpoint_url: EndpointOption = None,
+    concurrency: ConcurrencyOption = 64,
+) -> None:
+    """Upload a folder (every file, then manifest.json last) or a single file to object storage."""
+    from trainrun.storage import StorageError, upload_directory, upload_file
+
+    options = _options(endpoint_url)
+    try:
+        if src.is_dir():
+            with _progress("uploading") as progress:
+                result = upload_directory(
+                    src, uri, options=options, concurrency=concurrency, progress=progress
+                )
+            manifest = result.manifest
+            rate = manifest.total_bytes / max(result.elapsed_s, 1e-6)
+            skipped = f", skipped {len(result.skipped)} broken links" if result.skipped else ""
+            print(
+                f"uploaded {_files(manifest.file_count)} ({_size(manifest.total_bytes)}) to {result.uri} "
+                f"in {result.elapsed_s:.1f}s ({_size(rate)}/s{skipped}); manifest: {result.manifest_uri}"
+            )
+        elif src.is_file():
+            record = upload_file(src, uri, options=options)
+            print(f"uploaded {src} ({_size(record.size)}, sha256 {record.sha256}) to {record.path}")
+        else:
+            fail(f"{src} does not exist: give a folder or a file to upload")
+    except StorageError as error:
+        fail(str(error))
+
+
+def download_command(
+    uri: Annotated[str, typer.Argument(help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
+    dst: Annotated[Path, typer.Argument(help="Folder to write the files into (created if missing).")],
+    endpoint_url: EndpointOption = None,
+    concurrency: ConcurrencyOption = 32,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Do not check files against manifest.json.")
+    ] = False,
+) -> None:
+    """Download a prefix (or one object), checking every file against manifest.json when present."""
+    from trainrun.storage import StorageError, download
+
+    try:
+        with _progress("downloading") as progress:
+            result = download(
+                uri,
+                dst,
+                options=_options(endpoint_url),
+                verify=not no_verify,
+                concurrency=concurrency,
+                progress=progress,
+            )
+    except StorageError as error:
+        fail(str(error))
+    check = "verified against manifest.json" if result.verified else "not verified (no manifest)"
+    if no_verify:
+        check = "not verified (--no-verify)"
+    print(
+        f"downloaded {_files(len(result.files))} ({_size(result.total_bytes)}) from {result.uri} "
+        f"to {result.destination} in {result.elapsed_s:.1f}s; {check}"
+    )
+    if result.verified and result.unverified_paths:
+        print(f"note: {_files(len(result.unverified_paths))} not in the manifest, not verified")
+
+
+def _options(endpoint_url: str | None) -> StorageOptions:
+    from trainrun.storage import StorageOptions
+
+    return StorageOptions.from_env(os.environ).with_endpoint(endpoint_url)
+
+
+@contextmanager
+def _progress(verb: str) -> Iterator[ProgressCallback]:
+    """A progress callback: a rich bar on a terminal (stderr), else a line every few seconds."""
+    from trainrun.storage import TransferProgress
+
+    if sys.stderr.isatty():
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(verb, total=None)
+
+            def update_bar(state: TransferProgress) -> None:
+                bar.update(
+                    task,
+                    completed=state.bytes_done,
+                    total=state.bytes_total,
+                    description=f"{verb} {state.files_done}/{state.files_total} files",
+                )
+
+            yield update_bar
+        return
+
+    last_line_at = time.monotonic()
+
+    def print_line(state: TransferProgress) -> None:
+        nonlocal last_line_at
+        now = time.monotonic()
+        if now - last_line_at >= _PLAIN_PROGRESS_EVERY_S:
+            last_line_at = now
+            print(
+                f"{verb}: {state.files_done}/{state.files_total} files, "
+                f"{_size(state.bytes_done)} of {_size(state.bytes_total)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    yield print_line
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(nbytes) < 1000:
+            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
+        nbytes /= 1000
+    return f"{nbytes:.1f} TB"

@@ -1,0 +1,185 @@
+"""How runs look on the terminal: the ``get`` table, ``describe``, and ``metrics``, from run objects.
+
+Pure presentation: every function takes objects that a ``trainrun.Client`` returned (the same shape
+for cluster and local runs) and builds rich renderables; fetching stays in the verb modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from trainrun.spec.status import TrainingRunStatus
+
+Object = dict[str, Any]
+
+
+def show(renderable: RenderableType) -> None:
+    """Print without cutting lines to the terminal's width: like kubectl, long rows just wrap."""
+    natural = Console(width=100_000).measure(renderable).maximum
+    Console(highlight=False, width=max(natural, 80)).print(renderable)
+
+
+def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> list[str]:
+    """One line of ``trainrun get``: NAME PHASE POOL WORKERS GPUS METRIC AGE (and more with -o wide)."""
+    metadata = run.get("metadata") or {}
+    spec = run.get("spec") or {}
+    status = TrainingRunStatus.model_validate(run.get("status") or {})
+    resources = spec.get("resources") or {}
+    distribution = spec.get("distribution") or {}
+    workers = int(distribution.get("workers", 1))
+    gpus = int(resources.get("gpus", 0))
+    row = [
+        str(metadata.get("name", "")),
+        str(status.phase or "Pending"),
+        status.pool or str(resources.get("pool") or "-"),
+        str(workers),
+        str(gpus * (workers + 1)),
+        status.key_metric or "-",
+        age(metadata.get("creationTimestamp"), now=now),
+    ]
+    if with_namespace:
+        row.insert(0, str(metadata.get("namespace", "default")))
+    if wide:
+        nproc = distribution.get("nprocPerNode")
+        row.extend([str(nproc or max(gpus, 1)), str(spec.get("image", "")), status.message or ""])
+    return row
+
+
+def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bool = False) -> Table:
+    """The table of ``trainrun get`` / ``trainrun list``, kubectl style (no borders)."""
+    headers = ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    if with_namespace:
+        headers.insert(0, "NAMESPACE")
+    if wide:
+        headers.extend(["NPROC", "IMAGE", "MESSAGE"])
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for header in headers:
+        table.add_column(header, no_wrap=header != "MESSAGE")
+    now = datetime.now(UTC)
+    for run in runs:
+        table.add_row(*run_row(run, wide=wide, with_namespace=with_namespace, now=now))
+    return table
+
+
+def age(timestamp: object, *, now: datetime) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d``, as kubectl shows ages."""
+    if not isinstance(timestamp, str):
+        return "-"
+    try:
+        created = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "-"
+    seconds = max(int((now - created).total_seconds()), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> RenderableType:
+    """``trainrun describe``: what the run is, where it stands, why, its numbers and where its results are."""
+    metadata = run.get("metadata") or {}
+    spec = run.get("spec") or {}
+    status = TrainingRunStatus.model_validate(run.get("status") or {})
+    resources = spec.get("resources") or {}
+    distribution = spec.get("distribution") or {}
+    fields: list[tuple[str, object]] = [
+        ("Name", metadata.get("name")),
+        ("Namespace", metadata.get("namespace", "default")),
+        ("Created", metadata.get("creationTimestamp")),
+        ("Phase", status.phase or "Pending"),
+        ("Reason", status.reason),
+        ("Message", status.message),
+        ("Image", spec.get("image")),
+        ("Pool", status.pool or resources.get("pool")),
+        ("Workers", distribution.get("workers", 1)),
+        ("GPUs per replica", resources.get("gpus", 0)),
+        ("Processes per replica", distribution.get("nprocPerNode")),
+        ("Job", status.job_name),
+        ("Started", status.start_time),
+        ("Completed", status.completion_time),
+        ("Run folder", run_dir),
+    ]
+    parts: list[RenderableType] = [_fields(fields)]
+    if status.conditions:
+        conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold", title_justify="left")
+        for condition in status.conditions:
+            conditions.add_row(condition.type, condition.status, condition.reason, condition.message)
+        parts.extend([Text("\nConditions:", style="bold"), conditions])
+    if status.replicas:
+        replicas = Table("TYPE", "ACTIVE", "SUCCEEDED", "FAILED", box=None, header_style="bold")
+        for kind, counts in status.replicas.items():
+            replicas.add_row(kind, str(counts.active), str(counts.succeeded), str(counts.failed))
+        parts.extend([Text("\nReplicas:", style="bold"), replicas])
+    if status.metrics:
+        parts.extend([Text("\nMetrics:", style="bold"), metrics_table(status.metrics)])
+    if status.artifacts is not None:
+        artifacts = status.artifacts
+        parts.extend(
+            [
+                Text("\nArtifacts:", style="bold"),
+                _fields(
+                    [
+                        ("URI", artifacts.uri),
+                        ("Manifest", artifacts.manifest_uri),
+                        ("Files", artifacts.file_count),
+                        ("Bytes", artifacts.bytes),
+                    ]
+                ),
+            ]
+        )
+    if events:
+        table = Table("LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE", box=None, header_style="bold")
+        for event in events[-10:]:
+            involved = event.get("involvedObject") or {}
+            table.add_row(
+                str(event.get("lastTimestamp") or event.get("eventTime") or ""),
+                str(event.get("type", "")),
+                str(event.get("reason", "")),
+                f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
+                str(event.get("message", "")),
+            )
+        parts.extend([Text("\nEvents:", style="bold"), table])
+    return Group(*parts)
+
+
+def metrics_table(latest: Mapping[str, float]) -> Table:
+    """Latest value of every metric."""
+    table = Table("METRIC", "VALUE", box=None, header_style="bold")
+    for name in sorted(latest):
+        table.add_row(name, f"{latest[name]:.6g}")
+    return table
+
+
+def history_table(history: Sequence[Mapping[str, Any]]) -> Table:
+    """Every metric record: position columns first, then one column per metric name."""
+    positions = [key for key in ("epoch", "step") if any(key in record for record in history)]
+    names = sorted({key for record in history for key in record} - {"epoch", "step", "time", "replica"})
+    table = Table(*[key.upper() for key in positions], *names, box=None, header_style="bold")
+    for record in history:
+        cells = [str(record.get(key, "")) for key in positions]
+        cells.extend(_cell(record.get(name)) for name in names)
+        table.add_row(*cells)
+    return table
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _fields(fields: Sequence[tuple[str, object]]) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for label, value in fields:
+        if value is not None and value != "":
+            table.add_row(f"{label}:", str(value))
+    return table

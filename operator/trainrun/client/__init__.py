@@ -1,0 +1,253 @@
+"""``trainrun.Client``: one facade over two backends, the cluster (via kubeconfig) and this machine.
+
+    client = trainrun.Client()                                 # the cluster of the current kubeconfig
+    client = trainrun.Client(backend="local", runs_dir="runs") # replicas as local processes
+    run = client.create("quickstart.yaml", wait=True)
+    client.metrics("quickstart")["latest"]["train_loss"]
+
+Runs travel as plain dicts in the cluster's shape (apiVersion, kind, metadata, spec, status) whatever
+the backend. The CLI is a thin layer over this class; notebooks use it directly. Waiting, metric
+summaries and artifact access are written once here; the backends only fetch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from trainrun.client.documents import Source, single_training_run, training_run_documents
+from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
+from trainrun.spec import OperatorConfig, validate_training_run
+from trainrun.spec.status import Phase, TrainingRunStatus
+
+if TYPE_CHECKING:
+    from trainrun.local.runner import RunObserver
+    from trainrun.storage.manifest import Manifest
+
+Object = dict[str, Any]
+Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
+BackendName = Literal["cluster", "local"]
+WAIT_POLL_SECONDS = 1.0
+
+
+class Backend(Protocol):
+    """What each backend provides; everything else is built on it by Client."""
+
+    def create(self, document: Object) -> Object: ...
+
+    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str: ...
+
+    def run(self, document: Object, *, observer: RunObserver | None = None) -> Object: ...
+
+    def get(self, name: str) -> Object: ...
+
+    def list(self, *, all_namespaces: bool = False) -> Objects: ...
+
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]: ...
+
+    def metric_history(self, name: str) -> Objects: ...
+
+    def events(self, name: str) -> Objects: ...
+
+    def output_location(self, name: str) -> str: ...
+
+    def cancel(self, name: str) -> Object: ...
+
+    def delete(self, name: str) -> bool: ...
+
+
+class Client:
+    """Create, watch and inspect TrainingRuns on a cluster or on this machine."""
+
+    def __init__(
+        self,
+        backend: BackendName = "cluster",
+        *,
+        runs_dir: str | Path | None = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+        config: OperatorConfig | None = None,
+    ) -> None:
+        """backend "cluster" reads the kubeconfig (or the in-cluster account); "local" keeps runs in runs_dir.
+
+        config, when given, is the operator configuration that runs are validated against before they
+        are created (unknown pool, too many GPUs for the pool), as the operator would.
+        """
+        self.config = config
+        self.backend: Backend
+        if backend == "local":
+            from trainrun.client.local import LocalBackend
+
+            self.backend = LocalBackend(runs_dir=runs_dir)
+        elif backend == "cluster":
+            from trainrun.client.cluster import ClusterBackend
+
+            self.backend = ClusterBackend(kubeconfig=kubeconfig, context=context, namespace=namespace)
+        else:
+            raise ClientError(f"backend must be 'cluster' or 'local', not {backend!r}")
+
+    # -- creating ----------------------------------------------------------------------------------------
+
+    def validate(self, source: Source) -> Objects:
+        """The TrainingRun documents of source, each checked as the operator checks it (raises InvalidTrainingRun)."""
+        documents = training_run_documents(source)
+        for document in documents:
+            validate_training_run(document, self.config)
+        return documents
+
+    def create(
+        self,
+        source: Source,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        code: str | Path | None = None,
+        code_uri: str | None = None,
+    ) -> Object:
+        """Create the run of source (dict, YAML string, path, TrainingRun); with wait, return it finished.
+
+        code is a folder of your own code to run it with (spec.code): on a cluster it is uploaded to
+        code_uri (default: ``<spec.output.uri>/code``) and staged into the replicas; locally it is copied
+        into the run folder. Either way it becomes the replicas' working directory.
+        """
+        document = self._prepared(source, code=code, code_uri=code_uri)
+        created = self.backend.create(document)
+        if not wait:
+            return created
+        return self.wait(_name_of(created), phases=(Phase.COMPLETED,), timeout=timeout)
+
+    def run(
+        self,
+        source: Source,
+        *,
+        observer: RunObserver | None = None,
+        code: str | Path | None = None,
+        code_uri: str | None = None,
+    ) -> Object:
+        """Create the run and follow it to the end, reporting to observer; the finished run.
+
+        Local: the replicas are children of this process and Ctrl-C cancels them. Cluster: the run is
+        created and followed; interrupting the follow leaves it running. code and code_uri: as in create.
+        """
+        return self.backend.run(self._prepared(source, code=code, code_uri=code_uri), observer=observer)
+
+    def _prepared(self, source: Source, *, code: str | Path | None, code_uri: str | None) -> Object:
+        """The one TrainingRun of source, validated, with its code snapshot attached when code is given."""
+        document = single_training_run(source)
+        validate_training_run(document, self.config)
+        if code is not None:
+            directory = Path(code)
+            if not directory.is_dir():
+                raise ClientError(f"--code {directory} is not a folder")
+            spec = document.setdefault("spec", {})
+            spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri)}
+            validate_training_run(document, self.config)
+        return document
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    def get(self, name: str) -> Object:
+        """The run with its status (raises RunNotFound)."""
+        return self.backend.get(name)
+
+    def list(self, *, all_namespaces: bool = False) -> Objects:
+        """Every run (of the namespace, or all namespaces; every run folder locally)."""
+        return self.backend.list(all_namespaces=all_namespaces)
+
+    def status(self, name: str) -> TrainingRunStatus:
+        """The run's status as a model."""
+        return status_of(self.get(name))
+
+    def wait(
+        self,
+        name: str,
+        *,
+        phases: Iterable[str | Phase] = (Phase.COMPLETED,),
+        timeout: float | None = None,
+    ) -> Object:
+        """Wait until the run is in one of phases or finished (whichever first); the run at that moment.
+
+        Raises WaitTimeout after timeout seconds. A finished phase not in phases is returned too: compare
+        ``run["status"]["phase"]`` to know which.
+        """
+        wanted = {Phase(phase) for phase in phases}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.get(name)
+            phase = status_of(run).phase
+            if phase is not None and (phase in wanted or phase.finished):
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                shown = ", ".join(sorted(wanted))
+                raise WaitTimeout(f"run {name!r} is {phase or 'not started'}, not {shown}, after {timeout:g}s")
+            time.sleep(
+                WAIT_POLL_SECONDS if deadline is None else max(min(WAIT_POLL_SECONDS, deadline - time.monotonic()), 0)
+            )
+
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
+        """(replica, line) pairs of every replica (or one: master-0, worker-1); follow keeps reading."""
+        return self.backend.logs(name, follow=follow, replica=replica)
+
+    def metrics(self, name: str) -> Object:
+        """{"latest": {name: value}, "key": "val_loss=0.31", "history": [{epoch, step, values...}]}."""
+        status = self.status(name)
+        return {"latest": dict(status.metrics), "key": status.key_metric, "history": self.backend.metric_history(name)}
+
+    def events(self, name: str) -> Objects:
+        """Recent Kubernetes events about the run and its children, oldest first (none locally)."""
+        return self.backend.events(name)
+
+    def artifacts(self, name: str) -> Object:
+        """Where the artifacts are and what: {"uri", "manifest": {files, total_bytes, ...} or None}."""
+        uri = self.backend.output_location(name)
+        manifest = read_manifest(uri)
+        return {"uri": uri, "manifest": None if manifest is None else _manifest_dict(manifest)}
+
+    def download(self, name: str, destination: str | Path) -> Path:
+        """Copy the run's artifacts into destination (checked against the manifest); the folder."""
+        from trainrun.storage import StorageOptions, download
+
+        target = Path(destination)
+        download(self.backend.output_location(name), target, options=StorageOptions.from_env(os.environ))
+        return target
+
+    # -- changing ----------------------------------------------------------------------------------------
+
+    def cancel(self, name: str) -> Object:
+        """Stop the run for good (phase Cancelled); its logs are kept."""
+        return self.backend.cancel(name)
+
+    def delete(self, name: str) -> bool:
+        """Delete the run (and, on a cluster, its children); False when it was not there."""
+        return self.backend.delete(name)
+
+
+def status_of(run: Object) -> TrainingRunStatus:
+    """The status part of a run object as a model (empty when it has none yet)."""
+    return TrainingRunStatus.model_validate(run.get("status") or {})
+
+
+def read_manifest(uri: str) -> Manifest | None:
+    """The manifest at uri, or None when there is none (nothing copied yet, or no output URI)."""
+    from trainrun.storage import StorageOptions
+    from trainrun.storage import read_manifest as read_stored_manifest
+
+    return read_stored_manifest(uri, options=StorageOptions.from_env(os.environ))
+
+
+def _manifest_dict(manifest: Manifest) -> Object:
+    import json
+
+    loaded: Object = json.loads(manifest.to_json())
+    return loaded
+
+
+def _name_of(run: Object) -> str:
+    return str(run["metadata"]["name"])
+
+
+__all__ = ["Backend", "Client", "ClientError", "RunNotFound", "WaitTimeout", "status_of"]

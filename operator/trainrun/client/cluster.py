@@ -1,0 +1,229 @@
+"""The cluster backend of ``trainrun.Client``: TrainingRuns on the API server of the current kubeconfig.
+
+Creates runs by server-side apply (the operator does the rest), reads them and their replica pods'
+logs and events through ``trainrun.kube`` (the only module that talks to the API server), cancels
+with ``spec.cancel: true`` and deletes the object (its children go with it). ``run`` creates a run
+and follows it: phase changes and every replica's lines, parsed with the same ``MetricParser`` as the
+operator and the local runner.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainrun.client.errors import ClientError, RunNotFound
+from trainrun.kube import KubeApi, KubeError
+from trainrun.local.folder import metric_record
+from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.render import job_name
+from trainrun.render.children import JOB_NAME_LABEL
+from trainrun.spec import validate_training_run
+from trainrun.spec.model import API_VERSION, KIND
+from trainrun.spec.status import TrainingRunStatus
+from trainrun.status import replica_name
+
+if TYPE_CHECKING:
+    from trainrun.local.runner import RunObserver
+
+Object = dict[str, Any]
+Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
+FIELD_MANAGER = "trainrun-cli"
+FOLLOW_POLL_SECONDS = 2.0
+
+
+class ClusterBackend:
+    """TrainingRuns of one namespace (by default) on a cluster."""
+
+    def __init__(
+        self, *, kubeconfig: str | None = None, context: str | None = None, namespace: str | None = None
+    ) -> None:
+        self.api = KubeApi(kubeconfig=kubeconfig, context=context)
+        self.namespace = namespace
+
+    def create(self, document: Object) -> Object:
+        body = dict(document)
+        metadata = dict(body.get("metadata") or {})
+        metadata["namespace"] = self.namespace or metadata.get("namespace") or "default"
+        body["metadata"] = metadata
+        body.pop("status", None)
+        return self.api.apply(body, field_manager=FIELD_MANAGER)
+
+    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str:
+        """Upload the folder (manifest last) to uri, by default ``<spec.output.uri>/code``; the URI staged in."""
+        import os
+
+        from trainrun.storage import StorageOptions, upload_directory
+
+        output_uri = ((document.get("spec") or {}).get("output") or {}).get("uri")
+        target = uri or (f"{str(output_uri).rstrip('/')}/code" if output_uri else None)
+        if target is None:
+            raise ClientError("--code needs --code-uri (or spec.output.uri) to upload the folder to")
+        return upload_directory(directory, target, options=StorageOptions.from_env(os.environ)).uri
+
+    def run(self, document: Object, *, observer: RunObserver | None = None) -> Object:
+        """Create the run and report its phases and lines until it finishes; the finished run."""
+        created = self.create(document)
+        name = created["metadata"]["name"]
+        parser = MetricParser.from_definitions(validate_training_run(created).spec.metrics)
+        summary = MetricSummary()
+        final: list[Object] = []
+
+        def on_status(run: Object, status: TrainingRunStatus) -> None:
+            if observer is not None:
+                observer.phase(status)
+            final[:] = [run]
+
+        for replica, text in self._follow(name, replica=None, on_status=on_status):
+            if observer is None:
+                continue
+            observer.line(replica, text)
+            samples = parser.parse(text)
+            if samples:
+                summary.add(samples)
+                observer.metrics(metric_record(replica, samples), summary)
+        return final[0] if final else self.get(name)
+
+    def get(self, name: str) -> Object:
+        found = self.api.get(API_VERSION, KIND, name, self._namespace())
+        if found is None:
+            raise RunNotFound(f"no TrainingRun {name!r} in namespace {self._namespace()!r}")
+        return found
+
+    def list(self, *, all_namespaces: bool = False) -> Objects:
+        return self.api.list(API_VERSION, KIND, None if all_namespaces else self._namespace())
+
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
+        """(replica, line) of the run's replica pods, Master first; follow streams them until the run ends."""
+        wanted = None if replica in (None, "all") else replica
+        if follow:
+            yield from self._follow(name, replica=wanted, on_status=None)
+            return
+        pods = self._pods(self.get(name))
+        if wanted is not None:
+            pods = {key: pod for key, pod in pods.items() if key == wanted}
+            if not pods:
+                raise RunNotFound(f"run {name!r} has no pod for replica {wanted!r} (yet)")
+        for replica_id, pod in pods.items():
+            for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace()):
+                yield replica_id, line
+
+    def _follow(
+        self,
+        name: str,
+        *,
+        replica: str | None,
+        on_status: Callable[[Object, TrainingRunStatus], None] | None,
+    ) -> Iterator[tuple[str, str]]:
+        """Lines of every replica pod (or one) as they come, pods that start later included, until the run
+        has finished and its streams have ended; on_status hears each phase change."""
+        lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        # One stream per replica and container restart: a restarted container's lines are followed too.
+        streams: dict[tuple[str, int], threading.Thread] = {}
+        last_phase = None
+        while True:
+            run = self.get(name)
+            status = TrainingRunStatus.model_validate(run.get("status") or {})
+            if on_status is not None and status.phase is not None and status.phase != last_phase:
+                on_status(run, status)
+                last_phase = status.phase
+            for replica_id, pod in self._pods(run).items():
+                key = (replica_id, _restarts(pod))
+                if key in streams or (replica is not None and replica_id != replica) or not _started(pod):
+                    continue
+                streams[key] = threading.Thread(
+                    target=self._pump, args=(replica_id, pod["metadata"]["name"], lines), daemon=True
+                )
+                streams[key].start()
+            deadline = time.monotonic() + FOLLOW_POLL_SECONDS
+            while time.monotonic() < deadline:
+                try:
+                    replica_id, text = lines.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if text is not None:
+                    yield replica_id, text
+            if (
+                status.phase is not None
+                and status.phase.finished
+                and not any(thread.is_alive() for thread in streams.values())
+            ):
+                while not lines.empty():
+                    replica_id, text = lines.get_nowait()
+                    if text is not None:
+                        yield replica_id, text
+                return
+
+    def metric_history(self, name: str) -> Objects:
+        """Metric records parsed from the Master's log (the status keeps only the latest values)."""
+        run = self.get(name)
+        parser = MetricParser.from_definitions(validate_training_run(run).spec.metrics)
+        history = []
+        for replica, line in self.logs(name, replica="master-0"):
+            samples = parser.parse(line)
+            if samples:
+                record = metric_record(replica, samples)
+                record.pop("time")
+                history.append(record)
+        return history
+
+    def events(self, name: str) -> Objects:
+        run = self.get(name)
+        involved = [
+            name,
+            job_name(validate_training_run(run)),
+            *(pod["metadata"]["name"] for pod in self._pods(run).values()),
+        ]
+        return self.api.events(self._namespace(), involved_names=involved)
+
+    def output_location(self, name: str) -> str:
+        run = self.get(name)
+        artifacts = (run.get("status") or {}).get("artifacts") or {}
+        uri = artifacts.get("uri") or (run.get("spec", {}).get("output") or {}).get("uri")
+        if not uri:
+            raise RunNotFound(f"run {name!r} has no spec.output.uri: its outputs stayed on the cluster's volume")
+        return str(uri)
+
+    def cancel(self, name: str) -> Object:
+        self.get(name)
+        return self.api.patch_merge(API_VERSION, KIND, name, self._namespace(), {"spec": {"cancel": True}})
+
+    def delete(self, name: str) -> bool:
+        return self.api.delete(API_VERSION, KIND, name, self._namespace())
+
+    def _namespace(self) -> str:
+        return self.namespace or "default"
+
+    def _pods(self, run: Object) -> dict[str, Object]:
+        """The run's replica pods by replica name (master-0, worker-0, ...), Master first."""
+        selector = f"{JOB_NAME_LABEL}={job_name(validate_training_run(run))}"
+        pods = {replica_name(pod): pod for pod in self.api.list("v1", "Pod", self._namespace(), label_selector=selector)}
+        return dict(sorted(pods.items(), key=lambda item: (not item[0].startswith("master"), item[0])))
+
+    def _pump(self, replica: str, pod_name: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
+        """Copy one pod's followed log into lines; (replica, None) marks its end."""
+        try:
+            for line in self.api.pod_logs(pod_name, self._namespace(), follow=True):
+                lines.put((replica, line))
+        except KubeError as error:
+            lines.put((replica, f"[trainrun] log stream ended: {error}"))
+        finally:
+            lines.put((replica, None))
+
+
+def _restarts(pod: Object) -> int:
+    return sum(
+        int(state.get("restartCount") or 0) for state in (pod.get("status") or {}).get("containerStatuses") or []
+    )
+
+
+def _started(pod: Object) -> bool:
+    """Whether the pod's containers have started (a log can be read), running or already ended."""
+    return any(
+        "running" in (state.get("state") or {}) or "terminated" in (state.get("state") or {})
+        for state in (pod.get("status") or {}).get("containerStatuses") or []
+    )

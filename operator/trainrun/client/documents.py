@@ -1,0 +1,108 @@
+"""Reading TrainingRuns and operator configurations from what a user hands over.
+
+A TrainingRun may come as a dict, a YAML string, a path (``-`` is stdin), an open stream or a parsed
+``TrainingRun``; a file may hold several YAML documents, of which the TrainingRun ones are used. The
+operator configuration is the YAML of the ConfigMap ``trainrun-operator-config`` (or its
+``config.yaml`` key alone). Used by ``trainrun.Client`` and the CLI; judging the documents is left to
+``trainrun.spec``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
+from trainrun.spec.config import CONFIG_MAP_KEY
+from trainrun.spec.model import KIND
+
+Document = dict[str, Any]
+Source = Mapping[str, Any] | str | Path | TrainingRun | TextIO
+
+
+class DocumentError(ValueError):
+    """A file or string that does not hold what it should (a clear one-line message)."""
+
+
+def read_yaml_documents(source: str | Path | TextIO) -> list[Any]:
+    """Every YAML document of a file, of stdin (``-``), of a stream, or of a YAML string."""
+    if isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
+        path = str(source)
+        if path == "-":
+            text, where = sys.stdin.read(), "stdin"
+        else:
+            try:
+                text, where = Path(path).read_text(), path
+            except FileNotFoundError:
+                raise DocumentError(f"{path}: no such file") from None
+            except OSError as error:
+                raise DocumentError(f"{path}: {error.strerror}") from None
+    elif isinstance(source, str):
+        text, where = source, "the YAML string"
+    else:
+        text, where = source.read(), getattr(source, "name", "the stream")
+    try:
+        return [document for document in yaml.safe_load_all(text) if document is not None]
+    except yaml.YAMLError as error:
+        raise DocumentError(f"{where} is not valid YAML: {' '.join(str(error).split())}") from None
+
+
+def training_run_documents(source: Source) -> list[Document]:
+    """The TrainingRun documents of source, as dicts (not yet validated)."""
+    if isinstance(source, TrainingRun):
+        return [source.model_dump(mode="json", by_alias=True, exclude_none=True)]
+    if isinstance(source, Mapping):
+        return [dict(source)]
+    documents = read_yaml_documents(source)
+    runs = [dict(item) for item in documents if isinstance(item, Mapping) and item.get("kind") == KIND]
+    if not runs:
+        kinds = sorted({str(item.get("kind")) for item in documents if isinstance(item, Mapping)})
+        found = f" (kinds found: {', '.join(kinds)})" if kinds else ""
+        raise DocumentError(f"{_describe(source)} holds no {KIND} document{found}; add one with kind: {KIND}")
+    return runs
+
+
+def single_training_run(source: Source) -> Document:
+    """The one TrainingRun of source (several are an error: say which file to split)."""
+    runs = training_run_documents(source)
+    if len(runs) > 1:
+        names = ", ".join(str(run.get("metadata", {}).get("name")) for run in runs)
+        raise DocumentError(f"{_describe(source)} holds {len(runs)} TrainingRuns ({names}); this takes one")
+    return runs[0]
+
+
+def load_operator_config(path: str | Path | None) -> OperatorConfig | None:
+    """The operator configuration in a file: the ConfigMap, or the ``config.yaml`` document alone."""
+    if path is None:
+        return None
+    documents = read_yaml_documents(Path(path))
+    if len(documents) != 1 or not isinstance(documents[0], Mapping):
+        raise DocumentError(f"{path} must hold one YAML mapping: the operator configuration (pools, defaultPool)")
+    document = documents[0]
+    if document.get("kind") == "ConfigMap":
+        embedded = (document.get("data") or {}).get(CONFIG_MAP_KEY)
+        if embedded is None:
+            raise DocumentError(f"{path}: the ConfigMap has no data.{CONFIG_MAP_KEY}")
+        document = yaml.safe_load(embedded) or {}
+    from pydantic import ValidationError
+
+    from trainrun.spec.errors import InvalidTrainingRun, problems_from_validation_error
+
+    try:
+        return parse_operator_config(dict(document))
+    except ValidationError as error:
+        raise InvalidTrainingRun(problems_from_validation_error(error, prefix=f"{path}: ")) from None
+
+
+def _looks_like_path(text: str) -> bool:
+    return text == "-" or ("\n" not in text and ":" not in text.split("/")[0] and not text.lstrip().startswith("{"))
+
+
+def _describe(source: Source) -> str:
+    if isinstance(source, (str, Path)) and _looks_like_path(str(source)):
+        return "stdin" if str(source) == "-" else str(source)
+    return "the document"

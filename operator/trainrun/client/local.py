@@ -1,0 +1,181 @@
+"""The local backend of ``trainrun.Client``: runs as processes on this machine, each in a run folder.
+
+``create`` prepares the run folder and starts a detached ``python -m trainrun.local`` that supervises
+the replicas; ``run`` supervises them in this process (``trainrun run --local``). Everything else
+reads the run folders back (``trainrun.local.folder``), so a run started by the CLI can be watched
+from a notebook and the other way round. Objects are returned in the cluster's shape (apiVersion,
+kind, metadata, spec, status) so that callers never care which backend answered.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from trainrun.client.errors import RunNotFound
+from trainrun.local import (
+    DEFAULT_RUNS_DIR,
+    LocalRunner,
+    RunFolder,
+    RunObserver,
+    find_run_folder,
+    prepare_run_folder,
+    run_folders,
+)
+from trainrun.local.folder import replica_sort_key
+from trainrun.spec.status import Phase, TrainingRunStatus
+
+Object = dict[str, Any]
+Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
+FOLLOW_POLL_SECONDS = 0.2
+# A run folder whose runner never wrote its pid this long after the last status is taken as abandoned.
+ABANDONED_AFTER_SECONDS = 30.0
+RUNNER_LOG = "runner.log"
+
+
+class LocalBackend:
+    """Runs and reads local runs under one runs folder."""
+
+    def __init__(self, *, runs_dir: str | Path | None = None) -> None:
+        self.runs_dir = Path(runs_dir) if runs_dir is not None else DEFAULT_RUNS_DIR
+
+    def create(self, document: Object) -> Object:
+        """Start the run in a detached supervisor process; return it (phase Preparing)."""
+        folder = prepare_run_folder(document, runs_dir=self.runs_dir)
+        with (folder.path / RUNNER_LOG).open("ab") as runner_log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "trainrun.local", str(folder.path)],
+                stdin=subprocess.DEVNULL,
+                stdout=runner_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        # Written here as well as by the runner, so that cancel works from the first instant.
+        folder.pid_path.write_text(f"{process.pid}\n")
+        return run_object(folder)
+
+    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str:
+        """Locally the folder itself is the snapshot: the runner copies it into the run folder."""
+        return str(directory.resolve())
+
+    def run(self, document: Object, *, observer: RunObserver | None = None) -> Object:
+        """Run in this process until it finishes (Ctrl-C cancels it); return the finished run."""
+        folder = prepare_run_folder(document, runs_dir=self.runs_dir)
+        LocalRunner(folder, observer=observer).run()
+        return run_object(folder)
+
+    def get(self, name: str) -> Object:
+        return run_object(self._folder(name))
+
+    def list(self, *, all_namespaces: bool = False) -> Objects:
+        return [run_object(folder) for folder in run_folders(self.runs_dir)]
+
+    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
+        """(replica, line) from the log files; with follow, until the run has finished and said all."""
+        folder = self._folder(name)
+        wanted = None if replica in (None, "all") else replica
+        if wanted is not None and not folder.log_path(wanted).exists() and not follow:
+            known = ", ".join(folder.replicas()) or "none yet"
+            raise RunNotFound(f"run {name!r} has no replica {wanted!r} (replicas: {known})")
+        offsets: dict[str, int] = {}
+        while True:
+            finished = _phase_of(run_object(folder)).finished if follow else True
+            names = [wanted] if wanted is not None else folder.replicas()
+            for replica_name in sorted(names, key=replica_sort_key):
+                yield from _new_lines(folder.log_path(replica_name), replica_name, offsets, final=finished)
+            if finished:
+                return
+            time.sleep(FOLLOW_POLL_SECONDS)
+
+    def metric_history(self, name: str) -> Objects:
+        return self._folder(name).metric_records()
+
+    def events(self, name: str) -> Objects:
+        """The Events the runner recorded at each phase change, oldest first."""
+        return self._folder(name).events()
+
+    def output_location(self, name: str) -> str:
+        """Where the run's artifacts are: spec.output.uri, or the run folder's outputs/ when it has none."""
+        folder = self._folder(name)
+        uri = folder.read_manifest().get("spec", {}).get("output", {}).get("uri")
+        return str(uri) if uri else str(folder.outputs_dir)
+
+    def cancel(self, name: str) -> Object:
+        """SIGTERM to the supervising process: it stops the replicas and writes Cancelled."""
+        folder = self._folder(name)
+        pid = folder.read_pid()
+        if pid is not None and not _phase_of(run_object(folder)).finished:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return run_object(folder)
+
+    def delete(self, name: str) -> bool:
+        """Cancel the run if it is active, then remove its folder."""
+        folder = self._folder(name)
+        self.cancel(name)
+        deadline = time.monotonic() + 30
+        while folder.read_pid() is not None and _runner_alive(folder) and time.monotonic() < deadline:
+            time.sleep(FOLLOW_POLL_SECONDS)
+        shutil.rmtree(folder.path)
+        return True
+
+    def _folder(self, name: str) -> RunFolder:
+        folder = find_run_folder(self.runs_dir, name)
+        if folder is None:
+            raise RunNotFound(f"no local run called {name!r} in {self.runs_dir.resolve()}")
+        return folder
+
+
+def run_object(folder: RunFolder) -> Object:
+    """The run as a cluster would show it: the manifest with its current status."""
+    document = folder.read_manifest()
+    status = folder.read_status()
+    if not (status.phase and status.phase.finished) and not _runner_alive(folder):
+        status = status.model_copy(
+            update={
+                "phase": Phase.FAILED,
+                "reason": "RunnerGone",
+                "message": f"the local runner stopped without finishing the run (see {folder.path / RUNNER_LOG})",
+            }
+        )
+    document["status"] = status.to_patch()
+    return document
+
+
+def _runner_alive(folder: RunFolder) -> bool:
+    pid = folder.read_pid()
+    if pid is None:
+        # Between preparing the folder and the runner's start there is no pid yet: give it time.
+        return time.time() - folder.status_path.stat().st_mtime < ABANDONED_AFTER_SECONDS
+    import psutil
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _phase_of(run: Object) -> Phase:
+    return TrainingRunStatus.model_validate(run.get("status") or {}).phase or Phase.PREPARING
+
+
+def _new_lines(path: Path, replica: str, offsets: dict[str, int], *, final: bool) -> Iterator[tuple[str, str]]:
+    """Lines appended to path since the last call; a partial last line waits for its end unless final."""
+    if not path.exists():
+        return
+    with path.open("rb") as log:
+        log.seek(offsets.get(replica, 0))
+        data = log.read()
+    end = len(data) if final else data.rfind(b"\n") + 1
+    offsets[replica] = offsets.get(replica, 0) + end
+    for raw in data[:end].splitlines():
+        yield replica, raw.decode(errors="replace")

@@ -1,0 +1,489 @@
+"""Runs a TrainingRun's replicas as processes on this machine and supervises them to the end.
+
+Phases as on a cluster: Preparing -> Running -> Uploading -> Completed, Failed or Cancelled, written
+to the run folder's status.json at each change. Every line of every replica goes to its log file as
+written and to the observer (the CLI's display); metric lines are parsed with ``trainrun.metrics`` and
+appended to metrics.jsonl. A replica that fails stops the others; SIGINT/SIGTERM stop all of them
+(each replica is a process group: SIGTERM, a grace period, then SIGKILL, torchrun's own workers
+included) and the run is Cancelled. Artifacts go to spec.output.uri through ``trainrun.storage``,
+the code path of the cluster's uploader Job.
+
+Called by ``trainrun.client.local`` (in the foreground for ``trainrun run --local``, or in a detached
+``python -m trainrun.local`` for ``Client.create``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, Protocol
+
+from trainrun.local.folder import RunFolder, metric_record, now_rfc3339
+from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
+from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.spec import TrainingRun, validate_training_run
+from trainrun.spec.status import Artifacts, Phase, ReplicaCounts, TrainingRunStatus
+from trainrun.status import phase_event
+from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.phase import Verdict
+
+STOP_GRACE_SECONDS = 5.0
+# Once the Master has succeeded the run has (Succeeded = Master succeeded, as in the training-operator);
+# Workers still running this long afterwards are stopped.
+WORKER_LINGER_SECONDS = 30.0
+STATUS_WRITE_INTERVAL_SECONDS = 2.0
+EXCEPTION_LINE = re.compile(r"^\w+(Error|Exception)\b.*")
+TORCHRUN_FAILURE_MARK = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+TORCHRUN_LOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torchrun's own glog-style lines
+
+
+class RunObserver(Protocol):
+    """What the runner reports as it goes (the CLI shows it; the detached runner prints it)."""
+
+    def notice(self, text: str) -> None: ...
+
+    def phase(self, status: TrainingRunStatus) -> None: ...
+
+    def line(self, replica: str, text: str) -> None: ...
+
+    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None: ...
+
+
+class SilentObserver:
+    """Reports nothing: the run folder has everything."""
+
+    def notice(self, text: str) -> None:
+        return None
+
+    def phase(self, status: TrainingRunStatus) -> None:
+        return None
+
+    def line(self, replica: str, text: str) -> None:
+        return None
+
+    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
+        return None
+
+
+class ReplicaStartError(RuntimeError):
+    """A replica's program could not be started (not found, not executable)."""
+
+
+@dataclass
+class _Replica:
+    launch: ReplicaLaunch
+    process: subprocess.Popen[bytes]
+    reader: threading.Thread
+
+
+def prepare_run_folder(document: Mapping[str, Any], *, runs_dir: Path) -> RunFolder:
+    """Check the document with the operator's own validation and give it a run folder (phase Preparing)."""
+    run = validate_training_run(document)
+    folder = RunFolder.create(runs_dir, run.metadata.name)
+    folder.write_manifest(dict(document))
+    record_phase(
+        folder,
+        TrainingRunStatus(),
+        phase=Phase.PREPARING,
+        reason="Preparing",
+        message="staging inputs and starting the replicas",
+        run_name=run.metadata.name,
+    )
+    return folder
+
+
+def record_phase(
+    folder: RunFolder, status: TrainingRunStatus, *, phase: Phase, reason: str, message: str, run_name: str
+) -> None:
+    """Set the phase as the operator does (kstatus conditions, an Event for a change) and write status.json."""
+    previous = status.model_copy(deep=True)
+    now = now_rfc3339()
+    status.phase, status.reason, status.message = phase, reason, message
+    status.conditions = kstatus_conditions(
+        verdict=Verdict(phase=phase, reason=reason, message=message),
+        previous=previous.conditions,
+        generation=None,
+        now=now,
+        pending_changes=[],
+    )
+    event = phase_event(previous, status)
+    if event is not None:
+        folder.append_event(kind=event.type, reason=event.reason, message=event.message, run_name=run_name, at=now)
+    folder.write_status(status)
+
+
+class LocalRunner:
+    """Supervises one run in one prepared run folder; ``run()`` returns its final status."""
+
+    def __init__(self, folder: RunFolder, *, observer: RunObserver | None = None) -> None:
+        self.folder = folder
+        self.observer: RunObserver = observer or SilentObserver()
+        self.run_spec: TrainingRun = validate_training_run(folder.read_manifest())
+        self.status = folder.read_status()
+        self.parser = MetricParser.from_definitions(self.run_spec.spec.metrics)
+        self.summary = MetricSummary()
+        self._cancel = threading.Event()
+        self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        self._last_status_write = 0.0
+
+    def cancel(self) -> None:
+        """Stop the replicas and finish as Cancelled (safe from a signal handler or another thread)."""
+        self._cancel.set()
+
+    def run(self) -> TrainingRunStatus:
+        """Start the replicas, follow them to the end, copy the artifacts; the final status."""
+        self.folder.pid_path.write_text(f"{os.getpid()}\n")
+        try:
+            with self._signals_cancel():
+                self._set_phase(Phase.PREPARING, "Preparing", "staging inputs and starting the replicas")
+                try:
+                    staged_inputs, staged_code = self._stage()
+                except Exception as error:  # noqa: BLE001 - a staging error fails the run with its message
+                    return self._finish(Phase.FAILED, "StagingFailed", str(error))
+                if self._cancel.is_set():
+                    return self._finish(Phase.CANCELLED, "Cancelled", "stopped before the replicas started")
+                plan = self._plan(staged_inputs=staged_inputs, staged_code=staged_code)
+                for text in plan.notices:
+                    self.observer.notice(text)
+                try:
+                    replicas = self._start(plan)
+                except ReplicaStartError as error:
+                    return self._finish(Phase.FAILED, "StartFailed", str(error))
+                outcome = self._supervise(replicas)
+            return self._finish(*outcome)
+        finally:
+            self.folder.pid_path.unlink(missing_ok=True)
+
+    # -- steps ---------------------------------------------------------------------------------------
+
+    def _stage(self) -> tuple[dict[str, Path], Path | None]:
+        """Download the inputs and the code snapshot into the run folder, as the cluster's stage-in does."""
+        spec = self.run_spec.spec
+        inputs = {}
+        for item in spec.inputs:
+            self.observer.notice(f"staging input {item.name!r} from {item.uri}")
+            inputs[item.name] = stage_in(item.uri, self.folder.path / "inputs" / item.name)
+        code = None
+        if spec.code is not None:
+            self.observer.notice(f"staging code from {spec.code.uri}")
+            code = stage_in(spec.code.uri, self.folder.path / "code")
+        return inputs, code
+
+    def _plan(self, *, staged_inputs: Mapping[str, Path], staged_code: Path | None) -> LocalPlan:
+        python = sys.executable
+        return build_plan(
+            self.run_spec,
+            folder=self.folder,
+            master_port=free_port(),
+            base_env=os.environ,
+            python=python,
+            cpu_count=os.cpu_count() or 1,
+            gpu_ids=visible_gpus(os.environ, nvidia_smi=shutil.which("nvidia-smi")),
+            cwd=Path.cwd(),
+            staged_inputs=staged_inputs,
+            staged_code=staged_code,
+        )
+
+    def _start(self, plan: LocalPlan) -> list[_Replica]:
+        replicas: list[_Replica] = []
+        for launch in plan.replicas:
+            launch.output_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                process = subprocess.Popen(
+                    launch.command,
+                    env=launch.env,
+                    cwd=launch.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    # Its own process group: Ctrl-C in the terminal reaches only us, and we can stop the
+                    # replica and everything it started with one killpg.
+                    start_new_session=True,
+                )
+            except OSError as error:
+                stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
+                raise ReplicaStartError(
+                    f"{launch.name} could not start {launch.command[0]!r}: {error.strerror or error}"
+                ) from None
+            assert process.stdout is not None
+            reader = threading.Thread(
+                target=_copy_lines,
+                args=(launch.name, process.stdout, launch.log_path, self._lines),
+                name=f"log-{launch.name}",
+                daemon=True,
+            )
+            reader.start()
+            replicas.append(_Replica(launch=launch, process=process, reader=reader))
+        self.status.start_time = now_rfc3339()
+        self.status.replicas = _replica_counts(replicas)
+        self._set_phase(Phase.RUNNING, "Running", f"{len(replicas)} replica(s) running on this machine")
+        return replicas
+
+    def _supervise(self, replicas: list[_Replica]) -> tuple[Phase, str, str]:
+        """Follow the replicas until the run is decided; (phase, reason, message)."""
+        master = replicas[0]
+        master_done_at: float | None = None
+        try:
+            while True:
+                self._drain(timeout=0.1)
+                if self._cancel.is_set():
+                    return Phase.CANCELLED, "Cancelled", "stopped by a signal or by trainrun cancel"
+                for replica in replicas:
+                    code = replica.process.poll()
+                    if code not in (None, 0) and not (master_done_at is not None and replica is not master):
+                        self._drain_until_closed([replica])
+                        return Phase.FAILED, "ReplicaFailed", failure_message(replica.launch, code)
+                if master.process.poll() == 0:
+                    master_done_at = master_done_at or time.monotonic()
+                    others_running = any(item.process.poll() is None for item in replicas[1:])
+                    if not others_running or time.monotonic() - master_done_at > WORKER_LINGER_SECONDS:
+                        return Phase.COMPLETED, "Succeeded", "the Master finished"
+                self._write_status_if_due()
+        finally:
+            stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
+            self._drain_until_closed(replicas)
+            self.status.replicas = _replica_counts(replicas)
+
+    def _finish(self, phase: Phase, reason: str, message: str) -> TrainingRunStatus:
+        output = self.run_spec.spec.output
+        copy_wanted = phase is Phase.COMPLETED or (phase is Phase.FAILED and output.copy_on_failure)
+        if output.uri is not None and copy_wanted:
+            self._set_phase(Phase.UPLOADING, "Uploading", f"copying artifacts to {output.uri}")
+            try:
+                self.status.artifacts = upload_artifacts(self.folder, output.uri)
+            except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
+                phase, reason, message = (
+                    Phase.FAILED,
+                    "UploadFailed",
+                    f"copying artifacts to {output.uri} failed: {error}",
+                )
+        self.status.completion_time = now_rfc3339()
+        self._set_phase(phase, reason, message)
+        return self.status
+
+    # -- output ----------------------------------------------------------------------------------------
+
+    def _drain(self, *, timeout: float) -> None:
+        """Handle the lines waiting (waiting up to timeout for the first)."""
+        try:
+            item = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            replica, text = item
+            if text is not None:
+                self._handle_line(replica, text)
+            try:
+                item = self._lines.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drain_until_closed(self, replicas: Sequence[_Replica]) -> None:
+        """Show what the replicas wrote before they exited (their readers see end-of-file soon after)."""
+        for replica in replicas:
+            replica.reader.join(timeout=STOP_GRACE_SECONDS)
+        self._drain(timeout=0)
+
+    def _handle_line(self, replica: str, text: str) -> None:
+        self.observer.line(replica, text)
+        samples = self.parser.parse(text)
+        if not samples:
+            return
+        record = metric_record(replica, samples)
+        with self.folder.metrics_path.open("a") as sink:
+            sink.write(json.dumps(record) + "\n")
+        if self.summary.add(samples):
+            self.status.metrics = dict(self.summary.latest)
+            self.status.key_metric = self.summary.key_metric()
+        self.observer.metrics(record, self.summary)
+
+    def _set_phase(self, phase: Phase, reason: str, message: str) -> None:
+        record_phase(
+            self.folder, self.status, phase=phase, reason=reason, message=message, run_name=self.run_spec.metadata.name
+        )
+        self._last_status_write = time.monotonic()
+        self.observer.phase(self.status.model_copy(deep=True))
+
+    def _write_status(self) -> None:
+        self.folder.write_status(self.status)
+        self._last_status_write = time.monotonic()
+
+    def _write_status_if_due(self) -> None:
+        # Metrics change many times a second; `trainrun get` on a detached run needs them now and then.
+        if time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
+            self._write_status()
+
+    @contextmanager
+    def _signals_cancel(self) -> Iterator[None]:
+        """SIGINT, SIGTERM and SIGHUP (terminal closed) cancel the run while it is supervised (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum: int, frame: FrameType | None) -> None:
+            self.cancel()
+
+        previous = {number: signal.signal(number, handle) for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def _copy_lines(replica: str, stream: IO[bytes], log_path: Path, lines: queue.Queue[tuple[str, str | None]]) -> None:
+    """Copy a replica's output to its log file byte for byte, and each line to the runner's queue."""
+    with stream, log_path.open("ab") as log:
+        for raw in iter(stream.readline, b""):
+            log.write(raw)
+            log.flush()
+            lines.put((replica, raw.decode(errors="replace").rstrip("\r\n")))
+    lines.put((replica, None))
+
+
+def _replica_counts(replicas: Sequence[_Replica]) -> dict[str, ReplicaCounts]:
+    counts: dict[str, ReplicaCounts] = {}
+    for replica in replicas:
+        kind = "Master" if replica.launch.index == 0 else "Worker"
+        entry = counts.setdefault(kind, ReplicaCounts())
+        code = replica.process.poll()
+        if code is None:
+            entry.active += 1
+        elif code == 0:
+            entry.succeeded += 1
+        else:
+            entry.failed += 1
+    return counts
+
+
+def last_error_line(log_path: Path) -> str | None:
+    """The last ``SomethingError: ...`` line of a log, else its last non-empty line.
+
+    torchrun's own report of a failed child (its traceback, the ChildFailedError summary and its
+    timestamped log lines) is skipped: the child's error above it is the cause a person wants.
+    """
+    try:
+        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
+    except FileNotFoundError:
+        return None
+    report = next((index for index, line in enumerate(lines) if TORCHRUN_FAILURE_MARK in line), None)
+    if report is not None:
+        tracebacks = [index for index in range(report) if lines[index].startswith("Traceback (most recent call last)")]
+        lines = lines[: tracebacks[-1] if tracebacks else report]
+    lines = [line for line in lines if line and not TORCHRUN_LOG_LINE.match(line)]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else None
+
+
+def failure_message(launch: ReplicaLaunch, code: int) -> str:
+    """``worker-0 exited with code 1: RuntimeError: boom`` (the cause a person looks for first)."""
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    cause = last_error_line(launch.log_path)
+    return f"{launch.name} {how}: {cause}" if cause else f"{launch.name} {how}"
+
+
+def stop_replicas(processes: Sequence[subprocess.Popen[bytes]], *, grace_seconds: float) -> None:
+    """SIGTERM every replica's process group and descendants, wait, then SIGKILL what is left.
+
+    Descendants are collected first because torchrun starts its workers in sessions of their own,
+    which a signal to the replica's group does not reach.
+    """
+    import psutil
+
+    running = [process for process in processes if process.poll() is None]
+    members: list[psutil.Process] = []
+    for process in running:
+        try:
+            parent = psutil.Process(process.pid)
+            members.extend([parent, *parent.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            continue
+    _signal_all(running, members, signal.SIGTERM)
+    _, alive = psutil.wait_procs(members, timeout=grace_seconds)
+    if alive:
+        _signal_all(running, alive, signal.SIGKILL)
+        psutil.wait_procs(alive, timeout=grace_seconds)
+    for process in processes:
+        process.wait()
+
+
+def _signal_all(groups: Sequence[subprocess.Popen[bytes]], members: Sequence[Any], number: signal.Signals) -> None:
+    for process in groups:
+        try:
+            os.killpg(process.pid, number)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for member in members:
+        try:
+            member.send_signal(number)
+        except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends: it is gone already
+            pass
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for the Master's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def visible_gpus(env: Mapping[str, str], *, nvidia_smi: str | None) -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else those nvidia-smi lists."""
+    declared = env.get("CUDA_VISIBLE_DEVICES")
+    if declared is not None:
+        return [item.strip() for item in declared.split(",") if item.strip() and item.strip() != "-1"]
+    if nvidia_smi is None:
+        return []
+    try:
+        listing = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(index) for index, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def stage_in(uri: str, destination: Path) -> Path:
+    """Download uri into destination with the code of ``trainrun download`` (the cluster's stage-in)."""
+    from trainrun.storage import StorageOptions, download
+
+    download(uri, destination, options=StorageOptions.from_env(os.environ))
+    return destination
+
+
+def upload_artifacts(folder: RunFolder, uri: str) -> Artifacts:
+    """Copy outputs/ and logs/ to uri with the uploader Job's code; the manifest is written last."""
+    from trainrun.storage import StorageOptions, upload_directory
+
+    logs = {f"logs/{path.name}": path for path in sorted(folder.logs_dir.glob("*.log"))}
+    result = upload_directory(folder.outputs_dir, uri, options=StorageOptions.from_env(os.environ), extra_files=logs)
+    return Artifacts(
+        uri=result.uri,
+        manifest_uri=result.manifest_uri,
+        file_count=result.manifest.file_count,
+        bytes=result.manifest.total_bytes,
+    )
+
+
+def exit_code(phase: Phase | None) -> int:
+    """The exit code of ``trainrun run``: 0 Completed, 130 Cancelled (as after Ctrl-C), 1 otherwise."""
+    if phase is Phase.COMPLETED:
+        return 0
+    if phase is Phase.CANCELLED:
+        return 130
+    return 1

@@ -1,0 +1,36 @@
+"""Exceptions raised by :mod:`trainrun.storage` (pure: no third-party imports).
+
+Callers (the CLI, the controller's uploader, the local runner) catch :class:`StorageError` and
+show its message, which names the URI and the cause; no traceback is needed to act on it.
+"""
+
+from __future__ import annotations
+
+
+class StorageError(Exception):
+    """Base class: an object-storage operation failed; the message says where and why."""
+
+
+class InvalidStorageURI(StorageError, ValueError):
+    """A URI is not one of the accepted forms."""
+
+
+class UploadError(StorageError):
+    """An upload failed; no manifest was written."""
+
+
+class DownloadError(StorageError):
+    """A download failed or its content could not be verified."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """A downloaded file differs from what the manifest records."""
+
+    def __init__(self, *, uri: str, path: str, expected: str, actual: str) -> None:
+        super().__init__(
+            f"checksum mismatch for {path!r} from {uri}: the manifest records sha256 {expected}, "
+            f"the downloaded file has {actual}; the object was changed or corrupted after upload"
+        )
+        self.path = path
+        self.expected = expected
+        self.actual = actual

@@ -1,0 +1,159 @@
+"""Open obstore stores for a :class:`StorageLocation` and explain their errors.
+
+Used by :mod:`trainrun.storage.transfer` only. obstore's own retries (a few quick ones per
+request) sit under the file-level retries of the transfer code; errors are turned into one-line
+messages that name the URI and the likely fix (credentials, bucket, endpoint).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from obstore.exceptions import (
+    BaseError,
+    GenericError,
+    JoinError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
+
+from trainrun.storage.options import StorageOptions
+from trainrun.storage.uri import StorageLocation
+
+if TYPE_CHECKING:
+    from obstore.store import (
+        AzureConfig,
+        ClientConfig,
+        GCSConfig,
+        ObjectStore,
+        RetryConfig,
+        S3Config,
+    )
+
+# A few fast retries per request; longer outages are handled by the caller's backoff, which
+# re-reads the file and so also covers multipart uploads whose parts cannot be replayed.
+_REQUEST_RETRIES: RetryConfig = {
+    "max_retries": 3,
+    "backoff": {
+        "init_backoff": timedelta(milliseconds=100),
+        "max_backoff": timedelta(seconds=2),
+        "base": 2,
+    },
+    "retry_timeout": timedelta(seconds=30),
+}
+_HTTP_STATUS = re.compile(r"status code: (\d{3})")
+_S3_ERROR_CODE = re.compile(r"<Code>([^<]+)</Code>")
+_METADATA_HOST = "169.254.169.254"
+_CONNECT_FAILURE = ("error sending request", "connection refused", "dns error", "timed out")
+
+
+def open_store(
+    location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False
+) -> ObjectStore:
+    """A store rooted at ``location`` (bucket + prefix, or a local directory).
+
+    ``create_local_dir`` creates a ``file://`` location's directory (for uploads).
+    """
+    prefix = location.prefix or None
+    if location.scheme == "file":
+        return LocalStore(location.prefix, mkdir=create_local_dir)
+    if location.scheme == "s3":
+        # S3-compatible servers ignore the region but request signing needs one.
+        s3: S3Config = {"region": options.region or "us-east-1"}
+        client: ClientConfig = {}
+        if options.endpoint_url:
+            s3["endpoint"] = options.endpoint_url
+            client["allow_http"] = options.endpoint_url.startswith("http://")
+        if options.access_key_id:
+            s3["access_key_id"] = options.access_key_id
+        if options.secret_access_key:
+            s3["secret_access_key"] = options.secret_access_key
+        if options.session_token:
+            s3["session_token"] = options.session_token
+        return S3Store(
+            location.bucket,
+            prefix=prefix,
+            config=s3,
+            client_options=client,
+            retry_config=_REQUEST_RETRIES,
+        )
+    if location.scheme == "gs":
+        gcs: GCSConfig = {}
+        if options.google_service_account_path:
+            gcs["service_account"] = options.google_service_account_path
+        if options.google_service_account_key:
+            gcs["service_account_key"] = options.google_service_account_key
+        if options.google_application_credentials:
+            gcs["application_credentials"] = options.google_application_credentials
+        return GCSStore(location.bucket, prefix=prefix, config=gcs, retry_config=_REQUEST_RETRIES)
+    azure: AzureConfig = {}
+    account_name = location.account or options.azure_account_name
+    if account_name:
+        azure["account_name"] = account_name
+    if options.azure_account_key:
+        azure["account_key"] = options.azure_account_key
+    if options.azure_sas_token:
+        azure["sas_key"] = options.azure_sas_token
+    if options.azure_endpoint:
+        azure["endpoint"] = options.azure_endpoint
+    return AzureStore(location.bucket, prefix=prefix, config=azure, retry_config=_REQUEST_RETRIES)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether retrying may help: connection problems and server errors, not 4xx answers."""
+    if isinstance(error, JoinError):
+        return True
+    if not isinstance(error, GenericError):
+        return False
+    status = _HTTP_STATUS.search(str(error))
+    return status is None or not status.group(1).startswith("4") or status.group(1) in ("408", "429")
+
+
+def describe_error(error: BaseException, *, location: StorageLocation, options: StorageOptions) -> str:
+    """One line naming the URI, the cause and the fix; never includes credentials."""
+    text = str(error)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    endpoint = options.endpoint_url or f"the {location.scheme} service"
+    code_match = _S3_ERROR_CODE.search(text)
+    code = code_match.group(1) if code_match else None
+    status_match = _HTTP_STATUS.search(text)
+    status = status_match.group(1) if status_match else None
+    if code in ("NoSuchBucket", "ContainerNotFound") or (
+        location.scheme != "file" and "bucket" in text.lower() and status == "404"
+    ):
+        return (
+            f"{location.uri}: bucket {location.bucket!r} does not exist at {endpoint}; "
+            "create it first or fix the URI"
+        )
+    if location.scheme == "file" and "canonicalize" in text:
+        return f"{location.uri}: no such local directory"
+    if _METADATA_HOST in text:
+        # No credentials were configured, so the client asked the cloud's instance metadata
+        # service for a role, and that failed: say so instead of reporting its 403.
+        return (
+            f"{location.uri}: no credentials found (the instance metadata service gave none); "
+            f"set {_credential_hint(location)} or run where a workload identity provides them"
+        )
+    if isinstance(error, (PermissionDeniedError, UnauthenticatedError)) or status in ("401", "403"):
+        return (
+            f"{location.uri}: access denied by {endpoint} ({code or status or 'permission denied'}); "
+            f"check the credentials ({_credential_hint(location)}) and their permissions on the bucket"
+        )
+    if isinstance(error, BaseError) and any(marker in text.lower() for marker in _CONNECT_FAILURE):
+        return (
+            f"{location.uri}: cannot reach {endpoint} (connection failed after retries); "
+            "check the endpoint URL (AWS_ENDPOINT_URL / --endpoint-url) and that the server is up"
+        )
+    return f"{location.uri}: {first_line}"
+
+
+def _credential_hint(location: StorageLocation) -> str:
+    return {
+        "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "gs": "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS",
+        "az": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN",
+        "file": "file permissions",
+    }[location.scheme]

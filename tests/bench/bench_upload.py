@@ -1,0 +1,210 @@
+"""Upload throughput and peak memory: trainrun.storage vs boto3, against a local SeaweedFS.
+
+Run: ``.venv/bin/python tests/bench/bench_upload.py [--repeats 3] [--big-mb 2000]``.
+Starts its own ``weed mini``, then times (a) one 2 GB file and (b) 2,000 files of 100 KB with
+  - trainrun.storage.upload_directory (sha256 of every byte, size check, manifest written last),
+  - boto3 ``upload_file`` with the default TransferConfig (big file; and a plain loop for small),
+  - boto3 ``upload_file`` from a 10-thread pool (small files).
+Every upload runs in a fresh subprocess that reports its wall time and peak RSS
+(VmHWM), so start-up and exit are included and memory is per method. Methods are
+interleaved across repeats and medians are printed with ratios vs the boto3 baselines.
+The server shares the machine's cores with the client: figures are end-to-end, not client limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, start_seaweedfs  # noqa: E402
+
+SMALL_FILES = 2000
+SMALL_SIZE = 100 * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--big-mb", type=int, default=2000, help="size of the big file in MB")
+    parser.add_argument("--child", nargs=4, metavar=("METHOD", "SRC", "ENDPOINT", "KEY"), help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.child:
+        run_child(*arguments.child)
+        return
+
+    work = Path(tempfile.mkdtemp(prefix="bench-upload-"))
+    try:
+        big_dir, small_dir = work / "big", work / "small"
+        make_inputs(big_dir, small_dir, big_bytes=arguments.big_mb * 1_000_000)
+        server = start_seaweedfs(work / "seaweedfs")
+        try:
+            cases = [
+                ("big", "trainrun", big_dir),
+                ("big", "boto3", big_dir),
+                ("small", "trainrun", small_dir),
+                ("small", "boto3-10-threads", small_dir),
+                ("small", "boto3-loop", small_dir),
+            ]
+            samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+            for repeat in range(arguments.repeats):
+                for workload, method, source in cases:
+                    key = f"bench/{workload}/{method}/{repeat}"
+                    settle()
+                    assert server.process is not None
+                    server_cpu_before = cpu_seconds(server.process.pid)
+                    sample = run_in_subprocess(method, source, server.endpoint, key)
+                    sample["server_cpu_s"] = cpu_seconds(server.process.pid) - server_cpu_before
+                    samples.setdefault((workload, method), []).append(sample)
+                    print(f"  repeat {repeat + 1}: {workload:5} {method:17} {describe(sample)}", flush=True)
+        finally:
+            server.stop()
+        report(samples, big_mb=arguments.big_mb, repeats=arguments.repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def settle() -> None:
+    """Flush the previous upload's dirty pages so its disk writeback does not slow the next."""
+    os.sync()
+    time.sleep(1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_inputs(big_dir: Path, small_dir: Path, *, big_bytes: int) -> None:
+    big_dir.mkdir(parents=True)
+    with (big_dir / "model.bin").open("wb") as sink:
+        remaining = big_bytes
+        while remaining:
+            block = os.urandom(min(remaining, 64 * 1024 * 1024))
+            sink.write(block)
+            remaining -= len(block)
+    small_dir.mkdir(parents=True)
+    for index in range(SMALL_FILES):
+        (small_dir / f"shard-{index:05d}.bin").write_bytes(os.urandom(SMALL_SIZE))
+
+
+def run_in_subprocess(method: str, source: Path, endpoint: str, key: str) -> dict[str, float]:
+    completed = subprocess.run(
+        [sys.executable, __file__, "--child", method, str(source), endpoint, key],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode != 0:
+        raise SystemExit(f"{method} failed with exit code {completed.returncode}:\n{completed.stderr}")
+    sample: dict[str, float] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return sample
+
+
+def run_child(method: str, source: str, endpoint: str, key: str) -> None:
+    files = sorted(path for path in Path(source).iterdir() if path.is_file())
+    total_bytes = sum(path.stat().st_size for path in files)
+    started = time.perf_counter()
+    if method == "trainrun":
+        from trainrun.storage import StorageOptions, upload_directory
+
+        options = StorageOptions(endpoint_url=endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+        upload_directory(source, f"s3://{BUCKET}/{key}", options=options)
+    else:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+
+        def upload(path: Path) -> None:
+            client.upload_file(str(path), BUCKET, f"{key}/{path.name}")
+
+        if method == "boto3-10-threads":
+            with ThreadPoolExecutor(10) as pool:
+                list(pool.map(upload, files))
+        else:  # "boto3" and "boto3-loop": upload_file one after the other
+            for path in files:
+                upload(path)
+    elapsed = time.perf_counter() - started
+    peak_rss_mb = peak_rss_kib() / 1024
+    client_cpu_s = sum(os.times()[:2])
+    print(
+        json.dumps(
+            {
+                "seconds": elapsed,
+                "bytes": total_bytes,
+                "files": len(files),
+                "peak_rss_mb": peak_rss_mb,
+                "client_cpu_s": client_cpu_s,
+            }
+        )
+    )
+
+
+def peak_rss_kib() -> int:
+    """This process's peak RSS since exec (VmHWM). getrusage's ru_maxrss would also count the
+    parent's memory inherited through fork, before exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # not Linux: best effort
+
+
+def describe(sample: dict[str, float]) -> str:
+    return (
+        f"{sample['bytes'] / sample['seconds'] / 1e6:7.1f} MB/s {sample['files'] / sample['seconds']:8.1f} files/s "
+        f"peak RSS {sample['peak_rss_mb']:6.0f} MB ({sample['seconds']:.1f} s, "
+        f"client CPU {sample['client_cpu_s']:.1f} s, server CPU {sample['server_cpu_s']:.1f} s)"
+    )
+
+
+def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: int, repeats: int) -> None:
+    def median(workload: str, method: str, field: str) -> float:
+        return statistics.median(sample[field] for sample in samples[(workload, method)])
+
+    def throughput(workload: str, method: str) -> tuple[float, float]:
+        seconds = median(workload, method, "seconds")
+        first = samples[(workload, method)][0]
+        return first["bytes"] / seconds / 1e6, first["files"] / seconds
+
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows the server)")
+    print(f"medians of {repeats} (each upload in a fresh process, imports included; SeaweedFS on the same machine)")
+    print(
+        f"{'workload':26} {'method':18} {'MB/s':>8} {'files/s':>9} {'peak RSS MB':>12} "
+        f"{'client CPU s':>13} {'server CPU s':>13}"
+    )
+    for workload, method in samples:
+        label = f"1 x {big_mb} MB" if workload == "big" else f"{SMALL_FILES} x {SMALL_SIZE // 1024} KB"
+        mbps, files_per_s = throughput(workload, method)
+        print(
+            f"{label:26} {method:18} {mbps:8.1f} {files_per_s:9.1f} "
+            f"{median(workload, method, 'peak_rss_mb'):12.0f} {median(workload, method, 'client_cpu_s'):13.1f} "
+            f"{median(workload, method, 'server_cpu_s'):13.1f}"
+        )
+    big_ratio = throughput("big", "trainrun")[0] / throughput("big", "boto3")[0]
+    small_ratio = throughput("small", "trainrun")[1] / throughput("small", "boto3-10-threads")[1]
+    loop_ratio = throughput("small", "trainrun")[1] / throughput("small", "boto3-loop")[1]
+    print(f"\nbig file:    trainrun / boto3 upload_file          = {big_ratio:.2f}x MB/s   (goal >= 1.05x)")
+    print(f"small files: trainrun / boto3 10-thread pool       = {small_ratio:.2f}x files/s (goal >= 4x)")
+    print(f"small files: trainrun / boto3 upload_file loop     = {loop_ratio:.2f}x files/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The reading verbs over a local run (get, describe, logs, metrics, wait) through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from localrun import FinishedRun
+from typer.testing import CliRunner
+
+from trainrun.cli.main import app
+
+pytestmark = pytest.mark.slow  # real training processes
+
+runner = CliRunner()
+
+
+def invoke(quickstart: FinishedRun, *arguments: str) -> tuple[int, str]:
+    result = runner.invoke(app, [*arguments, "--local", "--runs-dir", str(quickstart.runs_dir)])
+    return result.exit_code, result.output
+
+
+def test_get_shows_a_kubectl_like_table(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "get")
+    assert code == 0, output
+    header, row = output.strip().splitlines()
+    assert header.split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    assert row.split()[:5] == ["quickstart", "Completed", "-", "1", "0"]
+    assert row.split()[5].startswith("val_loss=")
+
+
+def test_get_as_yaml_json_and_wide(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "get", "quickstart", "-o", "yaml")
+    assert code == 0 and yaml.safe_load(output)["status"]["phase"] == "Completed"
+    code, output = invoke(quickstart, "list", "-o", "json")
+    assert code == 0 and json.loads(output)["items"][0]["metadata"]["name"] == "quickstart"
+    code, output = invoke(quickstart, "get", "-o", "wide")
+    assert code == 0 and "IMAGE" in output and "ghcr.io/trainrun/trainer:0.1.0" in output
+
+
+def test_describe_shows_phase_replicas_metrics_and_artifacts(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "describe", "quickstart")
+    assert code == 0, output
+    for expected in (
+        "Phase:",
+        "Completed",
+        "Conditions:",
+        "Replicas:",
+        "Metrics:",
+        "train_loss",
+        "Artifacts:",
+        "Run folder:",
+        "Events:",
+        "Uploading -> Completed",
+    ):
+        assert expected in output
+
+
+def test_logs_prefix_each_line_unless_one_replica_is_asked(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "logs", "quickstart")
+    assert code == 0 and output.splitlines()[0].startswith("[master-0] ")
+    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0")
+    assert code == 0 and output == (quickstart.folder / "logs" / "master-0.log").read_text()
+
+
+def test_metrics_latest_and_history(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "metrics", "quickstart")
+    assert code == 0 and "train_loss" in output
+    code, output = invoke(quickstart, "metrics", "quickstart", "--json")
+    history = json.loads(output)["history"]
+    assert history[0]["epoch"] == 1
+    code, output = invoke(quickstart, "metrics", "quickstart", "--history")
+    assert code == 0 and output.splitlines()[0].split()[:2] == ["EPOCH", "STEP"]
+
+
+def test_wait_exit_codes(quickstart: FinishedRun) -> None:
+    assert invoke(quickstart, "wait", "quickstart", "--for", "Completed")[0] == 0
+    code, output = invoke(quickstart, "wait", "quickstart", "--for", "Failed", "--timeout", "5s")
+    assert code == 1 and "finished as Completed, not Failed" in output
+    code, output = invoke(quickstart, "wait", "quickstart", "--timeout", "soon")
+    assert code == 1 and "--timeout 'soon' is not a duration" in output
+
+
+def test_unknown_run_is_one_line_on_stderr(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "get", "nope")
+    assert code == 1
+    assert output.strip().splitlines() == [f"error: no local run called 'nope' in {quickstart.runs_dir}"]

@@ -1,0 +1,88 @@
+"""``trainrun.Client(backend="local")``: create, wait, get, list, metrics, artifacts, logs, download, delete."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from localrun import FinishedRun, sample
+
+from typer.testing import CliRunner
+
+from trainrun import Client
+from trainrun.cli.main import app
+from trainrun.client import RunNotFound, WaitTimeout
+
+pytestmark = pytest.mark.slow  # real training processes
+
+
+def quick_document(name: str) -> dict[str, object]:
+    document = sample("quickstart.yaml")
+    document["metadata"]["name"] = name
+    document["spec"]["hyperparameters"].update({"epochs": 1})
+    document["spec"]["hyperparameters"]["extra"]["synthetic-samples"] = "512"
+    return document
+
+
+def test_create_runs_detached_and_wait_returns_it_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    client = Client(backend="local", runs_dir=tmp_path / "runs")
+    created = client.create(quick_document("detached"))
+    assert created["status"]["phase"] == "Preparing"
+    finished = client.wait("detached", timeout=180)
+    assert finished["status"]["phase"] == "Completed", finished["status"]
+    assert [run["metadata"]["name"] for run in client.list()] == ["detached"]
+    metrics = client.metrics("detached")
+    assert metrics["latest"]["train_loss"] == metrics["history"][-1]["train_loss"]
+    assert metrics["key"].startswith("val_loss=")
+    lines = list(client.logs("detached"))
+    assert lines and {replica for replica, _ in lines} == {"master-0"}  # only rank 0 prints
+    assert list(client.logs("detached", replica="worker-0")) == []
+    assert client.delete("detached") is True
+    with pytest.raises(RunNotFound):
+        client.get("detached")
+
+
+def test_wait_times_out_and_cancel_stops_a_detached_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    client = Client(backend="local", runs_dir=tmp_path / "runs")
+    document = quick_document("cancelled")
+    document["spec"]["hyperparameters"]["epochs"] = 50
+    client.create(document)
+    with pytest.raises(WaitTimeout):
+        client.wait("cancelled", timeout=1)
+    waited = CliRunner().invoke(
+        app, ["wait", "cancelled", "--timeout", "1s", "--local", "--runs-dir", str(tmp_path / "runs")]
+    )
+    assert waited.exit_code == 2, waited.output
+    client.wait("cancelled", phases=("Running",), timeout=60)
+    followed = client.logs("cancelled", follow=True)
+    client.cancel("cancelled")
+    finished = client.wait("cancelled", timeout=60)
+    assert finished["status"]["phase"] == "Cancelled"
+    assert finished["status"]["message"] == "stopped by a signal or by trainrun cancel"
+    list(followed)  # a follow ends once the run has finished
+
+
+def test_the_client_reads_a_run_made_by_the_cli(quickstart: FinishedRun, tmp_path: Path) -> None:
+    client = Client(backend="local", runs_dir=quickstart.runs_dir)
+    run = client.get("quickstart")
+    assert run["status"]["phase"] == "Completed"
+    assert client.status("quickstart").artifacts is not None
+    lines = [line for _, line in client.logs("quickstart", replica="master-0")]
+    assert lines == (quickstart.folder / "logs" / "master-0.log").read_text().splitlines()
+    artifacts = client.artifacts("quickstart")
+    assert artifacts["uri"] == f"file://{quickstart.artifacts}"
+    assert {"model.pt", "model.ts"} <= {entry["path"] for entry in artifacts["manifest"]["files"]}
+    copied = client.download("quickstart", tmp_path / "copy")
+    assert (copied / "model.ts").read_bytes() == (quickstart.artifacts / "model.ts").read_bytes()
+    assert json.loads((copied / "run.json").read_text())
+
+
+def test_unknown_runs_and_replicas_are_named(quickstart: FinishedRun) -> None:
+    client = Client(backend="local", runs_dir=quickstart.runs_dir)
+    with pytest.raises(RunNotFound, match="no local run called 'nope'"):
+        client.get("nope")
+    with pytest.raises(RunNotFound, match="no replica 'worker-7'.*master-0, worker-0"):
+        list(client.logs("quickstart", replica="worker-7"))

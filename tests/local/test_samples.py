@@ -1,0 +1,92 @@
+"""The CPU samples of manifests/samples run with --local (inputs staged, scripts found, metrics parsed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from localrun import REPO, SAMPLES, TRAINRUN, cli_env, metric_records, run_folder, sample, write_run
+
+sys.path.insert(0, str(REPO / "tests" / "training"))
+from dataset_files import write_cifar10  # noqa: E402 - the training tests' writer of a tiny CIFAR-10
+
+pytestmark = pytest.mark.slow  # real training processes
+
+
+def run_local(manifest: Path, *, runs_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TRAINRUN, "run", str(manifest), "--local", "--quiet", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def test_cifar10_cnn_stages_its_input_and_trains(tmp_path: Path) -> None:
+    dataset = tmp_path / "cifar10-source"
+    write_cifar10(dataset, per_batch=32)
+    document = sample("cifar10-cnn.yaml")
+    document["spec"]["inputs"][0]["uri"] = f"file://{dataset}"
+    document["spec"]["output"]["uri"] = str(tmp_path / "artifacts")
+    document["spec"]["hyperparameters"].update({"epochs": 2, "batchSize": 16})
+    runs_dir = tmp_path / "runs"
+    result = run_local(write_run(tmp_path / "cifar.yaml", document), runs_dir=runs_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = run_folder(runs_dir)
+    assert (folder / "inputs" / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    # The trainer found the data only because /inputs/cifar10 in its --data-dir flag was rewritten.
+    records = metric_records(folder / "metrics.jsonl")
+    assert any("val_accuracy_pct" in record for record in records), "the spec's regex metric was not read"
+    assert (tmp_path / "artifacts" / "model.ts").is_file()
+    assert (tmp_path / "artifacts" / "manifest.json").is_file()
+    # --quiet: phases and metrics, no replica lines.
+    assert "[master-0]" not in result.stdout
+    assert "cifar10-cnn: Completed" in result.stdout
+
+
+def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
+    runs_dir = tmp_path / "runs"
+    result = run_local(SAMPLES / "custom-script.yaml", runs_dir=runs_dir, cwd=SAMPLES)
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = run_folder(runs_dir)
+    losses = [record["loss"] for record in metric_records(folder / "metrics.jsonl") if "loss" in record]
+    assert len(losses) == 10
+    assert losses[-1] < losses[0]
+    assert (folder / "outputs" / "model.pt").is_file()
+    status = json.loads((folder / "status.json").read_text())
+    assert status["phase"] == "Completed"
+    assert status["keyMetric"].startswith("loss=")
+
+
+def test_a_code_folder_is_staged_and_becomes_the_working_directory(tmp_path: Path) -> None:
+    document = sample("custom-script.yaml")
+    document["spec"]["script"] = "train.py"
+    document["spec"]["hyperparameters"]["extra"]["steps"] = "40"
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run(
+        [
+            *TRAINRUN,
+            "run",
+            str(write_run(tmp_path / "code.yaml", document)),
+            "--local",
+            "--quiet",
+            "--runs-dir",
+            str(runs_dir),
+            "--code",
+            str(SAMPLES / "custom-script"),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = run_folder(runs_dir)
+    assert (folder / "code" / "train.py").read_text() == (SAMPLES / "custom-script" / "train.py").read_text()
+    assert "staging code from" in result.stdout

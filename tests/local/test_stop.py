@@ -1,0 +1,124 @@
+"""Stopping local runs: Ctrl-C (SIGINT) cancels cleanly, a failing replica fails the run and stops the rest."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from localrun import TRAINRUN, cli_env, metric_records, run_folder, sample, write_run
+
+pytestmark = pytest.mark.slow  # real training processes
+
+
+def wait_for(condition: object, *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigint_cancels_the_run_and_leaves_no_process(tmp_path: Path) -> None:
+    document = sample("quickstart.yaml")
+    document["spec"]["hyperparameters"]["epochs"] = 50  # far longer than the test waits
+    manifest = write_run(tmp_path / "long.yaml", document)
+    runs_dir = tmp_path / "runs"
+    process = subprocess.Popen(
+        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
+    try:
+        wait_for(
+            lambda: (
+                runs_dir.exists()
+                and any(runs_dir.iterdir())
+                and (run_folder(runs_dir) / "metrics.jsonl").exists()
+                and metric_records(run_folder(runs_dir) / "metrics.jsonl")
+            ),
+            timeout=120,
+            what="the first metric line",
+        )
+        descendants = psutil.Process(process.pid).children(recursive=True)
+        # Two torchrun launchers and their two training processes at least.
+        assert len(descendants) >= 4, descendants
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output
+    alive = [child for child in descendants if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    assert alive == []
+    status = json.loads((run_folder(runs_dir) / "status.json").read_text())
+    assert status["phase"] == "Cancelled"
+    assert "long: Cancelled" in output or "quickstart: Cancelled" in output
+
+
+FAILING_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    if os.environ["RANK"] != "0":
+        raise RuntimeError(f"worker {os.environ['RANK']} could not load its shard")
+    print("master waiting", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_failing_worker_fails_the_run_and_names_its_error(tmp_path: Path) -> None:
+    (tmp_path / "fail.py").write_text(FAILING_SCRIPT)
+    document = sample("quickstart.yaml")
+    document["metadata"]["name"] = "failing"
+    document["spec"]["script"] = "fail.py"
+    manifest = write_run(tmp_path / "failing.yaml", document)
+    runs_dir = tmp_path / "runs"
+    started = time.monotonic()
+    result = subprocess.run(
+        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert time.monotonic() - started < 60, "the Master should have been stopped, not waited for"
+    expected = "worker-0 exited with code 1: RuntimeError: worker 1 could not load its shard"
+    assert expected in result.stderr
+    status = json.loads((run_folder(runs_dir) / "status.json").read_text())
+    assert status["phase"] == "Failed"
+    assert status["reason"] == "ReplicaFailed"
+    assert expected in status["message"]
+    stalled = [condition for condition in status["conditions"] if condition["type"] == "Stalled"]
+    assert stalled[0]["status"] == "True"
+    assert "master waiting" in (run_folder(runs_dir) / "logs" / "master-0.log").read_text()
+
+
+def test_a_program_that_cannot_start_fails_the_run_with_its_name(tmp_path: Path) -> None:
+    document = sample("quickstart.yaml")
+    document["metadata"]["name"] = "missing"
+    document["spec"].update({"launcher": "none", "command": ["no-such-program-xyz"]})
+    document["spec"]["hyperparameters"]["extra"] = {}
+    runs_dir = tmp_path / "runs"
+    result = subprocess.run(
+        [*TRAINRUN, "run", str(write_run(tmp_path / "missing.yaml", document)), "--local", "--runs-dir", str(runs_dir)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "master-0 could not start 'no-such-program-xyz': No such file or directory" in result.stderr
+    assert json.loads((run_folder(runs_dir) / "status.json").read_text())["reason"] == "StartFailed"

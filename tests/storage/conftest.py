@@ -1,0 +1,64 @@
+"""Fixtures for the storage tests: a real SeaweedFS S3 server for the whole session.
+
+The server is started once (``weed mini`` on free 127.0.0.1 ports, bucket ``trainrun-test``)
+and killed at the end of the session, with a check that its process is gone. Tests get a fresh
+prefix each, client options for our code and an independent boto3 client to check results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
+
+from trainrun.storage import StorageOptions  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    assert server.process is not None
+    pid = server.process.pid
+    yield server
+    server.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # the server process no longer exists (it was reaped by stop())
+
+
+def options_for(server: SeaweedFS) -> StorageOptions:
+    return StorageOptions(
+        endpoint_url=server.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
+    )
+
+
+@pytest.fixture
+def s3_options(seaweedfs: SeaweedFS) -> StorageOptions:
+    return options_for(seaweedfs)
+
+
+@pytest.fixture
+def s3_uri(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> str:
+    """A prefix no other test uses, e.g. s3://trainrun-test/test_round_trip-1a2b3c4d/run."""
+    return f"s3://{BUCKET}/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}/run"
+
+
+@pytest.fixture
+def boto3_client(seaweedfs: SeaweedFS) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=seaweedfs.endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )

@@ -1,0 +1,158 @@
+"""Start and stop a real SeaweedFS (``weed mini``) S3 server for the storage tests and benchmark.
+
+Used by tests/storage/conftest.py (one server per test session, plus private ones for tests
+that kill the server) and by tests/bench/bench_upload.py. All listeners bind 127.0.0.1 on free
+ports; buckets are never created implicitly, so a missing bucket is an error as on real S3.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "trainrun-test-access"
+SECRET_KEY = "trainrun-test-secret-key"
+BUCKET = "trainrun-test"
+WEED = Path(sys.executable).parent / "weed"
+# weed derives each gRPC port as its HTTP port + 10000 where no flag sets it (the mini worker
+# dials the admin gRPC port that way), so every service gets a pair of free ports 10000 apart.
+_SERVICES = ("master", "volume", "filer", "s3", "admin")
+_GRPC_OFFSET = 10000
+
+
+@dataclass
+class SeaweedFS:
+    """A running ``weed mini``; restartable on the same ports and data directory."""
+
+    data_dir: Path
+    ports: dict[str, int]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Env for a client (our CLI, boto3) talking to this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": "us-east-1",
+        }
+
+    def start(self, *, timeout_s: float = 90.0) -> None:
+        arguments = [
+            str(WEED),
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-bucket={BUCKET}",
+            "-s3.autoCreateBucket=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-metricsPort={self.ports['metrics']}",
+        ]
+        for service in _SERVICES:
+            arguments += [
+                f"-{service}.port={self.ports[service]}",
+                f"-{service}.port.grpc={self.ports[service] + _GRPC_OFFSET}",
+            ]
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                arguments, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._wait_until_ready(timeout_s)
+
+    def stop(self, *, hard: bool = False) -> None:
+        """Kill the server (SIGKILL when ``hard``, like a crash) and wait until it is gone."""
+        if self.process is None:
+            return
+        self.process.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=20)
+        self.process = None
+
+    def _wait_until_ready(self, timeout_s: float) -> None:
+        import boto3  # test-only dependency; also checks that the bucket exists
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY,
+            region_name="us-east-1",
+        )
+        deadline = time.monotonic() + timeout_s
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports["s3"]), timeout=1):
+                    pass
+                client.head_bucket(Bucket=BUCKET)
+                return
+            except Exception as error:  # noqa: BLE001 - not up yet; keep polling until the deadline
+                last_error = error
+                time.sleep(0.3)
+        self.stop(hard=True)
+        raise RuntimeError(f"weed mini not ready after {timeout_s}s ({last_error}); see {self.log_path}")
+
+
+def free_ports() -> dict[str, int]:
+    """A free HTTP port for each service whose port + 10000 is free too, and a metrics port."""
+    ports: dict[str, int] = {}
+    held: list[socket.socket] = []
+    try:
+        while len(ports) < len(_SERVICES):
+            port = _bind(held)
+            if port + _GRPC_OFFSET < 65536 and _try_bind(port + _GRPC_OFFSET, held):
+                ports[_SERVICES[len(ports)]] = port
+        ports["metrics"] = _bind(held)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def _bind(held: list[socket.socket]) -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    held.append(sock)
+    port: int = sock.getsockname()[1]
+    return port
+
+
+def _try_bind(port: int, held: list[socket.socket]) -> bool:
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        return False
+    held.append(sock)
+    return True
+
+
+def start_seaweedfs(data_dir: Path) -> SeaweedFS:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = SeaweedFS(data_dir=data_dir, ports=free_ports(), log_path=data_dir / "weed.log")
+    server.start()
+    return server

@@ -1,0 +1,168 @@
+"""``trainrun validate``, ``render`` and ``crd`` through typer's CliRunner: good files pass, bad ones name the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from trainrun.cli.main import app
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
+POOLS = REPO / "manifests" / "base" / "config.yaml"
+runner = CliRunner()
+
+GOOD: dict[str, Any] = {
+    "apiVersion": "trainrun.dev/v1alpha1",
+    "kind": "TrainingRun",
+    "metadata": {"name": "good"},
+    "spec": {"image": "ghcr.io/trainrun/trainer:0.1.0", "distribution": {"workers": 2}},
+}
+
+
+def write(tmp_path: Path, *documents: Any) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump_all(documents, sort_keys=False))
+    return path
+
+
+def changed(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with the field at the dotted path set (None deletes it)."""
+    document = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    target = document
+    for key in parents:
+        target = target.setdefault(key, {})
+    if value is None:
+        del target[last]
+    else:
+        target[last] = value
+    return document
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[path.name for path in SAMPLES])
+def test_every_sample_is_valid_against_the_base_pools(sample: Path) -> None:
+    result = runner.invoke(app, ["validate", str(sample), "--config", str(POOLS)])
+    assert result.exit_code == 0, result.output
+    assert "is valid" in result.output
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("spec.distribution.workers", -1, "spec.distribution.workers:"),
+        ("spec.resources.gpus", 1.5, "spec.resources.gpus: Input should be a valid integer"),
+        ("spec.image", None, "spec.image: is required"),
+        ("spec.output.uri", "s3:///models", "spec.output.uri: invalid storage URI 's3:///models': the bucket (container) name is missing"),
+        ("spec.output.uri", "ftp://host/x", "spec.output.uri: invalid storage URI 'ftp://host/x': unknown scheme 'ftp'"),
+        ("spec.hyperparameters.epochs", 0, "spec.hyperparameters.epochs:"),
+        ("spec.resourcez", {}, "spec.resourcez: unknown field"),
+    ],
+)
+def test_a_bad_field_is_named_and_exits_1(tmp_path: Path, field: str, value: Any, expected: str) -> None:
+    result = runner.invoke(app, ["validate", str(write(tmp_path, changed(field, value)))])
+    assert result.exit_code == 1
+    assert expected in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_pool_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, changed("spec.resources", {"pool": "h100", "gpus": 8}))
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0  # no pools given: not checked
+    result = runner.invoke(app, ["validate", str(path), "--config", str(POOLS)])
+    assert result.exit_code == 1
+    assert "spec.resources.pool: unknown pool 'h100'; the operator knows: a100, cpu, t4" in result.output
+
+
+def test_too_many_gpus_for_the_pool(tmp_path: Path) -> None:
+    path = write(tmp_path, changed("spec.resources", {"pool": "t4", "gpus": 4}))
+    result = runner.invoke(app, ["validate", str(path), "--config", str(POOLS)])
+    assert result.exit_code == 1
+    assert "spec.resources.gpus: 4 GPUs per replica, but nodes of pool 't4' have 1" in result.output
+
+
+def test_every_trainingrun_of_a_multi_document_file_is_checked(tmp_path: Path) -> None:
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}
+    bad = changed("metadata.name", "Bad_Name")
+    result = runner.invoke(app, ["validate", str(write(tmp_path, config_map, GOOD, bad))])
+    assert result.exit_code == 1
+    assert "TrainingRun 'good' is valid" in result.output
+    assert "metadata.name:" in result.output
+
+
+def test_stdin_is_read_with_a_dash() -> None:
+    result = runner.invoke(app, ["validate", "-"], input=yaml.safe_dump(GOOD))
+    assert result.exit_code == 0, result.output
+
+
+def test_files_without_a_trainingrun_or_with_bad_yaml_give_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, {"apiVersion": "v1", "kind": "ConfigMap"})
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1
+    assert "holds no TrainingRun document (kinds found: ConfigMap)" in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    result = runner.invoke(app, ["validate", str(broken)])
+    assert result.exit_code == 1
+    assert "is not valid YAML" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1
+    assert "missing.yaml: no such file" in result.output
+
+
+def test_render_prints_the_pytorchjob_with_the_pool_applied() -> None:
+    result = runner.invoke(app, ["render", str(REPO / "manifests/samples/resnet50-a100.yaml"), "--config", str(POOLS)])
+    assert result.exit_code == 0, result.output
+    documents = list(yaml.safe_load_all(result.output))
+    kinds = [document["kind"] for document in documents]
+    assert kinds == ["PyTorchJob", "PersistentVolumeClaim", "Job"]
+    job = documents[0]
+    assert job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 4
+    assert job["spec"]["nprocPerNode"] == "8"
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100"}
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+
+
+def test_render_refuses_what_validate_refuses(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["render", str(write(tmp_path, changed("spec.distribution.workers", -1)))])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: spec.distribution.workers:")
+
+
+def test_crd_prints_the_customresourcedefinition() -> None:
+    result = runner.invoke(app, ["crd"])
+    assert result.exit_code == 0
+    crd = yaml.safe_load(result.output)
+    assert crd["kind"] == "CustomResourceDefinition"
+    assert crd["spec"]["names"]["kind"] == "TrainingRun"
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        "run",
+        "submit",
+        "get",
+        "list",
+        "describe",
+        "logs",
+        "metrics",
+        "cancel",
+        "delete",
+        "wait",
+        "render",
+        "validate",
+        "crd",
+    ],
+)
+def test_every_verb_has_help(verb: str) -> None:
+    result = runner.invoke(app, [verb, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
