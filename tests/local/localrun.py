@@ -42,7 +42,7 @@ def write_run(path: Path, document: dict[str, Any]) -> Path:
 
 def run_folder(runs_dir: Path) -> Path:
     """The one run folder under runs_dir."""
-    folders = [path for path in runs_dir.iterdir() if path.is_dir()]
+    folders = [path for path in runs_dir.iterdir() if path.is_dir() and not path.name.startswith(".")]
     assert len(folders) == 1, folders
     return folders[0]
 

@@ -66,6 +66,15 @@ CodeOption = Annotated[
         file_okay=False,
     ),
 ]
+CodeLimitOption = Annotated[
+    int,
+    typer.Option(
+        "--code-limit-mb",
+        envvar="TRAINRUN_CODE_LIMIT_MB",
+        min=1,
+        help="Refuse a --code folder larger than this many MB (after .trainrunignore).",
+    ),
+]
 CodeUriOption = Annotated[
     str | None,
     typer.Option("--code-uri", help="Where --code is uploaded (default: <spec.output.uri>/code)."),

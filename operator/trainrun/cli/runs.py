@@ -13,6 +13,7 @@ import typer
 
 from trainrun.cli.common import (
     CodeOption,
+    CodeLimitOption,
     CodeUriOption,
     add_command,
     NamespaceOption,
@@ -49,6 +50,7 @@ def run_command(
     namespace: NamespaceOption = None,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
+    code_limit_mb: CodeLimitOption = 300,
 ) -> None:
     """Run a TrainingRun and follow it: --local on this machine, else on the cluster.
 
@@ -62,7 +64,7 @@ def run_command(
     document = single_training_run(file)
     name = str((document.get("metadata") or {}).get("name"))
     if not follow:
-        created = client.create(document, code=code, code_uri=code_uri)
+        created = client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
         _print_created(created, local=local)
         return
     from trainrun.cli.display import RunDisplay
@@ -70,7 +72,7 @@ def run_command(
 
     try:
         with RunDisplay(name=name, quiet=quiet) as display:
-            finished = client.run(document, observer=display, code=code, code_uri=code_uri)
+            finished = client.run(document, observer=display, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
     except KeyboardInterrupt:
         # Only the cluster follow gets here: locally, SIGINT cancels the run and the runner returns.
         print(f"stopped following; {name} goes on (trainrun cancel {name} stops it)")
@@ -94,11 +96,12 @@ def submit_command(
     runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
+    code_limit_mb: CodeLimitOption = 300,
 ) -> None:
     """Create every TrainingRun of FILE and return (the operator, or a local runner, takes over)."""
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
     for document in client.validate(file):
-        _print_created(client.create(document, code=code, code_uri=code_uri), local=local)
+        _print_created(client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000), local=local)
 
 
 def _print_created(run: dict[str, Any], *, local: bool) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from trainrun.client.documents import Source, single_training_run, training_run_documents
 from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
 from trainrun.spec import OperatorConfig, validate_training_run
+from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
 from trainrun.spec.status import Phase, TrainingRunStatus
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class Backend(Protocol):
 
     def create(self, document: Object) -> Object: ...
 
-    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str: ...
+    def stage_code(self, document: Object, directory: Path, uri: str | None, max_bytes: int) -> str: ...
 
     def run(self, document: Object, *, observer: RunObserver | None = None) -> Object: ...
 
@@ -107,6 +108,7 @@ class Client:
         timeout: float | None = None,
         code: str | Path | None = None,
         code_uri: str | None = None,
+        code_limit_bytes: int = CODE_SNAPSHOT_LIMIT_BYTES,
     ) -> Object:
         """Create the run of source (dict, YAML string, path, TrainingRun); with wait, return it finished.
 
@@ -114,7 +116,7 @@ class Client:
         code_uri (default: ``<spec.output.uri>/code``) and staged into the replicas; locally it is copied
         into the run folder. Either way it becomes the replicas' working directory.
         """
-        document = self._prepared(source, code=code, code_uri=code_uri)
+        document = self._prepared(source, code=code, code_uri=code_uri, code_limit_bytes=code_limit_bytes)
         created = self.backend.create(document)
         if not wait:
             return created
@@ -127,15 +129,18 @@ class Client:
         observer: RunObserver | None = None,
         code: str | Path | None = None,
         code_uri: str | None = None,
+        code_limit_bytes: int = CODE_SNAPSHOT_LIMIT_BYTES,
     ) -> Object:
         """Create the run and follow it to the end, reporting to observer; the finished run.
 
         Local: the replicas are children of this process and Ctrl-C cancels them. Cluster: the run is
         created and followed; interrupting the follow leaves it running. code and code_uri: as in create.
         """
-        return self.backend.run(self._prepared(source, code=code, code_uri=code_uri), observer=observer)
+        return self.backend.run(self._prepared(source, code=code, code_uri=code_uri, code_limit_bytes=code_limit_bytes), observer=observer)
 
-    def _prepared(self, source: Source, *, code: str | Path | None, code_uri: str | None) -> Object:
+    def _prepared(
+        self, source: Source, *, code: str | Path | None, code_uri: str | None, code_limit_bytes: int
+    ) -> Object:
         """The one TrainingRun of source, validated, with its code snapshot attached when code is given."""
         document = single_training_run(source)
         validate_training_run(document, self.config)
@@ -144,7 +149,7 @@ class Client:
             if not directory.is_dir():
                 raise ClientError(f"--code {directory} is not a folder")
             spec = document.setdefault("spec", {})
-            spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri)}
+            spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri, code_limit_bytes)}
             validate_training_run(document, self.config)
         return document
 

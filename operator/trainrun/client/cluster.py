@@ -53,17 +53,19 @@ class ClusterBackend:
         body.pop("status", None)
         return self.api.apply(body, field_manager=FIELD_MANAGER)
 
-    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str:
-        """Upload the folder (manifest last) to uri, by default ``<spec.output.uri>/code``; the URI staged in."""
+    def stage_code(self, document: Object, directory: Path, uri: str | None, max_bytes: int) -> str:
+        """Upload the folder as a snapshot (.trainrunignore honoured, size capped, manifest last) to uri,
+        by default ``<spec.output.uri>/code``; return the URI the replicas stage in."""
         import os
 
-        from trainrun.storage import StorageOptions, upload_directory
+        from trainrun.storage import StorageOptions, upload_code_snapshot
 
         output_uri = ((document.get("spec") or {}).get("output") or {}).get("uri")
         target = uri or (f"{str(output_uri).rstrip('/')}/code" if output_uri else None)
         if target is None:
             raise ClientError("--code needs --code-uri (or spec.output.uri) to upload the folder to")
-        return upload_directory(directory, target, options=StorageOptions.from_env(os.environ)).uri
+        options = StorageOptions.from_env(os.environ)
+        return upload_code_snapshot(directory, target, options=options, max_bytes=max_bytes).uri
 
     def run(self, document: Object, *, observer: RunObserver | None = None) -> Object:
         """Create the run and report its phases and lines until it finishes; the finished run."""

@@ -61,9 +61,16 @@ class LocalBackend:
         folder.pid_path.write_text(f"{process.pid}\n")
         return run_object(folder)
 
-    def stage_code(self, document: Object, directory: Path, uri: str | None) -> str:
-        """Locally the folder itself is the snapshot: the runner copies it into the run folder."""
-        return str(directory.resolve())
+    def stage_code(self, document: Object, directory: Path, uri: str | None, max_bytes: int) -> str:
+        """Snapshot the folder as a cluster run would (.trainrunignore honoured, size capped), by default
+        under ``<runs dir>/.code-snapshots/``; return its URI, which the runner stages in."""
+        from datetime import UTC, datetime
+
+        from trainrun.storage import upload_code_snapshot
+
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
+        target = uri or (self.runs_dir / ".code-snapshots" / f"{document['metadata']['name']}-{stamp}").resolve().as_uri()
+        return upload_code_snapshot(directory, target, max_bytes=max_bytes).uri
 
     def run(self, document: Object, *, observer: RunObserver | None = None) -> Object:
         """Run in this process until it finishes (Ctrl-C cancels it); return the finished run."""

@@ -17,6 +17,7 @@ from trainrun.storage.errors import (
     StorageError,
     UploadError,
 )
+from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES, IGNORE_FILE
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
 from trainrun.storage.uri import StorageLocation, parse_uri
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
         UploadResult,
         download,
         read_manifest,
+        upload_code_snapshot,
         upload_directory,
         upload_file,
     )
@@ -43,6 +45,7 @@ _TRANSFER_NAMES = frozenset(
         "UploadResult",
         "download",
         "read_manifest",
+        "upload_code_snapshot",
         "upload_directory",
         "upload_file",
     }
@@ -58,6 +61,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "CODE_SNAPSHOT_LIMIT_BYTES",
+    "IGNORE_FILE",
     "MANIFEST_NAME",
     "ChecksumMismatchError",
     "DownloadError",
@@ -76,6 +81,7 @@ __all__ = [
     "download",
     "parse_uri",
     "read_manifest",
+    "upload_code_snapshot",
     "upload_directory",
     "upload_file",
 ]

@@ -43,6 +43,7 @@ from trainrun.storage.errors import (
     StorageError,
     UploadError,
 )
+from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES, IGNORE_FILE, IgnoreRules
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
 from trainrun.storage.stores import describe_error, is_transient, open_store
@@ -163,8 +164,13 @@ def upload_directory(
     progress: ProgressCallback | None = None,
     extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
     retry: RetryPolicy = RetryPolicy(),
+    ignore: IgnoreRules | None = None,
+    max_bytes: int | None = None,
 ) -> UploadResult:
     """Upload every file under ``src_dir`` to ``uri``, then write ``<uri>/manifest.json``.
+
+    ``ignore`` leaves out what its rules match (a code snapshot's ``.trainrunignore``); with
+    ``max_bytes`` a folder larger than that is refused before anything is sent.
 
     ``extra_files`` maps more keys to local files (e.g. ``{"logs/master-0.log": path}``) so they
     are listed in the same manifest. Symlinks are followed; broken ones are skipped with a
@@ -177,7 +183,9 @@ def upload_directory(
     root = Path(src_dir)
     if not root.is_dir():
         raise UploadError(f"cannot upload {str(root)!r} to {location.uri}: it is not a directory")
-    files, skipped = _collect_files(root)
+    files, skipped = _collect_files(root, ignore)
+    if max_bytes is not None:
+        _refuse_oversized(root, files, max_bytes)
     for key, extra in (extra_files or {}).items():
         extra_path = Path(extra)
         files.append(
@@ -340,8 +348,20 @@ def _download_single_object(
     )
 
 
-def _collect_files(root: Path) -> tuple[list[_LocalFile], list[str]]:
-    """Every regular file under ``root`` (links followed, loops and broken links skipped)."""
+def _refuse_oversized(root: Path, files: list[_LocalFile], max_bytes: int) -> None:
+    total = sum(local.size for local in files)
+    if total <= max_bytes:
+        return
+    largest = ", ".join(f"{local.key} ({local.size / 1e6:.1f} MB)" for local in sorted(files, key=lambda f: -f.size)[:3])
+    raise UploadError(
+        f"{str(root)!r} holds {total / 1e6:.1f} MB in {len(files)} files, over the {max_bytes / 1e6:g} MB limit "
+        f"for a code snapshot; the largest: {largest}. List data, checkpoints and environments in "
+        f"{root / IGNORE_FILE} (one pattern per line, like .gitignore), or raise the limit"
+    )
+
+
+def _collect_files(root: Path, ignore: IgnoreRules | None = None) -> tuple[list[_LocalFile], list[str]]:
+    """Every regular file under ``root`` (links followed, loops and broken links skipped, ignored ones left)."""
     files: list[_LocalFile] = []
     skipped: list[str] = []
     visited_dirs: set[tuple[int, int]] = set()
@@ -353,9 +373,15 @@ def _collect_files(root: Path) -> tuple[list[_LocalFile], list[str]]:
             continue
         visited_dirs.add((identity.st_dev, identity.st_ino))
         dirnames.sort()
+        if ignore is not None:
+            dirnames[:] = [
+                name for name in dirnames if not ignore.ignores((directory / name).relative_to(root).as_posix(), is_dir=True)
+            ]
         for name in sorted(filenames):
             path = directory / name
             key = path.relative_to(root).as_posix()
+            if ignore is not None and ignore.ignores(key, is_dir=False):
+                continue
             try:
                 stat = path.stat()
             except FileNotFoundError:
@@ -546,3 +572,15 @@ class _store_errors:
         else:
             return
         raise self.error_type(f"cannot {self.action} {message}") from error
+
+
+def upload_code_snapshot(
+    directory: str | os.PathLike[str],
+    uri: str,
+    *,
+    options: StorageOptions | None = None,
+    max_bytes: int = CODE_SNAPSHOT_LIMIT_BYTES,
+) -> UploadResult:
+    """Upload a code folder as a snapshot: its ``.trainrunignore`` (and the defaults) honoured, size capped."""
+    root = Path(directory)
+    return upload_directory(root, uri, options=options, ignore=IgnoreRules.for_directory(root), max_bytes=max_bytes)

@@ -1,0 +1,86 @@
+"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts and run.json.
+
+Called by `trainrun_trainer.training` on rank 0. Every file is written to a temporary name and
+renamed into place, so a replica killed mid-write never leaves a half-written newest checkpoint
+for its restart to trip over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainrun_trainer.errors import TrainerError
+from trainrun_trainer.models import ImageClassifier
+
+CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
+MODEL_STATE_FILE = "model.pt"
+TORCHSCRIPT_FILE = "model.ts"
+RUN_SUMMARY_FILE = "run.json"
+
+
+def checkpoint_path(directory: Path, epoch: int) -> Path:
+    return directory / f"epoch-{epoch:04d}.pt"
+
+
+def newest_checkpoint(directory: Path) -> Path | None:
+    """The checkpoint of the highest epoch in `directory`, if any."""
+    if not directory.is_dir():
+        return None
+    numbered = [(int(match.group(1)), entry) for entry in directory.iterdir()
+                if (match := CHECKPOINT_NAME.match(entry.name))]
+    return max(numbered)[1] if numbered else None
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    _replace_atomically(path, lambda target: torch.save(state, target))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents; only tensors and plain values are accepted (weights_only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TrainerError(
+            f"cannot read checkpoint {path} ({error}); delete it to resume from the one before, "
+            "or empty the checkpoint folder to start over"
+        ) from None
+    if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
+        raise TrainerError(f"{path} is not a trainrun checkpoint (no epoch/model); move it out of the way")
+    return state
+
+
+def export_model(classifier: ImageClassifier, *, output_dir: Path, input_shape: tuple[int, int, int]) -> None:
+    """model.pt: the network's state dict (loads into the torchvision model of the same name);
+    model.ts: the whole classifier traced to TorchScript, taking float images in [0, 1]."""
+    exported = copy.deepcopy(classifier).to(device="cpu", dtype=torch.float32)
+    exported = exported.to(memory_format=torch.contiguous_format).eval()
+    _replace_atomically(output_dir / MODEL_STATE_FILE,
+                        lambda target: torch.save(exported.network.state_dict(), target))
+    example = torch.rand((2, *input_shape))
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is what the contract promises (it loads without Python code); torch's
+        # deprecation notice about it would only alarm people reading the log.
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(exported, example)  # type: ignore[no-untyped-call]
+        _replace_atomically(output_dir / TORCHSCRIPT_FILE, lambda target: torch.jit.save(traced, str(target)))
+
+
+def write_run_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    _replace_atomically(output_dir / RUN_SUMMARY_FILE, lambda target: target.write_text(text, encoding="utf-8"))
+

@@ -1,0 +1,51 @@
+"""Metric lines on stdout, metrics.jsonl, and human-readable progress lines (rank 0 only).
+
+Called by `trainrun_trainer.training`. A metric line is the literal prefix `trainrun:metric `
+and one JSON object: integer `epoch` and `step`, then numeric samples (the contract that
+trainrun.metrics and users' regexes parse). Every object also goes to $OUTPUT_DIR/metrics.jsonl,
+appended, so a resumed run continues the same file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import TextIO
+
+METRIC_PREFIX = "trainrun:metric "
+METRICS_FILE = "metrics.jsonl"
+
+
+def _rounded(value: float | int | bool) -> float | int | bool:
+    return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+class Reporter:
+    """Writes metric samples and progress text; silent on every rank but 0."""
+
+    def __init__(self, *, output_dir: Path, enabled: bool, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stdout
+        self.metrics_path = output_dir / METRICS_FILE
+
+    def metrics(self, *, epoch: int, step: int, samples: dict[str, float | int | bool]) -> None:
+        """One metric line plus its metrics.jsonl record. NaN and infinity are left out: JSON has
+        no numbers for them (a diverged loss still shows as nan on the progress line)."""
+        if not self.enabled:
+            return
+        record: dict[str, float | int | bool] = {"epoch": epoch, "step": step}
+        record.update({name: _rounded(value) for name, value in samples.items() if math.isfinite(value)})
+        text = json.dumps(record, separators=(", ", ": "), allow_nan=False)
+        self.stream.write(METRIC_PREFIX + text + "\n")
+        self.stream.flush()
+        self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+
+    def say(self, message: str) -> None:
+        """A progress line for people reading the log."""
+        if self.enabled:
+            self.stream.write(message + "\n")
+            self.stream.flush()
