@@ -17,7 +17,7 @@ step "python environment: $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
 "$venv/bin/python" -m pip install -q -e '.[train,test]'
-export PATH="$venv/bin:$PATH"
+export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 
 step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator)"
 bash tests/cluster/build.sh

