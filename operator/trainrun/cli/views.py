@@ -39,7 +39,7 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
         str(status.phase or "Pending"),
         status.pool or str(resources.get("pool") or "-"),
         str(workers),
-        str(gpus * (workers + 1)),
+        str(gpus),  # per replica, as the GPUS column of `kubectl get tr`
         status.key_metric or "-",
         age(metadata.get("creationTimestamp"), now=now),
     ]
