@@ -61,6 +61,10 @@ def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
     status = json.loads((folder / "status.json").read_text())
     assert status["phase"] == "Completed"
     assert status["keyMetric"].startswith("loss=")
+    # No output URI in the sample: the verified copy lands in the run folder, manifest and logs included.
+    manifest = json.loads((folder / "artifacts" / "manifest.json").read_text())
+    assert {"model.pt", "logs/master-0.log"} <= {entry["path"] for entry in manifest["files"]}
+    assert status["artifacts"]["uri"] == (folder / "artifacts").resolve().as_uri()
 
 
 def test_a_code_folder_is_staged_and_becomes_the_working_directory(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ Layout (the local backend's whole "control plane": the runner writes it, the Cli
   events.jsonl       one Kubernetes-shaped Event per phase change (what `describe` lists)
   logs/<replica>.log every line of every replica, as written
   outputs/           $OUTPUT_DIR of the Master
+  artifacts/         the verified copy (outputs, logs/, manifest.json last) when the spec names no output URI
   scratch/<replica>/ $OUTPUT_DIR of each Worker (never copied)
   runner.pid         pid of the process supervising the replicas, while it runs
 
@@ -37,6 +38,7 @@ EVENTS_FILE = "events.jsonl"
 PID_FILE = "runner.pid"
 LOGS_DIR = "logs"
 OUTPUTS_DIR = "outputs"
+ARTIFACTS_DIR = "artifacts"
 SCRATCH_DIR = "scratch"
 DEFAULT_RUNS_DIR = Path("runs")
 RUN_DIR_ANNOTATION = "trainrun.dev/run-dir"
@@ -94,6 +96,11 @@ class RunFolder:
     @property
     def outputs_dir(self) -> Path:
         return self.path / OUTPUTS_DIR
+
+    @property
+    def default_artifacts_uri(self) -> str:
+        """Where artifacts go when the spec names no output URI: a folder of the run, as a file:// URI."""
+        return (self.path / ARTIFACTS_DIR).resolve().as_uri()
 
     def log_path(self, replica: str) -> Path:
         return self.logs_dir / f"{replica}.log"

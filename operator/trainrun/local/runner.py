@@ -5,8 +5,8 @@ to the run folder's status.json at each change. Every line of every replica goes
 written and to the observer (the CLI's display); metric lines are parsed with ``trainrun.metrics`` and
 appended to metrics.jsonl. A replica that fails stops the others; SIGINT/SIGTERM stop all of them
 (each replica is a process group: SIGTERM, a grace period, then SIGKILL, torchrun's own workers
-included) and the run is Cancelled. Artifacts go to spec.output.uri through ``trainrun.storage``,
-the code path of the cluster's uploader Job.
+included) and the run is Cancelled. Artifacts go to spec.output.uri (else the run folder's artifacts/)
+through ``trainrun.storage``, the code path of the cluster's uploader Job.
 
 Called by ``trainrun.client.local`` (in the foreground for ``trainrun run --local``, or in a detached
 ``python -m trainrun.local`` for ``Client.create``).
@@ -261,15 +261,18 @@ class LocalRunner:
     def _finish(self, phase: Phase, reason: str, message: str) -> TrainingRunStatus:
         output = self.run_spec.spec.output
         copy_wanted = phase is Phase.COMPLETED or (phase is Phase.FAILED and output.copy_on_failure)
-        if output.uri is not None and copy_wanted:
-            self._set_phase(Phase.UPLOADING, "Uploading", f"copying artifacts to {output.uri}")
+        # Without an output URI the copy still happens, into the run folder: the same manifest and
+        # logs as a cluster run's, in a local folder.
+        target = output.uri or self.folder.default_artifacts_uri
+        if copy_wanted:
+            self._set_phase(Phase.UPLOADING, "Uploading", f"copying artifacts to {target}")
             try:
-                self.status.artifacts = upload_artifacts(self.folder, output.uri)
+                self.status.artifacts = upload_artifacts(self.folder, target)
             except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
                 phase, reason, message = (
                     Phase.FAILED,
                     "UploadFailed",
-                    f"copying artifacts to {output.uri} failed: {error}",
+                    f"copying artifacts to {target} failed: {error}",
                 )
         self.status.completion_time = now_rfc3339()
         self._set_phase(phase, reason, message)
