@@ -166,3 +166,25 @@ def test_every_verb_has_help(verb: str) -> None:
     result = runner.invoke(app, [verb, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def test_the_example_pools_are_the_shipped_install_configuration() -> None:
+    from trainrun.client.documents import example_operator_config, load_operator_config
+
+    assert example_operator_config() == load_operator_config(REPO / "manifests" / "base" / "config.yaml")
+
+
+def test_render_of_the_a100_sample_without_config_shows_the_whole_placement() -> None:
+    result = CliRunner().invoke(app, ["render", str(REPO / "manifests" / "samples" / "resnet50-a100.yaml")])
+    assert result.exit_code == 0, result.output
+    job = next(item for item in yaml.safe_load_all(result.stdout) if item and item["kind"] == "PyTorchJob")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 4
+    assert job["spec"]["nprocPerNode"] == "8"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TrainingRun"
+    for replica in replicas.values():
+        pod = replica["template"]["spec"]
+        assert pod["containers"][0]["name"] == "pytorch" and pod["containers"][0]["command"][0] == "torchrun"
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100"}
+        assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]

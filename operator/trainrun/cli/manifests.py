@@ -45,11 +45,15 @@ def validate_command(file: FileArgument, config: ConfigOption = None) -> None:
 
 def render_command(file: FileArgument, config: ConfigOption = None) -> None:
     """Print what the operator would create for FILE: the PyTorchJob, the output claim, the uploader Job."""
-    from trainrun.client.documents import load_operator_config, training_run_documents
+    from trainrun.client.documents import example_operator_config, load_operator_config, training_run_documents
     from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
-    from trainrun.spec import OperatorConfig, validate_training_run
+    from trainrun.spec import validate_training_run
 
-    operator_config = load_operator_config(config) or OperatorConfig()
+    operator_config = load_operator_config(config)
+    note = ""
+    if operator_config is None:
+        note = "# Rendered with the example pools a100, t4, cpu: pass --config for your cluster's own.\n"
+        operator_config = example_operator_config()
     children: list[dict[str, Any]] = []
     for document in training_run_documents(file):
         run = validate_training_run(document, operator_config)
@@ -59,7 +63,7 @@ def render_command(file: FileArgument, config: ConfigOption = None) -> None:
             children.append(claim)
         if run.spec.output.uri is not None:
             children.append(render_uploader_job(run, operator_config))
-    print(dump_yaml(children), end="")
+    print(note + dump_yaml(children), end="")
 
 
 def crd_command() -> None:

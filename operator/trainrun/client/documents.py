@@ -98,6 +98,14 @@ def load_operator_config(path: str | Path | None) -> OperatorConfig | None:
         raise InvalidTrainingRun(problems_from_validation_error(error, prefix=f"{path}: ")) from None
 
 
+def example_operator_config() -> OperatorConfig:
+    """The example pools shipped with the package (a100, t4, cpu: those of manifests/base/config.yaml)."""
+    from importlib.resources import files
+
+    text = files("trainrun").joinpath("data", "config.yaml").read_text(encoding="utf-8")
+    return parse_operator_config(yaml.safe_load(text))
+
+
 def _looks_like_path(text: str) -> bool:
     return text == "-" or ("\n" not in text and ":" not in text.split("/")[0] and not text.lstrip().startswith("{"))
 
