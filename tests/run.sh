@@ -22,8 +22,9 @@ export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator)"
 bash tests/cluster/build.sh
 
-step "static checks: mypy --strict, import contracts, Dockerfile lint"
+step "static checks: mypy --strict, ruff, import contracts, Dockerfile lint"
 mypy
+ruff check operator training tests
 lint-imports
 hadolint --failure-threshold warning images/operator/Dockerfile images/trainer/Dockerfile
 

@@ -14,7 +14,6 @@ import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import OperatorProcess, operator, training_run
-
 from trainrun import Client
 
 pytestmark = pytest.mark.cluster

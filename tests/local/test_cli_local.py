@@ -7,9 +7,8 @@ import json
 import pytest
 import yaml
 from localrun import FinishedRun
-from typer.testing import CliRunner
-
 from trainrun.cli.main import app
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow  # real training processes
 

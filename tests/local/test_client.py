@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 from localrun import FinishedRun, sample
-
-from typer.testing import CliRunner
-
 from trainrun import Client
 from trainrun.cli.main import app
 from trainrun.client import RunNotFound, WaitTimeout
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow  # real training processes
 

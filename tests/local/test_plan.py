@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from localrun import sample
-
 from trainrun.local.folder import RunFolder
 from trainrun.local.plan import build_plan, remap_paths, replica_names, split_gpus
 from trainrun.spec import validate_training_run

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from localrun import REPO, SAMPLES, TRAINRUN, cli_env, sample, write_run
-
 from trainrun import Client
 
 sys.path.insert(0, str(REPO / "tests" / "storage"))

@@ -19,7 +19,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
-
 from trainrun.storage import StorageOptions  # noqa: E402
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from trainrun.storage import UploadError, download, upload_code_snapshot
 from trainrun.storage.ignore import IgnoreRules, Rule
 

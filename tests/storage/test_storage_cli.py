@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import typer
 from seaweedfs import BUCKET, SeaweedFS
-from typer.testing import CliRunner
-
 from trainrun.cli import transfer
+from typer.testing import CliRunner
 
 pytestmark = pytest.mark.s3  # every test here talks to the SeaweedFS session server
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from trainrun.storage import InvalidStorageURI, Manifest, StorageOptions, parse_uri
 from trainrun.storage.manifest import FileRecord
 

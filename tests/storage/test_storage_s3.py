@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from seaweedfs import BUCKET, SeaweedFS, start_seaweedfs
-
 from trainrun.storage import (
     ChecksumMismatchError,
     DownloadError,

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from dataset_files import write_image_folder, write_png
 from trainer_harness import trainer_env
 from trainrun_trainer.__main__ import main

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-
 from trainer_harness import run_trainer
 from trainrun_trainer.config import parse_config
 from trainrun_trainer.optim import learning_rate_factor

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from dataset_files import CIFAR10_CLASSES, write_cifar10, write_fashion_mnist, write_image_folder
 from trainer_harness import run_trainer
 from trainrun_trainer.config import parse_config

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from trainer_harness import METRIC_PREFIX, QUICK_FLAGS, TrainerRun, run_trainer
 from trainrun_trainer.models import build_classifier
 

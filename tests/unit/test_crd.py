@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from trainrun.spec.crd import training_run_crd
 
 CRD_FILE = Path(__file__).parents[2] / "crds" / "trainrun.dev_trainingruns.yaml"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from trainrun.metrics import MetricParser, MetricSample, MetricSummary, key_metric, structured_samples
 from trainrun.spec.model import MetricDefinition
 

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from run_factory import pools, training_run
-
 from trainrun.render import (
     expand_references,
     launch_command,

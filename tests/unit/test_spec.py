@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from run_factory import document, pools, training_run
-
 from trainrun.spec import InvalidTrainingRun, load_training_run, validate_training_run
 
 

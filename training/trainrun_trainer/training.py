@@ -24,8 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 
 from trainrun_trainer import artifacts
 from trainrun_trainer.config import TrainConfig
-from trainrun_trainer.data import (BatchSource, LoadedDataset, load_dataset, split_size, train_batches,
-                                   validation_batches)
+from trainrun_trainer.data import (
+    BatchSource,
+    LoadedDataset,
+    load_dataset,
+    split_size,
+    train_batches,
+    validation_batches,
+)
 from trainrun_trainer.errors import TrainerError
 from trainrun_trainer.models import ImageClassifier, build_classifier, uses_convolutions
 from trainrun_trainer.optim import build_optimizer, build_scheduler

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import (
-    add_command,
-    NamespaceOption,
     DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
+    NamespaceOption,
     RunsDirOption,
+    add_command,
     client_for,
     dump_yaml,
     run_dir_of,

@@ -12,12 +12,12 @@ from typing import Annotated
 import typer
 
 from trainrun.cli.common import (
-    add_command,
-    NamespaceOption,
     DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
+    NamespaceOption,
     RunsDirOption,
+    add_command,
     client_for,
     fail,
 )

@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from trainrun.cli.common import add_command, ConfigOption, FileArgument, dump_yaml
+from trainrun.cli.common import ConfigOption, FileArgument, add_command, dump_yaml
 
 
 def register(app: typer.Typer) -> None:

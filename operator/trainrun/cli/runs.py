@@ -12,16 +12,16 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import (
-    CodeOption,
-    CodeLimitOption,
-    CodeUriOption,
-    add_command,
-    NamespaceOption,
     DEFAULT_RUNS_DIR,
+    CodeLimitOption,
+    CodeOption,
+    CodeUriOption,
     ConfigOption,
     FileArgument,
     LocalOption,
+    NamespaceOption,
     RunsDirOption,
+    add_command,
     client_for,
     run_dir_of,
 )

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from trainrun.client.documents import Source, single_training_run, training_run_documents
 from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
 from trainrun.spec import OperatorConfig, validate_training_run
-from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
 
 if TYPE_CHECKING:
     from trainrun.local.runner import RunObserver

@@ -13,7 +13,7 @@ import logging
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from trainrun.kube import KubeApi, KubeError
 from trainrun.metrics import MetricParser, MetricSummary

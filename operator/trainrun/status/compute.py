@@ -17,7 +17,15 @@ from trainrun.render.children import master_pod_name, uploader_job_name
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import ReplicaCounts, TrainingRunStatus
 from trainrun.status.conditions import kstatus_conditions
-from trainrun.status.observe import JobView, PodView, ReplicaState, observe_events, observe_job, observe_pods, observe_uploader
+from trainrun.status.observe import (
+    JobView,
+    PodView,
+    ReplicaState,
+    observe_events,
+    observe_job,
+    observe_pods,
+    observe_uploader,
+)
 from trainrun.status.phase import Observations, Verdict, current_replicas, decide
 from trainrun.status.shapes import as_list, as_text, earliest
 

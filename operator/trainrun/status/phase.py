@@ -180,7 +180,7 @@ def human_size(count: int) -> str:
         return f"{count} B"
     size = float(count)
     unit = "B"
-    for unit in ("kB", "MB", "GB", "TB"):
+    for unit in ("kB", "MB", "GB", "TB"):  # noqa: B007 - the unit reached is the one printed
         size /= 1000
         if size < 1000:
             break

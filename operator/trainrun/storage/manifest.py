@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
@@ -37,7 +37,7 @@ class Manifest:
     def build(cls, records: Iterable[FileRecord]) -> Manifest:
         """A manifest of ``records`` (sorted by path), created now."""
         ordered = tuple(sorted(records, key=lambda record: record.path))
-        created = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         return cls(files=ordered, created=created)
 
     @property
