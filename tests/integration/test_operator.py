@@ -191,11 +191,20 @@ def test_operator_killed_mid_run_finishes_the_run_with_one_job(
     assert run["status"]["phase"] == "Completed"
 
 
-def test_unknown_pool_is_a_stalled_condition_not_a_crash(
-    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"resources": {"pool": "h100"}}, "spec.resources.pool: unknown pool 'h100'"),
+        ({"metrics": [{"name": "loss", "regex": "loss=("}]}, "spec.metrics[0].regex"),
+        ({"resources": {"pool": "t4", "gpus": 4}}, "spec.resources.gpus: 4 GPUs per replica"),
+    ],
+    ids=["unknown-pool", "bad-regex", "more-gpus-than-the-pool-has"],
+)
+def test_what_only_the_operator_can_judge_is_a_stalled_condition_not_a_crash(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, spec: dict[str, Any], words: str
 ) -> None:
     namespace = kube_namespace
-    kubectl_apply(kube_cluster, training_run("lost", namespace, resources={"pool": "h100"}))
+    kubectl_apply(kube_cluster, training_run("lost", namespace, **spec))
 
     def stalled() -> dict[str, Any] | None:
         run = get_run(kube_cluster, "lost", namespace)
@@ -203,7 +212,9 @@ def test_unknown_pool_is_a_stalled_condition_not_a_crash(
         return run if conditions.get("Stalled", {}).get("status") == "True" else None
 
     run = wait_until(stalled, timeout=60, what="a Stalled condition")
-    assert "unknown pool 'h100'" in condition(run, "Stalled")["message"]
+    assert words in condition(run, "Stalled")["message"], condition(run, "Stalled")["message"]
+    assert words in run["status"]["message"]
+    assert condition(run, "Ready")["status"] == "False"
     assert kube_cluster.get("pytorchjob", "lost", namespace) is None
     assert operator.process is not None and operator.process.poll() is None
 

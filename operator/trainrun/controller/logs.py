@@ -45,6 +45,9 @@ class LogFollower:
         self.summary = MetricSummary()
         self.folder = LOG_ROOT / run.metadata.namespace / run.metadata.name
         self.folder.mkdir(parents=True, exist_ok=True)
+        # A follower (re)starts every stream from the first line: what an earlier one wrote would repeat.
+        for stale in self.folder.glob("*.log"):
+            stale.unlink()
         self._lock = threading.Lock()
         self._dirty = False
         self._streams: dict[tuple[str, int], threading.Thread] = {}
