@@ -88,19 +88,30 @@ class KubeApi:
 
     def apply(self, obj: Object, *, field_manager: str = DEFAULT_FIELD_MANAGER, force: bool = True) -> Object:
         """Server-side apply: create or update to exactly this intent, idempotently."""
-        metadata = obj["metadata"]
-        resource = self.resource(obj["apiVersion"], obj["kind"])
+        what = f"apply {obj['kind']} {obj['metadata']['name']}"
         try:
-            result = self.dynamic.server_side_apply(
-                resource,
-                body=obj,
-                name=metadata["name"],
-                namespace=metadata.get("namespace"),
-                field_manager=field_manager,
-                force_conflicts=force,
-            )
+            return self._apply_once(obj, field_manager=field_manager, force=force)
         except ApiException as error:
-            raise _error_from(error, f"apply {obj['kind']} {metadata['name']}") from None
+            if error.status != 404:
+                raise _error_from(error, what) from None
+        # An apply never 404s for a missing object, only for a kind the server stopped serving (its CRD
+        # went after discovery was cached): discover again, which raises KindNotServed if it is gone.
+        self.dynamic.resources.invalidate_cache()
+        try:
+            return self._apply_once(obj, field_manager=field_manager, force=force)
+        except ApiException as error:
+            raise _error_from(error, what) from None
+
+    def _apply_once(self, obj: Object, *, field_manager: str, force: bool) -> Object:
+        metadata = obj["metadata"]
+        result = self.dynamic.server_side_apply(
+            self.resource(obj["apiVersion"], obj["kind"]),
+            body=obj,
+            name=metadata["name"],
+            namespace=metadata.get("namespace"),
+            field_manager=field_manager,
+            force_conflicts=force,
+        )
         return cast(Object, result.to_dict())
 
     def create(self, obj: Object) -> Object:
