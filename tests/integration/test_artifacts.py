@@ -37,38 +37,49 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         server.stop()
 
 
-def bound_claim(cluster: KubeCluster, namespace: str, name: str, host_path: Path) -> None:
-    """A PersistentVolume bound to a claim up front: the test cluster has no volume provisioner."""
-    volume = f"{namespace}-{name}"
-    cluster.apply(
+def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path: Path, *, create_claim: bool) -> None:
+    """A PersistentVolume reserved for a claim (the test cluster has no provisioner), and the claim itself
+    when the run brings its own; otherwise the operator's per-run claim binds to it."""
+    storage_class = "manual" if create_claim else ""
+    objects: list[dict[str, Any]] = [
         {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": volume},
+            "metadata": {"name": f"{namespace}-{claim}"},
             "spec": {
-                "capacity": {"storage": "1Gi"},
+                "capacity": {"storage": "20Gi"},
                 "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "manual",
+                "storageClassName": storage_class,
                 "hostPath": {"path": str(host_path)},
-                "claimRef": {"namespace": namespace, "name": name},
+                "claimRef": {"namespace": namespace, "name": claim},
             },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "manual",
-                "volumeName": volume,
-                "resources": {"requests": {"storage": "1Gi"}},
-            },
-        },
-    )
+        }
+    ]
+    if create_claim:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "volumeName": f"{namespace}-{claim}",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
+    cluster.apply(*objects)
 
 
+@pytest.mark.parametrize("own_claim", [True, False], ids=["users-claim-kept", "per-run-claim-released"])
 def test_succeeded_training_is_uploaded_and_recorded(
-    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, s3_server: SeaweedFS, tmp_path: Path
+    kube_cluster: KubeCluster,
+    operator: OperatorProcess,
+    kube_namespace: str,
+    s3_server: SeaweedFS,
+    tmp_path: Path,
+    own_claim: bool,
 ) -> None:
     namespace = kube_namespace
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/art"
@@ -76,12 +87,12 @@ def test_succeeded_training_is_uploaded_and_recorded(
     kube_cluster.kubectl(
         "create", "secret", "generic", "s3-creds", "-n", namespace, *[f"--from-literal={key}={value}" for key, value in secret_env.items()]
     )
-    bound_claim(kube_cluster, namespace, "art-outputs", tmp_path / "volume")
+    volume_for_claim(kube_cluster, namespace, "art-outputs", tmp_path / "volume", create_claim=own_claim)
     kube_cluster.serve_pod_log(namespace, "art-master-0", write_cri_log(tmp_path / "master.log", ["epoch 1 done", 'trainrun:metric {"val_loss": 0.2}']))
     document = training_run(
         "art",
         namespace,
-        output={"uri": uri, "secretName": "s3-creds", "volume": {"claimName": "art-outputs"}},
+        output={"uri": uri, "secretName": "s3-creds", "volume": {"claimName": "art-outputs"} if own_claim else {"size": "5Gi"}},
         podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="3s")},
     )
     kubectl_apply(kube_cluster, document)
@@ -131,6 +142,19 @@ def test_succeeded_training_is_uploaded_and_recorded(
         lambda: _object(s3, f"{prefix}/logs/master-0.log"), timeout=60, what="the archived master log in the bucket"
     )
     assert "epoch 1 done" in archived
+    # The per-run claim is deleted after the verified copy (Kubernetes' pvc-protection keeps it until
+    # the finished pods that mounted it are cleaned up); the user's own claim stays.
+    claim = kube_cluster.get("pvc", "art-outputs", namespace)
+    if own_claim:
+        assert claim is not None and "deletionTimestamp" not in claim["metadata"]
+    else:
+        wait_until(
+            lambda: (kube_cluster.get("pvc", "art-outputs", namespace) or {"metadata": {"deletionTimestamp": "gone"}})[
+                "metadata"
+            ].get("deletionTimestamp"),
+            timeout=60,
+            what="the per-run claim to be deleted",
+        )
     # Nothing secret leaked into status or Events.
     events = kube_cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
     assert SECRET_KEY not in json.dumps(get_run(kube_cluster, "art", namespace)) and SECRET_KEY not in events
