@@ -187,3 +187,11 @@ def test_render_of_the_a100_sample_without_config_shows_the_whole_placement() ->
         assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "8"
         assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100"}
         assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_validate_takes_several_files_and_fails_if_any_is_invalid(tmp_path: Path) -> None:
+    bad = write(tmp_path, changed("spec.distribution.workers", -1))
+    result = runner.invoke(app, ["validate", *map(str, SAMPLES), str(bad), "--config", str(POOLS)])
+    assert result.exit_code == 1
+    assert result.output.count("is valid") == len(SAMPLES)
+    assert "spec.distribution.workers:" in result.output

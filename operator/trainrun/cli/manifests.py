@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
@@ -21,24 +21,30 @@ def register(app: typer.Typer) -> None:
     add_command(app, "crd", crd_command)
 
 
-def validate_command(file: FileArgument, config: ConfigOption = None) -> None:
-    """Check every TrainingRun of FILE as the operator would; print each problem (field: what to do), exit 1."""
+def validate_command(
+    files: Annotated[
+        list[str], typer.Argument(help="TrainingRun YAML files ('-' reads stdin); several documents allowed.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1."""
     from trainrun.client.documents import load_operator_config, training_run_documents
     from trainrun.spec import InvalidTrainingRun, validate_training_run
 
     operator_config = load_operator_config(config)
     failed = False
-    for document in training_run_documents(file):
-        name = (document.get("metadata") or {}).get("name", "<no name>")
-        try:
-            validate_training_run(document, operator_config)
-        except InvalidTrainingRun as error:
-            failed = True
-            for problem in error.problems:
-                print(str(problem))
-            print(f"{file}: TrainingRun {name!r} has {len(error.problems)} problem(s)", file=sys.stderr)
-        else:
-            print(f"{file}: TrainingRun {name!r} is valid")
+    for file in files:
+        for document in training_run_documents(file):
+            name = (document.get("metadata") or {}).get("name", "<no name>")
+            try:
+                validate_training_run(document, operator_config)
+            except InvalidTrainingRun as error:
+                failed = True
+                for problem in error.problems:
+                    print(str(problem))
+                print(f"{file}: TrainingRun {name!r} has {len(error.problems)} problem(s)", file=sys.stderr)
+            else:
+                print(f"{file}: TrainingRun {name!r} is valid")
     if failed:
         raise typer.Exit(1)
 
