@@ -257,7 +257,10 @@ def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster)
     assert "customresourcedefinition.apiextensions.k8s.io/trainingruns.trainrun.dev serverside-applied" in result.stdout
     for kind, name in [("clusterrole", "trainrun-operator"), ("clusterrolebinding", "trainrun-operator")]:
         assert kube_cluster.get(kind, name) is not None
-    assert kube_cluster.get("deployment", "trainrun-operator", "trainrun-system") is not None
+    deployment = kube_cluster.get("deployment", "trainrun-operator", "trainrun-system")
+    assert deployment is not None
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"][:3] == ["kopf", "run", "--standalone"] and "args" not in container
     assert kube_cluster.get("serviceaccount", "trainrun-operator", "trainrun-system") is not None
     # The install must leave the test cluster's operator configuration as the tests expect it.
     kube_cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system")
