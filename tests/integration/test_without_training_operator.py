@@ -54,3 +54,4 @@ def test_missing_pytorchjob_kind_stalls_the_run_until_it_is_installed(
         wait_until(established, timeout=60, what=f"{CRD_NAME} to be established again")
     run = wait_for_phase(kube_cluster, operator, "early", namespace, "Completed", timeout=180)
     assert condition(run, "Stalled")["status"] == "False"
+    assert operator.process is not None and operator.process.poll() is None, operator.log_tail()

@@ -3,7 +3,7 @@
 Started by ``kopf run --standalone --all-namespaces -m trainrun.controller.handlers`` (the operator
 Deployment, and the integration tests). Every handler ends in the same idempotent reconcile, so the
 order and number of triggers never matter: a TrainingRun's create/resume/update, an event of any child
-it owns (PyTorchJob, pods, uploader Job), and a periodic resync while the run is active. A daemon per
+it owns (its pods, its uploader Job), and a periodic resync while the run is active. A daemon per
 active run follows its logs. Errors talking to the API are retried by kopf with a delay; a bad spec or
 a missing training-operator becomes a Stalled condition, never a crash loop.
 """
@@ -27,7 +27,7 @@ from trainrun.spec.status import Phase
 
 logger = logging.getLogger(__name__)
 
-RESYNC_SECONDS = 15.0
+RESYNC_SECONDS = 10.0
 RETRY_DELAY_SECONDS = 10
 _state: dict[str, Reconciler] = {}
 
@@ -78,7 +78,9 @@ def resync(body: kopf.Body, **_: Any) -> None:
     _reconcile(body)
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={RUN_LABEL: kopf.PRESENT})
+# Pods (and the uploader's Job) change whenever their PyTorchJob does. The PyTorchJob itself is not
+# watched: kopf ends the whole operator when a watched kind's CRD is removed mid-watch (a
+# training-operator upgrade does that), and the timer below notices job-only changes anyway.
 @kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
 @kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
 def on_child_event(labels: kopf.Labels, namespace: str | None, type: str, **_: Any) -> None:
