@@ -17,22 +17,11 @@ from typing import Any
 from trainrun.kube import KubeApi, KubeError
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts, TrainingRunStatus
+from trainrun.status.observe import UploadState, observe_uploader
 from trainrun.storage import StorageError, StorageOptions, parse_uri, read_manifest, upload_file
 from trainrun.storage.manifest import MANIFEST_NAME
 
 logger = logging.getLogger(__name__)
-
-
-def uploader_succeeded(uploader: Mapping[str, Any] | None) -> bool:
-    """A batch Job that finished with success (condition Complete, or a succeeded pod)."""
-    if not uploader:
-        return False
-    status = uploader.get("status") or {}
-    complete = any(
-        condition.get("type") == "Complete" and condition.get("status") == "True"
-        for condition in status.get("conditions") or []
-    )
-    return complete or int(status.get("succeeded") or 0) > 0
 
 
 class ArtifactReader:
@@ -60,7 +49,8 @@ class ArtifactReader:
         if previous.artifacts is not None:
             return previous.artifacts, None
         uri = run.spec.output.uri
-        if uri is None or not uploader_succeeded(uploader):
+        upload = observe_uploader(uploader, [])
+        if uri is None or upload is None or upload.state is not UploadState.SUCCEEDED:
             return None, None
         manifest_uri = parse_uri(uri).child(MANIFEST_NAME).uri
         try:

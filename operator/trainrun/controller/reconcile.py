@@ -43,6 +43,7 @@ from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import Phase, TrainingRunStatus
 from trainrun.status import compute_status, phase_event
+from trainrun.status.observe import observe_job
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,6 @@ CONFIG_TTL_SECONDS = 10.0
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def job_condition(job: Mapping[str, Any] | None, condition_type: str) -> bool:
-    """Whether a PyTorchJob (or batch Job) condition is True."""
-    if not job:
-        return False
-    for condition in job.get("status", {}).get("conditions") or []:
-        if condition.get("type") == condition_type and condition.get("status") == "True":
-            return True
-    return False
 
 
 class ConfigSource:
@@ -188,10 +179,12 @@ class Reconciler:
             return self.api.apply(desired, field_manager=FIELD_MANAGER), []
         applied = decode_applied_spec(job) or {}
         changes = pending_changes(applied, canonical_spec(run))
-        finished = job_condition(job, "Succeeded") or job_condition(job, "Failed")
+        observed = observe_job(job)
+        assert observed is not None  # job is a mapping here
+        finished = observed.has("Succeeded") or observed.has("Failed")
         if finished:
             return job, changes
-        pods_gone = job_condition(job, "Suspended") or not job.get("status", {}).get("startTime")
+        pods_gone = observed.has("Suspended") or observed.start_time is None
         queued_and_admitted = run.spec.resources.queue is not None and not (
             run.spec.run_policy.suspend or run.spec.cancel
         )
@@ -223,7 +216,10 @@ class Reconciler:
         if output.uri is None:
             return None
         uploader = self.api.get("batch/v1", "Job", uploader_job_name(run), run.metadata.namespace)
-        copy_due = job_condition(job, "Succeeded") or (output.copy_on_failure and job_condition(job, "Failed"))
+        observed = observe_job(job)
+        copy_due = observed is not None and (
+            observed.has("Succeeded") or (output.copy_on_failure and observed.has("Failed"))
+        )
         if uploader is None and copy_due and previous.artifacts is None:
             uploader = self.api.apply(render_uploader_job(run, config), field_manager=FIELD_MANAGER)
         return uploader
