@@ -9,23 +9,20 @@ operator and the local runner.
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainrun.client.errors import ClientError, RunNotFound
-from trainrun.kube import KubeApi, KubeError
+from trainrun.kube import KubeApi
+from trainrun.kube.logs import ReplicaLogStreams, replica_pods
 from trainrun.local.folder import metric_record
 from trainrun.metrics import MetricParser, MetricSummary
 from trainrun.render import job_name
-from trainrun.render.children import JOB_NAME_LABEL
 from trainrun.spec import validate_training_run
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import TrainingRunStatus
-from trainrun.status import replica_name
 
 if TYPE_CHECKING:
     from trainrun.local.runner import RunObserver
@@ -34,6 +31,7 @@ Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
 FIELD_MANAGER = "trainrun-cli"
 FOLLOW_POLL_SECONDS = 2.0
+FINISHED_GRACE_SECONDS = 10.0
 
 
 class ClusterBackend:
@@ -123,41 +121,29 @@ class ClusterBackend:
     ) -> Iterator[tuple[str, str]]:
         """Lines of every replica pod (or one) as they come, pods that start later included, until the run
         has finished and its streams have ended; on_status hears each phase change."""
-        lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
-        # One stream per replica and container restart: a restarted container's lines are followed too.
-        streams: dict[tuple[str, int], threading.Thread] = {}
+        streams: ReplicaLogStreams | None = None
         last_phase = None
+        finished_at: float | None = None
         while True:
             run = self.get(name)
+            if streams is None:
+                wanted = None if replica is None else {replica}
+                streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted)
             status = TrainingRunStatus.model_validate(run.get("status") or {})
             if on_status is not None and status.phase is not None and status.phase != last_phase:
                 on_status(run, status)
                 last_phase = status.phase
-            for replica_id, pod in self._pods(run).items():
-                key = (replica_id, _restarts(pod))
-                if key in streams or (replica is not None and replica_id != replica) or not _started(pod):
-                    continue
-                streams[key] = threading.Thread(
-                    target=self._pump, args=(replica_id, pod["metadata"]["name"], lines), daemon=True
-                )
-                streams[key].start()
-            deadline = time.monotonic() + FOLLOW_POLL_SECONDS
-            while time.monotonic() < deadline:
-                try:
-                    replica_id, text = lines.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if text is not None:
-                    yield replica_id, text
-            if (
-                status.phase is not None
-                and status.phase.finished
-                and not any(thread.is_alive() for thread in streams.values())
-            ):
-                while not lines.empty():
-                    replica_id, text = lines.get_nowait()
-                    if text is not None:
-                        yield replica_id, text
+            streams.poll()
+            if finished_at is None and status.phase is not None and status.phase.finished:
+                finished_at = time.monotonic()
+            # A stream normally ends with its container; one left open (a stalled connection) is cut
+            # a grace period after the run has finished.
+            done = finished_at is not None and (
+                not streams.reading() or time.monotonic() - finished_at > FINISHED_GRACE_SECONDS
+            )
+            for line in streams.lines(0 if done else FOLLOW_POLL_SECONDS):
+                yield line.replica, line.text
+            if done:
                 return
 
     def metric_history(self, name: str) -> Objects:
@@ -177,7 +163,7 @@ class ClusterBackend:
         run = self.get(name)
         involved = [
             name,
-            job_name(validate_training_run(run)),
+            _job_name(run),
             *(pod["metadata"]["name"] for pod in self._pods(run).values()),
         ]
         return self.api.events(self._namespace(), involved_names=involved)
@@ -202,30 +188,8 @@ class ClusterBackend:
 
     def _pods(self, run: Object) -> dict[str, Object]:
         """The run's replica pods by replica name (master-0, worker-0, ...), Master first."""
-        selector = f"{JOB_NAME_LABEL}={job_name(validate_training_run(run))}"
-        pods = {replica_name(pod): pod for pod in self.api.list("v1", "Pod", self._namespace(), label_selector=selector)}
-        return dict(sorted(pods.items(), key=lambda item: (not item[0].startswith("master"), item[0])))
-
-    def _pump(self, replica: str, pod_name: str, lines: queue.Queue[tuple[str, str | None]]) -> None:
-        """Copy one pod's followed log into lines; (replica, None) marks its end."""
-        try:
-            for line in self.api.pod_logs(pod_name, self._namespace(), follow=True):
-                lines.put((replica, line))
-        except KubeError as error:
-            lines.put((replica, f"[trainrun] log stream ended: {error}"))
-        finally:
-            lines.put((replica, None))
+        return replica_pods(self.api, self._namespace(), _job_name(run))
 
 
-def _restarts(pod: Object) -> int:
-    return sum(
-        int(state.get("restartCount") or 0) for state in (pod.get("status") or {}).get("containerStatuses") or []
-    )
-
-
-def _started(pod: Object) -> bool:
-    """Whether the pod's containers have started (a log can be read), running or already ended."""
-    return any(
-        "running" in (state.get("state") or {}) or "terminated" in (state.get("state") or {})
-        for state in (pod.get("status") or {}).get("containerStatuses") or []
-    )
+def _job_name(run: Object) -> str:
+    return job_name(validate_training_run(run))

@@ -1,29 +1,32 @@
 """Follows every replica's log while a run trains: metrics into status, lines into an archive.
 
 One follower per active TrainingRun, started by the kopf daemon in ``trainrun.controller.handlers``.
-Each replica pod gets a streaming thread (unlike ``TrainingClient.get_job_logs``, Workers and pods
-that were Pending when the follower started are followed too); every line goes through the same
-``MetricParser`` as the local runner, the latest values are patched into ``status.metrics`` a few
-times a minute, and the lines are kept per replica for the archive copied to ``<output>/logs/``.
+The replica streams come from ``trainrun.kube.logs`` (the same ones ``trainrun logs -f`` reads: pods
+that start later are followed too); every line goes through the same ``MetricParser`` as the local
+runner, the latest values are patched into ``status.metrics`` a few times a minute, and the lines
+are kept per replica for the archive copied to ``<output>/logs/``.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import threading
+import time
+from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from trainrun.kube import KubeApi, KubeError
+from trainrun.kube.logs import LogLine, ReplicaLogStreams
 from trainrun.metrics import MetricParser, MetricSummary
-from trainrun.render.children import JOB_NAME_LABEL
+from trainrun.render import job_name
 from trainrun.spec.model import API_VERSION, KIND, TrainingRun
-from trainrun.status import replica_name
 
 logger = logging.getLogger(__name__)
 
 STATUS_FLUSH_SECONDS = 5.0
+STOP_CHECK_SECONDS = 0.5
 LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
 
 
@@ -43,71 +46,57 @@ class LogFollower:
         self.run = run
         self.parser = MetricParser.from_definitions(run.spec.metrics)
         self.summary = MetricSummary()
+        self.streams = ReplicaLogStreams(api, run.metadata.namespace, job_name(run))
         self.folder = LOG_ROOT / run.metadata.namespace / run.metadata.name
         self.folder.mkdir(parents=True, exist_ok=True)
         # A follower (re)starts every stream from the first line: what an earlier one wrote would repeat.
         for stale in self.folder.glob("*.log"):
             stale.unlink()
-        self._lock = threading.Lock()
         self._dirty = False
-        self._streams: dict[tuple[str, int], threading.Thread] = {}
 
     def follow(self, stopped: Stopped) -> None:
-        """Start a stream for every replica container that has started, and flush metrics, until stopped."""
-        while not stopped:
-            try:
-                self._start_new_streams()
-            except KubeError as error:
-                logger.warning("listing pods of %s failed: %s", self.run.metadata.name, error)
-            self.flush_metrics()
-            stopped.wait(STATUS_FLUSH_SECONDS)
-        for thread in self._streams.values():
-            thread.join(timeout=STATUS_FLUSH_SECONDS)
+        """Read every replica container that has started, and flush metrics, until stopped; then
+        give the open streams a moment to end and keep their last lines too."""
+        with ExitStack() as archives:
+            files: dict[str, TextIO] = {}
+            while not stopped:
+                try:
+                    self.streams.poll()
+                except KubeError as error:
+                    logger.warning("listing pods of %s failed: %s", self.run.metadata.name, error)
+                deadline = time.monotonic() + STATUS_FLUSH_SECONDS
+                while not stopped and time.monotonic() < deadline:
+                    self._take(self.streams.lines(STOP_CHECK_SECONDS), files, archives)
+                self.flush_metrics()
+            self.streams.wait(STATUS_FLUSH_SECONDS)
+            self._take(self.streams.lines(0), files, archives)
         self.flush_metrics()
 
     def log_files(self) -> list[Path]:
         """The archived log of every replica seen so far."""
         return sorted(self.folder.glob("*.log"))
 
-    def _start_new_streams(self) -> None:
-        selector = f"{JOB_NAME_LABEL}={self.run.metadata.name}"
-        for pod in self.api.list("v1", "Pod", self.run.metadata.namespace, label_selector=selector):
-            for container in pod.get("status", {}).get("containerStatuses") or []:
-                if container.get("name") != "pytorch":
-                    continue
-                state = container.get("state") or {}
-                if "running" not in state and "terminated" not in state:
-                    continue
-                key = (pod["metadata"]["uid"], int(container.get("restartCount") or 0))
-                if key in self._streams:
-                    continue
-                thread = threading.Thread(
-                    target=self._stream, args=(pod["metadata"]["name"], replica_name(pod)), daemon=True
-                )
-                self._streams[key] = thread
-                thread.start()
-
-    def _stream(self, pod_name: str, replica: str) -> None:
-        try:
-            # Line-buffered: the archive may be copied while the stream is still open.
-            with (self.folder / f"{replica}.log").open("a", encoding="utf-8", buffering=1) as archive:
-                for line in self.api.pod_logs(pod_name, self.run.metadata.namespace, follow=True):
-                    archive.write(line + "\n")
-                    samples = self.parser.parse(line)
-                    if samples:
-                        with self._lock:
-                            self._dirty |= self.summary.add(samples)
-        except KubeError as error:
-            logger.info("log stream of %s ended: %s", pod_name, error)
+    def _take(self, lines: Iterable[LogLine], files: dict[str, TextIO], archives: ExitStack) -> None:
+        """Append each replica's lines to its archive file and parse them for metrics."""
+        for line in lines:
+            if line.note:
+                continue  # already logged by the stream; the archive keeps only what the replica wrote
+            if line.replica not in files:
+                # Line-buffered: the archive may be copied while the stream is still open.
+                path = self.folder / f"{line.replica}.log"
+                files[line.replica] = archives.enter_context(path.open("a", encoding="utf-8", buffering=1))
+            files[line.replica].write(line.text + "\n")
+            samples = self.parser.parse(line.text)
+            if samples:
+                self._dirty |= self.summary.add(samples)
 
     def flush_metrics(self) -> None:
         """Patch the latest metric values into the run's status when they changed."""
-        with self._lock:
-            if not self._dirty:
-                return
-            latest = dict(self.summary.latest)
-            key_metric = self.summary.key_metric()
-            self._dirty = False
+        if not self._dirty:
+            return
+        latest = dict(self.summary.latest)
+        key_metric = self.summary.key_metric()
+        self._dirty = False
         patch = {"status": {"metrics": latest, "keyMetric": key_metric}}
         try:
             self.api.patch_merge(
@@ -115,5 +104,4 @@ class LogFollower:
             )
         except KubeError as error:
             logger.warning("writing metrics of %s failed: %s", self.run.metadata.name, error)
-            with self._lock:
-                self._dirty = True
+            self._dirty = True

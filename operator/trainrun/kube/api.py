@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
@@ -213,6 +214,9 @@ class KubeApi:
                     yield line.decode("utf-8", errors="replace")
             if pending:
                 yield pending.decode("utf-8", errors="replace")
+        except urllib3.exceptions.HTTPError as error:
+            # The kubelet ends a followed stream abruptly when the container stops or restarts.
+            raise KubeError(f"log stream of pod {name} broke off: {error}") from None
         finally:
             response.release_conn()
 
