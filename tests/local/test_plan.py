@@ -135,3 +135,15 @@ def test_remap_paths_replaces_whole_path_segments_only(value: str, expected: str
 def test_replica_names_follow_the_pods() -> None:
     assert replica_names(0) == ["master-0"]
     assert replica_names(2) == ["master-0", "worker-0", "worker-1"]
+
+
+def test_a_script_missing_where_the_replicas_start_is_a_problem_naming_the_field(tmp_path: Path) -> None:
+    document = sample("custom-script.yaml")
+    plan = plan_for(document, tmp_path)
+    assert plan.problem is not None
+    assert "spec.script 'custom-script/train.py'" in plan.problem and str(tmp_path) in plan.problem
+    assert "--code DIR" in plan.problem
+    (tmp_path / "custom-script").mkdir()
+    (tmp_path / "custom-script" / "train.py").write_text("print('hi')\n")
+    assert plan_for(document, tmp_path).problem is None
+    assert plan_for(sample("quickstart.yaml"), tmp_path).problem is None  # the built-in trainer has no script

@@ -46,6 +46,7 @@ class LocalPlan:
 
     replicas: list[ReplicaLaunch]
     notices: list[str] = field(default_factory=list)
+    problem: str | None = None  # why the replicas cannot start (the run fails before any starts)
 
 
 def replica_names(worker_count: int) -> list[str]:
@@ -148,7 +149,19 @@ def build_plan(
                 output_dir=output_dir,
             )
         )
-    return LocalPlan(replicas=launches, notices=notices)
+    return LocalPlan(replicas=launches, notices=notices, problem=missing_script(spec.script, working_dir, path_map))
+
+
+def missing_script(script: str | None, working_dir: Path, path_map: Mapping[str, Path]) -> str | None:
+    """Why spec.script cannot be found where the replicas start, or None when it can (or is not used)."""
+    if script is None or "$" in script:
+        return None
+    if (working_dir / remap_paths(script, path_map)).is_file():
+        return None
+    return (
+        f"spec.script {script!r} is not a file in {working_dir}, where the replicas start: run trainrun from "
+        "the folder that holds it, pass --code DIR to snapshot that folder, or set spec.workingDir"
+    )
 
 
 def remap_paths(value: str, path_map: Mapping[str, Path]) -> str:

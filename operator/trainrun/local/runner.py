@@ -159,6 +159,8 @@ class LocalRunner:
                 plan = self._plan(staged_inputs=staged_inputs, staged_code=staged_code)
                 for text in plan.notices:
                     self.observer.notice(text)
+                if plan.problem is not None:
+                    return self._finish(Phase.FAILED, "StartFailed", plan.problem)
                 try:
                     replicas = self._start(plan)
                 except ReplicaStartError as error:
