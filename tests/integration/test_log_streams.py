@@ -3,16 +3,21 @@
 The operator's log follower and ``trainrun logs -f`` both read replicas through it, so what it must
 get right is tested here once: a pod that starts later is followed from its first line, a container
 restarted in place is read again, a pod the training-operator recreates under the same name (a new
-uid) is read again, ``replicas`` limits what is read; and following a run ends once the run is over.
+uid) is read again, ``replicas`` limits what is read, a stream cut off mid-run (through a TCP proxy the
+test severs) is read on from where it stopped, and following a run ends once the run is over.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from cluster.harness import POOL_LABEL, ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import OperatorProcess, kubectl_apply, operator, training_run
 from trainrun import Client
@@ -130,3 +135,83 @@ def test_following_a_run_ends_when_the_run_has_finished(
     assert ("master-0", "master-0 says hi") in followed and ("worker-0", "worker-0 says hi") in followed
     assert client.get("ends")["status"]["phase"] == "Completed"
     assert time.monotonic() - started < 90
+
+
+class SeverableProxy:
+    """A TCP proxy to the API server whose open connections the test can cut (new ones still pass)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.connections += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def sever(self) -> None:
+        with self.lock:
+            connections, self.connections = self.connections, []
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            connection.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.sever()
+
+
+def test_a_stream_cut_off_mid_run_is_read_on_without_repeating_lines(
+    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    namespace, job = kube_namespace, "severed"
+    log = write_cri_log(tmp_path / "master.log", ["epoch 1", "epoch 2", "epoch 3"])
+    kube_cluster.serve_pod_log(namespace, f"{job}-master-0", log, container=CONTAINER_NAME)
+    kube_cluster.apply(replica_pod(job, namespace, "master-0", pod_behaviour(Outcome.RUN)))
+    config = yaml.safe_load(Path(kube_cluster.kubeconfig).read_text())
+    server = urlsplit(config["clusters"][0]["cluster"]["server"])
+    assert server.hostname is not None and server.port is not None
+    proxy = SeverableProxy(server.hostname, server.port)
+    try:
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{proxy.port}"
+        proxied = tmp_path / "kubeconfig-through-proxy"
+        proxied.write_text(yaml.safe_dump(config))
+        streams = ReplicaLogStreams(KubeApi(kubeconfig=str(proxied)), namespace, job)
+        seen = collect(streams, lambda lines: len(lines) >= 3, timeout=60)
+        assert [line.text for line in seen] == ["epoch 1", "epoch 2", "epoch 3"]
+
+        proxy.sever()  # as an API server restart or a load balancer's idle timeout would
+        write_cri_log(log, ["epoch 4", "epoch 5"], append=True)
+        seen += collect(streams, lambda lines: "epoch 5" in [line.text for line in lines], timeout=60)
+    finally:
+        proxy.close()
+    assert [line.text for line in seen if not line.note] == [f"epoch {n}" for n in range(1, 6)]
+    assert any(line.note and "broke off" in line.text for line in seen)

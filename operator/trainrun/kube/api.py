@@ -195,12 +195,22 @@ class KubeApi:
         container: str = "pytorch",
         follow: bool = False,
         tail_lines: int | None = None,
+        timestamps: bool = False,
+        since_seconds: int | None = None,
     ) -> Iterator[str]:
-        """A pod's log lines; with follow, they keep coming until the container ends."""
+        """A pod's log lines; with follow, they keep coming until the container ends.
+
+        timestamps prefixes each line with its RFC 3339 time and a space; since_seconds starts at the
+        lines written that many seconds ago.
+        """
         core = client.CoreV1Api(self.api_client)
         arguments: dict[str, Any] = {"container": container, "follow": follow, "_preload_content": False}
         if tail_lines is not None:
             arguments["tail_lines"] = tail_lines
+        if timestamps:
+            arguments["timestamps"] = True
+        if since_seconds is not None:
+            arguments["since_seconds"] = since_seconds
         try:
             response = core.read_namespaced_pod_log(name, namespace, **arguments)
         except ApiException as error:
@@ -214,7 +224,7 @@ class KubeApi:
                     yield line.decode("utf-8", errors="replace")
             if pending:
                 yield pending.decode("utf-8", errors="replace")
-        except urllib3.exceptions.HTTPError as error:
+        except (urllib3.exceptions.HTTPError, OSError) as error:
             # The kubelet ends a followed stream abruptly when the container stops or restarts.
             raise KubeError(f"log stream of pod {name} broke off: {error}") from None
         finally:

@@ -5,17 +5,22 @@ archive) and by the cluster backend of ``trainrun.Client`` (``trainrun logs -f``
 Unlike ``TrainingClient.get_job_logs``, pods that start later (Workers still Pending, a pod the
 training-operator recreated, a container restarted in place) are followed too: each :meth:`poll`
 lists the job's pods and starts one reading thread per pod and container start. Lines of all the
-threads arrive in one queue as :class:`LogLine`; :meth:`lines` hands them out.
+threads arrive in one queue as :class:`LogLine`; :meth:`lines` hands them out. A stream that breaks
+off while its container still runs is opened again and goes on after the last line it delivered
+(lines carry their kubelet time, which :class:`StreamPosition` uses to skip what was read).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import re
 import threading
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.api import KubeApi, KubeError
@@ -25,6 +30,13 @@ from trainrun.status import replica_name
 logger = logging.getLogger(__name__)
 
 Pod = dict[str, Any]
+LogTime = tuple[datetime, int]  # a log line's time: to the second, and its nanoseconds
+
+# A reopened stream starts this much further back than the last line read, for clock skew between
+# this process and the node; the lines read twice are skipped by their time.
+RESUME_MARGIN_SECONDS = 5
+RESUME_MAX_DELAY_SECONDS = 30.0
+_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 
 @dataclass(frozen=True)
@@ -62,7 +74,7 @@ class ReplicaLogStreams:
             if key in self._threads:
                 continue
             thread = threading.Thread(
-                target=self._read, args=(replica, pod["metadata"]["name"]), name=f"log-{replica}", daemon=True
+                target=self._read, args=(replica, pod["metadata"]["name"], *key), name=f"log-{replica}", daemon=True
             )
             self._threads[key] = thread
             thread.start()
@@ -87,13 +99,100 @@ class ReplicaLogStreams:
         for thread in self._threads.values():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
-    def _read(self, replica: str, pod_name: str) -> None:
+    def _read(self, replica: str, pod_name: str, uid: str, restarts: int) -> None:
+        """Read one container's log to its end; a stream that breaks off while the container still runs
+        (an API server restart, an idle connection cut) is opened again where it stopped."""
+        position = StreamPosition()
+        breaks = 0
+        while True:
+            since = position.since_seconds(datetime.now(UTC))
+            position.reopen()
+            try:
+                for stamped in self.api.pod_logs(
+                    pod_name, self.namespace, container=CONTAINER_NAME, follow=True, timestamps=True, since_seconds=since
+                ):
+                    stamp_text, _, text = stamped.partition(" ")
+                    stamp = parse_log_time(stamp_text)
+                    if stamp is None:
+                        text = stamped  # no time in front (not a kubelet): keep the line whole
+                    elif not position.take(stamp):
+                        continue  # read before the stream broke off
+                    self._queue.put(LogLine(replica, text))
+                    breaks = 0
+                why = "it ended"
+            except KubeError as error:
+                why = str(error)
+            if not self._still_running(pod_name, uid, restarts):
+                return
+            breaks += 1
+            logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
+            self._queue.put(
+                LogLine(replica, f"[trainrun] log stream of {pod_name} broke off ({why}); reading on", note=True)
+            )
+            time.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+
+    def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
+        """Whether the container a stream read is still the pod's running training container."""
         try:
-            for text in self.api.pod_logs(pod_name, self.namespace, container=CONTAINER_NAME, follow=True):
-                self._queue.put(LogLine(replica, text))
-        except KubeError as error:
-            logger.info("log stream of %s ended: %s", pod_name, error)
-            self._queue.put(LogLine(replica, f"[trainrun] log stream of {pod_name} ended: {error}", note=True))
+            pod = self.api.get("v1", "Pod", pod_name, self.namespace)
+        except KubeError:
+            return True  # the API server is away: try again later
+        if pod is None or pod["metadata"].get("uid") != uid:
+            return False
+        container = _training_container(pod)
+        return (
+            container is not None
+            and int(container.get("restartCount") or 0) == restarts
+            and "running" in (container.get("state") or {})
+        )
+
+
+@dataclass
+class StreamPosition:
+    """How far one container's log was read, so that a stream opened again skips what was delivered.
+
+    The API can only start a log some whole seconds back, so a reopened stream repeats lines: those
+    older than the last delivered line's time are skipped, and of those with exactly that time, as
+    many as were delivered.
+    """
+
+    last: LogTime | None = None
+    delivered_at_last: int = 0
+    _replayed_at_last: int = 0
+
+    def since_seconds(self, now: datetime) -> int | None:
+        """How far back to start a reopened stream (None: from the first line)."""
+        if self.last is None:
+            return None
+        return max(1, math.ceil((now - self.last[0]).total_seconds())) + RESUME_MARGIN_SECONDS
+
+    def reopen(self) -> None:
+        self._replayed_at_last = 0
+
+    def take(self, stamp: LogTime) -> bool:
+        """Whether a line with this time is new (and then count it as delivered)."""
+        if self.last is not None:
+            if stamp < self.last:
+                return False
+            if stamp == self.last and self._replayed_at_last < self.delivered_at_last:
+                self._replayed_at_last += 1
+                return False
+        if stamp == self.last:
+            self.delivered_at_last += 1
+        else:
+            self.last, self.delivered_at_last = stamp, 1
+        self._replayed_at_last = self.delivered_at_last
+        return True
+
+
+def parse_log_time(text: str) -> LogTime | None:
+    """``2026-11-24T01:02:03.123456789Z`` -> (time to the second, nanoseconds); None if it is not one."""
+    match = _LOG_TIME.fullmatch(text)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return seconds, int((fraction or "0").ljust(9, "0"))
 
 
 def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:
@@ -103,12 +202,18 @@ def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:
     return dict(sorted(pods.items(), key=lambda item: (not item[0].startswith("master"), item[0])))
 
 
+def _training_container(pod: Pod) -> dict[str, Any] | None:
+    """The status of the pod's training container, once it has one."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER_NAME:
+            return dict(container)
+    return None
+
+
 def _started_container_restarts(pod: Pod) -> int | None:
     """The training container's restart count once it has started (running or ended), else None."""
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") != CONTAINER_NAME:
-            continue
-        state = container.get("state") or {}
-        if "running" in state or "terminated" in state:
-            return int(container.get("restartCount") or 0)
-    return None
+    container = _training_container(pod)
+    state = (container or {}).get("state") or {}
+    if container is None or ("running" not in state and "terminated" not in state):
+        return None
+    return int(container.get("restartCount") or 0)

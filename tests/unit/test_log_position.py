@@ -1,0 +1,51 @@
+"""Where a broken-off log stream picks up (``trainrun.kube.logs``, pure parts): log times and skipping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from trainrun.kube.logs import RESUME_MARGIN_SECONDS, StreamPosition, parse_log_time
+
+
+def test_kubelet_times_parse_to_second_and_nanoseconds() -> None:
+    second = datetime(2026, 11, 24, 1, 2, 3, tzinfo=UTC)
+    assert parse_log_time("2026-11-24T01:02:03.123456789Z") == (second, 123456789)
+    assert parse_log_time("2026-11-24T01:02:03.1Z") == (second, 100000000)  # RFC3339Nano trims zeros
+    assert parse_log_time("2026-11-24T01:02:03Z") == (second, 0)
+    assert parse_log_time("2026-11-24T02:02:03.5+01:00") == (second, 500000000)
+    assert parse_log_time("loss=0.5") is None
+    assert parse_log_time("") is None
+    # Trimmed fractions compare by value, not as text (".1" is later than ".12" as text).
+    later, earlier = parse_log_time("2026-11-24T01:02:03.2Z"), parse_log_time("2026-11-24T01:02:03.12Z")
+    assert later is not None and earlier is not None and later > earlier
+
+
+def at(nanos: int, second: int = 3) -> tuple[datetime, int]:
+    return datetime(2026, 11, 24, 1, 2, second, tzinfo=UTC), nanos
+
+
+def test_a_fresh_stream_takes_every_line_and_starts_at_the_beginning() -> None:
+    position = StreamPosition()
+    assert position.since_seconds(datetime.now(UTC)) is None
+    assert all(position.take(stamp) for stamp in (at(1), at(1), at(2)))
+
+
+def test_a_reopened_stream_skips_exactly_what_was_delivered() -> None:
+    position = StreamPosition()
+    first_stream = [at(1), at(5), at(5), at(5)]
+    assert [position.take(stamp) for stamp in first_stream] == [True] * 4
+    position.reopen()
+    # The API repeats the lines of the last seconds: the old ones and the three at 5 ns are skipped,
+    # a fourth line at 5 ns and the later ones are new.
+    replay = [at(0), at(1), at(5), at(5), at(5), at(5), at(6), at(0, second=4)]
+    assert [position.take(stamp) for stamp in replay] == [False, False, False, False, False, True, True, True]
+    position.reopen()
+    assert [position.take(stamp) for stamp in [at(6), at(0, second=4), at(7, second=4)]] == [False, False, True]
+
+
+def test_a_reopened_stream_reaches_back_past_the_last_line_with_a_margin() -> None:
+    position = StreamPosition()
+    position.take(at(0))
+    now = at(0)[0] + timedelta(seconds=42.2)
+    assert position.since_seconds(now) == 43 + RESUME_MARGIN_SECONDS
+    assert position.since_seconds(at(0)[0]) == 1 + RESUME_MARGIN_SECONDS  # never 0: that reads nothing
