@@ -79,6 +79,14 @@ CodeUriOption = Annotated[
     str | None,
     typer.Option("--code-uri", help="Where --code is uploaded (default: <spec.output.uri>/code)."),
 ]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="Override a field of the file: PATH=VALUE, e.g. --set hyperparameters.epochs=1 (PATH under spec "
+        "unless it starts with metadata; VALUE is YAML; empty removes the field). Repeatable.",
+    ),
+]
 FileArgument = Annotated[
     str, typer.Argument(help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
 ]

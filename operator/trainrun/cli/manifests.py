@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trainrun.cli.common import ConfigOption, FileArgument, add_command, dump_yaml
+from trainrun.cli.common import ConfigOption, FileArgument, SetOption, add_command, dump_yaml
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,7 @@ def validate_command(
         list[str], typer.Argument(help="TrainingRun YAML files ('-' reads stdin); several documents allowed.")
     ],
     config: ConfigOption = None,
+    overrides: SetOption = None,
 ) -> None:
     """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1."""
     from trainrun.client.documents import load_operator_config, training_run_documents
@@ -34,7 +35,7 @@ def validate_command(
     operator_config = load_operator_config(config)
     failed = False
     for file in files:
-        for document in training_run_documents(file):
+        for document in training_run_documents(file, overrides or ()):
             name = (document.get("metadata") or {}).get("name", "<no name>")
             try:
                 validate_training_run(document, operator_config)
@@ -49,7 +50,7 @@ def validate_command(
         raise typer.Exit(1)
 
 
-def render_command(file: FileArgument, config: ConfigOption = None) -> None:
+def render_command(file: FileArgument, config: ConfigOption = None, overrides: SetOption = None) -> None:
     """Print what the operator would create for FILE: the PyTorchJob, the output claim, the uploader Job."""
     from trainrun.client.documents import example_operator_config, load_operator_config, training_run_documents
     from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
@@ -61,7 +62,7 @@ def render_command(file: FileArgument, config: ConfigOption = None) -> None:
         note = "# Rendered with the example pools a100, t4, cpu: pass --config for your cluster's own.\n"
         operator_config = example_operator_config()
     children: list[dict[str, Any]] = []
-    for document in training_run_documents(file):
+    for document in training_run_documents(file, overrides or ()):
         run = validate_training_run(document, operator_config)
         children.append(render_pytorchjob(run, operator_config))
         claim = render_volume_claim(run)

@@ -21,6 +21,7 @@ from trainrun.cli.common import (
     LocalOption,
     NamespaceOption,
     RunsDirOption,
+    SetOption,
     add_command,
     client_for,
     run_dir_of,
@@ -51,6 +52,7 @@ def run_command(
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
     code_limit_mb: CodeLimitOption = 300,
+    overrides: SetOption = None,
 ) -> None:
     """Run a TrainingRun and follow it: --local on this machine, else on the cluster.
 
@@ -61,7 +63,7 @@ def run_command(
     from trainrun.spec.status import Phase
 
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
-    document = single_training_run(file)
+    document = single_training_run(file, overrides or ())
     name = str((document.get("metadata") or {}).get("name"))
     if not follow:
         created = client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
@@ -97,10 +99,11 @@ def submit_command(
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
     code_limit_mb: CodeLimitOption = 300,
+    overrides: SetOption = None,
 ) -> None:
     """Create every TrainingRun of FILE and return (the operator, or a local runner, takes over)."""
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
-    for document in client.validate(file):
+    for document in client.validate(file, overrides or ()):
         _print_created(client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000), local=local)
 
 

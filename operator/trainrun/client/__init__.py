@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -93,9 +93,10 @@ class Client:
 
     # -- creating ----------------------------------------------------------------------------------------
 
-    def validate(self, source: Source) -> Objects:
-        """The TrainingRun documents of source, each checked as the operator checks it (raises InvalidTrainingRun)."""
-        documents = training_run_documents(source)
+    def validate(self, source: Source, overrides: Sequence[str] = ()) -> Objects:
+        """The TrainingRun documents of source (``PATH=VALUE`` overrides applied, as ``--set``), each checked
+        as the operator checks it (raises InvalidTrainingRun)."""
+        documents = training_run_documents(source, overrides)
         for document in documents:
             validate_training_run(document, self.config)
         return documents

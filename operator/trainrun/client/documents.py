@@ -9,8 +9,10 @@ operator configuration is the YAML of the ConfigMap ``trainrun-operator-config``
 
 from __future__ import annotations
 
+import copy
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -51,24 +53,107 @@ def read_yaml_documents(source: str | Path | TextIO) -> list[Any]:
         raise DocumentError(f"{where} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
-def training_run_documents(source: Source) -> list[Document]:
-    """The TrainingRun documents of source, as dicts (not yet validated)."""
+def training_run_documents(source: Source, overrides: Sequence[str] = ()) -> list[Document]:
+    """The TrainingRun documents of source, as dicts (not yet validated), with ``--set`` overrides applied."""
     if isinstance(source, TrainingRun):
-        return [source.model_dump(mode="json", by_alias=True, exclude_none=True)]
-    if isinstance(source, Mapping):
-        return [dict(source)]
-    documents = read_yaml_documents(source)
-    runs = [dict(item) for item in documents if isinstance(item, Mapping) and item.get("kind") == KIND]
-    if not runs:
-        kinds = sorted({str(item.get("kind")) for item in documents if isinstance(item, Mapping)})
-        found = f" (kinds found: {', '.join(kinds)})" if kinds else ""
-        raise DocumentError(f"{_describe(source)} holds no {KIND} document{found}; add one with kind: {KIND}")
-    return runs
+        runs = [source.model_dump(mode="json", by_alias=True, exclude_none=True)]
+    elif isinstance(source, Mapping):
+        runs = [dict(source)]
+    else:
+        documents = read_yaml_documents(source)
+        runs = [dict(item) for item in documents if isinstance(item, Mapping) and item.get("kind") == KIND]
+        if not runs:
+            kinds = sorted({str(item.get("kind")) for item in documents if isinstance(item, Mapping)})
+            found = f" (kinds found: {', '.join(kinds)})" if kinds else ""
+            raise DocumentError(f"{_describe(source)} holds no {KIND} document{found}; add one with kind: {KIND}")
+    return [apply_overrides(run, overrides) for run in runs]
 
 
-def single_training_run(source: Source) -> Document:
+def apply_overrides(document: Mapping[str, Any], overrides: Sequence[str]) -> Document:
+    """A copy of document with each ``PATH=VALUE`` set, as ``az ml job create --set`` and ``helm --set`` do.
+
+    PATH is dotted, with ``[N]`` (or ``.N``) for list items and ``\\.`` for a dot inside a key; it
+    starts at the document when its first key is apiVersion, kind, metadata or spec, else at spec
+    (``hyperparameters.epochs=1`` is ``spec.hyperparameters.epochs=1``). VALUE is read as YAML
+    (``1`` a number, ``true`` a boolean, ``[a, b]`` a list) unless the field holds a string already,
+    which stays a string; an empty VALUE removes the field.
+    """
+    result: Document = copy.deepcopy(dict(document))
+    for override in overrides:
+        path_text, equals, value_text = override.partition("=")
+        keys = _override_path(path_text)
+        if not equals or not keys:
+            raise DocumentError(f"--set {override!r}: write PATH=VALUE, e.g. --set hyperparameters.epochs=1")
+        if keys[0] not in _TOP_LEVEL_KEYS:
+            keys = ["spec", *keys]
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError:
+            value = value_text  # not YAML on its own (e.g. "a: b: c"): the text as it is
+        _set_path(result, keys, value, value_text, override)
+    return result
+
+
+_TOP_LEVEL_KEYS = frozenset({"apiVersion", "kind", "metadata", "spec"})
+_PATH_PART = re.compile(r"((?:[^.\[\]\\]|\\.)+)|\[(\d+)\]")
+
+
+def _override_path(text: str) -> list[str | int]:
+    keys: list[str | int] = []
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        if text[position] == "." and keys:
+            position += 1
+        match = _PATH_PART.match(text, position)
+        if match is None:
+            return []
+        name, index = match.groups()
+        if index is not None:
+            keys.append(int(index))
+        else:
+            unescaped = name.replace("\\.", ".")
+            keys.append(int(unescaped) if unescaped.isdigit() else unescaped)
+        position = match.end()
+    return keys
+
+
+def _set_path(document: Document, keys: list[str | int], value: Any, raw: str, override: str) -> None:
+    node: Any = document
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(str(part) for part in keys[: depth + 1])
+        if isinstance(key, int):
+            if not isinstance(node, list) or key > len(node) or (key == len(node) and value is None):
+                size = len(node) if isinstance(node, list) else "no"
+                raise DocumentError(f"--set {override!r}: {where} is not an item of a list ({size} items there)")
+            if key == len(node):
+                node.append(None if last else ({} if isinstance(keys[depth + 1], str) else []))
+            if last:
+                if value is None:
+                    del node[key]
+                else:
+                    node[key] = raw if isinstance(node[key], str) else value
+                return
+        else:
+            if not isinstance(node, dict):
+                parent = ".".join(str(part) for part in keys[:depth])
+                raise DocumentError(f"--set {override!r}: {parent} holds {node!r}, not a mapping with {key!r} in it")
+            if last:
+                if value is None:
+                    node.pop(key, None)
+                else:
+                    # A field that holds a string keeps one (extra.steps: "200" stays "120", not 120).
+                    node[key] = raw if isinstance(node.get(key), str) else value
+                return
+            if node.get(key) is None:
+                node[key] = {} if isinstance(keys[depth + 1], str) else []
+        node = node[key]
+
+
+def single_training_run(source: Source, overrides: Sequence[str] = ()) -> Document:
     """The one TrainingRun of source (several are an error: say which file to split)."""
-    runs = training_run_documents(source)
+    runs = training_run_documents(source, overrides)
     if len(runs) > 1:
         names = ", ".join(str(run.get("metadata", {}).get("name")) for run in runs)
         raise DocumentError(f"{_describe(source)} holds {len(runs)} TrainingRuns ({names}); this takes one")
