@@ -66,7 +66,11 @@ def test_user_env_wins_and_value_from_is_noted(tmp_path: Path) -> None:
     plan = plan_for(document, tmp_path)
     env = plan.replicas[0].env
     assert env["WANDB_MODE"] == "offline" and env["OUTPUT_DIR"] == "/elsewhere" and "TOKEN" not in env
-    assert any("'TOKEN' uses valueFrom" in notice for notice in plan.notices)
+    assert any("'TOKEN' uses valueFrom" in notice and "export TOKEN" in notice for notice in plan.notices)
+    # The replicas inherit the shell's environment: a value exported there fills the secret's place.
+    plan = plan_for(document, tmp_path, base_env={"PATH": "/usr/bin", "TOKEN": "from-shell"})
+    assert plan.replicas[0].env["TOKEN"] == "from-shell"
+    assert any("'TOKEN' uses valueFrom" in notice and "your shell's value" in notice for notice in plan.notices)
 
 
 def test_launcher_none_runs_python_as_this_interpreter(tmp_path: Path) -> None:

@@ -113,9 +113,10 @@ def build_plan(
     path_map = {input_path(item.name, item.path): staged[item.name] for item in spec.inputs if item.name in staged}
     for variable in spec.env:
         if variable.value_from is not None:
-            notices.append(
-                f"spec.env {variable.name!r} uses valueFrom, which only a cluster resolves: it is left unset"
+            inherited = "your shell's value is used" if variable.name in base_env else (
+                f"it is unset; export {variable.name} before trainrun run to give it a value"
             )
+            notices.append(f"spec.env {variable.name!r} uses valueFrom, which only a cluster resolves: {inherited}")
     bin_dir = str(Path(python).parent)
     search_path = os.pathsep.join([bin_dir, base_env.get("PATH", os.defpath)])
     launches = []
