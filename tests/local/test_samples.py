@@ -68,6 +68,17 @@ def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
     manifest = json.loads((folder / "artifacts" / "manifest.json").read_text())
     assert {"model.pt", "logs/master-0.log"} <= {entry["path"] for entry in manifest["files"]}
     assert status["artifacts"]["uri"] == (folder / "artifacts").resolve().as_uri()
+    # The learning curve of the run, drawn from the same history.
+    plotted = subprocess.run(
+        [*TRAINRUN, "metrics", folder.name, "--local", "--runs-dir", str(runs_dir), "--plot", str(tmp_path / "loss.svg")],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+    )
+    assert plotted.returncode == 0, plotted.stderr
+    assert "wrote" in plotted.stderr and "(loss)" in plotted.stderr
+    assert (tmp_path / "loss.svg").read_text().lstrip().startswith("<?xml")
 
 
 def test_a_code_folder_is_staged_and_becomes_the_working_directory(tmp_path: Path) -> None:

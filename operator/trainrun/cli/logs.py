@@ -1,11 +1,14 @@
 """``trainrun logs`` and ``trainrun metrics``: what the replicas wrote and the numbers read from it.
 
-Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally).
+Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally);
+``metrics --plot`` draws the history with ``trainrun.cli.plots``.
 """
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +21,7 @@ from trainrun.cli.common import (
     RunsDirOption,
     add_command,
     client_for,
+    fail,
 )
 
 
@@ -53,6 +57,10 @@ def metrics_command(
     name: NameArgument,
     history: Annotated[bool, typer.Option("--history", help="Every metric line, not only the latest values.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (latest, key and history).")] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."),
+    ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
@@ -60,6 +68,13 @@ def metrics_command(
     """The run's metrics: the latest value of each, or (--history) every metric line."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     metrics = client.metrics(name)
+    if plot is not None:
+        from trainrun.cli.plots import plot_metrics
+
+        drawn = plot_metrics(metrics["history"], plot, title=name)
+        if not drawn:
+            fail(f"{name} has no metric history to plot yet")
+        print(f"wrote {plot} ({', '.join(drawn)})", file=sys.stderr)
     if as_json:
         print(json.dumps(metrics, indent=2))
         return
