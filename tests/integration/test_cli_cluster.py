@@ -93,3 +93,31 @@ def test_invalid_file_is_refused_before_it_reaches_the_cluster(kube_cluster: Kub
     assert refused.returncode == 1
     assert "spec.distribution.workers" in refused.stderr and "Traceback" not in refused.stderr
     assert kube_cluster.get("trainingrun", "bad", kube_namespace) is None
+
+
+def test_an_unreachable_api_server_is_one_clear_line(tmp_path: Path) -> None:
+    """A kubeconfig whose server does not answer (a cluster that is down, a VPN not connected)."""
+    import socket
+
+    with socket.socket() as probe:  # a port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "down", "cluster": {"server": f"https://127.0.0.1:{port}", "insecure-skip-tls-verify": True}}],
+                "users": [{"name": "me", "user": {"token": "t"}}],
+                "contexts": [{"name": "down", "context": {"cluster": "down", "user": "me"}}],
+                "current-context": "down",
+            }
+        )
+    )
+    result = subprocess.run(
+        [TRAINRUN, "--kubeconfig", str(kubeconfig), "get"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: cannot reach the API server:"), result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -8,9 +8,10 @@ operator's handlers, the log follower, and the cluster backend of ``trainrun.Cli
 from __future__ import annotations
 
 import builtins
+import functools
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import urllib3
 from kubernetes import client, config, watch
@@ -42,6 +43,32 @@ def _error_from(error: ApiException, what: str) -> KubeError:
     except (TypeError, ValueError):
         pass
     return KubeError(f"{what}: {message}", status=error.status)
+
+
+# What the client raises when the API server cannot be reached or a connection breaks (not an HTTP answer).
+_UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
+_Parameters = ParamSpec("_Parameters")
+_Result = TypeVar("_Result")
+
+
+def _unreachable_error(error: BaseException) -> KubeError:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return KubeError(f"cannot reach the API server: {text}")
+
+
+def _reaching(
+    method: Callable[Concatenate[KubeApi, _Parameters], _Result],
+) -> Callable[Concatenate[KubeApi, _Parameters], _Result]:
+    """Turn a connection failure in an API call into KubeError, so that callers handle one error type."""
+
+    @functools.wraps(method)
+    def call(api: KubeApi, /, *args: _Parameters.args, **kwargs: _Parameters.kwargs) -> _Result:
+        try:
+            return method(api, *args, **kwargs)
+        except _UNREACHABLE as error:
+            raise _unreachable_error(error) from None
+
+    return call
 
 
 def load_api_client(*, kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -76,6 +103,7 @@ class KubeApi:
             self._dynamic = DynamicClient(self.api_client)
         return self._dynamic
 
+    @_reaching
     def resource(self, api_version: str, kind: str) -> Any:
         try:
             return self.dynamic.resources.get(api_version=api_version, kind=kind)
@@ -87,6 +115,7 @@ class KubeApi:
             except ResourceNotFoundError:
                 raise KindNotServed(f"the cluster does not serve {kind} ({api_version}): is its CRD installed?") from None
 
+    @_reaching
     def apply(self, obj: Object, *, field_manager: str = DEFAULT_FIELD_MANAGER, force: bool = True) -> Object:
         """Server-side apply: create or update to exactly this intent, idempotently."""
         what = f"apply {obj['kind']} {obj['metadata']['name']}"
@@ -115,6 +144,7 @@ class KubeApi:
         )
         return cast(Object, result.to_dict())
 
+    @_reaching
     def create(self, obj: Object) -> Object:
         """Create, or raise KubeError with status 409 when it exists."""
         resource = self.resource(obj["apiVersion"], obj["kind"])
@@ -124,6 +154,7 @@ class KubeApi:
             raise _error_from(error, f"create {obj['kind']} {obj['metadata']['name']}") from None
         return cast(Object, result.to_dict())
 
+    @_reaching
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Object | None:
         """The object, or None when it does not exist."""
         resource = self.resource(api_version, kind)
@@ -134,6 +165,7 @@ class KubeApi:
         except ApiException as error:
             raise _error_from(error, f"get {kind} {name}") from None
 
+    @_reaching
     def list(
         self, api_version: str, kind: str, namespace: str | None, *, label_selector: str | None = None
     ) -> builtins.list[Object]:
@@ -145,6 +177,7 @@ class KubeApi:
             raise _error_from(error, f"list {kind}") from None
         return [cast(Object, item) for item in listing.to_dict().get("items", [])]
 
+    @_reaching
     def delete(self, api_version: str, kind: str, name: str, namespace: str | None) -> bool:
         """Delete with foreground propagation; False when it was already gone."""
         resource = self.resource(api_version, kind)
@@ -156,6 +189,7 @@ class KubeApi:
             raise _error_from(error, f"delete {kind} {name}") from None
         return True
 
+    @_reaching
     def patch_merge(
         self,
         api_version: str,
@@ -177,6 +211,7 @@ class KubeApi:
             raise _error_from(error, f"patch {kind} {name}") from None
         return cast(Object, result.to_dict())
 
+    @_reaching
     def events(self, namespace: str, *, involved_names: Iterable[str]) -> builtins.list[Object]:
         """Events about the named objects, oldest first."""
         wanted = set(involved_names)
@@ -215,6 +250,8 @@ class KubeApi:
             response = core.read_namespaced_pod_log(name, namespace, **arguments)
         except ApiException as error:
             raise _error_from(error, f"logs of pod {name}") from None
+        except _UNREACHABLE as error:
+            raise _unreachable_error(error) from None
         try:
             pending = b""
             for chunk in response.stream(amt=65536, decode_content=True):
@@ -224,7 +261,7 @@ class KubeApi:
                     yield line.decode("utf-8", errors="replace")
             if pending:
                 yield pending.decode("utf-8", errors="replace")
-        except (urllib3.exceptions.HTTPError, OSError) as error:
+        except _UNREACHABLE as error:
             # The kubelet ends a followed stream abruptly when the container stops or restarts.
             raise KubeError(f"log stream of pod {name} broke off: {error}") from None
         finally:
@@ -255,6 +292,8 @@ class KubeApi:
                 yield str(event["type"]), cast(Object, event["raw_object"])
         except ApiException as error:
             raise _error_from(error, f"watch {kind}") from None
+        except _UNREACHABLE as error:
+            raise _unreachable_error(error) from None
         finally:
             watcher.stop()
 
