@@ -302,3 +302,31 @@ def test_replica_logs_become_status_metrics_while_the_run_trains(
     run = wait_until(lambda: metrics_reported({"val_loss": 0.31}), timeout=60, what="a metric appended to a followed log")
     assert run["status"]["keyMetric"] == "val_loss=0.31"
     kube_cluster.kubectl("delete", "tr", "logs", "-n", namespace, "--wait=false")
+
+
+def test_more_active_runs_than_handler_threads_all_reach_running(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
+) -> None:
+    """Each active run has a log follower for its whole life; none may hold a handler thread, or with
+    more runs than threads no create, event or resync handler would ever run again."""
+    from trainrun.controller.handlers import HANDLER_THREADS
+
+    count = HANDLER_THREADS + 4
+    documents = [
+        training_run(
+            f"many-{index}",
+            kube_namespace,
+            distribution={"workers": 0},
+            resources={"pool": "cpu", "cpu": "100m", "memory": "64Mi"},
+            podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
+        )
+        for index in range(count)
+    ]
+    kube_cluster.apply(*documents)
+
+    def all_running() -> bool:
+        runs = kube_cluster.list_objects("trainingruns", kube_namespace)
+        return sum(run.get("status", {}).get("phase") == "Running" for run in runs) == count
+
+    wait_until(all_running, timeout=240, what=f"{count} TrainingRuns Running", interval=1)
+    kube_cluster.kubectl("delete", "trainingruns", "--all", "-n", kube_namespace, "--wait=false")

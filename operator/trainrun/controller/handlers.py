@@ -10,7 +10,10 @@ a missing training-operator becomes a Stalled condition, never a crash loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 10.0
 RETRY_DELAY_SECONDS = 10
+# kopf's executor threads for the sync handlers (each reconcile holds one for a few API calls).
+HANDLER_THREADS = 16
 _state: dict[str, Reconciler] = {}
 
 
@@ -54,7 +59,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 120
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_THREADS
 
 
 def _reconcile(body: Mapping[str, Any]) -> None:
@@ -94,13 +99,45 @@ def on_child_event(labels: kopf.Labels, namespace: str | None, type: str, **_: A
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, when=is_active, cancellation_timeout=30)
-def follow_logs(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-    """Follow the replicas' logs while the run is active, then archive them next to the artifacts."""
+async def follow_logs(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
+    """Follow the replicas' logs while the run is active, then archive them next to the artifacts.
+
+    The follower blocks (one thread per log stream, plus its own loop), so it gets a thread of its
+    own: a sync daemon would hold one of kopf's executor threads for the run's whole life, and with
+    more active runs than ``max_workers`` no other handler (creates, child events, resyncs) would run.
+    """
     try:
         run = load_training_run(body)
     except InvalidTrainingRun:
         return  # the reconcile reports the problem; there is nothing to follow
     api = reconciler().api
     follower = LogFollower(api, run)
-    follower.follow(stopped)
-    ArtifactReader(api).archive_logs(run, follower.log_files())
+    stop = threading.Event()
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def follow_then_archive() -> None:
+        try:
+            follower.follow(stop)
+            ArtifactReader(api).archive_logs(run, follower.log_files())
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: the operator is exiting
+                loop.call_soon_threadsafe(_settle, finished)
+
+    threading.Thread(target=follow_then_archive, name=f"logs-{run.metadata.name}", daemon=True).start()
+    stopping = asyncio.ensure_future(_until(stopped))
+    try:
+        await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        stop.set()
+    await finished
+
+
+async def _until(stopped: kopf.DaemonStopped) -> None:
+    await stopped.wait()
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

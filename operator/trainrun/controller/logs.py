@@ -31,11 +31,9 @@ LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
 
 
 class Stopped(Protocol):
-    """What kopf's DaemonStopped offers and the follower needs."""
+    """What the follower needs to know when to stop (a ``threading.Event`` is one)."""
 
-    def wait(self, timeout: float | None = None) -> object: ...
-
-    def __bool__(self) -> bool: ...
+    def is_set(self) -> bool: ...
 
 
 class LogFollower:
@@ -59,13 +57,13 @@ class LogFollower:
         give the open streams a moment to end and keep their last lines too."""
         with ExitStack() as archives:
             files: dict[str, TextIO] = {}
-            while not stopped:
+            while not stopped.is_set():
                 try:
                     self.streams.poll()
                 except KubeError as error:
                     logger.warning("listing pods of %s failed: %s", self.run.metadata.name, error)
                 deadline = time.monotonic() + STATUS_FLUSH_SECONDS
-                while not stopped and time.monotonic() < deadline:
+                while not stopped.is_set() and time.monotonic() < deadline:
                     self._take(self.streams.lines(STOP_CHECK_SECONDS), files, archives)
                 self.flush_metrics()
             self.streams.wait(STATUS_FLUSH_SECONDS)
