@@ -118,6 +118,15 @@ def test_late_replicas_restarts_and_recreated_pods_are_followed(
     seen = collect(only_late, lambda lines: len(lines) >= 2, timeout=30)
     assert {line.replica for line in seen} == {"worker-1"}
 
+    # kwok keeps a followed log open after its container ended, as a stalled connection would:
+    # close() ends every stream, so no reader thread outlives the follower that started it.
+    for opened in (streams, only_late):
+        assert opened.reading()
+        opened.close()
+        opened.wait(10)
+        assert not opened.reading()
+        assert not [line for line in opened.lines(0) if line.note]  # closing is not a broken stream
+
 
 def test_following_a_run_ends_when_the_run_has_finished(
     kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, tmp_path: Path

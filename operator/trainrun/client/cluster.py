@@ -121,14 +121,24 @@ class ClusterBackend:
     ) -> Iterator[tuple[str, str]]:
         """Lines of every replica pod (or one) as they come, pods that start later included, until the run
         has finished and its streams have ended; on_status hears each phase change."""
-        streams: ReplicaLogStreams | None = None
+        run = self.get(name)
+        wanted = None if replica is None else {replica}
+        streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted)
+        try:
+            yield from self._follow_streams(name, run, streams, on_status)
+        finally:  # also when the caller stops reading early
+            streams.close()
+
+    def _follow_streams(
+        self,
+        name: str,
+        run: Object,
+        streams: ReplicaLogStreams,
+        on_status: Callable[[Object, TrainingRunStatus], None] | None,
+    ) -> Iterator[tuple[str, str]]:
         last_phase = None
         finished_at: float | None = None
         while True:
-            run = self.get(name)
-            if streams is None:
-                wanted = None if replica is None else {replica}
-                streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted)
             status = TrainingRunStatus.model_validate(run.get("status") or {})
             if on_status is not None and status.phase is not None and status.phase != last_phase:
                 on_status(run, status)
@@ -145,6 +155,7 @@ class ClusterBackend:
                 yield line.replica, line.text
             if done:
                 return
+            run = self.get(name)
 
     def metric_history(self, name: str) -> Objects:
         """Metric records parsed from the Master's log (the status keeps only the latest values)."""

@@ -67,6 +67,7 @@ class LogFollower:
                     self._take(self.streams.lines(STOP_CHECK_SECONDS), files, archives)
                 self.flush_metrics()
             self.streams.wait(STATUS_FLUSH_SECONDS)
+            self.streams.close()  # what is still open would never end on its own
             self._take(self.streams.lines(0), files, archives)
         self.flush_metrics()
 

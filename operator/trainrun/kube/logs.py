@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from trainrun.kube.api import KubeApi, KubeError
+from trainrun.kube.api import KubeApi, KubeError, StreamCloser
 from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
 from trainrun.status import replica_name
 
@@ -61,9 +61,14 @@ class ReplicaLogStreams:
         self._queue: queue.Queue[LogLine] = queue.Queue()
         # One thread per pod uid and container start: a new pod or a restarted container is read anew.
         self._threads: dict[tuple[str, int], threading.Thread] = {}
+        self._closers: list[StreamCloser] = []
+        self._closing = threading.Event()
+        self._lock = threading.Lock()
 
     def poll(self) -> None:
         """Start reading every wanted replica whose training container has started since the last poll."""
+        if self._closing.is_set():
+            return
         for replica, pod in replica_pods(self.api, self.namespace, self.job_name).items():
             if self.replicas is not None and replica not in self.replicas:
                 continue
@@ -99,17 +104,39 @@ class ReplicaLogStreams:
         for thread in self._threads.values():
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
+    def close(self) -> None:
+        """End every open stream (a stream the server keeps open after its container ended, too)."""
+        with self._lock:
+            self._closing.set()
+            closers = list(self._closers)
+        for closer in closers:
+            closer.close()
+
+    def _new_closer(self) -> StreamCloser | None:
+        with self._lock:
+            if self._closing.is_set():
+                return None
+            closer = StreamCloser()
+            self._closers.append(closer)
+            return closer
+
     def _read(self, replica: str, pod_name: str, uid: str, restarts: int) -> None:
         """Read one container's log to its end; a stream that breaks off while the container still runs
         (an API server restart, an idle connection cut) is opened again where it stopped."""
         position = StreamPosition()
         breaks = 0
-        while True:
+        while (closer := self._new_closer()) is not None:
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
             try:
                 for stamped in self.api.pod_logs(
-                    pod_name, self.namespace, container=CONTAINER_NAME, follow=True, timestamps=True, since_seconds=since
+                    pod_name,
+                    self.namespace,
+                    container=CONTAINER_NAME,
+                    follow=True,
+                    timestamps=True,
+                    since_seconds=since,
+                    closer=closer,
                 ):
                     stamp_text, _, text = stamped.partition(" ")
                     stamp = parse_log_time(stamp_text)
@@ -122,14 +149,16 @@ class ReplicaLogStreams:
                 why = "it ended"
             except KubeError as error:
                 why = str(error)
-            if not self._still_running(pod_name, uid, restarts):
+            with self._lock:
+                self._closers.remove(closer)
+            if self._closing.is_set() or not self._still_running(pod_name, uid, restarts):
                 return
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             self._queue.put(
                 LogLine(replica, f"[trainrun] log stream of {pod_name} broke off ({why}); reading on", note=True)
             )
-            time.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+            self._closing.wait(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
     def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
         """Whether the container a stream read is still the pod's running training container."""
