@@ -61,6 +61,16 @@ def test_logs_prefix_each_line_unless_one_replica_is_asked(quickstart: FinishedR
     assert code == 0 and output.splitlines()[0].startswith("[master-0] ")
     code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0")
     assert code == 0 and output == (quickstart.folder / "logs" / "master-0.log").read_text()
+    # --tail N: the last N lines of each replica, as kubectl logs --tail.
+    master_lines = (quickstart.folder / "logs" / "master-0.log").read_text().splitlines()
+    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0", "--tail", "3")
+    assert code == 0 and output.splitlines() == master_lines[-3:]
+    code, output = invoke(quickstart, "logs", "quickstart", "--tail", "1")
+    expected = []
+    for replica in ("master-0", "worker-0"):
+        lines = (quickstart.folder / "logs" / f"{replica}.log").read_text().splitlines()
+        expected += [f"[{replica}] {line}" for line in lines[-1:]]  # a replica that printed nothing has none
+    assert code == 0 and output.splitlines() == expected
 
 
 def test_metrics_latest_and_history(quickstart: FinishedRun) -> None:

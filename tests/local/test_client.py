@@ -84,3 +84,25 @@ def test_unknown_runs_and_replicas_are_named(quickstart: FinishedRun) -> None:
         client.get("nope")
     with pytest.raises(RunNotFound, match="no replica 'worker-7'.*master-0, worker-0"):
         list(client.logs("quickstart", replica="worker-7"))
+
+
+@pytest.mark.parametrize(
+    ("content", "count", "expected"),
+    [
+        (b"a\nb\nc\n", 1, b"c\n"),
+        (b"a\nb\nc\n", 2, b"b\nc\n"),
+        (b"a\nb\nc\n", 5, b"a\nb\nc\n"),
+        (b"a\nb\nc", 1, b"c"),  # a last line still being written
+        (b"a\nb\nc\n", 0, b""),
+        (b"", 3, b""),
+        (b"x" * 200_000 + b"\n" + b"y" * 100_000 + b"\n", 1, b"y" * 100_000 + b"\n"),  # across read blocks
+    ],
+)
+def test_the_last_lines_of_a_log_file_are_found_from_its_end(
+    tmp_path: Path, content: bytes, count: int, expected: bytes
+) -> None:
+    from trainrun.client.local import offset_of_last_lines
+
+    path = tmp_path / "replica.log"
+    path.write_bytes(content)
+    assert content[offset_of_last_lines(path, count) :] == expected

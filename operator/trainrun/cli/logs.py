@@ -38,6 +38,9 @@ def logs_command(
     replica: Annotated[
         str, typer.Option("--replica", "-r", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
     ] = "all",
+    tail: Annotated[
+        int | None, typer.Option("--tail", min=0, help="Start at the last N lines of each replica's log.")
+    ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
@@ -46,7 +49,7 @@ def logs_command(
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     prefixed = replica == "all"
     try:
-        for source, line in client.logs(name, follow=follow, replica=None if prefixed else replica):
+        for source, line in client.logs(name, follow=follow, replica=None if prefixed else replica, tail=tail):
             print(f"[{source}] {line}" if prefixed else line, flush=follow)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -47,7 +47,9 @@ class Backend(Protocol):
 
     def list(self, *, all_namespaces: bool = False) -> Objects: ...
 
-    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]: ...
+    def logs(
+        self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
+    ) -> Iterator[tuple[str, str]]: ...
 
     def metric_history(self, name: str) -> Objects: ...
 
@@ -194,9 +196,14 @@ class Client:
                 WAIT_POLL_SECONDS if deadline is None else max(min(WAIT_POLL_SECONDS, deadline - time.monotonic()), 0)
             )
 
-    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
-        """(replica, line) pairs of every replica (or one: master-0, worker-1); follow keeps reading."""
-        return self.backend.logs(name, follow=follow, replica=replica)
+    def logs(
+        self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
+    ) -> Iterator[tuple[str, str]]:
+        """(replica, line) pairs of every replica (or one: master-0, worker-1); follow keeps reading;
+        tail starts each replica's log at its last ``tail`` lines (as ``kubectl logs --tail``)."""
+        if tail is not None and tail < 0:
+            raise ValueError(f"tail must be 0 or more, got {tail}")
+        return self.backend.logs(name, follow=follow, replica=replica, tail=tail)
 
     def metrics(self, name: str) -> Object:
         """{"latest": {name: value}, "key": "val_loss=0.31", "history": [{epoch, step, values...}]}."""

@@ -97,11 +97,13 @@ class ClusterBackend:
     def list(self, *, all_namespaces: bool = False) -> Objects:
         return self.api.list(API_VERSION, KIND, None if all_namespaces else self._namespace())
 
-    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
+    def logs(
+        self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
+    ) -> Iterator[tuple[str, str]]:
         """(replica, line) of the run's replica pods, Master first; follow streams them until the run ends."""
         wanted = None if replica in (None, "all") else replica
         if follow:
-            yield from self._follow(name, replica=wanted, on_status=None)
+            yield from self._follow(name, replica=wanted, on_status=None, tail=tail)
             return
         pods = self._pods(self.get(name))
         if wanted is not None:
@@ -109,7 +111,7 @@ class ClusterBackend:
             if not pods:
                 raise RunNotFound(f"run {name!r} has no pod for replica {wanted!r} (yet)")
         for replica_id, pod in pods.items():
-            for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace()):
+            for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace(), tail_lines=tail):
                 yield replica_id, line
 
     def _follow(
@@ -118,12 +120,13 @@ class ClusterBackend:
         *,
         replica: str | None,
         on_status: Callable[[Object, TrainingRunStatus], None] | None,
+        tail: int | None = None,
     ) -> Iterator[tuple[str, str]]:
         """Lines of every replica pod (or one) as they come, pods that start later included, until the run
         has finished and its streams have ended; on_status hears each phase change."""
         run = self.get(name)
         wanted = None if replica is None else {replica}
-        streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted)
+        streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted, tail=tail)
         try:
             yield from self._follow_streams(name, run, streams, on_status)
         finally:  # also when the caller stops reading early

@@ -84,7 +84,9 @@ class LocalBackend:
     def list(self, *, all_namespaces: bool = False) -> Objects:
         return [run_object(folder) for folder in run_folders(self.runs_dir)]
 
-    def logs(self, name: str, *, follow: bool = False, replica: str | None = None) -> Iterator[tuple[str, str]]:
+    def logs(
+        self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
+    ) -> Iterator[tuple[str, str]]:
         """(replica, line) from the log files; with follow, until the run has finished and said all."""
         folder = self._folder(name)
         wanted = None if replica in (None, "all") else replica
@@ -96,7 +98,10 @@ class LocalBackend:
             finished = _phase_of(run_object(folder)).finished if follow else True
             names = [wanted] if wanted is not None else folder.replicas()
             for replica_name in sorted(names, key=replica_sort_key):
-                yield from _new_lines(folder.log_path(replica_name), replica_name, offsets, final=finished)
+                path = folder.log_path(replica_name)
+                if tail is not None and replica_name not in offsets and path.exists():
+                    offsets[replica_name] = offset_of_last_lines(path, tail)
+                yield from _new_lines(path, replica_name, offsets, final=finished)
             if finished:
                 return
             time.sleep(FOLLOW_POLL_SECONDS)
@@ -173,6 +178,27 @@ def _runner_alive(folder: RunFolder) -> bool:
 
 def _phase_of(run: Object) -> Phase:
     return TrainingRunStatus.model_validate(run.get("status") or {}).phase or Phase.PREPARING
+
+
+def offset_of_last_lines(path: Path, count: int) -> int:
+    """Where the last ``count`` complete lines of the file begin (read from the end, not the whole file)."""
+    with path.open("rb") as log:
+        end = log.seek(0, os.SEEK_END)
+        if count == 0:
+            return end
+        position, newlines, block = end, 0, 64 * 1024
+        while position > 0:
+            start = max(0, position - block)
+            log.seek(start)
+            chunk = log.read(position - start)
+            for index in range(len(chunk) - 1, -1, -1):
+                if chunk[index] != ord("\n") or start + index == end - 1:
+                    continue  # the newline that ends the last line starts nothing
+                newlines += 1
+                if newlines == count:
+                    return start + index + 1
+            position = start
+    return 0
 
 
 def _new_lines(path: Path, replica: str, offsets: dict[str, int], *, final: bool) -> Iterator[tuple[str, str]]:

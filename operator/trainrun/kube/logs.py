@@ -49,12 +49,20 @@ class LogLine:
 
 
 class ReplicaLogStreams:
-    """The followed logs of one job's replica pods (``replicas`` limits them, e.g. ``{"master-0"}``)."""
+    """The followed logs of one job's replica pods (``replicas`` limits them, e.g. ``{"master-0"}``;
+    ``tail`` starts each at its last lines)."""
 
     def __init__(
-        self, api: KubeApi, namespace: str, job_name: str, *, replicas: Collection[str] | None = None
+        self,
+        api: KubeApi,
+        namespace: str,
+        job_name: str,
+        *,
+        replicas: Collection[str] | None = None,
+        tail: int | None = None,
     ) -> None:
         self.api = api
+        self.tail = tail  # start each container's log at its last lines rather than its first
         self.namespace = namespace
         self.job_name = job_name
         self.replicas = frozenset(replicas) if replicas is not None else None
@@ -136,6 +144,7 @@ class ReplicaLogStreams:
                     follow=True,
                     timestamps=True,
                     since_seconds=since,
+                    tail_lines=self.tail if since is None else None,
                     closer=closer,
                 ):
                     stamp_text, _, text = stamped.partition(" ")
