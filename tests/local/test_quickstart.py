@@ -65,7 +65,7 @@ def test_metric_records_carry_position_and_replica(quickstart: FinishedRun) -> N
 
 def test_artifacts_reach_the_output_uri_with_the_manifest_last(quickstart: FinishedRun) -> None:
     artifacts = quickstart.artifacts
-    for name in ("model.pt", "model.ts", "metrics.jsonl", "run.json", "logs/master-0.log", "logs/worker-0.log"):
+    for name in ("model.pt", "model.ts", "model.pt2", "metrics.jsonl", "run.json", "logs/master-0.log", "logs/worker-0.log"):
         assert (artifacts / name).is_file(), name
     manifest = json.loads((artifacts / "manifest.json").read_text())
     listed = {entry["path"] for entry in manifest["files"]}
@@ -82,6 +82,10 @@ def test_the_model_loads_without_the_training_code(quickstart: FinishedRun) -> N
     model = torch.jit.load(str(quickstart.artifacts / "model.ts"))
     output = model(torch.zeros(1, 1, 28, 28))
     assert output.shape == (1, 10)
+    # The torch.export program: the same network, any batch size.
+    program = torch.export.load(str(quickstart.artifacts / "model.pt2")).module()
+    images = torch.rand(5, 1, 28, 28)
+    assert torch.allclose(program(images), model(images), atol=1e-5)
 
 
 def test_the_worker_writes_to_its_own_scratch_folder(quickstart: FinishedRun) -> None:

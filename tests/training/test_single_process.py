@@ -67,18 +67,23 @@ def test_output_folder_holds_the_contracted_files(two_epochs: TrainerRun) -> Non
     network.load_state_dict(torch.load(output / "model.pt", weights_only=True))
 
 
-def test_torchscript_model_loads_and_predicts_without_the_training_code(two_epochs: TrainerRun,
-                                                                         tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("file", "loader"),
+    [("model.ts", "torch.jit.load({path!r})"), ("model.pt2", "torch.export.load({path!r}).module()")],
+)
+def test_exported_models_load_and_predict_without_the_training_code(two_epochs: TrainerRun, tmp_path: Path,
+                                                                    file: str, loader: str) -> None:
+    path = str(two_epochs.output_dir / file)
     script = (
         "import sys, torch\n"
         "sys.modules['trainrun_trainer'] = None  # any import of the training code now fails\n"
-        f"model = torch.jit.load({str(two_epochs.output_dir / 'model.ts')!r})\n"
-        "print(tuple(model(torch.rand(5, 3, 32, 32)).shape))\n"
+        f"model = {loader.format(path=path)}\n"
+        "print(tuple(model(torch.rand(5, 3, 32, 32)).shape), tuple(model(torch.rand(1, 3, 32, 32)).shape))\n"
     )
     result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True,
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(5, 10)"
+    assert result.stdout.strip() == "(5, 10) (1, 10)"
 
 
 def test_rerun_with_more_epochs_resumes_from_the_newest_checkpoint(output_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts and run.json.
+"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts, model.pt2 and run.json.
 
 Called by `trainrun_trainer.training` on rank 0. Every file is written to a temporary name and
 renamed into place, so a replica killed mid-write never leaves a half-written newest checkpoint
@@ -23,6 +23,9 @@ from trainrun_trainer.models import ImageClassifier
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 MODEL_STATE_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.ts"
+EXPORTED_PROGRAM_FILE = "model.pt2"
+# The batch size model.pt2 accepts (torch.export needs a range for a dynamic dimension).
+EXPORT_MAX_BATCH = 65536
 RUN_SUMMARY_FILE = "run.json"
 
 
@@ -66,7 +69,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def export_model(classifier: ImageClassifier, *, output_dir: Path, input_shape: tuple[int, int, int]) -> None:
     """model.pt: the network's state dict (loads into the torchvision model of the same name);
-    model.ts: the whole classifier traced to TorchScript, taking float images in [0, 1]."""
+    model.ts: the whole classifier traced to TorchScript, taking float images in [0, 1];
+    model.pt2: the same as a ``torch.export`` program (``torch.export.load(path).module()``), any batch
+    size, the format PyTorch now recommends over TorchScript. A network torch.export cannot capture
+    leaves model.pt2 out with a warning; model.ts and model.pt are always written."""
     exported = copy.deepcopy(classifier).to(device="cpu", dtype=torch.float32)
     exported = exported.to(memory_format=torch.contiguous_format).eval()
     _replace_atomically(output_dir / MODEL_STATE_FILE,
@@ -78,6 +84,12 @@ def export_model(classifier: ImageClassifier, *, output_dir: Path, input_shape: 
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(exported, example)  # type: ignore[no-untyped-call]
         _replace_atomically(output_dir / TORCHSCRIPT_FILE, lambda target: torch.jit.save(traced, str(target)))
+    try:
+        batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
+        program = torch.export.export(exported, (example,), dynamic_shapes=({0: batch},))
+        _replace_atomically(output_dir / EXPORTED_PROGRAM_FILE, lambda target: torch.export.save(program, target))
+    except Exception as error:  # noqa: BLE001 - an optional format: say why it is missing, keep the run
+        print(f"warning: {EXPORTED_PROGRAM_FILE} not written, torch.export failed: {error}".splitlines()[0], flush=True)
 
 
 def write_run_summary(output_dir: Path, summary: dict[str, Any]) -> None:
