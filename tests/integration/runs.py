@@ -7,6 +7,7 @@ trainrun.controller.handlers``), so a test can SIGKILL and restart it.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,39 @@ def events_of(cluster: KubeCluster, name: str, namespace: str) -> list[dict[str,
 
 def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(item for item in run["status"]["conditions"] if item["type"] == kind)
+
+
+def service_account_cluster(cluster: KubeCluster, folder: Path) -> KubeCluster:
+    """The cluster as the operator's ServiceAccount sees it, with only the RBAC of ``manifests/`` (installed
+    here as the README says; the Deployment is removed, the operator runs as a local process instead)."""
+    cluster.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"))
+    cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system", "--ignore-not-found")
+    token = cluster.kubectl("create", "token", "trainrun-operator", "-n", "trainrun-system", "--duration", "2h")
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token.stdout.strip()}
+    kubeconfig = folder / "kubeconfig-trainrun-operator"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    return KubeCluster(name=cluster.name, kubeconfig=kubeconfig)
+
+
+@pytest.fixture(scope="module")
+def operator_with_shipped_rbac(
+    kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator as a process authenticated as its ServiceAccount: what it does needs no more rights
+    than manifests/base/rbac.yaml grants."""
+    folder = tmp_path_factory.mktemp("operator-rbac")
+    process = OperatorProcess(service_account_cluster(kube_cluster, folder), folder / "operator.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        # An RBAC denial, not e.g. "forbidden: ... because it is being terminated" (a namespace going away).
+        denial = re.compile(r'forbidden: User "[^"]+" cannot')
+        forbidden = [line for line in process.log_path.read_text(errors="replace").splitlines() if denial.search(line)]
+        assert not forbidden, "the shipped RBAC is missing a right:\n" + "\n".join(forbidden[:5])
 
 
 @pytest.fixture(scope="module")

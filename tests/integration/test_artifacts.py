@@ -1,7 +1,7 @@
 """The artifact copy in the cluster: PyTorchJob Succeeded -> Uploading -> the uploader Job -> Completed.
 
-Real parts throughout: the kwok control plane and training-operator, the operator as a process, and
-a SeaweedFS S3 server. kwok only simulates the uploader pod's outcome, so the test runs the very
+Real parts throughout: the kwok control plane and training-operator, the operator as a process with
+only its ServiceAccount's rights (the RBAC of manifests/), and a SeaweedFS S3 server. kwok only simulates the uploader pod's outcome, so the test runs the very
 command that pod runs (``trainrun upload /outputs <uri>`` with the Secret's variables) against the
 S3 server itself; the operator then reads the manifest from the bucket into ``status.artifacts``.
 """
@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from runs import OperatorProcess, get_run, kubectl_apply, operator, training_run, wait_for_phase
+from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run, wait_for_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
 
 pytestmark = pytest.mark.cluster
-__all__ = ["operator"]  # a fixture, used by name
+__all__ = ["operator_with_shipped_rbac"]  # a fixture, used by name
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +75,15 @@ def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path
 @pytest.mark.parametrize("own_claim", [True, False], ids=["users-claim-kept", "per-run-claim-released"])
 def test_succeeded_training_is_uploaded_and_recorded(
     kube_cluster: KubeCluster,
-    operator: OperatorProcess,
+    operator_with_shipped_rbac: OperatorProcess,
     kube_namespace: str,
     s3_server: SeaweedFS,
     tmp_path: Path,
     own_claim: bool,
 ) -> None:
+    # The operator authenticates as its ServiceAccount here: the whole flow (job, claim, Secret, uploader
+    # Job, pod logs, Events, claim release) must work with only the RBAC that manifests/ installs.
+    operator = operator_with_shipped_rbac
     namespace = kube_namespace
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/art"
     secret_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
