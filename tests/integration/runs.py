@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,9 +32,21 @@ class OperatorProcess:
         self.cluster = cluster
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        with socket.socket() as probe:  # a free port for its Prometheus metrics
+            probe.bind(("127.0.0.1", 0))
+            self.metrics_port: int = probe.getsockname()[1]
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
-        env = {**self.cluster.env(), "TRAINRUN_OPERATOR_NAMESPACE": "trainrun-system", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **self.cluster.env(),
+            "TRAINRUN_OPERATOR_NAMESPACE": "trainrun-system",
+            "TRAINRUN_METRICS_PORT": str(self.metrics_port),
+            "PYTHONUNBUFFERED": "1",
+        }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],

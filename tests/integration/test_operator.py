@@ -66,6 +66,29 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
     assert "Running" in reasons and "Completed" in reasons, reasons
     job = kube_cluster.get("pytorchjob", "resnet", namespace)
     assert job is not None and job["metadata"]["ownerReferences"][0]["uid"] == run["metadata"]["uid"]
+    # The operator's own Prometheus metrics saw it too.
+    samples = scrape(operator.metrics_url)
+    assert samples[("trainrun_phase_changes_total", (("phase", "Completed"),))] >= 1
+    assert samples[("trainrun_phase_changes_total", (("phase", "Running"),))] >= 1
+    assert sum(value for (name, labels), value in samples.items()
+               if name == "trainrun_reconciles_total" and ("result", "ok") in labels) >= 3
+    assert samples[("trainrun_reconcile_duration_seconds_count", ())] >= 3
+    assert ("trainrun_log_followers", ()) in samples
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples at a Prometheus endpoint, by (name, sorted labels)."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 @pytest.mark.parametrize(

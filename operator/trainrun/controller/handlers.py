@@ -14,11 +14,13 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
 
+from trainrun.controller import telemetry
 from trainrun.controller.artifacts import ArtifactReader
 from trainrun.controller.logs import LogFollower
 from trainrun.controller.reconcile import Reconciler
@@ -60,13 +62,30 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 120
     settings.execution.max_workers = HANDLER_THREADS
+    port = telemetry.serve_from_env()
+    if port is not None:
+        logger.info("serving Prometheus metrics on :%d/metrics", port)
 
 
-def _reconcile(body: Mapping[str, Any]) -> None:
+def _reconcile(body: Mapping[str, Any], *, trigger: str) -> None:
+    with _counted(trigger):
+        try:
+            reconciler().reconcile(body)
+        except KubeError as error:
+            raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_SECONDS) from error
+
+
+@contextlib.contextmanager
+def _counted(trigger: str) -> Iterator[None]:
+    """Time a reconcile and count it by trigger and outcome."""
+    started = time.monotonic()
+    result = "error"
     try:
-        reconciler().reconcile(body)
-    except KubeError as error:
-        raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_SECONDS) from error
+        yield
+        result = "ok"
+    finally:
+        telemetry.RECONCILE_SECONDS.observe(time.monotonic() - started)
+        telemetry.RECONCILES.labels(trigger=trigger, result=result).inc()
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -74,13 +93,13 @@ def _reconcile(body: Mapping[str, Any]) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_run_changed(body: kopf.Body, **_: Any) -> None:
     """A run was created, changed, or found at start-up: converge it."""
-    _reconcile(body)
+    _reconcile(body, trigger="change")
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, when=is_active)
 def resync(body: kopf.Body, **_: Any) -> None:
     """A periodic level-based check, so nothing depends on catching every event."""
-    _reconcile(body)
+    _reconcile(body, trigger="resync")
 
 
 # Pods (and the uploader's Job) change whenever their PyTorchJob does. The PyTorchJob itself is not
@@ -93,7 +112,8 @@ def on_child_event(labels: kopf.Labels, namespace: str | None, type: str, **_: A
     if not type or namespace is None:  # the initial listing (no type): the runs' resume handlers cover it
         return
     try:
-        reconciler().reconcile_named(namespace, labels[RUN_LABEL])
+        with _counted("child"):
+            reconciler().reconcile_named(namespace, labels[RUN_LABEL])
     except KubeError as error:
         logger.warning("reconcile after a child event failed (the resync retries): %s", error)
 
@@ -125,12 +145,14 @@ async def follow_logs(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) ->
                 loop.call_soon_threadsafe(_settle, finished)
 
     threading.Thread(target=follow_then_archive, name=f"logs-{run.metadata.name}", daemon=True).start()
+    telemetry.LOG_FOLLOWERS.inc()
     stopping = asyncio.ensure_future(_until(stopped))
     try:
         await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
         stop.set()
+        telemetry.LOG_FOLLOWERS.dec()
     await finished
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from trainrun.controller.artifacts import ArtifactReader
+from trainrun.controller.telemetry import PHASE_CHANGES
 from trainrun.kube import KindNotServed, KubeApi, KubeError
 from trainrun.render import FIELD_MANAGER, render_pytorchjob, render_uploader_job, render_volume_claim
 from trainrun.render.changes import decode_applied_spec, pending_changes
@@ -259,6 +260,8 @@ class Reconciler:
         change = phase_event(previous, status)
         if change is not None:
             self._post_event(body, change.type, change.reason, change.message)
+            if status.phase is not None:
+                PHASE_CHANGES.labels(phase=status.phase.value).inc()
 
     def _post_event(self, body: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         metadata = body["metadata"]
