@@ -32,6 +32,8 @@ Objects = list[Object]  # spelled out: inside the classes, ``list`` is the metho
 FIELD_MANAGER = "trainrun-cli"
 FOLLOW_POLL_SECONDS = 2.0
 FINISHED_GRACE_SECONDS = 10.0
+# A run without a phase this long after it was created has no operator serving it (the CLI says so).
+OPERATOR_SILENCE_SECONDS = 30.0
 
 
 class ClusterBackend:
@@ -78,7 +80,15 @@ class ClusterBackend:
                 observer.phase(status)
             final[:] = [run]
 
-        for replica, text in self._follow(name, replica=None, on_status=on_status):
+        def on_silence() -> None:
+            if observer is not None:
+                observer.notice(
+                    f"no operator has taken up trainingrun {name} after {OPERATOR_SILENCE_SECONDS:.0f} s (it has no "
+                    "status): is the trainrun operator running? kubectl get deployment -n trainrun-system "
+                    "trainrun-operator; install it with kubectl apply --server-side -k manifests/"
+                )
+
+        for replica, text in self._follow(name, replica=None, on_status=on_status, on_silence=on_silence):
             if observer is None:
                 continue
             observer.line(replica, text)
@@ -121,14 +131,16 @@ class ClusterBackend:
         replica: str | None,
         on_status: Callable[[Object, TrainingRunStatus], None] | None,
         tail: int | None = None,
+        on_silence: Callable[[], None] | None = None,
     ) -> Iterator[tuple[str, str]]:
         """Lines of every replica pod (or one) as they come, pods that start later included, until the run
-        has finished and its streams have ended; on_status hears each phase change."""
+        has finished and its streams have ended; on_status hears each phase change, on_silence once when
+        the run still has no phase after OPERATOR_SILENCE_SECONDS (no operator is serving it)."""
         run = self.get(name)
         wanted = None if replica is None else {replica}
         streams = ReplicaLogStreams(self.api, self._namespace(), _job_name(run), replicas=wanted, tail=tail)
         try:
-            yield from self._follow_streams(name, run, streams, on_status)
+            yield from self._follow_streams(name, run, streams, on_status, on_silence)
         finally:  # also when the caller stops reading early
             streams.close()
 
@@ -138,14 +150,19 @@ class ClusterBackend:
         run: Object,
         streams: ReplicaLogStreams,
         on_status: Callable[[Object, TrainingRunStatus], None] | None,
+        on_silence: Callable[[], None] | None,
     ) -> Iterator[tuple[str, str]]:
         last_phase = None
         finished_at: float | None = None
+        silent_until = time.monotonic() + OPERATOR_SILENCE_SECONDS
         while True:
             status = TrainingRunStatus.model_validate(run.get("status") or {})
             if on_status is not None and status.phase is not None and status.phase != last_phase:
                 on_status(run, status)
                 last_phase = status.phase
+            if on_silence is not None and status.phase is None and time.monotonic() > silent_until:
+                on_silence()
+                on_silence = None
             streams.poll()
             if finished_at is None and status.phase is not None and status.phase.finished:
                 finished_at = time.monotonic()
