@@ -119,35 +119,31 @@ def _override_path(text: str) -> list[str | int]:
 
 
 def _set_path(document: Document, keys: list[str | int], value: Any, raw: str, override: str) -> None:
+    """Walk keys (making missing mappings and lists on the way), then set, or remove when value is None."""
     node: Any = document
     for depth, key in enumerate(keys):
-        last = depth == len(keys) - 1
-        where = ".".join(str(part) for part in keys[: depth + 1])
         if isinstance(key, int):
             if not isinstance(node, list) or key > len(node) or (key == len(node) and value is None):
+                where = ".".join(str(part) for part in keys[: depth + 1])
                 size = len(node) if isinstance(node, list) else "no"
                 raise DocumentError(f"--set {override!r}: {where} is not an item of a list ({size} items there)")
             if key == len(node):
-                node.append(None if last else ({} if isinstance(keys[depth + 1], str) else []))
-            if last:
-                if value is None:
-                    del node[key]
-                else:
-                    node[key] = raw if isinstance(node[key], str) else value
-                return
-        else:
-            if not isinstance(node, dict):
-                parent = ".".join(str(part) for part in keys[:depth])
-                raise DocumentError(f"--set {override!r}: {parent} holds {node!r}, not a mapping with {key!r} in it")
-            if last:
-                if value is None:
-                    node.pop(key, None)
-                else:
-                    # A field that holds a string keeps one (extra.steps: "200" stays "120", not 120).
-                    node[key] = raw if isinstance(node.get(key), str) else value
-                return
-            if node.get(key) is None:
-                node[key] = {} if isinstance(keys[depth + 1], str) else []
+                node.append(None)
+        elif not isinstance(node, dict):
+            parent = ".".join(str(part) for part in keys[:depth])
+            raise DocumentError(f"--set {override!r}: {parent} holds {node!r}, not a mapping with {key!r} in it")
+        current = node[key] if isinstance(key, int) else node.get(key)
+        if depth == len(keys) - 1:
+            if value is None and isinstance(key, int):
+                del node[key]
+            elif value is None:
+                node.pop(key, None)
+            else:
+                # A field that holds a string keeps one (extra.steps: "200" stays "120", not 120).
+                node[key] = raw if isinstance(current, str) else value
+            return
+        if current is None:
+            node[key] = {} if isinstance(keys[depth + 1], str) else []
         node = node[key]
 
 
