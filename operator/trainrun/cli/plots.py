@@ -3,7 +3,8 @@
 Called by ``trainrun.cli.logs`` with the history records of ``Client.metrics`` (the same shape for a
 cluster run, read from the Master's log, and a local one, read from ``metrics.jsonl``). One panel per
 metric, against the training step; a record without a step (an end-of-epoch validation line) is drawn
-at the last step seen before it, and a record that repeats the one before it is drawn once. matplotlib is an optional dependency (``pip install 'trainrun[plot]'``).
+at the last step seen before it, and a record that repeats the one before it is drawn once.
+matplotlib is an optional dependency (``pip install 'trainrun[plot]'``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,14 @@ class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
+def x_axis(history: Sequence[Mapping[str, Any]]) -> str:
+    """What the curves are drawn against: the step when any record has one, else the epoch."""
+    return "step" if any("step" in record for record in history) else "epoch"
+
+
 def metric_series(history: Sequence[Mapping[str, Any]]) -> dict[str, tuple[list[float], list[float]]]:
     """Each metric's (x, y) points in record order; x is the step (carried forward) or else the epoch."""
-    has_steps = any("step" in record for record in history)
+    has_steps = x_axis(history) == "step"
     series: dict[str, tuple[list[float], list[float]]] = {}
     position = 0.0
     previous: dict[str, Any] | None = None
@@ -58,7 +64,7 @@ def plot_metrics(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
         import matplotlib.pyplot as pyplot
     except ImportError as error:
         raise PlotUnavailable("--plot needs matplotlib: pip install 'trainrun[plot]'") from error
-    has_steps = any("step" in record for record in history)
+    axis = x_axis(history)
     columns = min(PANEL_COLUMNS, len(series))
     rows = math.ceil(len(series) / columns)
     figure, axes = pyplot.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
@@ -66,7 +72,7 @@ def plot_metrics(history: Sequence[Mapping[str, Any]], path: Path, *, title: str
         for panel, (name, (xs, ys)) in zip(axes.flat, sorted(series.items()), strict=False):
             panel.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.4)
             panel.set_title(name, fontsize=10)
-            panel.set_xlabel("step" if has_steps else "epoch", fontsize=8)
+            panel.set_xlabel(axis, fontsize=8)
             panel.tick_params(labelsize=8)
             panel.grid(alpha=0.3)
         for unused in list(axes.flat)[len(series) :]:

@@ -192,11 +192,9 @@ class ClusterBackend:
 
     def events(self, name: str) -> Objects:
         run = self.get(name)
-        involved = [
-            name,
-            _job_name(run),
-            *(pod["metadata"]["name"] for pod in self._pods(run).values()),
-        ]
+        job = _job_name(run)
+        pods = replica_pods(self.api, self._namespace(), job)
+        involved = [name, job, *(pod["metadata"]["name"] for pod in pods.values())]
         return self.api.events(self._namespace(), involved_names=involved)
 
     def output_location(self, name: str) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import TextIO
 
 from trainrun.kube import KubeApi, KubeError
 from trainrun.kube.logs import LogLine, ReplicaLogStreams
@@ -28,12 +29,6 @@ logger = logging.getLogger(__name__)
 STATUS_FLUSH_SECONDS = 5.0
 STOP_CHECK_SECONDS = 0.5
 LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
-
-
-class Stopped(Protocol):
-    """What the follower needs to know when to stop (a ``threading.Event`` is one)."""
-
-    def is_set(self) -> bool: ...
 
 
 class LogFollower:
@@ -52,7 +47,7 @@ class LogFollower:
             stale.unlink()
         self._dirty = False
 
-    def follow(self, stopped: Stopped) -> None:
+    def follow(self, stopped: threading.Event) -> None:
         """Read every replica container that has started, and flush metrics, until stopped; then
         give the open streams a moment to end and keep their last lines too."""
         with ExitStack() as archives:
