@@ -264,9 +264,18 @@ def test_file_target_round_trip(tmp_path: Path, form: str) -> None:
         assert (tmp_path / "back" / key).read_bytes() == data
 
 
-def _write_shards(root: Path) -> None:
+def _private_server_with_shards(tmp_path: Path, seaweedfs: SeaweedFS) -> tuple[SeaweedFS, StorageOptions]:
+    """A server of the test's own (so it can be killed) and 120 shards of 1 MiB in tmp_path/out."""
+    server = start_seaweedfs(tmp_path / "server")
+    options = StorageOptions(
+        endpoint_url=server.endpoint,
+        access_key_id=seaweedfs.env["AWS_ACCESS_KEY_ID"],
+        secret_access_key=seaweedfs.env["AWS_SECRET_ACCESS_KEY"],
+    )
+    (tmp_path / "out").mkdir()
     for index in range(120):
-        (root / f"shard-{index:03d}.bin").write_bytes(os.urandom(1024 * 1024))
+        (tmp_path / "out" / f"shard-{index:03d}.bin").write_bytes(os.urandom(1024 * 1024))
+    return server, options
 
 
 @pytest.mark.slow
@@ -274,15 +283,8 @@ def test_server_killed_mid_upload_then_restarted_completes(
     tmp_path: Path, seaweedfs: SeaweedFS
 ) -> None:
     """The server dies mid-upload and comes back: retries finish the upload, manifest intact."""
-    server = start_seaweedfs(tmp_path / "server")
+    server, options = _private_server_with_shards(tmp_path, seaweedfs)
     uri = f"s3://{BUCKET}/killed/run"
-    options = StorageOptions(
-        endpoint_url=server.endpoint,
-        access_key_id=seaweedfs.env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=seaweedfs.env["AWS_SECRET_ACCESS_KEY"],
-    )
-    (tmp_path / "out").mkdir()
-    _write_shards(tmp_path / "out")
     killed = threading.Event()
     outage_s: list[float] = []
 
@@ -317,15 +319,8 @@ def test_server_killed_for_good_fails_cleanly_without_manifest(
     tmp_path: Path, seaweedfs: SeaweedFS
 ) -> None:
     """The server dies and stays down: a clear error, and no manifest (not even an old one)."""
-    server = start_seaweedfs(tmp_path / "server")
+    server, options = _private_server_with_shards(tmp_path, seaweedfs)
     uri = f"s3://{BUCKET}/killed/run"
-    options = StorageOptions(
-        endpoint_url=server.endpoint,
-        access_key_id=seaweedfs.env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=seaweedfs.env["AWS_SECRET_ACCESS_KEY"],
-    )
-    (tmp_path / "out").mkdir()
-    _write_shards(tmp_path / "out")
     upload_directory(tmp_path / "out", uri, options=options)  # an earlier, complete upload
     assert read_manifest(uri, options=options) is not None
     killed = threading.Event()
