@@ -1,6 +1,6 @@
 """Upload throughput and peak memory: trainrun.storage vs boto3, against a local SeaweedFS.
 
-Run: ``.venv/bin/python tests/bench/bench_upload.py [--repeats 3] [--big-mb 2000]``.
+Run: ``.venv/bin/python tests/bench/bench_upload.py [--repeats 3] [--big-mb 2000] [--tls]``.
 Starts its own ``weed mini``, then times (a) one 2 GB file and (b) 2,000 files of 100 KB with
   - trainrun.storage.upload_directory (sha256 of every byte, size check, manifest written last),
   - boto3 ``upload_file`` with the default TransferConfig (big file; and a plain loop for small),
@@ -9,6 +9,8 @@ Every upload runs in a fresh subprocess that reports its wall time and peak RSS
 (VmHWM), so start-up and exit are included and memory is per method. Methods are
 interleaved across repeats and medians are printed with ratios vs the boto3 baselines.
 The server shares the machine's cores with the client: figures are end-to-end, not client limits.
+With ``--tls`` every client talks https to the server (a certificate from a throwaway CA that
+both clients are told to trust), as uploads to a cloud store do; without it, plain http.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, make_tls_files, start_seaweedfs  # noqa: E402
 
 SMALL_FILES = 2000
 SMALL_SIZE = 100 * 1024
@@ -38,7 +40,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-mb", type=int, default=2000, help="size of the big file in MB")
-    parser.add_argument("--child", nargs=4, metavar=("METHOD", "SRC", "ENDPOINT", "KEY"), help=argparse.SUPPRESS)
+    parser.add_argument("--tls", action="store_true", help="talk https to the server instead of http")
+    parser.add_argument("--child", nargs=5, metavar=("METHOD", "SRC", "ENDPOINT", "KEY", "CA"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
         run_child(*arguments.child)
@@ -48,7 +51,10 @@ def main() -> None:
     try:
         big_dir, small_dir = work / "big", work / "small"
         make_inputs(big_dir, small_dir, big_bytes=arguments.big_mb * 1_000_000)
-        server = start_seaweedfs(work / "seaweedfs")
+        tls = make_tls_files(work / "tls") if arguments.tls else None
+        server = start_seaweedfs(work / "seaweedfs", tls=tls)
+        endpoint = server.https_endpoint if tls else server.endpoint
+        ca = str(tls.ca) if tls else ""
         try:
             cases = [
                 ("big", "trainrun", big_dir),
@@ -64,13 +70,13 @@ def main() -> None:
                     settle()
                     assert server.process is not None
                     server_cpu_before = cpu_seconds(server.process.pid)
-                    sample = run_in_subprocess(method, source, server.endpoint, key)
+                    sample = run_in_subprocess(method, source, endpoint, key, ca)
                     sample["server_cpu_s"] = cpu_seconds(server.process.pid) - server_cpu_before
                     samples.setdefault((workload, method), []).append(sample)
                     print(f"  repeat {repeat + 1}: {workload:5} {method:17} {describe(sample)}", flush=True)
         finally:
             server.stop()
-        report(samples, big_mb=arguments.big_mb, repeats=arguments.repeats)
+        report(samples, big_mb=arguments.big_mb, repeats=arguments.repeats, protocol="https" if tls else "http")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -100,9 +106,9 @@ def make_inputs(big_dir: Path, small_dir: Path, *, big_bytes: int) -> None:
         (small_dir / f"shard-{index:05d}.bin").write_bytes(os.urandom(SMALL_SIZE))
 
 
-def run_in_subprocess(method: str, source: Path, endpoint: str, key: str) -> dict[str, float]:
+def run_in_subprocess(method: str, source: Path, endpoint: str, key: str, ca: str) -> dict[str, float]:
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", method, str(source), endpoint, key],
+        [sys.executable, __file__, "--child", method, str(source), endpoint, key, ca],
         capture_output=True,
         text=True,
         check=False,
@@ -113,14 +119,16 @@ def run_in_subprocess(method: str, source: Path, endpoint: str, key: str) -> dic
     return sample
 
 
-def run_child(method: str, source: str, endpoint: str, key: str) -> None:
+def run_child(method: str, source: str, endpoint: str, key: str, ca: str) -> None:
     files = sorted(path for path in Path(source).iterdir() if path.is_file())
     total_bytes = sum(path.stat().st_size for path in files)
     started = time.perf_counter()
     if method == "trainrun":
         from trainrun.storage import StorageOptions, upload_directory
 
-        options = StorageOptions(endpoint_url=endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+        options = StorageOptions(
+            endpoint_url=endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY, ca_bundle=ca or None
+        )
         upload_directory(source, f"s3://{BUCKET}/{key}", options=options)
     else:
         import boto3
@@ -131,6 +139,7 @@ def run_child(method: str, source: str, endpoint: str, key: str) -> None:
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
+            verify=ca or None,
         )
 
         def upload(path: Path) -> None:
@@ -175,7 +184,7 @@ def describe(sample: dict[str, float]) -> str:
     )
 
 
-def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: int, repeats: int) -> None:
+def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: int, repeats: int, protocol: str) -> None:
     def median(workload: str, method: str, field: str) -> float:
         return statistics.median(sample[field] for sample in samples[(workload, method)])
 
@@ -185,7 +194,10 @@ def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: in
         return first["bytes"] / seconds / 1e6, first["files"] / seconds
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows the server)")
-    print(f"medians of {repeats} (each upload in a fresh process, imports included; SeaweedFS on the same machine)")
+    print(
+        f"medians of {repeats} over {protocol} (each upload in a fresh process, imports included; "
+        "SeaweedFS on the same machine)"
+    )
     print(
         f"{'workload':26} {'method':18} {'MB/s':>8} {'files/s':>9} {'peak RSS MB':>12} "
         f"{'client CPU s':>13} {'server CPU s':>13}"

@@ -1,7 +1,8 @@
 """Fixtures for the storage tests: a real SeaweedFS S3 server for the whole session.
 
-The server is started once (``weed mini`` on free 127.0.0.1 ports, bucket ``trainrun-test``)
-and killed at the end of the session, with a check that its process is gone. Tests get a fresh
+The server is started once (``weed mini`` on free 127.0.0.1 ports, bucket ``trainrun-test``;
+http, and https with a certificate from a throwaway CA) and killed at the end of the session,
+with a check that its process is gone. Tests get a fresh
 prefix each, client options for our code and an independent boto3 client to check results.
 """
 
@@ -18,13 +19,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, make_tls_files, start_seaweedfs  # noqa: E402
 from trainrun.storage import StorageOptions  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    data_dir = tmp_path_factory.mktemp("seaweedfs")
+    server = start_seaweedfs(data_dir, tls=make_tls_files(data_dir / "tls"))
     assert server.process is not None
     pid = server.process.pid
     yield server
@@ -34,9 +36,7 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 
 
 def options_for(server: SeaweedFS) -> StorageOptions:
-    return StorageOptions(
-        endpoint_url=server.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY
-    )
+    return StorageOptions(endpoint_url=server.endpoint, access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
 
 
 @pytest.fixture

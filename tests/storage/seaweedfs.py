@@ -3,6 +3,8 @@
 Used by tests/storage/conftest.py (one server per test session, plus private ones for tests
 that kill the server) and by tests/bench/bench_upload.py. All listeners bind 127.0.0.1 on free
 ports; buckets are never created implicitly, so a missing bucket is an error as on real S3.
+With :class:`TlsFiles` (a throwaway CA and a certificate for 127.0.0.1, made by ``trustme``)
+the S3 API also listens for https on a second port, signed by a CA no system trusts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,28 @@ _SERVICES = ("master", "volume", "filer", "s3", "admin")
 _GRPC_OFFSET = 10000
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA to trust, and the server's certificate and key (for 127.0.0.1)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    import trustme  # test-only dependency
+
+    directory.mkdir(parents=True, exist_ok=True)
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(ca=directory / "ca.pem", cert=directory / "server.pem", key=directory / "server.key")
+    authority.cert_pem.write_to_path(str(files.ca))
+    issued.cert_chain_pems[0].write_to_path(str(files.cert))
+    issued.private_key_pem.write_to_path(str(files.key))
+    return files
+
+
 @dataclass
 class SeaweedFS:
     """A running ``weed mini``; restartable on the same ports and data directory."""
@@ -33,11 +57,17 @@ class SeaweedFS:
     data_dir: Path
     ports: dict[str, int]
     log_path: Path
+    tls: TlsFiles | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def https_endpoint(self) -> str:
+        assert self.tls is not None, "started without TlsFiles"
+        return f"https://127.0.0.1:{self.ports['s3_https']}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -68,6 +98,12 @@ class SeaweedFS:
             arguments += [
                 f"-{service}.port={self.ports[service]}",
                 f"-{service}.port.grpc={self.ports[service] + _GRPC_OFFSET}",
+            ]
+        if self.tls is not None:
+            arguments += [
+                f"-s3.port.https={self.ports['s3_https']}",
+                f"-s3.cert.file={self.tls.cert}",
+                f"-s3.key.file={self.tls.key}",
             ]
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
         with self.log_path.open("ab") as log:
@@ -105,8 +141,9 @@ class SeaweedFS:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
             try:
-                with socket.create_connection(("127.0.0.1", self.ports["s3"]), timeout=1):
-                    pass
+                for port_name in ("s3", "s3_https") if self.tls else ("s3",):
+                    with socket.create_connection(("127.0.0.1", self.ports[port_name]), timeout=1):
+                        pass
                 client.head_bucket(Bucket=BUCKET)
                 return
             except Exception as error:  # noqa: BLE001 - not up yet; keep polling until the deadline
@@ -117,7 +154,8 @@ class SeaweedFS:
 
 
 def free_ports() -> dict[str, int]:
-    """A free HTTP port for each service whose port + 10000 is free too, and a metrics port."""
+    """A free HTTP port for each service whose port + 10000 is free too, a metrics port and an
+    https port for the S3 API."""
     ports: dict[str, int] = {}
     held: list[socket.socket] = []
     try:
@@ -126,6 +164,7 @@ def free_ports() -> dict[str, int]:
             if port + _GRPC_OFFSET < 65536 and _try_bind(port + _GRPC_OFFSET, held):
                 ports[_SERVICES[len(ports)]] = port
         ports["metrics"] = _bind(held)
+        ports["s3_https"] = _bind(held)
     finally:
         for sock in held:
             sock.close()
@@ -151,8 +190,8 @@ def _try_bind(port: int, held: list[socket.socket]) -> bool:
     return True
 
 
-def start_seaweedfs(data_dir: Path) -> SeaweedFS:
+def start_seaweedfs(data_dir: Path, tls: TlsFiles | None = None) -> SeaweedFS:
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = SeaweedFS(data_dir=data_dir, ports=free_ports(), log_path=data_dir / "weed.log")
+    server = SeaweedFS(data_dir=data_dir, ports=free_ports(), log_path=data_dir / "weed.log", tls=tls)
     server.start()
     return server

@@ -1,4 +1,5 @@
-"""The pure parts of trainrun.storage: URI parsing, options from env, the manifest format."""
+"""The parts of trainrun.storage that need no server: URI parsing, options from env, the manifest
+format, the store settings and how errors are worded."""
 
 from __future__ import annotations
 
@@ -92,8 +93,42 @@ def test_options_from_env_and_repr_hides_secrets() -> None:
     for text in (repr(options), str(options), f"{options}"):
         assert "very-secret-value" not in text and "azure-secret-value" not in text
         assert "AKIAEXAMPLE" in text and "secret_access_key=***" in text
-    assert options.with_endpoint("http://other:1").endpoint_url == "http://other:1"
-    assert options.with_endpoint(None) is options
+    assert options.with_flags(endpoint_url="http://other:1").endpoint_url == "http://other:1"
+    assert options.with_flags(ca_bundle="/etc/ca.pem").ca_bundle == "/etc/ca.pem"
+    assert options.with_flags(endpoint_url=None, ca_bundle=None) == options
+
+
+def test_payload_signed_over_http_unsigned_over_https() -> None:
+    """Over http the body's SHA-256 is signed (the only integrity check in transit); over
+    https TLS protects it and the second SHA-256 pass is skipped, as the AWS SDKs do."""
+    from trainrun.storage.stores import open_store
+
+    location = parse_uri("s3://bucket/run")
+    plain = open_store(location, StorageOptions(endpoint_url="http://minio:9000"))
+    secure = open_store(location, StorageOptions(endpoint_url="https://minio:9000"))
+    aws = open_store(location, StorageOptions())
+    assert plain.config["unsigned_payload"] == "false" and plain.client_options["allow_http"] == "true"
+    assert secure.config["unsigned_payload"] == "true" and secure.client_options["allow_http"] == "false"
+    assert aws.config["unsigned_payload"] == "true"
+
+
+def test_server_error_message_is_quoted_not_cut_at_its_xml() -> None:
+    from obstore.exceptions import GenericError
+    from trainrun.storage.stores import describe_error, is_transient
+
+    error = GenericError(
+        "Generic S3 error: Error performing PUT http://minio:9000/b/run/model.pt in 5ms - Server returned "
+        'non-2xx status code: 500 Internal Server Error: <?xml version="1.0" encoding="UTF-8"?>\n'
+        "<Error><Code>XMinioStorageFull</Code><Message>Storage backend has reached its minimum free drive "
+        "threshold.</Message></Error>"
+    )
+    message = describe_error(error, location=parse_uri("s3://bucket/run"), options=StorageOptions())
+    assert message.startswith("s3://bucket/run: Generic S3 error: Error performing PUT")
+    assert message.endswith(
+        "500 Internal Server Error; the server said XMinioStorageFull: Storage backend has reached its "
+        "minimum free drive threshold."
+    )
+    assert is_transient(error)
 
 
 def test_manifest_json_round_trip_and_contract_keys() -> None:

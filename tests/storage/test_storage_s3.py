@@ -113,9 +113,7 @@ def test_round_trip_with_nested_empty_files_and_manifest_checked_by_boto3(
 
 
 @pytest.mark.slow
-def test_multi_gigabyte_sparse_file_round_trip(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions
-) -> None:
+def test_multi_gigabyte_sparse_file_round_trip(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
     source = tmp_path / "out"
     source.mkdir()
     with (source / "weights.bin").open("wb") as sparse:
@@ -176,9 +174,7 @@ def test_wrong_credentials_give_a_clear_error_and_no_manifest(
     tmp_path: Path, s3_uri: str, seaweedfs: SeaweedFS, boto3_client: Any
 ) -> None:
     make_tree(tmp_path / "out")
-    wrong = StorageOptions(
-        endpoint_url=seaweedfs.endpoint, access_key_id="nobody", secret_access_key="s3cr3t-xyz"
-    )
+    wrong = StorageOptions(endpoint_url=seaweedfs.endpoint, access_key_id="nobody", secret_access_key="s3cr3t-xyz")
     with pytest.raises(UploadError) as caught:
         upload_directory(tmp_path / "out", s3_uri, options=wrong)
     message = str(caught.value)
@@ -197,9 +193,7 @@ def test_missing_bucket_gives_a_clear_error(tmp_path: Path, s3_options: StorageO
 
 def test_unreachable_endpoint_gives_a_clear_error(tmp_path: Path) -> None:
     make_tree(tmp_path / "out")
-    closed = StorageOptions(
-        endpoint_url="http://127.0.0.1:9", access_key_id="a", secret_access_key="b"
-    )
+    closed = StorageOptions(endpoint_url="http://127.0.0.1:9", access_key_id="a", secret_access_key="b")
     with pytest.raises(UploadError, match=r"cannot reach http://127.0.0.1:9"):
         upload_directory(tmp_path / "out", "s3://bucket/run", options=closed)
 
@@ -225,15 +219,11 @@ def test_upload_file_and_download_single_object(
     assert not result.verified
 
 
-def test_extra_files_are_listed_in_the_manifest(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions
-) -> None:
+def test_extra_files_are_listed_in_the_manifest(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
     make_tree(tmp_path / "out")
     log = tmp_path / "worker-0.log"
     log.write_text("hello\n")
-    result = upload_directory(
-        tmp_path / "out", s3_uri, options=s3_options, extra_files={"logs/worker-0.log": log}
-    )
+    result = upload_directory(tmp_path / "out", s3_uri, options=s3_options, extra_files={"logs/worker-0.log": log})
     assert "logs/worker-0.log" in {record.path for record in result.manifest.files}
     download(s3_uri, tmp_path / "back", options=s3_options)
     assert (tmp_path / "back" / "logs" / "worker-0.log").read_text() == "hello\n"
@@ -279,9 +269,7 @@ def _private_server_with_shards(tmp_path: Path, seaweedfs: SeaweedFS) -> tuple[S
 
 
 @pytest.mark.slow
-def test_server_killed_mid_upload_then_restarted_completes(
-    tmp_path: Path, seaweedfs: SeaweedFS
-) -> None:
+def test_server_killed_mid_upload_then_restarted_completes(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     """The server dies mid-upload and comes back: retries finish the upload, manifest intact."""
     server, options = _private_server_with_shards(tmp_path, seaweedfs)
     uri = f"s3://{BUCKET}/killed/run"
@@ -303,9 +291,7 @@ def test_server_killed_mid_upload_then_restarted_completes(
     try:
         # More patience than the default policy: a restart on a loaded CI machine can be slow.
         patient = RetryPolicy(attempts=10, initial_backoff_s=0.5, max_backoff_s=5)
-        result = upload_directory(
-            tmp_path / "out", uri, options=options, progress=on_progress, retry=patient
-        )
+        result = upload_directory(tmp_path / "out", uri, options=options, progress=on_progress, retry=patient)
         assert killed.is_set() and outage_s, "the server was not killed during the upload"
         assert result.manifest.file_count == 120
         downloaded = download(uri, tmp_path / "back", options=options)
@@ -315,9 +301,7 @@ def test_server_killed_mid_upload_then_restarted_completes(
 
 
 @pytest.mark.slow
-def test_server_killed_for_good_fails_cleanly_without_manifest(
-    tmp_path: Path, seaweedfs: SeaweedFS
-) -> None:
+def test_server_killed_for_good_fails_cleanly_without_manifest(tmp_path: Path, seaweedfs: SeaweedFS) -> None:
     """The server dies and stays down: a clear error, and no manifest (not even an old one)."""
     server, options = _private_server_with_shards(tmp_path, seaweedfs)
     uri = f"s3://{BUCKET}/killed/run"

@@ -62,7 +62,9 @@ def metrics_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (latest, key and history).")] = False,
     plot: Annotated[
         Path | None,
-        typer.Option("--plot", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."),
+        typer.Option(
+            "--plot", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."
+        ),
     ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,

@@ -74,7 +74,9 @@ def run_command(
 
     try:
         with RunDisplay(name=name, quiet=quiet) as display:
-            finished = client.run(document, observer=display, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
+            finished = client.run(
+                document, observer=display, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000
+            )
     except KeyboardInterrupt:
         # Only the cluster follow gets here: locally, SIGINT cancels the run and the runner returns.
         print(f"stopped following; {name} goes on (trainrun cancel {name} stops it)")
@@ -104,7 +106,10 @@ def submit_command(
     """Create every TrainingRun of FILE and return (the operator, or a local runner, takes over)."""
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
     for document in client.validate(file, overrides or ()):
-        _print_created(client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000), local=local)
+        _print_created(
+            client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000),
+            local=local,
+        )
 
 
 def _print_created(run: dict[str, Any], *, local: bool) -> None:

@@ -2,7 +2,8 @@
 
 ``trainrun.cli.main`` calls :func:`register`. Both verbs sit on :mod:`trainrun.storage`
 (imported when a verb runs, so ``trainrun --help`` stays fast). Credentials come from the
-environment (AWS_*, GOOGLE_*, AZURE_STORAGE_*); ``--endpoint-url`` overrides AWS_ENDPOINT_URL.
+environment (AWS_*, GOOGLE_*, AZURE_STORAGE_*); ``--endpoint-url`` and ``--ca-bundle`` override
+AWS_ENDPOINT_URL and AWS_CA_BUNDLE.
 Progress is a rich bar on a terminal and a plain line every few seconds otherwise; failures are
 one ``error:`` line on stderr and exit code 1, never a traceback.
 """
@@ -32,9 +33,14 @@ EndpointOption = Annotated[
         help="S3-compatible endpoint (MinIO, SeaweedFS), e.g. http://minio:9000; default: AWS_ENDPOINT_URL.",
     ),
 ]
-ConcurrencyOption = Annotated[
-    int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")
+CaBundleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ca-bundle",
+        help="PEM file of a CA to trust besides the system ones (a store behind a private CA); default: AWS_CA_BUNDLE.",
+    ),
 ]
+ConcurrencyOption = Annotated[int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")]
 _PLAIN_PROGRESS_EVERY_S = 5.0
 
 
@@ -48,18 +54,17 @@ def upload_command(
     src: Annotated[Path, typer.Argument(help="A folder (uploaded with a manifest.json) or one file.")],
     uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
     endpoint_url: EndpointOption = None,
+    ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 64,
 ) -> None:
     """Upload a folder (every file, then manifest.json last) or a single file to object storage."""
     from trainrun.storage import StorageError, upload_directory, upload_file
 
-    options = _options(endpoint_url)
     try:
+        options = _options(endpoint_url, ca_bundle)
         if src.is_dir():
             with _progress("uploading") as progress:
-                result = upload_directory(
-                    src, uri, options=options, concurrency=concurrency, progress=progress
-                )
+                result = upload_directory(src, uri, options=options, concurrency=concurrency, progress=progress)
             manifest = result.manifest
             rate = manifest.total_bytes / max(result.elapsed_s, 1e-6)
             skipped = f", skipped {len(result.skipped)} broken links" if result.skipped else ""
@@ -80,10 +85,9 @@ def download_command(
     uri: Annotated[str, typer.Argument(help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
     dst: Annotated[Path, typer.Argument(help="Folder to write the files into (created if missing).")],
     endpoint_url: EndpointOption = None,
+    ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 32,
-    no_verify: Annotated[
-        bool, typer.Option("--no-verify", help="Do not check files against manifest.json.")
-    ] = False,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not check files against manifest.json.")] = False,
 ) -> None:
     """Download a prefix (or one object), checking every file against manifest.json when present."""
     from trainrun.storage import StorageError, download
@@ -93,7 +97,7 @@ def download_command(
             result = download(
                 uri,
                 dst,
-                options=_options(endpoint_url),
+                options=_options(endpoint_url, ca_bundle),
                 verify=not no_verify,
                 concurrency=concurrency,
                 progress=progress,
@@ -111,10 +115,10 @@ def download_command(
         print(f"note: {_files(len(result.unverified_paths))} not in the manifest, not verified")
 
 
-def _options(endpoint_url: str | None) -> StorageOptions:
+def _options(endpoint_url: str | None, ca_bundle: str | None) -> StorageOptions:
     from trainrun.storage import StorageOptions
 
-    return StorageOptions.from_env(os.environ).with_endpoint(endpoint_url)
+    return StorageOptions.from_env(os.environ).with_flags(endpoint_url=endpoint_url, ca_bundle=ca_bundle)
 
 
 @contextmanager

@@ -50,10 +50,7 @@ class Manifest:
 
     def to_json(self) -> bytes:
         document = {
-            "files": [
-                {"path": record.path, "size": record.size, "sha256": record.sha256}
-                for record in self.files
-            ],
+            "files": [{"path": record.path, "size": record.size, "sha256": record.sha256} for record in self.files],
             "total_bytes": self.total_bytes,
             "file_count": self.file_count,
             "created": self.created,

@@ -24,6 +24,7 @@ ENV_KEYS: dict[str, tuple[str, ...]] = {
     "azure_account_key": ("AZURE_STORAGE_ACCOUNT_KEY",),
     "azure_sas_token": ("AZURE_STORAGE_SAS_TOKEN",),
     "azure_endpoint": ("AZURE_STORAGE_ENDPOINT",),
+    "ca_bundle": ("AWS_CA_BUNDLE",),
 }
 _SECRET_FIELDS = frozenset(
     {
@@ -41,8 +42,10 @@ class StorageOptions:
     """Settings for every provider; only the ones matching a URI's scheme are used.
 
     ``endpoint_url`` selects an S3-compatible server (MinIO, SeaweedFS); ``http://`` endpoints
-    are allowed. Unset fields fall back to the provider's own discovery (instance roles,
-    workload identity, the process environment).
+    are allowed. ``ca_bundle`` is a CA certificate to trust besides the system roots (a
+    store behind a private CA), as a path to a PEM file or as the PEM text itself, so it
+    can come from a Secret key. Unset fields fall back to the provider's own discovery
+    (instance roles, workload identity, the process environment).
     """
 
     endpoint_url: str | None = None
@@ -57,6 +60,7 @@ class StorageOptions:
     azure_account_key: str | None = None
     azure_sas_token: str | None = None
     azure_endpoint: str | None = None
+    ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StorageOptions:
@@ -70,9 +74,10 @@ class StorageOptions:
                     break
         return cls(**values)
 
-    def with_endpoint(self, endpoint_url: str | None) -> StorageOptions:
-        """A copy with ``endpoint_url`` replaced when given (a CLI flag beats the env)."""
-        return replace(self, endpoint_url=endpoint_url) if endpoint_url else self
+    def with_flags(self, *, endpoint_url: str | None = None, ca_bundle: str | None = None) -> StorageOptions:
+        """A copy with the settings given on the command line replaced (a flag beats the env)."""
+        flags = {"endpoint_url": endpoint_url, "ca_bundle": ca_bundle}
+        return replace(self, **{name: value for name, value in flags.items() if value})
 
     def __repr__(self) -> str:
         shown = []

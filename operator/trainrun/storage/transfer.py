@@ -150,9 +150,7 @@ class _TransferState:
             self.files_done += files
             self.bytes_done += nbytes
             if self.callback is not None:
-                self.callback(
-                    TransferProgress(self.files_done, self.files_total, self.bytes_done, self.bytes_total)
-                )
+                self.callback(TransferProgress(self.files_done, self.files_total, self.bytes_done, self.bytes_total))
 
 
 def upload_directory(
@@ -245,9 +243,7 @@ def upload_file(
         record = _upload_with_retries(store, local, _TransferState(1, local.size, None), retry)
         stored_size = obstore.head(store, name)["size"]
     if stored_size != record.size:
-        raise UploadError(
-            f"{location.uri}: after upload the object has {stored_size} bytes, expected {record.size}"
-        )
+        raise UploadError(f"{location.uri}: after upload the object has {stored_size} bytes, expected {record.size}")
     return FileRecord(path=location.uri, size=record.size, sha256=record.sha256)
 
 
@@ -289,10 +285,7 @@ def download(
         keys = sorted(key for key in sizes if key != MANIFEST_NAME)
         state = _TransferState(len(keys), sum(sizes[key] for key in keys), progress)
         records = _run_in_pool(
-            [
-                partial(_download_object, store, key, destination, location, expected.get(key), state)
-                for key in keys
-            ],
+            [partial(_download_object, store, key, destination, location, expected.get(key), state) for key in keys],
             concurrency=concurrency,
             stop=state.stop,
         )
@@ -352,7 +345,9 @@ def _refuse_oversized(root: Path, files: list[_LocalFile], max_bytes: int) -> No
     total = sum(local.size for local in files)
     if total <= max_bytes:
         return
-    largest = ", ".join(f"{local.key} ({local.size / 1e6:.1f} MB)" for local in sorted(files, key=lambda f: -f.size)[:3])
+    largest = ", ".join(
+        f"{local.key} ({local.size / 1e6:.1f} MB)" for local in sorted(files, key=lambda f: -f.size)[:3]
+    )
     raise UploadError(
         f"{str(root)!r} holds {total / 1e6:.1f} MB in {len(files)} files, over the {max_bytes / 1e6:g} MB limit "
         f"for a code snapshot; the largest: {largest}. List data, checkpoints and environments in "
@@ -375,7 +370,9 @@ def _collect_files(root: Path, ignore: IgnoreRules | None = None) -> tuple[list[
         dirnames.sort()
         if ignore is not None:
             dirnames[:] = [
-                name for name in dirnames if not ignore.ignores((directory / name).relative_to(root).as_posix(), is_dir=True)
+                name
+                for name in dirnames
+                if not ignore.ignores((directory / name).relative_to(root).as_posix(), is_dir=True)
             ]
         for name in sorted(filenames):
             path = directory / name
@@ -456,9 +453,7 @@ def _upload_once(store: ObjectStore, local: _LocalFile, count: Callable[[int], N
                 yield chunk
 
     with _large_file_slots:
-        obstore.put(
-            store, local.key, chunks(), chunk_size=part_size, max_concurrency=_PARTS_IN_FLIGHT
-        )
+        obstore.put(store, local.key, chunks(), chunk_size=part_size, max_concurrency=_PARTS_IN_FLIGHT)
     return FileRecord(path=local.key, size=sum(sizes), sha256=digest.hexdigest())
 
 
@@ -499,9 +494,7 @@ def _download_object(
                 state.add(nbytes=len(view))
         actual = digest.hexdigest()
         if expected is not None and (actual != expected.sha256 or size != expected.size):
-            raise ChecksumMismatchError(
-                uri=location.child(key).uri, path=key, expected=expected.sha256, actual=actual
-            )
+            raise ChecksumMismatchError(uri=location.child(key).uri, path=key, expected=expected.sha256, actual=actual)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
@@ -516,9 +509,7 @@ def _delete_if_present(store: ObjectStore, key: str) -> None:
         pass  # LocalStore reports a missing file; S3 deletes are idempotent
 
 
-def _run_in_pool(
-    tasks: list[Callable[[], _T]], *, concurrency: int, stop: threading.Event
-) -> list[_T]:
+def _run_in_pool(tasks: list[Callable[[], _T]], *, concurrency: int, stop: threading.Event) -> list[_T]:
     """Run ``tasks`` on a thread pool; on the first failure set ``stop``, cancel the rest and
     re-raise it. The pool is joined before returning, so no worker outlives the call."""
     if concurrency < 1:
@@ -560,9 +551,7 @@ class _store_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, error: BaseException | None, _tb: object
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
         if error is None or isinstance(error, StorageError):
             return
         if isinstance(error, (BaseError, FileNotFoundError)):
