@@ -1,6 +1,6 @@
 """Upload throughput and peak memory: trainrun.storage vs boto3, against a local SeaweedFS.
 
-Run: ``.venv/bin/python tests/bench/bench_upload.py [--repeats 3] [--big-mb 2000] [--tls]``.
+Run: ``.venv/bin/python tests/bench/bench_upload.py [--repeats 3] [--big-mb 2000] [--protocol both]``.
 Starts its own ``weed mini``, then times (a) one 2 GB file and (b) 2,000 files of 100 KB with
   - trainrun.storage.upload_directory (sha256 of every byte, size check, manifest written last),
   - boto3 ``upload_file`` with the default TransferConfig (big file; and a plain loop for small),
@@ -9,8 +9,8 @@ Every upload runs in a fresh subprocess that reports its wall time and peak RSS
 (VmHWM), so start-up and exit are included and memory is per method. Methods are
 interleaved across repeats and medians are printed with ratios vs the boto3 baselines.
 The server shares the machine's cores with the client: figures are end-to-end, not client limits.
-With ``--tls`` every client talks https to the server (a certificate from a throwaway CA that
-both clients are told to trust), as uploads to a cloud store do; without it, plain http.
+Each case runs over plain http and over https (the same server; a certificate from a throwaway
+CA that both clients are told to trust), as uploads to a cloud store go; ``--protocol`` picks one.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--big-mb", type=int, default=2000, help="size of the big file in MB")
-    parser.add_argument("--tls", action="store_true", help="talk https to the server instead of http")
+    parser.add_argument("--protocol", choices=("http", "https", "both"), default="both")
     parser.add_argument("--child", nargs=5, metavar=("METHOD", "SRC", "ENDPOINT", "KEY", "CA"), help=argparse.SUPPRESS)
     arguments = parser.parse_args()
     if arguments.child:
@@ -51,10 +51,11 @@ def main() -> None:
     try:
         big_dir, small_dir = work / "big", work / "small"
         make_inputs(big_dir, small_dir, big_bytes=arguments.big_mb * 1_000_000)
-        tls = make_tls_files(work / "tls") if arguments.tls else None
+        tls = make_tls_files(work / "tls")
         server = start_seaweedfs(work / "seaweedfs", tls=tls)
-        endpoint = server.https_endpoint if tls else server.endpoint
-        ca = str(tls.ca) if tls else ""
+        protocols = ("http", "https") if arguments.protocol == "both" else (arguments.protocol,)
+        # (protocol, workload, method) -> samples; protocols and methods interleave in every repeat.
+        samples: dict[tuple[str, str, str], list[dict[str, float]]] = {}
         try:
             cases = [
                 ("big", "trainrun", big_dir),
@@ -63,20 +64,33 @@ def main() -> None:
                 ("small", "boto3-10-threads", small_dir),
                 ("small", "boto3-loop", small_dir),
             ]
-            samples: dict[tuple[str, str], list[dict[str, float]]] = {}
             for repeat in range(arguments.repeats):
-                for workload, method, source in cases:
-                    key = f"bench/{workload}/{method}/{repeat}"
-                    settle()
-                    assert server.process is not None
-                    server_cpu_before = cpu_seconds(server.process.pid)
-                    sample = run_in_subprocess(method, source, endpoint, key, ca)
-                    sample["server_cpu_s"] = cpu_seconds(server.process.pid) - server_cpu_before
-                    samples.setdefault((workload, method), []).append(sample)
-                    print(f"  repeat {repeat + 1}: {workload:5} {method:17} {describe(sample)}", flush=True)
+                for protocol in protocols:
+                    endpoint, ca = (
+                        (server.https_endpoint, str(tls.ca)) if protocol == "https" else (server.endpoint, "")
+                    )
+                    for workload, method, source in cases:
+                        key = f"bench/{protocol}/{workload}/{method}/{repeat}"
+                        settle()
+                        assert server.process is not None
+                        server_cpu_before = cpu_seconds(server.process.pid)
+                        sample = run_in_subprocess(method, source, endpoint, key, ca)
+                        sample["server_cpu_s"] = cpu_seconds(server.process.pid) - server_cpu_before
+                        samples.setdefault((protocol, workload, method), []).append(sample)
+                        print(
+                            f"  repeat {repeat + 1}: {protocol:5} {workload:5} {method:17} {describe(sample)}",
+                            flush=True,
+                        )
         finally:
             server.stop()
-        report(samples, big_mb=arguments.big_mb, repeats=arguments.repeats, protocol="https" if tls else "http")
+        print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows the server)")
+        for protocol in protocols:
+            report(
+                {(workload, method): runs for (over, workload, method), runs in samples.items() if over == protocol},
+                big_mb=arguments.big_mb,
+                repeats=arguments.repeats,
+                protocol=protocol,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -193,9 +207,8 @@ def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: in
         first = samples[(workload, method)][0]
         return first["bytes"] / seconds / 1e6, first["files"] / seconds
 
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} (other work on this machine slows the server)")
     print(
-        f"medians of {repeats} over {protocol} (each upload in a fresh process, imports included; "
+        f"\nmedians of {repeats} over {protocol} (each upload in a fresh process, imports included; "
         "SeaweedFS on the same machine)"
     )
     print(
@@ -213,7 +226,7 @@ def report(samples: dict[tuple[str, str], list[dict[str, float]]], *, big_mb: in
     big_ratio = throughput("big", "trainrun")[0] / throughput("big", "boto3")[0]
     small_ratio = throughput("small", "trainrun")[1] / throughput("small", "boto3-10-threads")[1]
     loop_ratio = throughput("small", "trainrun")[1] / throughput("small", "boto3-loop")[1]
-    print(f"\nbig file:    trainrun / boto3 upload_file          = {big_ratio:.2f}x MB/s   (goal >= 1.05x)")
+    print(f"big file:    trainrun / boto3 upload_file          = {big_ratio:.2f}x MB/s   (goal >= 1.05x)")
     print(f"small files: trainrun / boto3 10-thread pool       = {small_ratio:.2f}x files/s (goal >= 4x)")
     print(f"small files: trainrun / boto3 upload_file loop     = {loop_ratio:.2f}x files/s")
 
