@@ -1,8 +1,10 @@
-"""The reading verbs over a local run (get, describe, logs, metrics, wait) through typer's CliRunner."""
+"""The reading verbs over a local run (get, describe, logs, metrics, wait, artifacts) through typer's CliRunner."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,6 +83,31 @@ def test_metrics_latest_and_history(quickstart: FinishedRun) -> None:
     assert history[0]["epoch"] == 1
     code, output = invoke(quickstart, "metrics", "quickstart", "--history")
     assert code == 0 and output.splitlines()[0].split()[:2] == ["EPOCH", "STEP"]
+
+
+def test_artifacts_lists_the_manifest_and_downloads_it(quickstart: FinishedRun, tmp_path: Path) -> None:
+    manifest = json.loads((quickstart.artifacts / "manifest.json").read_text())
+    code, output = invoke(quickstart, "artifacts", "quickstart")
+    assert code == 0, output
+    heading, header, *rows = output.strip().splitlines()
+    assert heading.startswith(f"file://{quickstart.artifacts}: {manifest['file_count']} files")
+    assert header.split() == ["PATH", "SIZE", "SHA256"]
+    listed = {row.split()[0]: row.split()[-1] for row in rows}
+    assert listed == {entry["path"]: entry["sha256"][:16] for entry in manifest["files"]}
+    assert listed["model.pt"] == hashlib.sha256((quickstart.artifacts / "model.pt").read_bytes()).hexdigest()[:16]
+
+    code, output = invoke(quickstart, "artifacts", "quickstart", "-o", "json")
+    assert code == 0 and json.loads(output)["manifest"] == manifest
+
+    code, output = invoke(quickstart, "artifacts", "quickstart", "--download", str(tmp_path / "copy"))
+    assert code == 0, output
+    assert f"downloaded {manifest['file_count']} files" in output and "verified against manifest.json" in output
+    for entry in manifest["files"]:
+        copied = (tmp_path / "copy" / entry["path"]).read_bytes()
+        assert hashlib.sha256(copied).hexdigest() == entry["sha256"]
+
+    code, output = invoke(quickstart, "artifacts", "nope")
+    assert code == 1 and output.startswith("error: ") and "'nope'" in output
 
 
 def test_wait_exit_codes(quickstart: FinishedRun) -> None:

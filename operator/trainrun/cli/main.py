@@ -44,7 +44,8 @@ for module in (runs, get, logs, lifecycle, manifests):
 
 
 def _register_storage_verbs() -> None:
-    """``upload`` and ``download`` come from trainrun.cli.transfer (storage helpers); say so if absent."""
+    """``upload``, ``download`` and ``artifacts`` come from trainrun.cli.transfer (storage helpers);
+    say so if absent."""
     try:
         from trainrun.cli import transfer
     except ImportError as error:
@@ -56,6 +57,7 @@ def _register_storage_verbs() -> None:
 
         add_command(app, "upload", unavailable, hidden=True)
         add_command(app, "download", unavailable, hidden=True)
+        add_command(app, "artifacts", unavailable, hidden=True)
 
         return
     transfer.register(app)

@@ -1,6 +1,7 @@
-"""The ``trainrun upload SRC URI`` and ``trainrun download URI DST`` verbs.
+"""The ``trainrun upload SRC URI``, ``trainrun download URI DST`` and ``trainrun artifacts NAME`` verbs.
 
-``trainrun.cli.main`` calls :func:`register`. Both verbs sit on :mod:`trainrun.storage`
+``trainrun.cli.main`` calls :func:`register`. ``artifacts`` lists what a run copied (its manifest) or,
+with ``--download DIR``, copies it here, as ``az ml job download`` does. The verbs sit on :mod:`trainrun.storage`
 (imported when a verb runs, so ``trainrun --help`` stays fast). Credentials come from the
 environment (AWS_*, GOOGLE_*, AZURE_STORAGE_*); ``--endpoint-url`` and ``--ca-bundle`` override
 AWS_ENDPOINT_URL and AWS_CA_BUNDLE.
@@ -10,16 +11,28 @@ one ``error:`` line on stderr and exit code 1, never a traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from trainrun.cli.common import fail
+from trainrun.cli.common import (
+    DEFAULT_RUNS_DIR,
+    LocalOption,
+    NameArgument,
+    NamespaceOption,
+    RunsDirOption,
+    add_command,
+    client_for,
+    dump_yaml,
+    fail,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,10 +57,19 @@ ConcurrencyOption = Annotated[int, typer.Option("--concurrency", min=1, max=512,
 _PLAIN_PROGRESS_EVERY_S = 5.0
 
 
+class ListingFormat(StrEnum):
+    """The -o choices of ``artifacts``."""
+
+    TABLE = "table"
+    YAML = "yaml"
+    JSON = "json"
+
+
 def register(app: typer.Typer) -> None:
     """Add the verbs of this module to the CLI."""
     app.command("upload")(upload_command)
     app.command("download")(download_command)
+    add_command(app, "artifacts", artifacts_command)
 
 
 def upload_command(
@@ -90,22 +112,66 @@ def download_command(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Do not check files against manifest.json.")] = False,
 ) -> None:
     """Download a prefix (or one object), checking every file against manifest.json when present."""
-    from trainrun.storage import StorageError, download
+    from trainrun.storage import StorageError
 
     try:
-        with _progress("downloading") as progress:
-            result = download(
-                uri,
-                dst,
-                options=_options(endpoint_url, ca_bundle),
-                verify=not no_verify,
-                concurrency=concurrency,
-                progress=progress,
-            )
+        _download_and_report(
+            uri, dst, options=_options(endpoint_url, ca_bundle), verify=not no_verify, concurrency=concurrency
+        )
     except StorageError as error:
         fail(str(error))
+
+
+def artifacts_command(
+    context: typer.Context,
+    name: NameArgument,
+    download_to: Annotated[
+        Path | None,
+        typer.Option("--download", "-d", help="Copy the artifacts into this folder, checked against the manifest."),
+    ] = None,
+    output: Annotated[ListingFormat, typer.Option("--output", "-o", help="table, yaml or json.")] = ListingFormat.TABLE,
+    namespace: NamespaceOption = None,
+    local: LocalOption = False,
+    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+) -> None:
+    """List the files a run copied to its output (its manifest), or copy them here with --download DIR."""
+    client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    if download_to is not None:
+        uri = client.artifacts(name)["uri"]
+        _download_and_report(uri, download_to, options=_options(None, None), verify=True, concurrency=32)
+        return
+    artifacts = client.artifacts(name)
+    if output is not ListingFormat.TABLE:
+        print(dump_yaml([artifacts]) if output is ListingFormat.YAML else json.dumps(artifacts, indent=2))
+        return
+    manifest = artifacts["manifest"]
+    if manifest is None:
+        print(f"{name}: no manifest at {artifacts['uri']} yet: nothing has been copied (see trainrun describe {name})")
+        return
+    from rich.table import Table
+
+    from trainrun.cli.views import show
+
+    table = Table("PATH", "SIZE", "SHA256", box=None, header_style="bold")
+    for entry in manifest["files"]:
+        table.add_row(entry["path"], _size(entry["size"]), entry["sha256"][:16])
+    print(
+        f"{artifacts['uri']}: {_files(manifest['file_count'])}, {_size(manifest['total_bytes'])}, "
+        f"copied {manifest['created']}"
+    )
+    show(table)
+
+
+def _download_and_report(
+    uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int
+) -> None:
+    """Download with a progress display, then print one summary line."""
+    from trainrun.storage import download
+
+    with _progress("downloading") as progress:
+        result = download(uri, dst, options=options, verify=verify, concurrency=concurrency, progress=progress)
     check = "verified against manifest.json" if result.verified else "not verified (no manifest)"
-    if no_verify:
+    if not verify:
         check = "not verified (--no-verify)"
     print(
         f"downloaded {_files(len(result.files))} ({_size(result.total_bytes)}) from {result.uri} "
