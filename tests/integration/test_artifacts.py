@@ -22,7 +22,7 @@ from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, wri
 from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run, wait_for_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for, start_seaweedfs  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator_with_shipped_rbac"]  # a fixture, used by name
@@ -132,14 +132,23 @@ def test_succeeded_training_is_uploaded_and_recorded(
     ready = next(item for item in run["status"]["conditions"] if item["type"] == "Ready")
     assert ready["status"] == "True"
 
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+    s3 = boto3_client_for(s3_server.endpoint)
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
     for entry in manifest["files"]:
         body = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{entry['path']}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
+    # A user reads and fetches them by the run's name (the URI comes from its status).
+    cli = [str(Path(sys.executable).parent / "trainrun"), "-n", namespace, "artifacts", "art"]
+    listed = subprocess.run([*cli, "-o", "json"], env={**kube_cluster.env(), **secret_env}, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"uri": uri, "manifest": manifest}
+    fetched = subprocess.run(
+        [*cli, "--download", str(tmp_path / "fetched")], env={**kube_cluster.env(), **secret_env}, capture_output=True, text=True, timeout=60
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert "verified against manifest.json" in fetched.stdout
+    assert (tmp_path / "fetched" / "model.pt").read_bytes() == b"weights" * 1000
     # The operator archived the followed replica log beside the artifacts when the run ended.
     archived = wait_until(
         lambda: _object(s3, f"{prefix}/logs/master-0.log"), timeout=60, what="the archived master log in the bucket"

@@ -19,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, make_tls_files, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for, make_tls_files, start_seaweedfs  # noqa: E402
 from trainrun.storage import StorageOptions  # noqa: E402
 
 
@@ -52,12 +52,4 @@ def s3_uri(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> str:
 
 @pytest.fixture
 def boto3_client(seaweedfs: SeaweedFS) -> Any:
-    import boto3
-
-    return boto3.client(
-        "s3",
-        endpoint_url=seaweedfs.endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
+    return boto3_client_for(seaweedfs.endpoint)

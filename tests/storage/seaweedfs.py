@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ACCESS_KEY = "trainrun-test-access"
 SECRET_KEY = "trainrun-test-secret-key"
@@ -125,15 +126,7 @@ class SeaweedFS:
         self.process = None
 
     def _wait_until_ready(self, timeout_s: float) -> None:
-        import boto3  # test-only dependency; also checks that the bucket exists
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-        )
+        client = boto3_client_for(self.endpoint)  # also checks that the bucket exists
         deadline = time.monotonic() + timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
@@ -151,6 +144,20 @@ class SeaweedFS:
                 time.sleep(0.3)
         self.stop(hard=True)
         raise RuntimeError(f"weed mini not ready after {timeout_s}s ({last_error}); see {self.log_path}")
+
+
+def boto3_client_for(endpoint: str, *, ca: Path | None = None) -> Any:
+    """An independent client to check results with (``ca``: the CA to trust for https)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+        verify=str(ca) if ca else None,
+    )
 
 
 def free_ports() -> dict[str, int]:

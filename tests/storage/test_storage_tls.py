@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
 from test_storage_cli import CLI_SCRIPT
 from test_storage_s3 import get_object, has_object, make_tree
 from trainrun.storage import (
@@ -43,17 +43,8 @@ def https_options(server: SeaweedFS, ca_bundle: str | None) -> StorageOptions:
 
 @pytest.fixture
 def https_boto3_client(seaweedfs: SeaweedFS) -> Any:
-    import boto3
-
     assert seaweedfs.tls is not None
-    return boto3.client(
-        "s3",
-        endpoint_url=seaweedfs.https_endpoint,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-        verify=str(seaweedfs.tls.ca),
-    )
+    return boto3_client_for(seaweedfs.https_endpoint, ca=seaweedfs.tls.ca)
 
 
 def test_round_trip_over_https_with_the_ca_file(
