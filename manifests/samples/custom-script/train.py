@@ -34,6 +34,9 @@ def main() -> None:
         output_dir = os.environ.get("OUTPUT_DIR", "outputs")
         os.makedirs(output_dir, exist_ok=True)
         torch.save(model.module.state_dict(), os.path.join(output_dir, "model.pt"))
+    # Every rank waits for rank 0's save before the group goes: a rank tearing gloo down while
+    # another still uses it can abort with "terminate called without an active exception".
+    dist.barrier()
     dist.destroy_process_group()
 
 
