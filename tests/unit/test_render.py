@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
-from run_factory import pools, training_run
+from run_factory import POOLS, pools, training_run
 from trainrun.render import (
     expand_references,
     launch_command,
@@ -16,6 +18,7 @@ from trainrun.render import (
 )
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, decode_applied_spec, pending_changes
 from trainrun.render.children import canonical_spec
+from trainrun.spec import parse_operator_config
 
 
 def master(job: dict[str, Any]) -> dict[str, Any]:
@@ -226,8 +229,21 @@ def test_uploader_job() -> None:
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3"}}]
     assert pod["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "mnist-outputs"}}]
     assert pod["containers"][0]["image"] == "ghcr.io/trainrun/operator:0.1.0"
+    # Requests on every container the operator adds: a namespace with a cpu/memory ResourceQuota refuses
+    # containers without them, and the run would wait in Uploading for a pod that is never created.
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     with pytest.raises(ValueError, match="output.uri"):
         render_uploader_job(training_run(), pools())
+
+
+def test_the_platform_team_sets_the_helper_containers_resources() -> None:
+    config = parse_operator_config({**POOLS, "helperResources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {}}})
+    run = training_run(output={"uri": "s3://models/mnist"}, inputs=[{"name": "data", "uri": "s3://data/d"}])
+    expected = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    assert render_uploader_job(run, config)["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
+    assert master(render_pytorchjob(run, config))["template"]["spec"]["initContainers"][0]["resources"] == expected
+    with pytest.raises(ValueError, match=r"helperResources.requests.memory"):
+        parse_operator_config({"helperResources": {"requests": {"memory": "lots"}}})
 
 
 def test_inputs_and_code_are_staged_by_an_init_container() -> None:
@@ -243,9 +259,24 @@ def test_inputs_and_code_are_staged_by_an_init_container() -> None:
     assert "trainrun download gs://bucket/x /data/x" in script
     assert "trainrun download s3://code/run-1 /workspace/code" in script
     assert init["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert init["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
     env = env_of({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": pod}}}}})
     assert env["INPUT_FASHION_MNIST"] == "/inputs/fashion-mnist" and env["INPUT_EXTRA"] == "/data/x"
     assert pod["containers"][0]["workingDir"] == "/workspace/code"
+
+
+def test_staging_script_passes_each_uri_and_path_as_one_word(tmp_path: Path) -> None:
+    """URIs may hold spaces, quotes or `$(...)`: the shell must hand them to trainrun untouched."""
+    tricky = "s3://data/my set/it's $(touch pwned) `id`;x"
+    run = training_run(inputs=[{"name": "odd", "uri": tricky, "path": "/data/with space"}])
+    script = master(render_pytorchjob(run, pools()))["template"]["spec"]["initContainers"][0]["command"][2]
+    # Run the real script in sh, with `trainrun` replaced by a function that prints its arguments.
+    shown = subprocess.run(
+        ["sh", "-c", 'trainrun() { printf "%s\\n" "$@"; }; ' + script],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+    )
+    assert shown.stdout.splitlines() == ["download", tricky, "/data/with space"]
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_rendering_is_deterministic() -> None:

@@ -8,6 +8,7 @@ shape of kubeflow-training's ``KubeflowOrgV1PyTorchJob`` (a unit test round-trip
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
@@ -154,17 +155,28 @@ def _staging_init_containers(run: TrainingRun, config: OperatorConfig) -> list[O
         downloads.append((spec.code.uri, spec.code.mount_path))
     if not downloads:
         return containers
-    script = " && ".join(f"trainrun download {uri} {path}" for uri, path in downloads)
+    script = " && ".join(f"trainrun download {shlex.quote(uri)} {shlex.quote(path)}" for uri, path in downloads)
     containers.append(
         {
             "name": "stage-in",
             "image": config.operator_image,
             "command": ["sh", "-c", script],
             "envFrom": env_from,
+            "resources": _helper_resources(config),
             "volumeMounts": _staging_mounts(run),
         }
     )
     return containers
+
+
+def _helper_resources(config: OperatorConfig) -> Object:
+    """Requests and limits of the containers the operator adds (the platform team's, from its config)."""
+    resources = config.helper_resources
+    return {
+        key: {name: str(amount) for name, amount in amounts.items()}
+        for key, amounts in (("requests", resources.requests), ("limits", resources.limits))
+        if amounts
+    }
 
 
 def _staging_mounts(run: TrainingRun) -> list[Object]:
@@ -305,6 +317,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "image": config.operator_image,
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": _helper_resources(config),
         "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True}],
     }
     if output.secret_name:
