@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run, wait_for_phase
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
@@ -177,3 +177,57 @@ def _object(s3: Any, key: str) -> str | None:
         return str(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode())
     except s3.exceptions.NoSuchKey:
         return None
+
+
+def test_pods_refused_by_a_resource_quota_are_explained(
+    kube_cluster: KubeCluster, operator_with_shipped_rbac: OperatorProcess, kube_namespace: str, tmp_path: Path
+) -> None:
+    namespace = kube_namespace
+    # A quota on the memory that pods with requests ask for. The API server refuses those pods outright,
+    # so the only trace is an Event on the object that tried to create them: the run must relay it.
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "compute", "namespace": namespace},
+            "spec": {"hard": {"requests.memory": "100Mi"}, "scopes": ["NotBestEffort"]},
+        }
+    )
+
+    def status(name: str) -> dict[str, Any]:
+        return dict(get_run(kube_cluster, name, namespace).get("status") or {})
+
+    def wait_for_reason(name: str, reason: str, what: str) -> dict[str, Any]:
+        try:
+            return wait_until(lambda: status(name) if status(name).get("reason") == reason else None, timeout=120, what=what)
+        except ClusterError as error:
+            events = kube_cluster.kubectl("get", "events", "-n", namespace).stdout
+            raise AssertionError(f"{error}\nstatus: {status(name)}\nevents:\n{events}") from None
+
+    # 1. The training-operator gives each Worker an init container with limits, so the Worker pod falls under
+    #    the quota and needs memory requests the run did not set: the Master starts, the Worker never exists.
+    kubectl_apply(kube_cluster, training_run("no-memory", namespace, podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")}))
+    refused = wait_for_reason("no-memory", "FailedCreatePod", "the run to say why its Worker has no pod")
+    assert refused["phase"] == "Queued"
+    assert refused["message"].startswith("the training-operator cannot create replica worker-0: ")
+    assert "must specify requests.memory" in refused["message"]
+
+    # 2. With memory set the replicas fit and train; then the uploader (helper containers ask 512Mi) is refused.
+    volume_for_claim(kube_cluster, namespace, "quota-outputs", tmp_path / "volume", create_claim=False)
+    document = training_run(
+        "quota",
+        namespace,
+        resources={"memory": "10Mi"},
+        output={"uri": f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/quota", "volume": {"size": "1Gi"}},
+        podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")},
+    )
+    kubectl_apply(kube_cluster, document)
+    refused = wait_for_reason("quota", "UploaderNotCreated", "the run to say why its uploader has no pod")
+    assert refused["phase"] == "Uploading"
+    assert refused["message"].startswith("training succeeded, but the uploader pod cannot be created: ")
+    assert "exceeded quota: compute" in refused["message"] and "requests.memory=512Mi" in refused["message"]
+
+    # Once the quota is gone the Job controller creates the pod, and the message says so.
+    kube_cluster.kubectl("delete", "resourcequota", "compute", "-n", namespace)
+    copying = wait_for_reason("quota", "Uploading", "the uploader pod to be created after the quota was removed")
+    assert copying["message"].startswith("copying $OUTPUT_DIR to s3://")

@@ -26,6 +26,11 @@ from trainrun.status import PhaseEvent, compute_status, phase_event
 
 SCHEDULER = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu. preemption: 0/6 nodes are available."
 URI = "s3://models/runs/run"
+WORKER_REFUSAL = 'pods "run-worker-0" is forbidden: failed quota: compute: must specify requests.memory for: pytorch'
+QUOTA_REFUSAL = (
+    'pods "run-upload-x7k2p" is forbidden: exceeded quota: compute, requested: requests.memory=512Mi, '
+    "used: requests.memory=0, limited: requests.memory=100Mi"
+)
 ARTIFACTS = Artifacts(uri=URI, manifest_uri=f"{URI}/manifest.json", file_count=7, bytes=1_234_567)
 BACKOFF = "Job default/run has failed because it has reached the specified backoff limit"
 DEADLINE = "Job default/run has failed because it was active longer than specified deadline"
@@ -107,6 +112,18 @@ CASES = [
         "training-operator-cannot-create-pods", Phase.QUEUED, "FailedCreatePod",
         'the training-operator cannot create the pods: pods "run-master-0" is forbidden: exceeded quota',
         job=pytorchjob().created(),
+        events=[event("FailedCreatePod", 'pods "run-master-0" is forbidden: exceeded quota', name="run", kind="PyTorchJob")],
+    ),
+    Case(
+        "training-operator-cannot-create-the-worker", Phase.QUEUED, "FailedCreatePod",
+        "the training-operator cannot create replica worker-0: " + WORKER_REFUSAL,
+        job=pytorchjob().created(), pods=[pod("run-master-0")],
+        events=[event("FailedCreatePod", WORKER_REFUSAL, name="run", kind="PyTorchJob")],
+    ),
+    Case(
+        "refusal-of-a-replica-created-since", Phase.QUEUED, "WaitingForPods",
+        "waiting for the training-operator to create replica worker-0",
+        job=pytorchjob().created(), pods=[pod("run-master-0")],
         events=[event("FailedCreatePod", 'pods "run-master-0" is forbidden: exceeded quota', name="run", kind="PyTorchJob")],
     ),
     Case(
@@ -265,6 +282,17 @@ CASES = [
     Case(
         "uploading", Phase.UPLOADING, "Uploading", f"copying $OUTPUT_DIR to {URI}",
         run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job().active(),
+    ),
+    Case(
+        "uploader-pod-refused-by-quota", Phase.UPLOADING, "UploaderNotCreated",
+        f"training succeeded, but the uploader pod cannot be created: {QUOTA_REFUSAL}",
+        run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job(),
+        events=[event("FailedCreate", QUOTA_REFUSAL, name="run-upload", kind="Job", when=at(32))],
+    ),
+    Case(
+        "uploader-pod-created-after-a-refusal", Phase.UPLOADING, "Uploading", f"copying $OUTPUT_DIR to {URI}",
+        run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job().active(),
+        events=[event("FailedCreate", QUOTA_REFUSAL, name="run-upload", kind="Job", when=at(32))],
     ),
     Case(
         "uploading-retry", Phase.UPLOADING, "Uploading",

@@ -169,6 +169,7 @@ class UploaderView:
 
     name: str | None
     state: UploadState
+    active: int  # pods running now
     failed_attempts: int
     failure_message: str | None  # the last failed pod's termination message, else the Job's Failed message
     completion_time: str | None
@@ -409,6 +410,7 @@ def observe_uploader(raw: Mapping[str, Any] | None, uploader_pods: list[PodView]
     return UploaderView(
         name=as_text(field(raw, "metadata", "name")),
         state=state,
+        active=as_count(status.get("active")),
         failed_attempts=failed_attempts,
         failure_message=_last_pod_failure_message(uploader_pods) or (failed.message if failed else None),
         completion_time=completion,

@@ -167,6 +167,20 @@ def _succeeded(observations: Observations, run: TrainingRun, job: JobView) -> Ve
             f"training succeeded; {artifacts.file_count} files ({human_size(artifacts.bytes)}) copied to {artifacts.uri}",
             completion_time=uploader.completion_time or job.completion_time or now,
         )
+    if uploader.active == 0 and not uploader.failed_attempts:
+        # The Job exists but has no pod: admission refused it (a ResourceQuota, a policy) and the Job
+        # controller keeps trying. Say why instead of claiming a copy is under way.
+        refused = [
+            event
+            for event in observations.events
+            if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind == "Job" and event.object_name == uploader.name
+        ]
+        if refused:
+            return Verdict(
+                Phase.UPLOADING,
+                "UploaderNotCreated",
+                f"training succeeded, but the uploader pod cannot be created: {refused[-1].message}",
+            )
     message = f"copying $OUTPUT_DIR to {uri}"
     if uploader.failed_attempts:
         last = f": {uploader.failure_message}" if uploader.failure_message else ""
@@ -284,16 +298,24 @@ def _restarting_message(observations: Observations, run: TrainingRun, job: JobVi
 
 def _queued(observations: Observations, replicas: dict[str, PodView | None]) -> Verdict:
     missing = [name for name, pod in replicas.items() if pod is None]
-    if missing and len(missing) == len(replicas):
-        failures = [
-            event
-            for event in observations.events
-            if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind in (None, "PyTorchJob")
-        ]
-        if failures:
-            return Verdict(
-                Phase.QUEUED, "FailedCreatePod", f"the training-operator cannot create the pods: {failures[-1].message}"
-            )
+    failures = [
+        event
+        for event in observations.events
+        if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind in (None, "PyTorchJob")
+    ]
+    if missing and failures and len(missing) == len(replicas):
+        return Verdict(
+            Phase.QUEUED, "FailedCreatePod", f"the training-operator cannot create the pods: {failures[-1].message}"
+        )
+    # Some replicas exist: only a failure that names a missing one (pods "job-worker-0" is forbidden ...)
+    # explains the wait; an older one about a replica created since does not.
+    about_missing = [event for event in failures if any(name in event.message for name in missing)]
+    if about_missing:
+        return Verdict(
+            Phase.QUEUED,
+            "FailedCreatePod",
+            f"the training-operator cannot create replica {_names(missing)}: {about_missing[-1].message}",
+        )
     if missing:
         return Verdict(
             Phase.QUEUED,
