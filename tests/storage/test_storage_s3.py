@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -217,6 +218,32 @@ def test_upload_file_and_download_single_object(
     result = download(f"{s3_uri}/logs/master-0.log", tmp_path / "back", options=s3_options)
     assert (tmp_path / "back" / "master-0.log").read_bytes() == log.read_bytes()
     assert not result.verified
+
+
+def test_a_file_uploaded_into_a_folder_keeps_its_name(
+    tmp_path: Path, s3_uri: str, s3_options: StorageOptions, boto3_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As cp and aws s3 cp: a URI ending in '/' (or a local folder that exists) receives the file by name."""
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights")
+    record = upload_file(model, f"{s3_uri}/models/", options=s3_options)
+    assert record.path == f"{s3_uri}/models/model.pt"
+    assert get_object(boto3_client, s3_uri, "models/model.pt") == b"weights"
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert upload_file(model, str(existing)).path == f"file://{existing}/model.pt"
+    assert upload_file(model, f"file://{tmp_path}/new/").path == f"file://{tmp_path}/new/model.pt"
+    assert upload_file(model, f"{tmp_path}/other/renamed.pt").path == f"file://{tmp_path}/other/renamed.pt"
+    for copy in (existing / "model.pt", tmp_path / "new" / "model.pt", tmp_path / "other" / "renamed.pt"):
+        assert copy.read_bytes() == b"weights"
+    # A local target that cannot be written fails at once: retrying would not change it.
+    (tmp_path / "blocked" / "model.pt").mkdir(parents=True)
+    with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match="Is a directory"):
+        upload_file(model, f"{tmp_path}/blocked/")
+    with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match="local file error"):
+        upload_file(model, f"{model}/inside.pt")
+    assert "retry" not in caplog.text
 
 
 def test_extra_files_are_listed_in_the_manifest(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:

@@ -154,6 +154,8 @@ def is_transient(error: BaseException) -> bool:
         return True
     if not isinstance(error, GenericError) or _TLS_FAILURE.search(str(error)):
         return False  # a certificate that is not trusted now will not be trusted on retry
+    if "LocalFileSystem" in str(error):
+        return False  # a local target: a folder in the way or no permission stays so
     status = _HTTP_STATUS.search(str(error))
     return status is None or not status.group(1).startswith("4") or status.group(1) in ("408", "429")
 

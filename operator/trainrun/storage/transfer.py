@@ -231,12 +231,16 @@ def upload_file(
 ) -> FileRecord:
     """Upload one file to the object ``uri`` names (e.g. ``s3://b/run/logs/master-0.log``).
 
-    Returns its record with ``path`` set to the object's URI. Raises :class:`UploadError`.
+    A URI ending in ``/``, or naming a local folder that exists, receives the file under its own
+    name (``s3://b/run/`` -> ``s3://b/run/model.pt``), as ``cp`` and ``aws s3 cp`` do. Returns its
+    record with ``path`` set to the object's URI. Raises :class:`UploadError`.
     """
     location = parse_uri(uri)
     options = options or StorageOptions()
-    parent, name = location.parent_and_name()
     path = Path(src)
+    if uri.endswith("/") or (location.scheme == "file" and Path(location.prefix).is_dir()):
+        location = location.child(path.name)
+    parent, name = location.parent_and_name()
     local = _LocalFile(key=name, path=path, size=_size_or_fail(path, location))
     with _store_errors(UploadError, location, options, action="upload to"):
         store = open_store(parent, options, create_local_dir=True)
