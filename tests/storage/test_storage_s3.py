@@ -244,6 +244,8 @@ def test_a_file_uploaded_into_a_folder_keeps_its_name(
     with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match="local file error"):
         upload_file(model, f"{model}/inside.pt")
     assert "retry" not in caplog.text
+    with pytest.raises(DownloadError, match=r"into '.*model.pt': it is a file; give a folder"):
+        download(f"{s3_uri}/models/", model, options=s3_options)
 
 
 def test_extra_files_are_listed_in_the_manifest(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:

@@ -272,6 +272,8 @@ def download(
     location = parse_uri(uri)
     options = options or StorageOptions()
     destination = Path(dst_dir)
+    if destination.exists() and not destination.is_dir():
+        raise DownloadError(f"cannot download {location.uri} into {str(destination)!r}: it is a file; give a folder")
     with _store_errors(DownloadError, location, options, action="download from"):
         store = open_store(location, options)
         sizes = {meta["path"]: meta["size"] for batch in obstore.list(store, chunk_size=1000) for meta in batch}
