@@ -96,6 +96,11 @@ def test_artifacts_lists_the_manifest_and_downloads_it(quickstart: FinishedRun, 
     assert listed == {entry["path"]: entry["sha256"][:16] for entry in manifest["files"]}
     assert listed["model.pt"] == hashlib.sha256((quickstart.artifacts / "model.pt").read_bytes()).hexdigest()[:16]
 
+    code, output = invoke(quickstart, "artifacts", "quickstart", "-o", "wide")
+    assert code == 0 and {row.split()[-1] for row in output.strip().splitlines()[2:]} == {
+        entry["sha256"] for entry in manifest["files"]
+    }
+
     code, output = invoke(quickstart, "artifacts", "quickstart", "-o", "json")
     assert code == 0 and json.loads(output)["manifest"] == manifest
 

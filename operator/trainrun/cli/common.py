@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec
 
@@ -91,6 +92,19 @@ FileArgument = Annotated[
     str, typer.Argument(help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
 ]
 NameArgument = Annotated[str, typer.Argument(help="Name of the TrainingRun (locally: also a run folder's name).")]
+
+
+class OutputFormat(StrEnum):
+    """The -o choices, as kubectl has them."""
+
+    TABLE = "table"
+    WIDE = "wide"
+    YAML = "yaml"
+    JSON = "json"
+
+
+OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, wide, yaml or json.")]
+
 DEFAULT_RUNS_DIR = Path("runs")
 
 

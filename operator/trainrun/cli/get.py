@@ -7,7 +7,6 @@ objects themselves, ``-o wide`` adds columns, ``-A`` lists every namespace.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -17,24 +16,14 @@ from trainrun.cli.common import (
     LocalOption,
     NameArgument,
     NamespaceOption,
+    OutputFormat,
+    OutputOption,
     RunsDirOption,
     add_command,
     client_for,
     dump_yaml,
     run_dir_of,
 )
-
-
-class OutputFormat(StrEnum):
-    """The -o choices, as kubectl has them."""
-
-    TABLE = "table"
-    WIDE = "wide"
-    YAML = "yaml"
-    JSON = "json"
-
-
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, wide, yaml or json.")]
 
 
 def register(app: typer.Typer) -> None:

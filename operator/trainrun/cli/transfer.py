@@ -16,7 +16,6 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +26,8 @@ from trainrun.cli.common import (
     LocalOption,
     NameArgument,
     NamespaceOption,
+    OutputFormat,
+    OutputOption,
     RunsDirOption,
     add_command,
     client_for,
@@ -55,14 +56,6 @@ CaBundleOption = Annotated[
 ]
 ConcurrencyOption = Annotated[int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")]
 _PLAIN_PROGRESS_EVERY_S = 5.0
-
-
-class ListingFormat(StrEnum):
-    """The -o choices of ``artifacts``."""
-
-    TABLE = "table"
-    YAML = "yaml"
-    JSON = "json"
 
 
 def register(app: typer.Typer) -> None:
@@ -129,20 +122,20 @@ def artifacts_command(
         Path | None,
         typer.Option("--download", "-d", help="Copy the artifacts into this folder, checked against the manifest."),
     ] = None,
-    output: Annotated[ListingFormat, typer.Option("--output", "-o", help="table, yaml or json.")] = ListingFormat.TABLE,
+    output: OutputOption = OutputFormat.TABLE,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
 ) -> None:
-    """List the files a run copied to its output (its manifest), or copy them here with --download DIR."""
+    """List the files a run copied to its output (its manifest; -o wide: whole sha256), or copy them with --download DIR."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     if download_to is not None:
         uri = client.artifacts(name)["uri"]
         _download_and_report(uri, download_to, options=_options(None, None), verify=True, concurrency=32)
         return
     artifacts = client.artifacts(name)
-    if output is not ListingFormat.TABLE:
-        print(dump_yaml([artifacts]) if output is ListingFormat.YAML else json.dumps(artifacts, indent=2))
+    if output in (OutputFormat.YAML, OutputFormat.JSON):
+        print(dump_yaml([artifacts]) if output is OutputFormat.YAML else json.dumps(artifacts, indent=2))
         return
     manifest = artifacts["manifest"]
     if manifest is None:
@@ -154,7 +147,11 @@ def artifacts_command(
 
     table = Table("PATH", "SIZE", "SHA256", box=None, header_style="bold")
     for entry in manifest["files"]:
-        table.add_row(entry["path"], _size(entry["size"]), entry["sha256"][:16])
+        table.add_row(
+            entry["path"],
+            _size(entry["size"]),
+            entry["sha256"] if output is OutputFormat.WIDE else entry["sha256"][:16],
+        )
     print(
         f"{artifacts['uri']}: {_files(manifest['file_count'])}, {_size(manifest['total_bytes'])}, "
         f"copied {manifest['created']}"
@@ -162,9 +159,7 @@ def artifacts_command(
     show(table)
 
 
-def _download_and_report(
-    uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int
-) -> None:
+def _download_and_report(uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int) -> None:
     """Download with a progress display, then print one summary line."""
     from trainrun.storage import download
 
