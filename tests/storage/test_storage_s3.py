@@ -210,9 +210,11 @@ def test_upload_file_and_download_single_object(
 ) -> None:
     log = tmp_path / "master-0.log"
     log.write_bytes(b"line\n" * 1000)
-    record = upload_file(log, f"{s3_uri}/logs/master-0.log", options=s3_options)
+    seen: list[TransferProgress] = []
+    record = upload_file(log, f"{s3_uri}/logs/master-0.log", options=s3_options, progress=seen.append)
     assert record.path == f"{s3_uri}/logs/master-0.log"
     assert record.sha256 == sha256_hex(log.read_bytes())
+    assert seen[-1] == TransferProgress(files_done=1, files_total=1, bytes_done=record.size, bytes_total=record.size)
     assert get_object(boto3_client, s3_uri, "logs/master-0.log") == log.read_bytes()
 
     result = download(f"{s3_uri}/logs/master-0.log", tmp_path / "back", options=s3_options)

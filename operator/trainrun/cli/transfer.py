@@ -88,7 +88,8 @@ def upload_command(
                 f"in {result.elapsed_s:.1f}s ({_size(rate)}/s{skipped}); manifest: {result.manifest_uri}"
             )
         elif src.is_file():
-            record = upload_file(src, uri, options=options)
+            with _progress("uploading") as progress:
+                record = upload_file(src, uri, options=options, progress=progress)
             print(f"uploaded {src} ({_size(record.size)}, sha256 {record.sha256}) to {record.path}")
         else:
             fail(f"{src} does not exist: give a folder or a file to upload")

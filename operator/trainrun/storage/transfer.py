@@ -228,6 +228,7 @@ def upload_file(
     *,
     options: StorageOptions | None = None,
     retry: RetryPolicy = RetryPolicy(),
+    progress: ProgressCallback | None = None,
 ) -> FileRecord:
     """Upload one file to the object ``uri`` names (e.g. ``s3://b/run/logs/master-0.log``).
 
@@ -244,7 +245,7 @@ def upload_file(
     local = _LocalFile(key=name, path=path, size=_size_or_fail(path, location))
     with _store_errors(UploadError, location, options, action="upload to"):
         store = open_store(parent, options, create_local_dir=True)
-        record = _upload_with_retries(store, local, _TransferState(1, local.size, None), retry)
+        record = _upload_with_retries(store, local, _TransferState(1, local.size, progress), retry)
         stored_size = obstore.head(store, name)["size"]
     if stored_size != record.size:
         raise UploadError(f"{location.uri}: after upload the object has {stored_size} bytes, expected {record.size}")
