@@ -5,9 +5,10 @@ request) sit under the file-level retries of the transfer code; errors are turne
 messages that name the URI and the likely fix (credentials, bucket, endpoint, CA certificate).
 
 S3 request bodies are signed (their SHA-256 is part of the signature) only over plain http.
-Over https, TLS already protects them in transit, so they go as ``UNSIGNED-PAYLOAD`` as the AWS
-SDKs send them: that saves a second SHA-256 pass over every byte (the transfer code computes
-one for the manifest), about a third of the client's CPU on a large upload.
+Over https, TLS already protects them in transit, so they go as ``UNSIGNED-PAYLOAD`` (the AWS
+SDKs skip payload signing over https too): that saves a second SHA-256 pass over every byte (the
+transfer code computes one for the manifest, checked on every download), about a third of the
+client's CPU on a large upload.
 """
 
 from __future__ import annotations
