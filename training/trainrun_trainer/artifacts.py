@@ -44,7 +44,8 @@ def newest_checkpoint(directory: Path) -> Path | None:
 
 def _replace_atomically(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial")
+    # The suffix stays last (.model.partial.pt2): torch.export warns about a .pt2 archive named otherwise.
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
     write(temporary)
     os.replace(temporary, path)
 
