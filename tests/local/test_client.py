@@ -72,7 +72,9 @@ def test_the_client_reads_a_run_made_by_the_cli(quickstart: FinishedRun, tmp_pat
     assert lines == (quickstart.folder / "logs" / "master-0.log").read_text().splitlines()
     artifacts = client.artifacts("quickstart")
     assert artifacts["uri"] == f"file://{quickstart.artifacts}"
-    assert {"model.pt", "model.ts"} <= {entry["path"] for entry in artifacts["manifest"]["files"]}
+    assert {"model.pt", "model.ts", "triton/quickstart/1/model.pt", "triton/quickstart/config.pbtxt"} <= {
+        entry["path"] for entry in artifacts["manifest"]["files"]
+    }  # the Triton model is named after the run
     copied = client.download("quickstart", tmp_path / "copy")
     assert (copied / "model.ts").read_bytes() == (quickstart.artifacts / "model.ts").read_bytes()
     assert json.loads((copied / "run.json").read_text())

@@ -86,6 +86,34 @@ def test_exported_models_load_and_predict_without_the_training_code(two_epochs: 
     assert result.stdout.strip() == "(5, 10) (1, 10)"
 
 
+def test_triton_repository_entry_follows_tritons_model_config(two_epochs: TrainerRun, tmp_path: Path) -> None:
+    """triton/<name>/ is what Triton's PyTorch backend loads: config.pbtxt is checked against Triton's own
+    ModelConfig schema (tritonclient's protobuf, unknown fields refused), the model against libtorch."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    folder = two_epochs.output_dir / "triton" / "cnn"  # no TRAINRUN_RUN_NAME here: named after the model
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "cnn" and config.platform == "pytorch_libtorch" and config.max_batch_size == 64
+    assert [(item.name, item.data_type, list(item.dims)) for item in config.input] == [
+        ("INPUT__0", model_config_pb2.TYPE_FP32, [3, 32, 32])
+    ]
+    assert [(item.name, item.data_type, list(item.dims), item.label_filename) for item in config.output] == [
+        ("OUTPUT__0", model_config_pb2.TYPE_FP32, [10], "labels.txt")
+    ]
+    assert (folder / "labels.txt").read_text().splitlines() == two_epochs.run_summary["class_names"]
+    assert (folder / "1" / "model.pt").read_bytes() == (two_epochs.output_dir / "model.ts").read_bytes()
+    script = (
+        "import sys, torch\n"
+        "sys.modules['trainrun_trainer'] = None\n"
+        f"model = torch.jit.load({str(folder / '1' / 'model.pt')!r})\n"
+        "print(tuple(model(torch.rand(64, 3, 32, 32)).shape))\n"
+    )
+    result = subprocess.run([sys.executable, "-I", "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(64, 10)"
+
+
 def test_rerun_with_more_epochs_resumes_from_the_newest_checkpoint(output_dir: Path) -> None:
     first = run_trainer([*QUICK_FLAGS, "--epochs", "2"], output_dir=output_dir).check()
     second = run_trainer([*QUICK_FLAGS, "--epochs", "3"], output_dir=output_dir).check()

@@ -1,4 +1,6 @@
-"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts, model.pt2 and run.json.
+"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts, model.pt2, run.json, and
+triton/<model>/ (a Triton Inference Server model repository entry: the TorchScript model, its
+config.pbtxt and labels.txt), so the copied artifacts can be served as they are.
 
 Called by `trainrun_trainer.training` on rank 0. Every file is written to a temporary name and
 renamed into place, so a replica killed mid-write never leaves a half-written newest checkpoint
@@ -11,6 +13,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,9 @@ EXPORTED_PROGRAM_FILE = "model.pt2"
 # The batch size model.pt2 accepts (torch.export needs a range for a dynamic dimension).
 EXPORT_MAX_BATCH = 65536
 RUN_SUMMARY_FILE = "run.json"
+TRITON_DIR = "triton"
+# Triton's dynamic batcher may group up to this many requests; the traced model takes any batch.
+TRITON_MAX_BATCH = 64
 
 
 def checkpoint_path(directory: Path, epoch: int) -> Path:
@@ -97,3 +103,34 @@ def write_run_summary(output_dir: Path, summary: dict[str, Any]) -> None:
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     _replace_atomically(output_dir / RUN_SUMMARY_FILE, lambda target: target.write_text(text, encoding="utf-8"))
 
+
+
+def write_triton_repository(
+    output_dir: Path, *, model_name: str, input_shape: tuple[int, int, int], class_names: list[str]
+) -> Path:
+    """triton/<model_name>/{config.pbtxt, labels.txt, 1/model.pt}: model.ts for Triton's PyTorch
+    (libtorch) backend, which wants TorchScript named model.pt in a numbered version folder. Its
+    input INPUT__0 is a batch of float images in [0, 1] (the model normalises them itself); its
+    output OUTPUT__0 holds one logit per class, named by labels.txt. Returns the model's folder."""
+    folder = output_dir / TRITON_DIR / model_name
+    version = folder / "1"
+    version.mkdir(parents=True, exist_ok=True)
+    _replace_atomically(version / "model.pt", lambda target: shutil.copyfile(output_dir / TORCHSCRIPT_FILE, target))
+    labels = "".join(f"{name}\n" for name in class_names)
+    _replace_atomically(folder / "labels.txt", lambda target: target.write_text(labels, encoding="utf-8"))
+    config = "\n".join(
+        [
+            f'name: "{model_name}"',
+            'platform: "pytorch_libtorch"',
+            f"max_batch_size: {TRITON_MAX_BATCH}",
+            "input [",
+            f'  {{ name: "INPUT__0" data_type: TYPE_FP32 dims: [ {", ".join(map(str, input_shape))} ] }}',
+            "]",
+            "output [",
+            f'  {{ name: "OUTPUT__0" data_type: TYPE_FP32 dims: [ {len(class_names)} ] label_filename: "labels.txt" }}',
+            "]",
+            "",
+        ]
+    )
+    _replace_atomically(folder / "config.pbtxt", lambda target: target.write_text(config, encoding="utf-8"))
+    return folder

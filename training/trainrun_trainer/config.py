@@ -44,6 +44,7 @@ class TrainConfig:
     synthetic_samples: int
     output_dir: Path
     checkpoint_dir: Path
+    serving_name: str  # the Triton model's name: the run's (TRAINRUN_RUN_NAME), else the model's
 
     def as_json(self) -> dict[str, Any]:
         """The hyperparameters as JSON-friendly values (for run.json)."""
@@ -215,4 +216,5 @@ def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         synthetic_samples=values["synthetic_samples"],
         output_dir=output_dir,
         checkpoint_dir=checkpoint_dir,
+        serving_name=env.get("TRAINRUN_RUN_NAME") or model,
     )

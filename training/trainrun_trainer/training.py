@@ -355,8 +355,11 @@ def _finish(session: Session, progress: Progress, summary: dict[str, Any]) -> No
         reporter.say("no epoch reached a finite validation loss; exporting the last weights")
     artifacts.export_model(session.classifier, output_dir=config.output_dir,
                            input_shape=session.dataset.input_shape)
+    artifacts.write_triton_repository(config.output_dir, model_name=config.serving_name,
+                                      input_shape=session.dataset.input_shape,
+                                      class_names=session.dataset.class_names)
     artifacts.write_run_summary(config.output_dir, summary)
     reporter.metrics(epoch=progress.epochs_done, step=progress.global_step,
                      samples={"final": True, **progress.best_metrics})
     reporter.say(f"done: best epoch {progress.best_epoch} of {progress.epochs_done}, "
-                 + _describe(progress.best_metrics) + f"; model.pt, model.ts, model.pt2, run.json in {config.output_dir}")
+                 + _describe(progress.best_metrics) + f"; model.pt, model.ts, model.pt2, triton/, run.json in {config.output_dir}")
