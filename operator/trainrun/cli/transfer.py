@@ -131,8 +131,9 @@ def artifacts_command(
     """List the files a run copied to its output (its manifest; -o wide: whole sha256), or copy them with --download DIR."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     if download_to is not None:
-        uri = client.artifacts(name)["uri"]
-        _download_and_report(uri, download_to, options=_options(None, None), verify=True, concurrency=32)
+        _download_and_report(
+            client.output_uri(name), download_to, options=_options(None, None), verify=True, concurrency=32
+        )
         return
     artifacts = client.artifacts(name)
     if output in (OutputFormat.YAML, OutputFormat.JSON):

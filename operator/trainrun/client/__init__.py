@@ -214,9 +214,13 @@ class Client:
         """Recent Kubernetes events about the run and its children, oldest first (none locally)."""
         return self.backend.events(name)
 
+    def output_uri(self, name: str) -> str:
+        """Where the run's artifacts go: its spec.output.uri (locally, its run folder when it has none)."""
+        return self.backend.output_location(name)
+
     def artifacts(self, name: str) -> Object:
         """Where the artifacts are and what: {"uri", "manifest": {files, total_bytes, ...} or None}."""
-        uri = self.backend.output_location(name)
+        uri = self.output_uri(name)
         manifest = read_manifest(uri)
         return {"uri": uri, "manifest": None if manifest is None else _manifest_dict(manifest)}
 
@@ -225,7 +229,7 @@ class Client:
         from trainrun.storage import StorageOptions, download
 
         target = Path(destination)
-        download(self.backend.output_location(name), target, options=StorageOptions.from_env(os.environ))
+        download(self.output_uri(name), target, options=StorageOptions.from_env(os.environ))
         return target
 
     # -- changing ----------------------------------------------------------------------------------------
