@@ -170,11 +170,7 @@ def _succeeded(observations: Observations, run: TrainingRun, job: JobView) -> Ve
     if uploader.active == 0 and not uploader.failed_attempts:
         # The Job exists but has no pod: admission refused it (a ResourceQuota, a policy) and the Job
         # controller keeps trying. Say why instead of claiming a copy is under way.
-        refused = [
-            event
-            for event in observations.events
-            if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind == "Job" and event.object_name == uploader.name
-        ]
+        refused = [event for event in _create_failures(observations, "Job") if event.object_name == uploader.name]
         if refused:
             return Verdict(
                 Phase.UPLOADING,
@@ -298,11 +294,7 @@ def _restarting_message(observations: Observations, run: TrainingRun, job: JobVi
 
 def _queued(observations: Observations, replicas: dict[str, PodView | None]) -> Verdict:
     missing = [name for name, pod in replicas.items() if pod is None]
-    failures = [
-        event
-        for event in observations.events
-        if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind in (None, "PyTorchJob")
-    ]
+    failures = _create_failures(observations, None, "PyTorchJob")
     if missing and failures and len(missing) == len(replicas):
         return Verdict(
             Phase.QUEUED, "FailedCreatePod", f"the training-operator cannot create the pods: {failures[-1].message}"
@@ -324,6 +316,15 @@ def _queued(observations: Observations, replicas: dict[str, PodView | None]) -> 
         )
     waiting = [name for name, pod in replicas.items() if pod is not None and pod.state is ReplicaState.UNSCHEDULED]
     return Verdict(Phase.QUEUED, "Scheduling", f"waiting for the scheduler to place replica {_names(waiting)}")
+
+
+def _create_failures(observations: Observations, *kinds: str | None) -> list[EventView]:
+    """Events of a controller that could not create a pod (admission refused it), about objects of these kinds."""
+    return [
+        event
+        for event in observations.events
+        if event.reason in _JOB_CREATE_FAILURE_REASONS and event.object_kind in kinds
+    ]
 
 
 def _names(names: list[str]) -> str:
