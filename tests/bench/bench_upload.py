@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, make_tls_files, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, boto3_client_for, make_tls_files, start_seaweedfs  # noqa: E402
 
 SMALL_FILES = 2000
 SMALL_SIZE = 100 * 1024
@@ -145,16 +145,7 @@ def run_child(method: str, source: str, endpoint: str, key: str, ca: str) -> Non
         )
         upload_directory(source, f"s3://{BUCKET}/{key}", options=options)
     else:
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-            region_name="us-east-1",
-            verify=ca or None,
-        )
+        client = boto3_client_for(endpoint, ca=Path(ca) if ca else None)  # imports boto3 here, timed
 
         def upload(path: Path) -> None:
             client.upload_file(str(path), BUCKET, f"{key}/{path.name}")
