@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import ConfigOption, FileArgument, SetOption, add_command, dump_yaml
+from trainrun.redact import redact
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +71,9 @@ def render_command(file: FileArgument, config: ConfigOption = None, overrides: S
             children.append(claim)
         if run.spec.output.uri is not None:
             children.append(render_uploader_job(run, operator_config))
-    print(note + dump_yaml(children), end="")
+    # Credentials belong in the Secret a run names (spec.output.secretName); one written into a URI of
+    # the spec is masked here as everywhere else the CLI prints.
+    print(note + redact(dump_yaml(children)), end="")
 
 
 def crd_command() -> None:

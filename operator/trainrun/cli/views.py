@@ -14,6 +14,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from trainrun.redact import redact, redact_optional
 from trainrun.spec.status import TrainingRunStatus
 
 Object = dict[str, Any]
@@ -95,7 +96,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         ("Created", metadata.get("creationTimestamp")),
         ("Phase", status.phase or "Pending"),
         ("Reason", status.reason),
-        ("Message", status.message),
+        ("Message", redact_optional(status.message)),
         ("Image", spec.get("image")),
         ("Pool", status.pool or resources.get("pool")),
         ("Workers", distribution.get("workers", 1)),
@@ -110,7 +111,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
     if status.conditions:
         conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold", title_justify="left")
         for condition in status.conditions:
-            conditions.add_row(condition.type, condition.status, condition.reason, condition.message)
+            conditions.add_row(condition.type, condition.status, condition.reason, redact_optional(condition.message))
         parts.extend([Text("\nConditions:", style="bold"), conditions])
     if status.replicas:
         replicas = Table("TYPE", "ACTIVE", "SUCCEEDED", "FAILED", box=None, header_style="bold")
@@ -143,7 +144,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
                 str(event.get("type", "")),
                 str(event.get("reason", "")),
                 f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}",
-                str(event.get("message", "")),
+                redact(str(event.get("message", ""))),
             )
         parts.extend([Text("\nEvents:", style="bold"), table])
     return Group(*parts)
@@ -181,5 +182,5 @@ def _fields(fields: Sequence[tuple[str, object]]) -> Table:
     table.add_column()
     for label, value in fields:
         if value is not None and value != "":
-            table.add_row(f"{label}:", str(value))
+            table.add_row(f"{label}:", redact(str(value)))
     return table

@@ -22,6 +22,7 @@ from trainrun.status.shapes import (
     as_count,
     as_int,
     as_mapping,
+    as_message,
     as_text,
     field,
     is_true,
@@ -215,7 +216,7 @@ def _conditions(raw: object) -> dict[str, JobCondition]:
             type=condition_type,
             true=is_true(item.get("status")),
             reason=as_text(item.get("reason")),
-            message=as_text(item.get("message")),
+            message=as_message(item.get("message")),
             last_transition_time=as_text(item.get("lastTransitionTime")),
         )
     return conditions
@@ -234,7 +235,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
     scheduled = scheduled_condition is not None and is_true(scheduled_condition.get("status"))
     unschedulable_message: str | None = None
     if scheduled_condition is not None and not scheduled and scheduled_condition.get("reason") == "Unschedulable":
-        unschedulable_message = as_text(scheduled_condition.get("message")) or ""
+        unschedulable_message = as_message(scheduled_condition.get("message")) or ""
     phase = as_text(status.get("phase")) or "Pending"
     if phase in ("Running", "Succeeded", "Failed"):
         scheduled = True  # a pod that ran was scheduled, whatever its conditions say
@@ -256,7 +257,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
                     Waiting(
                         container=container,
                         reason=waiting_reason,
-                        message=as_text(waiting_state.get("message")),
+                        message=as_message(waiting_state.get("message")),
                         image=as_text(container_status.get("image"))
                         or as_text(field(specs.get(container), "image")),
                         init=init,
@@ -272,7 +273,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
                             container=container,
                             exit_code=as_int(terminated.get("exitCode")),
                             reason=as_text(terminated.get("reason")),
-                            message=as_text(terminated.get("message")),
+                            message=as_message(terminated.get("message")),
                             finished_at=as_text(terminated.get("finishedAt")),
                             memory_limit=memory_limit,
                             init=init,
@@ -300,7 +301,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
         deleting=metadata.get("deletionTimestamp") is not None,
         restarts=restarts,
         reason=as_text(status.get("reason")),
-        message=as_text(status.get("message")),
+        message=as_message(status.get("message")),
     )
 
 
@@ -377,7 +378,7 @@ def observe_events(raw_events: Sequence[Mapping[str, Any]] | object) -> list[Eve
         events.append(
             EventView(
                 reason=reason,
-                message=as_text(raw.get("message") or raw.get("note")) or "",
+                message=as_message(raw.get("message") or raw.get("note")) or "",
                 object_kind=as_text(involved.get("kind")),
                 object_name=as_text(involved.get("name")),
                 moment=moment,

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from trainrun.redact import redact_optional
+
 _EMPTY: Mapping[str, Any] = {}
 
 
@@ -41,6 +43,12 @@ def as_text(value: object) -> str | None:
     if isinstance(value, str) and value.strip():
         return value
     return None
+
+
+def as_message(value: object) -> str | None:
+    """:func:`as_text` for a message some other program wrote (a container's termination message, an
+    Event, a condition): credentials in any URL in it are masked before the status or a log quotes it."""
+    return redact_optional(as_text(value))
 
 
 def as_count(value: object) -> int:

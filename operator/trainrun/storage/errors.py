@@ -6,9 +6,18 @@ show its message, which names the URI and the cause; no traceback is needed to a
 
 from __future__ import annotations
 
+from trainrun.redact import redact
+
 
 class StorageError(Exception):
-    """Base class: an object-storage operation failed; the message says where and why."""
+    """Base class: an object-storage operation failed; the message says where and why.
+
+    The message is redacted here, once for every subclass: the object store's client quotes the
+    endpoint URL in its errors, and a password inside ``AWS_ENDPOINT_URL`` must not reach a log, a
+    termination message or the run's status."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(redact(message))
 
 
 class InvalidStorageURI(StorageError, ValueError):

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, TypeVar
 import obstore
 from obstore.exceptions import BaseError
 
+from trainrun.redact import redact
 from trainrun.storage.errors import (
     ChecksumMismatchError,
     DownloadError,
@@ -312,6 +313,8 @@ def read_manifest(uri: str, *, options: StorageOptions | None = None) -> Manifes
     Raises :class:`DownloadError` when it cannot be read or parsed.
     """
     location = parse_uri(uri)
+    if location.scheme == "file" and not Path(location.prefix).exists():
+        return None  # a local folder nothing was copied into yet, as an empty prefix of a bucket
     options = options or StorageOptions()
     with _store_errors(DownloadError, location, options, action="read the manifest of"):
         store = open_store(location, options)
@@ -426,7 +429,7 @@ def _upload_with_retries(
             log.warning(
                 "upload of %s failed (%s); retry %d in %.1fs",
                 local.key,
-                str(error).strip().splitlines()[0],
+                redact(str(error).strip().splitlines()[0]),
                 attempt,
                 delay,
             )

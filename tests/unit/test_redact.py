@@ -1,0 +1,82 @@
+"""Credentials in URLs never reach printed text: one redaction function, and the places that call it."""
+
+from __future__ import annotations
+
+import pytest
+from run_factory import training_run
+from trainrun.redact import redact, redact_optional
+from trainrun.status.observe import observe_pod, observe_uploader
+from trainrun.storage.errors import ChecksumMismatchError, StorageError, UploadError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://user:pass@host:9000/bucket", "http://***@host:9000/bucket"),
+        ("Error performing PUT http://AKIA:s3cr3t@seaweed:8333/b/k in 1s", "Error performing PUT http://***@seaweed:8333/b/k in 1s"),
+        ("https://user@host/", "https://***@host/"),
+        ("https://user:p@ss@host/x", "https://***@host/x"),  # a raw @ in the password
+        ("endpoint 'http://u:p@h'", "endpoint 'http://***@h'"),
+        ("a http://a:b@h1/ and s3://c:d@h2/", "a http://***@h1/ and s3://***@h2/"),
+        ("https://acct.blob.core.windows.net/c/b?sv=2024&sig=abc%2Fdef&se=x", "https://acct.blob.core.windows.net/c/b?sv=2024&sig=***&se=x"),
+        ("https://s3/b/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=f00d", "https://s3/b/k?X-Amz-Credential=***&X-Amz-Signature=***"),
+        ("https://h/p?X-Amz-Security-Token=IQo", "https://h/p?X-Amz-Security-Token=***"),
+        # Left as they are: no credentials in them.
+        ("s3://bucket/key@v2/model.pt", "s3://bucket/key@v2/model.pt"),
+        ("http://host:9000/bucket", "http://host:9000/bucket"),
+        ("mail me@example.com about http://host/", "mail me@example.com about http://host/"),
+        ("replica worker-0 exited with code 3", "replica worker-0 exited with code 3"),
+        ("--learning-rate=0.1 --token-count=5", "--learning-rate=0.1 --token-count=5"),
+        ("", ""),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_redact_optional() -> None:
+    assert redact_optional(None) is None
+    assert redact_optional("http://a:b@h") == "http://***@h"
+
+
+def test_storage_errors_redact_their_message() -> None:
+    error = UploadError("cannot upload /outputs to s3://b/: cannot reach http://admin:hunter2@minio:9000 (refused)")
+    assert "hunter2" not in str(error) and "admin" not in str(error)
+    assert "http://***@minio:9000" in str(error)
+    assert isinstance(error, StorageError)
+    mismatch = ChecksumMismatchError(uri="http://u:pw@h/b/k", path="k", expected="a", actual="b")
+    assert "pw" not in str(mismatch).replace("path", "")
+
+
+def test_uploader_failure_message_in_the_status_is_redacted() -> None:
+    terminated = {
+        "exitCode": 1,
+        "reason": "Error",
+        "message": "cannot upload /outputs: Error performing PUT http://AKIAFAKE:fakeSecretKey@s3:8333/b/k",
+        "finishedAt": "2026-11-30T05:00:00Z",
+    }
+    pod = {
+        "metadata": {"name": "mnist-upload-x", "labels": {"trainrun.dev/run": "mnist"}},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "upload", "state": {"terminated": terminated}}]},
+    }
+    job = {"metadata": {"name": "mnist-upload"}, "status": {"failed": 1}}
+    observed = observe_uploader(job, [observe_pod(pod)])
+    assert observed is not None and observed.failure_message is not None
+    assert "fakeSecretKey" not in observed.failure_message and "AKIAFAKE" not in observed.failure_message
+    assert "http://***@s3:8333" in observed.failure_message
+
+
+def test_render_and_describe_print_no_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    from trainrun.cli.views import describe, show
+
+    run = training_run(output={"uri": "s3://models/mnist/", "secretName": "s3-credentials"})
+    document = {
+        "metadata": {"name": "mnist", "namespace": "ml"},
+        "spec": run.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "status": {"phase": "Uploading", "message": "copying to http://AKIAFAKE:fakeSecretKey@s3:8333/models"},
+    }
+    events = [{"type": "Warning", "reason": "UploadRetry", "message": "PUT http://AKIAFAKE:fakeSecretKey@s3/x failed"}]
+    show(describe(document, events=events, run_dir=None))
+    printed = capsys.readouterr().out
+    assert "fakeSecretKey" not in printed and "AKIAFAKE" not in printed
+    assert "***@s3" in printed
