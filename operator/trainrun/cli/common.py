@@ -153,15 +153,6 @@ def dump_yaml(documents: list[Any]) -> str:
     return yaml.safe_dump_all(documents, sort_keys=False, explicit_start=len(documents) > 1)
 
 
-def run_dir_of(run: dict[str, Any]) -> str | None:
-    """The run folder of a local run (None for a cluster run)."""
-    from trainrun.local.folder import RUN_DIR_ANNOTATION
-
-    annotations = (run.get("metadata") or {}).get("annotations") or {}
-    folder = annotations.get(RUN_DIR_ANNOTATION)
-    return str(folder) if folder else None
-
-
 def add_command(app: typer.Typer, name: str, function: Callable[Parameters, None], *, hidden: bool = False) -> None:
     """Register a verb whose errors print as one line (``error: ...``, exit code 1), no traceback.
 

@@ -2,7 +2,7 @@
 
 Phase changes, every replica's lines with a ``[master-0]`` prefix (hidden by --quiet), and on a
 terminal a live progress line (epoch/step, loss, images/s) kept at the bottom with rich; plain lines
-when the output is a file or a pipe. Implements ``trainrun.local.runner.RunObserver``, which the local
+when the output is a file or a pipe. Implements ``trainrun.metrics.observer.RunObserver``, which the local
 runner and the cluster follower both report to.
 """
 

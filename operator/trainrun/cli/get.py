@@ -22,7 +22,6 @@ from trainrun.cli.common import (
     add_command,
     client_for,
     dump_yaml,
-    run_dir_of,
 )
 
 
@@ -88,6 +87,7 @@ def describe_command(
 ) -> None:
     """Phase, conditions, replicas, metrics, artifacts and recent events of one run."""
     from trainrun.cli.views import describe, show
+    from trainrun.client import run_dir_of
 
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     run = client.get(name)

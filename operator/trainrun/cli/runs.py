@@ -24,7 +24,6 @@ from trainrun.cli.common import (
     SetOption,
     add_command,
     client_for,
-    run_dir_of,
 )
 
 
@@ -59,8 +58,7 @@ def run_command(
     Exit code: 0 Completed, 1 Failed, 130 Cancelled (Ctrl-C).
     """
     from trainrun.client.documents import single_training_run
-    from trainrun.local.runner import exit_code
-    from trainrun.spec.status import Phase
+    from trainrun.metrics.observer import exit_code
 
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
     document = single_training_run(file, overrides or ())
@@ -70,7 +68,7 @@ def run_command(
         _print_created(created, local=local)
         return
     from trainrun.cli.display import RunDisplay
-    from trainrun.client import status_of
+    from trainrun.client import run_dir_of, status_of
 
     try:
         with RunDisplay(name=name, quiet=quiet) as display:
@@ -88,7 +86,7 @@ def run_command(
         print(
             f"artifacts: {status.artifacts.uri} ({status.artifacts.file_count} files, {status.artifacts.bytes} bytes)"
         )
-    raise typer.Exit(exit_code(status.phase or Phase.FAILED))
+    raise typer.Exit(exit_code(status.phase))
 
 
 def submit_command(
@@ -113,6 +111,8 @@ def submit_command(
 
 
 def _print_created(run: dict[str, Any], *, local: bool) -> None:
+    from trainrun.client import run_dir_of
+
     metadata = run["metadata"]
     where = f" in {run_dir_of(run)}" if local else ""
     print(f"trainingrun.trainrun.dev/{metadata['name']} created{where}")

@@ -73,6 +73,7 @@ def upload_command(
     concurrency: ConcurrencyOption = 64,
 ) -> None:
     """Upload a folder (every file, then manifest.json last) or a single file to object storage."""
+    from trainrun.status.phase import human_size
     from trainrun.storage import StorageError, upload_directory, upload_file
 
     try:
@@ -84,13 +85,13 @@ def upload_command(
             rate = manifest.total_bytes / max(result.elapsed_s, 1e-6)
             skipped = f", skipped {len(result.skipped)} broken links" if result.skipped else ""
             print(
-                f"uploaded {_files(manifest.file_count)} ({_size(manifest.total_bytes)}) to {result.uri} "
-                f"in {result.elapsed_s:.1f}s ({_size(rate)}/s{skipped}); manifest: {result.manifest_uri}"
+                f"uploaded {_files(manifest.file_count)} ({human_size(manifest.total_bytes)}) to {result.uri} "
+                f"in {result.elapsed_s:.1f}s ({human_size(int(rate))}/s{skipped}); manifest: {result.manifest_uri}"
             )
         elif src.is_file():
             with _progress("uploading") as progress:
                 record = upload_file(src, uri, options=options, progress=progress)
-            print(f"uploaded {src} ({_size(record.size)}, sha256 {record.sha256}) to {record.path}")
+            print(f"uploaded {src} ({human_size(record.size)}, sha256 {record.sha256}) to {record.path}")
         else:
             fail(f"{src} does not exist: give a folder or a file to upload")
     except StorageError as error:
@@ -146,16 +147,17 @@ def artifacts_command(
     from rich.table import Table
 
     from trainrun.cli.views import show
+    from trainrun.status.phase import human_size
 
     table = Table("PATH", "SIZE", "SHA256", box=None, header_style="bold")
     for entry in manifest["files"]:
         table.add_row(
             entry["path"],
-            _size(entry["size"]),
+            human_size(entry["size"]),
             entry["sha256"] if output is OutputFormat.WIDE else entry["sha256"][:16],
         )
     print(
-        f"{artifacts['uri']}: {_files(manifest['file_count'])}, {_size(manifest['total_bytes'])}, "
+        f"{artifacts['uri']}: {_files(manifest['file_count'])}, {human_size(manifest['total_bytes'])}, "
         f"copied {manifest['created']}"
     )
     show(table)
@@ -163,6 +165,7 @@ def artifacts_command(
 
 def _download_and_report(uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int) -> None:
     """Download with a progress display, then print one summary line."""
+    from trainrun.status.phase import human_size
     from trainrun.storage import download
 
     with _progress("downloading") as progress:
@@ -171,7 +174,7 @@ def _download_and_report(uri: str, dst: Path, *, options: StorageOptions, verify
     if not verify:
         check = "not verified (--no-verify)"
     print(
-        f"downloaded {_files(len(result.files))} ({_size(result.total_bytes)}) from {result.uri} "
+        f"downloaded {_files(len(result.files))} ({human_size(result.total_bytes)}) from {result.uri} "
         f"to {result.destination} in {result.elapsed_s:.1f}s; {check}"
     )
     if result.verified and result.unverified_paths:
@@ -187,6 +190,7 @@ def _options(endpoint_url: str | None, ca_bundle: str | None) -> StorageOptions:
 @contextmanager
 def _progress(verb: str) -> Iterator[ProgressCallback]:
     """A progress callback: a rich bar on a terminal (stderr), else a line every few seconds."""
+    from trainrun.status.phase import human_size
     from trainrun.storage import TransferProgress
 
     if sys.stderr.isatty():
@@ -229,7 +233,7 @@ def _progress(verb: str) -> Iterator[ProgressCallback]:
             last_line_at = now
             print(
                 f"{verb}: {state.files_done}/{state.files_total} files, "
-                f"{_size(state.bytes_done)} of {_size(state.bytes_total)}",
+                f"{human_size(state.bytes_done)} of {human_size(state.bytes_total)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -240,10 +244,3 @@ def _progress(verb: str) -> Iterator[ProgressCallback]:
 def _files(count: int) -> str:
     return f"{count} file" if count == 1 else f"{count} files"
 
-
-def _size(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(nbytes) < 1000:
-            return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
-        nbytes /= 1000
-    return f"{nbytes:.1f} TB"

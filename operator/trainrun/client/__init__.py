@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trainrun.client.documents import Source, single_training_run, training_run_documents
 from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
+from trainrun.metrics.observer import RunObserver
 from trainrun.spec import OperatorConfig, validate_training_run
+from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import Phase, TrainingRunStatus
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
 
 if TYPE_CHECKING:
-    from trainrun.local.runner import RunObserver
     from trainrun.storage.manifest import Manifest
 
 Object = dict[str, Any]
@@ -55,7 +56,7 @@ class Backend(Protocol):
 
     def events(self, name: str) -> Objects: ...
 
-    def output_location(self, name: str) -> str: ...
+    def default_output_uri(self, run: Object) -> str: ...
 
     def cancel(self, name: str) -> Object: ...
 
@@ -215,8 +216,14 @@ class Client:
         return self.backend.events(name)
 
     def output_uri(self, name: str) -> str:
-        """Where the run's artifacts go: its spec.output.uri (locally, its run folder when it has none)."""
-        return self.backend.output_location(name)
+        """Where the run's artifacts are: where it copied them (status.artifacts), else where they go
+        (spec.output.uri, else the backend's default: locally the run folder's artifacts/)."""
+        run = self.get(name)
+        artifacts = status_of(run).artifacts
+        if artifacts is not None:
+            return artifacts.uri
+        uri = ((run.get("spec") or {}).get("output") or {}).get("uri")
+        return str(uri) if uri else self.backend.default_output_uri(run)
 
     def artifacts(self, name: str) -> Object:
         """Where the artifacts are and what: {"uri", "manifest": {files, total_bytes, ...} or None}."""
@@ -248,6 +255,12 @@ def status_of(run: Object) -> TrainingRunStatus:
     return TrainingRunStatus.model_validate(run.get("status") or {})
 
 
+def run_dir_of(run: Object) -> str | None:
+    """The run folder of a local run (None for a cluster run)."""
+    folder = ((run.get("metadata") or {}).get("annotations") or {}).get(RUN_DIR_ANNOTATION)
+    return str(folder) if folder else None
+
+
 def read_manifest(uri: str) -> Manifest | None:
     """The manifest at uri, or None when there is none (nothing copied yet, or no output URI)."""
     from trainrun.storage import StorageOptions
@@ -267,4 +280,4 @@ def _name_of(run: Object) -> str:
     return str(run["metadata"]["name"])
 
 
-__all__ = ["Backend", "Client", "ClientError", "RunNotFound", "WaitTimeout", "status_of"]
+__all__ = ["Backend", "Client", "ClientError", "RunNotFound", "RunObserver", "WaitTimeout", "run_dir_of", "status_of"]

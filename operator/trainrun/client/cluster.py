@@ -12,20 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainrun.client.errors import ClientError, RunNotFound
-from trainrun.kube import KubeApi
+from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import ReplicaLogStreams, replica_pods
-from trainrun.local.folder import metric_record
 from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.metrics.observer import RunObserver, metric_record
 from trainrun.render import job_name
 from trainrun.spec import validate_training_run
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import TrainingRunStatus
-
-if TYPE_CHECKING:
-    from trainrun.local.runner import RunObserver
 
 Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
@@ -185,9 +182,7 @@ class ClusterBackend:
         for replica, line in self.logs(name, replica="master-0"):
             samples = parser.parse(line)
             if samples:
-                record = metric_record(replica, samples)
-                record.pop("time")
-                history.append(record)
+                history.append(metric_record(replica, samples))
         return history
 
     def events(self, name: str) -> Objects:
@@ -197,13 +192,11 @@ class ClusterBackend:
         involved = [name, job, *(pod["metadata"]["name"] for pod in pods.values())]
         return self.api.events(self._namespace(), involved_names=involved)
 
-    def output_location(self, name: str) -> str:
-        run = self.get(name)
-        artifacts = (run.get("status") or {}).get("artifacts") or {}
-        uri = artifacts.get("uri") or (run.get("spec", {}).get("output") or {}).get("uri")
-        if not uri:
-            raise RunNotFound(f"run {name!r} has no spec.output.uri: its outputs stayed on the cluster's volume")
-        return str(uri)
+    def default_output_uri(self, run: Object) -> str:
+        """A cluster run without spec.output.uri copies nothing: its outputs stay on the cluster's volume."""
+        raise RunNotFound(
+            f"run {run['metadata']['name']!r} has no spec.output.uri: its outputs stayed on the cluster's volume"
+        )
 
     def cancel(self, name: str) -> Object:
         self.get(name)

@@ -24,12 +24,13 @@ from trainrun.local import (
     DEFAULT_RUNS_DIR,
     LocalRunner,
     RunFolder,
-    RunObserver,
     find_run_folder,
     prepare_run_folder,
     run_folders,
 )
 from trainrun.local.folder import replica_sort_key
+from trainrun.metrics.observer import RunObserver
+from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import Phase, TrainingRunStatus
 
 Object = dict[str, Any]
@@ -113,11 +114,10 @@ class LocalBackend:
         """The Events the runner recorded at each phase change, oldest first."""
         return self._folder(name).events()
 
-    def output_location(self, name: str) -> str:
-        """Where the run's artifacts are: spec.output.uri, or the run folder's outputs/ when it has none."""
-        folder = self._folder(name)
-        uri = folder.read_manifest().get("spec", {}).get("output", {}).get("uri")
-        return str(uri) if uri else str(folder.outputs_dir)
+    def default_output_uri(self, run: Object) -> str:
+        """Where a run without spec.output.uri copies its artifacts: its run folder's artifacts/ (never
+        outputs/, which holds no manifest)."""
+        return RunFolder(Path(run["metadata"]["annotations"][RUN_DIR_ANNOTATION])).default_artifacts_uri
 
     def cancel(self, name: str) -> Object:
         """SIGTERM to the supervising process: it stops the replicas and writes Cancelled."""

@@ -6,14 +6,12 @@ own folder (``trainrun.local.folder``), which is all the Client needs to read it
 """
 
 from trainrun.local.folder import DEFAULT_RUNS_DIR, RunFolder, find_run_folder, run_folders
-from trainrun.local.runner import LocalRunner, RunObserver, SilentObserver, prepare_run_folder
+from trainrun.local.runner import LocalRunner, prepare_run_folder
 
 __all__ = [
     "DEFAULT_RUNS_DIR",
     "LocalRunner",
     "RunFolder",
-    "RunObserver",
-    "SilentObserver",
     "find_run_folder",
     "prepare_run_folder",
     "run_folders",

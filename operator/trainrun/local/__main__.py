@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from trainrun.local.folder import RunFolder
-from trainrun.local.runner import LocalRunner, exit_code
+from trainrun.local.runner import LocalRunner
+from trainrun.metrics.observer import exit_code
 
 
 def main(argv: list[str]) -> int:

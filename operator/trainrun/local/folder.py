@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from trainrun.metrics import MetricSample
+from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import TrainingRunStatus
 
 MANIFEST_FILE = "trainingrun.yaml"
@@ -41,7 +41,6 @@ OUTPUTS_DIR = "outputs"
 ARTIFACTS_DIR = "artifacts"
 SCRATCH_DIR = "scratch"
 DEFAULT_RUNS_DIR = Path("runs")
-RUN_DIR_ANNOTATION = "trainrun.dev/run-dir"
 
 
 def now_rfc3339() -> str:
@@ -205,14 +204,3 @@ def find_run_folder(runs_dir: Path, name: str) -> RunFolder | None:
             newest, found = order, folder
     return found
 
-
-def metric_record(replica: str, samples: Sequence[MetricSample]) -> dict[str, Any]:
-    """One metrics.jsonl record: position, values, which replica and when."""
-    record: dict[str, Any] = {"time": now_rfc3339(), "replica": replica}
-    for sample in samples:
-        if sample.epoch is not None:
-            record["epoch"] = sample.epoch
-        if sample.step is not None:
-            record["step"] = sample.step
-    record.update({sample.name: sample.value for sample in samples})
-    return record

@@ -30,11 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
-from trainrun.local.folder import RunFolder, metric_record, now_rfc3339
+from trainrun.local.folder import RunFolder, now_rfc3339
 from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
 from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, ReplicaCounts, TrainingRunStatus
 from trainrun.status import phase_event
@@ -49,34 +50,6 @@ STATUS_WRITE_INTERVAL_SECONDS = 2.0
 EXCEPTION_LINE = re.compile(r"^\w+(Error|Exception)\b.*")
 TORCHRUN_FAILURE_MARK = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 TORCHRUN_LOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torchrun's own glog-style lines
-
-
-class RunObserver(Protocol):
-    """What the runner reports as it goes (the CLI shows it; the detached runner prints it)."""
-
-    def notice(self, text: str) -> None: ...
-
-    def phase(self, status: TrainingRunStatus) -> None: ...
-
-    def line(self, replica: str, text: str) -> None: ...
-
-    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None: ...
-
-
-class SilentObserver:
-    """Reports nothing: the run folder has everything."""
-
-    def notice(self, text: str) -> None:
-        return None
-
-    def phase(self, status: TrainingRunStatus) -> None:
-        return None
-
-    def line(self, replica: str, text: str) -> None:
-        return None
-
-    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
-        return None
 
 
 class ReplicaStartError(RuntimeError):
@@ -308,7 +281,7 @@ class LocalRunner:
         samples = self.parser.parse(text)
         if not samples:
             return
-        record = metric_record(replica, samples)
+        record = metric_record(replica, samples, at=now_rfc3339())
         with self.folder.metrics_path.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
         if self.summary.add(samples):
@@ -484,11 +457,3 @@ def upload_artifacts(folder: RunFolder, uri: str) -> Artifacts:
         bytes=result.manifest.total_bytes,
     )
 
-
-def exit_code(phase: Phase | None) -> int:
-    """The exit code of ``trainrun run``: 0 Completed, 130 Cancelled (as after Ctrl-C), 1 otherwise."""
-    if phase is Phase.COMPLETED:
-        return 0
-    if phase is Phase.CANCELLED:
-        return 130
-    return 1

@@ -1,0 +1,66 @@
+"""Following a run: what it reports as it goes (``RunObserver``), its metric records, how it ends.
+
+Both backends of ``trainrun.Client`` report to a ``RunObserver``: the local runner
+(``trainrun.local.runner``) and the cluster follower (``trainrun.client.cluster``); the CLI's live
+view (``trainrun.cli.display``) implements it. They share the metric record written to metrics.jsonl
+and shown by ``trainrun metrics --history`` (:func:`metric_record`) and the exit code of a followed
+run (:func:`exit_code`), so neither backend leans on the other. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from trainrun.metrics import MetricSample, MetricSummary
+from trainrun.spec.status import Phase, TrainingRunStatus
+
+
+class RunObserver(Protocol):
+    """What a followed run reports as it goes (the CLI shows it; the detached local runner ignores it)."""
+
+    def notice(self, text: str) -> None: ...
+
+    def phase(self, status: TrainingRunStatus) -> None: ...
+
+    def line(self, replica: str, text: str) -> None: ...
+
+    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None: ...
+
+
+class SilentObserver:
+    """Reports nothing: the run folder (or the cluster's status) has everything."""
+
+    def notice(self, text: str) -> None:
+        return None
+
+    def phase(self, status: TrainingRunStatus) -> None:
+        return None
+
+    def line(self, replica: str, text: str) -> None:
+        return None
+
+    def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
+        return None
+
+
+def metric_record(replica: str, samples: Sequence[MetricSample], *, at: str | None = None) -> dict[str, Any]:
+    """One metric record: when (``time``, if at is given), which replica, its position, then the values."""
+    record: dict[str, Any] = {} if at is None else {"time": at}
+    record["replica"] = replica
+    for sample in samples:
+        if sample.epoch is not None:
+            record["epoch"] = sample.epoch
+        if sample.step is not None:
+            record["step"] = sample.step
+    record.update({sample.name: sample.value for sample in samples})
+    return record
+
+
+def exit_code(phase: Phase | None) -> int:
+    """The exit code of a followed run (``trainrun run``): 0 Completed, 130 Cancelled (as after Ctrl-C), 1 otherwise."""
+    if phase is Phase.COMPLETED:
+        return 0
+    if phase is Phase.CANCELLED:
+        return 130
+    return 1
