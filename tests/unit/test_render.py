@@ -227,7 +227,7 @@ def test_uploader_job() -> None:
     pod = job["spec"]["template"]["spec"]
     assert pod["containers"][0]["command"] == ["trainrun", "upload", "/outputs", "s3://models/mnist"]
     assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3"}}]
-    assert pod["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "mnist-outputs"}}]
+    assert pod["volumes"][0] == {"name": "outputs", "persistentVolumeClaim": {"claimName": "mnist-outputs"}}
     assert pod["containers"][0]["image"] == "ghcr.io/trainrun/operator:0.1.0"
     # Requests on every container the operator adds: a namespace with a cpu/memory ResourceQuota refuses
     # containers without them, and the run would wait in Uploading for a pod that is never created.
@@ -317,3 +317,122 @@ def test_applied_spec_annotation_and_pending_changes() -> None:
     assert pending_changes(applied, canonical_spec(changed)) == ["spec.distribution.workers", "spec.image"]
     assert decode_applied_spec({"metadata": {"annotations": {APPLIED_SPEC_ANNOTATION: "{broken"}}}) is None
     assert decode_applied_spec({}) is None
+
+
+# Pod Security "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), as
+# the API server's admission checks it: pod-level fields, else the same field on every container.
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    pod_context = pod.get("securityContext") or {}
+    found: list[str] = []
+    for item in [*pod.get("initContainers", []), *pod["containers"]]:
+        context = item.get("securityContext") or {}
+        name = item["name"]
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation != false")
+        if "ALL" not in (context.get("capabilities") or {}).get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if set((context.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            found.append(f"{name}: runAsNonRoot != true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccomp {seccomp}")
+        if context.get("privileged"):
+            found.append(f"{name}: privileged")
+    for volume in pod.get("volumes", []):
+        if not ({"emptyDir", "persistentVolumeClaim", "configMap", "secret", "projected", "downwardAPI"} & volume.keys()):
+            found.append(f"volume {volume['name']}: not an allowed type")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        found.append("host namespaces")
+    return found
+
+
+def every_pod(run: Any, config: Any) -> dict[str, dict[str, Any]]:
+    """Every pod spec the operator creates for a run: each replica type, and the uploader."""
+    job = render_pytorchjob(run, config)
+    pods = {kind: spec["template"]["spec"] for kind, spec in job["spec"]["pytorchReplicaSpecs"].items()}
+    if run.spec.output.uri is not None:
+        pods["uploader"] = render_uploader_job(run, config)["spec"]["template"]["spec"]
+    return pods
+
+
+FULL_RUN: dict[str, Any] = {
+    "resources": {"pool": "a100", "gpus": 8},
+    "distribution": {"workers": 2},
+    "inputs": [{"name": "data", "uri": "s3://data/d", "path": "/data/d"}],
+    "code": {"uri": "s3://code/run-1"},
+    "output": {"uri": "s3://models/mnist", "secretName": "s3"},
+}
+
+
+@pytest.mark.parametrize("spec", [{}, {"output": {"uri": "s3://models/mnist"}}, FULL_RUN], ids=["bare", "output", "full"])
+def test_every_pod_meets_pod_security_restricted(spec: dict[str, Any]) -> None:
+    for kind, pod in every_pod(training_run(**spec), pools()).items():
+        assert restricted_violations(pod) == [], kind
+
+
+def test_helper_containers_are_restricted_with_a_read_only_root() -> None:
+    pods = every_pod(training_run(**FULL_RUN), pools())
+    helpers = [pods["uploader"]["containers"][0], pods["Master"]["initContainers"][0], pods["Worker"]["initContainers"][0]]
+    for helper in helpers:
+        assert helper["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 10001,  # the operator image's user (images/operator/Dockerfile)
+            "runAsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        # The only writable places: its mounts, /tmp among them.
+        assert {"name": "helper-tmp", "mountPath": "/tmp"} in helper["volumeMounts"]
+    for pod in pods.values():
+        assert {"name": "helper-tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+    assert pods["uploader"]["automountServiceAccountToken"] is False
+    assert "helper-tmp" not in [volume["name"] for volume in every_pod(training_run(), pools())["Master"]["volumes"]]
+
+
+def test_baseline_replica_security_lets_images_run_as_root() -> None:
+    config = parse_operator_config({**POOLS, "replicaSecurity": "baseline"})
+    pods = every_pod(training_run(**FULL_RUN), config)
+    assert container({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": pods["Master"]}}}}})[
+        "securityContext"
+    ] == {"allowPrivilegeEscalation": False, "seccompProfile": {"type": "RuntimeDefault"}}
+    # The helpers stay restricted whatever the replicas are.
+    assert restricted_violations(pods["uploader"]) == []
+    assert pods["Master"]["initContainers"][0]["securityContext"]["runAsNonRoot"] is True
+    with pytest.raises(ValueError, match="replicaSecurity"):
+        parse_operator_config({"replicaSecurity": "privileged"})
+
+
+def test_a_run_references_only_objects_of_its_own_namespace() -> None:
+    """Secrets, claims and ConfigMaps are referenced by name alone: they resolve in the run's namespace."""
+    run = training_run(
+        **FULL_RUN,
+        envFrom=[{"secretRef": {"name": "extra"}}],
+        env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "t"}}}],
+    )
+    config = pools()
+    claim = render_volume_claim(run)
+    assert claim is not None
+    children = [render_pytorchjob(run, config), claim, render_uploader_job(run, config)]
+    assert {child["metadata"]["namespace"] for child in children} == {"ml"}
+
+    def references(value: Any) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("secretRef", "secretKeyRef", "configMapRef", "persistentVolumeClaim"):
+                    found.append(item)
+                found.extend(references(item))
+        elif isinstance(value, list):
+            for item in value:
+                found.extend(references(item))
+        return found
+
+    found = references(children)
+    assert len(found) >= 6
+    assert all("namespace" not in item for item in found)

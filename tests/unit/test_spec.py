@@ -5,8 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from run_factory import document, pools, training_run
-from trainrun.spec import InvalidTrainingRun, load_training_run, validate_training_run
+from run_factory import POOLS, document, pools, training_run
+from trainrun.spec import (
+    InvalidTrainingRun,
+    load_training_run,
+    parse_operator_config,
+    problems_with_config,
+    validate_training_run,
+)
 
 
 def test_minimal_run_gets_the_documented_defaults() -> None:
@@ -131,3 +137,51 @@ def test_gpus_on_the_default_cpu_pool_are_refused() -> None:
 def test_a_valid_run_passes_the_pool_checks() -> None:
     run = validate_training_run(document(resources={"pool": "a100", "gpus": 8}), pools())
     assert run.spec.resources.gpus == 8
+
+
+# The platform team limits each namespace's pools and output locations (``namespaces`` in the config).
+NAMESPACE_POLICY = {
+    "ml": {"pools": ["a100"], "outputUriPrefixes": ["s3://models/ml", "gs://team-ml/out/"]},
+    "sandbox": {"pools": [], "outputUriPrefixes": []},
+    "open": {},
+}
+
+
+def policy_problems(namespace: str, **spec: Any) -> list[tuple[str, str]]:
+    body = document(**spec)
+    body["metadata"]["namespace"] = namespace
+    config = parse_operator_config({**POOLS, "namespaces": NAMESPACE_POLICY})
+    return [(problem.field, problem.message) for problem in problems_with_config(load_training_run(body), config)]
+
+
+@pytest.mark.parametrize(
+    ("namespace", "spec", "expected"),
+    [
+        ("ml", {"resources": {"pool": "a100"}, "output": {"uri": "s3://models/ml/run-1/"}}, []),
+        ("ml", {"resources": {"pool": "a100"}, "output": {"uri": "s3://models/ml"}}, []),
+        ("ml", {"resources": {"pool": "a100"}, "output": {"uri": "gs://team-ml/out/x"}}, []),
+        ("ml", {"resources": {"pool": "a100"}}, []),  # no output: nothing to check
+        ("ml", {"resources": {"pool": "a100"}, "output": {"uri": "s3://models/mlx/run-1/"}}, ["spec.output.uri"]),
+        ("ml", {"resources": {"pool": "a100"}, "output": {"uri": "s3://models/"}}, ["spec.output.uri"]),
+        ("ml", {"resources": {"pool": "mi300"}}, ["spec.resources.pool"]),
+        ("ml", {}, ["spec.resources.pool (the default pool)"]),  # the default pool, cpu, is not open to ml
+        ("ml", {"resources": {"pool": "cpu"}, "output": {"uri": "s3://other/"}}, ["spec.resources.pool", "spec.output.uri"]),
+        ("sandbox", {"output": {"uri": "s3://models/ml/"}}, ["spec.resources.pool (the default pool)", "spec.output.uri"]),
+        ("open", {"resources": {"pool": "mi300"}, "output": {"uri": "s3://anywhere/"}}, []),
+        ("unlisted", {"resources": {"pool": "mi300"}, "output": {"uri": "s3://anywhere/"}}, []),
+        # The pool checks still run after the namespace's.
+        ("ml", {"resources": {"pool": "a100", "gpus": 16}}, ["spec.resources.gpus"]),
+        ("ml", {"resources": {"pool": "h100"}}, ["spec.resources.pool"]),
+    ],
+)
+def test_namespace_policy(namespace: str, spec: dict[str, Any], expected: list[str]) -> None:
+    assert [field for field, _ in policy_problems(namespace, **spec)] == expected
+
+
+def test_namespace_policy_messages_name_what_is_allowed_and_hide_credentials() -> None:
+    problems = dict(policy_problems("ml", resources={"pool": "mi300"}, output={"uri": "s3://other/x"}))
+    assert problems["spec.resources.pool"] == "pool 'mi300' is not open to namespace 'ml'; it may use: a100"
+    assert problems["spec.output.uri"] == (
+        "s3://other/x is outside the output locations of namespace 'ml': s3://models/ml, gs://team-ml/out/"
+    )
+    assert dict(policy_problems("sandbox", resources={"pool": "cpu"}))["spec.resources.pool"].endswith("may use: none")

@@ -37,6 +37,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "trainrun-operator"
 OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
+# The user of the operator image (images/operator/Dockerfile), which the helper containers run.
+HELPER_USER_ID = 10001
+HELPER_TMP_VOLUME = "helper-tmp"  # /tmp of the helper containers: their root filesystem is read-only
+RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
 
 
 def canonical_spec(run: TrainingRun) -> dict[str, Any]:
@@ -136,6 +140,37 @@ def container_resources(run: TrainingRun, pool: Pool | None) -> Object:
     return {"limits": dict(amounts), "requests": dict(amounts)} if amounts else {}
 
 
+def helper_security_context() -> Object:
+    """The uploader's and the stage-in container's: Pod Security "restricted", and a read-only root."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": HELPER_USER_ID,
+        "runAsGroup": HELPER_USER_ID,
+        "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP),
+    }
+
+
+def replica_security_context(config: OperatorConfig) -> Object:
+    """The ``pytorch`` container's: Pod Security "restricted" unless the platform team chose baseline
+    (``replicaSecurity``) for images that must run as root. The user's image decides its user id."""
+    context: Object = {"allowPrivilegeEscalation": False, "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)}
+    if config.replica_security == "restricted":
+        context["capabilities"] = {"drop": ["ALL"]}
+        context["runAsNonRoot"] = True
+    return context
+
+
+def _helper_tmp_mount() -> Object:
+    return {"name": HELPER_TMP_VOLUME, "mountPath": "/tmp"}
+
+
+def _helper_tmp_volume() -> Object:
+    return {"name": HELPER_TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
+
+
 def _env_list(run: TrainingRun) -> list[Object]:
     rendered = [{"name": name, "value": value} for name, value in trainrun_env(run).items()]
     user_names = {variable.name for variable in run.spec.env}
@@ -163,7 +198,8 @@ def _staging_init_containers(run: TrainingRun, config: OperatorConfig) -> list[O
             "command": ["sh", "-c", script],
             "envFrom": env_from,
             "resources": _helper_resources(config),
-            "volumeMounts": _staging_mounts(run),
+            "securityContext": helper_security_context(),
+            "volumeMounts": [*_staging_mounts(run), _helper_tmp_mount()],
         }
     )
     return containers
@@ -201,6 +237,8 @@ def _volumes(run: TrainingRun, *, is_master: bool) -> list[Object]:
         volumes.append({"name": "inputs", "emptyDir": {}})
     if run.spec.code is not None:
         volumes.append({"name": "code", "emptyDir": {}})
+    if run.spec.inputs or run.spec.code is not None:
+        volumes.append(_helper_tmp_volume())  # for the stage-in init container
     return volumes
 
 
@@ -217,6 +255,7 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_MASTER_PORT, "protocol": "TCP"}],
         "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR}, *_staging_mounts(run)],
+        "securityContext": replica_security_context(config),
     }
     working_dir = spec.working_dir or (spec.code.mount_path if spec.code else None)
     if working_dir:
@@ -226,7 +265,11 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
     resources = container_resources(run, pool)
     if resources:
         container["resources"] = resources
-    pod_spec: Object = {"containers": [container], "volumes": _volumes(run, is_master=is_master)}
+    pod_spec: Object = {
+        "containers": [container],
+        "volumes": _volumes(run, is_master=is_master),
+        "securityContext": {"seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)},
+    }
     init_containers = _staging_init_containers(run, config)
     if init_containers:
         pod_spec["initContainers"] = init_containers
@@ -318,7 +361,11 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": _helper_resources(config),
-        "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True}],
+        "securityContext": helper_security_context(),
+        "volumeMounts": [
+            {"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True},
+            _helper_tmp_mount(),
+        ],
     }
     if output.secret_name:
         container["envFrom"] = [{"secretRef": {"name": output.secret_name}}]
@@ -332,9 +379,13 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
                 "metadata": {"labels": common_labels(run, "uploader")},
                 "spec": {
                     "restartPolicy": "Never",
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)},
+                    # The uploader reads the claim and object storage: it has no use for a token.
+                    "automountServiceAccountToken": False,
                     "containers": [container],
                     "volumes": [
-                        {"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}}
+                        {"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}},
+                        _helper_tmp_volume(),
                     ],
                 },
             },

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainrun.spec.config import OperatorConfig, Pool, parse_operator_config
+from trainrun.redact import redact
+from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
 from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
 from trainrun.spec.model import API_VERSION, KIND, TrainingRun, TrainingRunSpec
 
@@ -35,7 +36,46 @@ def load_training_run(document: Mapping[str, Any]) -> TrainingRun:
 
 
 def problems_with_config(run: TrainingRun, config: OperatorConfig) -> list[FieldProblem]:
-    """What stops this run from being placed with this operator configuration (unknown pool, too many GPUs)."""
+    """What stops this run from being placed with this operator configuration: an unknown pool, too many
+    GPUs, or a pool or output URI its namespace may not use (``namespaces`` in the config)."""
+    policy = config.namespaces.get(run.metadata.namespace)
+    if policy is not None:
+        problems = _problems_with_namespace_policy(run, config, policy)
+        if problems:
+            return problems
+    return _problems_with_pool(run, config)
+
+
+def _problems_with_namespace_policy(run: TrainingRun, config: OperatorConfig, policy: NamespacePolicy) -> list[FieldProblem]:
+    namespace = run.metadata.namespace
+    problems: list[FieldProblem] = []
+    pool_name, _ = config.pool_named(run.spec.resources.pool)
+    if policy.pools is not None and pool_name is not None and pool_name not in policy.pools:
+        allowed = ", ".join(policy.pools) or "none"
+        field = "spec.resources.pool" if run.spec.resources.pool is not None else "spec.resources.pool (the default pool)"
+        problems.append(
+            FieldProblem(field, f"pool {pool_name!r} is not open to namespace {namespace!r}; it may use: {allowed}")
+        )
+    uri = run.spec.output.uri
+    if policy.output_uri_prefixes is not None and uri is not None:
+        if not any(uri_is_under(uri, prefix) for prefix in policy.output_uri_prefixes):
+            allowed = ", ".join(policy.output_uri_prefixes) or "none"
+            problems.append(
+                FieldProblem(
+                    "spec.output.uri",
+                    f"{redact(uri)} is outside the output locations of namespace {namespace!r}: {allowed}",
+                )
+            )
+    return problems
+
+
+def uri_is_under(uri: str, prefix: str) -> bool:
+    """``s3://models/a/x`` is under ``s3://models/a`` and ``s3://models/a/``; ``s3://models/ab`` is not."""
+    base = prefix.rstrip("/")
+    return uri.rstrip("/") == base or uri.startswith(base + "/")
+
+
+def _problems_with_pool(run: TrainingRun, config: OperatorConfig) -> list[FieldProblem]:
     resources = run.spec.resources
     pool_name, pool = config.pool_named(resources.pool)
     if resources.pool is not None and pool is None:
@@ -73,6 +113,7 @@ def validate_training_run(document: Mapping[str, Any], config: OperatorConfig | 
 __all__ = [
     "FieldProblem",
     "InvalidTrainingRun",
+    "NamespacePolicy",
     "OperatorConfig",
     "Pool",
     "TrainingRun",

@@ -8,7 +8,7 @@ local runner read the same YAML from a file. Pure: parsing and checks only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -44,6 +44,17 @@ class HelperResources(ApiModel):
     limits: dict[str, Quantity] = Field(default_factory=lambda: dict(HELPER_LIMITS), description="Resource limits.")
 
 
+class NamespacePolicy(ApiModel):
+    """What the runs of one namespace may use. A field left out does not restrict; an empty list allows nothing."""
+
+    output_uri_prefixes: list[str] | None = Field(
+        default=None,
+        description="spec.output.uri must start with one of these (a folder boundary: s3://models/team-a "
+        "allows s3://models/team-a/x, not s3://models/team-ab).",
+    )
+    pools: list[str] | None = Field(default=None, description="Pools the runs may land on (the default pool included).")
+
+
 class OperatorConfig(ApiModel):
     """Everything the platform team configures for the operator."""
 
@@ -54,6 +65,18 @@ class OperatorConfig(ApiModel):
     )
     helper_resources: HelperResources = Field(
         default_factory=HelperResources, description="Resources of the uploader Job and the staging init container."
+    )
+
+    replica_security: Literal["restricted", "baseline"] = Field(
+        default="restricted",
+        description="Security context of the replicas' pytorch container. restricted (Pod Security "
+        "'restricted': non-root, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault) "
+        "needs images that run as a non-root user, as the trainrun images do; baseline drops the non-root and "
+        "capability rules for images that must run as root. The helper containers are always restricted.",
+    )
+    namespaces: dict[str, NamespacePolicy] = Field(
+        default_factory=dict,
+        description="Per-namespace limits on output URIs and pools; a namespace not listed is not limited.",
     )
 
     def pool_named(self, name: str | None) -> tuple[str | None, Pool | None]:
