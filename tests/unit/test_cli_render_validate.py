@@ -60,7 +60,12 @@ def test_every_sample_is_valid_against_the_base_pools(sample: Path) -> None:
         ("spec.output.uri", "s3:///models", "spec.output.uri: invalid storage URI 's3:///models': the bucket (container) name is missing"),
         ("spec.output.uri", "ftp://host/x", "spec.output.uri: invalid storage URI 'ftp://host/x': unknown scheme 'ftp'"),
         ("spec.hyperparameters.epochs", 0, "spec.hyperparameters.epochs:"),
-        ("spec.resourcez", {}, "spec.resourcez: unknown field"),
+        ("spec.resourcez", {}, "spec.resourcez: unknown field; did you mean resources? spec has: image,"),
+        (
+            "spec.distribution.workerz",
+            2,
+            "spec.distribution.workerz: unknown field; did you mean workers? spec.distribution has: workers, nprocPerNode",
+        ),
     ],
 )
 def test_a_bad_field_is_named_and_exits_1(tmp_path: Path, field: str, value: Any, expected: str) -> None:
@@ -195,3 +200,32 @@ def test_validate_takes_several_files_and_fails_if_any_is_invalid(tmp_path: Path
     assert result.exit_code == 1
     assert result.output.count("is valid") == len(SAMPLES)
     assert "spec.distribution.workers:" in result.output
+
+
+def test_a_rule_across_fields_names_its_field_once(tmp_path: Path) -> None:
+    document = changed("spec.resources", {"gpus": 2})
+    document["spec"]["distribution"]["nprocPerNode"] = 4
+    result = runner.invoke(app, ["validate", str(write(tmp_path, document))])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == (
+        "spec.distribution.nprocPerNode (4) exceeds spec.resources.gpus (2): run at most one process per GPU"
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "line"),
+    [
+        (["gett"], "error: No such command 'gett'. Did you mean 'get'? (trainrun -h lists what it takes)"),
+        (["describe"], "error: Missing argument 'name'. (trainrun describe -h lists what it takes)"),
+        (["get", "--bogus"], "error: No such option: --bogus (trainrun get -h lists what it takes)"),
+    ],
+)
+def test_a_usage_error_is_one_line_with_exit_code_2(arguments: list[str], line: str) -> None:
+    """Through the console script's entry point (CliRunner bypasses it): no usage box, no traceback."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "trainrun.cli", *arguments], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n")

@@ -80,8 +80,8 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "IfNotPresent"),
     ({"launcher": "mpirun"}, "spec.launcher", "torchrun"),
     ({"command": ["python", "a.py"], "script": "b.py"}, "spec", "not both"),
-    ({"resources": {"gpus": 2}, "distribution": {"nprocPerNode": 4}}, "spec", "one process per GPU"),
-    ({"launcher": "none", "distribution": {"nprocPerNode": 2}}, "spec", "needs spec.launcher: torchrun"),
+    ({"resources": {"gpus": 2}, "distribution": {"nprocPerNode": 4}}, "spec.distribution.nprocPerNode", "one process per GPU"),
+    ({"launcher": "none", "distribution": {"nprocPerNode": 2}}, "spec.distribution.nprocPerNode", "needs spec.launcher: torchrun"),
     ({"command": []}, "spec.command", "at least 1 item"),
 ]
 

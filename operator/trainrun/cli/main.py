@@ -3,17 +3,19 @@
 ``trainrun = "trainrun.cli.main:run"`` is the console script. Each verb group lives in its own module
 (``runs``, ``get``, ``logs``, ``lifecycle``, ``manifests``, and the storage verbs of ``transfer``) and
 sits on ``trainrun.Client``. Any error is printed as one line on stderr with exit code 1
-(``TRAINRUN_DEBUG=1`` shows the traceback).
+(``TRAINRUN_DEBUG=1`` shows the traceback); a usage error (a typo'd verb) is one line too, exit code 2.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
+from typer._click import exceptions as usage_errors
 
-from trainrun.cli import get, lifecycle, logs, manifests, runs
-from trainrun.cli.common import GlobalOptions, add_command
+from trainrun.cli import get, lifecycle, logs, manifests, runs, transfer
+from trainrun.cli.common import GlobalOptions
 
 app = typer.Typer(
     name="trainrun",
@@ -39,33 +41,31 @@ def main(
     context.obj = GlobalOptions(kubeconfig=kubeconfig, context=kube_context, namespace=namespace)
 
 
-for module in (runs, get, logs, lifecycle, manifests):
+for module in (runs, get, logs, lifecycle, manifests, transfer):
     module.register(app)
 
 
-def _register_storage_verbs() -> None:
-    """``upload``, ``download`` and ``artifacts`` come from trainrun.cli.transfer (storage helpers);
-    say so if absent."""
-    try:
-        from trainrun.cli import transfer
-    except ImportError as error:
-        missing = str(error)
-
-        def unavailable() -> None:
-            """Not available: trainrun.cli.transfer could not be imported."""
-            raise RuntimeError(f"the storage verbs are not available: {missing}")
-
-        add_command(app, "upload", unavailable, hidden=True)
-        add_command(app, "download", unavailable, hidden=True)
-        add_command(app, "artifacts", unavailable, hidden=True)
-
-        return
-    transfer.register(app)
-
-
-_register_storage_verbs()
-
-
 def run() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point. A usage error (a typo'd verb, a missing argument, a bad option) is one
+    line on stderr, exit code 2, as every other error is one line: ``error: No such command 'gett'. Did
+    you mean 'get'? (trainrun -h lists what it takes)``."""
+    try:
+        code = app(standalone_mode=False, prog_name="trainrun")
+    except usage_errors.NoArgsIsHelpError as error:
+        print(error.ctx.get_help())  # `trainrun` alone: the help text
+        sys.exit(error.exit_code)
+    except usage_errors.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else "trainrun"
+        print(f"error: {usage_line(error)} ({where} -h lists what it takes)", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except usage_errors.ClickException as error:
+        print(f"error: {usage_line(error)}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def usage_line(error: usage_errors.ClickException) -> str:
+    """click's message on one line ("Missing argument 'name'.", a "did you mean" list)."""
+    return " ".join(error.format_message().split())

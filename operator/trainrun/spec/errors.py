@@ -6,9 +6,15 @@ the operator's Stalled condition. Pure.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+
+from trainrun.spec.config import OperatorConfig
+from trainrun.spec.model import TrainingRun
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,8 @@ class FieldProblem:
     message: str
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}"
+        # A rule across fields names its field itself: "spec.distribution.nprocPerNode (4) exceeds ...".
+        return self.message if self.message.startswith(f"{self.field} ") else f"{self.field}: {self.message}"
 
 
 class InvalidTrainingRun(ValueError):
@@ -32,8 +39,7 @@ class InvalidTrainingRun(ValueError):
 
 # Hints appended to pydantic's messages, by its error type: what to do, not only what is wrong.
 _FIXES = {
-    "extra_forbidden": "unknown field: check its spelling against `kubectl explain trainingrun.spec` "
-    "or `trainrun validate --help`",
+    "extra_forbidden": "unknown field (`trainrun crd` prints every field with its description)",
     "missing": "is required",
     "int_from_float": "must be a whole number, e.g. 8",
     "int_parsing": "must be a whole number, e.g. 8",
@@ -43,17 +49,73 @@ _FIXES = {
 
 def problems_from_validation_error(error: ValidationError, *, prefix: str = "") -> list[FieldProblem]:
     """Turn pydantic's errors into FieldProblems with dotted camelCase paths (``spec.resources.gpus``)."""
+    model = _VALIDATED_MODELS.get(error.title)
     problems = []
     for detail in error.errors():
         path = ".".join(str(part) if not isinstance(part, int) else f"[{part}]" for part in detail["loc"])
         path = path.replace(".[", "[")
         message = detail["msg"].removeprefix("Value error, ")
         hint = _FIXES.get(detail["type"])
-        if hint and hint not in message:
-            message = hint if detail["type"] in ("extra_forbidden", "missing") else f"{message} ({hint})"
+        if detail["type"] == "extra_forbidden":
+            message = _FIXES["extra_forbidden"] if model is None else _unknown_field_message(model, detail["loc"])
+        elif hint and hint not in message:
+            message = hint if detail["type"] == "missing" else f"{message} ({hint})"
         if "input" in detail and detail["type"] not in ("missing", "extra_forbidden", "value_error") and not isinstance(
             detail["input"], (dict, list)
         ):
             message = f"{message}; got {detail['input']!r}"
+        named = message.split(" ", 1)[0]
+        if path and named.startswith(f"{path}."):
+            path = named  # a rule of the object about one of its fields: name that field
         problems.append(FieldProblem(field=f"{prefix}{path}" if path else prefix.rstrip(".") or "<root>", message=message))
     return problems
+
+
+# The models whose validation errors get a list of the fields they do have (by pydantic's error title).
+_VALIDATED_MODELS: dict[str, type[BaseModel]] = {model.__name__: model for model in (TrainingRun, OperatorConfig)}
+
+
+def _unknown_field_message(model: type[BaseModel], location: Sequence[int | str]) -> str:
+    """``unknown field; did you mean workers? spec.distribution has: workers, nprocPerNode``."""
+    known = fields_at(model, location[:-1])
+    if not known:
+        return _FIXES["extra_forbidden"]
+    where = ".".join(str(part) for part in location[:-1] if not isinstance(part, int)) or "the document"
+    close = difflib.get_close_matches(str(location[-1]), known, n=1)
+    guess = f"; did you mean {close[0]}?" if close else ":"
+    return f"unknown field{guess} {where} has: {', '.join(known)}"
+
+
+def fields_at(model: type[BaseModel], path: Sequence[int | str]) -> list[str]:
+    """The fields, as written in YAML (camelCase), of the object at path inside model; [] when that is no model."""
+    annotation: Any = model
+    for part in path:
+        annotation = _without_wrappers(annotation)
+        if get_origin(annotation) in (list, dict, tuple):
+            annotation = get_args(annotation)[-1]  # an item or a value: the key or index names no field
+            continue
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        field = next(
+            (info for name, info in annotation.model_fields.items() if part in (name, info.alias)), None
+        )
+        if field is None:
+            return []
+        annotation = field.annotation
+    annotation = _without_wrappers(annotation)
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return []
+    return [info.alias or name for name, info in annotation.model_fields.items()]
+
+
+def _without_wrappers(annotation: Any) -> Any:
+    """``Annotated[X, ...]``, ``X | None`` -> X."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union or type(annotation).__name__ == "UnionType":
+            members = [member for member in get_args(annotation) if member is not type(None)]
+            annotation = members[0]
+        else:
+            return annotation
