@@ -48,7 +48,7 @@ def test_structural_schema_has_no_json_schema_leftovers() -> None:
 def test_defaults_enums_minimums_and_cel_rules() -> None:
     spec = schema()["properties"]["spec"]
     hyper = spec["properties"]["hyperparameters"]["properties"]
-    assert hyper["epochs"]["default"] == 5 and hyper["epochs"]["minimum"] == 1
+    assert hyper["epochs"]["minimum"] == 1 and "default" not in hyper["epochs"]  # see test_program_env
     assert hyper["learningRate"]["exclusiveMinimum"] is True and hyper["learningRate"]["minimum"] == 0
     assert spec["properties"]["distribution"]["properties"]["workers"]["minimum"] == 0
     assert spec["properties"]["runPolicy"]["properties"]["restartPolicy"]["enum"] == ["OnFailure", "Never", "ExitCode", "Always"]

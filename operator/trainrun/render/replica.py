@@ -37,16 +37,35 @@ def hyperparameter_values(hyperparameters: Hyperparameters) -> dict[str, str]:
     return values
 
 
+def runs_builtin_trainer(run: TrainingRun) -> bool:
+    """True when the run names no command or script: the built-in trainer runs."""
+    return run.spec.command is None and run.spec.script is None
+
+
+def program_hyperparameters(run: TrainingRun) -> dict[str, str]:
+    """The typed hyperparameters the program is told about (as ``TRAINRUN_*`` variables), by flag name.
+
+    The built-in trainer: every one, defaults included, as its flags say. A custom command or script: only
+    those the spec sets, so that it never reads the built-in trainer's defaults (``TRAINRUN_EPOCHS=5``,
+    ``TRAINRUN_DATASET=synthetic``) as if the user had chosen them.
+    """
+    values = hyperparameter_values(run.spec.hyperparameters)
+    if runs_builtin_trainer(run):
+        return values
+    chosen = {flag_name(field_name) for field_name in run.spec.hyperparameters.model_fields_set}
+    return {name: value for name, value in values.items() if name in chosen}
+
+
 def hyperparameter_flags(run: TrainingRun) -> list[str]:
     """Flags appended after the user's args.
 
     The built-in trainer gets every typed hyperparameter; a custom program (command or script) gets only
-    ``extra``, so that its own argument parser is never handed flags it did not ask for (all values are in
-    the ``TRAINRUN_*`` environment variables as well).
+    ``extra``, so that its own argument parser is never handed flags it did not ask for (the typed ones it
+    set are in its ``TRAINRUN_*`` environment variables).
     """
     spec = run.spec
     flags: list[str] = []
-    if spec.command is None and spec.script is None:
+    if runs_builtin_trainer(run):
         for name, value in hyperparameter_values(spec.hyperparameters).items():
             if name == "pretrained":
                 flags.append("--pretrained" if value == "true" else "--no-pretrained")
@@ -110,7 +129,7 @@ def trainrun_env(run: TrainingRun, *, output_dir: str = DEFAULT_OUTPUT_DIR) -> d
         "TRAINRUN_RUN_NAME": run.metadata.name,
         "TRAINRUN_NAMESPACE": run.metadata.namespace,
     }
-    for name, value in hyperparameter_values(spec.hyperparameters).items():
+    for name, value in program_hyperparameters(run).items():
         env["TRAINRUN_" + name.replace("-", "_").upper()] = value
     for item in spec.inputs:
         env[input_env_name(item.name)] = input_path(item.name, item.path)

@@ -7,6 +7,7 @@ enums, minimums and CEL rules can never drift from the code that reads the spec.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from trainrun.spec.model import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION, TrainingRunSpec
@@ -105,9 +106,27 @@ def model_schema(model: type[TrainingRunSpec] | type[TrainingRunStatus]) -> Json
     return structural_schema(schema, definitions)
 
 
+def without_defaults(schema: JsonSchema) -> JsonSchema:
+    """The object schema with its properties' defaults moved into their descriptions (``Default: 5.``).
+
+    For the hyperparameters: an API server that filled them in would make every default look chosen by
+    the user, and a custom program is told only what the user chose (``trainrun.render``); the operator
+    applies the same defaults itself for the built-in trainer.
+    """
+    properties = {}
+    for name, child in schema["properties"].items():
+        child = dict(child)
+        if "default" in child:
+            child["description"] = f"{child['description']} Default: {json.dumps(child.pop('default'))}."
+        properties[name] = child
+    return {**schema, "properties": properties}
+
+
 def training_run_crd() -> dict[str, Any]:
     """The whole CRD object, ready for ``kubectl apply --server-side``."""
     spec_schema = model_schema(TrainingRunSpec)
+    hyperparameters = spec_schema["properties"]["hyperparameters"]
+    spec_schema["properties"]["hyperparameters"] = without_defaults(hyperparameters)
     status_schema = model_schema(TrainingRunStatus)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
