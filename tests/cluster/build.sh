@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only).
+# Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only),
+# and tests/kubecheck (kstatus and the API server's quantity parser, asked by the unit tests).
 #
 # Called by: CI (.ci/run) before pytest, tests/integration/conftest.py when a binary is missing,
 # and developers by hand. Output goes to a cache OUTSIDE the repo, one folder per component and
@@ -109,12 +110,23 @@ build_training_operator() {
   chmod 644 "$out/kubeflow.org_pytorchjobs.yaml"
 }
 
+# kubecheck: our small Go program over kstatus and the quantity parser (see its main.go).
+build_kubecheck() {
+  local out="$1" dir
+  dir="$(new_wrapper_module "kubecheck-$KUBECHECK_VERSION")"
+  cd "$dir"
+  cp "$KUBECHECK_SOURCE" main.go
+  go get "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$out/kubecheck" .
+}
+
 # component name, version, build function, files that must exist when it is complete
 COMPONENTS=(
   "etcd|$ETCD_VERSION|build_etcd|etcd"
   "kubernetes|$KUBE_VERSION|build_kubernetes|kube-apiserver kube-controller-manager kube-scheduler"
   "kwok|$KWOK_VERSION|build_kwok|kwok kwokctl"
   "training-operator|$TRAINING_OPERATOR_VERSION|build_training_operator|training-operator kubeflow.org_pytorchjobs.yaml"
+  "kubecheck|$KUBECHECK_VERSION|build_kubecheck|kubecheck"
 )
 
 is_complete() {

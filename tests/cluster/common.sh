@@ -8,11 +8,17 @@ ETCD_VERSION=v3.6.16
 KUBE_VERSION=v1.36.4
 KWOK_VERSION=v0.8.0
 TRAINING_OPERATOR_VERSION=v1.9.4
+# kstatus and the quantity parser for tests/kubecheck (sigs.k8s.io/cli-utils pins its apimachinery).
+CLI_UTILS_VERSION=v0.37.2
 
 CACHE_DIR="${TRAINRUN_CACHE:-$HOME/.cache/trainrun}"
 BIN_DIR="$CACHE_DIR/bin"
 KWOKCTL="$BIN_DIR/kwok-$KWOK_VERSION/kwokctl"
 TRAINING_OPERATOR="$BIN_DIR/training-operator-$TRAINING_OPERATOR_VERSION/training-operator"
+# tests/kubecheck/main.go is cached per cli-utils version and per source text: an edit rebuilds it.
+KUBECHECK_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/../kubecheck" && pwd)/main.go"
+KUBECHECK_VERSION="$CLI_UTILS_VERSION-$(sha256sum "$KUBECHECK_SOURCE" | cut -c1-12)"
+KUBECHECK="$BIN_DIR/kubecheck-$KUBECHECK_VERSION/kubecheck"
 # The training-operator's cert rotator waits for tls.crt in this folder (hard-coded in its
 # pkg/cert), and its webhook server reads tls.crt/tls.key from $TMPDIR/k8s-webhook-server/...:
 # the operator runs with TMPDIR unset so that both mean /tmp.

@@ -140,6 +140,14 @@ class PodBuilder(dict[str, Any]):
         _set_condition(self["status"].setdefault("conditions", []), {"type": "PodScheduled", "status": "True"})
         return self
 
+    def placed(self, node: str) -> PodBuilder:
+        """Bound to ``node`` (spec.nodeName) with no PodScheduled condition left in the status, as a
+        status written whole by someone else (kwok's stages) leaves it."""
+        self["spec"]["nodeName"] = node
+        conditions = self["status"].get("conditions", [])
+        self["status"]["conditions"] = [item for item in conditions if item.get("type") != "PodScheduled"]
+        return self
+
     # -- container states -------------------------------------------------------------------------------
     def _container_status(self, *, init: bool = False, name: str = "pytorch") -> dict[str, Any]:
         key = "initContainerStatuses" if init else "containerStatuses"

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import kubecheck
 import pytest
 from factories import (
     NOW,
@@ -22,9 +23,19 @@ from factories import (
 )
 from trainrun.spec import TrainingRun
 from trainrun.spec.status import Artifacts, Condition, Phase, ReplicaCounts, TrainingRunStatus
-from trainrun.status import PhaseEvent, compute_status, phase_event
+from trainrun.status import PhaseEvent, compute_status, count_replicas, phase_event
+from trainrun.status.observe import ReplicaState
 
 SCHEDULER = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu. preemption: 0/6 nodes are available."
+AMD_SCHEDULER = "0/6 nodes are available: 6 Insufficient amd.com/gpu."
+CPU_AND_GPU_SCHEDULER = (
+    "0/8 nodes are available: 2 node(s) had untolerated taint {nvidia.com/gpu: present}, 4 Insufficient cpu, "
+    "6 Insufficient nvidia.com/gpu. preemption: 0/8 nodes are available: 8 Preemption is not helpful for scheduling."
+)
+VOLUME_SCHEDULER = (
+    "0/8 nodes are available: pod has unbound immediate PersistentVolumeClaims. "
+    "preemption: 0/8 nodes are available: 8 Preemption is not helpful for scheduling."
+)
 URI = "s3://models/runs/run"
 WORKER_REFUSAL = 'pods "run-worker-0" is forbidden: failed quota: compute: must specify requests.memory for: pytorch'
 QUOTA_REFUSAL = (
@@ -138,13 +149,31 @@ CASES = [
     ),
     Case(
         "worker-unschedulable-master-running", Phase.QUEUED, "Unschedulable",
-        f"no node in pool a100 can take replica worker-0 (needs 8 amd.com/gpu): {SCHEDULER}",
+        f"no node in pool a100 can take replica worker-0 (needs 8 amd.com/gpu): {AMD_SCHEDULER}",
         job=pytorchjob().created(),
-        pods=[master_running, pod("run-worker-0").gpus(8, "amd.com/gpu").pending_unschedulable(SCHEDULER)],
+        pods=[master_running, pod("run-worker-0").gpus(8, "amd.com/gpu").pending_unschedulable(AMD_SCHEDULER)],
+    ),
+    Case(
+        "unschedulable-cpu-and-gpus", Phase.QUEUED, "Unschedulable",
+        f"no node in pool a100 can take replica master-0 (needs cpu 90, 8 nvidia.com/gpu): {CPU_AND_GPU_SCHEDULER}",
+        run=make_run(workers=0), job=pytorchjob(workers=0).created(),
+        pods=[pod("run-master-0").gpus(8).limits(cpu="90", memory="900Gi").pending_unschedulable(CPU_AND_GPU_SCHEDULER)],
+    ),
+    Case(
+        "waiting-for-a-volume-not-for-gpus", Phase.QUEUED, "WaitingForVolume",
+        f"replica master-0 is waiting for its volume: {VOLUME_SCHEDULER}",
+        run=make_run(workers=0, gpus=1, pool="t4"), job=pytorchjob(workers=0).created(), pool="t4",
+        pods=[pod("run-master-0").gpus(1).pending_unschedulable(VOLUME_SCHEDULER)],
+    ),
+    Case(
+        "placed-after-waiting-for-a-volume", Phase.PREPARING, "ContainerCreating", "replica master-0 is ContainerCreating",
+        run=make_run(workers=0, gpus=1, pool="t4"), job=pytorchjob(workers=0).created(), pool="t4",
+        pods=[pod("run-master-0").gpus(1).container_creating().placed("t4-0")],
+        events=[event("FailedScheduling", VOLUME_SCHEDULER, name="run-master-0", when=at(1))],
     ),
     Case(
         "unschedulable-message-from-event", Phase.QUEUED, "Unschedulable",
-        "no node in pool a100 can take replica master-0 (needs 4 nvidia.com/gpu): 0/2 nodes are available: 2 node(s) had untolerated taint",
+        "no node in pool a100 can take replica master-0: 0/2 nodes are available: 2 node(s) had untolerated taint",
         job=pytorchjob(workers=0).created(), run=make_run(workers=0),
         pods=[pod("run-master-0").gpus(4).pending_unschedulable("")],
         events=[
@@ -154,7 +183,7 @@ CASES = [
     ),
     Case(
         "unschedulable-cpu-only-no-pool", Phase.QUEUED, "Unschedulable",
-        "no node can take replica master-0 (needs cpu 8, memory 64Gi): 0/3 nodes are available: 3 Insufficient memory.",
+        "no node can take replica master-0 (needs memory 64Gi): 0/3 nodes are available: 3 Insufficient memory.",
         job=pytorchjob(workers=0).created(), run=make_run(workers=0), pool=None,
         pods=[pod("run-master-0").limits(cpu="8", memory="64Gi").pending_unschedulable("0/3 nodes are available: 3 Insufficient memory.")],
     ),
@@ -393,8 +422,14 @@ CASES = [
         job=pytorchjob().running().suspended(), pods=[master_running, worker_running],
     ),
     Case(
-        "suspend-requested", Phase.SUSPENDED, "Suspended", run=make_run(suspend=True),
-        job=pytorchjob().running(), pods=[master_running, worker_running], contains=("spec.runPolicy.suspend",),
+        "suspend-requested", Phase.SUSPENDED, "Suspending",
+        "suspending: spec.runPolicy.suspend is true; stopping replica master-0, worker-0",
+        run=make_run(suspend=True), job=pytorchjob().running(), pods=[master_running, worker_running],
+    ),
+    Case(
+        "suspended-replicas-stopped", Phase.SUSPENDED, "Suspended", run=make_run(suspend=True),
+        job=pytorchjob().suspended(), pods=[pod("run-worker-0").succeeded()],
+        contains=("spec.runPolicy.suspend is true, so the replicas were stopped",),
     ),
     Case(
         "job-suspended", Phase.SUSPENDED, "Suspended", "PyTorchJob run is suspended.", job=pytorchjob().suspended(),
@@ -478,36 +513,38 @@ def test_case_ids_unique() -> None:
 
 # -- kstatus conditions per phase ----------------------------------------------------------------------
 CONDITION_ROWS = [
-    # (case id, Ready, Reconciling, Stalled)
-    ("no-job-yet", False, True, False),
-    ("master-unschedulable-gpus", False, True, False),
-    ("kueue-not-admitted", False, True, False),
-    ("pulling-image", False, True, False),
-    ("image-pull-backoff", False, False, True),
-    ("err-image-pull", False, False, True),
-    ("invalid-image-name", False, False, True),
-    ("missing-secret", False, False, True),
-    ("all-running", False, True, False),
-    ("crash-loop", False, True, False),
-    ("uploading", False, True, False),
-    ("failed-copy-on-failure-uploading", False, True, False),
-    ("uploaded-and-recorded", True, False, False),
-    ("succeeded-nothing-to-copy", True, False, False),
-    ("oom-killed", False, False, True),
-    ("backoff-limit", False, False, True),
-    ("upload-failed-pod-message", False, False, True),
-    ("cancel-while-running", False, False, False),
-    ("suspend-requested", False, False, False),
-    ("job-suspended", False, False, False),
-    ("unknown-pool", False, False, True),
-    ("training-operator-missing", False, False, True),
-    ("problem-while-running-keeps-phase", False, False, True),
-    ("manifest-unreadable", False, False, True),
+    # (case id, Ready, Reconciling, Stalled, health as kstatus computes it)
+    ("no-job-yet", False, True, False, "InProgress"),
+    ("master-unschedulable-gpus", False, True, False, "InProgress"),
+    ("kueue-not-admitted", False, True, False, "InProgress"),
+    ("pulling-image", False, True, False, "InProgress"),
+    ("image-pull-backoff", False, False, True, "Failed"),
+    ("err-image-pull", False, False, True, "Failed"),
+    ("invalid-image-name", False, False, True, "Failed"),
+    ("missing-secret", False, False, True, "Failed"),
+    ("all-running", False, True, False, "InProgress"),
+    ("crash-loop", False, True, False, "InProgress"),
+    ("uploading", False, True, False, "InProgress"),
+    ("failed-copy-on-failure-uploading", False, True, False, "InProgress"),
+    ("uploaded-and-recorded", True, False, False, "Current"),
+    ("succeeded-nothing-to-copy", True, False, False, "Current"),
+    ("oom-killed", False, False, True, "Failed"),
+    ("backoff-limit", False, False, True, "Failed"),
+    ("upload-failed-pod-message", False, False, True, "Failed"),
+    ("cancel-while-running", True, False, False, "Current"),
+    ("suspend-requested", False, True, False, "InProgress"),
+    ("suspended-replicas-stopped", True, False, False, "Current"),
+    ("job-suspended", True, False, False, "Current"),
+    ("unknown-pool", False, False, True, "Failed"),
+    ("training-operator-missing", False, False, True, "Failed"),
+    ("problem-while-running-keeps-phase", False, False, True, "Failed"),
+    ("manifest-unreadable", False, False, True, "Failed"),
 ]
 _BY_ID = {case.id: case for case in CASES}
 
 
-@pytest.mark.parametrize(("case_id", "ready", "reconciling", "stalled"), CONDITION_ROWS, ids=[row[0] for row in CONDITION_ROWS])
+@pytest.mark.parametrize(("case_id", "ready", "reconciling", "stalled"), [row[:4] for row in CONDITION_ROWS],
+                         ids=[row[0] for row in CONDITION_ROWS])
 def test_kstatus_conditions(case_id: str, ready: bool, reconciling: bool, stalled: bool) -> None:
     case = _BY_ID[case_id]
     run = case.run.model_copy(update={"metadata": case.run.metadata.model_copy(update={"generation": 7})})
@@ -527,6 +564,25 @@ def test_kstatus_conditions(case_id: str, ready: bool, reconciling: bool, stalle
 def test_condition_rows_cover_every_phase() -> None:
     covered = {_BY_ID[row[0]].phase for row in CONDITION_ROWS}
     assert covered == set(Phase)
+
+
+def test_health_as_kstatus_computes_it_in_every_phase() -> None:
+    """Flux's health checks, kpt and Config Sync read our conditions with kstatus itself (cli-utils, built
+    from Go modules): a finished run never reads as still in progress, a failed or stalled one as Failed."""
+    rows = [*CONDITION_ROWS, ("sticky-cancelled", True, False, False, "Current")]
+    objects = []
+    for case_id, *_ in rows:
+        if case_id == "sticky-cancelled":  # a reconcile after the cancel: the finished phase is kept
+            status = status_of(run=make_run(cancel=True), previous=status_of(run=make_run(cancel=True)), now=at(50))
+        else:
+            case = _BY_ID[case_id]
+            status = status_of(run=case.run, job=case.job, pods=case.pods, events=case.events, uploader=case.uploader,
+                               previous=case.previous, problems=case.problems, pool=case.pool)
+        metadata = {"name": "run", "namespace": "default", "generation": 1}
+        objects.append({"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingRun", "metadata": metadata,
+                        "status": status.to_patch()})
+    answers = kubecheck.ask("kstatus", objects)
+    assert {row[0]: answer["status"] for row, answer in zip(rows, answers, strict=True)} == {row[0]: row[4] for row in rows}
 
 
 # -- lastTransitionTime --------------------------------------------------------------------------------
@@ -555,7 +611,7 @@ def test_condition_without_previous_time_gets_now() -> None:
 
 # -- Finished phases are sticky ------------------------------------------------------------------------
 def _finished(phase: Phase, reason: str, **extra: Any) -> TrainingRunStatus:
-    ready = phase is Phase.COMPLETED
+    ready = phase in (Phase.COMPLETED, Phase.CANCELLED)
     stalled = phase is Phase.FAILED
     return TrainingRunStatus(
         phase=phase, reason=reason, message=f"{phase.value} earlier", observed_generation=1, job_name="run",
@@ -588,7 +644,7 @@ def test_finished_phases_are_sticky(previous: TrainingRunStatus, job: Mapping[st
     assert status.completion_time == at(30) and status.start_time == at(1)
     assert status.observed_generation == 2
     assert all(item.observed_generation == 2 and item.last_transition_time == at(30) for item in status.conditions)
-    assert truth(status) == (previous.phase is Phase.COMPLETED, False, previous.phase is Phase.FAILED)
+    assert truth(status) == (previous.phase is not Phase.FAILED, False, previous.phase is Phase.FAILED)
 
 
 def test_artifacts_may_be_added_to_a_finished_run() -> None:
@@ -597,6 +653,79 @@ def test_artifacts_may_be_added_to_a_finished_run() -> None:
     status = status_of(run=make_run(output_uri=URI, copy_on_failure=True), job=pytorchjob().failed(),
                        uploader=uploader_job().succeeded(), previous=recorded)
     assert status.phase is Phase.FAILED and status.artifacts == ARTIFACTS
+
+
+# -- Replica counts follow what is observed, finished or not --------------------------------------------
+_WORKER_STILL_ACTIVE = {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(active=1)}
+_ALL_SUCCEEDED = {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=1)}
+FINISHED_COUNT_ROWS = [
+    # (id, the finished status recorded, the job now, its pods now, the counts expected)
+    ("completed-job-counts-its-last-worker", _finished(Phase.COMPLETED, "Completed", replicas=_WORKER_STILL_ACTIVE),
+     pytorchjob().succeeded().replica_status("Master", succeeded=1).replica_status("Worker", succeeded=1), [],
+     _ALL_SUCCEEDED),
+    ("completed-pods-completed", _finished(Phase.COMPLETED, "Completed", replicas=_WORKER_STILL_ACTIVE),
+     pytorchjob().succeeded(), [pod("run-master-0").succeeded(), pod("run-worker-0").succeeded()], _ALL_SUCCEEDED),
+    ("cancelled-pods-gone",
+     _finished(Phase.CANCELLED, "Cancelled", replicas={"Master": ReplicaCounts(active=1), "Worker": ReplicaCounts(active=1)}),
+     pytorchjob().suspended(), [], {}),
+    ("job-and-pods-cleaned-up",
+     _finished(Phase.FAILED, "ReplicaFailed", replicas={"Master": ReplicaCounts(active=1), "Worker": ReplicaCounts(failed=1)}),
+     None, [], {"Master": ReplicaCounts(), "Worker": ReplicaCounts(failed=1)}),
+]
+
+
+@pytest.mark.parametrize(("previous", "job", "pods", "expected"), [row[1:] for row in FINISHED_COUNT_ROWS],
+                         ids=[row[0] for row in FINISHED_COUNT_ROWS])
+def test_replica_counts_of_a_finished_run_follow_what_is_observed(
+    previous: TrainingRunStatus, job: Mapping[str, Any] | None, pods: list[Mapping[str, Any]],
+    expected: dict[str, ReplicaCounts],
+) -> None:
+    status = status_of(job=job, pods=pods, previous=previous, now=at(50))
+    assert (status.phase, status.reason, status.message) == (previous.phase, previous.reason, previous.message)
+    assert status.replicas == expected
+
+
+# -- Phases only move forward --------------------------------------------------------------------------
+FORWARD_ROWS = [
+    # (id, phase before, job now, pods now, phase expected, reason expected)
+    ("running-replica-recreated", Phase.RUNNING, pytorchjob().restarting(message=""),
+     [master_running, pod("run-worker-0").container_creating()], Phase.RUNNING, "Restarting"),
+    ("running-pods-not-listed-after-operator-restart", Phase.RUNNING, pytorchjob().created(), [], Phase.RUNNING,
+     "WaitingForPods"),
+    ("running-replica-recreated-unschedulable", Phase.RUNNING, pytorchjob().running(),
+     [master_running, pod("run-worker-0").pending_unschedulable(SCHEDULER)], Phase.RUNNING, "Unschedulable"),
+    ("preparing-worker-unschedulable", Phase.PREPARING, pytorchjob().created(),
+     [pod("run-master-0").container_creating(), pod("run-worker-0").pending_unschedulable(SCHEDULER)], Phase.PREPARING,
+     "Unschedulable"),
+    ("uploading-job-read-late", Phase.UPLOADING, pytorchjob().running(), [master_running, worker_running],
+     Phase.UPLOADING, "Running"),
+    ("preempted-by-kueue-back-in-the-queue", Phase.RUNNING, pytorchjob().suspended(), [], Phase.QUEUED,
+     "WaitingForAdmission"),
+    ("resumed-after-suspend-starts-over", Phase.SUSPENDED, pytorchjob().created(),
+     [pod("run-master-0").container_creating(), pod("run-worker-0").container_creating()], Phase.PREPARING,
+     "ContainerCreating"),
+    ("forward-as-usual", Phase.PREPARING, pytorchjob().running(), [master_running, worker_running], Phase.RUNNING,
+     "Running"),
+]
+
+
+@pytest.mark.parametrize(("before", "job", "pods", "phase", "reason"), [row[1:] for row in FORWARD_ROWS],
+                         ids=[row[0] for row in FORWARD_ROWS])
+def test_phases_only_move_forward_unless_the_spec_stops_the_run(
+    before: Phase, job: Mapping[str, Any], pods: list[Mapping[str, Any]], phase: Phase, reason: str
+) -> None:
+    queue = "team-a" if job.get("spec", {}).get("runPolicy", {}).get("suspend") else None
+    status = status_of(run=make_run(queue=queue), job=job, pods=pods, previous=TrainingRunStatus(phase=before))
+    assert (status.phase, status.reason) == (phase, reason), status.message
+    assert status.message
+
+
+def test_a_run_held_back_reads_in_progress_with_what_happens_now() -> None:
+    recreated = status_of(job=pytorchjob().restarting(message=""), pods=[master_running, pod("run-worker-0").container_creating()],
+                          previous=TrainingRunStatus(phase=Phase.RUNNING))
+    assert recreated.message == "the training-operator is restarting failed replicas"
+    assert truth(recreated) == (False, True, False)
+    assert phase_event(TrainingRunStatus(phase=Phase.RUNNING), recreated) is None
 
 
 # -- Pending changes -----------------------------------------------------------------------------------
@@ -641,6 +770,12 @@ def test_counts_from_pods_when_the_job_has_none() -> None:
         "Master": ReplicaCounts(active=1),
         "Worker": ReplicaCounts(active=1, succeeded=1, failed=1),
     }
+
+
+def test_count_replicas_is_how_the_local_runner_counts_its_processes() -> None:
+    states = [("Master", ReplicaState.RUNNING), ("Worker", ReplicaState.SUCCEEDED), ("Worker", ReplicaState.FAILED),
+              ("Worker", ReplicaState.PREPARING)]
+    assert count_replicas(states) == {"Master": ReplicaCounts(active=1), "Worker": ReplicaCounts(active=1, succeeded=1, failed=1)}
 
 
 def test_names_pool_and_carried_fields() -> None:

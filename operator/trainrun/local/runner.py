@@ -38,8 +38,9 @@ from trainrun.metrics import MetricParser, MetricSummary
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, ReplicaCounts, TrainingRunStatus
-from trainrun.status import phase_event
+from trainrun.status import count_replicas, phase_event
 from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.observe import ReplicaState
 from trainrun.status.phase import Verdict
 
 STOP_GRACE_SECONDS = 5.0
@@ -334,18 +335,15 @@ def _copy_lines(replica: str, stream: IO[bytes], log_path: Path, lines: queue.Qu
 
 
 def _replica_counts(replicas: Sequence[_Replica]) -> dict[str, ReplicaCounts]:
-    counts: dict[str, ReplicaCounts] = {}
-    for replica in replicas:
-        kind = "Master" if replica.launch.index == 0 else "Worker"
-        entry = counts.setdefault(kind, ReplicaCounts())
-        code = replica.process.poll()
-        if code is None:
-            entry.active += 1
-        elif code == 0:
-            entry.succeeded += 1
-        else:
-            entry.failed += 1
-    return counts
+    """Counted as the operator counts pods: a process still running is active, exit 0 succeeded, else failed."""
+    states = {None: ReplicaState.RUNNING, 0: ReplicaState.SUCCEEDED}
+    return count_replicas(
+        (
+            "Master" if replica.launch.index == 0 else "Worker",
+            states.get(replica.process.poll(), ReplicaState.FAILED),
+        )
+        for replica in replicas
+    )
 
 
 def last_error_line(log_path: Path) -> str | None:

@@ -1,8 +1,11 @@
 """Observations of a run (PyTorchJob, pods, Events, uploader Job) -> its status: phase, cause, conditions.
 
 The pure decision core between the operator's reads and its status writes: the operator's reconcile
-(``trainrun.controller.reconcile``) and the local runner call ``compute_status`` with what they saw and
-``phase_event`` to announce a phase change; nothing here does I/O or imports a Kubernetes client.
+(``trainrun.controller.reconcile``) calls ``compute_status`` with what it saw and ``phase_event`` to
+announce a phase change. The local runner (``trainrun.local.runner``) does not call ``compute_status``
+yet: it decides its phases from its processes and takes the conditions (``kstatus_conditions``), the
+replica counts (``count_replicas``) and ``phase_event`` from here. Nothing here does I/O or imports a
+Kubernetes client.
 
   shapes       defensive readers of raw API dicts
   observe      raw dicts -> typed views of the job, pods, Events and uploader
@@ -15,8 +18,8 @@ The pure decision core between the operator's reads and its status writes: the o
 
 from __future__ import annotations
 
-from trainrun.status.compute import compute_status
+from trainrun.status.compute import compute_status, count_replicas
 from trainrun.status.observe import replica_name
 from trainrun.status.transitions import PhaseEvent, phase_event
 
-__all__ = ["PhaseEvent", "compute_status", "phase_event", "replica_name"]
+__all__ = ["PhaseEvent", "compute_status", "count_replicas", "phase_event", "replica_name"]

@@ -1,16 +1,18 @@
 """``compute_status``: everything observed about a run -> its whole ``TrainingRunStatus``.
 
-The one entry point of the package, called by the operator's reconcile after it has read the
-PyTorchJob, the pods, the Events and the uploader Job, and by the local runner with what its processes
-did. It reads the raw dicts into views (``observe``), decides the phase (``phase``), builds the kstatus
-conditions (``conditions``) and fills in names, counts and times. Finished phases (Completed, Failed,
-Cancelled) are sticky: once reported they stay, only the artifacts and the generation move on.
+The one entry point of the package for the operator: its reconcile calls it after it has read the
+PyTorchJob, the pods, the Events and the uploader Job (the local runner does not call it yet: it
+records its phases itself with ``kstatus_conditions`` and counts its processes with
+``count_replicas``). It reads the raw dicts into views (``observe``), decides the phase (``phase``),
+builds the kstatus conditions (``conditions``) and fills in names, counts and times. Finished phases
+(Completed, Failed, Cancelled) are sticky: once reported, the phase, reason and message stay; the
+replica counts, the artifacts and the generation still follow what is observed.
 Never raises on odd input: a shape it cannot read counts as absent. Pure: no I/O, ``now`` is given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from trainrun.render.children import master_pod_name, uploader_job_name
@@ -57,6 +59,10 @@ def compute_status(
     if run is None and not problem_texts:
         problem_texts = ["the TrainingRun could not be read"]
 
+    job_view = observe_job(job)
+    replica_pods, uploader_pods = observe_pods(
+        pods, uploader_job_name=uploader_job_name(run) if run is not None else None
+    )
     if earlier.phase is not None and earlier.phase.finished:
         sticky = Verdict(
             earlier.phase, earlier.reason or earlier.phase.value, earlier.message or "", stalled=False
@@ -72,13 +78,10 @@ def compute_status(
                     pending_changes=changes,
                 ),
                 "pending_changes": changes,
+                "replicas": _observed_replicas(job_view, replica_pods, earlier),
             }
         )
 
-    job_view = observe_job(job)
-    replica_pods, uploader_pods = observe_pods(
-        pods, uploader_job_name=uploader_job_name(run) if run is not None else None
-    )
     verdict = decide(
         Observations(
             run=run,
@@ -99,11 +102,9 @@ def compute_status(
         job_name: str | None = job_view.name or run.metadata.name
         master_pod: str | None = master.name if master is not None else master_pod_name(run)
         start_time = job_view.start_time or earliest([pod.start_time for pod in replica_pods])
-        replicas = replica_counts(job_view, replica_pods)
     else:
         # The job was not read (not created yet, or the operator stopped at a problem): keep what was known.
         job_name, master_pod, start_time = earlier.job_name, earlier.master_pod, earlier.start_time
-        replicas = replica_counts(None, replica_pods) if replica_pods else dict(earlier.replicas)
     return TrainingRunStatus(
         phase=verdict.phase,
         reason=verdict.reason,
@@ -119,7 +120,7 @@ def compute_status(
         job_name=job_name,
         pool=pool or earlier.pool,
         master_pod=master_pod,
-        replicas=replicas,
+        replicas=_observed_replicas(job_view, replica_pods, earlier),
         start_time=start_time or earlier.start_time,
         completion_time=verdict.completion_time if verdict.phase.finished else None,
         metrics=dict(earlier.metrics),
@@ -129,17 +130,34 @@ def compute_status(
     )
 
 
+def _observed_replicas(
+    job: JobView | None, pods: Sequence[PodView], earlier: TrainingRunStatus
+) -> dict[str, ReplicaCounts]:
+    """The replica counts as observed now; what was known when neither the job nor a pod was seen."""
+    if job is not None or pods:
+        return replica_counts(job, pods)
+    if earlier.phase is not None and earlier.phase.finished:
+        # A finished run whose job and pods are gone (cleaned up): nothing of it is active any more.
+        return {kind: counts.model_copy(update={"active": 0}) for kind, counts in earlier.replicas.items()}
+    return dict(earlier.replicas)
+
+
 def replica_counts(job: JobView | None, pods: Sequence[PodView]) -> dict[str, ReplicaCounts]:
     """Active/succeeded/failed per replica type: the training-operator's numbers, else counted from the pods."""
     if job is not None and job.replica_statuses:
         return dict(job.replica_statuses)
+    return count_replicas((pod.replica_type, pod.state) for pod in pods if pod.replica_type is not None and not pod.deleting)
+
+
+def count_replicas(replicas: Iterable[tuple[str, ReplicaState]]) -> dict[str, ReplicaCounts]:
+    """(replica type, state) of each replica -> active/succeeded/failed per type.
+
+    Also how the local runner counts its replica processes.
+    """
     counts: dict[str, ReplicaCounts] = {}
-    for pod in pods:
-        if pod.replica_type is None or pod.deleting:
-            continue
-        current = counts.get(pod.replica_type, ReplicaCounts())
-        state = pod.state
-        counts[pod.replica_type] = ReplicaCounts(
+    for replica_type, state in replicas:
+        current = counts.get(replica_type, ReplicaCounts())
+        counts[replica_type] = ReplicaCounts(
             active=current.active + (state not in (ReplicaState.SUCCEEDED, ReplicaState.FAILED)),
             succeeded=current.succeeded + (state is ReplicaState.SUCCEEDED),
             failed=current.failed + (state is ReplicaState.FAILED),

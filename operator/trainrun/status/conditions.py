@@ -1,17 +1,22 @@
 """A ``Verdict`` -> the kstatus conditions Ready, Reconciling and Stalled.
 
-These three are what kstatus (``kubectl wait``, kpt, Config Sync), Argo CD and Flux read to tell
-"in progress", "current" and "failed" apart:
+These three are what kstatus (``kubectl wait``, kpt, Config Sync, Flux's health checks) and Argo CD
+read to tell "in progress", "current" and "failed" apart. kstatus reads Reconciling=True as
+InProgress, Stalled=True as Failed, then Ready: True is Current, False InProgress. So every phase
+that has reached what the spec asks for is Ready, finished or not:
 
-  phase                                 Ready   Reconciling   Stalled
-  Queued, Preparing, Running, Uploading False   True          False
-  ... with a stalling cause             False   False         True
-  Completed                             True    False         False
-  Failed                                False   False         True
-  Suspended, Cancelled                  False   False         False
+  phase                                 Ready   Reconciling   Stalled   kstatus
+  Queued, Preparing, Running, Uploading False   True          False     InProgress
+  ... with a stalling cause             False   False         True      Failed
+  Completed                             True    False         False     Current
+  Failed                                False   False         True      Failed
+  Cancelled (spec.cancel)               True    False         False     Current
+  Suspended, replicas still stopping    False   True          False     InProgress
+  Suspended (spec.runPolicy.suspend)    True    False         False     Current
 
 Every condition carries the run's generation, and keeps its lastTransitionTime while its status does
-not change. Called by ``trainrun.status.compute_status`` (operator reconcile, local runner). Pure.
+not change. Called by ``trainrun.status.compute_status`` (operator reconcile) and by the local runner,
+which records its own phases. Pure.
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from trainrun.spec.status import Condition, Phase
-from trainrun.status.phase import Verdict
+from trainrun.status.phase import PROGRESS, Verdict
 
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
-ACTIVE_PHASES = frozenset({Phase.QUEUED, Phase.PREPARING, Phase.RUNNING, Phase.UPLOADING})
+# Phases where the run is what its spec asks for: trained and copied, cancelled, or suspended.
+SETTLED_PHASES = frozenset({Phase.COMPLETED, Phase.CANCELLED, Phase.SUSPENDED})
 
 
 def pending_changes_note(pending_changes: Sequence[str], *, finished: bool) -> str:
@@ -47,7 +53,8 @@ def kstatus_conditions(
 ) -> list[Condition]:
     """Ready, Reconciling and Stalled for this verdict."""
     stalled = verdict.stalled or verdict.phase is Phase.FAILED
-    reconciling = verdict.phase in ACTIVE_PHASES and not stalled
+    reconciling = (verdict.phase in PROGRESS or verdict.stopping) and not stalled
+    ready = verdict.phase in SETTLED_PHASES and not verdict.stopping and not stalled
     note = pending_changes_note(pending_changes, finished=verdict.phase.finished)
     reconciling_message = f"{verdict.message}; {note}" if note and verdict.message else (note or verdict.message)
     earlier = {condition.type: condition for condition in previous}
@@ -66,7 +73,7 @@ def kstatus_conditions(
         )
 
     return [
-        condition(READY, verdict.phase is Phase.COMPLETED, verdict.message),
+        condition(READY, ready, verdict.message),
         condition(RECONCILING, reconciling, reconciling_message),
         condition(STALLED, stalled, verdict.message),
     ]

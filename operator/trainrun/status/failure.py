@@ -4,12 +4,12 @@ Turns the observed pods, Events, the PyTorchJob and the uploader Job into a ``Ca
 reason (Unschedulable, ImagePullBackOff, OOMKilled, ReplicaFailed, BackoffLimitExceeded, ...) and a
 message such as "replica worker-0 was OOMKilled (memory limit 16Gi)". The training-operator itself only
 says "Created" for a job whose pods cannot start, and "N replica(s) failed" for a failure, so the detail
-comes from here. Used by ``trainrun.status.phase`` (for the operator's reconcile and the local runner).
-Pure.
+comes from here. Used by ``trainrun.status.phase`` (for the operator's reconcile). Pure.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +30,10 @@ _IMAGE_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"
 TRAINING_OPERATOR_MARKERS = ("training-operator", "pytorchjob (kubeflow.org")
 MANIFEST_MARKER = "manifest"  # the operator's artifact reader could not verify the copy
 POOL_FIELD = "spec.resources.pool"
+# The scheduler's words for a resource no node has enough of ("3 Insufficient nvidia.com/gpu"), and for
+# a pod that waits for its volume rather than for a node (unbound claims, volume node affinity).
+_INSUFFICIENT = re.compile(r"Insufficient ([A-Za-z0-9./_-]+?)[,.]?(?=\s|$)")
+_VOLUME_MARKERS = ("persistentvolumeclaim", "persistent volume", "volume node affinity", "pvc")
 # A termination message can be a whole log tail (terminationMessagePolicy FallbackToLogsOnError).
 _MAX_DETAIL = 300
 
@@ -77,30 +81,32 @@ def stalling_waiting_cause(pods: Sequence[PodView]) -> Cause | None:
     return None
 
 
-def resource_needs(pod: PodView) -> str:
-    """What the pod asks of a node: its GPUs if any (the usual reason it does not fit), else CPU and memory."""
-    gpus = [f"{amount} {resource}" for resource, amount in pod.limits.items() if "gpu" in resource.lower()]
-    if gpus:
-        return ", ".join(gpus)
-    return ", ".join(f"{resource} {pod.limits[resource]}" for resource in ("cpu", "memory") if resource in pod.limits)
+def insufficient_resources(pod: PodView, scheduler_message: str) -> str:
+    """What the pod asks of the resources the scheduler says no node has enough of: "8 nvidia.com/gpu"."""
+    short = [match.group(1) for match in _INSUFFICIENT.finditer(scheduler_message)]
+    needs = []
+    for resource in dict.fromkeys(short):
+        amount = pod.limits.get(resource)
+        if amount is not None:
+            needs.append(f"{amount} {resource}" if "gpu" in resource.lower() else f"{resource} {amount}")
+    return ", ".join(needs)
 
 
 def unschedulable_cause(pods: Sequence[PodView], events: Sequence[EventView], pool: str | None) -> Cause | None:
-    """The first replica that the scheduler cannot place, with what it needs and the scheduler's words."""
+    """The first replica that the scheduler cannot place, with what the scheduler says is missing."""
     for pod in sorted(pods, key=replica_order):
         if pod.scheduled or pod.deleting:
             continue
         scheduler_message = pod.unschedulable_message or _newest_event_message(events, pod.name, "FailedScheduling")
         if scheduler_message is None:
             continue
-        needs = resource_needs(pod)
+        said = f": {scheduler_message}" if scheduler_message else ""
+        if any(marker in scheduler_message.lower() for marker in _VOLUME_MARKERS):
+            return Cause("WaitingForVolume", f"replica {pod.replica} is waiting for its volume{said}")
         where = f"no node in pool {pool}" if pool else "no node"
-        message = f"{where} can take replica {pod.replica}"
-        if needs:
-            message += f" (needs {needs})"
-        if scheduler_message:
-            message += f": {scheduler_message}"
-        return Cause("Unschedulable", message)
+        needs = insufficient_resources(pod, scheduler_message)
+        wanted = f" (needs {needs})" if needs else ""
+        return Cause("Unschedulable", f"{where} can take replica {pod.replica}{wanted}{said}")
     return None
 
 

@@ -1,9 +1,9 @@
 """Raw API dicts -> small typed views: the PyTorchJob, its replica pods, the uploader Job, Events.
 
-The first step of ``trainrun.status.compute_status`` (called by the operator's reconcile and by the
-local runner): everything later in the package reads these views, never the raw camelCase dicts, so
-the knowledge of the API's shapes (training-operator v1 labels and conditions, pod container states,
-batch/v1 Job conditions) lives in this one module. Built on ``trainrun.status.shapes``: odd shapes
+The first step of ``trainrun.status.compute_status`` (called by the operator's reconcile): everything
+later in the package reads these views, never the raw camelCase dicts, so the knowledge of the API's
+shapes (training-operator v1 labels and conditions, pod container states, batch/v1 Job conditions)
+lives in this one module. Built on ``trainrun.status.shapes``: odd shapes
 read as absent, nothing here raises. Pure.
 """
 
@@ -237,8 +237,8 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
     if scheduled_condition is not None and not scheduled and scheduled_condition.get("reason") == "Unschedulable":
         unschedulable_message = as_message(scheduled_condition.get("message")) or ""
     phase = as_text(status.get("phase")) or "Pending"
-    if phase in ("Running", "Succeeded", "Failed"):
-        scheduled = True  # a pod that ran was scheduled, whatever its conditions say
+    if phase in ("Running", "Succeeded", "Failed") or as_text(field(raw, "spec", "nodeName")) is not None:
+        scheduled = True  # a pod bound to a node, or that ran, was placed, whatever its conditions say
     specs = _container_specs(raw)
     waiting: list[Waiting] = []
     terminations: list[Termination] = []

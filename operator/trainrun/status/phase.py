@@ -1,7 +1,7 @@
 """Observations -> the run's phase, reason and message (a ``Verdict``).
 
-The decision table of ``trainrun.status.compute_status`` (called by the operator's reconcile and by
-the local runner), in the order it is checked:
+The decision table of ``trainrun.status.compute_status`` (called by the operator's reconcile), in the
+order it is checked:
 
   cancel requested ............................ Cancelled
   PyTorchJob Failed ........................... Failed (Uploading first when spec.output.copyOnFailure)
@@ -14,14 +14,18 @@ the local runner), in the order it is checked:
   pods missing or not scheduled ............... Queued
   pods scheduled, containers starting ......... Preparing
 
-Configuration problems reported by the operator override any phase that is not finished. Pure.
+Configuration problems reported by the operator override any phase that is not finished. Phases only
+move forward (Queued, Preparing, Running, Uploading): a replica the training-operator recreates, or a
+read that lags behind after an operator restart, changes the reason and message but never takes a
+Running run back to Preparing. Only a stop the spec asks for starts over: after Suspended
+(spec.runPolicy.suspend), or while Kueue holds the job (preempted, waiting for admission). Pure.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts, Phase
@@ -53,6 +57,11 @@ class Verdict:
     message: str
     stalled: bool = False
     completion_time: str | None = None
+    stopping: bool = False  # Suspended, but replicas are still stopping
+
+
+# The phases a run goes through in this order, never back (see the module's docstring).
+PROGRESS = (Phase.QUEUED, Phase.PREPARING, Phase.RUNNING, Phase.UPLOADING)
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ def decide(observations: Observations) -> Verdict:
     run = observations.run
     verdict = None if run is None else _observed(observations, run)
     if verdict is not None and (verdict.phase.finished or not observations.problems):
-        return verdict
+        return _forward_only(verdict, observations)
     cause = problems_cause(observations.problems)
     if verdict is not None and observations.job is not None:
         phase = verdict.phase
@@ -84,7 +93,18 @@ def decide(observations: Observations) -> Verdict:
         phase = observations.previous_phase  # the job was not read: keep what was known
     else:
         phase = Phase.QUEUED
-    return Verdict(phase, cause.reason, cause.message, stalled=True)
+    return _forward_only(Verdict(phase, cause.reason, cause.message, stalled=True), observations)
+
+
+def _forward_only(verdict: Verdict, observations: Observations) -> Verdict:
+    """The verdict, kept at the previous phase where it would go back without a stop the spec asked for."""
+    before, after = observations.previous_phase, verdict.phase
+    if before not in PROGRESS or after not in PROGRESS or PROGRESS.index(after) >= PROGRESS.index(before):
+        return verdict
+    job = observations.job
+    if job is not None and (job.has("Suspended") or job.suspend_requested):
+        return verdict  # preempted by Kueue (or suspended by hand): back in the queue, for real
+    return replace(verdict, phase=before)
 
 
 def _observed(observations: Observations, run: TrainingRun) -> Verdict:
@@ -102,6 +122,18 @@ def _observed(observations: Observations, run: TrainingRun) -> Verdict:
     if job is not None and job.has("Succeeded"):
         return _succeeded(observations, run, job)
     if run.spec.run_policy.suspend:
+        live = [
+            pod.replica
+            for pod in sorted(observations.pods, key=replica_order)
+            if pod.state not in (ReplicaState.SUCCEEDED, ReplicaState.FAILED)
+        ]
+        if live:
+            return Verdict(
+                Phase.SUSPENDED,
+                "Suspending",
+                f"suspending: spec.runPolicy.suspend is true; stopping replica {_names(list(dict.fromkeys(live)))}",
+                stopping=True,
+            )
         return Verdict(
             Phase.SUSPENDED,
             "Suspended",

@@ -3,7 +3,7 @@
 The status function is fed whatever the API server (or a half-written test fixture, or an older
 training-operator) returns. Every read in ``trainrun.status.observe`` goes through these helpers, so a
 missing ``status``, a list where a mapping was expected or a string count degrades to a default instead
-of failing the operator's reconcile or the local runner. Pure.
+of failing the operator's reconcile. Pure.
 """
 
 from __future__ import annotations

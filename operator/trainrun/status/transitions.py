@@ -1,8 +1,9 @@
 """A phase change -> the Kubernetes Event the operator posts on the TrainingRun.
 
 ``kubectl describe tr`` then tells the run's story (Queued -> Running -> Uploading -> Completed) with
-the cause of every step. Called by the operator's reconcile (and the local runner, which prints it)
-after ``compute_status``. Pure: it builds the Event's content, the caller sends it.
+the cause of every step. Called by the operator's reconcile after ``compute_status``, and by the local
+runner, which records it in the run folder's events.jsonl. Pure: it builds the Event's content, the
+caller sends it.
 """
 
 from __future__ import annotations
