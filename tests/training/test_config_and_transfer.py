@@ -16,15 +16,6 @@ from trainrun_trainer.reporting import Reporter
 from trainrun_trainer.training import Progress
 
 
-def test_defaults_follow_the_contract() -> None:
-    config = parse_config([], environ={})
-    assert (config.dataset, config.model, config.epochs, config.batch_size, config.learning_rate,
-            config.warmup_epochs, config.seed, config.patience, config.print_frequency, config.pretrained) == (
-        "synthetic", "resnet18", 5, 16, 0.001, 0, 1, 3, 10, False)
-    assert config.output_dir == Path("outputs")
-    assert config.checkpoint_dir == Path("outputs/checkpoints")
-
-
 @pytest.mark.parametrize(("dataset", "model"), [("fashion-mnist", "mlp"), ("cifar10", "cnn"),
                                                 ("imagefolder", "resnet18"), ("synthetic", "resnet18")])
 def test_default_model_depends_on_the_dataset(dataset: str, model: str) -> None:

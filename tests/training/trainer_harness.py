@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainrun_trainer.reporting import METRIC_PREFIX
+
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_SOURCE = REPO / "training"
 
-METRIC_PREFIX = "trainrun:metric "
 # Small and quick: a few steps of the small CNN on synthetic data.
 QUICK_FLAGS = ("--model", "cnn", "--synthetic-samples", "128", "--batch-size", "16", "--print-frequency", "2",
                "--learning-rate", "0.005")

@@ -2,7 +2,10 @@
 
 Called by `trainrun_trainer.__main__.main` (and by tests). The flags, their env fallbacks
 and defaults follow the contract with the operator: the operator appends flags after the
-user's own args, and each flag falls back to its `TRAINRUN_*` variable when absent.
+user's own args, and each flag falls back to its `TRAINRUN_*` variable when absent. This
+package runs without the operator's, so the two cannot share one definition:
+tests/training/test_operator_contract.py binds these flags, defaults, choices and minimums to
+the operator's spec model (trainrun.spec.model.Hyperparameters).
 """
 
 from __future__ import annotations
@@ -89,7 +92,8 @@ _OPTIONS: tuple[_Option, ...] = (
             "peak learning rate for one process; multiplied by the world size", minimum=1e-12),
     _Option("--warmup-epochs", "TRAINRUN_WARMUP_EPOCHS", int, 0,
             "epochs of linear warm-up before the polynomial decay", minimum=0),
-    _Option("--seed", "TRAINRUN_SEED", int, 1, "random seed (model init, data order, synthetic data)"),
+    _Option("--seed", "TRAINRUN_SEED", int, 1, "random seed (model init, data order, synthetic data)",
+            minimum=0),
     _Option("--patience", "TRAINRUN_PATIENCE", int, 3,
             "stop after this many epochs without a lower validation loss (0: never stop early)", minimum=0),
     _Option("--print-frequency", "TRAINRUN_PRINT_FREQUENCY", int, 10,

@@ -2,7 +2,8 @@
 
 Called by `trainrun_trainer.training`. A metric line is the literal prefix `trainrun:metric `
 and one JSON object: integer `epoch` and `step`, then numeric samples (the contract that
-trainrun.metrics and users' regexes parse). Every object also goes to $OUTPUT_DIR/metrics.jsonl,
+trainrun.metrics and users' regexes parse; tests/training/test_operator_contract.py holds the prefix
+and the format to that parser). Every object also goes to $OUTPUT_DIR/metrics.jsonl,
 appended, so a resumed run continues the same file.
 """
 
