@@ -22,6 +22,9 @@ export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator)"
 bash tests/cluster/build.sh
 
+step "manifest linter (kube-score, from Go modules, cached; tests/lint checks manifests/ and rendered runs with it)"
+bash tests/lint/build.sh
+
 step "static checks: mypy --strict, ruff, import contracts, Dockerfile lint"
 mypy
 ruff check operator training tests

@@ -231,7 +231,12 @@ def test_uploader_job() -> None:
     assert pod["containers"][0]["image"] == "ghcr.io/trainrun/operator:0.1.0"
     # Requests on every container the operator adds: a namespace with a cpu/memory ResourceQuota refuses
     # containers without them, and the run would wait in Uploading for a pod that is never created.
-    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"},
+        "limits": {"cpu": "2", "memory": "2Gi", "ephemeral-storage": "2Gi"},
+    }
+    # The lint checks that do not apply to it are named on it (see children.py for why).
+    assert job["metadata"]["annotations"] == {"kube-score/ignore": "pod-networkpolicy,container-image-pull-policy"}
     with pytest.raises(ValueError, match="output.uri"):
         render_uploader_job(training_run(), pools())
 
@@ -240,7 +245,8 @@ def test_the_platform_team_sets_the_helper_containers_resources() -> None:
     config = parse_operator_config({**POOLS, "helperResources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {}}})
     run = training_run(output={"uri": "s3://models/mnist"}, inputs=[{"name": "data", "uri": "s3://data/d"}])
     expected = {"requests": {"cpu": "1", "memory": "1Gi"}}
-    assert render_uploader_job(run, config)["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
+    uploader = {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "64Mi"}, "limits": {"ephemeral-storage": "2Gi"}}
+    assert render_uploader_job(run, config)["spec"]["template"]["spec"]["containers"][0]["resources"] == uploader
     assert master(render_pytorchjob(run, config))["template"]["spec"]["initContainers"][0]["resources"] == expected
     with pytest.raises(ValueError, match=r"helperResources.requests.memory"):
         parse_operator_config({"helperResources": {"requests": {"memory": "lots"}}})
@@ -259,7 +265,7 @@ def test_inputs_and_code_are_staged_by_an_init_container() -> None:
     assert "trainrun download gs://bucket/x /data/x" in script
     assert "trainrun download s3://code/run-1 /workspace/code" in script
     assert init["envFrom"] == [{"secretRef": {"name": "creds"}}]
-    assert init["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
+    assert init["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
     env = env_of({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": pod}}}}})
     assert env["INPUT_FASHION_MNIST"] == "/inputs/fashion-mnist" and env["INPUT_EXTRA"] == "/data/x"
     assert pod["containers"][0]["workingDir"] == "/workspace/code"

@@ -41,6 +41,16 @@ OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
 HELPER_USER_ID = 10001
 HELPER_TMP_VOLUME = "helper-tmp"  # /tmp of the helper containers: their root filesystem is read-only
 RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
+# The uploader writes only its /tmp and its log on the node: bounded, so it gets an ephemeral-storage
+# request and limit (the stage-in container does not: it fills emptyDirs as large as the run's inputs,
+# and a limit would evict the replica).
+UPLOADER_EPHEMERAL_STORAGE = {"requests": "64Mi", "limits": "2Gi"}
+# Checks of the manifest linter (kube-score, tests/lint/) that do not apply to the uploader Job, and why:
+# pod-networkpolicy: NetworkPolicies are the namespace owner's; the operator creates none (no RBAC for it).
+# container-image-pull-policy: the operator image is pinned by tag and pulled with IfNotPresent, so a run
+#   does not depend on the registry being reachable when it ends.
+LINT_IGNORE_ANNOTATION = "kube-score/ignore"
+UPLOADER_LINT_IGNORES = "pod-networkpolicy,container-image-pull-policy"
 
 
 def canonical_spec(run: TrainingRun) -> dict[str, Any]:
@@ -215,6 +225,13 @@ def _helper_resources(config: OperatorConfig) -> Object:
     }
 
 
+def _uploader_resources(config: OperatorConfig) -> Object:
+    resources = _helper_resources(config)
+    for key, amount in UPLOADER_EPHEMERAL_STORAGE.items():
+        resources.setdefault(key, {}).setdefault("ephemeral-storage", amount)
+    return resources
+
+
 def _staging_mounts(run: TrainingRun) -> list[Object]:
     mounts: list[Object] = []
     if run.spec.inputs:
@@ -360,7 +377,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "image": config.operator_image,
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": _helper_resources(config),
+        "resources": _uploader_resources(config),
         "securityContext": helper_security_context(),
         "volumeMounts": [
             {"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True},
@@ -369,10 +386,12 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
     }
     if output.secret_name:
         container["envFrom"] = [{"secretRef": {"name": output.secret_name}}]
+    metadata = child_metadata(run, uploader_job_name(run), "uploader")
+    metadata["annotations"] = {LINT_IGNORE_ANNOTATION: UPLOADER_LINT_IGNORES}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": child_metadata(run, uploader_job_name(run), "uploader"),
+        "metadata": metadata,
         "spec": {
             "backoffLimit": 3,
             "template": {

@@ -19,7 +19,7 @@ CONFIG_MAP_KEY = "config.yaml"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/trainrun/operator:0.1.0"
 HELPER_REQUESTS: dict[str, int | str] = {"cpu": "500m", "memory": "512Mi"}
-HELPER_LIMITS: dict[str, int | str] = {"memory": "2Gi"}
+HELPER_LIMITS: dict[str, int | str] = {"cpu": "2", "memory": "2Gi"}
 
 
 class Pool(ApiModel):
