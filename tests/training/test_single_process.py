@@ -86,6 +86,25 @@ def test_exported_models_load_and_predict_without_the_training_code(two_epochs: 
     assert result.stdout.strip() == "(5, 10) (1, 10)"
 
 
+def test_the_onnx_model_gives_the_pytorch_models_outputs_in_onnx_runtime(two_epochs: TrainerRun) -> None:
+    """model.onnx in ONNX Runtime, any batch size, against the PyTorch model (model.ts) on the same batch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(two_epochs.output_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    (image_input,), (logits_output,) = session.get_inputs(), session.get_outputs()
+    assert (image_input.name, logits_output.name) == ("images", "logits")
+    assert image_input.shape[1:] == [3, 32, 32] and isinstance(image_input.shape[0], str)  # a dynamic batch
+    pytorch_model = torch.jit.load(str(two_epochs.output_dir / "model.ts"))
+    for batch_size in (1, 7):
+        images = torch.rand(batch_size, 3, 32, 32)
+        (logits,) = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = pytorch_model(images)
+        assert logits.shape == (batch_size, 10)
+        assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-4), (logits, expected)
+    assert not list(two_epochs.output_dir.glob("*.onnx.data"))  # the weights are inside the one file
+
+
 def test_triton_repository_entry_follows_tritons_model_config(two_epochs: TrainerRun, tmp_path: Path) -> None:
     """triton/<name>/ is what Triton's PyTorch backend loads: config.pbtxt is checked against Triton's own
     ModelConfig schema (tritonclient's protobuf, unknown fields refused), the model against libtorch."""

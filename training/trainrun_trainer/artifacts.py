@@ -1,4 +1,4 @@
-"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts, model.pt2, run.json, and
+"""Files under $OUTPUT_DIR: per-epoch checkpoints, model.pt, model.ts, model.pt2, model.onnx, run.json, and
 triton/<model>/ (a Triton Inference Server model repository entry: the TorchScript model, its
 config.pbtxt and labels.txt), so the copied artifacts can be served as they are.
 
@@ -9,7 +9,9 @@ for its restart to trip over.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import re
@@ -27,8 +29,12 @@ CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})\.pt$")
 MODEL_STATE_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.ts"
 EXPORTED_PROGRAM_FILE = "model.pt2"
-# The batch size model.pt2 accepts (torch.export needs a range for a dynamic dimension).
+ONNX_FILE = "model.onnx"
+# The batch size model.pt2 and model.onnx accept (torch.export needs a range for a dynamic dimension).
 EXPORT_MAX_BATCH = 65536
+# The names of model.onnx's input and output, as ONNX Runtime's session.run({name: array}) takes them.
+ONNX_INPUT_NAME = "images"
+ONNX_OUTPUT_NAME = "logits"
 RUN_SUMMARY_FILE = "run.json"
 TRITON_DIR = "triton"
 # Triton's dynamic batcher may group up to this many requests; the traced model takes any batch.
@@ -78,8 +84,10 @@ def export_model(classifier: ImageClassifier, *, output_dir: Path, input_shape: 
     """model.pt: the network's state dict (loads into the torchvision model of the same name);
     model.ts: the whole classifier traced to TorchScript, taking float images in [0, 1];
     model.pt2: the same as a ``torch.export`` program (``torch.export.load(path).module()``), any batch
-    size, the format PyTorch now recommends over TorchScript. A network torch.export cannot capture
-    leaves model.pt2 out with a warning; model.ts and model.pt are always written."""
+    size, the format PyTorch now recommends over TorchScript;
+    model.onnx: the same program for ONNX Runtime (input ``images``, output ``logits``, any batch size),
+    one self-contained file. A network torch.export cannot capture leaves model.pt2 and model.onnx out
+    with a warning; model.ts and model.pt are always written."""
     exported = copy.deepcopy(classifier).to(device="cpu", dtype=torch.float32)
     exported = exported.to(memory_format=torch.contiguous_format).eval()
     _replace_atomically(output_dir / MODEL_STATE_FILE,
@@ -91,12 +99,29 @@ def export_model(classifier: ImageClassifier, *, output_dir: Path, input_shape: 
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(exported, example)  # type: ignore[no-untyped-call]
         _replace_atomically(output_dir / TORCHSCRIPT_FILE, lambda target: torch.jit.save(traced, str(target)))
+    batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
     try:
-        batch = torch.export.Dim("batch", min=1, max=EXPORT_MAX_BATCH)
         program = torch.export.export(exported, (example,), dynamic_shapes=({0: batch},))
         _replace_atomically(output_dir / EXPORTED_PROGRAM_FILE, lambda target: torch.export.save(program, target))
     except Exception as error:  # noqa: BLE001 - an optional format: say why it is missing, keep the run
-        print(f"warning: {EXPORTED_PROGRAM_FILE} not written, torch.export failed: {error}".splitlines()[0], flush=True)
+        _warn_not_written(EXPORTED_PROGRAM_FILE, "torch.export", error)
+        return
+    try:
+        _replace_atomically(output_dir / ONNX_FILE, lambda target: _export_onnx(exported, example, batch, target))
+    except Exception as error:  # noqa: BLE001 - as for model.pt2 (no onnx/onnxscript installed, say)
+        _warn_not_written(ONNX_FILE, "torch.onnx.export", error)
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, batch: Any, target: Path) -> None:
+    """model as ONNX (opset of the dynamo exporter), the batch dimension dynamic, the weights inside."""
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter reports its steps on stdout
+        torch.onnx.export(model, (example,), str(target), dynamo=True, external_data=False,
+                          dynamic_shapes=({0: batch},), input_names=[ONNX_INPUT_NAME],
+                          output_names=[ONNX_OUTPUT_NAME], verbose=False)
+
+
+def _warn_not_written(file: str, exporter: str, error: Exception) -> None:
+    print(f"warning: {file} not written, {exporter} failed: {error}".splitlines()[0], flush=True)
 
 
 def write_run_summary(output_dir: Path, summary: dict[str, Any]) -> None:

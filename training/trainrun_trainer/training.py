@@ -334,7 +334,8 @@ def _summary(session: Session, progress: Progress, *, stopped_early: bool) -> di
         "class_names": dataset.class_names,
         "num_classes": len(dataset.class_names),
         "input_shape": list(dataset.input_shape),
-        "input": "float32 images scaled to [0, 1], shape (N, C, H, W); model.ts and model.pt2 normalise themselves",
+        "input": "float32 images scaled to [0, 1], shape (N, C, H, W); model.ts, model.pt2 and model.onnx "
+                 "normalise themselves",
         "epochs_completed": progress.epochs_done,
         "best_epoch": progress.best_epoch,
         "stopped_early": stopped_early,
@@ -362,4 +363,5 @@ def _finish(session: Session, progress: Progress, summary: dict[str, Any]) -> No
     reporter.metrics(epoch=progress.epochs_done, step=progress.global_step,
                      samples={"final": True, **progress.best_metrics})
     reporter.say(f"done: best epoch {progress.best_epoch} of {progress.epochs_done}, "
-                 + _describe(progress.best_metrics) + f"; model.pt, model.ts, model.pt2, triton/, run.json in {config.output_dir}")
+                 + _describe(progress.best_metrics)
+                 + f"; model.pt, model.ts, model.pt2, model.onnx, triton/, run.json in {config.output_dir}")
