@@ -1,40 +1,75 @@
-"""``trainrun.cli.plots``: learning curves drawn from the metric history (the CLI path: tests/local/test_samples.py)."""
+"""``trainrun.cli.plots``: learning curves drawn from the metric history (the CLI path: tests/local/test_samples.py).
+
+The history has the built-in trainer's shape: per-step windows, then an epoch's summary at the same step
+with the validation numbers.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from trainrun.cli.plots import metric_series, plot_metrics
+from trainrun.cli.plots import learning_curves, plot_metrics
+
+
+def window(step: int, loss: float, throughput: float) -> dict[str, object]:
+    return {"replica": "master-0", "epoch": 1 + (step - 1) // 20, "step": step, "train_loss": loss,
+            "train_accuracy": 0.5, "images_per_sec": throughput, "lr": 0.1}
+
+
+def epoch_summary(epoch: int, step: int, loss: float, val_loss: float) -> dict[str, object]:
+    return {"replica": "master-0", "epoch": epoch, "step": step, "train_loss": loss, "train_accuracy": 0.6,
+            "images_per_sec": 900.0, "lr": 0.1, "val_loss": val_loss, "val_accuracy": 0.7, "val_top1": 0.7,
+            "val_top5": 0.95}
+
 
 HISTORY = [
-    {"time": "t", "replica": "master-0", "epoch": 1, "step": 10, "train_loss": 0.9, "lr": 0.1},
-    {"time": "t", "replica": "master-0", "epoch": 1, "step": 20, "train_loss": 0.5, "lr": 0.05},
-    {"time": "t", "replica": "master-0", "epoch": 1, "val_loss": 0.45},  # no step: drawn at step 20
-    {"time": "t", "replica": "master-0", "epoch": 2, "step": 30, "train_loss": 0.3, "lr": 0.01},
-    {"time": "t", "replica": "master-0", "epoch": 2, "step": 30, "train_loss": 0.3, "lr": 0.01},  # repeated
+    window(10, 2.3, 1000.0), window(20, 1.0, 1100.0), epoch_summary(1, 20, 1.6, 0.9),
+    window(30, 0.2, 1050.0), window(40, 0.05, 1080.0), epoch_summary(2, 40, 0.12, 0.1),
 ]
 
 
-def test_series_follow_the_step_and_skip_repeats() -> None:
-    series = metric_series(HISTORY)
-    assert series["train_loss"] == ([10.0, 20.0, 30.0], [0.9, 0.5, 0.3])
-    assert series["val_loss"] == ([20.0], [0.45])
-    assert set(series) == {"train_loss", "lr", "val_loss"}
+def test_one_panel_per_quantity_with_train_and_validation_together() -> None:
+    panels = {panel.quantity: panel for panel in learning_curves(HISTORY)}
+    assert list(panels) == ["loss", "accuracy", "images_per_sec", "lr"]
+    assert {line.label for line in panels["loss"].series} == {
+        "train_loss (per step)", "train_loss (per epoch)", "val_loss (per epoch)"}
+    # val_top1 is val_accuracy again: drawn once; top-5 is an accuracy too.
+    assert {line.metric for line in panels["accuracy"].series} == {"train_accuracy", "val_accuracy", "val_top5"}
+    assert {line.metric for line in panels["images_per_sec"].series} == {"images_per_sec"}  # throughput alone
 
 
-def test_without_steps_the_epoch_is_the_axis() -> None:
-    series = metric_series([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}, {"epoch": 3, "flag": True}])
-    assert series == {"loss": ([1.0, 2.0], [2.0, 1.0])}
+def test_per_epoch_points_stay_out_of_the_per_step_lines() -> None:
+    loss = {line.label: line for line in next(panel for panel in learning_curves(HISTORY) if panel.quantity == "loss").series}
+    assert (loss["train_loss (per step)"].xs, loss["train_loss (per step)"].ys) == ([10, 20, 30, 40], [2.3, 1.0, 0.2, 0.05])
+    assert (loss["train_loss (per epoch)"].xs, loss["train_loss (per epoch)"].ys) == ([20, 40], [1.6, 0.12])
+    throughput = next(panel for panel in learning_curves(HISTORY) if panel.quantity == "images_per_sec")
+    per_step = next(line for line in throughput.series if line.cadence == "step")
+    assert 900.0 not in per_step.ys  # an epoch's mean is no jump in the per-step throughput
 
 
-def test_the_image_has_a_panel_per_metric(tmp_path: Path) -> None:
+def test_a_loss_spanning_decades_gets_a_log_axis_and_nothing_else_does() -> None:
+    scales = {panel.quantity: panel.log_scale for panel in learning_curves(HISTORY)}
+    assert scales == {"loss": True, "accuracy": False, "images_per_sec": False, "lr": False}
+    flat = [window(10, 0.9, 1.0), window(20, 0.5, 1.0)]
+    assert [panel.log_scale for panel in learning_curves(flat) if panel.quantity == "loss"] == [False]
+
+
+def test_a_record_without_a_step_is_placed_at_the_last_step_and_without_steps_the_epoch_is_the_axis() -> None:
+    placed = learning_curves([window(10, 0.9, 1.0), {"epoch": 1, "val_loss": 0.45}])
+    val = next(line for line in placed[0].series if line.metric == "val_loss")
+    assert (val.xs, val.ys, val.cadence) == ([10.0], [0.45], "epoch")
+    by_epoch = learning_curves([{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0}, {"epoch": 3, "flag": True}])
+    assert [(line.xs, line.ys) for line in by_epoch[0].series] == [([1.0, 2.0], [2.0, 1.0])]
+
+
+def test_the_image_has_its_panels_side_by_side(tmp_path: Path) -> None:
     from matplotlib import image  # a test dependency (and the `plot` extra)
 
     drawn = plot_metrics(HISTORY, tmp_path / "curves.png", title="run")
-    assert drawn == ["lr", "train_loss", "val_loss"]
+    assert drawn == ["loss", "accuracy", "images_per_sec", "lr"]
     pixels = image.imread(tmp_path / "curves.png")
     height, width = pixels.shape[:2]
-    assert width > 3 * height / 1.5  # three panels side by side
+    assert width > height  # three columns, two rows
     assert pixels.std() > 0.05  # lines and text, not a blank canvas
     assert plot_metrics([], tmp_path / "empty.png", title="run") == []
     assert not (tmp_path / "empty.png").exists()
