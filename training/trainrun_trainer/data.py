@@ -78,17 +78,41 @@ def image_size_for(config: TrainConfig) -> int:
 
 # --- synthetic ---------------------------------------------------------------------------------
 
-def _synthetic_split(*, count: int, prototypes: torch.Tensor, generator: torch.Generator) -> TensorSplit:
-    """`count` images: each is its class's prototype pattern plus noise, so classes are learnable."""
-    num_classes = prototypes.shape[0]
+# Each class is a mixture of this many patterns, each seen shifted by up to a fifth of the image side:
+# a network must learn the patterns and their shifts, which takes the whole of a short run (a class
+# that is one fixed pattern is learnt in a few steps and teaches nothing about a learning curve).
+SYNTHETIC_PATTERNS_PER_CLASS = 6
+SYNTHETIC_COARSE_SIDE = 6  # the patterns are random 6x6 grids blown up to the image size: smooth blobs
+SYNTHETIC_MAX_SHIFT_FRACTION = 0.2
+SYNTHETIC_SIGNAL = 30.0  # grey levels of pattern around mid-grey (128) ...
+SYNTHETIC_NOISE = 30.0  # ... and of per-pixel Gaussian noise
+
+
+def _shifted(patterns: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Each image of (N, C, H, W) rolled down by rows[n] and right by columns[n] pixels (wrapping round)."""
+    count, channels, height, width = patterns.shape
+    row_index = (torch.arange(height) - rows[:, None]) % height
+    column_index = (torch.arange(width) - columns[:, None]) % width
+    patterns = patterns.gather(2, row_index[:, None, :, None].expand(count, channels, height, width))
+    return patterns.gather(3, column_index[:, None, None, :].expand(count, channels, height, width))
+
+
+def _synthetic_split(*, count: int, patterns: torch.Tensor, num_classes: int,
+                     generator: torch.Generator) -> TensorSplit:
+    """`count` images: one of its class's patterns, shifted, plus noise. Learnable, but not at once."""
     labels = torch.arange(count) % num_classes
     labels = labels[torch.randperm(count, generator=generator)]
-    images = torch.empty((count, *prototypes.shape[1:]), dtype=torch.uint8)
+    images = torch.empty((count, *patterns.shape[1:]), dtype=torch.uint8)
+    max_shift = int(SYNTHETIC_MAX_SHIFT_FRACTION * patterns.shape[-1])
     chunk = 256  # bounds the float temporaries for large images
     for start in range(0, count, chunk):
         chunk_labels = labels[start:start + chunk]
-        noise = torch.randn((len(chunk_labels), *prototypes.shape[1:]), generator=generator)
-        pixels = 128 + 48 * prototypes[chunk_labels] + 40 * noise
+        size = len(chunk_labels)
+        variant = torch.randint(0, SYNTHETIC_PATTERNS_PER_CLASS, (size,), generator=generator)
+        chosen = patterns[chunk_labels * SYNTHETIC_PATTERNS_PER_CLASS + variant]
+        rows, columns = torch.randint(-max_shift, max_shift + 1, (2, size), generator=generator)
+        noise = torch.randn((size, *patterns.shape[1:]), generator=generator)
+        pixels = 128 + SYNTHETIC_SIGNAL * _shifted(chosen, rows, columns) + SYNTHETIC_NOISE * noise
         images[start:start + chunk] = pixels.clamp_(0, 255).to(torch.uint8)
     return TensorSplit(images=images, labels=labels)
 
@@ -97,13 +121,13 @@ def _synthetic(config: TrainConfig) -> LoadedDataset:
     channels = 1 if config.model == "mlp" else 3
     size = image_size_for(config)
     generator = torch.Generator().manual_seed(config.seed)
-    # Coarse 4x4 patterns blown up to full size: smooth enough for a CNN to pick up quickly.
-    coarse = torch.randn((config.num_classes, channels, 4, 4), generator=generator)
-    prototypes = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
-                                                 align_corners=False)
-    train = _synthetic_split(count=config.synthetic_samples, prototypes=prototypes, generator=generator)
-    validation = _synthetic_split(count=max(config.synthetic_samples // 4, 1), prototypes=prototypes,
-                                  generator=generator)
+    coarse = torch.randn((config.num_classes * SYNTHETIC_PATTERNS_PER_CLASS, channels, SYNTHETIC_COARSE_SIDE,
+                          SYNTHETIC_COARSE_SIDE), generator=generator)
+    patterns = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    train = _synthetic_split(count=config.synthetic_samples, patterns=patterns, num_classes=config.num_classes,
+                             generator=generator)
+    validation = _synthetic_split(count=max(config.synthetic_samples // 4, 1), patterns=patterns,
+                                  num_classes=config.num_classes, generator=generator)
     return LoadedDataset(train=train, validation=validation,
                          class_names=[f"class_{index}" for index in range(config.num_classes)],
                          input_shape=(channels, size, size))
