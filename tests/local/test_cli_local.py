@@ -27,7 +27,8 @@ def test_get_shows_a_kubectl_like_table(quickstart: FinishedRun) -> None:
     assert code == 0, output
     header, row = output.strip().splitlines()
     assert header.split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
-    assert row.split()[:5] == ["quickstart", "Completed", "-", "1", "0"]
+    # A local run is named by its folder, which every --local verb takes: two runs of one name differ.
+    assert row.split()[:5] == [quickstart.folder.name, "Completed", "-", "1", "0"]
     assert row.split()[5].startswith("val_loss=")
 
 
@@ -81,8 +82,14 @@ def test_metrics_latest_and_history(quickstart: FinishedRun) -> None:
     code, output = invoke(quickstart, "metrics", "quickstart", "--json")
     history = json.loads(output)["history"]
     assert history[0]["epoch"] == 1
+    # The trainer's final line repeats its best epoch's: the history has each measurement once.
+    measurements = [json.dumps({k: v for k, v in record.items() if k != "time"}, sort_keys=True) for record in history]
+    assert len(measurements) == len(set(measurements))
+    assert "val_loss" in history[-1] and history[-1]["epoch"] == 3  # the last epoch's summary, once
     code, output = invoke(quickstart, "metrics", "quickstart", "--history")
-    assert code == 0 and output.splitlines()[0].split()[:2] == ["EPOCH", "STEP"]
+    lines = output.splitlines()
+    assert code == 0 and lines[0].split()[:2] == ["EPOCH", "STEP"]
+    assert len(lines) == 1 + len(history) and lines[-1] != lines[-2]
 
 
 def test_artifacts_lists_the_manifest_and_downloads_it(quickstart: FinishedRun, tmp_path: Path) -> None:

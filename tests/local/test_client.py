@@ -35,8 +35,9 @@ def test_create_runs_detached_and_wait_returns_it_completed(tmp_path: Path, monk
     assert metrics["latest"]["train_loss"] == metrics["history"][-1]["train_loss"]
     assert metrics["key"].startswith("val_loss=")
     lines = list(client.logs("detached"))
-    assert lines and {replica for replica, _ in lines} == {"master-0"}  # only rank 0 prints
-    assert list(client.logs("detached", replica="worker-0")) == []
+    assert lines and {replica for replica, _ in lines} == {"master-0", "worker-0"}
+    worker = [line for _, line in client.logs("detached", replica="worker-0")]
+    assert [line.split(") ")[1].split(" at ")[0] for line in worker] == ["starting", "finished"]  # who, when
     assert client.delete("detached") is True
     with pytest.raises(RunNotFound):
         client.get("detached")
@@ -56,11 +57,22 @@ def test_wait_times_out_and_cancel_stops_a_detached_run(tmp_path: Path, monkeypa
     assert waited.exit_code == 2, waited.output
     client.wait("cancelled", phases=("Running",), timeout=60)
     followed = client.logs("cancelled", follow=True)
+    # Following a live run: lines arrive while it trains, metric lines among them.
+    seen: list[tuple[str, str]] = []
+    for replica, line in followed:
+        seen.append((replica, line))
+        if line.startswith("trainrun:metric "):
+            break
+    assert client.get("cancelled")["status"]["phase"] == "Running"
+    assert ("master-0", "trainrun:metric") in {(replica, line.split(" ")[0]) for replica, line in seen}
     client.cancel("cancelled")
     finished = client.wait("cancelled", timeout=60)
     assert finished["status"]["phase"] == "Cancelled"
     assert finished["status"]["message"] == "stopped by a signal or by trainrun cancel"
-    list(followed)  # a follow ends once the run has finished
+    seen += list(followed)  # the follow ends once the run has finished, having said all
+    folder = Path(finished["metadata"]["annotations"]["trainrun.dev/run-dir"])
+    written = [(path.stem, line) for path in (folder / "logs").glob("*.log") for line in path.read_text().splitlines()]
+    assert sorted(seen) == sorted(written)
 
 
 def test_the_client_reads_a_run_made_by_the_cli(quickstart: FinishedRun, tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -49,6 +51,7 @@ class Progress:
     global_step: int = 0
     best_val_loss: float = math.inf
     best_epoch: int = 0
+    best_step: int = 0
     epochs_without_improvement: int = 0
     best_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
@@ -58,6 +61,7 @@ class Progress:
         if metrics["val_loss"] < self.best_val_loss:
             self.best_val_loss = metrics["val_loss"]
             self.best_epoch = epoch
+            self.best_step = self.global_step
             self.best_metrics = dict(metrics)
             self.epochs_without_improvement = 0
             return True
@@ -87,12 +91,28 @@ class Session:
 
 
 def run_training(config: TrainConfig) -> dict[str, Any]:
-    """Train as configured; returns the run summary that run.json holds."""
+    """Train as configured; returns the run summary that run.json holds.
+
+    Every process says who it is when it starts and when it ends (only rank 0 reports metrics), so a
+    Worker's log shows it took part rather than looking dead."""
     runtime = start_runtime()
+    started = time.monotonic()
+    _say_on_this_rank(runtime, "starting")
+    outcome = "stopped by an error"
     try:
-        return _run(config, runtime)
+        summary = _run(config, runtime)
+        outcome = "finished"
+        return summary
     finally:
         runtime.shutdown()
+        _say_on_this_rank(runtime, outcome, after=time.monotonic() - started)
+
+
+def _say_on_this_rank(runtime: Runtime, what: str, *, after: float | None = None) -> None:
+    """``trainrun_trainer: rank 1 of 2 (local rank 0 on node-a, cpu) finished at 05:18:09 UTC, after 8.1 s``."""
+    where = f"local rank {runtime.local_rank} on {socket.gethostname()}, {runtime.device}"
+    when = datetime.now(UTC).strftime("%H:%M:%S UTC") + ("" if after is None else f", after {after:.1f} s")
+    print(f"trainrun_trainer: rank {runtime.rank} of {runtime.world_size} ({where}) {what} at {when}", flush=True)
 
 
 def _run(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
@@ -139,8 +159,8 @@ def _run(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
         improved = progress.record_epoch(epoch, epoch_metrics)
         epoch_metrics.update(_device_metrics(runtime))
         reporter.metrics(epoch=epoch, step=progress.global_step, samples=epoch_metrics)
-        reporter.say(f"epoch {epoch}/{config.epochs} done: " + _describe(epoch_metrics)
-                     + (" (best so far)" if improved else ""))
+        # The numbers are on the metric line just above: said once.
+        reporter.say(f"epoch {epoch}/{config.epochs} done" + (" (best so far)" if improved else ""))
         if runtime.is_main:
             _save_checkpoint(session, progress)
         stopped_early = progress.should_stop(config.patience)
@@ -237,8 +257,7 @@ def _train_epoch(session: Session, *, progress: Progress, epoch: int) -> dict[st
     window_sums = torch.zeros(2, device=device, dtype=torch.float64)
     epoch_seen = window_seen = 0
     epoch_start = window_start = time.perf_counter()
-    steps = len(session.train_source)
-    for step_in_epoch, (images, labels) in enumerate(session.train_source.batches(epoch), start=1):
+    for images, labels in session.train_source.batches(epoch):
         with _autocast(session):
             logits = session.model(_as_float_images(session, images))
             loss = functional.cross_entropy(logits, labels)
@@ -255,7 +274,6 @@ def _train_epoch(session: Session, *, progress: Progress, epoch: int) -> dict[st
             samples = _train_samples(session, window_sums, seen=window_seen, since=window_start)
             samples.update(_device_metrics(runtime))
             reporter.metrics(epoch=epoch, step=progress.global_step, samples=samples)
-            reporter.say(f"epoch {epoch}/{config.epochs} step {step_in_epoch}/{steps} " + _describe(samples))
             epoch_sums += window_sums
             epoch_seen += window_seen
             window_sums.zero_()
@@ -319,10 +337,6 @@ def _device_metrics(runtime: Runtime) -> dict[str, float]:
     return metrics
 
 
-def _describe(samples: dict[str, float]) -> str:
-    return " ".join(f"{name} {value:.4g}" for name, value in samples.items())
-
-
 def _summary(session: Session, progress: Progress, *, stopped_early: bool) -> dict[str, Any]:
     config, runtime, dataset = session.config, session.runtime, session.dataset
     return {
@@ -360,8 +374,9 @@ def _finish(session: Session, progress: Progress, summary: dict[str, Any]) -> No
                                       input_shape=session.dataset.input_shape,
                                       class_names=session.dataset.class_names)
     artifacts.write_run_summary(config.output_dir, summary)
-    reporter.metrics(epoch=progress.epochs_done, step=progress.global_step,
+    # The exported model's numbers: the best epoch's line again, at its own position, marked final (the
+    # status keeps them; a history drops the repeat).
+    reporter.metrics(epoch=progress.best_epoch, step=progress.best_step,
                      samples={"final": True, **progress.best_metrics})
-    reporter.say(f"done: best epoch {progress.best_epoch} of {progress.epochs_done}, "
-                 + _describe(progress.best_metrics)
-                 + f"; model.pt, model.ts, model.pt2, model.onnx, triton/, run.json in {config.output_dir}")
+    reporter.say(f"done: best epoch {progress.best_epoch} of {progress.epochs_done}; "
+                 f"model.pt, model.ts, model.pt2, model.onnx, triton/, run.json in {config.output_dir}")

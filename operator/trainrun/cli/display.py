@@ -2,7 +2,8 @@
 
 Phase changes, every replica's lines with a ``[master-0]`` prefix (hidden by --quiet), and on a
 terminal a live progress line (epoch/step, loss, images/s) kept at the bottom with rich; plain lines
-when the output is a file or a pipe. Implements ``trainrun.metrics.observer.RunObserver``, which the local
+when the output is a file or a pipe. A ``trainrun:metric {json}`` line is shown as people read it
+(``epoch 1 · step 8 · train_loss 2.281 · images_per_sec 16,613``); the log file keeps it as written. Implements ``trainrun.metrics.observer.RunObserver``, which the local
 runner and the cluster follower both report to.
 """
 
@@ -18,7 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from trainrun.metrics import MetricSummary
+from trainrun.metrics import METRIC_PREFIX, MetricSample, MetricSummary, structured_samples
 from trainrun.spec.status import Phase, TrainingRunStatus
 
 PHASE_STYLES = {
@@ -42,6 +43,7 @@ class RunDisplay:
         self.position: dict[str, Any] = {}
         self.latest: dict[str, float] = {}
         self.started = time.monotonic()
+        self.shown_measurements: set[tuple[str, tuple[MetricSample, ...]]] = set()
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
@@ -74,8 +76,13 @@ class RunDisplay:
     def line(self, replica: str, text: str) -> None:
         if self.quiet:
             return
+        samples = tuple(structured_samples(text))
+        if samples:
+            if (replica, samples) in self.shown_measurements:
+                return  # the trainer's final line repeats its best epoch's: shown once already
+            self.shown_measurements.add((replica, samples))
         prefix = Text(f"[{replica}] ", style=_replica_style(replica))
-        self._print(prefix + Text(text))
+        self._print(prefix + Text(readable_metric_line(text) or text))
 
     def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
         for key in ("epoch", "step"):
@@ -87,7 +94,7 @@ class RunDisplay:
         elif self.quiet:
             # Without a live line, --quiet still shows the numbers, one line per metric line.
             values = " ".join(
-                f"{key}={_format(value)}" for key, value in record.items() if key not in ("time", "replica")
+                f"{key}={readable_number(value)}" for key, value in record.items() if key not in ("time", "replica")
             )
             print(f"{self.name}: {values}", flush=True)
 
@@ -137,5 +144,22 @@ def _replica_style(replica: str) -> str:
     return REPLICA_STYLES[(int(index) if index.isdigit() else 0) % len(REPLICA_STYLES)]
 
 
-def _format(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+def readable_metric_line(text: str) -> str | None:
+    """A ``trainrun:metric {json}`` line as people read it, whatever came before the prefix kept; None for
+    any other line (and for a metric line with no value in it)."""
+    samples = structured_samples(text)
+    if not samples:
+        return None
+    before = text[: text.find(METRIC_PREFIX)]
+    position = [f"{name} {value}" for name, value in (("epoch", samples[0].epoch), ("step", samples[0].step)) if value is not None]
+    values = [f"{sample.name} {readable_number(sample.value)}" for sample in samples]
+    return before + " · ".join(position + values)
+
+
+def readable_number(value: object) -> str:
+    """``16,613`` for a large number, four significant digits for the others (``2.281``, ``0.0009861``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"

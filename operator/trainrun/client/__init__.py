@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trainrun.client.documents import Source, single_training_run, training_run_documents
 from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
-from trainrun.metrics.observer import RunObserver
+from trainrun.metrics.observer import RunObserver, distinct_records
 from trainrun.spec import OperatorConfig, validate_training_run
 from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import Phase, TrainingRunStatus
@@ -209,7 +209,8 @@ class Client:
     def metrics(self, name: str) -> Object:
         """{"latest": {name: value}, "key": "val_loss=0.31", "history": [{epoch, step, values...}]}."""
         status = self.status(name)
-        return {"latest": dict(status.metrics), "key": status.key_metric, "history": self.backend.metric_history(name)}
+        history = distinct_records(self.backend.metric_history(name))
+        return {"latest": dict(status.metrics), "key": status.key_metric, "history": history}
 
     def events(self, name: str) -> Objects:
         """Recent Kubernetes events about the run and its children, oldest first (none locally)."""

@@ -3,12 +3,13 @@
 Both backends of ``trainrun.Client`` report to a ``RunObserver``: the local runner
 (``trainrun.local.runner``) and the cluster follower (``trainrun.client.cluster``); the CLI's live
 view (``trainrun.cli.display``) implements it. They share the metric record written to metrics.jsonl
-and shown by ``trainrun metrics --history`` (:func:`metric_record`) and the exit code of a followed
+and shown by ``trainrun metrics --history`` (:func:`metric_record`, :func:`distinct_records`) and the exit code of a followed
 run (:func:`exit_code`), so neither backend leans on the other. Pure.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -55,6 +56,20 @@ def metric_record(replica: str, samples: Sequence[MetricSample], *, at: str | No
             record["step"] = sample.step
     record.update({sample.name: sample.value for sample in samples})
     return record
+
+
+def distinct_records(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records in order, each the first time it was measured: a record with the same replica,
+    position and values as an earlier one (the trainer's final line repeats its best epoch's) is the
+    same measurement, whatever its ``time``."""
+    seen: set[str] = set()
+    distinct = []
+    for record in history:
+        key = json.dumps({name: value for name, value in record.items() if name != "time"}, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(dict(record))
+    return distinct
 
 
 def exit_code(phase: Phase | None) -> int:
