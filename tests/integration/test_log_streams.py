@@ -21,7 +21,7 @@ import yaml
 from cluster.harness import POOL_LABEL, ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import OperatorProcess, kubectl_apply, operator, training_run
 from trainrun import Client
-from trainrun.kube import KubeApi
+from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import LogLine, ReplicaLogStreams
 from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from trainrun.kube.logs import RESUME_MARGIN_SECONDS, StreamPosition, parse_log_time
+from trainrun.kube.streams import RESUME_MARGIN_SECONDS, StreamPosition, parse_log_time
 
 
 def test_kubelet_times_parse_to_second_and_nanoseconds() -> None:

@@ -1,165 +1,126 @@
-"""The kopf handlers of the operator: thin wiring from Kubernetes events to :class:`Reconciler`.
+"""The kopf wiring of the operator: login, start-up, the TrainingRun watch, clean-up.
 
-Started by ``kopf run --standalone --all-namespaces -m trainrun.controller.handlers`` (the operator
-Deployment, and the integration tests). Every handler ends in the same idempotent reconcile, so the
-order and number of triggers never matter: a TrainingRun's create/resume/update, an event of any child
-it owns (its pods, its uploader Job), and a periodic resync while the run is active. A daemon per
-active run follows its logs. Errors talking to the API are retried by kopf with a delay; a bad spec or
-a missing training-operator becomes a Stalled condition, never a crash loop.
+Loaded by ``trainrun.controller.__main__`` (``trainrun-operator``, what the Deployment runs), which sets
+:data:`options` first. kopf watches the TrainingRuns and hands every event to the
+:class:`~trainrun.controller.operator.Controller`; everything else (the children's watch caches, the work
+queue, leader election, log followers, the metrics and probe server) runs as tasks on kopf's event loop,
+started here at start-up and stopped at clean-up. Handlers only watch: kopf writes nothing to the runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-import time
-from collections.abc import Iterator, Mapping
+import os
+import socket
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
 from trainrun.controller import telemetry
-from trainrun.controller.artifacts import ArtifactReader
-from trainrun.controller.logs import LogFollower
-from trainrun.controller.reconcile import Reconciler
-from trainrun.kube import KubeApi, KubeError
-from trainrun.render.children import RUN_LABEL
-from trainrun.spec import InvalidTrainingRun, load_training_run
+from trainrun.controller.leader import LeaderElector
+from trainrun.controller.operator import Controller
+from trainrun.kube.aioclient import AsyncKube, Credentials
 from trainrun.spec.model import GROUP, PLURAL, VERSION
-from trainrun.spec.status import Phase
 
 logger = logging.getLogger(__name__)
 
-RESYNC_SECONDS = 10.0
-RETRY_DELAY_SECONDS = 10
-# kopf's executor threads for the sync handlers (each reconcile holds one for a few API calls).
-HANDLER_THREADS = 16
-_state: dict[str, Reconciler] = {}
+
+@dataclass
+class Options:
+    """How the operator was started (``trainrun-operator --help``)."""
+
+    namespaces: list[str] = field(default_factory=list)  # empty: all namespaces
+    leader_election: bool = True
+    identity: str = field(default_factory=lambda: os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}")
+    operator_namespace: str = field(default_factory=lambda: os.environ.get("TRAINRUN_OPERATOR_NAMESPACE", "trainrun-system"))
 
 
-def reconciler() -> Reconciler:
-    """The process-wide reconciler, made on first use (after kopf's login)."""
-    if "reconciler" not in _state:
-        _state["reconciler"] = Reconciler(KubeApi())
-    return _state["reconciler"]
+@dataclass
+class _Running:
+    credentials: Credentials | None = None
+    controller: Controller | None = None
+    elector: LeaderElector | None = None
+    kube: AsyncKube | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    server: Any = None
 
 
-def is_active(status: Mapping[str, Any], **_: Any) -> bool:
-    """Runs that can still change: no phase yet, or a phase that is not finished."""
-    phase = status.get("phase")
-    return phase is None or not Phase(phase).finished
+options = Options()
+_running = _Running()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own ways (in-cluster service account, else the kubeconfig); the operator's client shares them."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is not None:
+        secure = info.server.startswith("https")
+        authorization = info.as_http_headers().get("Authorization")
+        _running.credentials = Credentials(
+            server=info.server, ssl=info.as_ssl_context() if secure else False, authorization=authorization
+        )
+    return info
+
+
+def _credentials() -> Credentials:
+    if _running.credentials is None:
+        raise RuntimeError("no credentials yet: kopf has not logged in")
+    return _running.credentials
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-    """Keep kopf's bookkeeping in annotations, so status holds only what users read."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
+async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Configure kopf, then start the controller, the leader election and the probe server."""
+    settings.scanning.disabled = True  # the watched kind and namespaces are fixed: no CRD/namespace scans
+    settings.posting.enabled = False  # Events come from the controller's recorder only
+    settings.watching.server_timeout = 300
+    kube = AsyncKube(_credentials)
+    watched: list[str | None] = list(options.namespaces) or [None]
+    controller = Controller(
+        kube, operator_namespace=options.operator_namespace, namespaces=watched, instance=options.identity
     )
-    settings.posting.level = logging.WARNING
-    settings.watching.server_timeout = 120
-    settings.execution.max_workers = HANDLER_THREADS
-    port = telemetry.serve_from_env()
+    _running.kube, _running.controller = kube, controller
+
+    def leading(leading: bool) -> None:
+        telemetry.LEADER.set(1 if leading else 0)
+        controller.leading(leading)
+
+    _running.tasks.append(asyncio.create_task(controller.run(), name="controller"))
+    if options.leader_election:
+        elector = LeaderElector(
+            kube, namespace=options.operator_namespace, identity=options.identity, on_change=leading
+        )
+        _running.elector = elector
+        _running.tasks.append(asyncio.create_task(elector.run(), name="leader election"))
+    else:
+        leading(True)
+    port = telemetry.port_from_env()
     if port is not None:
-        logger.info("serving Prometheus metrics on :%d/metrics", port)
+        _running.server = await telemetry.serve(port, ready=lambda: controller.synced)
+        logger.info("serving /metrics, /healthz and /readyz on :%d", port)
 
 
-def _reconcile(body: Mapping[str, Any], *, trigger: str) -> None:
-    with _counted(trigger):
-        try:
-            reconciler().reconcile(body)
-        except KubeError as error:
-            raise kopf.TemporaryError(str(error), delay=RETRY_DELAY_SECONDS) from error
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_run_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Every TrainingRun event (the initial listing too) goes to the controller's cache and queue."""
+    if _running.controller is not None:
+        _running.controller.run_changed(event.get("type"), body)
 
 
-@contextlib.contextmanager
-def _counted(trigger: str) -> Iterator[None]:
-    """Time a reconcile and count it by trigger and outcome."""
-    started = time.monotonic()
-    result = "error"
-    try:
-        yield
-        result = "ok"
-    finally:
-        telemetry.RECONCILE_SECONDS.observe(time.monotonic() - started)
-        telemetry.RECONCILES.labels(trigger=trigger, result=result).inc()
-
-
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_run_changed(body: kopf.Body, **_: Any) -> None:
-    """A run was created, changed, or found at start-up: converge it."""
-    _reconcile(body, trigger="change")
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, when=is_active)
-def resync(body: kopf.Body, **_: Any) -> None:
-    """A periodic level-based check, so nothing depends on catching every event."""
-    _reconcile(body, trigger="resync")
-
-
-# Pods (and the uploader's Job) change whenever their PyTorchJob does. The PyTorchJob itself is not
-# watched: kopf ends the whole operator when a watched kind's CRD is removed mid-watch (a
-# training-operator upgrade does that), and the timer below notices job-only changes anyway.
-@kopf.on.event("", "v1", "pods", labels={RUN_LABEL: kopf.PRESENT})
-@kopf.on.event("batch", "v1", "jobs", labels={RUN_LABEL: kopf.PRESENT})
-def on_child_event(labels: kopf.Labels, namespace: str | None, type: str, **_: Any) -> None:
-    """A child changed: converge its run right away instead of waiting for the resync."""
-    if not type or namespace is None:  # the initial listing (no type): the runs' resume handlers cover it
-        return
-    try:
-        with _counted("child"):
-            reconciler().reconcile_named(namespace, labels[RUN_LABEL])
-    except KubeError as error:
-        logger.warning("reconcile after a child event failed (the resync retries): %s", error)
-
-
-@kopf.daemon(GROUP, VERSION, PLURAL, when=is_active, cancellation_timeout=30)
-async def follow_logs(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-    """Follow the replicas' logs while the run is active, then archive them next to the artifacts.
-
-    The follower blocks (one thread per log stream, plus its own loop), so it gets a thread of its
-    own: a sync daemon would hold one of kopf's executor threads for the run's whole life, and with
-    more active runs than ``max_workers`` no other handler (creates, child events, resyncs) would run.
-    """
-    try:
-        run = load_training_run(body)
-    except InvalidTrainingRun:
-        return  # the reconcile reports the problem; there is nothing to follow
-    api = reconciler().api
-    follower = LogFollower(api, run)
-    stop = threading.Event()
-    loop = asyncio.get_running_loop()
-    finished: asyncio.Future[None] = loop.create_future()
-
-    def follow_then_archive() -> None:
-        try:
-            follower.follow(stop)
-            ArtifactReader(api).archive_logs(run, follower.log_files())
-        finally:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: the operator is exiting
-                loop.call_soon_threadsafe(_settle, finished)
-
-    threading.Thread(target=follow_then_archive, name=f"logs-{run.metadata.name}", daemon=True).start()
-    telemetry.LOG_FOLLOWERS.inc()
-    stopping = asyncio.ensure_future(_until(stopped))
-    try:
-        await asyncio.wait({stopping, finished}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        stop.set()
-        telemetry.LOG_FOLLOWERS.dec()
-    await finished
-
-
-async def _until(stopped: kopf.DaemonStopped) -> None:
-    await stopped.wait()
-
-
-def _settle(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    """Give the Lease up for the standby, stop following logs (nothing half-archived), close everything."""
+    if _running.elector is not None:
+        await _running.elector.release()
+    if _running.controller is not None:
+        _running.controller.queue.active.clear()
+        await _running.controller.stop_followers()
+    for task in _running.tasks:
+        task.cancel()
+    await asyncio.gather(*_running.tasks, return_exceptions=True)
+    if _running.server is not None:
+        await _running.server.cleanup()
+    if _running.kube is not None:
+        await _running.kube.close()

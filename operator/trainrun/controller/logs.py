@@ -1,101 +1,156 @@
-"""Follows every replica's log while a run trains: metrics into status, lines into an archive.
+"""Follows every replica's log of one run as tasks on kopf's event loop: metrics for status, an archive.
 
-One follower per active TrainingRun, started by the kopf daemon in ``trainrun.controller.handlers``.
-The replica streams come from ``trainrun.kube.logs`` (the same ones ``trainrun logs -f`` reads: pods
-that start later are followed too); every line goes through the same ``MetricParser`` as the local
-runner, the latest values are patched into ``status.metrics`` a few times a minute, and the lines
-are kept per replica for the archive copied to ``<output>/logs/``.
+The controller (``trainrun.controller.operator``) keeps one :class:`RunLogs` per active run it leads,
+hands it the run's pods from the watch cache on every reconcile (no polling: a pod that starts later,
+a container restarted in place or a pod recreated under the same name shows up there) and finishes it
+when the run ends. Each container start is read by one task through ``AsyncKube.log_lines``; a stream
+that breaks off while its container runs is opened again and goes on after the last line delivered
+(``trainrun.kube.streams.StreamPosition``). Every line goes through the same ``MetricParser`` as the
+local runner; the latest values are offered to the controller, which writes them with the rest of the
+status (coalesced: at most one status write per run every few seconds). Lines are kept per replica in a
+file for the archive copied to ``<output>/logs/`` when the run ends.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import shutil
 import tempfile
-import threading
-import time
-from collections.abc import Iterable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
+from typing import IO, Any
 
-from trainrun.kube import KubeApi, KubeError
-from trainrun.kube.logs import LogLine, ReplicaLogStreams
+from trainrun.kube.aioclient import ApiError, AsyncKube
+from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, training_container
 from trainrun.metrics import MetricParser, MetricSummary
-from trainrun.render import job_name
-from trainrun.spec.model import API_VERSION, KIND, TrainingRun
+from trainrun.render.children import CONTAINER_NAME
+from trainrun.spec.model import TrainingRun
+from trainrun.status import replica_name
 
 logger = logging.getLogger(__name__)
 
-STATUS_FLUSH_SECONDS = 5.0
-STOP_CHECK_SECONDS = 0.5
 LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
+RESUME_MAX_DELAY_SECONDS = 30.0
+FINISH_GRACE_SECONDS = 5.0
 
 
-class LogFollower:
-    """Streams the logs of one run's replica pods until told to stop."""
+class RunLogs:
+    """The followed logs of one run's replica pods, until :meth:`finish`."""
 
-    def __init__(self, api: KubeApi, run: TrainingRun) -> None:
-        self.api = api
+    def __init__(self, kube: AsyncKube, run: TrainingRun, *, on_metrics: Callable[[], None]) -> None:
+        self.kube = kube
         self.run = run
+        self.on_metrics = on_metrics
         self.parser = MetricParser.from_definitions(run.spec.metrics)
         self.summary = MetricSummary()
-        self.streams = ReplicaLogStreams(api, run.metadata.namespace, job_name(run))
         self.folder = LOG_ROOT / run.metadata.namespace / run.metadata.name
-        self.folder.mkdir(parents=True, exist_ok=True)
         # A follower (re)starts every stream from the first line: what an earlier one wrote would repeat.
-        for stale in self.folder.glob("*.log"):
-            stale.unlink()
-        self._dirty = False
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, IO[str]] = {}
+        self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
+        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._closing = False
 
-    def follow(self, stopped: threading.Event) -> None:
-        """Read every replica container that has started, and flush metrics, until stopped; then
-        give the open streams a moment to end and keep their last lines too."""
-        with ExitStack() as archives:
-            files: dict[str, TextIO] = {}
-            while not stopped.is_set():
-                try:
-                    self.streams.poll()
-                except KubeError as error:
-                    logger.warning("listing pods of %s failed: %s", self.run.metadata.name, error)
-                deadline = time.monotonic() + STATUS_FLUSH_SECONDS
-                while not stopped.is_set() and time.monotonic() < deadline:
-                    self._take(self.streams.lines(STOP_CHECK_SECONDS), files, archives)
-                self.flush_metrics()
-            self.streams.wait(STATUS_FLUSH_SECONDS)
-            self.streams.close()  # what is still open would never end on its own
-            self._take(self.streams.lines(0), files, archives)
-        self.flush_metrics()
+    @property
+    def metrics(self) -> dict[str, float] | None:
+        return dict(self.summary.latest) if self.summary.latest else None
 
-    def log_files(self) -> list[Path]:
-        """The archived log of every replica seen so far."""
+    @property
+    def key_metric(self) -> str | None:
+        return self.summary.key_metric()
+
+    def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
+        """Start reading every replica container that has started and is not read yet."""
+        if self._closing:
+            return
+        self._pods = {str(pod["metadata"]["name"]): pod for pod in pods}
+        for name, pod in self._pods.items():
+            restarts = started_container_restarts(pod)
+            if restarts is None:
+                continue
+            key = (str(pod["metadata"].get("uid")), restarts)
+            if key not in self._tasks:
+                self._tasks[key] = asyncio.get_running_loop().create_task(
+                    self._read(replica_name(pod), name, *key), name=f"logs {self.run.metadata.name}/{name}"
+                )
+
+    async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> list[Path]:
+        """Let open streams end for a moment, stop the rest, and return the archived log of every replica."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for archive in self._files.values():
+            archive.close()
         return sorted(self.folder.glob("*.log"))
 
-    def _take(self, lines: Iterable[LogLine], files: dict[str, TextIO], archives: ExitStack) -> None:
-        """Append each replica's lines to its archive file and parse them for metrics."""
-        for line in lines:
-            if line.note:
-                continue  # already logged by the stream; the archive keeps only what the replica wrote
-            if line.replica not in files:
-                # Line-buffered: the archive may be copied while the stream is still open.
-                path = self.folder / f"{line.replica}.log"
-                files[line.replica] = archives.enter_context(path.open("a", encoding="utf-8", buffering=1))
-            files[line.replica].write(line.text + "\n")
-            samples = self.parser.parse(line.text)
-            if samples:
-                self._dirty |= self.summary.add(samples)
+    async def stop(self) -> None:
+        """Stop reading at once (leadership lost, operator shutting down); nothing is archived."""
+        self._closing = True
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        for archive in self._files.values():
+            archive.close()
 
-    def flush_metrics(self) -> None:
-        """Patch the latest metric values into the run's status when they changed."""
-        if not self._dirty:
-            return
-        latest = dict(self.summary.latest)
-        key_metric = self.summary.key_metric()
-        self._dirty = False
-        patch = {"status": {"metrics": latest, "keyMetric": key_metric}}
-        try:
-            self.api.patch_merge(
-                API_VERSION, KIND, self.run.metadata.name, self.run.metadata.namespace, patch, subresource="status"
-            )
-        except KubeError as error:
-            logger.warning("writing metrics of %s failed: %s", self.run.metadata.name, error)
-            self._dirty = True
+    async def _read(self, replica: str, pod_name: str, uid: str, restarts: int) -> None:
+        """Read one container's log to its end, reopening a stream that breaks off while it runs."""
+        position = StreamPosition()
+        breaks = 0
+        while not self._closing:
+            since = position.since_seconds(datetime.now(UTC))
+            position.reopen()
+            try:
+                async for stamped in self.kube.log_lines(
+                    self.run.metadata.namespace, pod_name, container=CONTAINER_NAME, since_seconds=since
+                ):
+                    stamp_text, _, text = stamped.partition(" ")
+                    stamp = parse_log_time(stamp_text)
+                    if stamp is None:
+                        text = stamped  # no time in front (not a kubelet): keep the line whole
+                    elif not position.take(stamp):
+                        continue  # read before the stream broke off
+                    self._take(replica, text)
+                    breaks = 0
+                why = "it ended"
+            except ApiError as error:
+                why = str(error)
+            if self._closing or not self._still_running(pod_name, uid, restarts):
+                return
+            breaks += 1
+            logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
+            await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+
+    def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
+        """Whether the container a stream read is still the pod's running training container (per the watch)."""
+        pod = self._pods.get(pod_name)
+        if pod is None or pod["metadata"].get("uid") != uid:
+            return False
+        container = training_container(pod)
+        return (
+            container is not None
+            and int(container.get("restartCount") or 0) == restarts
+            and "running" in (container.get("state") or {})
+        )
+
+    def _take(self, replica: str, text: str) -> None:
+        """Append the line to its replica's archive and parse it for metrics."""
+        archive = self._files.get(replica)
+        if archive is None:
+            archive = self._files[replica] = (self.folder / f"{replica}.log").open("a", encoding="utf-8")
+        archive.write(text + "\n")
+        samples = self.parser.parse(text)
+        if samples and self.summary.add(samples):
+            self.on_metrics()
+
+    def discard(self) -> None:
+        """Remove the local copy once it is archived (or not wanted)."""
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.folder)

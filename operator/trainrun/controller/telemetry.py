@@ -1,23 +1,26 @@
-"""The operator's own Prometheus metrics, served on ``$TRAINRUN_METRICS_PORT`` at ``/metrics``.
+"""The operator's own Prometheus metrics and probes, served on ``$TRAINRUN_METRICS_PORT``.
 
-Started by ``trainrun.controller.handlers`` at start-up; counted by the handlers (reconcile time and
-outcome, log followers) and by ``trainrun.controller.reconcile`` (phase changes). Platform teams scrape
-them as they scrape any controller: a Prometheus ``PodMonitor`` or the ``prometheus.io/*`` annotations
-on the operator's pod (manifests/base/deployment.yaml). Its own registry, so only these are served.
+``/metrics`` (Prometheus), ``/healthz`` (liveness: the event loop answers) and ``/readyz`` (readiness:
+every watch cache has synced; a standby replica is ready too, since it takes over warm). Served by an
+aiohttp server on kopf's event loop (no thread of its own), started by ``trainrun.controller.handlers``;
+counted by the controller (``trainrun.controller.operator``: reconcile time and outcome, phase changes,
+log followers) and the leader election (``leader``). Its own registry, so only these are served.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 METRICS_PORT_ENV = "TRAINRUN_METRICS_PORT"
 
 REGISTRY = CollectorRegistry()
 RECONCILES = Counter(
     "trainrun_reconciles",
-    "Reconciles of TrainingRuns, by what started them and how they ended (ok, error).",
+    "Reconciles of TrainingRuns, by what started them (watch) and how they ended (ok, error).",
     ["trigger", "result"],
     registry=REGISTRY,
 )
@@ -38,16 +41,43 @@ LOG_FOLLOWERS = Gauge(
     "Active runs whose replica logs the operator is following now.",
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "trainrun_leader",
+    "1 while this replica holds the leader Lease (and so reconciles), 0 while it stands by.",
+    registry=REGISTRY,
+)
 
 
-def serve_from_env(environ: dict[str, str] | None = None) -> int | None:
-    """Serve /metrics on the port ``$TRAINRUN_METRICS_PORT`` names (none: not served); the port."""
+def port_from_env(environ: dict[str, str] | None = None) -> int | None:
+    """The port ``$TRAINRUN_METRICS_PORT`` names (none: nothing is served)."""
     value = (environ if environ is not None else dict(os.environ)).get(METRICS_PORT_ENV, "").strip()
     if not value:
         return None
     try:
-        port = int(value)
+        return int(value)
     except ValueError:
         raise ValueError(f"{METRICS_PORT_ENV}={value!r} is not a port number; set it to e.g. 9090") from None
-    start_http_server(port, registry=REGISTRY)
-    return port
+
+
+async def serve(port: int, *, ready: Callable[[], bool]) -> web.AppRunner:
+    """Serve /metrics, /healthz and /readyz on all interfaces; the runner, to clean it up."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(REGISTRY))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if ready() else web.Response(status=503, text="watch caches not synced\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, port=port).start()
+    return runner

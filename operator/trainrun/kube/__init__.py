@@ -1,8 +1,7 @@
-"""The Kubernetes adapter: the only package that imports a Kubernetes client.
+"""The Kubernetes adapter: the only package that talks to the API server.
 
-Used by the operator (``trainrun.controller``) and the cluster backend of ``trainrun.Client``.
+``api`` is the synchronous client of the CLI and ``trainrun.Client`` (the official ``kubernetes``
+package); ``aioclient`` the asynchronous one of the operator (aiohttp, on kopf's event loop);
+``streams`` the pure bookkeeping both log readers share. Import the module you need: nothing is
+imported here, so the operator's process never loads the ``kubernetes`` package.
 """
-
-from trainrun.kube.api import DEFAULT_FIELD_MANAGER, KindNotServed, KubeApi, KubeError, load_api_client
-
-__all__ = ["DEFAULT_FIELD_MANAGER", "KindNotServed", "KubeApi", "KubeError", "load_api_client"]

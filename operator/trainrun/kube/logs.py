@@ -13,9 +13,7 @@ off while its container still runs is opened again and goes on after the last li
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import re
 import threading
 import time
 from collections.abc import Collection, Iterator
@@ -24,19 +22,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.api import KubeApi, KubeError, StreamCloser
+from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, training_container
 from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
 from trainrun.status import replica_name
 
 logger = logging.getLogger(__name__)
 
 Pod = dict[str, Any]
-LogTime = tuple[datetime, int]  # a log line's time: to the second, and its nanoseconds
 
-# A reopened stream starts this much further back than the last line read, for clock skew between
-# this process and the node; the lines read twice are skipped by their time.
-RESUME_MARGIN_SECONDS = 5
 RESUME_MAX_DELAY_SECONDS = 30.0
-_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ class ReplicaLogStreams:
         for replica, pod in replica_pods(self.api, self.namespace, self.job_name).items():
             if self.replicas is not None and replica not in self.replicas:
                 continue
-            restarts = _started_container_restarts(pod)
+            restarts = started_container_restarts(pod)
             if restarts is None:
                 continue
             key = (pod["metadata"]["uid"], restarts)
@@ -177,7 +171,7 @@ class ReplicaLogStreams:
             return True  # the API server is away: try again later
         if pod is None or pod["metadata"].get("uid") != uid:
             return False
-        container = _training_container(pod)
+        container = training_container(pod)
         return (
             container is not None
             and int(container.get("restartCount") or 0) == restarts
@@ -185,73 +179,8 @@ class ReplicaLogStreams:
         )
 
 
-@dataclass
-class StreamPosition:
-    """How far one container's log was read, so that a stream opened again skips what was delivered.
-
-    The API can only start a log some whole seconds back, so a reopened stream repeats lines: those
-    older than the last delivered line's time are skipped, and of those with exactly that time, as
-    many as were delivered.
-    """
-
-    last: LogTime | None = None
-    delivered_at_last: int = 0
-    _replayed_at_last: int = 0
-
-    def since_seconds(self, now: datetime) -> int | None:
-        """How far back to start a reopened stream (None: from the first line)."""
-        if self.last is None:
-            return None
-        return max(1, math.ceil((now - self.last[0]).total_seconds())) + RESUME_MARGIN_SECONDS
-
-    def reopen(self) -> None:
-        self._replayed_at_last = 0
-
-    def take(self, stamp: LogTime) -> bool:
-        """Whether a line with this time is new (and then count it as delivered)."""
-        if self.last is not None:
-            if stamp < self.last:
-                return False
-            if stamp == self.last and self._replayed_at_last < self.delivered_at_last:
-                self._replayed_at_last += 1
-                return False
-        if stamp == self.last:
-            self.delivered_at_last += 1
-        else:
-            self.last, self.delivered_at_last = stamp, 1
-        self._replayed_at_last = self.delivered_at_last
-        return True
-
-
-def parse_log_time(text: str) -> LogTime | None:
-    """``2026-11-24T01:02:03.123456789Z`` -> (time to the second, nanoseconds); None if it is not one."""
-    match = _LOG_TIME.fullmatch(text)
-    if match is None:
-        return None
-    whole, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
-    return seconds, int((fraction or "0").ljust(9, "0"))
-
-
 def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:
     """The job's replica pods by replica name (master-0, worker-0, ...), Master first."""
     listed = api.list("v1", "Pod", namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
     pods = {replica_name(pod): pod for pod in listed}
     return dict(sorted(pods.items(), key=lambda item: (not item[0].startswith("master"), item[0])))
-
-
-def _training_container(pod: Pod) -> dict[str, Any] | None:
-    """The status of the pod's training container, once it has one."""
-    for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") == CONTAINER_NAME:
-            return dict(container)
-    return None
-
-
-def _started_container_restarts(pod: Pod) -> int | None:
-    """The training container's restart count once it has started (running or ended), else None."""
-    container = _training_container(pod)
-    state = (container or {}).get("state") or {}
-    if container is None or ("running" not in state and "terminated" not in state):
-        return None
-    return int(container.get("restartCount") or 0)

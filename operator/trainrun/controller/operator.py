@@ -1,0 +1,446 @@
+"""The operator's controller: watch caches in, ``plan`` in the middle, the API server's writes out.
+
+Made by ``trainrun.controller.handlers`` at kopf's start-up and fed TrainingRun events by its kopf
+handler. Per run, a reconcile is only: read the run and its children from memory (``informers``) ->
+``trainrun.plan.plan`` (pure) -> server-side apply what the plan says -> post its Events through the
+deduplicating :class:`EventRecorder` -> patch status once, when it changed -> requeue at the plan's
+deadline. Work comes from a coalescing :class:`~trainrun.controller.queue.WorkQueue` that only the
+leader (``trainrun.controller.leader``) works on; the standby keeps its caches warm. Log followers
+(``trainrun.controller.logs``) run as tasks for the active runs the leader owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from trainrun.controller import telemetry
+from trainrun.controller.artifacts import ArtifactReader
+from trainrun.controller.informers import Informer, Key
+from trainrun.controller.logs import RunLogs
+from trainrun.controller.queue import WorkQueue
+from trainrun.kube.aioclient import (
+    CLAIMS,
+    CONFIG_MAPS,
+    EVENTS,
+    JOBS,
+    PODS,
+    PYTORCHJOBS,
+    TRAINING_RUNS,
+    ApiError,
+    AsyncKube,
+    resource_of,
+)
+from trainrun.plan import EVENT_REASONS, Apply, Delete, ManifestRead, MergePatch, Observed, Plan, plan, projections
+from trainrun.render import FIELD_MANAGER
+from trainrun.render.children import RUN_LABEL
+from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
+from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
+from trainrun.spec.model import API_VERSION, KIND
+from trainrun.status import PhaseEvent
+
+logger = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+RECONCILE_WORKERS = 16
+METRICS_WRITE_SECONDS = 5.0  # at most one status write per run this often for new metric values
+REFUSAL_RETRY_SECONDS = 300.0  # a child the API server refused is tried again after this long
+EVENTS_PER_OBJECT = 8
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RunMemory:
+    """What the controller remembers about one run between reconciles (all of it can be lost)."""
+
+    manifest: ManifestRead | None = None
+    refusal: tuple[int | None, str, float] | None = None  # (generation, the server's words, when)
+    logs: RunLogs | None = None
+    posted: set[str] = field(default_factory=set)
+
+
+class EventRecorder:
+    """Posts a run's phase Events once: the Event's name is derived from what it says, so a second
+    replica or a restarted operator posting the same transition gets 409 AlreadyExists."""
+
+    def __init__(self, kube: AsyncKube, *, instance: str) -> None:
+        self.kube = kube
+        self.instance = instance
+
+    @staticmethod
+    def event_name(run: Mapping[str, Any], change: PhaseEvent, generation: int | None) -> str:
+        metadata = run["metadata"]
+        digest = hashlib.sha256(
+            f"{metadata.get('uid')}|{generation}|{change.reason}|{change.message}".encode()
+        ).hexdigest()[:16]
+        return f"{str(metadata['name'])[:200]}.{digest}"
+
+    async def record(self, run: Mapping[str, Any], change: PhaseEvent, generation: int | None, posted: set[str]) -> None:
+        metadata = run["metadata"]
+        name = self.event_name(run, change, generation)
+        if name in posted:
+            return
+        now = utc_now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": metadata["namespace"]},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata.get("uid"),
+            },
+            "type": change.type,
+            "reason": change.reason,
+            "message": change.message[:1024],
+            "source": {"component": "trainrun-operator"},
+            "reportingComponent": "trainrun-operator",
+            "reportingInstance": self.instance[:128],
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(EVENTS, metadata["namespace"], event)
+        except ApiError as error:
+            if error.status != 409:  # 409: this transition was posted already (by us before a restart, or a peer)
+                logger.warning("could not post event %s for %s: %s", change.reason, metadata["name"], error)
+                return
+        posted.add(name)
+
+
+class Controller:
+    """Reconciles every TrainingRun in the watched namespaces (None: all)."""
+
+    def __init__(
+        self,
+        kube: AsyncKube,
+        *,
+        operator_namespace: str,
+        namespaces: list[str | None],
+        instance: str,
+        workers: int = RECONCILE_WORKERS,
+    ) -> None:
+        self.kube = kube
+        self.operator_namespace = operator_namespace
+        self.runs: dict[Key, Object] = {}
+        self.memory: dict[Key, RunMemory] = {}
+        self.queue = WorkQueue(self._reconcile_key, workers=workers)
+        self.recorder = EventRecorder(kube, instance=instance)
+        self.artifacts = ArtifactReader(kube)
+        self.config = OperatorConfig()
+        self.config_problems: list[str] = []
+        self.pods_by_run: dict[Key, dict[str, Object]] = {}
+        self.run_of_pod: dict[Key, Key] = {}
+        self.events_by_object: dict[Key, list[Object]] = {}
+        by_label = {"labelSelector": RUN_LABEL}
+        self.jobs: list[Informer] = []
+        self.uploaders: list[Informer] = []
+        self.claims: list[Informer] = []
+        self.informers: list[Informer] = []
+        for namespace in namespaces:
+            job_informer = Informer(
+                kube, PYTORCHJOBS, namespace, project=projections.pytorchjob, on_change=self._on_child, params=by_label
+            )
+            job_informer.on_served_change = self._on_job_kind_served
+            uploader_informer = Informer(
+                kube, JOBS, namespace, project=projections.batch_job, on_change=self._on_child, params=by_label
+            )
+            claim_informer = Informer(
+                kube, CLAIMS, namespace, project=projections.identity, on_change=self._on_child, params=by_label
+            )
+            self.jobs.append(job_informer)
+            self.uploaders.append(uploader_informer)
+            self.claims.append(claim_informer)
+            self.informers += [
+                job_informer,
+                uploader_informer,
+                claim_informer,
+                Informer(kube, PODS, namespace, project=projections.pod, on_change=self._on_pod, params=by_label),
+                Informer(
+                    kube,
+                    EVENTS,
+                    namespace,
+                    project=projections.event,
+                    on_change=self._on_event,
+                    keep=lambda event: event.get("reason") in EVENT_REASONS,
+                ),
+            ]
+        self.informers.append(
+            Informer(
+                kube,
+                CONFIG_MAPS,
+                operator_namespace,
+                project=projections.config_map,
+                on_change=self._on_config,
+                params={"fieldSelector": f"metadata.name={CONFIG_MAP_NAME}"},
+            )
+        )
+
+    # ---- inputs: kopf's TrainingRun events and the watch caches ----
+
+    def run_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A TrainingRun event from kopf (type None: the initial listing)."""
+        projected = projections.training_run(body)
+        key = (str(projected["metadata"].get("namespace")), str(projected["metadata"].get("name")))
+        if event_type == "DELETED":
+            self.runs.pop(key, None)
+        else:
+            self.runs[key] = projected
+        self.queue.add(key)
+
+    def _on_child(self, old: Object | None, new: Object | None) -> None:
+        for obj in (old, new):
+            if obj is not None:
+                labels = obj["metadata"].get("labels") or {}
+                if RUN_LABEL in labels:
+                    self.queue.add((str(obj["metadata"].get("namespace")), str(labels[RUN_LABEL])))
+
+    def _on_pod(self, old: Object | None, new: Object | None) -> None:
+        for obj, present in ((old, False), (new, True)):
+            if obj is None:
+                continue
+            metadata = obj["metadata"]
+            run_key = (str(metadata.get("namespace")), str((metadata.get("labels") or {}).get(RUN_LABEL)))
+            pod_key = (run_key[0], str(metadata["name"]))
+            pods = self.pods_by_run.setdefault(run_key, {})
+            if present:
+                pods[pod_key[1]] = obj
+                self.run_of_pod[pod_key] = run_key
+            else:
+                pods.pop(pod_key[1], None)
+                self.run_of_pod.pop(pod_key, None)
+                if not pods:
+                    self.pods_by_run.pop(run_key, None)
+            self.queue.add(run_key)
+
+    def _on_event(self, old: Object | None, new: Object | None) -> None:
+        if old is not None:
+            key = self._involved(old)
+            kept = [event for event in self.events_by_object.get(key, []) if event["metadata"] != old["metadata"]]
+            if kept:
+                self.events_by_object[key] = kept
+            else:
+                self.events_by_object.pop(key, None)
+        if new is not None:
+            key = self._involved(new)
+            events = [event for event in self.events_by_object.get(key, []) if event["metadata"] != new["metadata"]]
+            self.events_by_object[key] = [*events, new][-EVENTS_PER_OBJECT:]
+            run = self._run_of_object(key)
+            if run is not None:
+                self.queue.add(run)
+
+    @staticmethod
+    def _involved(event: Mapping[str, Any]) -> Key:
+        involved = event.get("involvedObject") or {}
+        namespace = involved.get("namespace") or (event.get("metadata") or {}).get("namespace")
+        return str(namespace), str(involved.get("name"))
+
+    def _run_of_object(self, key: Key) -> Key | None:
+        """The run an Event's object belongs to: its PyTorchJob, uploader Job or one of its pods."""
+        namespace, name = key
+        if key in self.runs:
+            return key  # the PyTorchJob is named after its run
+        if name.endswith("-upload") and (namespace, name.removesuffix("-upload")) in self.runs:
+            return namespace, name.removesuffix("-upload")
+        return self.run_of_pod.get(key)
+
+    def _on_config(self, old: Object | None, new: Object | None) -> None:
+        config, problems = OperatorConfig(), []
+        text = (new or {}).get("data", {}).get(CONFIG_MAP_KEY)
+        where = f"ConfigMap {self.operator_namespace}/{CONFIG_MAP_NAME} key {CONFIG_MAP_KEY}"
+        if text is not None:
+            try:
+                config = parse_operator_config(yaml.safe_load(text))
+            except (yaml.YAMLError, ValueError) as error:
+                problems.append(f"the operator configuration ({where}) is invalid: {error}")
+        self.config, self.config_problems = config, problems
+        self.requeue_all()
+
+    def _on_job_kind_served(self, served: bool) -> None:
+        self.requeue_all()
+
+    def requeue_all(self) -> None:
+        for key in self.runs:
+            self.queue.add(key)
+
+    @property
+    def synced(self) -> bool:
+        return all(informer.synced.is_set() for informer in self.informers)
+
+    async def wait_synced(self) -> None:
+        await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+
+    # ---- leadership ----
+
+    def leading(self, leading: bool) -> None:
+        """Start working the queue as leader, or stop (followers stop; nothing is archived)."""
+        if leading:
+            self.queue.active.set()
+            self.requeue_all()
+        else:
+            self.queue.active.clear()
+            for memory in self.memory.values():
+                if memory.logs is not None:
+                    asyncio.get_running_loop().create_task(memory.logs.stop())
+                    memory.logs = None
+
+    async def stop_followers(self) -> None:
+        await asyncio.gather(*(memory.logs.stop() for memory in self.memory.values() if memory.logs is not None))
+
+    # ---- one reconcile ----
+
+    def observed(self, key: Key, body: Mapping[str, Any], memory: RunMemory) -> Observed:
+        """The run's world as the watches and this process's memory know it."""
+        namespace, name = key
+        generation = (body.get("metadata") or {}).get("generation")
+        refusal = None
+        if memory.refusal is not None:
+            refused_generation, words, when = memory.refusal
+            loop_time = asyncio.get_running_loop().time()
+            if refused_generation == generation and loop_time - when < REFUSAL_RETRY_SECONDS:
+                refusal = words
+            else:
+                memory.refusal = None
+        pods = list(self.pods_by_run.get(key, {}).values())
+        involved = [name, f"{name}-upload", *(pod["metadata"]["name"] for pod in pods)]
+        events = [event for object_name in involved for event in self.events_by_object.get((namespace, object_name), [])]
+        claim_name = f"{name}-outputs"
+        spec_claim = ((body.get("spec") or {}).get("output") or {}).get("volume") or {}
+        if spec_claim.get("claimName"):
+            claim_name = str(spec_claim["claimName"])
+        return Observed(
+            job=_find(self.jobs, key),
+            pods=pods,
+            events=events,
+            uploader=_find(self.uploaders, (namespace, f"{name}-upload")),
+            claim_present=_find(self.claims, (namespace, claim_name)) is not None,
+            job_kind_served=all(informer.served for informer in self.jobs),
+            manifest=memory.manifest,
+            refusal=refusal,
+            metrics=memory.logs.metrics if memory.logs is not None else None,
+            key_metric=memory.logs.key_metric if memory.logs is not None else None,
+        )
+
+    async def _reconcile_key(self, key: Hashable) -> float | None:
+        assert isinstance(key, tuple)
+        run_key: Key = key
+        started = asyncio.get_running_loop().time()
+        result = "error"
+        try:
+            after = await self.reconcile(run_key)
+            result = "ok"
+            return after
+        finally:
+            telemetry.RECONCILE_SECONDS.observe(asyncio.get_running_loop().time() - started)
+            telemetry.RECONCILES.labels(trigger="watch", result=result).inc()
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self.runs.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            await self._forget(key)
+            return None
+        memory = self.memory.setdefault(key, RunMemory())
+        observed = self.observed(key, body, memory)
+        decided = self._plan(body, observed)
+        if decided.read_manifest and decided.run is not None:
+            memory.manifest = await self.artifacts.read_manifest(decided.run)
+            decided = self._plan(body, replace(observed, manifest=memory.manifest))
+        refusal = await self._act(decided)
+        if refusal is not None:
+            generation = body["metadata"].get("generation")
+            memory.refusal = (generation, refusal, asyncio.get_running_loop().time())
+            decided = self._plan(body, replace(observed, refusal=refusal))
+        generation = decided.status.observed_generation
+        for change in decided.events:
+            await self.recorder.record(body, change, generation, memory.posted)
+            if decided.status.phase is not None:
+                telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
+        if decided.status_patch:
+            await self.kube.patch_merge(
+                TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
+            )
+            # The watch brings the new status soon; meanwhile the next reconcile must not repeat the patch.
+            body["status"] = decided.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await self._follow(key, memory, decided)
+        return decided.requeue_after
+
+    def _plan(self, body: Mapping[str, Any], observed: Observed) -> Plan:
+        return plan(body, self.config, observed, now=utc_now(), config_problems=self.config_problems)
+
+    async def _act(self, decided: Plan) -> str | None:
+        """Carry out the plan's actions in order; the server's words if it refused one (then stop there)."""
+        for action in decided.actions:
+            try:
+                if isinstance(action, Apply):
+                    await self.kube.apply(action.obj, field_manager=FIELD_MANAGER)
+                elif isinstance(action, MergePatch):
+                    resource = resource_of({"apiVersion": action.api_version, "kind": action.kind})
+                    await self.kube.patch_merge(resource, action.namespace, action.name, action.patch)
+                elif isinstance(action, Delete):
+                    resource = resource_of({"apiVersion": action.api_version, "kind": action.kind})
+                    await self.kube.delete(resource, action.namespace, action.name)
+            except ApiError as error:
+                if not error.refused:
+                    raise  # unreachable or a conflict: the queue retries with back-off
+                what = action.obj["kind"] if isinstance(action, Apply) else action.kind
+                return f"the API server refused the run's {what}: {error}"
+        return None
+
+    async def _follow(self, key: Key, memory: RunMemory, decided: Plan) -> None:
+        """Keep a log follower while the plan says so; archive the logs when the run is done with them."""
+        run = decided.run
+        if decided.follow_logs and run is not None:
+            if memory.logs is None:
+                memory.logs = RunLogs(self.kube, run, on_metrics=lambda: self.queue.add(key, METRICS_WRITE_SECONDS))
+                telemetry.LOG_FOLLOWERS.inc()
+            memory.logs.update(self.pods_by_run.get(key, {}).values())
+        elif memory.logs is not None and run is not None:
+            logs, memory.logs = memory.logs, None
+            telemetry.LOG_FOLLOWERS.dec()
+            asyncio.get_running_loop().create_task(self._archive(run, logs))
+
+    async def _archive(self, run: TrainingRun, logs: RunLogs) -> None:
+        files = await logs.finish()
+        await self.artifacts.archive_logs(run, files)
+        logs.discard()
+
+    async def _forget(self, key: Key) -> None:
+        memory = self.memory.pop(key, None)
+        self.queue.forget(key)
+        if memory is not None and memory.logs is not None:
+            telemetry.LOG_FOLLOWERS.dec()
+            await memory.logs.stop()
+            memory.logs.discard()
+
+    async def run(self) -> None:
+        """The watches and the workers, until cancelled; the workers start once every cache is synced."""
+        tasks = [asyncio.create_task(informer.run(), name=f"watch {informer.what}") for informer in self.informers]
+        try:
+            await self.wait_synced()
+            logger.info("watch caches synced: %d runs known", len(self.runs))
+            await self.queue.run()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _find(informers: list[Informer], key: Key) -> Object | None:
+    for informer in informers:
+        found = informer.store.get(key)
+        if found is not None:
+            return found
+    return None

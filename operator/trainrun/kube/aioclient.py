@@ -1,0 +1,345 @@
+"""The operator's asynchronous Kubernetes client: requests, watches and log streams on aiohttp.
+
+Used only by the operator (``trainrun.controller``), on kopf's event loop: its waiting never holds
+a thread, so the operator's thread count does not grow with the number of runs or log streams.
+aiohttp is what kopf itself talks to the API server with, so it adds no dependency; the credentials
+come from kopf's login (``Credentials``, filled by ``trainrun.controller.handlers``). Objects travel as
+plain dicts. The synchronous client of the CLI is ``trainrun.kube.api``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+Object = dict[str, Any]
+DEFAULT_FIELD_MANAGER = "trainrun"
+# Bounded per line, so one replica printing megabytes without a newline cannot grow the operator.
+MAX_LINE_BYTES = 64 * 1024
+TRUNCATED_MARKER = " [trainrun: line cut at 64 KiB]"
+WATCH_LINE_LIMIT = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Resource:
+    """A kind the operator reads or writes, as the API addresses it."""
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        """The URL path of the collection (no name) or of one object, in a namespace or across all."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        parts = [base]
+        if self.namespaced and namespace is not None:
+            parts.append(f"namespaces/{namespace}")
+        parts.append(self.plural)
+        if name is not None:
+            parts.append(name)
+        if subresource is not None:
+            parts.append(subresource)
+        return "/".join(parts)
+
+
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("", "v1", "events")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
+SECRETS = Resource("", "v1", "secrets")
+CLAIMS = Resource("", "v1", "persistentvolumeclaims")
+JOBS = Resource("batch", "v1", "jobs")
+PYTORCHJOBS = Resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINING_RUNS = Resource("trainrun.dev", "v1alpha1", "trainingruns")
+LEASES = Resource("coordination.k8s.io", "v1", "leases")
+
+_BY_KIND = {
+    ("v1", "Pod"): PODS,
+    ("v1", "Event"): EVENTS,
+    ("v1", "ConfigMap"): CONFIG_MAPS,
+    ("v1", "Secret"): SECRETS,
+    ("v1", "PersistentVolumeClaim"): CLAIMS,
+    ("batch/v1", "Job"): JOBS,
+    ("kubeflow.org/v1", "PyTorchJob"): PYTORCHJOBS,
+    ("trainrun.dev/v1alpha1", "TrainingRun"): TRAINING_RUNS,
+    ("coordination.k8s.io/v1", "Lease"): LEASES,
+}
+
+
+def resource_of(obj: Mapping[str, Any]) -> Resource:
+    """The resource of an object by its apiVersion and kind (only the kinds the operator handles)."""
+    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    if key not in _BY_KIND:
+        raise ValueError(f"the operator does not handle {key[1]} ({key[0]})")
+    return _BY_KIND[key]
+
+
+class ApiError(RuntimeError):
+    """An API call that failed: the server's answer (status, reason, message), or no answer (status None)."""
+
+    def __init__(self, message: str, *, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+
+    @property
+    def refused(self) -> bool:
+        """The server refused the request itself (invalid, forbidden): retrying the same cannot help."""
+        return self.status in (400, 403, 422)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where the API server is and how to talk to it: what kopf's login found (``kopf.ConnectionInfo``)."""
+
+    server: str
+    ssl: ssl.SSLContext | bool  # False for plain http
+    authorization: str | None = None  # the Authorization header's value
+
+
+class AsyncKube:
+    """Requests to the API server with the latest credentials (re-read after a 401, as kopf does)."""
+
+    def __init__(self, credentials: Callable[[], Credentials]) -> None:
+        self._credentials_source = credentials
+        self._credentials: Credentials | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._streams: aiohttp.ClientSession | None = None
+
+    def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
+        credentials = self._credentials_source()
+        if self._session is None or self._streams is None or credentials != self._credentials:
+            stale = [session for session in (self._session, self._streams) if session is not None]
+            for session in stale:
+                asyncio.get_running_loop().create_task(session.close())
+            context = credentials.ssl
+            headers = {"Accept": "application/json", "User-Agent": "trainrun-operator"}
+            if credentials.authorization:
+                headers["Authorization"] = credentials.authorization
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
+            # Requests share a bounded pool; long-lived streams (watches, logs) get their own, unbounded one.
+            self._session = aiohttp.ClientSession(
+                base_url=credentials.server.rstrip("/"),
+                connector=aiohttp.TCPConnector(ssl=context, limit=64),
+                headers=headers,
+                timeout=timeout,
+            )
+            self._streams = aiohttp.ClientSession(
+                base_url=credentials.server.rstrip("/"),
+                connector=aiohttp.TCPConnector(ssl=context, limit=0),
+                headers=headers,
+                timeout=timeout,
+                read_bufsize=WATCH_LINE_LIMIT,  # one watch event is one line: room for a big object
+            )
+            self._credentials = credentials
+        return self._session, self._streams
+
+    async def close(self) -> None:
+        for session in (self._session, self._streams):
+            if session is not None:
+                await session.close()
+        self._session = self._streams = None
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+    ) -> Object:
+        """One call; the answer as JSON. Raises ApiError with the server's message."""
+        session, _ = self._sessions()
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": content_type} if data is not None else None
+        try:
+            async with session.request(
+                method,
+                path,
+                params=params,
+                data=data,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                text = await response.text()
+                if response.status >= 400:
+                    raise _answer_error(response.status, text, f"{method} {path}")
+                return json.loads(text) if text else {}
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise ApiError(f"cannot reach the API server ({method} {path}): {_describe(error)}") from None
+
+    async def get(self, resource: Resource, namespace: str | None, name: str) -> Object | None:
+        try:
+            return await self.request("GET", resource.path(namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create(self, resource: Resource, namespace: str | None, body: Object) -> Object:
+        return await self.request("POST", resource.path(namespace), body=body)
+
+    async def update(self, resource: Resource, namespace: str | None, name: str, body: Object) -> Object:
+        return await self.request("PUT", resource.path(namespace, name), body=body)
+
+    async def apply(self, obj: Object, *, field_manager: str = DEFAULT_FIELD_MANAGER) -> Object:
+        """Server-side apply of the whole intent, taking over conflicting fields (one field manager)."""
+        metadata = obj["metadata"]
+        return await self.request(
+            "PATCH",
+            resource_of(obj).path(metadata.get("namespace"), metadata["name"]),
+            params={"fieldManager": field_manager, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def patch_merge(
+        self, resource: Resource, namespace: str | None, name: str, patch: Object, *, subresource: str | None = None
+    ) -> Object:
+        return await self.request(
+            "PATCH",
+            resource.path(namespace, name, subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, resource: Resource, namespace: str | None, name: str) -> bool:
+        """Delete in the background (children by the garbage collector); False when it was already gone."""
+        try:
+            await self.request(
+                "DELETE", resource.path(namespace, name), body={"propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def list(
+        self, resource: Resource, namespace: str | None, *, params: Mapping[str, str] | None = None
+    ) -> tuple[list[Object], str]:
+        """(items, resourceVersion of the list), all pages."""
+        items: list[Object] = []
+        query = dict(params or {})
+        query["limit"] = "500"
+        while True:
+            page = await self.request("GET", resource.path(namespace), params=query, timeout=120.0)
+            items.extend(page.get("items") or [])
+            metadata = page.get("metadata") or {}
+            if not metadata.get("continue"):
+                return items, str(metadata.get("resourceVersion") or "")
+            query["continue"] = metadata["continue"]
+
+    async def watch(
+        self,
+        resource: Resource,
+        namespace: str | None,
+        *,
+        resource_version: str,
+        params: Mapping[str, str] | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[tuple[str, Object]]:
+        """(type, object) from a watch that starts after resource_version, until the server ends it.
+
+        A 410 (the version is too old) arrives as ApiError with status 410: list again."""
+        _, streams = self._sessions()
+        query = {
+            **(params or {}),
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        try:
+            async with streams.get(
+                resource.path(namespace),
+                params=query,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
+            ) as response:
+                if response.status >= 400:
+                    raise _answer_error(response.status, await response.text(), f"watch {resource.plural}")
+                async for raw in response.content:
+                    if not raw.strip():
+                        continue
+                    event = json.loads(raw)
+                    kind, obj = str(event.get("type")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise _answer_error(int(obj.get("code") or 500), json.dumps(obj), f"watch {resource.plural}")
+                    yield kind, obj
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise ApiError(f"watch of {resource.plural} broke off: {_describe(error)}") from None
+
+    async def log_lines(
+        self,
+        namespace: str,
+        pod: str,
+        *,
+        container: str,
+        since_seconds: int | None = None,
+        tail_lines: int | None = None,
+    ) -> AsyncIterator[str]:
+        """A followed container log with kubelet timestamps, line by line, until the container ends.
+
+        Lines longer than MAX_LINE_BYTES are cut with a marker; bytes that are not UTF-8 are replaced."""
+        _, streams = self._sessions()
+        query = {"container": container, "follow": "true", "timestamps": "true"}
+        if since_seconds is not None:
+            query["sinceSeconds"] = str(since_seconds)
+        if tail_lines is not None:
+            query["tailLines"] = str(tail_lines)
+        try:
+            async with streams.get(
+                PODS.path(namespace, pod, "log"),
+                params=query,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
+            ) as response:
+                if response.status >= 400:
+                    raise _answer_error(response.status, await response.text(), f"logs of pod {pod}")
+                pending = b""
+                cut = False
+                async for chunk in response.content.iter_any():
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if cut:  # the rest of a line already cut
+                            cut = False
+                            continue
+                        yield _text(line)
+                    if len(pending) > MAX_LINE_BYTES:
+                        yield _text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER
+                        pending, cut = b"", True
+                if pending and not cut:
+                    yield _text(pending)
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise ApiError(f"log stream of pod {pod} broke off: {_describe(error)}") from None
+
+
+def _text(line: bytes) -> str:
+    return line.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
+def _describe(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _answer_error(status: int, text: str, what: str) -> ApiError:
+    message, reason = text.strip()[:500] or f"HTTP {status}", None
+    try:
+        body = json.loads(text)
+        message = str(body.get("message") or message)
+        reason = body.get("reason")
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return ApiError(f"{what}: {message}", status=status, reason=reason)

@@ -1,0 +1,92 @@
+"""How far a container's log was read, and which container start a log stream belongs to. Pure.
+
+Shared by the two log readers: the CLI's threaded one (``trainrun.kube.logs``, ``trainrun logs -f``) and
+the operator's asynchronous one (``trainrun.controller.logs``). A stream that breaks off while its
+container runs is opened again some seconds back; :class:`StreamPosition` skips the lines already
+delivered by their kubelet time. No Kubernetes client is imported here, so the operator's process never
+loads one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from trainrun.render.children import CONTAINER_NAME
+
+Pod = dict[str, Any]
+LogTime = tuple[datetime, int]  # a log line's time: to the second, and its nanoseconds
+
+# A reopened stream starts this much further back than the last line read, for clock skew between
+# this process and the node; the lines read twice are skipped by their time.
+RESUME_MARGIN_SECONDS = 5
+_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+@dataclass
+class StreamPosition:
+    """How far one container's log was read, so that a stream opened again skips what was delivered.
+
+    The API can only start a log some whole seconds back, so a reopened stream repeats lines: those
+    older than the last delivered line's time are skipped, and of those with exactly that time, as
+    many as were delivered.
+    """
+
+    last: LogTime | None = None
+    delivered_at_last: int = 0
+    _replayed_at_last: int = 0
+
+    def since_seconds(self, now: datetime) -> int | None:
+        """How far back to start a reopened stream (None: from the first line)."""
+        if self.last is None:
+            return None
+        return max(1, math.ceil((now - self.last[0]).total_seconds())) + RESUME_MARGIN_SECONDS
+
+    def reopen(self) -> None:
+        self._replayed_at_last = 0
+
+    def take(self, stamp: LogTime) -> bool:
+        """Whether a line with this time is new (and then count it as delivered)."""
+        if self.last is not None:
+            if stamp < self.last:
+                return False
+            if stamp == self.last and self._replayed_at_last < self.delivered_at_last:
+                self._replayed_at_last += 1
+                return False
+        if stamp == self.last:
+            self.delivered_at_last += 1
+        else:
+            self.last, self.delivered_at_last = stamp, 1
+        self._replayed_at_last = self.delivered_at_last
+        return True
+
+
+def parse_log_time(text: str) -> LogTime | None:
+    """``2026-11-24T01:02:03.123456789Z`` -> (time to the second, nanoseconds); None if it is not one."""
+    match = _LOG_TIME.fullmatch(text)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    return seconds, int((fraction or "0").ljust(9, "0"))
+
+
+def training_container(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The status of the pod's training container, once it has one."""
+    for container in (pod.get("status") or {}).get("containerStatuses") or []:
+        if container.get("name") == CONTAINER_NAME:
+            return dict(container)
+    return None
+
+
+def started_container_restarts(pod: Mapping[str, Any]) -> int | None:
+    """The training container's restart count once it has started (running or ended), else None."""
+    container = training_container(pod)
+    state = (container or {}).get("state") or {}
+    if container is None or ("running" not in state and "terminated" not in state):
+        return None
+    return int(container.get("restartCount") or 0)

@@ -1,0 +1,105 @@
+"""Watched objects trimmed to the fields the plan and the status read: what the operator keeps in memory.
+
+Applied by the operator's watch caches (``trainrun.controller.informers``) to every object a watch
+delivers, so a thousand runs with four pods each cost a few MB, not the whole objects with their managed
+fields, env and volumes. ``tests/unit/test_plan.py`` checks that a plan made from projections equals one
+made from the whole objects. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from trainrun.render.changes import APPLIED_SPEC_ANNOTATION
+
+Object = dict[str, Any]
+_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+
+
+def _pick(raw: Mapping[str, Any] | None, keys: tuple[str, ...]) -> Object:
+    source = raw if isinstance(raw, Mapping) else {}
+    return {key: source[key] for key in keys if key in source}
+
+
+def _metadata(raw: Mapping[str, Any]) -> Object:
+    return _pick(raw.get("metadata"), _METADATA)
+
+
+def _containers(raw: object) -> list[Object]:
+    if not isinstance(raw, list):
+        return []
+    return [_pick(item, ("name", "image", "resources")) for item in raw if isinstance(item, Mapping)]
+
+
+def pod(raw: Mapping[str, Any]) -> Object:
+    """A pod: identity, its containers' images and resources, and its status."""
+    spec = raw.get("spec") or {}
+    return {
+        "metadata": _metadata(raw),
+        "spec": {"containers": _containers(spec.get("containers")), "initContainers": _containers(spec.get("initContainers"))},
+        "status": _pick(
+            raw.get("status"),
+            ("phase", "conditions", "containerStatuses", "initContainerStatuses", "reason", "message", "startTime"),
+        ),
+    }
+
+
+def pytorchjob(raw: Mapping[str, Any]) -> Object:
+    """A PyTorchJob: identity, the spec it was rendered from, its run policy, replica counts, status."""
+    metadata = _metadata(raw)
+    annotations = (raw.get("metadata") or {}).get("annotations") or {}
+    if APPLIED_SPEC_ANNOTATION in annotations:
+        metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: annotations[APPLIED_SPEC_ANNOTATION]}
+    spec = raw.get("spec") or {}
+    replica_specs = spec.get("pytorchReplicaSpecs") or {}
+    return {
+        "metadata": metadata,
+        "spec": {
+            "runPolicy": spec.get("runPolicy") or {},
+            "pytorchReplicaSpecs": {
+                replica_type: _pick(replica_spec, ("replicas",))
+                for replica_type, replica_spec in replica_specs.items()
+                if isinstance(replica_spec, Mapping)
+            },
+        },
+        "status": raw.get("status") or {},
+    }
+
+
+def batch_job(raw: Mapping[str, Any]) -> Object:
+    """The uploader's batch Job: identity, its retry limit, its status."""
+    return {
+        "metadata": _metadata(raw),
+        "spec": _pick(raw.get("spec"), ("backoffLimit",)),
+        "status": raw.get("status") or {},
+    }
+
+
+def identity(raw: Mapping[str, Any]) -> Object:
+    """Only the name and labels (a claim: the plan only needs to know that it is there)."""
+    return {"metadata": _metadata(raw)}
+
+
+def event(raw: Mapping[str, Any]) -> Object:
+    """An Event: what about, why, what it says, when."""
+    kept = _pick(raw, ("reason", "message", "type", "lastTimestamp", "eventTime", "firstTimestamp"))
+    kept["involvedObject"] = _pick(raw.get("involvedObject"), ("kind", "name", "namespace", "uid"))
+    kept["metadata"] = _pick(raw.get("metadata"), ("name", "namespace", "creationTimestamp"))
+    return kept
+
+
+def config_map(raw: Mapping[str, Any]) -> Object:
+    return {"metadata": _metadata(raw), "data": raw.get("data") or {}}
+
+
+def training_run(raw: Mapping[str, Any]) -> Object:
+    """A TrainingRun without its managed fields and kopf's annotations: what ``plan`` reads."""
+    metadata = _pick(raw.get("metadata"), (*_METADATA, "generation"))
+    return {
+        "apiVersion": raw.get("apiVersion"),
+        "kind": raw.get("kind"),
+        "metadata": metadata,
+        "spec": raw.get("spec") or {},
+        "status": raw.get("status") or {},
+    }
