@@ -1,4 +1,4 @@
-"""Metric lines on stdout, metrics.jsonl, and human-readable progress lines (rank 0 only).
+"""Metric lines on stdout, metrics.jsonl, and progress lines without numbers (rank 0 only).
 
 Called by `trainrun_trainer.training`. A metric line is the literal prefix `trainrun:metric `
 and one JSON object: integer `epoch` and `step`, then numeric samples (the contract that
