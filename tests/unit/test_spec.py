@@ -83,6 +83,17 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"resources": {"gpus": 2}, "distribution": {"nprocPerNode": 4}}, "spec.distribution.nprocPerNode", "one process per GPU"),
     ({"launcher": "none", "distribution": {"nprocPerNode": 2}}, "spec.distribution.nprocPerNode", "needs spec.launcher: torchrun"),
     ({"command": []}, "spec.command", "at least 1 item"),
+    # What the API server refuses too (the CRD's CEL rules and pattern, generated from the same model).
+    ({"resources": {"memory": "1.5.5Gi"}}, "spec.resources.memory", "'1.5.5Gi' is not a Kubernetes quantity"),
+    ({"resources": {"memory": "0"}}, "spec.resources.memory", "must be more than 0; got '0'"),
+    ({"resources": {"memory": 0}}, "spec.resources.memory", "must be more than 0; got 0"),
+    ({"resources": {"cpu": "-500m"}}, "spec.resources.cpu", "must be more than 0"),
+    ({"output": {"volume": {"size": "0Gi"}}}, "spec.output.volume.size", "must be more than 0"),
+    ({"image": "ghcr.io/acme/tr\u00e4iner:1.0"}, "spec.image", "is not an image reference"),
+    ({"image": "ghcr.io/Acme/Trainer:1.0"}, "spec.image", "the name in lowercase"),
+    ({"image": "trainer:1.0 "}, "spec.image", "is not an image reference"),
+    # Any exception a pattern raises is the field's problem, not a crash: OverflowError here.
+    ({"metrics": [{"name": "x", "regex": "x{99999999999}(a)"}]}, "spec.metrics[0].regex", "repetition number is too large"),
 ]
 
 

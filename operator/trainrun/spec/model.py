@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from trainrun.spec.quantity import quantity_sign
 from trainrun.storage.errors import InvalidStorageURI
 from trainrun.storage.uri import parse_uri
 
@@ -27,30 +28,63 @@ DEFAULT_IMAGE_NOTE = "the trainer image built from images/trainer/Dockerfile"
 DEFAULT_TRAINER_MODULE = "trainrun_trainer"
 DEFAULT_OUTPUT_DIR = "/outputs"
 
-# Kubernetes quantities (``500m``, ``2``, ``16Gi``, ``1.5``): the API server's own grammar.
-QUANTITY_PATTERN = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+# A container image reference as the kubelet parses it (github.com/distribution/reference), ASCII only:
+# [registry[:port]/]lowercase/path[:tag][@algorithm:hex]. The CRD carries the same pattern.
+_DOMAIN_PART = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_PART}(?:\.{_DOMAIN_PART})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+IMAGE_PATTERN = rf"^(?:{_DOMAIN}/)?{_PATH_PART}(?:/{_PATH_PART})*(?::{_TAG})?(?:@{_DIGEST})?$"
 
+
+def _quantity_input(value: object) -> object:
+    """A whole number or a string, as the CRD's int-or-string takes it (YAML's 2.0 is 2); one message for
+    anything else, instead of one per member of the int | str union."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63):
+        return value
+    raise ValueError(f"must be a quantity: a whole number or a string such as 500m or 16Gi; got {value!r}")
 
 
 def _checked_quantity(value: int | str) -> int | str:
-    if isinstance(value, str) and not re.fullmatch(QUANTITY_PATTERN, value):
+    sign = value if isinstance(value, int) else quantity_sign(value)
+    if sign is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity; write it like 8, 500m or 16Gi")
+    if sign <= 0:
+        raise ValueError(f"must be more than 0; got {value!r}")
     return value
 
 
+# A positive quantity, checked alike here and by the API server (CEL's isQuantity is the parser that
+# ``quantity_sign`` follows).
 Quantity = Annotated[
     int | str,
+    BeforeValidator(_quantity_input),
     AfterValidator(_checked_quantity),
     Field(
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "type(self) == int || isQuantity(self)", "message": "must be a quantity such as 8, 500m or 16Gi"}
+                {
+                    "rule": "type(self) == int ? self > 0 : isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+                    "message": "must be a quantity more than 0, such as 8, 500m or 16Gi",
+                }
             ]
         },
     ),
 ]
+
+
+def _checked_image(image: str) -> str:
+    if not re.fullmatch(IMAGE_PATTERN, image):
+        raise ValueError(
+            f"{image!r} is not an image reference: write [registry/]name[:tag][@sha256:digest] in ASCII, "
+            "the name in lowercase, e.g. ghcr.io/acme/trainer:1.0"
+        )
+    return image
 FreeFormObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
 
 
@@ -281,7 +315,7 @@ class MetricDefinition(ApiModel):
     def _regex_has_value_group(cls, regex: str) -> str:
         try:
             compiled = re.compile(regex)
-        except re.error as error:
+        except Exception as error:  # noqa: BLE001 - not only re.error: x{99999999999} raises OverflowError
             raise ValueError(f"is not a valid regular expression ({error}); escape special characters") from error
         if compiled.groups == 0:
             raise ValueError("needs a capture group for the number, e.g. 'loss=([0-9.eE+-]+)'")
@@ -315,8 +349,9 @@ class TrainingRunSpec(ApiModel):
         }
     )
 
-    image: str = Field(
+    image: Annotated[str, AfterValidator(_checked_image)] = Field(
         min_length=1,
+        json_schema_extra={"pattern": IMAGE_PATTERN},
         description="Container image of every replica, e.g. ghcr.io/acme/trainer:1.0 "
         f"({DEFAULT_IMAGE_NOTE} runs the built-in program). Ignored by --local.",
     )
