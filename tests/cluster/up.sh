@@ -73,6 +73,16 @@ options:
   enableCRDs:
   - Logs
   - ClusterLogs
+# kwok manages only the nodes annotated kwok.x-k8s.io/node=fake (nodes.yaml), so a real kubelet's node
+# can join the cluster beside them; the API server reaches a real kubelet by its InternalIP.
+componentsPatches:
+- name: kwok-controller
+  extraArgs:
+  - {key: manage-all-nodes, value: "false", override: true}
+  - {key: manage-nodes-with-annotation-selector, value: kwok.x-k8s.io/node=fake}
+- name: kube-apiserver
+  extraArgs:
+  - {key: kubelet-preferred-address-types, value: "InternalIP,Hostname"}
 ---
 EOF
   cat "$SCRIPT_DIR/stages.yaml"
@@ -80,12 +90,14 @@ EOF
 write_kwokctl_config >"$STATE_DIR/kwokctl.yaml"
 
 # kwokctl picks free ports by probing them; two clusters created at the same moment could pick
-# the same ones, so creations are serialized across sessions on this machine.
+# the same ones, so creations are serialized across sessions on this machine. The daemons kwokctl
+# starts must not inherit the lock's fd 9 (9>&-): they would hold the lock for the cluster's whole
+# life, and the next cluster would wait for this one to stop.
 say "creating the control plane (kwokctl, binary runtime)"
 (
   flock 9
   KWOK_WORKDIR="$KWOK_WORKDIR" "$KWOKCTL" create cluster --name "$NAME" \
-    --config "$STATE_DIR/kwokctl.yaml" --kubeconfig "$KUBECONFIG_PATH" --wait 2m >&2
+    --config "$STATE_DIR/kwokctl.yaml" --kubeconfig "$KUBECONFIG_PATH" --wait 2m >&2 9>&-
   # The webhook port is chosen under the same lock, for the same reason.
   free_port >"$STATE_DIR/webhook-port"
 ) 9>"$CACHE_DIR/cluster-create.lock"

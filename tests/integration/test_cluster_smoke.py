@@ -88,6 +88,36 @@ def terminated_state(pod: dict[str, Any]) -> dict[str, Any]:
     return state["terminated"]  # type: ignore[no-any-return]
 
 
+def test_kwok_manages_only_the_nodes_annotated_as_fake(kube_cluster: KubeCluster) -> None:
+    """A real kubelet's node can join beside the simulated ones: kwok leaves it alone (up.sh starts kwok
+    with manage-all-nodes=false and the kwok.x-k8s.io/node=fake selector that nodes.yaml's nodes carry)."""
+    annotated = kube_cluster.get("node", "a100-0")
+    assert annotated is not None and annotated["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
+    assert (pod_condition(annotated, "Ready") or {}).get("status") == "True"
+    name = "real-node-smoke"
+    kube_cluster.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"type": "real"}}})
+    try:
+        time.sleep(5)  # kwok takes a node up within a second of its creation
+        node = kube_cluster.get("node", name)
+        assert node is not None
+        assert not node.get("status", {}).get("conditions"), node["status"]
+    finally:
+        kube_cluster.kubectl("delete", "node", name, "--wait=false", check=False)
+
+
+def test_no_daemon_of_the_cluster_holds_the_creation_lock(kube_cluster: KubeCluster) -> None:
+    """up.sh takes a lock only while it creates a cluster: a daemon that inherited it would keep every
+    other cluster of this machine waiting until this one stops."""
+    pids = [int(path.read_text()) for path in (kube_cluster.state_dir / "kwok" / "clusters").glob("*/pids/*.pid")]
+    assert len(pids) >= 5, pids  # etcd, kube-apiserver, controller-manager, scheduler, kwok
+    holders = []
+    for pid in pids:
+        for descriptor in Path(f"/proc/{pid}/fd").iterdir():
+            if descriptor.readlink().name == "cluster-create.lock":
+                holders.append(pid)
+    assert holders == []
+
+
 def test_pytorchjob_runs_on_the_a100_pool_and_succeeds(
     kube_cluster: KubeCluster, kube_namespace: str
 ) -> None:
