@@ -112,6 +112,38 @@ def test_payload_signed_over_http_unsigned_over_https() -> None:
     assert aws.config["unsigned_payload"] == "true"
 
 
+@pytest.mark.parametrize(
+    ("uri", "options", "expected"),
+    [
+        (
+            "s3://bkt/run",
+            StorageOptions(endpoint_url="https://s3.example:9000", access_key_id="AK", secret_access_key="SK",
+                           session_token="ST", region="eu-1"),
+            {"endpoint": "https://s3.example:9000", "access_key_id": "AK", "secret_access_key": "SK",
+             "session_token": "ST", "region": "eu-1"},
+        ),
+        ("s3://bkt/run", StorageOptions(), {"region": "us-east-1"}),
+        (
+            "az://cont/run",
+            StorageOptions(azure_account_name="acct", azure_account_key="AKEY", azure_sas_token="sv=1",
+                           azure_endpoint="https://az.example"),
+            {"account_name": "acct", "account_key": "AKEY", "sas_key": "sv=1", "endpoint": "https://az.example"},
+        ),
+        ("az://cont/run", StorageOptions(azure_account_name="acct"), {"account_name": "acct"}),
+    ],
+    ids=["s3-every-option", "s3-none", "az-every-option", "az-account-only"],
+)
+def test_every_given_option_reaches_its_store_and_nothing_else(
+    uri: str, options: StorageOptions, expected: dict[str, str]
+) -> None:
+    from trainrun.storage.stores import open_store
+
+    config = open_store(parse_uri(uri), options).config
+    settings = {"endpoint", "access_key_id", "secret_access_key", "session_token", "region", "account_name",
+                "account_key", "sas_key"}
+    assert {key: value for key, value in config.items() if key in settings} == expected
+
+
 def test_server_error_message_is_quoted_not_cut_at_its_xml() -> None:
     from obstore.exceptions import GenericError
     from trainrun.storage.stores import describe_error, is_transient

@@ -397,23 +397,14 @@ class TrainingRunSpec(ApiModel):
         description="Stop the run for good: replicas are stopped, logs archived, and the phase becomes Cancelled.",
     )
 
-    @field_validator("env")
+    @field_validator("env", "inputs")
     @classmethod
-    def _env_names_unique(cls, env: list[EnvVar]) -> list[EnvVar]:
-        names = [variable.name for variable in env]
+    def _names_unique(cls, items: list[EnvVar] | list[Input]) -> list[EnvVar] | list[Input]:
+        names = [item.name for item in items]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"names {duplicates} appear more than once; keep one entry per name")
-        return env
-
-    @field_validator("inputs")
-    @classmethod
-    def _input_names_unique(cls, inputs: list[Input]) -> list[Input]:
-        names = [item.name for item in inputs]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"input names {duplicates} appear more than once; give each input its own name")
-        return inputs
+            raise ValueError(f"names {duplicates} appear more than once; give each entry its own name")
+        return items
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> TrainingRunSpec:

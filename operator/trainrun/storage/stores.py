@@ -17,7 +17,7 @@ import re
 import ssl
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from obstore.exceptions import (
     BaseError,
@@ -75,41 +75,49 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
     client = _client_config(options, endpoint)
     if location.scheme == "s3":
         # S3-compatible servers ignore the region but request signing needs one.
-        s3: S3Config = {"region": options.region or "us-east-1"}
-        if options.endpoint_url:
-            s3["endpoint"] = options.endpoint_url
-        s3["unsigned_payload"] = not (endpoint or "").startswith("http://")
-        if options.access_key_id:
-            s3["access_key_id"] = options.access_key_id
-        if options.secret_access_key:
-            s3["secret_access_key"] = options.secret_access_key
-        if options.session_token:
-            s3["session_token"] = options.session_token
+        s3 = cast(
+            "S3Config",
+            {
+                "region": options.region or "us-east-1",
+                "unsigned_payload": not (endpoint or "").startswith("http://"),
+                **_given(
+                    endpoint=options.endpoint_url,
+                    access_key_id=options.access_key_id,
+                    secret_access_key=options.secret_access_key,
+                    session_token=options.session_token,
+                ),
+            },
+        )
         return S3Store(location.bucket, prefix=prefix, config=s3, client_options=client, retry_config=_REQUEST_RETRIES)
     if location.scheme == "gs":
-        gcs: GCSConfig = {}
-        if options.google_service_account_path:
-            gcs["service_account"] = options.google_service_account_path
-        if options.google_service_account_key:
-            gcs["service_account_key"] = options.google_service_account_key
-        if options.google_application_credentials:
-            gcs["application_credentials"] = options.google_application_credentials
+        gcs = cast(
+            "GCSConfig",
+            _given(
+                service_account=options.google_service_account_path,
+                service_account_key=options.google_service_account_key,
+                application_credentials=options.google_application_credentials,
+            ),
+        )
         return GCSStore(
             location.bucket, prefix=prefix, config=gcs, client_options=client, retry_config=_REQUEST_RETRIES
         )
-    azure: AzureConfig = {}
-    account_name = location.account or options.azure_account_name
-    if account_name:
-        azure["account_name"] = account_name
-    if options.azure_account_key:
-        azure["account_key"] = options.azure_account_key
-    if options.azure_sas_token:
-        azure["sas_key"] = options.azure_sas_token
-    if options.azure_endpoint:
-        azure["endpoint"] = options.azure_endpoint
+    azure = cast(
+        "AzureConfig",
+        _given(
+            account_name=location.account or options.azure_account_name,
+            account_key=options.azure_account_key,
+            sas_key=options.azure_sas_token,
+            endpoint=options.azure_endpoint,
+        ),
+    )
     return AzureStore(
         location.bucket, prefix=prefix, config=azure, client_options=client, retry_config=_REQUEST_RETRIES
     )
+
+
+def _given(**settings: str | None) -> dict[str, str]:
+    """The store settings that were given: the others are left to obstore's defaults and its environment."""
+    return {key: value for key, value in settings.items() if value}
 
 
 def _client_config(options: StorageOptions, endpoint: str | None) -> ClientConfig:

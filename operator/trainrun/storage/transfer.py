@@ -1,8 +1,9 @@
 """Upload a run's output folder to object storage and download it back, verified.
 
-Called by the CLI (``trainrun upload`` / ``trainrun download``), the uploader the controller runs
-after a successful run, and the local runner. The functions are synchronous; async callers
-(kopf handlers) run them with ``asyncio.to_thread``.
+Called by the CLI (``trainrun upload`` / ``trainrun download``; the uploader Job's pod runs
+``trainrun upload`` after a successful run), the local runner, and the operator's artifact reader
+(``trainrun.controller.artifacts``: ``read_manifest``, and ``upload_file`` for the replicas' logs).
+The functions are synchronous; the operator's async code runs them with ``asyncio.to_thread``.
 
 Why threads and obstore's *sync* API rather than ``put_async`` on an event loop: with obstore
 0.12.1, a tokio worker that completes an asyncio future wakes the loop through
