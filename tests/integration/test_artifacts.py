@@ -107,7 +107,7 @@ def test_succeeded_training_is_uploaded_and_recorded(
     assert container["command"] == ["trainrun", "upload", "/outputs", uri]
     assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert {"name": "outputs", "mountPath": "/outputs", "readOnly": True} in container["volumeMounts"]
-    assert pod_spec["volumes"] == [{"name": "outputs", "persistentVolumeClaim": {"claimName": "art-outputs"}}]
+    assert pod_spec["volumes"][0] == {"name": "outputs", "persistentVolumeClaim": {"claimName": "art-outputs"}}
     assert uploader["metadata"]["ownerReferences"][0]["name"] == "art"
 
     # What the uploader pod does, for real: the trainer's output folder to the bucket.
