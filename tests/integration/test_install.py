@@ -44,7 +44,7 @@ RUN_RIGHTS: set[Right] = {
     ("trainingruns.trainrun.dev/status", "", "patch"),
     *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch")),
     *(("jobs.batch", "", verb) for verb in ("list", "watch", "create", "patch")),
-    *(("persistentvolumeclaims", "", verb) for verb in ("create", "patch", "delete")),
+    *(("persistentvolumeclaims", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("pods", "", verb) for verb in ("list", "watch")),
     ("pods/log", "", "get"),
     *(("events", "", verb) for verb in ("list", "watch", "create")),
@@ -52,7 +52,7 @@ RUN_RIGHTS: set[Right] = {
 }
 # And in its own namespace: its configuration and the leader-election Lease.
 OWN_NAMESPACE_RIGHTS: set[Right] = {
-    *(("configmaps", "", verb) for verb in ("get", "list", "watch")),
+    *(("configmaps", "trainrun-operator-config", verb) for verb in ("get", "list", "watch")),
     ("leases.coordination.k8s.io", "", "create"),
     ("leases.coordination.k8s.io", "trainrun-operator", "get"),
     ("leases.coordination.k8s.io", "trainrun-operator", "update"),
