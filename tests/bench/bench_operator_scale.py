@@ -1,28 +1,45 @@
-"""Time to Running for many runs at once: TrainingRuns through the operator vs the same PyTorchJobs applied directly.
+"""Many runs at once: TrainingRuns through the operator vs the same PyTorchJobs applied directly.
 
 Starts the local control plane (tests/cluster: etcd, kube-apiserver, scheduler, controller-manager, kwok,
-the real training-operator), then, in the same cluster, for N runs of 1 Master + 1 Worker on the cpu pool:
+the real training-operator), adds M simulated 8-GPU nodes to the a100 pool (labels, taint and annotations
+as in tests/cluster/nodes.yaml; deleted at the end), then, in the same cluster, for N runs of 1 Master +
+W Workers with 1 GPU per replica:
 
-  baseline:  the N PyTorchJobs that `trainrun render` makes, applied in one `kubectl apply`; the clock
-             stops when every replica pod is Running (what the training-operator and kwok cost);
-  trainrun:  the N TrainingRuns applied in one `kubectl apply` with the operator running; the clock
-             stops when every replica pod is Running, and again when every TrainingRun says Running
-             (what the operator adds: its reconcile, server-side applies and status).
+  baseline:  the N PyTorchJobs that the operator would create (``trainrun.render``), applied in one
+             server-side apply with no operator running; the clocks stop when every replica pod is
+             Running and when every PyTorchJob reports Running (what the training-operator and kwok cost);
+  trainrun:  the N TrainingRuns applied the same way with the operator running (started fresh and
+             ready before the clock starts); the clocks stop when every replica pod is Running and when
+             every TrainingRun's status says Running (what the operator adds).
 
-Every pod's log is served by kwok, so the operator follows 2N log streams while it works. Also printed:
-the operator's CPU seconds, peak RSS and thread count at the end. Ratios are against the baseline.
-Usage: python tests/bench/bench_operator_scale.py [--runs 40] [--repeats 2]
+Every pod's log is served by kwok (one ClusterLogs for the namespace), so the operator follows every
+replica's stream while it works. The bench watches pods, PyTorchJobs and TrainingRuns (one watch each,
+no polling of the API server), and samples the operator's /proc/PID/status every 0.2 s: peak RSS
+(VmHWM), peak thread count, CPU seconds (user+system) over the measured window. API requests per run:
+``apiserver_request_total`` (every client: the operator, training-operator, scheduler, controller-manager,
+kwok; the bench's own watches subtracted) scraped with ``kubectl get --raw /metrics`` before the apply and
+once every run reports Running, divided by N; the request kinds that differ most are listed too.
+Ratios are against the baseline.
+
+Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
+         [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,6 +48,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration"), str(REPO / "operator")]
 
 from cluster.harness import (  # noqa: E402
+    GPU_RESOURCE,
+    POOL_LABEL,
+    ClusterError,
     KubeCluster,
     Outcome,
     build_binaries,
@@ -46,15 +66,64 @@ from trainrun.render import render_pytorchjob  # noqa: E402
 from trainrun.spec import validate_training_run  # noqa: E402
 
 JOB_LABEL = "training.kubeflow.org/job-name"
-TIMEOUT_S = 600.0
+BENCH_NODE_LABEL = "bench.trainrun.dev/scale"
+NAMESPACE = "bench"
+GPUS_PER_NODE = 8
+POOL = "a100"
+TIMEOUT_S = 1800.0
+SAMPLE_S = 0.2
+Key = tuple[str, str, str]  # verb, resource, subresource
 
 
-def run_documents(prefix: str, namespace: str, count: int) -> list[dict[str, Any]]:
+# --- the cluster: extra nodes, documents ---------------------------------------------------------
+
+
+def bench_nodes(count: int) -> list[dict[str, Any]]:
+    """COUNT kwok nodes like nodes.yaml's a100 pool (8 GPUs, the GPU taint, kwok's fake-node annotation)."""
+    capacity = {"cpu": "96", "memory": "1000Gi", "pods": "110", GPU_RESOURCE: str(GPUS_PER_NODE)}
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": f"bench-{POOL}-{index}",
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {
+                    POOL_LABEL: POOL,
+                    BENCH_NODE_LABEL: "true",
+                    "kubernetes.io/hostname": f"bench-{POOL}-{index}",
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "type": "kwok",
+                    "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                    "nvidia.com/gpu.count": str(GPUS_PER_NODE),
+                },
+            },
+            "spec": {"taints": [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]},
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+        for index in range(count)
+    ]
+
+
+def add_nodes(cluster: KubeCluster, count: int) -> None:
+    nodes = bench_nodes(count)
+    for start in range(0, len(nodes), 100):
+        cluster.apply(*nodes[start : start + 100])
+    cluster.kubectl("wait", "--for=condition=Ready", "node", "-l", BENCH_NODE_LABEL, "--timeout=300s", timeout=330)
+
+
+def delete_nodes(cluster: KubeCluster) -> None:
+    cluster.kubectl("delete", "nodes", "-l", BENCH_NODE_LABEL, "--wait=false", check=False, timeout=120)
+
+
+def run_documents(prefix: str, count: int, workers: int) -> list[dict[str, Any]]:
     return [
         training_run(
             f"{prefix}-{index}",
-            namespace,
-            resources={"pool": "cpu", "cpu": "100m", "memory": "64Mi"},
+            NAMESPACE,
+            distribution={"workers": workers},
+            resources={"pool": POOL, "gpus": 1, "cpu": "1", "memory": "4Gi"},
             podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
         )
         for index in range(count)
@@ -72,34 +141,128 @@ def direct_jobs(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return jobs
 
 
-def running_pods(cluster: KubeCluster, namespace: str, prefix: str) -> int:
-    pods = cluster.list_objects("pods", namespace)
-    return sum(
-        1
-        for pod in pods
-        if pod["metadata"].get("labels", {}).get(JOB_LABEL, "").startswith(f"{prefix}-")
-        and pod.get("status", {}).get("phase") == "Running"
-    )
-
-
-def running_runs(cluster: KubeCluster, namespace: str, prefix: str) -> int:
-    runs = cluster.list_objects("trainingruns", namespace)
-    return sum(
-        1
-        for run in runs
-        if run["metadata"]["name"].startswith(f"{prefix}-") and run.get("status", {}).get("phase") == "Running"
-    )
-
-
-def reach(counter: Callable[[], int], target: int, what: str) -> None:
-    """Poll counter until it reaches target."""
-    wait_until(lambda: counter() >= target, timeout=TIMEOUT_S, what=what, interval=0.2)
-
-
-def timed_apply(cluster: KubeCluster, objects: list[dict[str, Any]]) -> float:
-    started = time.monotonic()
+def apply_in_one_go(cluster: KubeCluster, objects: list[dict[str, Any]]) -> None:
     cluster.apply(*objects, server_side=True)
-    return started
+
+
+def clean(cluster: KubeCluster) -> None:
+    cluster.kubectl("delete", "trainingruns,pytorchjobs", "--all", "-n", NAMESPACE, "--wait=true", timeout=900)
+    wait_until(lambda: not cluster.list_objects("pods", NAMESPACE), timeout=900, what="pods to go", interval=2)
+
+
+# --- watching: pods, PyTorchJobs, TrainingRuns ---------------------------------------------------
+
+
+class Watched:
+    """The objects of one kind in the bench namespace, kept current by one watch in a thread."""
+
+    def __init__(self, name: str, lister: Callable[..., Any], summary: Callable[[dict[str, Any]], bool]) -> None:
+        self.name = name
+        self.lister = lister
+        self.summary = summary  # object -> "counts" (e.g. the pod is Running)
+        self.state: dict[str, bool] = {}
+        self.lock = threading.Lock()
+        self.requests = 0  # LIST and WATCH requests this made (subtracted from the API server's count)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"watch-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def count(self, prefix: str) -> int:
+        with self.lock:
+            return sum(1 for name, counts in self.state.items() if counts and name.startswith(f"{prefix}-"))
+
+    def _loop(self) -> None:
+        from kubernetes import watch
+
+        while not self.stopped.is_set():
+            try:
+                self.requests += 1
+                listing = json.loads(self.lister(NAMESPACE, _preload_content=False).data)
+                with self.lock:
+                    self.state = {item["metadata"]["name"]: self.summary(item) for item in listing["items"]}
+                self.requests += 1
+                # Plain dicts, not the client's model classes: they would cost more CPU than the bench should.
+                stream = watch.Watch(return_type="object").stream(
+                    self.lister,
+                    NAMESPACE,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=300,
+                    deserialize=False,
+                )
+                for event in stream:
+                    if self.stopped.is_set():
+                        return
+                    if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
+                        continue
+                    item = event["object"]
+                    name = item["metadata"]["name"]
+                    with self.lock:
+                        if event["type"] == "DELETED":
+                            self.state.pop(name, None)
+                        else:
+                            self.state[name] = self.summary(item)
+            except Exception as error:  # a dropped or expired watch: list again
+                if not self.stopped.is_set():
+                    print(f"  (watch of {self.name} restarts: {str(error).splitlines()[0][:120]})", file=sys.stderr)
+                    time.sleep(0.5)
+
+
+def pod_running(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") == "Running"
+
+
+def job_running(job: dict[str, Any]) -> bool:
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(item.get("type") == "Running" and item.get("status") == "True" for item in conditions)
+
+
+def run_running(run: dict[str, Any]) -> bool:
+    return (run.get("status") or {}).get("phase") == "Running"
+
+
+def watchers(cluster: KubeCluster) -> dict[str, Watched]:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    found = {
+        "pods": Watched("pods", partial(core.list_namespaced_pod, label_selector=JOB_LABEL), pod_running),
+        "pytorchjobs": Watched(
+            "pytorchjobs", partial(custom.list_namespaced_custom_object, "kubeflow.org", "v1", plural="pytorchjobs"), job_running
+        ),
+        "trainingruns": Watched(
+            "trainingruns",
+            partial(custom.list_namespaced_custom_object, "trainrun.dev", "v1alpha1", plural="trainingruns"),
+            run_running,
+        ),
+    }
+    for watched in found.values():
+        watched.start()
+    return found
+
+
+# --- the operator's process and the API server's request counter --------------------------------
+
+
+@dataclass
+class ProcessSample:
+    pid: int
+    peak_threads: int = 0
+    peak_rss_kb: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                status = proc_status(self.pid)
+            except OSError:
+                return
+            self.peak_threads = max(self.peak_threads, int(status["Threads"]))
+            self.peak_rss_kb = max(self.peak_rss_kb, int(status["VmHWM"].split()[0]))
+            self.stop.wait(SAMPLE_S)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -115,69 +278,225 @@ def cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def clean(cluster: KubeCluster, namespace: str) -> None:
-    cluster.kubectl("delete", "trainingruns,pytorchjobs", "--all", "-n", namespace, "--wait=true", timeout=300)
-    wait_until(lambda: not cluster.list_objects("pods", namespace), timeout=300, what="pods to go", interval=1)
+def api_requests(cluster: KubeCluster) -> Counter[Key]:
+    """apiserver_request_total by (verb, resource, subresource), summed over its other labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = cluster.kubectl("get", "--raw", "/metrics", timeout=120).stdout
+    counts: Counter[Key] = Counter()
+    for family in text_string_to_metric_families(text):
+        if family.name != "apiserver_request":  # the parser drops the _total suffix of counters
+            continue
+        for sample in family.samples:
+            if sample.name != "apiserver_request_total":
+                continue
+            labels = sample.labels
+            key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
+            counts[key] += int(sample.value)
+    return counts
+
+
+# --- one measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    pods_running_s: float
+    runs_running_s: float
+    requests: Counter[Key]
+    total_requests: int
+    cpu_s: float | None = None
+    peak_rss_mb: float | None = None
+    peak_threads: int | None = None
+
+
+def measure(
+    cluster: KubeCluster,
+    watched: dict[str, Watched],
+    objects: list[dict[str, Any]],
+    prefix: str,
+    pods: int,
+    runs: int,
+    run_kind: str,
+    operator_pid: int | None,
+) -> Result:
+    own_before = sum(item.requests for item in watched.values())
+    before = api_requests(cluster)
+    sample = ProcessSample(operator_pid) if operator_pid is not None else None
+    sampler = threading.Thread(target=sample.run, daemon=True) if sample is not None else None
+    cpu_before = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
+    if sampler is not None:
+        sampler.start()
+    started = time.monotonic()
+    apply_in_one_go(cluster, objects)
+    pods_at = runs_at = None
+    deadline = started + TIMEOUT_S
+    while pods_at is None or runs_at is None:
+        now = time.monotonic()
+        if pods_at is None and watched["pods"].count(prefix) >= pods:
+            pods_at = now - started
+        if runs_at is None and watched[run_kind].count(prefix) >= runs:
+            runs_at = now - started
+        if now > deadline:
+            raise ClusterError(
+                f"timed out after {TIMEOUT_S:.0f} s: {watched['pods'].count(prefix)}/{pods} pods Running, "
+                f"{watched[run_kind].count(prefix)}/{runs} {run_kind} Running"
+            )
+        time.sleep(0.05)
+    cpu_after = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
+    after = api_requests(cluster)
+    own = sum(item.requests for item in watched.values()) - own_before
+    requests = after - before
+    result = Result(pods_at, runs_at, requests, total_requests=sum(requests.values()) - own)
+    if sample is not None and sampler is not None:
+        sample.stop.set()
+        sampler.join()
+        result.cpu_s = cpu_after - cpu_before
+        result.peak_rss_mb = sample.peak_rss_kb / 1024
+        result.peak_threads = sample.peak_threads
+    return result
+
+
+def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, repeat: int) -> OperatorProcess:
+    if old_worktree is not None:
+        operator = OperatorProcess(
+            cluster,
+            work / f"operator-{repeat}.log",
+            command=[sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],
+            extra_env={"PYTHONPATH": str(old_worktree / "operator")},
+        )
+    else:
+        operator = OperatorProcess(cluster, work / f"operator-{repeat}.log", args=["--namespace", NAMESPACE])
+    operator.start()
+
+    def ready() -> bool:
+        if not operator.running():
+            raise ClusterError(f"the operator exited at start:\n{operator.log_tail()}")
+        from urllib.error import URLError
+        from urllib.request import urlopen
+
+        try:
+            with urlopen(operator.metrics_url, timeout=2) as response:
+                up = response.status == 200
+        except (URLError, OSError):
+            return False
+        return up and (old_worktree is not None or operator.is_leader())
+
+    wait_until(ready, timeout=120, what="the operator to serve /metrics (and hold the Lease)", interval=0.5)
+    time.sleep(3)  # its watches have listed the (empty) namespace
+    return operator
+
+
+# --- report --------------------------------------------------------------------------------------
+
+
+def per_run(result: Result, runs: int) -> float:
+    return result.total_requests / runs
+
+
+def breakdown(direct: Result, through: Result, runs: int, top: int = 12) -> list[str]:
+    keys = set(direct.requests) | set(through.requests)
+    rows = sorted(keys, key=lambda key: (-abs(through.requests[key] - direct.requests[key]), -through.requests[key]))
+    lines = [f"  {'verb':8} {'resource':28} {'subresource':12} {'direct/run':>10} {'trainrun/run':>12}"]
+    for key in rows[:top]:
+        verb, resource, subresource = key
+        lines.append(
+            f"  {verb:8} {resource:28} {subresource:12} {direct.requests[key] / runs:10.2f} {through.requests[key] / runs:12.2f}"
+        )
+    return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=None, help="extra 8-GPU nodes (default: room for every replica)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--old-operator", type=Path, default=None, help="a worktree whose kopf operator to measure")
     arguments = parser.parse_args()
-    count = arguments.runs
+    runs, workers = arguments.runs, arguments.workers
+    replicas = runs * (1 + workers)
+    nodes = arguments.nodes if arguments.nodes is not None else math.ceil(replicas / GPUS_PER_NODE)
     build_binaries()
+    if arguments.old_operator is not None:  # its own CRDs too
+        os.environ["TRAINRUN_CRDS_DIR"] = str(arguments.old_operator / "crds")
     cluster = start_cluster()
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    operator = OperatorProcess(cluster, work / "operator.log")
+    operator: OperatorProcess | None = None
+    results: list[tuple[Result, Result]] = []
+    watched: dict[str, Watched] = {}
     try:
-        namespace = "bench"
-        cluster.create_namespace(namespace)
-        cluster.serve_namespace_logs(namespace, write_cri_log(work / "replica.log", ["step=1 loss=0.5"]))
-        operator.start()
-        assert operator.process is not None
-        pid = operator.process.pid
-        baseline: list[float] = []
-        through_pods: list[float] = []
-        through_status: list[float] = []
-        operator_cpu: list[float] = []
+        cluster.create_namespace(NAMESPACE)
+        cluster.serve_namespace_logs(NAMESPACE, write_cri_log(work / "replica.log", ["step=1 loss=0.5"]))
+        started = time.monotonic()
+        add_nodes(cluster, nodes)
+        print(f"{nodes} extra nodes of {GPUS_PER_NODE} GPUs Ready in {time.monotonic() - started:.0f} s", flush=True)
+        watched = watchers(cluster)
+        wait_until(lambda: all(item.requests >= 2 for item in watched.values()), timeout=60, what="the bench's watches")
         for repeat in range(arguments.repeats):
             prefix = f"direct{repeat}"
-            started = timed_apply(cluster, direct_jobs(run_documents(prefix, namespace, count)))
-            reach(partial(running_pods, cluster, namespace, prefix), 2 * count, "direct pods Running")
-            baseline.append(time.monotonic() - started)
-            clean(cluster, namespace)
-
+            direct = measure(
+                cluster, watched, direct_jobs(run_documents(prefix, runs, workers)), prefix, replicas, runs, "pytorchjobs", None
+            )
+            clean(cluster)
+            operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
-            cpu_before = cpu_seconds(pid)
-            started = timed_apply(cluster, run_documents(prefix, namespace, count))
-            reach(partial(running_pods, cluster, namespace, prefix), 2 * count, "the operator's pods Running")
-            through_pods.append(time.monotonic() - started)
-            reach(partial(running_runs, cluster, namespace, prefix), count, "TrainingRuns Running")
-            through_status.append(time.monotonic() - started)
-            operator_cpu.append(cpu_seconds(pid) - cpu_before)
-            status = proc_status(pid)
+            through = measure(
+                cluster, watched, run_documents(prefix, runs, workers), prefix, replicas, runs, "trainingruns", operator.pid
+            )
+            clean(cluster)  # with the operator still running: it removes its finalizers
+            operator.stop()
+            tracebacks = operator.tracebacks()
+            operator = None
+            results.append((direct, through))
             print(
-                f"repeat {repeat + 1}: direct {baseline[-1]:.1f} s, trainrun pods {through_pods[-1]:.1f} s, "
-                f"TrainingRuns Running {through_status[-1]:.1f} s, operator CPU {operator_cpu[-1]:.1f} s, "
-                f"RSS {status['VmRSS']}, threads {status['Threads']}",
+                f"repeat {repeat + 1}: direct pods {direct.pods_running_s:.1f} s, jobs Running {direct.runs_running_s:.1f} s, "
+                f"{per_run(direct, runs):.1f} requests/run | trainrun pods {through.pods_running_s:.1f} s, "
+                f"runs Running {through.runs_running_s:.1f} s, {per_run(through, runs):.1f} requests/run, "
+                f"operator CPU {through.cpu_s:.1f} s, peak RSS {through.peak_rss_mb:.0f} MB, "
+                f"peak threads {through.peak_threads}" + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
-            clean(cluster, namespace)
-        status = proc_status(pid)
-        direct = statistics.median(baseline)
-        print(f"\n{count} runs x 2 replicas, medians of {arguments.repeats} (2-core machine, whole control plane on it)")
-        print(f"{'path':44} {'seconds':>8} {'ratio':>7}")
-        print(f"{'PyTorchJobs applied directly -> pods Running':44} {direct:8.1f} {1.0:7.2f}")
-        print(f"{'TrainingRuns -> pods Running':44} {statistics.median(through_pods):8.1f} "
-              f"{statistics.median(through_pods) / direct:7.2f}")
-        print(f"{'TrainingRuns -> every run reports Running':44} {statistics.median(through_status):8.1f} "
-              f"{statistics.median(through_status) / direct:7.2f}")
-        print(f"operator: {statistics.median(operator_cpu):.1f} CPU s per {count} runs, peak RSS {status['VmHWM']}, "
-              f"threads now {status['Threads']}")
+        report(results, runs, workers, nodes, arguments.old_operator)
+        print(f"operator logs: {work}")
     finally:
-        operator.stop()
+        if operator is not None:
+            operator.stop()
+        for item in watched.values():
+            item.stopped.set()
+        delete_nodes(cluster)
         stop_cluster(cluster.name)
+
+
+def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None) -> None:
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    direct_pods = median([direct.pods_running_s for direct, _ in results])
+    direct_runs = median([direct.runs_running_s for direct, _ in results])
+    direct_requests = median([per_run(direct, runs) for direct, _ in results])
+    pods = median([through.pods_running_s for _, through in results])
+    running = median([through.runs_running_s for _, through in results])
+    requests = median([per_run(through, runs) for _, through in results])
+    tree = old if old is not None else REPO
+    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI"], capture_output=True, text=True).stdout.strip()
+    command = "kopf run --standalone --all-namespaces" if old is not None else "python -m trainrun.controller"
+    which = f"the operator of {tree} at {commit} ({command})"
+    print(
+        f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "
+        f"{which}; medians of {len(results)} ({os.cpu_count()}-core machine, whole control plane on it)"
+    )
+    print(f"{'':38} {'direct PyTorchJobs':>18} {'TrainingRuns':>13} {'ratio':>7}")
+    print(f"{'every pod Running (s)':38} {direct_pods:18.1f} {pods:13.1f} {pods / direct_pods:7.2f}")
+    print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
+    print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")
+    print(f"{'API requests per run':38} {direct_requests:18.1f} {requests:13.1f} {requests / direct_requests:7.2f}")
+    print(f"{'operator CPU seconds':38} {'':>18} {median([t.cpu_s or 0.0 for _, t in results]):13.1f}")
+    print(f"{'operator peak RSS (VmHWM, MB)':38} {'':>18} {median([t.peak_rss_mb or 0.0 for _, t in results]):13.0f}")
+    print(f"{'operator peak threads':38} {'':>18} {median([float(t.peak_threads or 0) for _, t in results]):13.0f}")
+    print("API requests by kind (last repeat; every client of the API server):")
+    direct, through = results[-1]
+    print("\n".join(breakdown(direct, through, runs)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Shared by the integration tests: the operator as a subprocess and helpers to drive TrainingRuns with kubectl.
 
-The operator runs exactly as the Deployment starts it (``kopf run --standalone --all-namespaces -m
-trainrun.controller.handlers``), so a test can SIGKILL and restart it.
+The operator runs as the Deployment's console script ``trainrun-operator`` does (``python -m
+trainrun.controller``, all namespaces), so a test can SIGKILL and restart it; the operator fixtures
+fail a test module whose operator printed a Python traceback.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,39 @@ TRAINER_IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
 JOB_LABEL = "training.kubeflow.org/job-name"
 
 
-class OperatorProcess:
-    """The operator as a child process with its output in a log file."""
+OPERATOR_NAMESPACE = "trainrun-system"
+LEASE_NAME = "trainrun-operator"
+TRACEBACK = "Traceback (most recent call last)"
 
-    def __init__(self, cluster: KubeCluster, log_path: Path) -> None:
+
+class OperatorProcess:
+    """The operator as a child process (``python -m trainrun.controller ARGS``) with its output in a log file.
+
+    identity is its POD_NAME, the leader-election identity: two processes with different identities
+    run side by side as a leader and a standby. A restart after kill() keeps the identity, as a container
+    restarted in the same pod does. command replaces ``python -m trainrun.controller`` (the benchmark
+    measures an older operator with it), extra_env is added to its environment. Every start appends to
+    the same log, so tracebacks() covers all of its lives.
+    """
+
+    def __init__(
+        self,
+        cluster: KubeCluster,
+        log_path: Path,
+        *,
+        args: Sequence[str] = (),
+        identity: str | None = None,
+        command: Sequence[str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.log_path = log_path
+        self.args = list(args)
+        self.identity = identity or f"trainrun-test-{uuid.uuid4().hex[:8]}"
+        self.command = list(command) if command is not None else [sys.executable, "-m", "trainrun.controller"]
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
         with socket.socket() as probe:  # a free port for its Prometheus metrics
             probe.bind(("127.0.0.1", 0))
             self.metrics_port: int = probe.getsockname()[1]
@@ -40,21 +69,30 @@ class OperatorProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "the operator was never started"
+        return self.process.pid
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self) -> None:
         env = {
             **self.cluster.env(),
-            "TRAINRUN_OPERATOR_NAMESPACE": "trainrun-system",
+            "TRAINRUN_OPERATOR_NAMESPACE": OPERATOR_NAMESPACE,
             "TRAINRUN_METRICS_PORT": str(self.metrics_port),
+            "POD_NAME": self.identity,
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"=== test harness: start {self.starts} of {self.identity} ({time.strftime('%H:%M:%S')})\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [*self.command, *self.args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            )
 
     def kill(self) -> None:
         assert self.process is not None
@@ -70,8 +108,40 @@ class OperatorProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
+    def is_leader(self) -> bool:
+        """True when the leader-election Lease names this process's identity as its holder."""
+        return lease_holder(self.cluster) == self.identity
+
+    def wait_until_leader(self, timeout: float = 60) -> float:
+        """Waits until this process holds the Lease; returns the seconds waited."""
+        started = time.monotonic()
+        wait_until(self.is_leader, timeout=timeout, what=f"{self.identity} to hold the Lease", interval=0.2)
+        return time.monotonic() - started
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tracebacks(self, context: int = 25) -> list[str]:
+        """Each Python traceback in its output, with the lines that follow it."""
+        lines = self.output().splitlines()
+        return ["\n".join(lines[index : index + context]) for index, line in enumerate(lines) if TRACEBACK in line]
+
+    def assert_no_traceback(self) -> None:
+        found = self.tracebacks()
+        assert not found, f"{len(found)} Python traceback(s) in the output of operator {self.identity} ({self.log_path}):\n" + (
+            "\n---\n".join(found[:3])
+        )
+
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.output().splitlines()[-lines:])
+
+
+def lease_holder(cluster: KubeCluster) -> str:
+    """The holderIdentity of the operator's leader-election Lease ("" when there is none or nobody holds it)."""
+    result = cluster.kubectl(
+        "get", "lease", LEASE_NAME, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}", check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
 
 
 def training_run(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
@@ -145,6 +215,7 @@ def operator_with_shipped_rbac(
         yield process
     finally:
         process.stop()
+        process.assert_no_traceback()
         # An RBAC denial, not e.g. "forbidden: ... because it is being terminated" (a namespace going away).
         denial = re.compile(r'forbidden: User "[^"]+" cannot')
         forbidden = [line for line in process.log_path.read_text(errors="replace").splitlines() if denial.search(line)]
@@ -160,3 +231,4 @@ def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
     finally:
         process.stop()
         assert process.process is not None and process.process.poll() is not None
+        process.assert_no_traceback()
