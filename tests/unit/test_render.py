@@ -231,12 +231,11 @@ def test_uploader_job() -> None:
     assert pod["containers"][0]["image"] == "ghcr.io/trainrun/operator:0.1.0"
     # Requests on every container the operator adds: a namespace with a cpu/memory ResourceQuota refuses
     # containers without them, and the run would wait in Uploading for a pod that is never created.
-    assert pod["containers"][0]["resources"] == {
-        "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "64Mi"},
-        "limits": {"cpu": "2", "memory": "2Gi", "ephemeral-storage": "2Gi"},
-    }
+    assert pod["containers"][0]["resources"] == {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
     # The lint checks that do not apply to it are named on it (see children.py for why).
-    assert job["metadata"]["annotations"] == {"kube-score/ignore": "pod-networkpolicy,container-image-pull-policy"}
+    assert job["metadata"]["annotations"] == {
+        "kube-score/ignore": "pod-networkpolicy,container-image-pull-policy,container-ephemeral-storage-request-and-limit"
+    }
     with pytest.raises(ValueError, match="output.uri"):
         render_uploader_job(training_run(), pools())
 
@@ -245,8 +244,7 @@ def test_the_platform_team_sets_the_helper_containers_resources() -> None:
     config = parse_operator_config({**POOLS, "helperResources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {}}})
     run = training_run(output={"uri": "s3://models/mnist"}, inputs=[{"name": "data", "uri": "s3://data/d"}])
     expected = {"requests": {"cpu": "1", "memory": "1Gi"}}
-    uploader = {"requests": {"cpu": "1", "memory": "1Gi", "ephemeral-storage": "64Mi"}, "limits": {"ephemeral-storage": "2Gi"}}
-    assert render_uploader_job(run, config)["spec"]["template"]["spec"]["containers"][0]["resources"] == uploader
+    assert render_uploader_job(run, config)["spec"]["template"]["spec"]["containers"][0]["resources"] == expected
     assert master(render_pytorchjob(run, config))["template"]["spec"]["initContainers"][0]["resources"] == expected
     with pytest.raises(ValueError, match=r"helperResources.requests.memory"):
         parse_operator_config({"helperResources": {"requests": {"memory": "lots"}}})

@@ -41,16 +41,15 @@ OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
 HELPER_USER_ID = 10001
 HELPER_TMP_VOLUME = "helper-tmp"  # /tmp of the helper containers: their root filesystem is read-only
 RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
-# The uploader writes only its /tmp and its log on the node: bounded, so it gets an ephemeral-storage
-# request and limit (the stage-in container does not: it fills emptyDirs as large as the run's inputs,
-# and a limit would evict the replica).
-UPLOADER_EPHEMERAL_STORAGE = {"requests": "64Mi", "limits": "2Gi"}
 # Checks of the manifest linter (kube-score, tests/lint/) that do not apply to the uploader Job, and why:
 # pod-networkpolicy: NetworkPolicies are the namespace owner's; the operator creates none (no RBAC for it).
 # container-image-pull-policy: the operator image is pinned by tag and pulled with IfNotPresent, so a run
 #   does not depend on the registry being reachable when it ends.
+# container-ephemeral-storage-request-and-limit: the uploader's only writable place is its /tmp emptyDir,
+#   whose sizeLimit bounds it already; a request would make it unschedulable on nodes that report no
+#   ephemeral storage (virtual kubelets, kwok), and the platform team can still set one in helperResources.
 LINT_IGNORE_ANNOTATION = "kube-score/ignore"
-UPLOADER_LINT_IGNORES = "pod-networkpolicy,container-image-pull-policy"
+UPLOADER_LINT_IGNORES = "pod-networkpolicy,container-image-pull-policy,container-ephemeral-storage-request-and-limit"
 
 
 def canonical_spec(run: TrainingRun) -> dict[str, Any]:
@@ -225,13 +224,6 @@ def _helper_resources(config: OperatorConfig) -> Object:
     }
 
 
-def _uploader_resources(config: OperatorConfig) -> Object:
-    resources = _helper_resources(config)
-    for key, amount in UPLOADER_EPHEMERAL_STORAGE.items():
-        resources.setdefault(key, {}).setdefault("ephemeral-storage", amount)
-    return resources
-
-
 def _staging_mounts(run: TrainingRun) -> list[Object]:
     mounts: list[Object] = []
     if run.spec.inputs:
@@ -377,7 +369,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "image": config.operator_image,
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": _uploader_resources(config),
+        "resources": _helper_resources(config),
         "securityContext": helper_security_context(),
         "volumeMounts": [
             {"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True},
