@@ -92,6 +92,9 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"image": "ghcr.io/acme/tr\u00e4iner:1.0"}, "spec.image", "is not an image reference"),
     ({"image": "ghcr.io/Acme/Trainer:1.0"}, "spec.image", "the name in lowercase"),
     ({"image": "trainer:1.0 "}, "spec.image", "is not an image reference"),
+    # JSON types as the API server checks them: no true for 1, no "3" for 3.
+    ({"resources": {"gpus": True}}, "spec.resources.gpus", "whole number"),
+    ({"hyperparameters": {"epochs": "3"}}, "spec.hyperparameters.epochs", "whole number"),
     # Any exception a pattern raises is the field's problem, not a crash: OverflowError here.
     ({"metrics": [{"name": "x", "regex": "x{99999999999}(a)"}]}, "spec.metrics[0].regex", "repetition number is too large"),
 ]

@@ -17,8 +17,8 @@ from typing import Any
 
 import kubecheck
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from run_factory import BASE_DOCUMENT, pools
+from spec_mutations import FULL_DOCUMENT, TRICKY_VALUES, Path, dotted, mutated, mutations, paths, value_at
 from trainrun.render import render_pytorchjob, render_uploader_job
 from trainrun.spec import FieldProblem, InvalidTrainingRun, validate_training_run
 from trainrun.spec.crd import training_run_crd
@@ -90,86 +90,14 @@ def test_image_references() -> None:
 
 
 # -- Fuzz: mutated specs end accepted or refused with the field named ---------------------------------------
-FULL_SPEC: dict[str, Any] = {
-    "image": "ghcr.io/acme/trainer:1.0",
-    "command": ["python", "train.py"],
-    "args": ["--fast"],
-    "launcher": "torchrun",
-    "workingDir": "/workspace",
-    "env": [{"name": "MODE", "value": "fast"}],
-    "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
-    "hyperparameters": {"epochs": 3, "batchSize": 32, "learningRate": 0.01, "extra": {"depth": "4"}},
-    "distribution": {"workers": 2, "nprocPerNode": 1},
-    "resources": {"pool": "a100", "gpus": 1, "cpu": "8", "memory": "64Gi", "priorityClassName": "high"},
-    "runPolicy": {"backoffLimit": 2, "restartPolicy": "OnFailure", "activeDeadlineSeconds": 3600},
-    "inputs": [{"name": "data", "uri": "s3://datasets/mnist/"}],
-    "output": {"uri": "s3://models/run/", "secretName": "s3-credentials", "volume": {"size": "20Gi"}},
-    "metrics": [{"name": "loss", "regex": "loss=([0-9.]+)"}],
-    "podMetadata": {"labels": {"team": "ml"}, "annotations": {"note": "x"}},
-}
-TRICKY_VALUES: list[Any] = [
-    "1.5.5Gi", "0", "-1", "1e400", "ghcr.io/acme/tr\u00e4iner:1", "x{99999999999}(a)", "(?P<value>", "(", "a{2,1}",
-    "(?<=a+)b", "\\", "\x00", "s3://", "s3://Bad Bucket/x", "file://host/x", "../..", "\u00e9", "", " ", "a" * 300,
-    2**64, -(2**63), 1.5, float("nan"), float("inf"), True, None, [], {}, [None], {"": None}, {"bogus": 1},
-]
-VALUES = st.one_of(
-    st.sampled_from(TRICKY_VALUES),
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=16),
-    st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
-    st.dictionaries(st.text(max_size=6), st.one_of(st.integers(), st.text(max_size=4)), max_size=2),
-)
-
-
-def _paths(node: Any, prefix: tuple[str | int, ...]) -> list[tuple[str | int, ...]]:
-    """The path of every value under node (itself included)."""
-    found = [prefix]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found.extend(_paths(value, (*prefix, key)))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found.extend(_paths(value, (*prefix, index)))
-    return found
-
-
-FULL_DOCUMENT = {**BASE_DOCUMENT, "spec": FULL_SPEC}
-MUTABLE_PATHS = [path for path in _paths(FULL_DOCUMENT, ()) if path and path[0] in ("spec", "metadata") and len(path) > 1]
-
-
-def _value_at(document: dict[str, Any], path: tuple[str | int, ...]) -> Any:
-    node: Any = document
-    for part in path:
-        node = node[part]
-    return node
-
-
-def _dotted(path: tuple[str | int, ...]) -> str:
-    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path).lstrip(".")
-
-
-def _set(
-    document: dict[str, Any], path: tuple[str | int, ...], value: Any, *, new_key: str | None
-) -> tuple[str | int, ...]:
-    """Set the value at path (or, given new_key and a mapping there, add that key to it); the path changed."""
-    parent: Any = document
-    value = copy.deepcopy(value)  # the same generated object set twice would make a cycle
-    for part in path[:-1]:
-        parent = parent[part]
-    if new_key is not None and isinstance(parent[path[-1]], dict):
-        parent[path[-1]][new_key] = value
-        return (*path, new_key)
-    parent[path[-1]] = value
-    return path
+MUTABLE_PATHS = [path for path in paths(FULL_DOCUMENT) if path[:1] in (("spec",), ("metadata",)) and len(path) > 1]
+TEXT_PATHS = [path for path in MUTABLE_PATHS if isinstance(value_at(FULL_DOCUMENT, path), str)]
 
 
 def _names_a_field(document: dict[str, Any], problem: FieldProblem, changed: list[str]) -> bool:
     """The problem names a field of the document (a changed one, one inside it, or one across a rule, as
     gpus against the pool), one that holds a changed field, or a required one that a change removed."""
-    fields = {_dotted(path) for path in _paths(document, ())}
+    fields = {dotted(path) for path in paths(document)}
     path = problem.field.removesuffix(" (the default pool)")
     if path in fields or any(field.startswith(path) for field in changed):
         return True
@@ -197,33 +125,13 @@ def _accepted_or_refused_with_the_field_named(document: dict[str, Any], changed:
         assert render_uploader_job(run, config)["kind"] == "Job"
 
 
-TEXT_PATHS = [path for path in MUTABLE_PATHS if isinstance(_value_at(FULL_DOCUMENT, path), str)]
-
-
 def test_every_tricky_text_in_every_text_field() -> None:
     texts = [value for value in TRICKY_VALUES if isinstance(value, str)]
     for path, text in itertools.product(TEXT_PATHS, texts):
-        document = copy.deepcopy(FULL_DOCUMENT)
-        _set(document, path, text, new_key=None)
-        _accepted_or_refused_with_the_field_named(document, [_dotted(path)])
+        _accepted_or_refused_with_the_field_named(*mutated([(path, text, None)]))
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    mutations=st.lists(
-        st.tuples(st.sampled_from(MUTABLE_PATHS), VALUES, st.one_of(st.none(), st.sampled_from(["bogus", "Image", "x"]))),
-        min_size=1,
-        max_size=3,
-    )
-)
-def test_mutated_specs_are_accepted_or_refused_with_the_field_named(
-    mutations: list[tuple[tuple[str | int, ...], Any, str | None]],
-) -> None:
-    document = copy.deepcopy(FULL_DOCUMENT)
-    changed = []
-    for path, value, new_key in mutations:
-        try:
-            changed.append(_dotted(_set(document, path, value, new_key=new_key)))
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier mutation replaced a parent of this path
-    _accepted_or_refused_with_the_field_named(document, changed)
+@given(changes=mutations(MUTABLE_PATHS))
+def test_mutated_specs_are_accepted_or_refused_with_the_field_named(changes: list[tuple[Path, Any, str | None]]) -> None:
+    _accepted_or_refused_with_the_field_named(*mutated(changes))

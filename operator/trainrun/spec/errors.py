@@ -42,6 +42,7 @@ _FIXES = {
     "extra_forbidden": "unknown field (`trainrun crd` prints every field with its description)",
     "missing": "is required",
     "int_from_float": "must be a whole number, e.g. 8",
+    "int_type": "must be a whole number, e.g. 8",
     "int_parsing": "must be a whole number, e.g. 8",
     "greater_than_equal": "is below the minimum",
 }

@@ -97,6 +97,8 @@ class ApiModel(BaseModel):
         extra="forbid",
         validate_assignment=True,
         frozen=False,
+        # JSON types as the API server checks them: no true for 1, no "8" for 8, no 3 for "3".
+        strict=True,
     )
 
 
