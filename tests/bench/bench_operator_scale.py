@@ -366,7 +366,7 @@ def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, 
             extra_env={"PYTHONPATH": str(old_worktree / "operator")},
         )
     else:
-        operator = OperatorProcess(cluster, work / f"operator-{repeat}.log", args=["--namespace", NAMESPACE])
+        operator = OperatorProcess(cluster, work / f"operator-{repeat}.log")  # all namespaces, as the Deployment
     operator.start()
 
     def ready() -> bool:

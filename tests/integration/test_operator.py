@@ -1,12 +1,13 @@
 """The operator against the real control plane: kube-apiserver, kube-scheduler, kwok GPU pools and the
 training-operator, driven with the real kubectl the way a user drives it.
 
-The operator runs as a subprocess, exactly as the Deployment starts it (``kopf run --standalone
---all-namespaces -m trainrun.controller.handlers``), so it can be SIGKILLed and restarted.
+The operator runs as a subprocess, as the Deployment's ``trainrun-operator`` starts it (``python -m
+trainrun.controller``, all namespaces), so it can be SIGKILLed and restarted.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,13 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
                if name == "trainrun_reconciles_total" and ("result", "ok") in labels) >= 3
     assert samples[("trainrun_reconcile_duration_seconds_count", ())] >= 3
     assert ("trainrun_log_followers", ()) in samples
+
+
+def thread_count(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads line in /proc/{pid}/status")
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -283,7 +291,8 @@ def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster)
     deployment = kube_cluster.get("deployment", "trainrun-operator", "trainrun-system")
     assert deployment is not None
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"][:3] == ["kopf", "run", "--standalone"] and "args" not in container
+    # The operator's console script (pyproject's [project.scripts]: python -m trainrun.controller), all namespaces.
+    assert container["command"][0] == "trainrun-operator", container["command"]
     assert kube_cluster.get("serviceaccount", "trainrun-operator", "trainrun-system") is not None
     # The install must leave the test cluster's operator configuration as the tests expect it.
     kube_cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system")
@@ -327,14 +336,13 @@ def test_replica_logs_become_status_metrics_while_the_run_trains(
     kube_cluster.kubectl("delete", "tr", "logs", "-n", namespace, "--wait=false")
 
 
-def test_more_active_runs_than_handler_threads_all_reach_running(
-    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
+def test_many_active_runs_keep_the_operator_thread_count_flat(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, tmp_path: Path
 ) -> None:
-    """Each active run has a log follower for its whole life; none may hold a handler thread, or with
-    more runs than threads no create, event or resync handler would ever run again."""
-    from trainrun.controller.handlers import HANDLER_THREADS
-
-    count = HANDLER_THREADS + 4
+    """Each active run has a log follower for its whole life; its waiting runs on the event loop, so the
+    operator's thread count does not grow with the number of runs (and no run waits for a free thread)."""
+    count = 20
+    kube_cluster.serve_namespace_logs(kube_namespace, write_cri_log(tmp_path / "replica.log", ["step=1 loss=0.5"]))
     documents = [
         training_run(
             f"many-{index}",
@@ -346,10 +354,16 @@ def test_more_active_runs_than_handler_threads_all_reach_running(
         for index in range(count)
     ]
     kube_cluster.apply(*documents)
+    threads: list[int] = []
 
     def all_running() -> bool:
+        threads.append(thread_count(operator.pid))
         runs = kube_cluster.list_objects("trainingruns", kube_namespace)
         return sum(run.get("status", {}).get("phase") == "Running" for run in runs) == count
 
     wait_until(all_running, timeout=240, what=f"{count} TrainingRuns Running", interval=1)
+    for _ in range(5):  # the log followers of all of them are up by now
+        time.sleep(1)
+        threads.append(thread_count(operator.pid))
+    assert max(threads) < 12, f"operator threads while {count} runs went to Running: {threads}"
     kube_cluster.kubectl("delete", "trainingruns", "--all", "-n", kube_namespace, "--wait=false")
