@@ -1,5 +1,7 @@
-"""Table-driven tests of ``trainrun.status``: every phase, every failure cause, the kstatus conditions,
-sticky finished phases, lastTransitionTime, counts and times, phase Events, and garbage input."""
+"""Table-driven tests of ``trainrun.status``: every phase, every failure cause, the kstatus conditions
+and the health kstatus itself reads from them (tests/kubecheck), sticky finished phases whose counts
+still follow what is observed, phases that only move forward, lastTransitionTime, counts and times,
+phase Events, and garbage input."""
 
 from __future__ import annotations
 
