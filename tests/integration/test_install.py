@@ -5,6 +5,9 @@ the ServiceAccount's rights compared with what the operator uses, and Pod Securi
 - ``kubectl auth can-i --list --as=system:serviceaccount:trainrun-system:trainrun-operator`` in a watched
   namespace, an unwatched one and trainrun-system, against the expected rights (what every authenticated
   user may do, read the same way for an account nothing is bound to, is taken out first).
+- The operator as a process authenticated as its ServiceAccount, with only the namespaced overlay's
+  rights and its --namespace flags, drives a run to Completed (test_artifacts.py does the same with the
+  cluster-wide overlay's rights and the whole artifact copy).
 - A namespace labelled ``pod-security.kubernetes.io/enforce=restricted``: every pod the operator creates
   for a sample run (replica pods through the real training-operator, the uploader through the Job
   controller, and each as a bare Pod) and the operator's own pod are admitted by the API server.
@@ -19,13 +22,15 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from cluster.harness import KubeCluster, wait_until
+from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until
+from runs import OperatorProcess, kubectl_apply, training_run, wait_for_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -109,6 +114,54 @@ def test_namespaced_overlay_grants_rights_only_where_it_is_told(kube_cluster: Ku
         for namespace in WATCHED:
             cluster.kubectl("delete", "role,rolebinding", "trainrun-operator", "-n", namespace, "--ignore-not-found")
         apply_overlay(cluster, MANIFESTS)  # the default install, as the other tests expect it
+
+
+def service_account_kubeconfig(cluster: KubeCluster, folder: Path) -> KubeCluster:
+    """The cluster as the operator's ServiceAccount sees it: its token instead of the admin's credentials."""
+    token = cluster.kubectl("create", "token", "trainrun-operator", "-n", "trainrun-system", "--duration", "1h")
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    for user in config["users"]:
+        user["user"] = {"token": token.stdout.strip()}
+    kubeconfig = folder / "kubeconfig-trainrun-operator"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    return KubeCluster(name=cluster.name, kubeconfig=kubeconfig)
+
+
+def test_the_operator_completes_a_run_with_only_the_namespaced_overlays_rights(
+    kube_cluster: KubeCluster, tmp_path: Path
+) -> None:
+    """The namespaced install end to end: the operator, authenticated as its ServiceAccount and started
+    with the overlay's --namespace flags, drives a run in a watched namespace to Completed; a denial of
+    any right it uses fails the test."""
+    cluster = kube_cluster
+    for namespace in WATCHED:
+        if cluster.get("namespace", namespace) is None:
+            cluster.create_namespace(namespace)
+    cluster.kubectl("delete", "clusterrolebinding", "trainrun-operator", "--ignore-not-found")
+    apply_overlay(cluster, NAMESPACED_OVERLAY)
+    deployment = next(
+        item
+        for item in yaml.safe_load_all(cluster.kubectl("kustomize", str(NAMESPACED_OVERLAY)).stdout)
+        if item and item["kind"] == "Deployment"
+    )
+    flags = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    operator = OperatorProcess(service_account_kubeconfig(cluster, tmp_path), tmp_path / "operator.log", args=flags)
+    name = f"ns-{uuid.uuid4().hex[:6]}"
+    try:
+        operator.start()
+        behaviour = pod_behaviour(Outcome.SUCCEED, after="3s")
+        kubectl_apply(cluster, training_run(name, WATCHED[0], podMetadata={"annotations": behaviour}))
+        wait_for_phase(cluster, operator, name, WATCHED[0], "Completed", timeout=120)
+    finally:
+        operator.stop()
+        cluster.kubectl("delete", "trainingrun", name, "-n", WATCHED[0], "--ignore-not-found", "--wait=false")
+        for namespace in WATCHED:
+            cluster.kubectl("delete", "role,rolebinding", "trainrun-operator", "-n", namespace, "--ignore-not-found")
+        apply_overlay(cluster, MANIFESTS)
+    operator.assert_no_traceback()
+    denial = re.compile(r'forbidden: User "[^"]+" cannot')
+    denied = [line for line in operator.output().splitlines() if denial.search(line)]
+    assert not denied, "the namespaced overlay is missing a right:\n" + "\n".join(denied[:5])
 
 
 def test_cluster_wide_overlay_grants_exactly_what_the_operator_uses(kube_cluster: KubeCluster, kube_namespace: str) -> None:
