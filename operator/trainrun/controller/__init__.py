@@ -1,3 +1,5 @@
-"""The operator: kopf handlers (``handlers``), the reconcile (``reconcile``), log following (``logs``) and the
-artifact bookkeeping (``artifacts``). Started with ``kopf run -m trainrun.controller.handlers``.
+"""The operator: kopf wiring (``handlers``), the controller that gets, plans and acts (``operator``), its
+watch caches (``informers``), work queue (``queue``), leader election (``leader``), log followers
+(``logs``), artifact bookkeeping (``artifacts``) and metrics/probes (``telemetry``). Started with
+``trainrun-operator`` (``python -m trainrun.controller``).
 """

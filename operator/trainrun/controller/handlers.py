@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,7 @@ class _Running:
     kube: AsyncKube | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     server: Any = None
+    logged_in: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 options = Options()
@@ -52,7 +54,7 @@ _running = _Running()
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """kopf's own ways (in-cluster service account, else the kubeconfig); the operator's client shares them."""
     info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
     if info is not None:
@@ -61,6 +63,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         _running.credentials = Credentials(
             server=info.server, ssl=info.as_ssl_context() if secure else False, authorization=authorization
         )
+        _running.logged_in.set()
     return info
 
 
@@ -87,13 +90,13 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         telemetry.LEADER.set(1 if leading else 0)
         controller.leading(leading)
 
-    _running.tasks.append(asyncio.create_task(controller.run(), name="controller"))
+    _running.tasks.append(asyncio.create_task(_after_login(controller.run()), name="controller"))
     if options.leader_election:
         elector = LeaderElector(
             kube, namespace=options.operator_namespace, identity=options.identity, on_change=leading
         )
         _running.elector = elector
-        _running.tasks.append(asyncio.create_task(elector.run(), name="leader election"))
+        _running.tasks.append(asyncio.create_task(_after_login(elector.run()), name="leader election"))
     else:
         leading(True)
     port = telemetry.port_from_env()
@@ -102,8 +105,14 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         logger.info("serving /metrics, /healthz and /readyz on :%d", port)
 
 
+async def _after_login(work: Coroutine[Any, Any, None]) -> None:
+    """kopf runs start-up before login: the controller's requests wait for the credentials."""
+    await _running.logged_in.wait()
+    await work
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_run_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+async def on_run_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
     """Every TrainingRun event (the initial listing too) goes to the controller's cache and queue."""
     if _running.controller is not None:
         _running.controller.run_changed(event.get("type"), body)

@@ -81,11 +81,16 @@ class Informer:
                     self._set_served(False)
                     await asyncio.sleep(NOT_SERVED_RETRY_SECONDS * random.uniform(0.8, 1.2))
                     continue
+                if error.status == 410:
+                    continue  # the version is too old: list again at once
                 failures += 1
                 delay = min(RELIST_BACKOFF_MAX_SECONDS, 0.5 * 2**failures) * random.uniform(0.5, 1.0)
-                if error.status != 410:
-                    logger.warning("watching %s: %s; listing again in %.0f s", self.what, error, delay)
-                    await asyncio.sleep(delay)
+                logger.warning("watching %s: %s; listing again in %.0f s", self.what, error, delay)
+                await asyncio.sleep(delay)
+            except (ValueError, TypeError, KeyError) as error:  # an answer of a shape not expected
+                failures += 1
+                logger.warning("watching %s: unreadable answer (%s: %s); listing again", self.what, type(error).__name__, error)
+                await asyncio.sleep(min(RELIST_BACKOFF_MAX_SECONDS, 0.5 * 2**failures))
 
     def _set_served(self, served: bool) -> None:
         if served != self.served:

@@ -38,7 +38,7 @@ from trainrun.kube.aioclient import (
     AsyncKube,
     resource_of,
 )
-from trainrun.plan import EVENT_REASONS, Apply, Delete, ManifestRead, MergePatch, Observed, Plan, plan, projections
+from trainrun.plan import EVENT_REASONS, Apply, Delete, MergePatch, Observed, Plan, plan, projections
 from trainrun.render import FIELD_MANAGER
 from trainrun.render.children import RUN_LABEL
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
@@ -51,7 +51,9 @@ logger = logging.getLogger(__name__)
 Object = dict[str, Any]
 RECONCILE_WORKERS = 16
 METRICS_WRITE_SECONDS = 5.0  # at most one status write per run this often for new metric values
-REFUSAL_RETRY_SECONDS = 300.0  # a child the API server refused is tried again after this long
+REFUSAL_RETRY_SECONDS = 300.0
+MANIFEST_RETRY_SECONDS = 5.0  # the uploader succeeded but the manifest is not readable: look again after this
+MANIFEST_RETRY_MAX_SECONDS = 300.0  # a child the API server refused is tried again after this long
 EVENTS_PER_OBJECT = 8
 
 
@@ -63,7 +65,7 @@ def utc_now() -> str:
 class RunMemory:
     """What the controller remembers about one run between reconciles (all of it can be lost)."""
 
-    manifest: ManifestRead | None = None
+    manifest_failures: int = 0  # reads of <output>/manifest.json that found no verified copy yet
     refusal: tuple[int | None, str, float] | None = None  # (generation, the server's words, when)
     logs: RunLogs | None = None
     posted: set[str] = field(default_factory=set)
@@ -136,6 +138,7 @@ class Controller:
         self.kube = kube
         self.operator_namespace = operator_namespace
         self.runs: dict[Key, Object] = {}
+        self.written: dict[Key, tuple[int, Object]] = {}  # the last status this process wrote, by resourceVersion
         self.memory: dict[Key, RunMemory] = {}
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self.recorder = EventRecorder(kube, instance=instance)
@@ -197,7 +200,13 @@ class Controller:
         key = (str(projected["metadata"].get("namespace")), str(projected["metadata"].get("name")))
         if event_type == "DELETED":
             self.runs.pop(key, None)
+            self.written.pop(key, None)
         else:
+            written = self.written.get(key)
+            if written is not None and _version(projected) < written[0]:
+                # An event from before this process's last status write: keep what was written, so the
+                # next reconcile does not decide from a status that is no longer there.
+                projected["status"] = written[1]
             self.runs[key] = projected
         self.queue.add(key)
 
@@ -328,7 +337,6 @@ class Controller:
             uploader=_find(self.uploaders, (namespace, f"{name}-upload")),
             claim_present=_find(self.claims, (namespace, claim_name)) is not None,
             job_kind_served=all(informer.served for informer in self.jobs),
-            manifest=memory.manifest,
             refusal=refusal,
             metrics=memory.logs.metrics if memory.logs is not None else None,
             key_metric=memory.logs.key_metric if memory.logs is not None else None,
@@ -355,9 +363,14 @@ class Controller:
         memory = self.memory.setdefault(key, RunMemory())
         observed = self.observed(key, body, memory)
         decided = self._plan(body, observed)
+        retry_manifest: float | None = None
         if decided.read_manifest and decided.run is not None:
-            memory.manifest = await self.artifacts.read_manifest(decided.run)
-            decided = self._plan(body, replace(observed, manifest=memory.manifest))
+            manifest = await self.artifacts.read_manifest(decided.run)
+            decided = self._plan(body, replace(observed, manifest=manifest))
+            if manifest.artifacts is None:
+                # Not there yet, or not readable: the status says why; read again later, less and less often.
+                memory.manifest_failures += 1
+                retry_manifest = min(MANIFEST_RETRY_MAX_SECONDS, MANIFEST_RETRY_SECONDS * 2 ** (memory.manifest_failures - 1))
         refusal = await self._act(decided)
         if refusal is not None:
             generation = body["metadata"].get("generation")
@@ -369,13 +382,18 @@ class Controller:
             if decided.status.phase is not None:
                 telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
         if decided.status_patch:
-            await self.kube.patch_merge(
+            patched = await self.kube.patch_merge(
                 TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
             )
-            # The watch brings the new status soon; meanwhile the next reconcile must not repeat the patch.
-            body["status"] = decided.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+            # The watch brings the new status soon; meanwhile the next reconcile must not decide from the
+            # old one (kopf may even deliver events from before this write after it).
+            written = (_version(patched), patched.get("status") or {})
+            self.written[key] = written
+            current = self.runs.get(key)
+            if current is not None and _version(current) < written[0]:
+                current["status"] = written[1]
         await self._follow(key, memory, decided)
-        return decided.requeue_after
+        return retry_manifest or decided.requeue_after
 
     def _plan(self, body: Mapping[str, Any], observed: Observed) -> Plan:
         return plan(body, self.config, observed, now=utc_now(), config_problems=self.config_problems)
@@ -419,6 +437,7 @@ class Controller:
 
     async def _forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
+        self.written.pop(key, None)
         self.queue.forget(key)
         if memory is not None and memory.logs is not None:
             telemetry.LOG_FOLLOWERS.dec()
@@ -436,6 +455,12 @@ class Controller:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    """The object's resourceVersion as a number (etcd's revision; 0 when it is not one)."""
+    text = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+    return int(text) if text.isdigit() else 0
 
 
 def _find(informers: list[Informer], key: Key) -> Object | None:

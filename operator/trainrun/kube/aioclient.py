@@ -94,8 +94,11 @@ class ApiError(RuntimeError):
 
     @property
     def refused(self) -> bool:
-        """The server refused the request itself (invalid, forbidden): retrying the same cannot help."""
-        return self.status in (400, 403, 422)
+        """The server refused the request itself (invalid, forbidden): retrying the same cannot help.
+
+        A server-side apply of a field the schema does not declare is answered 500 "failed to create
+        typed patch object", although it is the request that is wrong."""
+        return self.status in (400, 403, 422) or (self.status == 500 and "typed patch object" in str(self))
 
 
 @dataclass(frozen=True)

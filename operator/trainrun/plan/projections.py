@@ -95,7 +95,7 @@ def config_map(raw: Mapping[str, Any]) -> Object:
 
 def training_run(raw: Mapping[str, Any]) -> Object:
     """A TrainingRun without its managed fields and kopf's annotations: what ``plan`` reads."""
-    metadata = _pick(raw.get("metadata"), (*_METADATA, "generation"))
+    metadata = _pick(raw.get("metadata"), (*_METADATA, "generation", "resourceVersion"))
     return {
         "apiVersion": raw.get("apiVersion"),
         "kind": raw.get("kind"),

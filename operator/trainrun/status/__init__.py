@@ -1,7 +1,7 @@
 """Observations of a run (PyTorchJob, pods, Events, uploader Job) -> its status: phase, cause, conditions.
 
 The pure decision core between the operator's reads and its status writes: the operator's reconcile
-(``trainrun.controller.reconcile``) calls ``compute_status`` with what it saw and ``phase_event`` to
+(``trainrun.controller.operator``, through ``trainrun.plan``) calls ``compute_status`` with what it saw and ``phase_event`` to
 announce a phase change. The local runner (``trainrun.local.runner``) does not call ``compute_status``
 yet: it decides its phases from its processes and takes the conditions (``kstatus_conditions``), the
 replica counts (``count_replicas``) and ``phase_event`` from here. Nothing here does I/O or imports a
