@@ -278,22 +278,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def api_requests(cluster: KubeCluster) -> Counter[Key]:
-    """apiserver_request_total by (verb, resource, subresource), summed over its other labels."""
+def api_requests(cluster: KubeCluster) -> tuple[Counter[Key], Counter[Key]]:
+    """apiserver_request_total by (verb, resource, subresource), summed over its other labels, and the same
+    of apiserver_longrunning_requests (watches and log streams open now: the total counts them only once
+    they end)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = cluster.kubectl("get", "--raw", "/metrics", timeout=120).stdout
     counts: Counter[Key] = Counter()
+    open_now: Counter[Key] = Counter()
     for family in text_string_to_metric_families(text):
-        if family.name != "apiserver_request":  # the parser drops the _total suffix of counters
+        if family.name not in ("apiserver_request", "apiserver_longrunning_requests"):  # counters lose _total
             continue
         for sample in family.samples:
-            if sample.name != "apiserver_request_total":
+            if sample.name not in ("apiserver_request_total", "apiserver_longrunning_requests"):
                 continue
             labels = sample.labels
             key = (labels.get("verb", ""), labels.get("resource", ""), labels.get("subresource", ""))
-            counts[key] += int(sample.value)
-    return counts
+            (counts if sample.name == "apiserver_request_total" else open_now)[key] += int(sample.value)
+    return counts, open_now
 
 
 # --- one measurement ------------------------------------------------------------------------------
@@ -305,6 +308,7 @@ class Result:
     runs_running_s: float
     requests: Counter[Key]
     total_requests: int
+    opened: dict[Key, int] = field(default_factory=dict)
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
     peak_threads: int | None = None
@@ -321,7 +325,7 @@ def measure(
     operator_pid: int | None,
 ) -> Result:
     own_before = sum(item.requests for item in watched.values())
-    before = api_requests(cluster)
+    before, open_before = api_requests(cluster)
     sample = ProcessSample(operator_pid) if operator_pid is not None else None
     sampler = threading.Thread(target=sample.run, daemon=True) if sample is not None else None
     cpu_before = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
@@ -344,10 +348,11 @@ def measure(
             )
         time.sleep(0.05)
     cpu_after = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
-    after = api_requests(cluster)
+    after, open_after = api_requests(cluster)
     own = sum(item.requests for item in watched.values()) - own_before
     requests = after - before
-    result = Result(pods_at, runs_at, requests, total_requests=sum(requests.values()) - own)
+    opened = {key: open_after[key] - open_before[key] for key in open_after.keys() | open_before.keys()}
+    result = Result(pods_at, runs_at, requests, sum(requests.values()) - own, {k: v for k, v in opened.items() if v})
     if sample is not None and sampler is not None:
         sample.stop.set()
         sampler.join()
@@ -497,6 +502,9 @@ def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes:
     print("API requests by kind (last repeat; every client of the API server):")
     direct, through = results[-1]
     print("\n".join(breakdown(direct, through, runs)))
+    for label, result in (("direct", direct), ("trainrun", through)):
+        opened = ", ".join(f"{' '.join(part for part in key if part)} {count:+d}" for key, count in sorted(result.opened.items()))
+        print(f"long-running requests opened meanwhile and still open ({label}; not in the counts above): {opened or 'none'}")
 
 
 if __name__ == "__main__":
