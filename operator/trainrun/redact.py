@@ -9,6 +9,7 @@ the URL in its errors) or a pre-signed URL (``?X-Amz-Signature=...``, an Azure S
 
 from __future__ import annotations
 
+import logging
 import re
 
 MASK = "***"
@@ -50,3 +51,26 @@ def redact(text: str) -> str:
 def redact_optional(text: str | None) -> str | None:
     """:func:`redact` for a message that may be absent."""
     return None if text is None else redact(text)
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks credentials in every record's message, whoever logged it (kopf, a
+    client library quoting a URL): installed on the operator's log handlers by :func:`redact_logs`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            exception_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info, record.exc_text = None, exception_text
+        return True
+
+
+def redact_logs(logger: logging.Logger | None = None) -> None:
+    """Put a :class:`RedactingFilter` on every handler of LOGGER (the root logger by default), once."""
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(item, RedactingFilter) for item in handler.filters):
+            handler.addFilter(RedactingFilter())

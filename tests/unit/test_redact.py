@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import logging
+
 import pytest
 from run_factory import training_run
-from trainrun.redact import redact, redact_optional
+from trainrun.redact import redact, redact_logs, redact_optional
 from trainrun.status.observe import observe_pod, observe_uploader
 from trainrun.storage.errors import ChecksumMismatchError, StorageError, UploadError
 
@@ -80,3 +83,38 @@ def test_render_and_describe_print_no_credentials(capsys: pytest.CaptureFixture[
     printed = capsys.readouterr().out
     assert "fakeSecretKey" not in printed and "AKIAFAKE" not in printed
     assert "***@s3" in printed
+
+
+def test_log_records_are_redacted_whoever_logs_them() -> None:
+    stream = io.StringIO()
+    logger = logging.getLogger("test-redact")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        redact_logs(logger)
+        redact_logs(logger)  # twice is once
+        assert len(handler.filters) == 1
+        logger.warning("retry of PUT %s failed", "http://AKIAFAKE:fakeSecretKey@s3:8333/b/k")
+        try:
+            raise RuntimeError("Error performing GET http://u:fakeSecretKey@h/x")
+        except RuntimeError:
+            logger.exception("copy failed")
+        logger.info("nothing to hide: %d files", 3)
+    finally:
+        logger.removeHandler(handler)
+    printed = stream.getvalue()
+    assert "fakeSecretKey" not in printed and "AKIAFAKE" not in printed
+    assert "retry of PUT http://***@s3:8333/b/k failed" in printed
+    assert "RuntimeError: Error performing GET http://***@h/x" in printed
+    assert "nothing to hide: 3 files" in printed
+
+
+def test_cli_errors_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    import typer
+    from trainrun.cli.common import fail
+
+    with pytest.raises(typer.Exit):
+        fail("cannot reach http://admin:hunter2@minio:9000")
+    assert capsys.readouterr().err == "error: cannot reach http://***@minio:9000\n"
