@@ -5,7 +5,8 @@ POD_NAME of its own for leader election) and checks their output for Python trac
 
 (a) SIGKILLed at 30 random moments while 10 runs go through every phase (some succeed, some fail):
     every run ends Completed or Failed as its pods did, with exactly one PyTorchJob (one uid from
-    first sight to the end, recorded by a watch) and no phase Event posted twice;
+    first sight to the end, recorded by a watch), no phase Event posted twice and none of its final
+    phase lost;
 (b) two processes: the Lease names the leader; SIGKILL it, apply a run: it reaches Running within the
     Lease's 15 s (+ the 2 s retry) + the time a run takes to reach Running with a live leader;
 (c) kube-apiserver killed mid-run and started again 20 s later with its own command line: the operator
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -149,8 +151,9 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
     seed = int(os.environ.get("TRAINRUN_CHAOS_SEED") or time.time())
     chance = random.Random(seed)
     kube_cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "replica.log", ["step=1 loss=0.5"]))
-    # Runs of 5 to 50 s that start 2 s after they are scheduled (Preparing); 6 succeed, 4 fail. Half are
-    # applied at the start, half half way through the kills.
+    # Runs of 5 to 50 s that start 2 s after they are scheduled (Preparing); 6 succeed, 4 fail. The first
+    # three are one 24-CPU replica each: the two 32-CPU nodes of the cpu pool hold two of them, the third
+    # is Queued until one ends. Half the runs are applied at the start, half half way through the kills.
     plan: dict[str, str] = {}
     documents = []
     for index in range(10):
@@ -159,8 +162,11 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
         name = f"chaos-{index}-{outcome.value}"
         plan[name] = "Failed" if outcome is Outcome.FAIL else "Completed"
         annotations = {**pod_behaviour(outcome, after=after), "kwok.trainrun.dev/start-after": "2s"}
+        shape: dict[str, Any] = (
+            {"resources": {**SMALL, "cpu": "24"}, "distribution": {"workers": 0}} if index < 3 else {"resources": SMALL}
+        )
         documents.append(
-            training_run(name, namespace, resources=SMALL, runPolicy=NEVER_AGAIN, podMetadata={"annotations": annotations})
+            training_run(name, namespace, runPolicy=NEVER_AGAIN, podMetadata={"annotations": annotations}, **shape)
         )
     uids = JobUids(kube_cluster, namespace)
     operator = new_operator(kube_cluster, namespace, tmp_path, "chaos", operators)
@@ -202,6 +208,8 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
     context = f"(seed {seed}, kill delays {delays}; operator log {operator.log_path})"
     ended = {name: seen[-1] for name, seen in phases.items()}
     assert ended == plan, f"runs ended otherwise than their pods {context}: {phases}"
+    flapping = {name: seen for name, seen in phases.items() if len(set(seen)) != len(seen)}
+    assert not flapping, f"runs went back to a phase they had left {context}: {flapping}"
     runs = {run["metadata"]["name"]: run for run in kube_cluster.list_objects("trainingruns", namespace)}
     jobs = {job["metadata"]["name"]: job for job in kube_cluster.list_objects("pytorchjobs", namespace)}
     assert sorted(jobs) == sorted(plan), f"PyTorchJobs {sorted(jobs)} for runs {sorted(plan)} {context}"
@@ -211,6 +219,14 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
     assert not uids.deleted, f"PyTorchJobs deleted while their runs lived: {uids.deleted} {context}"
     twice = {name: found for name in plan if (found := duplicate_events(kube_cluster, name, namespace))}
     assert not twice, f"phase Events posted twice {context}: {twice}"
+    # ... and none lost: each run's Events end its story with its final phase ("Running -> Completed: ...").
+    lost = {
+        name: [event.get("message") for event in events_of(kube_cluster, name, namespace)]
+        for name, final in plan.items()
+        if not any(re.match(rf"(.* -> )?{final}\b", event.get("message") or "") for event in events_of(kube_cluster, name, namespace))
+    }
+    assert not lost, f"runs without the Event of their final phase {context}: {lost}"
+    print(f"seed {seed}; phases seen: {phases}")
     assert operator.starts == 31
 
 
