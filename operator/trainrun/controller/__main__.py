@@ -33,9 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     import kopf
 
     from trainrun.controller import handlers
+    from trainrun.redact import redact_logs
 
     handlers.options = handlers.Options(namespaces=arguments.namespace, leader_election=arguments.leader_election)
     kopf.configure(verbose=arguments.verbose)
+    redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
     kopf.run(standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)
 
 
