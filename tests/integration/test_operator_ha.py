@@ -24,11 +24,13 @@ import os
 import random
 import re
 import signal
+import socket
+import struct
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +315,16 @@ class Component:
         os.kill(self.pid, signal.SIGKILL)
         wait_until(lambda: not self.alive(), timeout=10, what=f"{self.name} to die")
 
+    @property
+    def port(self) -> int:
+        return int(next(part for part in self.command if part.startswith("--secure-port=")).split("=", 1)[1])
+
+    def restart_with(self, *flags: str) -> None:
+        """Kills it and starts it again at once with FLAGS added to its command line."""
+        self.kill()
+        self.command += [flag for flag in flags if flag not in self.command]
+        self.start()
+
     def start(self) -> None:
         with self.log_file.open("ab") as log:
             process = subprocess.Popen(
@@ -331,12 +343,50 @@ class Component:
         return Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
 
 
-# kube-controller-manager and kube-scheduler run with leader election (kwokctl's defaults): they exit when
-# they cannot renew their Lease for 10 s, as a kubelet would restart them, the test does.
+class PortHolder:
+    """Holds a stopped server's port, resetting every connection (as a closed port refuses them): on this
+    machine other test sessions create clusters at any time, and kwokctl would hand a free port to one of them."""
+
+    def __init__(self, port: int) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old connections' TIME_WAIT
+        # The killed server's threads may still be closing its sockets for a moment.
+        wait_until(lambda: self._bind(port), timeout=10, what=f"port {port} to be free", interval=0.02)
+        self.listener.listen(64)
+        self.listener.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._reset_all, daemon=True)
+        self.thread.start()
+
+    def _bind(self, port: int) -> bool:
+        try:
+            self.listener.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+    def _reset_all(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+
+    def release(self) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+# kube-controller-manager and kube-scheduler run with leader election (kwokctl's defaults): they would exit
+# when they cannot renew their Lease for 10 s. The test restarts them without it first (a kubelet would
+# restart them; nothing does here), and restarts whatever died afterwards, so later tests have a whole cluster.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
 
 
-def restart_the_dead(components: list[Component]) -> list[str]:
+def restart_the_dead(components: Iterable[Component]) -> list[str]:
     restarted = []
     for component in components:
         if not component.alive():
@@ -367,24 +417,33 @@ def test_the_api_server_gone_for_20_s_the_operator_carries_on(
     kubectl_apply(kube_cluster, training_run("steady", namespace, resources=SMALL, podMetadata={"annotations": annotations}))
     wait_for_phase(kube_cluster, operator, "steady", namespace, "Running", timeout=120)
     pid = operator.pid
-    components = [Component(kube_cluster, name) for name in CONTROL_PLANE]
-    server = next(component for component in components if component.name == "kube-apiserver")
+    components = {name: Component(kube_cluster, name) for name in CONTROL_PLANE}
+    for name in ("kube-controller-manager", "kube-scheduler"):
+        components[name].restart_with("--leader-elect=false")
+    time.sleep(5)  # past their start, which waits for a healthy API server (and exits after 10 s without one)
+    assert not restart_the_dead(components.values())
+    server = components["kube-apiserver"]
     server.kill()
+    holder = PortHolder(server.port)
+    down_at = time.monotonic()
     try:
-        down_at = time.monotonic()
         assert not api_ready(kube_cluster), "the API server still answers after its SIGKILL"
         time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))
         assert not api_ready(kube_cluster)
         assert operator.running(), f"the operator exited while the API server was down:\n{operator.log_tail(40)}"
     finally:
+        holder.release()
         server.start()
-        wait_until(lambda: api_ready(kube_cluster), timeout=120, what="kube-apiserver to be ready again", interval=1)
-        time.sleep(2)
-        print(f"API server down {time.monotonic() - down_at:.1f} s; restarted after it: {restart_the_dead(components)}")
+        try:
+            wait_until(lambda: api_ready(kube_cluster), timeout=120, what="kube-apiserver to be ready again", interval=1)
+        except ClusterError as error:
+            log = server.log_file.read_text(errors="replace").splitlines()[-30:]
+            raise AssertionError(f"{error}; the end of its log:\n" + "\n".join(log)) from None
+        print(f"API server down {time.monotonic() - down_at:.1f} s; restarted after it: {restart_the_dead(components.values())}")
     run = wait_for_phase(kube_cluster, operator, "steady", namespace, "Completed", timeout=180)
     assert run["status"]["phase"] == "Completed"
     assert operator.running() and operator.pid == pid and operator.starts == 1, (
         f"the operator did not carry on as the same process:\n{operator.log_tail(40)}"
     )
     assert not duplicate_events(kube_cluster, "steady", namespace)
-    assert not restart_the_dead(components)
+    assert not restart_the_dead(components.values())
