@@ -1,7 +1,12 @@
 """Runs a TrainingRun's replicas as processes on this machine and supervises them to the end.
 
 Phases as on a cluster: Preparing -> Running -> Uploading -> Completed, Failed or Cancelled, written
-to the run folder's status.json at each change. Every line of every replica goes to its log file as
+to the run folder's status.json at each change, with an Event in events.jsonl. Once the replicas run,
+the status comes from the operator's own status function: ``trainrun.local.observe`` writes what the
+runner sees of its processes and of the copy as the PyTorchJob, pods and uploader Job that
+``trainrun.status.compute_status`` reads, so a run reads as on a cluster (``replica worker-0 exited
+with code 1: RuntimeError: ...``). The runner records itself only what has no cluster counterpart:
+staging, a replica that cannot start, a cancel. Every line of every replica goes to its log file as
 written and to the observer (the CLI's display); metric lines are parsed with ``trainrun.metrics`` and
 appended to metrics.jsonl. A replica that fails stops the others; SIGINT/SIGTERM stop all of them
 (each replica is a process group: SIGTERM, a grace period, then SIGKILL, torchrun's own workers
@@ -27,20 +32,29 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 from trainrun.local.folder import RunFolder, now_rfc3339
+from trainrun.local.observe import (
+    ArtifactCopy,
+    CopyState,
+    Outcome,
+    ReplicaProcess,
+    observed_status,
+    replica_statuses,
+    training_outcome,
+)
 from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
 from trainrun.metrics import MetricParser, MetricSummary
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.spec import TrainingRun, validate_training_run
-from trainrun.spec.status import Artifacts, Phase, ReplicaCounts, TrainingRunStatus
-from trainrun.status import count_replicas, phase_event
+from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
+from trainrun.status import phase_event
 from trainrun.status.conditions import kstatus_conditions
-from trainrun.status.observe import ReplicaState
 from trainrun.status.phase import Verdict
 
 STOP_GRACE_SECONDS = 5.0
@@ -83,7 +97,8 @@ def prepare_run_folder(document: Mapping[str, Any], *, runs_dir: Path) -> RunFol
 def record_phase(
     folder: RunFolder, status: TrainingRunStatus, *, phase: Phase, reason: str, message: str, run_name: str
 ) -> None:
-    """Set the phase as the operator does (kstatus conditions, an Event for a change) and write status.json."""
+    """Set a phase the runner decides itself (preparing, a start that failed, a cancel) with the operator's
+    kstatus conditions, and record it."""
     previous = status.model_copy(deep=True)
     now = now_rfc3339()
     status.phase, status.reason, status.message = phase, reason, message
@@ -94,9 +109,16 @@ def record_phase(
         now=now,
         pending_changes=[],
     )
+    record_status(folder, previous, status, run_name=run_name, at=now)
+
+
+def record_status(
+    folder: RunFolder, previous: TrainingRunStatus, status: TrainingRunStatus, *, run_name: str, at: str
+) -> None:
+    """Write status.json, after an Event (in events.jsonl) when the phase changed, as the operator posts one."""
     event = phase_event(previous, status)
     if event is not None:
-        folder.append_event(kind=event.type, reason=event.reason, message=event.message, run_name=run_name, at=now)
+        folder.append_event(kind=event.type, reason=event.reason, message=event.message, run_name=run_name, at=at)
     folder.write_status(status)
 
 
@@ -113,6 +135,15 @@ class LocalRunner:
         self._cancel = threading.Event()
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._last_status_write = 0.0
+        # What the status function is told: the replica processes as seen, and the copy once it started.
+        self._processes: dict[str, ReplicaProcess] = {}
+        self._copy: ArtifactCopy | None = None
+        # The run as the status function sees it: locally the copy always happens, without
+        # spec.output.uri into the run folder's artifacts/.
+        output = self.run_spec.spec.output.model_copy(update={"uri": self.output_uri})
+        self._observed_run = self.run_spec.model_copy(
+            update={"spec": self.run_spec.spec.model_copy(update={"output": output})}
+        )
 
     def cancel(self) -> None:
         """Stop the replicas and finish as Cancelled (safe from a signal handler or another thread)."""
@@ -139,10 +170,17 @@ class LocalRunner:
                     replicas = self._start(plan)
                 except ReplicaStartError as error:
                     return self._finish(Phase.FAILED, "StartFailed", str(error))
-                outcome = self._supervise(replicas)
-            return self._finish(*outcome)
+                if self._supervise(replicas):
+                    return self._finish(Phase.CANCELLED, "Cancelled", "stopped by a signal or by trainrun cancel")
+                return self._copy_outputs()
         finally:
             self.folder.pid_path.unlink(missing_ok=True)
+
+    @property
+    def output_uri(self) -> str:
+        """Where the copy goes: spec.output.uri, else the run folder's artifacts/ (the same manifest and
+        logs as a cluster run's, in a local folder)."""
+        return self.run_spec.spec.output.uri or self.folder.default_artifacts_uri
 
     # -- steps ---------------------------------------------------------------------------------------
 
@@ -195,6 +233,7 @@ class LocalRunner:
                 raise ReplicaStartError(
                     f"{launch.name} could not start {launch.command[0]!r}: {error.strerror or error}"
                 ) from None
+            self._processes[launch.name] = ReplicaProcess(name=launch.name, started_at=datetime.now(UTC))
             assert process.stdout is not None
             reader = threading.Thread(
                 target=_copy_lines,
@@ -204,55 +243,103 @@ class LocalRunner:
             )
             reader.start()
             replicas.append(_Replica(launch=launch, process=process, reader=reader))
-        self.status.start_time = now_rfc3339()
-        self.status.replicas = _replica_counts(replicas)
-        self._set_phase(Phase.RUNNING, "Running", f"{len(replicas)} replica(s) running on this machine")
+        self._observe()
         return replicas
 
-    def _supervise(self, replicas: list[_Replica]) -> tuple[Phase, str, str]:
-        """Follow the replicas until the run is decided; (phase, reason, message)."""
-        master = replicas[0]
+    def _supervise(self, replicas: list[_Replica]) -> bool:
+        """Follow the replicas until training has succeeded or failed; whether the run was cancelled instead."""
         master_done_at: float | None = None
         try:
             while True:
                 self._drain(timeout=0.1)
                 if self._cancel.is_set():
-                    return Phase.CANCELLED, "Cancelled", "stopped by a signal or by trainrun cancel"
-                for replica in replicas:
-                    code = replica.process.poll()
-                    if code not in (None, 0) and not (master_done_at is not None and replica is not master):
-                        self._drain_until_closed([replica])
-                        return Phase.FAILED, "ReplicaFailed", failure_message(replica.launch, code)
-                if master.process.poll() == 0:
+                    return True
+                self._see_exits(replicas, read_logs=True)
+                outcome = training_outcome(list(self._processes.values()))
+                if outcome is Outcome.FAILED:
+                    return False
+                if outcome is Outcome.SUCCEEDED:
+                    # The run has succeeded with its Master; Workers still running this long afterwards are stopped.
                     master_done_at = master_done_at or time.monotonic()
-                    others_running = any(item.process.poll() is None for item in replicas[1:])
+                    others_running = any(item.process.poll() is None for item in replicas)
                     if not others_running or time.monotonic() - master_done_at > WORKER_LINGER_SECONDS:
-                        return Phase.COMPLETED, "Succeeded", "the Master finished"
-                self._write_status_if_due()
+                        return False
+                self._observe()
         finally:
             stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
             self._drain_until_closed(replicas)
-            self.status.replicas = _replica_counts(replicas)
+            self._see_exits(replicas, read_logs=False)
+
+    def _see_exits(self, replicas: Sequence[_Replica], *, read_logs: bool) -> None:
+        """Note the replicas that exited since the last look; a failed one's last words from its log."""
+        now = datetime.now(UTC)
+        exited = []
+        for replica in replicas:
+            seen = self._processes[replica.launch.name]
+            code = replica.process.poll()
+            if seen.exit_code is None and code is not None:
+                self._processes[seen.name] = replace(seen, exit_code=code, finished_at=now)
+                exited.append(replica)
+        failed = [replica for replica in exited if replica.process.returncode != 0]
+        if read_logs and failed:
+            self._drain_until_closed(failed)  # its whole output is in its log file
+            for replica in failed:
+                name = replica.launch.name
+                self._processes[name] = replace(
+                    self._processes[name], last_words=last_error_line(replica.launch.log_path)
+                )
+
+    def _copy_outputs(self) -> TrainingRunStatus:
+        """Copy $OUTPUT_DIR when the status function says so (training succeeded, or failed with copyOnFailure)."""
+        if self._observed_status().phase is Phase.UPLOADING:
+            self._copy = ArtifactCopy(CopyState.COPYING, started_at=datetime.now(UTC))
+            self._observe()
+            try:
+                self.status.artifacts = upload_artifacts(self.folder, self.output_uri)
+                self._copy = replace(self._copy, state=CopyState.SUCCEEDED, finished_at=datetime.now(UTC))
+            except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
+                self._copy = replace(
+                    self._copy, state=CopyState.FAILED, finished_at=datetime.now(UTC), error=str(error)
+                )
+        self._observe(force=True)
+        return self.status
 
     def _finish(self, phase: Phase, reason: str, message: str) -> TrainingRunStatus:
-        output = self.run_spec.spec.output
-        copy_wanted = phase is Phase.COMPLETED or (phase is Phase.FAILED and output.copy_on_failure)
-        # Without an output URI the copy still happens, into the run folder: the same manifest and
-        # logs as a cluster run's, in a local folder.
-        target = output.uri or self.folder.default_artifacts_uri
-        if copy_wanted:
-            self._set_phase(Phase.UPLOADING, "Uploading", f"copying artifacts to {target}")
-            try:
-                self.status.artifacts = upload_artifacts(self.folder, target)
-            except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
-                phase, reason, message = (
-                    Phase.FAILED,
-                    "UploadFailed",
-                    f"copying artifacts to {target} failed: {error}",
-                )
+        """End the run in a phase the runner decided itself (staging or start failed, cancelled)."""
+        if self._processes:
+            self.status.replicas = replica_statuses(list(self._processes.values()))
         self.status.completion_time = now_rfc3339()
         self._set_phase(phase, reason, message)
         return self.status
+
+    # -- status ----------------------------------------------------------------------------------------
+
+    def _observed_status(self) -> TrainingRunStatus:
+        """The status ``compute_status`` gives for the replicas and the copy as seen now."""
+        return observed_status(
+            run=self._observed_run,
+            replicas=list(self._processes.values()),
+            copy=self._copy,
+            previous=self.status,
+            now=now_rfc3339(),
+        )
+
+    def _observe(self, *, force: bool = False) -> None:
+        """Take the observed status; write it when it changed what a reader sees, or now and then for the metrics."""
+        previous, status = self.status, self._observed_status()
+        changed = (status.phase, status.reason, status.message, status.replicas) != (
+            previous.phase,
+            previous.reason,
+            previous.message,
+            previous.replicas,
+        )
+        self.status = status
+        # Metrics change many times a second; `trainrun get` on a detached run needs them now and then.
+        if force or changed or time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
+            record_status(self.folder, previous, status, run_name=self.run_spec.metadata.name, at=now_rfc3339())
+            self._last_status_write = time.monotonic()
+        if status.phase != previous.phase:
+            self.observer.phase(status.model_copy(deep=True))
 
     # -- output ----------------------------------------------------------------------------------------
 
@@ -297,15 +384,6 @@ class LocalRunner:
         self._last_status_write = time.monotonic()
         self.observer.phase(self.status.model_copy(deep=True))
 
-    def _write_status(self) -> None:
-        self.folder.write_status(self.status)
-        self._last_status_write = time.monotonic()
-
-    def _write_status_if_due(self) -> None:
-        # Metrics change many times a second; `trainrun get` on a detached run needs them now and then.
-        if time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
-            self._write_status()
-
     @contextmanager
     def _signals_cancel(self) -> Iterator[None]:
         """SIGINT, SIGTERM and SIGHUP (terminal closed) cancel the run while it is supervised (main thread only)."""
@@ -334,18 +412,6 @@ def _copy_lines(replica: str, stream: IO[bytes], log_path: Path, lines: queue.Qu
     lines.put((replica, None))
 
 
-def _replica_counts(replicas: Sequence[_Replica]) -> dict[str, ReplicaCounts]:
-    """Counted as the operator counts pods: a process still running is active, exit 0 succeeded, else failed."""
-    states = {None: ReplicaState.RUNNING, 0: ReplicaState.SUCCEEDED}
-    return count_replicas(
-        (
-            "Master" if replica.launch.index == 0 else "Worker",
-            states.get(replica.process.poll(), ReplicaState.FAILED),
-        )
-        for replica in replicas
-    )
-
-
 def last_error_line(log_path: Path) -> str | None:
     """The last ``SomethingError: ...`` line of a log, else its last non-empty line.
 
@@ -365,13 +431,6 @@ def last_error_line(log_path: Path) -> str | None:
         if EXCEPTION_LINE.match(line):
             return line
     return lines[-1] if lines else None
-
-
-def failure_message(launch: ReplicaLaunch, code: int) -> str:
-    """``worker-0 exited with code 1: RuntimeError: boom`` (the cause a person looks for first)."""
-    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    cause = last_error_line(launch.log_path)
-    return f"{launch.name} {how}: {cause}" if cause else f"{launch.name} {how}"
 
 
 def stop_replicas(processes: Sequence[subprocess.Popen[bytes]], *, grace_seconds: float) -> None:
@@ -454,4 +513,3 @@ def upload_artifacts(folder: RunFolder, uri: str) -> Artifacts:
         file_count=result.manifest.file_count,
         bytes=result.manifest.total_bytes,
     )
-

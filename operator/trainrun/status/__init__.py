@@ -2,9 +2,10 @@
 
 The pure decision core between the operator's reads and its status writes: the operator's reconcile
 (``trainrun.controller.operator``, through ``trainrun.plan``) calls ``compute_status`` with what it saw and ``phase_event`` to
-announce a phase change. The local runner (``trainrun.local.runner``) does not call ``compute_status``
-yet: it decides its phases from its processes and takes the conditions (``kstatus_conditions``), the
-replica counts (``count_replicas``) and ``phase_event`` from here. Nothing here does I/O or imports a
+announce a phase change. The local runner (``trainrun.local.runner``) calls it too, with its replica
+processes and its copy written as the same objects (``trainrun.local.observe``), so a local run reads
+in the same words; it takes ``kstatus_conditions`` and ``phase_event`` from here for the phases it
+records itself (staging, a replica that cannot start, a cancel). Nothing here does I/O or imports a
 Kubernetes client.
 
   shapes       defensive readers of raw API dicts

@@ -1,10 +1,10 @@
 """``compute_status``: everything observed about a run -> its whole ``TrainingRunStatus``.
 
 The one entry point of the package for the operator: its reconcile calls it after it has read the
-PyTorchJob, the pods, the Events and the uploader Job (the local runner does not call it yet: it
-records its phases itself with ``kstatus_conditions`` and counts its processes with
-``count_replicas``). It reads the raw dicts into views (``observe``), decides the phase (``phase``),
-builds the kstatus conditions (``conditions``) and fills in names, counts and times. Finished phases
+PyTorchJob, the pods, the Events and the uploader Job (the local runner calls it with its processes
+and its copy written as those objects by ``trainrun.local.observe``). It reads the raw dicts into
+views (``observe``), decides the phase (``phase``), builds the kstatus conditions (``conditions``) and
+fills in names, counts and times. Finished phases
 (Completed, Failed, Cancelled) are sticky: once reported, the phase, reason and message stay; the
 replica counts, the artifacts and the generation still follow what is observed.
 Never raises on odd input: a shape it cannot read counts as absent. Pure: no I/O, ``now`` is given.
@@ -152,7 +152,7 @@ def replica_counts(job: JobView | None, pods: Sequence[PodView]) -> dict[str, Re
 def count_replicas(replicas: Iterable[tuple[str, ReplicaState]]) -> dict[str, ReplicaCounts]:
     """(replica type, state) of each replica -> active/succeeded/failed per type.
 
-    Also how the local runner counts its replica processes.
+    Also how the local runner counts its replica processes (its PyTorchJob's replicaStatuses).
     """
     counts: dict[str, ReplicaCounts] = {}
     for replica_type, state in replicas:
