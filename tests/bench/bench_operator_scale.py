@@ -148,6 +148,9 @@ def apply_in_one_go(cluster: KubeCluster, objects: list[dict[str, Any]]) -> None
 def clean(cluster: KubeCluster) -> None:
     cluster.kubectl("delete", "trainingruns,pytorchjobs", "--all", "-n", NAMESPACE, "--wait=true", timeout=900)
     wait_until(lambda: not cluster.list_objects("pods", NAMESPACE), timeout=900, what="pods to go", interval=2)
+    # The jobs' Services and EndpointSlices too, or their garbage collection is counted in the next window.
+    for kind in ("services", "endpointslices"):
+        wait_until(lambda kind=kind: not cluster.list_objects(kind, NAMESPACE), timeout=300, what=f"{kind} to go", interval=2)
 
 
 # --- watching: pods, PyTorchJobs, TrainingRuns ---------------------------------------------------
