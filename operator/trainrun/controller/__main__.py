@@ -10,6 +10,7 @@ POD_NAME (this replica's identity), TRAINRUN_METRICS_PORT (/metrics, /healthz, /
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
 
     handlers.options = handlers.Options(namespaces=arguments.namespace, leader_election=arguments.leader_election)
     kopf.configure(verbose=arguments.verbose)
+    if not arguments.verbose:  # one "Handler 'on_run_event' succeeded" line per TrainingRun event is noise
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
     kopf.run(standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)
 

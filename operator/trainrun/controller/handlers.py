@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,8 +61,17 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     if info is not None:
         secure = info.server.startswith("https")
         authorization = info.as_http_headers().get("Authorization")
+        requests_ssl = info.as_ssl_context() if secure else False
+        if isinstance(requests_ssl, ssl.SSLContext):
+            requests_ssl.set_alpn_protocols(["http/1.1"])  # aiohttp speaks HTTP/1.1 only
         _running.credentials = Credentials(
-            server=info.server, ssl=info.as_ssl_context() if secure else False, authorization=authorization
+            server=info.server,
+            ssl=requests_ssl,
+            # A context of its own: httpx sets ALPN h2 on the one it is given, and a shared context made
+            # every later aiohttp connection get HTTP/2 answers it cannot read (found by the HA test that
+            # restarts kube-apiserver).
+            stream_ssl=info.as_ssl_context() if secure else False,
+            authorization=authorization,
         )
         _running.logged_in.set()
     return info

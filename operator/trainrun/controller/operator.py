@@ -218,22 +218,22 @@ class Controller:
                     self.queue.add((str(obj["metadata"].get("namespace")), str(labels[RUN_LABEL])))
 
     def _on_pod(self, old: Object | None, new: Object | None) -> None:
-        for obj, present in ((old, False), (new, True)):
-            if obj is None:
-                continue
-            metadata = obj["metadata"]
-            run_key = (str(metadata.get("namespace")), str((metadata.get("labels") or {}).get(RUN_LABEL)))
-            pod_key = (run_key[0], str(metadata["name"]))
-            pods = self.pods_by_run.setdefault(run_key, {})
-            if present:
-                pods[pod_key[1]] = obj
-                self.run_of_pod[pod_key] = run_key
-            else:
-                pods.pop(pod_key[1], None)
-                self.run_of_pod.pop(pod_key, None)
-                if not pods:
-                    self.pods_by_run.pop(run_key, None)
-            self.queue.add(run_key)
+        current = new if new is not None else old
+        if current is None:
+            return
+        metadata = current["metadata"]
+        run_key = (str(metadata.get("namespace")), str((metadata.get("labels") or {}).get(RUN_LABEL)))
+        pod_key = (run_key[0], str(metadata["name"]))
+        if new is not None:
+            self.pods_by_run.setdefault(run_key, {})[pod_key[1]] = new
+            self.run_of_pod[pod_key] = run_key
+        else:
+            pods = self.pods_by_run.get(run_key, {})
+            pods.pop(pod_key[1], None)
+            self.run_of_pod.pop(pod_key, None)
+            if not pods:
+                self.pods_by_run.pop(run_key, None)
+        self.queue.add(run_key)
 
     def _on_event(self, old: Object | None, new: Object | None) -> None:
         if old is not None:

@@ -91,7 +91,7 @@ class WorkQueue:
             except Exception as error:  # noqa: BLE001 - one run's failure must never stop the workers
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
                 after = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures - 1))
-                logger.warning("reconciling %s failed (%s); again in %.0f s", key, error, after)
+                logger.warning("reconciling %s failed (%s: %s); again in %.0f s", key, type(error).__name__, error, after)
             finally:
                 self._running.discard(key)
             if key in self._again:

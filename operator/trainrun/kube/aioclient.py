@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -114,7 +114,8 @@ class Credentials:
     """Where the API server is and how to talk to it: what kopf's login found (``kopf.ConnectionInfo``)."""
 
     server: str
-    ssl: ssl.SSLContext | bool  # False for plain http
+    ssl: SSLContext | bool  # requests and watches (aiohttp, HTTP/1.1); False for plain http
+    stream_ssl: SSLContext | bool  # log streams (httpx, HTTP/2): never the same object as ssl
     authorization: str | None = None  # the Authorization header's value
 
 
@@ -182,7 +183,7 @@ class AsyncKube:
         client = httpx.AsyncClient(
             base_url=credentials.server.rstrip("/"),
             http2=True,
-            verify=credentials.ssl if isinstance(credentials.ssl, ssl.SSLContext) else False,
+            verify=credentials.stream_ssl if isinstance(credentials.stream_ssl, SSLContext) else False,
             headers=headers,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
             timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None),
