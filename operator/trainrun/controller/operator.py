@@ -55,6 +55,9 @@ REFUSAL_RETRY_SECONDS = 300.0
 MANIFEST_RETRY_SECONDS = 5.0  # the uploader succeeded but the manifest is not readable: look again after this
 MANIFEST_RETRY_MAX_SECONDS = 300.0  # a child the API server refused is tried again after this long
 EVENTS_PER_OBJECT = 8
+# Changes of a run's children within this window give one reconcile (a job's pods are created,
+# scheduled and started within moments of each other): fewer status writes, each a settled view.
+CHILD_COALESCE_SECONDS = 1.0
 
 
 def utc_now() -> str:
@@ -215,7 +218,7 @@ class Controller:
             if obj is not None:
                 labels = obj["metadata"].get("labels") or {}
                 if RUN_LABEL in labels:
-                    self.queue.add((str(obj["metadata"].get("namespace")), str(labels[RUN_LABEL])))
+                    self.queue.add((str(obj["metadata"].get("namespace")), str(labels[RUN_LABEL])), CHILD_COALESCE_SECONDS)
 
     def _on_pod(self, old: Object | None, new: Object | None) -> None:
         current = new if new is not None else old
@@ -233,7 +236,7 @@ class Controller:
             self.run_of_pod.pop(pod_key, None)
             if not pods:
                 self.pods_by_run.pop(run_key, None)
-        self.queue.add(run_key)
+        self.queue.add(run_key, CHILD_COALESCE_SECONDS)
 
     def _on_event(self, old: Object | None, new: Object | None) -> None:
         if old is not None:
@@ -249,7 +252,7 @@ class Controller:
             self.events_by_object[key] = [*events, new][-EVENTS_PER_OBJECT:]
             run = self._run_of_object(key)
             if run is not None:
-                self.queue.add(run)
+                self.queue.add(run, CHILD_COALESCE_SECONDS)
 
     @staticmethod
     def _involved(event: Mapping[str, Any]) -> Key:
