@@ -28,10 +28,10 @@ from trainrun.local import (
     prepare_run_folder,
     run_folders,
 )
-from trainrun.local.folder import replica_sort_key
 from trainrun.metrics.observer import RunObserver
 from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.status.observe import replica_sort_key
 
 Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
-from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, training_container
+from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, still_running
 from trainrun.metrics import MetricParser, MetricSummary
 from trainrun.render.children import CONTAINER_NAME
 from trainrun.spec.model import TrainingRun
@@ -130,15 +130,7 @@ class RunLogs:
 
     def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
         """Whether the container a stream read is still the pod's running training container (per the watch)."""
-        pod = self._pods.get(pod_name)
-        if pod is None or pod["metadata"].get("uid") != uid:
-            return False
-        container = training_container(pod)
-        return (
-            container is not None
-            and int(container.get("restartCount") or 0) == restarts
-            and "running" in (container.get("state") or {})
-        )
+        return still_running(self._pods.get(pod_name), uid, restarts)
 
     def _take(self, replica: str, text: str) -> None:
         """Append the line to its replica's archive and parse it for metrics."""

@@ -16,7 +16,6 @@ import hashlib
 import logging
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -45,6 +44,7 @@ from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.status import PhaseEvent
+from trainrun.status.shapes import utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,6 @@ EVENTS_PER_OBJECT = 8
 # Changes of a run's children within this window give one reconcile (a job's pods are created,
 # scheduled and started within moments of each other): fewer status writes, each a settled view.
 CHILD_COALESCE_SECONDS = 1.0
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass

@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.api import KubeApi, KubeError, StreamCloser
-from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, training_container
+from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, still_running
 from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
 from trainrun.status import replica_name
+from trainrun.status.observe import replica_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -169,18 +170,11 @@ class ReplicaLogStreams:
             pod = self.api.get("v1", "Pod", pod_name, self.namespace)
         except KubeError:
             return True  # the API server is away: try again later
-        if pod is None or pod["metadata"].get("uid") != uid:
-            return False
-        container = training_container(pod)
-        return (
-            container is not None
-            and int(container.get("restartCount") or 0) == restarts
-            and "running" in (container.get("state") or {})
-        )
+        return still_running(pod, uid, restarts)
 
 
 def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:
     """The job's replica pods by replica name (master-0, worker-0, ...), Master first."""
     listed = api.list("v1", "Pod", namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
     pods = {replica_name(pod): pod for pod in listed}
-    return dict(sorted(pods.items(), key=lambda item: (not item[0].startswith("master"), item[0])))
+    return dict(sorted(pods.items(), key=lambda item: replica_sort_key(item[0])))

@@ -90,3 +90,16 @@ def started_container_restarts(pod: Mapping[str, Any]) -> int | None:
     if container is None or ("running" not in state and "terminated" not in state):
         return None
     return int(container.get("restartCount") or 0)
+
+
+def still_running(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> bool:
+    """Whether the container start a stream read (pod uid, restart count) is still the pod's running
+    training container: if not, its log has ended and is not opened again."""
+    if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+        return False
+    container = training_container(pod)
+    return (
+        container is not None
+        and int(container.get("restartCount") or 0) == restarts
+        and "running" in (container.get("state") or {})
+    )

@@ -30,6 +30,8 @@ import yaml
 
 from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import TrainingRunStatus
+from trainrun.status.observe import replica_sort_key
+from trainrun.status.shapes import utc_now
 
 MANIFEST_FILE = "trainingrun.yaml"
 STATUS_FILE = "status.json"
@@ -41,11 +43,6 @@ OUTPUTS_DIR = "outputs"
 ARTIFACTS_DIR = "artifacts"
 SCRATCH_DIR = "scratch"
 DEFAULT_RUNS_DIR = Path("runs")
-
-
-def now_rfc3339() -> str:
-    """The current time as Kubernetes writes timestamps (UTC, seconds, ``Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ class RunFolder:
     def write_manifest(self, document: dict[str, Any]) -> None:
         """Keep the TrainingRun as run, stamped with its creation time and this folder."""
         metadata = document.setdefault("metadata", {})
-        metadata.setdefault("creationTimestamp", now_rfc3339())
+        metadata.setdefault("creationTimestamp", utc_now())
         metadata.setdefault("annotations", {})[RUN_DIR_ANNOTATION] = str(self.path)
         self.manifest_path.write_text(yaml.safe_dump(document, sort_keys=False))
 
@@ -171,12 +168,6 @@ class RunFolder:
         """Replica names that have a log, Master first (master-0, worker-0, worker-1, ...)."""
         names = [path.stem for path in self.logs_dir.glob("*.log")]
         return sorted(names, key=replica_sort_key)
-
-
-def replica_sort_key(replica: str) -> tuple[int, int]:
-    """master-0 before worker-0 before worker-1 ... worker-10."""
-    kind, _, index = replica.partition("-")
-    return (0 if kind == "master" else 1, int(index) if index.isdigit() else 0)
 
 
 def run_folders(runs_dir: Path) -> Iterator[RunFolder]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from trainrun.local.folder import RunFolder, now_rfc3339
+from trainrun.local.folder import RunFolder
 from trainrun.local.observe import (
     ArtifactCopy,
     CopyState,
@@ -56,6 +56,7 @@ from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
 from trainrun.status import phase_event
 from trainrun.status.conditions import kstatus_conditions
 from trainrun.status.phase import Verdict
+from trainrun.status.shapes import utc_now
 
 STOP_GRACE_SECONDS = 5.0
 # Once the Master has succeeded the run has (Succeeded = Master succeeded, as in the training-operator);
@@ -100,7 +101,7 @@ def record_phase(
     """Set a phase the runner decides itself (preparing, a start that failed, a cancel) with the operator's
     kstatus conditions, and record it."""
     previous = status.model_copy(deep=True)
-    now = now_rfc3339()
+    now = utc_now()
     status.phase, status.reason, status.message = phase, reason, message
     status.conditions = kstatus_conditions(
         verdict=Verdict(phase=phase, reason=reason, message=message),
@@ -308,7 +309,7 @@ class LocalRunner:
         """End the run in a phase the runner decided itself (staging or start failed, cancelled)."""
         if self._processes:
             self.status.replicas = replica_statuses(list(self._processes.values()))
-        self.status.completion_time = now_rfc3339()
+        self.status.completion_time = utc_now()
         self._set_phase(phase, reason, message)
         return self.status
 
@@ -321,7 +322,7 @@ class LocalRunner:
             replicas=list(self._processes.values()),
             copy=self._copy,
             previous=self.status,
-            now=now_rfc3339(),
+            now=utc_now(),
         )
 
     def _observe(self, *, force: bool = False) -> None:
@@ -336,7 +337,7 @@ class LocalRunner:
         self.status = status
         # Metrics change many times a second; `trainrun get` on a detached run needs them now and then.
         if force or changed or time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
-            record_status(self.folder, previous, status, run_name=self.run_spec.metadata.name, at=now_rfc3339())
+            record_status(self.folder, previous, status, run_name=self.run_spec.metadata.name, at=utc_now())
             self._last_status_write = time.monotonic()
         if status.phase != previous.phase:
             self.observer.phase(status.model_copy(deep=True))
@@ -369,7 +370,7 @@ class LocalRunner:
         samples = self.parser.parse(text)
         if not samples:
             return
-        record = metric_record(replica, samples, at=now_rfc3339())
+        record = metric_record(replica, samples, at=utc_now())
         with self.folder.metrics_path.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
         if self.summary.add(samples):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from trainrun.spec.model import TrainingRun
-from trainrun.status.observe import EventView, JobView, PodView, Termination, UploaderView
+from trainrun.status.observe import EventView, JobView, PodView, Termination, UploaderView, replica_sort_key
 from trainrun.status.shapes import as_text
 
 # Waiting reasons that no amount of waiting fixes: the spec (image, secret, config map) must change.
@@ -49,8 +49,7 @@ class Cause:
 
 def replica_order(pod: PodView) -> tuple[int, int, str]:
     """Master first, then workers by index: the order people read replicas in."""
-    _, _, index = pod.replica.rpartition("-")
-    return (0 if pod.replica_type == "Master" else 1, int(index) if index.isdigit() else 0, pod.name)
+    return (*replica_sort_key(pod.replica), pod.name)
 
 
 def short_detail(text: str | None) -> str | None:

@@ -305,6 +305,12 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
     )
 
 
+def replica_sort_key(replica: str) -> tuple[int, int]:
+    """The order people read replicas in: master-0, worker-0, worker-1, ... worker-10 (by number, not text)."""
+    kind, _, index = replica.rpartition("-")
+    return (0 if kind == "master" else 1, int(index) if index.isdigit() else 0)
+
+
 def replica_name(pod: Mapping[str, Any]) -> str:
     """``master-0``, ``worker-2``: the replica a pod plays (its labels, else its name)."""
     metadata = as_mapping(pod.get("metadata"))

@@ -91,6 +91,14 @@ def is_true(value: object) -> bool:
     return value is True or (isinstance(value, str) and value.lower() == "true")
 
 
+def utc_now() -> str:
+    """The current time as Kubernetes writes timestamps (UTC, seconds, ``Z``): what callers pass as ``now``.
+
+    The one clock read of the package, for its callers (the operator's controller, the local runner);
+    nothing in the pure core calls it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def timestamp(value: object) -> datetime | None:
     """An RFC 3339 time (``2026-01-02T03:04:05Z``, with or without fractions), or None."""
     text = as_text(value)
