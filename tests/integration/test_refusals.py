@@ -1,15 +1,19 @@
 """What the API server accepts in a TrainingRun but refuses in the PyTorchJob the operator renders from it
 (issue 15, item 11): the refusal ends as the run's status naming the server's words and the field, once,
-not as a silent retry loop with no status; fixing the spec lets the run start.
+not as a silent retry loop with no status; fixing the spec lets the run start. And a couple of hundred
+mutated specs through the API server and the operator: each stored one ends with a status.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from cluster.harness import KubeCluster, wait_until
+from cluster.harness import ClusterError, KubeCluster, wait_until
+from hypothesis import given, settings
 from runs import OperatorProcess, condition, events_of, get_run, kubectl_apply, operator, training_run, wait_for_phase
+from spec_mutations import FULL_DOCUMENT, Path, mutated, mutations, paths, plausible_mutations
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator"]  # a fixture, used by name
@@ -38,4 +42,52 @@ def test_a_child_the_api_server_refuses_becomes_the_status(
     fixed = training_run("refused", namespace, envFrom=[{"configMapRef": {"name": "settings", "optional": True}}])
     kubectl_apply(kube_cluster, fixed)
     wait_for_phase(kube_cluster, operator, "refused", namespace, "Running", timeout=90)
+    operator.assert_no_traceback()
+
+
+SPEC_PATHS = [path for path in paths(FULL_DOCUMENT) if path[:1] == ("spec",) and len(path) > 1]
+
+
+def test_every_mutated_spec_the_api_server_stores_ends_running_or_refused_naming_the_field(
+    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str
+) -> None:
+    """Issue 15 item 11: a few hundred mutated specs (the same mutations as the validate fuzz); those the
+    API server stores go to the operator, and every one gets a status: a phase of a run that goes on,
+    or a refusal that names the field (or the server's words about the child). None stays silent."""
+    namespace = kube_namespace
+    documents: list[dict[str, Any]] = []
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(changes=mutations(SPEC_PATHS) | plausible_mutations(SPEC_PATHS))
+    def collect(changes: list[tuple[Path, Any, str | None]]) -> None:
+        document, _ = mutated(changes)
+        document["metadata"] = {"name": f"fuzz-{len(documents)}", "namespace": namespace}
+        try:
+            json.dumps(document, allow_nan=False)
+        except ValueError:
+            return  # NaN and infinity have no JSON form: no client can send them
+        documents.append(document)
+
+    collect()
+    listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
+    applied = kube_cluster.kubectl("apply", "--validate=false", "-o", "name", "-f", "-", stdin=listing, check=False)
+    stored = {line.rsplit("/", 1)[-1] for line in applied.stdout.split()}
+    assert len(documents) > 150 and len(stored) > 20, (len(documents), len(stored))
+
+    def statuses() -> dict[str, dict[str, Any]] | None:
+        runs = kube_cluster.list_objects("trainingruns", namespace)
+        found = {run["metadata"]["name"]: run.get("status") or {} for run in runs if run["metadata"]["name"] in stored}
+        return found if len(found) == len(stored) and all(status.get("phase") for status in found.values()) else None
+
+    try:
+        found = wait_until(statuses, timeout=180, interval=2, what="a status on every stored run")
+    except ClusterError:
+        runs = kube_cluster.list_objects("trainingruns", namespace)
+        silent = [run["metadata"]["name"] for run in runs if not (run.get("status") or {}).get("phase")]
+        raise AssertionError(f"runs without a status: {silent}\n{operator.log_tail()}") from None
+    for name, status in found.items():
+        stalled = {item["type"]: item["status"] for item in status.get("conditions", [])}.get("Stalled") == "True"
+        if stalled:
+            message = status.get("message") or ""
+            assert "spec." in message or "refused" in message or "ConfigMap" in message, (name, message)
     operator.assert_no_traceback()
