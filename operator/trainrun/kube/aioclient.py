@@ -28,10 +28,10 @@ DEFAULT_FIELD_MANAGER = "trainrun"
 MAX_LINE_BYTES = 64 * 1024
 TRUNCATED_MARKER = " [trainrun: line cut at 64 KiB]"
 WATCH_LINE_LIMIT = 4 * 1024 * 1024
-# Log streams per HTTP/2 connection: below the limit of concurrent streams a server may set (HTTP/2 asks
-# servers to allow at least 100, and the h2 library assumes 100 until the server says more), so a
-# stream never waits for another one to end.
-STREAMS_PER_CONNECTION = 90
+# Log streams per HTTP/2 connection: well below the limit of concurrent streams a server may set (HTTP/2
+# asks servers to allow at least 100, and the h2 library assumes 100 until the server says more), with
+# room for streams that ended but are not closed yet, so a new stream never waits or is refused.
+STREAMS_PER_CONNECTION = 64
 
 
 @dataclass(frozen=True)
