@@ -6,10 +6,9 @@ a container restarted in place or a pod recreated under the same name shows up t
 when the run ends. Each container start is read by one task through ``AsyncKube.log_lines``; a stream
 that breaks off while its container runs is opened again and goes on after the last line delivered
 (``trainrun.kube.streams.StreamPosition``). Every line goes through the same ``MetricParser`` as the
-local runner; the latest values (the Master's, rank 0, once it printed any) go to the controller, which
-writes them with the rest of the status (coalesced: at most one status write per run every few
-seconds). Lines are kept per replica in a file for the archive copied to ``<output>/logs/`` when the
-run ends.
+local runner; the latest values are offered to the controller, which writes them with the rest of the
+status (coalesced: at most one status write per run every few seconds). Lines are kept per replica in a
+file for the archive copied to ``<output>/logs/`` when the run ends.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ logger = logging.getLogger(__name__)
 LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
 RESUME_MAX_DELAY_SECONDS = 30.0
 FINISH_GRACE_SECONDS = 5.0
-MASTER_REPLICA = "master-0"
 
 
 class RunLogs:
@@ -47,9 +45,7 @@ class RunLogs:
         self.run = run
         self.on_metrics = on_metrics
         self.parser = MetricParser.from_definitions(run.spec.metrics)
-        # The Master (rank 0) speaks for the run; other replicas' values count only while it has said none.
-        self.master = MetricSummary()
-        self.others = MetricSummary()
+        self.summary = MetricSummary()
         self.folder = LOG_ROOT / run.metadata.namespace / run.metadata.name
         # A follower (re)starts every stream from the first line: what an earlier one wrote would repeat.
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -58,10 +54,6 @@ class RunLogs:
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
         self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._closing = False
-
-    @property
-    def summary(self) -> MetricSummary:
-        return self.master if self.master.latest else self.others
 
     @property
     def metrics(self) -> dict[str, float] | None:
@@ -147,8 +139,7 @@ class RunLogs:
             archive = self._files[replica] = (self.folder / f"{replica}.log").open("a", encoding="utf-8")
         archive.write(text + "\n")
         samples = self.parser.parse(text)
-        summary = self.master if replica == MASTER_REPLICA else self.others
-        if samples and summary.add(samples) and summary is self.summary:
+        if samples and self.summary.add(samples):
             self.on_metrics()
 
     def discard(self) -> None:
