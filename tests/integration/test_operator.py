@@ -41,7 +41,7 @@ def test_a_run_walks_queued_preparing_running_completed_on_the_a100_pool(
     seen: list[str] = []
     wait_for_phase(kube_cluster, operator, "resnet", namespace, "Running", seen=seen)
     table = kube_cluster.kubectl("get", "tr", "resnet", "-n", namespace).stdout
-    assert table.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    assert table.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE"]
     assert table.split("\n")[1].split()[:5] == ["resnet", "Running", "a100", "1", "8"]
 
     pods = kube_cluster.list_objects("pods", namespace, f"{JOB_LABEL}=resnet")
@@ -280,7 +280,7 @@ def test_kubectl_explain_and_wide_output(kube_cluster: KubeCluster, kube_namespa
     assert "Node pool by name" in kube_cluster.kubectl("explain", "trainingrun.spec.resources.pool").stdout
     kubectl_apply(kube_cluster, training_run("wide", namespace, runPolicy={"suspend": True}))
     wide = kube_cluster.kubectl("get", "tr", "-n", namespace, "-o", "wide").stdout
-    assert wide.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE", "JOB", "MESSAGE"]
+    assert wide.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE", "JOB", "MESSAGE"]
 
 
 def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster) -> None:

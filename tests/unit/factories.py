@@ -237,6 +237,14 @@ class PodBuilder(dict[str, Any]):
         self["status"] = {"phase": "Failed", "reason": "Evicted", "message": message}
         return self
 
+    def disrupted(self, reason: str, message: str, when: str = NOW) -> PodBuilder:
+        """The DisruptionTarget condition the control plane sets before it deletes a pod (PodGC, preemption, drain)."""
+        _set_condition(
+            self["status"].setdefault("conditions", []),
+            {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message, "lastTransitionTime": when},
+        )
+        return self
+
 
 def _terminated(exit_code: int, reason: str, finished_at: str, message: str | None) -> dict[str, Any]:
     terminated: dict[str, Any] = {"exitCode": exit_code, "reason": reason, "finishedAt": finished_at}

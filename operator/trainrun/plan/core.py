@@ -14,6 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainrun.metrics.progress import ProgressSnapshot
+from trainrun.plan.causes import EVENTS as CAUSE_EVENTS
+from trainrun.plan.restarts import Supervised, supervise
 from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, canonical_spec, volume_claim_name
@@ -21,11 +24,13 @@ from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_
 from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, compute_status, phase_event
 from trainrun.status.observe import UploadState, observe_job, observe_uploader
+from trainrun.status.progress import progress_status
 
 Object = dict[str, Any]
-# The reasons of the Events the status reads (pod creation refused, scheduling, image pulls): the
-# operator's Event cache keeps only these.
-EVENT_REASONS = frozenset({"FailedCreatePod", "FailedCreate", "FailedScheduling", "Pulling", "Pulled"})
+# The reasons of the Events the status reads (pod creation refused, scheduling, image pulls) and the
+# ones that say why a replica went away (``trainrun.plan.causes.EVENTS``): the operator's Event cache
+# keeps only these.
+EVENT_REASONS = frozenset({"FailedCreatePod", "FailedCreate", "FailedScheduling", "Pulling", "Pulled", *CAUSE_EVENTS})
 # An active run is looked at again after this long even when no watch said anything (a safety net).
 RESYNC_SECONDS = 300.0
 NO_TRAINING_OPERATOR = (
@@ -56,6 +61,8 @@ class Observed:
     refusal: str | None = None  # the API server refused a child of this generation: its words
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
+    progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
+    gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,23 @@ def plan(
     actions: list[Action] = []
     pending: list[str] = []
     job = observed.job
+    supervised = Supervised()
     if not problems:
-        actions, pending = _converge_job(run, config, observed, previous)
+        supervised = supervise(
+            run,
+            job=job,
+            pods=observed.pods,
+            gone=observed.gone_pods,
+            events=observed.events,
+            snapshot=observed.progress,
+            restarts=previous.restarts,
+            phase=previous.phase,
+            now=now,
+        )
+        if not supervised.hold_job:
+            actions, pending = _converge_job(run, config, observed, previous)
+        if supervised.delete_job:
+            actions.append(Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, run.metadata.namespace, run.metadata.name))
     elif not observed.job_kind_served:
         job = None  # nothing of that kind can be read
     known = previous
@@ -178,13 +200,36 @@ def plan(
         pending_changes=pending,
         pool=pool_name,
         now=now,
+        supervision=supervised.supervision,
     )
     if observed.metrics is not None:
         status = status.model_copy(update={"metrics": dict(observed.metrics), "key_metric": observed.key_metric})
+    progress = progress_status(observed.progress, epochs=_epochs(run))
+    if progress is not None and status.phase is not None and not status.phase.finished:
+        status = status.model_copy(update={"progress": progress})
+    if supervised.restart is not None:
+        status = status.model_copy(update={"restarts": [*status.restarts, supervised.restart]})
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
-    follow = job is not None and status.phase is not None and not status.phase.finished
-    return _finish(previous, status, actions=actions, read_manifest=read_manifest, follow_logs=follow, run=run)
+    # Through a restart too: the new job's replicas append to the same followed logs.
+    follow = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
+    return _finish(
+        previous,
+        status,
+        actions=actions,
+        read_manifest=read_manifest,
+        follow_logs=follow,
+        run=run,
+        event=supervised.event,
+        check_again_in=supervised.check_again_in,
+    )
+
+
+def _epochs(run: TrainingRun) -> int | None:
+    """The epochs the spec asks for: the built-in trainer's (default included), or a custom program's if set."""
+    hyperparameters = run.spec.hyperparameters
+    builtin = run.spec.command is None and run.spec.script is None
+    return hyperparameters.epochs if builtin or "epochs" in hyperparameters.model_fields_set else None
 
 
 def _finish(
@@ -195,17 +240,20 @@ def _finish(
     read_manifest: bool,
     follow_logs: bool,
     run: TrainingRun | None,
+    event: PhaseEvent | None = None,
+    check_again_in: float | None = None,
 ) -> Plan:
     change = phase_event(previous, status)
     active = status.phase is None or not status.phase.finished
+    requeue = min(RESYNC_SECONDS, max(check_again_in, 1.0)) if check_again_in is not None else RESYNC_SECONDS
     return Plan(
         status=status,
         status_patch=status_patch(previous, status),
         actions=tuple(actions),
-        events=(change,) if change is not None else (),
+        events=tuple(item for item in (change, event) if item is not None),
         read_manifest=read_manifest,
         follow_logs=follow_logs,
-        requeue_after=RESYNC_SECONDS if active else None,
+        requeue_after=requeue if active else None,
         run=run,
     )
 

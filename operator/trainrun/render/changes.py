@@ -15,12 +15,18 @@ from typing import Any
 APPLIED_SPEC_ANNOTATION = "trainrun.dev/applied-spec"
 
 # Spec paths a live job takes without new pods: run-policy limits, suspend/cancel, and settings the
-# operator itself reads later (metrics regexes, the copy's options).
+# operator itself reads later (metrics regexes, the copy's options, hangs and restarts).
 LIVE_PATHS = (
     "spec.runPolicy.suspend",
     "spec.runPolicy.backoffLimit",
     "spec.runPolicy.activeDeadlineSeconds",
     "spec.runPolicy.ttlSecondsAfterFinished",
+    "spec.runPolicy.hangTimeoutSeconds",
+    "spec.runPolicy.onHang",
+    "spec.runPolicy.restartOn",
+    "spec.runPolicy.failOn",
+    "spec.runPolicy.maxRestarts",
+    "spec.runPolicy.restartBackoffSeconds",
     "spec.cancel",
     "spec.metrics",
     "spec.output.secretName",

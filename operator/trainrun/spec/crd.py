@@ -43,6 +43,8 @@ PRINTER_COLUMNS = [
     {"name": "Workers", "type": "integer", "jsonPath": ".spec.distribution.workers", "description": "Workers beside the Master."},
     {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus", "description": "GPUs per replica."},
     {"name": "Metric", "type": "string", "jsonPath": ".status.keyMetric", "description": "Latest key metric."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary", "description": "Percent done (or the step)."},
+    {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "When training should end."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1, "description": "The PyTorchJob."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What is happening."},

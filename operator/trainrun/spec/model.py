@@ -8,7 +8,7 @@ generated from them (``trainrun.spec.crd``), descriptions included, so both stay
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -27,6 +27,11 @@ SHORT_NAMES = ["tr"]
 DEFAULT_IMAGE_NOTE = "the trainer image built from images/trainer/Dockerfile"
 DEFAULT_TRAINER_MODULE = "trainrun_trainer"
 DEFAULT_OUTPUT_DIR = "/outputs"
+
+# Why a run failed, as spec.runPolicy.restartOn and failOn name it (``trainrun.plan.causes`` tells them apart).
+FailureCause = Literal["NodeLost", "Preempted", "Evicted", "CommunicationError", "OOMKilled", "CudaOOM", "UserError"]
+FAILURE_CAUSES: tuple[str, ...] = get_args(FailureCause)
+DEFAULT_RESTART_ON: tuple[FailureCause, ...] = ("NodeLost", "Preempted", "Evicted")
 
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
@@ -235,7 +240,18 @@ class Resources(ApiModel):
 
 
 class RunPolicy(ApiModel):
-    """Retries, limits and clean-up, as the PyTorchJob's runPolicy."""
+    """Retries, limits and clean-up, as the PyTorchJob's runPolicy; hangs and whole-run restarts by cause."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.restartOn) || !has(self.failOn) || self.failOn.all(c, !(c in self.restartOn))",
+                    "message": "a cause is in both spec.runPolicy.restartOn and failOn; list each cause in one of them",
+                }
+            ]
+        }
+    )
 
     backoff_limit: int = Field(default=3, ge=0, le=1000, description="Pod restarts allowed before the run fails.")
     restart_policy: Literal["OnFailure", "Never", "ExitCode", "Always"] = Field(
@@ -254,6 +270,50 @@ class RunPolicy(ApiModel):
     suspend: bool = Field(
         default=False, description="Pause the run: its pods are deleted; false again restarts them from checkpoints."
     )
+    hang_timeout_seconds: int = Field(
+        default=1800,
+        ge=10,
+        le=604800,
+        description="A run whose replicas run but whose step (or, before the first step, whose log) has not moved "
+        "for this long is hung; before the first step the limit is 3 times this (start-up, data loading).",
+    )
+    on_hang: Literal["Report", "Restart", "Fail"] = Field(
+        default="Report",
+        description="What a hang does: Report (a Stalled condition and an Event), Restart (the whole run, from "
+        "its last checkpoint; counts against maxRestarts) or Fail.",
+    )
+    restart_on: list[FailureCause] = Field(
+        default_factory=lambda: list(DEFAULT_RESTART_ON),
+        max_length=len(FAILURE_CAUSES),
+        description="Failure causes that restart the whole run from its last checkpoint (a new PyTorchJob): "
+        + ", ".join(FAILURE_CAUSES)
+        + ". Default: NodeLost, Preempted, Evicted.",
+    )
+    fail_on: list[FailureCause] = Field(
+        default_factory=list,
+        max_length=len(FAILURE_CAUSES),
+        description="Failure causes that fail the run at once, never retried (not even by backoffLimit): "
+        + ", ".join(FAILURE_CAUSES)
+        + ".",
+    )
+    max_restarts: int = Field(
+        default=3, ge=0, le=100, description="Whole-run restarts (restartOn, onHang: Restart) before the run fails."
+    )
+    restart_backoff_seconds: int = Field(
+        default=30,
+        ge=0,
+        le=3600,
+        description="Wait before the first restart's new PyTorchJob; doubled for each later restart (at most 1 hour).",
+    )
+
+    @model_validator(mode="after")
+    def _causes_apart(self) -> RunPolicy:
+        both = sorted(set(self.restart_on) & set(self.fail_on))
+        if both:
+            raise ValueError(
+                f"spec.runPolicy: {', '.join(both)} is in both restartOn and failOn; list each cause in one of them"
+            )
+        return self
 
 
 class Input(ApiModel):

@@ -64,6 +64,30 @@ class Artifacts(StatusModel):
     bytes: int = Field(description="Bytes copied.")
 
 
+class Progress(StatusModel):
+    """How far training is, read from the metric lines: the PROGRESS and ETA columns of ``kubectl get tr``."""
+
+    epoch: int | None = Field(default=None, description="The latest epoch a replica reported.")
+    epochs: int | None = Field(default=None, description="Epochs in the whole run, when known (spec or the program).")
+    step: int | None = Field(default=None, description="The latest step a replica reported.")
+    total_steps: int | None = Field(default=None, description="Steps in the whole run, as the program reports it (total_steps).")
+    percent: float | None = Field(default=None, description="Done, 0-100: step / totalSteps (else epochs done / epochs).")
+    summary: str | None = Field(default=None, description="The PROGRESS column: 42%, or step 420 when no total is known.")
+    steps_per_second: float | None = Field(default=None, description="Recent pace, from the times of the last steps.")
+    samples_per_second: float | None = Field(default=None, description="Throughput the program reports (samples_per_sec, images_per_sec).")
+    eta: str | None = Field(default=None, description="When training should end at the recent pace (RFC 3339).")
+    last_step_time: str | None = Field(default=None, description="When the latest step was reported (the log line's time).")
+    last_log_time: str | None = Field(default=None, description="When any replica last printed a line.")
+
+
+class Restart(StatusModel):
+    """One whole-run restart: the PyTorchJob was recreated and every replica resumed from the last checkpoint."""
+
+    cause: str = Field(description="NodeLost, Preempted, Evicted, CommunicationError, OOMKilled, CudaOOM, UserError or Hang.")
+    message: str = Field(description="What happened, naming the replica.")
+    time: str = Field(description="When the restart was decided (RFC 3339).")
+
+
 class TrainingRunStatus(StatusModel):
     """Everything the operator reports about a run."""
 
@@ -81,6 +105,10 @@ class TrainingRunStatus(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of every metric read from the logs.")
     key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
     artifacts: Artifacts | None = Field(default=None, description="What was copied to object storage.")
+    progress: Progress | None = Field(default=None, description="Epoch, step, percent done, pace and ETA, from the metric lines.")
+    restarts: list[Restart] = Field(
+        default_factory=list, description="Whole-run restarts, oldest first (spec.runPolicy.restartOn, onHang: Restart)."
+    )
     pending_changes: list[str] = Field(
         default_factory=list,
         description="Spec fields changed while the run was active; they apply after suspend and resume, or never "

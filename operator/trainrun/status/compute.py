@@ -28,7 +28,7 @@ from trainrun.status.observe import (
     observe_pods,
     observe_uploader,
 )
-from trainrun.status.phase import Observations, Verdict, current_replicas, decide
+from trainrun.status.phase import Observations, Supervision, Verdict, current_replicas, decide
 from trainrun.status.shapes import as_list, as_text, earliest
 
 
@@ -45,12 +45,15 @@ def compute_status(
     pool: str | None,
     now: str,
     generation: int | None = None,
+    supervision: Supervision | None = None,
 ) -> TrainingRunStatus:
     """The run's status from what was observed.
 
     ``run`` is None only for a TrainingRun that does not parse; ``problems`` then says why and
     ``generation`` gives its metadata.generation (otherwise read from ``run``). ``previous.artifacts``
-    is what the operator recorded from the uploader's manifest.
+    is what the operator recorded from the uploader's manifest; ``previous.progress`` and
+    ``previous.restarts`` are kept (the caller updates them). ``supervision`` is a restart, hang or
+    failure the caller decided (see ``Supervision``).
     """
     earlier = previous or TrainingRunStatus()
     observed_generation = run.metadata.generation if run is not None else generation
@@ -96,6 +99,8 @@ def compute_status(
             now=now,
         )
     )
+    if supervision is not None and not problem_texts:
+        verdict = supervision.applied_to(verdict, now=now)
     live_replicas = current_replicas(job_view, run, replica_pods) if job_view is not None and run is not None else {}
     master = live_replicas.get("master-0")
     if job_view is not None and run is not None:
@@ -126,6 +131,8 @@ def compute_status(
         metrics=dict(earlier.metrics),
         key_metric=earlier.key_metric,
         artifacts=earlier.artifacts,
+        progress=earlier.progress,
+        restarts=list(earlier.restarts),
         pending_changes=changes,
     )
 

@@ -135,6 +135,8 @@ class PodView:
     restarts: int
     reason: str | None  # pod-level status.reason, e.g. Evicted
     message: str | None
+    disruption: str | None = None  # the DisruptionTarget condition's reason: DeletionByPodGC, PreemptionByScheduler, ...
+    disruption_message: str | None = None
 
     @property
     def state(self) -> ReplicaState:
@@ -279,6 +281,14 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
                             init=init,
                         )
                     )
+    disruption = next(
+        (
+            item
+            for item in mappings(status.get("conditions"))
+            if item.get("type") == "DisruptionTarget" and is_true(item.get("status"))
+        ),
+        {},
+    )
     limits: dict[str, str] = {}
     for container_spec in mappings(field(raw, "spec", "containers")):
         for resource, amount in as_mapping(field(container_spec, "resources", "limits")).items():
@@ -302,6 +312,8 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
         restarts=restarts,
         reason=as_text(status.get("reason")),
         message=as_message(status.get("message")),
+        disruption=as_text(disruption.get("reason")) or ("DisruptionTarget" if disruption else None),
+        disruption_message=as_message(disruption.get("message")),
     )
 
 

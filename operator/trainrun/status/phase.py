@@ -65,6 +65,26 @@ PROGRESS = (Phase.QUEUED, Phase.PREPARING, Phase.RUNNING, Phase.UPLOADING)
 
 
 @dataclass(frozen=True)
+class Supervision:
+    """What the operator's own supervision decided about an active run (``trainrun.plan.restarts``): a
+    restart under way, a hang reported, or a failure it will not retry. It wins over what the job says,
+    except once training succeeded (a finished run is never restarted)."""
+
+    reason: str
+    message: str
+    fail: bool = False
+    stalled: bool = False
+
+    def applied_to(self, verdict: Verdict, *, now: str) -> Verdict:
+        if verdict.phase in (Phase.UPLOADING, Phase.COMPLETED, Phase.CANCELLED) or verdict.stopping:
+            return verdict
+        if self.fail:
+            return Verdict(Phase.FAILED, self.reason, self.message, stalled=True, completion_time=now)
+        phase = Phase.RUNNING if verdict.phase is Phase.FAILED else verdict.phase
+        return Verdict(phase, self.reason, self.message, stalled=self.stalled)
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything ``decide`` looks at, already read into views."""
 

@@ -96,7 +96,12 @@ def utc_now() -> str:
 
     The one clock read of the package, for its callers (the operator's controller, the local runner);
     nothing in the pure core calls it."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(datetime.now(UTC))
+
+
+def rfc3339(moment: datetime) -> str:
+    """A time as Kubernetes writes timestamps: UTC, whole seconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def timestamp(value: object) -> datetime | None:

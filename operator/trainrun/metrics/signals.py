@@ -1,0 +1,43 @@
+"""Log line -> the failure it announces, if any: a CUDA out-of-memory error, a lost NCCL/Gloo peer, an exception.
+
+The progress tracker (``trainrun.metrics.progress``) runs every line of every replica through
+:func:`log_signal` and keeps each replica's latest signal; ``trainrun.plan.causes`` reads it to tell why a
+replica failed (the pod only says "exited with code 1"). The names are the causes of
+``spec.runPolicy.restartOn`` and ``failOn``. Pure.
+"""
+
+from __future__ import annotations
+
+import re
+
+CUDA_OOM = "CudaOOM"
+COMMUNICATION_ERROR = "CommunicationError"
+USER_ERROR = "UserError"
+
+_CUDA_OOM = re.compile(
+    r"CUDA out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|CUDA error: out of memory|HIP out of memory"
+)
+# What PyTorch's process groups and the NCCL/Gloo libraries print when a peer goes away or a collective
+# times out: the other replicas' view of a lost node, a dead process or a cut network.
+_COMMUNICATION = re.compile(
+    r"NCCL error|ncclInternalError|ncclSystemError|ncclRemoteError|ncclUnhandledCudaError|DistBackendError"
+    r"|ProcessGroupNCCL.*(?:[Tt]imeout|[Ww]atchdog)|NCCL communicator was aborted|\[(?:\.\./)*third_party/gloo"
+    r"|gloo/transport|Gloo connectFullMesh failed|Connection closed by peer|Connection reset by peer"
+    r"|RendezvousConnectionError|RendezvousTimeoutError|DistNetworkError"
+)
+# The last line of a Python traceback: "ValueError: ...", "torch.distributed.DistBackendError: ...".
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::|$)")
+
+
+def log_signal(line: str) -> str | None:
+    """CudaOOM, CommunicationError or UserError for a line that announces one (most lines: None).
+
+    An exception line is a UserError unless it is about memory or a peer (checked first: PyTorch raises
+    NCCL and CUDA memory failures as exceptions too)."""
+    if _CUDA_OOM.search(line):
+        return CUDA_OOM
+    if _COMMUNICATION.search(line):
+        return COMMUNICATION_ERROR
+    if _EXCEPTION.match(line.strip()):
+        return USER_ERROR
+    return None

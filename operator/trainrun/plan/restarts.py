@@ -1,0 +1,204 @@
+"""Whole-run restarts by cause, hangs, and failures never retried: what ``plan`` does about a run in trouble.
+
+Called by ``trainrun.plan.core.plan`` on every reconcile of an active run. :func:`decide` is the
+policy (``spec.runPolicy.restartOn``, ``failOn``, ``onHang``, ``maxRestarts``); :func:`supervise` is the
+state machine around it, read entirely from what is observed and from ``status.restarts``, so a plan
+made twice, or after a crash, does the same:
+
+  a failure or hang of the current replicas ... restart: record it in status.restarts, delete the job
+                                                fail: Failed now, delete the job (its replicas stop)
+                                                report (hangs only): Running, Stalled, a Warning Event
+  the job is older than the last restart ...... delete it (again: idempotent), wait
+  no job, replicas of the old one still there . wait for them to stop (two jobs never share the output)
+  no job, the backoff not over ................ wait (restartBackoffSeconds, doubled per restart)
+  no job, nothing left ........................ the plan creates the job again under its own name: every
+                                                replica resumes from the last checkpoint in $OUTPUT_DIR
+
+A run that finished (or is uploading) is never restarted: the budget lives in the run's status, not in
+a job that a TTL may delete. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from trainrun.metrics.progress import ProgressSnapshot
+from trainrun.plan.causes import HANG, Trouble, classify
+from trainrun.spec.model import RunPolicy, TrainingRun
+from trainrun.spec.status import Phase, Restart
+from trainrun.status import PhaseEvent
+from trainrun.status.observe import PodView, ReplicaState, observe_events, observe_job, observe_pods
+from trainrun.status.phase import Supervision, current_replicas
+from trainrun.status.progress import hang_check
+from trainrun.status.shapes import rfc3339, timestamp
+
+MAX_BACKOFF_SECONDS = 3600.0
+RESTART_POLL_SECONDS = 5.0  # while old replicas stop (their deletions also wake the run up)
+STOPPING = "stopping the old PyTorchJob; every replica of the new one resumes from the last checkpoint"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do about a trouble."""
+
+    kind: Literal["restart", "fail", "report"]
+    reason: str
+    message: str
+
+
+def decide(policy: RunPolicy, trouble: Trouble | None, *, restarts_done: int) -> Decision | None:
+    """The policy's answer to a trouble; None leaves it to the training-operator (backoffLimit, restartPolicy)."""
+    if trouble is None:
+        return None
+    if trouble.cause == HANG:
+        if policy.on_hang == "Report":
+            return Decision("report", "Hung", trouble.message)
+        if policy.on_hang == "Fail":
+            return Decision("fail", "Hung", f"{trouble.message}; failed (spec.runPolicy.onHang: Fail)")
+    elif trouble.cause in policy.fail_on:
+        return Decision("fail", trouble.cause, f"{trouble.message}; not retried (spec.runPolicy.failOn)")
+    elif trouble.cause not in policy.restart_on:
+        return None
+    if restarts_done >= policy.max_restarts:
+        return Decision(
+            "fail",
+            "RestartLimitExceeded",
+            f"{trouble.message}; not restarted: all {policy.max_restarts} restarts used "
+            f"(spec.runPolicy.maxRestarts={policy.max_restarts})",
+        )
+    return Decision(
+        "restart",
+        "Restarting",
+        f"restart {restarts_done + 1} of {policy.max_restarts} ({trouble.cause}): {trouble.message}",
+    )
+
+
+def backoff_seconds(policy: RunPolicy, restarts_done: int) -> float:
+    """How long after restart N its new job is created: restartBackoffSeconds, doubled for each one before."""
+    if restarts_done <= 0:
+        return 0.0
+    return min(MAX_BACKOFF_SECONDS, float(policy.restart_backoff_seconds * 2 ** (restarts_done - 1)))
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """What :func:`supervise` asks of the plan."""
+
+    supervision: Supervision | None = None  # what the status says (compute_status applies it)
+    delete_job: bool = False
+    hold_job: bool = False  # leave the job alone: do not create or change it
+    restart: Restart | None = None  # a new entry for status.restarts
+    event: PhaseEvent | None = None
+    check_again_in: float | None = None  # seconds
+
+    @property
+    def restarting(self) -> bool:
+        return self.supervision is not None and self.supervision.reason == "Restarting"
+
+
+def supervise(
+    run: TrainingRun,
+    *,
+    job: Mapping[str, Any] | None,
+    pods: Sequence[Mapping[str, Any]],
+    gone: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any]],
+    snapshot: ProgressSnapshot | None,
+    restarts: Sequence[Restart],
+    phase: Phase | None,
+    now: str,
+) -> Supervised:
+    """The run's restart state machine at ``now`` (see the module's docstring)."""
+    if phase is not None and (phase.finished or phase is Phase.UPLOADING):
+        return Supervised()
+    policy = run.spec.run_policy
+    moment = timestamp(now)
+    last = timestamp(restarts[-1].time) if restarts else None
+    assert moment is not None
+    replica_pods, _ = observe_pods(pods, uploader_job_name=None)
+    if last is not None:
+        waiting = _restart_under_way(policy, job, replica_pods, restarts, last, moment)
+        if waiting is not None:
+            return waiting
+    view = observe_job(job)
+    if job is None or view is None or view.has("Succeeded"):
+        return Supervised()
+    gone_pods, _ = observe_pods(gone, uploader_job_name=None)
+    memory = str(run.spec.resources.memory) if run.spec.resources.memory is not None else None
+    trouble = classify(
+        replica_pods, gone=gone_pods, events=observe_events(events), snapshot=snapshot, since=last, memory=memory
+    )
+    check_again_in: float | None = None
+    if trouble is None and not view.has("Failed"):
+        replicas = current_replicas(view, run, replica_pods)
+        running = {
+            name: timestamp(pod.start_time) or moment
+            for name, pod in replicas.items()
+            if pod is not None and pod.state is ReplicaState.RUNNING
+        }
+        if running and len(running) == len(replicas):
+            check = hang_check(snapshot, running=running, timeout_seconds=policy.hang_timeout_seconds, now=moment)
+            check_again_in = check.check_again_in
+            if check.hang is not None:
+                trouble = Trouble(HANG, check.hang.message)
+    decision = decide(policy, trouble, restarts_done=len(restarts))
+    if decision is None or trouble is None:
+        return Supervised(check_again_in=check_again_in)
+    if decision.kind == "report":
+        return Supervised(
+            supervision=Supervision(decision.reason, decision.message, stalled=True),
+            event=PhaseEvent("Warning", decision.reason, decision.message),
+        )
+    if decision.kind == "fail":
+        return Supervised(supervision=Supervision(decision.reason, decision.message, fail=True), delete_job=True, hold_job=True)
+    message = f"{decision.message}; {STOPPING}"
+    return Supervised(
+        supervision=Supervision(decision.reason, message),
+        delete_job=True,
+        hold_job=True,
+        restart=Restart(cause=trouble.cause, message=trouble.message, time=now),
+        event=PhaseEvent("Warning", decision.reason, message),
+        check_again_in=RESTART_POLL_SECONDS,
+    )
+
+
+def _restart_under_way(
+    policy: RunPolicy,
+    job: Mapping[str, Any] | None,
+    pods: Sequence[PodView],
+    restarts: Sequence[Restart],
+    last: datetime,
+    now: datetime,
+) -> Supervised | None:
+    """While the job of before the last restart, or its replicas, are still there, or the backoff runs."""
+    latest = restarts[-1]
+    what = f"restart {len(restarts)} of {policy.max_restarts} ({latest.cause}): {latest.message}"
+    metadata = (job or {}).get("metadata") or {}
+    created = timestamp(metadata.get("creationTimestamp"))
+    if job is not None and (created is None or created < last):
+        return Supervised(
+            supervision=Supervision("Restarting", f"{what}; {STOPPING}"),
+            delete_job=metadata.get("deletionTimestamp") is None,
+            hold_job=True,
+            check_again_in=RESTART_POLL_SECONDS,
+        )
+    if job is not None:
+        return None  # the new job: supervised as any
+    old = sorted({pod.replica for pod in pods if (timestamp(pod.created) or last) < last})
+    if old:
+        return Supervised(
+            supervision=Supervision("Restarting", f"{what}; waiting for replica {', '.join(old)} of the old job to stop"),
+            hold_job=True,
+            check_again_in=RESTART_POLL_SECONDS,
+        )
+    create_at = last + timedelta(seconds=backoff_seconds(policy, len(restarts)))
+    if create_at > now:
+        return Supervised(
+            supervision=Supervision("Restarting", f"{what}; creating the new PyTorchJob at {rfc3339(create_at)}"),
+            hold_job=True,
+            check_again_in=(create_at - now).total_seconds(),
+        )
+    return Supervised(supervision=Supervision("Restarting", f"{what}; creating the new PyTorchJob"))
