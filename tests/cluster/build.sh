@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only),
+# Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only):
+# etcd, the Kubernetes control plane, kwok, the training-operator, and for the real node (node.sh) a
+# kubelet and CoreDNS;
 # and tests/kubecheck (kstatus and the API server's quantity parser, asked by the unit tests).
 #
 # Called by: CI (.ci/run) before pytest, tests/integration/conftest.py when a binary is missing,
@@ -53,9 +55,12 @@ build_etcd() {
   go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
-build_kubernetes() {
-  local out="$1" dir gomod minor_patch info commit major minor
-  dir="$(new_wrapper_module "kubernetes-$KUBE_VERSION")"
+# Makes a wrapper module requiring k8s.io/kubernetes at KUBE_VERSION, with the packages given,
+# and sets KUBE_LDFLAGS (the version stamps `kubectl version` and the node status show).
+kubernetes_module() {
+  local name="$1" gomod minor_patch info commit major minor dir pkg
+  shift
+  dir="$(new_wrapper_module "$name")"
   cd "$dir"
   # k8s.io/kubernetes maps its staging modules to ./staging/...: replace each with the
   # published v0.<minor>.<patch> module. The list comes from the release's own go.mod.
@@ -70,23 +75,41 @@ build_kubernetes() {
     sed -n 's#^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/.*#replace \1 => \1 v0.'"$minor_patch"'#p' "$gomod"
   } >>go.mod
   grep -c '^replace' go.mod | sed 's/^/staging replace lines: /'
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
-    "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
-    "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION"
+  go get "${@/%/@$KUBE_VERSION}"
   info="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION")"
   commit="$(printf '%s\n' "$info" | sed -n 's/^\t\t"Hash": "\(.*\)",*$/\1/p' | head -n1)"
   major="${KUBE_VERSION#v}"; major="${major%%.*}"
   minor="${minor_patch%%.*}"
-  local ldflags="-s -w" pkg
+  KUBE_LDFLAGS="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean"
-    ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    KUBE_LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    KUBE_LDFLAGS+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean"
+    KUBE_LDFLAGS+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-  go build -trimpath -ldflags "$ldflags" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver \
-    k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler
+}
+
+build_kubernetes() {
+  local out="$1" pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+    k8s.io/kubernetes/cmd/kube-scheduler)
+  kubernetes_module "kubernetes-$KUBE_VERSION" "${pkgs[@]}"
+  go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$out/" "${pkgs[@]}"
+}
+
+# The real node's kubelet (node.sh), from the same release as the control plane.
+build_kubelet() {
+  local out="$1"
+  kubernetes_module "kubelet-$KUBE_VERSION" k8s.io/kubernetes/cmd/kubelet
+  go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
+}
+
+# CoreDNS with the plugins of coredns/main.go: the real node's cluster DNS.
+build_coredns() {
+  local out="$1" dir
+  dir="$(new_wrapper_module "coredns-$COREDNS_BUILD")"
+  cd "$dir"
+  cp "$COREDNS_SOURCE" main.go
+  go get "github.com/coredns/coredns@$COREDNS_VERSION"
+  go build -trimpath -ldflags "-s -w" -o "$out/coredns" .
 }
 
 build_kwok() {
@@ -127,6 +150,8 @@ COMPONENTS=(
   "kwok|$KWOK_VERSION|build_kwok|kwok kwokctl"
   "training-operator|$TRAINING_OPERATOR_VERSION|build_training_operator|training-operator kubeflow.org_pytorchjobs.yaml"
   "kubecheck|$KUBECHECK_VERSION|build_kubecheck|kubecheck"
+  "kubelet|$KUBE_VERSION|build_kubelet|kubelet"
+  "coredns|$COREDNS_BUILD|build_coredns|coredns"
 )
 
 is_complete() {

@@ -8,6 +8,15 @@ ETCD_VERSION=v3.6.16
 KUBE_VERSION=v1.36.4
 KWOK_VERSION=v0.8.0
 TRAINING_OPERATOR_VERSION=v1.9.4
+# The real node (node.sh): a kubelet at KUBE_VERSION and CoreDNS with our plugin list (coredns/main.go).
+COREDNS_VERSION=v1.15.0
+# Images of the real node (images.sh builds them, node.sh imports them): ours under the names the
+# shipped manifests and samples use, so they run unchanged; the local bases under trainrun.local/.
+PAUSE_IMAGE=trainrun.local/pause:3.10
+INIT_IMAGE=trainrun.local/debian:bookworm
+TORCH_BASE_IMAGE=trainrun.local/pytorch:2.15.0
+OPERATOR_IMAGE=ghcr.io/trainrun/operator:0.1.0
+TRAINER_IMAGE=ghcr.io/trainrun/trainer:0.1.0
 # kstatus and the quantity parser for tests/kubecheck (sigs.k8s.io/cli-utils pins its apimachinery).
 CLI_UTILS_VERSION=v0.37.2
 
@@ -19,6 +28,10 @@ TRAINING_OPERATOR="$BIN_DIR/training-operator-$TRAINING_OPERATOR_VERSION/trainin
 KUBECHECK_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/../kubecheck" && pwd)/main.go"
 KUBECHECK_VERSION="$CLI_UTILS_VERSION-$(sha256sum "$KUBECHECK_SOURCE" | cut -c1-12)"
 KUBECHECK="$BIN_DIR/kubecheck-$KUBECHECK_VERSION/kubecheck"
+COREDNS_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/coredns" && pwd)/main.go"
+COREDNS_BUILD="$COREDNS_VERSION-$(sha256sum "$COREDNS_SOURCE" | cut -c1-12)"
+KUBELET="$BIN_DIR/kubelet-$KUBE_VERSION/kubelet"
+COREDNS="$BIN_DIR/coredns-$COREDNS_BUILD/coredns"
 # The training-operator's cert rotator waits for tls.crt in this folder (hard-coded in its
 # pkg/cert), and its webhook server reads tls.crt/tls.key from $TMPDIR/k8s-webhook-server/...:
 # the operator runs with TMPDIR unset so that both mean /tmp.
@@ -94,7 +107,8 @@ ensure_webhook_certs() {
 }
 
 # Starts the training-operator in the background against $KUBECONFIG and waits until its
-# PyTorchJob controller runs. Needs the namespace kubeflow (its cert namespace).
+# PyTorchJob controller runs. Needs the namespace kubeflow (its cert namespace). Its Worker init
+# container (nslookup of the Master) gets an image a real node has (node.sh); kwok never runs it.
 start_training_operator() {
   local webhook_port="$1" pid deadline
   ensure_webhook_certs
@@ -107,6 +121,7 @@ start_training_operator() {
     --metrics-bind-address=0 \
     --health-probe-bind-address=0 \
     --webhook-server-port="$webhook_port" \
+    --pytorch-init-container-image="$INIT_IMAGE" \
     >"$OPERATOR_LOG" 2>&1 </dev/null &
   pid=$!
   echo "$pid" >"$OPERATOR_PID_FILE"

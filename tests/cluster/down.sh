@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stops a local test cluster started by tests/cluster/up.sh and removes its state folder,
-# leaving no process behind: the training-operator, then kwokctl's components (etcd,
-# kube-apiserver, kube-controller-manager, kube-scheduler, kwok). Safe to run twice, and on a
+# leaving no process behind: its real node (node.sh) if it has one, the training-operator, then
+# kwokctl's components (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok). Safe to run twice, and on a
 # cluster whose start failed half way.
 #
 # Called by: tests/cluster/harness.py (fixture teardown, atexit; --abandoned before a start),
@@ -18,6 +18,8 @@ source "$SCRIPT_DIR/common.sh"
 stop_cluster() {
   local name="$1" start=$SECONDS cluster_workdir file pid
   cluster_paths "$name"
+  # The real node first (if any), while the API server still answers.
+  "$SCRIPT_DIR/node.sh" down "$name"
   stop_pid_file "$OPERATOR_PID_FILE"
 
   cluster_workdir="$KWOK_WORKDIR/clusters/$name"

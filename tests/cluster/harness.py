@@ -4,7 +4,8 @@ Called by tests/integration/conftest.py (the session fixture ``kube_cluster``) a
 talk to that cluster. The cluster itself is made by the shell scripts beside this file:
 build.sh (pinned binaries into ~/.cache/trainrun), up.sh (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and kwok through kwokctl's binary runtime, plus the
-training-operator) and down.sh. Nodes are simulated by kwok: pods never run a program; what a pod
+training-operator) and down.sh; node.sh adds a real node (kubelet + containerd) running images.sh's
+images when a test asks for one. Other nodes are simulated by kwok: pods never run a program; what a pod
 does (succeed, fail, OOM, image pull error, keep running) is chosen by its annotations, see
 ``pod_behaviour`` and stages.yaml. ``kubectl logs`` of a pod serves a file given with
 ``KubeCluster.serve_pod_log``.
@@ -35,6 +36,14 @@ EXIT_CODE_ANNOTATION = "kwok.trainrun.dev/exit-code"
 
 # Pool labels and taints of the simulated nodes (nodes.yaml).
 POOL_LABEL = "trainrun.dev/pool"
+# The real node node.sh adds: its name, pool and taint.
+REAL_NODE = "real-0"
+REAL_POOL = "real"
+REAL_NODE_TOLERATION: dict[str, str] = {
+    "key": "trainrun.dev/real-node",
+    "operator": "Exists",
+    "effect": "NoSchedule",
+}
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION: dict[str, str] = {
     "key": GPU_RESOURCE,
@@ -318,10 +327,12 @@ def build_binaries() -> None:
         raise ClusterError("tests/cluster/build.sh failed: see its output above")
 
 
-def start_cluster(name: str | None = None) -> KubeCluster:
+def start_cluster(name: str | None = None, *, real_node_images: Iterable[Path] | None = None) -> KubeCluster:
     """Starts a cluster with up.sh (a unique name by default) and returns it once nodes are Ready.
 
-    First stops the clusters left running by test sessions that died without stopping theirs.
+    First stops the clusters left running by test sessions that died without stopping theirs. With
+    ``real_node_images`` (the archives ``node_images()`` returns), node.sh adds a real node (REAL_NODE)
+    that runs pods from those images.
     """
     run_script("down.sh", "--abandoned", timeout=300)
     args = [name] if name is not None else []
@@ -332,7 +343,22 @@ def start_cluster(name: str | None = None) -> KubeCluster:
             f"tests/cluster/up.sh failed (exit {completed.returncode}): see its output above"
         )
     kubeconfig = Path(lines[-1])
-    return KubeCluster(name=kubeconfig.parent.name, kubeconfig=kubeconfig)
+    cluster = KubeCluster(name=kubeconfig.parent.name, kubeconfig=kubeconfig)
+    if real_node_images is not None:
+        archives = [str(path) for path in real_node_images]
+        if run_script("node.sh", "up", cluster.name, *archives, timeout=900).returncode != 0:
+            stop_cluster(cluster.name)
+            raise ClusterError("tests/cluster/node.sh up failed: see its output above")
+    return cluster
+
+
+def node_images(*, build: bool) -> list[Path]:
+    """The image archives a real node imports (images.sh): built when missing if ``build``, else
+    ClusterError when one is missing."""
+    completed = run_script("images.sh", *([] if build else ["--check"]), timeout=3600)
+    if completed.returncode != 0:
+        raise ClusterError(f"tests/cluster/images.sh {'failed' if build else '--check: images missing'}: see its output above")
+    return [Path(line) for line in completed.stdout.split()]
 
 
 def stop_cluster(name: str) -> None:

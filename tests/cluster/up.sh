@@ -69,6 +69,8 @@ options:
   kubeSchedulerBinary: $BIN_DIR/kubernetes-$KUBE_VERSION/kube-scheduler
   kwokControllerBinary: $BIN_DIR/kwok-$KWOK_VERSION/kwok
   kubectlBinary: $KUBECTL
+  # The kubernetes Service's ClusterIP: pods of a real node (node.sh) reach the API server there.
+  kubeApiserverCertSANs: [10.0.0.1]
   # Logs: tests point a pod's container at a log file while the cluster runs.
   enableCRDs:
   - Logs

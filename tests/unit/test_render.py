@@ -240,6 +240,16 @@ def test_uploader_job() -> None:
         render_uploader_job(training_run(), pools())
 
 
+def test_uploader_runs_on_the_runs_pool() -> None:
+    # It reads the claim the Master wrote, so it goes where the Master went: the pool's nodes, through
+    # the pool's taints (a GPU pool's, or a real node's among simulated ones in the tests).
+    run = training_run(output={"uri": "s3://models/mnist"}, resources={"pool": "a100", "gpus": 1})
+    pod = render_uploader_job(run, pools())["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"trainrun.dev/pool": "a100"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["nodeSelector"] == master(render_pytorchjob(run, pools()))["template"]["spec"]["nodeSelector"]
+
+
 def test_the_platform_team_sets_the_helper_containers_resources() -> None:
     config = parse_operator_config({**POOLS, "helperResources": {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {}}})
     run = training_run(output={"uri": "s3://models/mnist"}, inputs=[{"name": "data", "uri": "s3://data/d"}])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import re
 import shutil
 import signal
 import socket
@@ -55,6 +54,7 @@ from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
 from trainrun.status import phase_event
 from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.failure import error_line
 from trainrun.status.phase import Verdict
 from trainrun.status.shapes import utc_now
 
@@ -63,9 +63,6 @@ STOP_GRACE_SECONDS = 5.0
 # Workers still running this long afterwards are stopped.
 WORKER_LINGER_SECONDS = 30.0
 STATUS_WRITE_INTERVAL_SECONDS = 2.0
-EXCEPTION_LINE = re.compile(r"^\w+(Error|Exception)\b.*")
-TORCHRUN_FAILURE_MARK = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
-TORCHRUN_LOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")  # torchrun's own glog-style lines
 
 
 class ReplicaStartError(RuntimeError):
@@ -414,24 +411,11 @@ def _copy_lines(replica: str, stream: IO[bytes], log_path: Path, lines: queue.Qu
 
 
 def last_error_line(log_path: Path) -> str | None:
-    """The last ``SomethingError: ...`` line of a log, else its last non-empty line.
-
-    torchrun's own report of a failed child (its traceback, the ChildFailedError summary and its
-    timestamped log lines) is skipped: the child's error above it is the cause a person wants.
-    """
+    """The exception a replica died of, from its log (see trainrun.status.failure.error_line)."""
     try:
-        lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()]
+        return error_line(log_path.read_text(errors="replace"))
     except FileNotFoundError:
         return None
-    report = next((index for index, line in enumerate(lines) if TORCHRUN_FAILURE_MARK in line), None)
-    if report is not None:
-        tracebacks = [index for index in range(report) if lines[index].startswith("Traceback (most recent call last)")]
-        lines = lines[: tracebacks[-1] if tracebacks else report]
-    lines = [line for line in lines if line and not TORCHRUN_LOG_LINE.match(line)]
-    for line in reversed(lines):
-        if EXCEPTION_LINE.match(line):
-            return line
-    return lines[-1] if lines else None
 
 
 def stop_replicas(processes: Sequence[subprocess.Popen[bytes]], *, grace_seconds: float) -> None:

@@ -380,6 +380,10 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         container["envFrom"] = [{"secretRef": {"name": output.secret_name}}]
     metadata = child_metadata(run, uploader_job_name(run), "uploader")
     metadata["annotations"] = {LINT_IGNORE_ANNOTATION: UPLOADER_LINT_IGNORES}
+    # On the run's pool, as the Master that wrote the claim: a node-local volume is readable only there,
+    # and a pool's taint would otherwise keep it off the only nodes that can mount it.
+    _, pool = config.pool_named(run.spec.resources.pool)
+    placement = scheduling(run, pool)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -393,6 +397,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
                     "securityContext": {"runAsNonRoot": True, "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)},
                     # The uploader reads the claim and object storage: it has no use for a token.
                     "automountServiceAccountToken": False,
+                    **{key: placement[key] for key in ("nodeSelector", "tolerations") if key in placement},
                     "containers": [container],
                     "volumes": [
                         {"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}},

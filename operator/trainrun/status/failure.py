@@ -36,6 +36,11 @@ _INSUFFICIENT = re.compile(r"Insufficient ([A-Za-z0-9./_-]+?)[,.]?(?=\s|$)")
 _VOLUME_MARKERS = ("persistentvolumeclaim", "persistent volume", "volume node affinity", "pvc")
 # A termination message can be a whole log tail (terminationMessagePolicy FallbackToLogsOnError).
 _MAX_DETAIL = 300
+# A replica's last words: the exception a program died of, and torchrun's report of a failed child
+# (its own traceback ending in ChildFailedError, a banner, and its glog-style log lines).
+EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w+(Error|Exception)\b.*")
+TORCHRUN_FAILURE_MARK = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
+TORCHRUN_LOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,27 @@ def short_detail(text: str | None) -> str | None:
         return None
     last = lines[-1]
     return last if len(last) <= _MAX_DETAIL else last[: _MAX_DETAIL - 3] + "..."
+
+
+def error_line(log_tail: str | None) -> str | None:
+    """The last ``SomethingError: ...`` line of a replica's log tail, else its last non-empty line.
+
+    torchrun's own report of a failed child (its traceback, the ChildFailedError banner and its
+    timestamped log lines) is skipped: the child's error above it is the cause a person wants. Used for
+    a container's termination message here and for a local replica's log by trainrun.local.runner.
+    """
+    if log_tail is None:
+        return None
+    lines = [line.strip() for line in log_tail.splitlines()]
+    report = next((index for index, line in enumerate(lines) if TORCHRUN_FAILURE_MARK in line), None)
+    if report is not None:
+        tracebacks = [index for index in range(report) if lines[index].startswith("Traceback (most recent call last)")]
+        lines = lines[: tracebacks[-1] if tracebacks else report]
+    lines = [line for line in lines if line and not TORCHRUN_LOG_LINE.match(line)]
+    for line in reversed(lines):
+        if EXCEPTION_LINE.match(line):
+            return line
+    return lines[-1] if lines else None
 
 
 def stalling_waiting_cause(pods: Sequence[PodView]) -> Cause | None:
@@ -165,7 +191,7 @@ def termination_cause(pod: PodView, termination: Termination, *, memory_fallback
         memory = f"memory limit {limit}" if limit else "no memory limit set: the node ran out"
         return Cause("OOMKilled", f"replica {pod.replica} was OOMKilled ({memory})")
     message = f"replica {pod.replica} {_exit_phrase(termination)}"
-    detail = short_detail(termination.message)
+    detail = short_detail(error_line(termination.message))
     return Cause("ReplicaFailed", f"{message}: {detail}" if detail else message)
 
 

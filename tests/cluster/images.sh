@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Builds the images the real node (node.sh) runs, with no Docker engine and no registry, and prints
+# the paths of their archives (docker-archive tars for `ctr images import`), one per line on stdout:
+#   trainrun.local/pause:3.10          the pods' sandbox: pause.c, static
+#   trainrun.local/debian:bookworm     a local base: Debian bookworm (mmdebstrap) with python3, pip and
+#                                      nslookup; also the training-operator's Worker init container
+#   trainrun.local/pytorch:<torch>     that base + PyTorch from PyPI: the trainer's base
+#   ghcr.io/trainrun/operator:0.1.0    images/operator/Dockerfile, BASE_IMAGE=trainrun.local/debian
+#   ghcr.io/trainrun/trainer:0.1.0     images/trainer/Dockerfile, BASE_IMAGE=trainrun.local/pytorch
+# Our two images are built from the project's own Dockerfiles by `buildah bud --isolation chroot`,
+# with only their BASE_IMAGE build argument changed (their defaults are the public bases).
+#
+# Called by: tests/run.sh (CI), tests/realpod/conftest.py when an archive is missing, developers.
+# Cached under ${TRAINRUN_CACHE:-~/.cache/trainrun}/images/: each archive is named by a key of what
+# it is made from (its recipe here, its Dockerfile, the package's files, its base's key), so a change
+# to any of them rebuilds that image and those built on it; older archives of an image are removed.
+# Usage: images.sh [--check]   (--check: build nothing, exit 1 if an archive is missing)
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+# shellcheck source=common.sh source-path=SCRIPTDIR
+source "$SCRIPT_DIR/common.sh"
+
+IMAGES_DIR="$CACHE_DIR/images"
+STORAGE=(--root "$IMAGES_DIR/storage" --runroot "$IMAGES_DIR/run" --storage-driver overlay)
+# The pins of the local bases; editing them changes the keys.
+DEBIAN_SUITE=bookworm
+DEBIAN_PACKAGES=python3,python3-pip,python-is-python3,ca-certificates,bind9-dnsutils
+DEBIAN_MIRRORS=("deb http://deb.debian.org/debian $DEBIAN_SUITE main"
+  "deb http://deb.debian.org/debian $DEBIAN_SUITE-updates main"
+  "deb http://deb.debian.org/debian-security $DEBIAN_SUITE-security main")
+TORCH_PINS=(torch==2.15.0 torchvision==0.29.2 numpy==2.4.6 pillow==13.0.0)
+# The host's CA bundle is lent to every RUN (pip behind a TLS-intercepting proxy), never kept.
+HOST_CA=/etc/ssl/certs/ca-certificates.crt
+
+CHECK_ONLY=false
+case "${1:-}" in
+  --check) CHECK_ONLY=true ;;
+  "") ;;
+  *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+key_of() { sha256sum | cut -c1-16; }
+ca_volume() { [[ -s "$HOST_CA" ]] && printf '%s\n' --volume "$HOST_CA:/etc/ssl/certs/ca-certificates.crt:ro"; }
+bah() { buildah "${STORAGE[@]}" "$@"; }
+
+# The build context of our Dockerfiles: the repository's files (tracked or not ignored by git),
+# less what the Dockerfiles' .dockerignore leaves out at the top (tests, manifests, crds, images).
+context_files() {
+  git -C "$REPO_ROOT" ls-files -co --exclude-standard -z |
+    grep -zv -E '^(tests|manifests|crds|images|\.ci|runs)/' | sort -z
+}
+context_key() {
+  (cd "$REPO_ROOT" && context_files | xargs -0 sha256sum) | key_of
+}
+
+PAUSE_KEY="$(sha256sum "$SCRIPT_DIR/pause.c" | key_of)"
+DEBIAN_KEY="$(printf '%s\n' "$DEBIAN_SUITE" "$DEBIAN_PACKAGES" "${DEBIAN_MIRRORS[@]}" | key_of)"
+TORCH_KEY="$(printf '%s\n' "$DEBIAN_KEY" "${TORCH_PINS[@]}" | key_of)"
+CONTEXT_KEY="$(context_key)"
+OPERATOR_KEY="$(cat "$REPO_ROOT/images/operator/Dockerfile" "$REPO_ROOT/images/operator/Dockerfile.dockerignore" |
+  { cat; echo "$DEBIAN_KEY $CONTEXT_KEY"; } | key_of)"
+TRAINER_KEY="$(cat "$REPO_ROOT/images/trainer/Dockerfile" "$REPO_ROOT/images/trainer/Dockerfile.dockerignore" |
+  { cat; echo "$TORCH_KEY $CONTEXT_KEY"; } | key_of)"
+
+# name|image|key|build function|printed (the node imports it) or not (only a base to build on)
+IMAGES=(
+  "pause|$PAUSE_IMAGE|$PAUSE_KEY|build_pause|yes"
+  "debian|$INIT_IMAGE|$DEBIAN_KEY|build_debian|yes"
+  "pytorch|$TORCH_BASE_IMAGE|$TORCH_KEY|build_pytorch|no"
+  "operator|$OPERATOR_IMAGE|$OPERATOR_KEY|build_operator|yes"
+  "trainer|$TRAINER_IMAGE|$TRAINER_KEY|build_trainer|yes"
+)
+
+archive_of() { echo "$IMAGES_DIR/$1-$2.tar"; }
+
+# Makes sure IMAGE (built from archive ARCHIVE) is in buildah's storage, as a base to build on.
+ensure_in_storage() {
+  local image="$1" archive="$2"
+  bah inspect --type image "$image" >/dev/null 2>&1 && return
+  bah pull --quiet "docker-archive:$archive" >/dev/null
+}
+
+# Writes IMAGE (in buildah's storage) to ARCHIVE, atomically.
+export_archive() {
+  local image="$1" archive="$2"
+  rm -f "$archive.partial"
+  bah push --quiet "$image" "docker-archive:$archive.partial:$image" >&2
+  mv "$archive.partial" "$archive"
+}
+
+build_pause() {
+  local image="$1" archive="$2" work container
+  work="$(mktemp -d)"
+  cc -static -O2 -Wall -Wextra -o "$work/pause" "$SCRIPT_DIR/pause.c"
+  container="$(bah from scratch)"
+  bah copy --chmod 0755 "$container" "$work/pause" /pause >/dev/null
+  bah config --entrypoint '["/pause"]' --user 65535:65535 "$container"
+  bah commit --quiet --rm "$container" "$image" >/dev/null
+  rm -rf "$work"
+  export_archive "$image" "$archive"
+}
+
+build_debian() {
+  local image="$1" archive="$2" work container
+  work="$(mktemp -d)"
+  mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$work/rootfs.tar" "${DEBIAN_MIRRORS[@]}"
+  container="$(bah from scratch)"
+  bah add "$container" "$work/rootfs.tar" / >/dev/null
+  # Debian's python3 is "externally managed": the Dockerfiles' pip installs go to the system, as on
+  # the public bases.
+  bah config --env PIP_BREAK_SYSTEM_PACKAGES=1 --env LANG=C.UTF-8 --cmd '["/bin/bash"]' "$container"
+  bah commit --quiet --rm "$container" "$image" >/dev/null
+  rm -rf "$work"
+  export_archive "$image" "$archive"
+}
+
+build_pytorch() {
+  local image="$1" archive="$2" container
+  ensure_in_storage "$INIT_IMAGE" "$(archive_of debian "$DEBIAN_KEY")"
+  container="$(bah from --pull-never "$INIT_IMAGE")"
+  # shellcheck disable=SC2046  # ca_volume prints two words or none
+  bah run --isolation chroot $(ca_volume) "$container" -- \
+    pip install --no-cache-dir --no-compile "${TORCH_PINS[@]}" >&2
+  bah commit --quiet --rm "$container" "$image" >/dev/null
+  export_archive "$image" "$archive"
+}
+
+# Builds images/NAME/Dockerfile on BASE into IMAGE, from a copy of the build context.
+build_dockerfile() {
+  local name="$1" base="$2" image="$3" archive="$4" context
+  context="$(mktemp -d)"
+  (cd "$REPO_ROOT" && context_files | xargs -0 cp --parents -t "$context")
+  # shellcheck disable=SC2046  # ca_volume prints two words or none
+  bah bud --quiet --isolation chroot --pull-never $(ca_volume) --build-arg "BASE_IMAGE=$base" \
+    -f "$REPO_ROOT/images/$name/Dockerfile" -t "$image" "$context" >&2
+  rm -rf "$context"
+  export_archive "$image" "$archive"
+}
+
+build_operator() {
+  ensure_in_storage "$INIT_IMAGE" "$(archive_of debian "$DEBIAN_KEY")"
+  build_dockerfile operator "$INIT_IMAGE" "$1" "$2"
+}
+
+build_trainer() {
+  ensure_in_storage "$TORCH_BASE_IMAGE" "$(archive_of pytorch "$TORCH_KEY")"
+  build_dockerfile trainer "$TORCH_BASE_IMAGE" "$1" "$2"
+}
+
+mkdir -p "$IMAGES_DIR"
+if ! $CHECK_ONLY; then
+  for tool in buildah mmdebstrap cc git; do
+    command -v "$tool" >/dev/null || { echo "images.sh: $tool not found (apt-get install buildah mmdebstrap gcc)" >&2; exit 1; }
+  done
+  # A second images.sh (another test session) waits here, then finds everything cached.
+  exec 9>"$CACHE_DIR/images.lock"
+  flock 9
+fi
+
+missing=false
+for entry in "${IMAGES[@]}"; do
+  IFS='|' read -r name image key func printed <<<"$entry"
+  archive="$(archive_of "$name" "$key")"
+  if [[ -s "$archive" ]]; then
+    log "$image: cached ($(basename "$archive"))"
+  elif $CHECK_ONLY; then
+    log "$image: missing ($archive)"
+    missing=true
+    continue
+  else
+    start=$SECONDS
+    log "$image: building"
+    "$func" "$image" "$archive"
+    log "$image: done in $((SECONDS - start))s ($(du -h "$archive" | cut -f1))"
+    # Older archives of this image, and its older copies in buildah's storage, are not needed.
+    find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$archive")" -delete
+    bah rmi --prune >/dev/null 2>&1 || true
+  fi
+  [[ "$printed" == yes ]] && echo "$archive"
+done
+! $missing
