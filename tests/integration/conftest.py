@@ -1,4 +1,5 @@
-"""Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster) and a fresh namespace (kube_namespace).
+"""Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster), a fresh namespace
+(kube_namespace) and an S3 server (s3_server, SeaweedFS, one per test module).
 
 pytest loads this for every test under tests/integration/. The cluster is started once per test
 session, on first use, by tests/cluster/up.sh (building the binaries first with build.sh when
@@ -21,8 +22,9 @@ import pytest
 
 # tests/cluster/harness.py is imported as cluster.harness (tests/ is not a package).
 TESTS_DIR = Path(__file__).resolve().parents[1]
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
+for folder in (TESTS_DIR, TESTS_DIR / "storage"):
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 from cluster.harness import (
     KubeCluster,
@@ -31,6 +33,7 @@ from cluster.harness import (
     start_cluster,
     stop_cluster,
 )
+from seaweedfs import SeaweedFS, start_seaweedfs
 
 
 def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -75,3 +78,12 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
         yield name
     finally:
         kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()

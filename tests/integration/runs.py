@@ -232,3 +232,38 @@ def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
         process.stop()
         assert process.process is not None and process.process.poll() is not None
         process.assert_no_traceback()
+
+
+def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path: Path, *, create_claim: bool) -> None:
+    """A PersistentVolume reserved for a claim (the test cluster has no provisioner), and the claim itself
+    when the run brings its own; otherwise the operator's per-run claim binds to it."""
+    storage_class = "manual" if create_claim else ""
+    objects: list[dict[str, Any]] = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": f"{namespace}-{claim}"},
+            "spec": {
+                "capacity": {"storage": "20Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": storage_class,
+                "hostPath": {"path": str(host_path)},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        }
+    ]
+    if create_claim:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": storage_class,
+                    "volumeName": f"{namespace}-{claim}",
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
+    cluster.apply(*objects)

@@ -13,63 +13,26 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run, wait_for_phase
+from runs import (
+    OperatorProcess,
+    get_run,
+    kubectl_apply,
+    operator_with_shipped_rbac,
+    training_run,
+    volume_for_claim,
+    wait_for_phase,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for, start_seaweedfs  # noqa: E402
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator_with_shipped_rbac"]  # a fixture, used by name
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path: Path, *, create_claim: bool) -> None:
-    """A PersistentVolume reserved for a claim (the test cluster has no provisioner), and the claim itself
-    when the run brings its own; otherwise the operator's per-run claim binds to it."""
-    storage_class = "manual" if create_claim else ""
-    objects: list[dict[str, Any]] = [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{namespace}-{claim}"},
-            "spec": {
-                "capacity": {"storage": "20Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": storage_class,
-                "hostPath": {"path": str(host_path)},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }
-    ]
-    if create_claim:
-        objects.append(
-            {
-                "apiVersion": "v1",
-                "kind": "PersistentVolumeClaim",
-                "metadata": {"name": claim, "namespace": namespace},
-                "spec": {
-                    "accessModes": ["ReadWriteOnce"],
-                    "storageClassName": storage_class,
-                    "volumeName": f"{namespace}-{claim}",
-                    "resources": {"requests": {"storage": "1Gi"}},
-                },
-            }
-        )
-    cluster.apply(*objects)
 
 
 @pytest.mark.parametrize("own_claim", [True, False], ids=["users-claim-kept", "per-run-claim-released"])
@@ -128,13 +91,22 @@ def test_succeeded_training_is_uploaded_and_recorded(
 
     run = wait_for_phase(kube_cluster, operator, "art", namespace, "Completed", timeout=120)
     artifacts = run["status"]["artifacts"]
-    assert artifacts == {"uri": uri, "manifestUri": f"{uri}/manifest.json", "fileCount": 3, "bytes": 7000 + 10 + len(json.dumps({"epochs": 1}))}
     ready = next(item for item in run["status"]["conditions"] if item["type"] == "Ready")
     assert ready["status"] == "True"
+    assert run["status"]["logs"] == {"uri": f"{uri}/logs", "complete": True}
 
     s3 = boto3_client_for(s3_server.endpoint)
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    # The outputs the uploader copied and the logs the operator composed, in one manifest.
+    paths = [entry["path"] for entry in manifest["files"]]
+    assert paths == ["checkpoints/epoch-0001.pt", "logs/master-0.log", "logs/metrics.jsonl", "model.pt", "run.json"], paths
+    assert artifacts == {
+        "uri": uri,
+        "manifestUri": f"{uri}/manifest.json",
+        "fileCount": 5,
+        "bytes": sum(entry["size"] for entry in manifest["files"]),
+    }
     for entry in manifest["files"]:
         body = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{entry['path']}")["Body"].read()
         assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["size"]
@@ -149,11 +121,11 @@ def test_succeeded_training_is_uploaded_and_recorded(
     assert fetched.returncode == 0, fetched.stderr
     assert "verified against manifest.json" in fetched.stdout
     assert (tmp_path / "fetched" / "model.pt").read_bytes() == b"weights" * 1000
-    # The operator archived the followed replica log beside the artifacts when the run ended.
-    archived = wait_until(
-        lambda: _object(s3, f"{prefix}/logs/master-0.log"), timeout=60, what="the archived master log in the bucket"
-    )
-    assert "epoch 1 done" in archived
+    # The operator archived the followed replica log beside the artifacts, and the download has it.
+    assert _object(s3, f"{prefix}/logs/master-0.log") == 'epoch 1 done\ntrainrun:metric {"val_loss": 0.2}\n'
+    assert (tmp_path / "fetched" / "logs" / "master-0.log").read_text().startswith("epoch 1 done\n")
+    series = [json.loads(line) for line in (tmp_path / "fetched" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [(record["replica"], record["val_loss"]) for record in series] == [("master-0", 0.2)]
     # The per-run claim is deleted after the verified copy (Kubernetes' pvc-protection keeps it until
     # the finished pods that mounted it are cleaned up); the user's own claim stays.
     claim = kube_cluster.get("pvc", "art-outputs", namespace)

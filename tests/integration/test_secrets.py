@@ -15,7 +15,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until
 from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
-from seaweedfs import BUCKET, SeaweedFS, start_seaweedfs  # noqa: E402
+from seaweedfs import BUCKET, SeaweedFS  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator_with_shipped_rbac"]  # a fixture, used by name
@@ -38,15 +37,6 @@ FAKE_KEYS = {
 }
 SECRETS = [*FAKE_KEYS.values(), USER, PASSWORD]
 TRAINRUN = str(Path(sys.executable).parent / "trainrun")
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def reserve_volume(cluster: KubeCluster, namespace: str, claim: str, host_path: Path) -> None:

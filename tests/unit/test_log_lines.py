@@ -16,7 +16,7 @@ def lines_of(*chunks: bytes) -> list[str]:
             yield chunk
 
     async def collect() -> list[str]:
-        return [line async for line in split_lines(arriving())]
+        return [line async for batch in split_lines(arriving()) for line in batch]
 
     return asyncio.run(collect())
 

@@ -17,6 +17,7 @@ from trainrun.plan import NO_TRAINING_OPERATOR, Apply, Delete, ManifestRead, Mer
 from trainrun.plan.core import RESYNC_SECONDS
 from trainrun.render import render_pytorchjob
 from trainrun.spec import load_training_run
+from trainrun.spec.config import LogArchiveSettings
 from trainrun.spec.status import Artifacts, Phase
 
 ARTIFACTS = Artifacts(uri="s3://models/run/", manifest_uri="s3://models/run/manifest.json", file_count=3, bytes=1234)
@@ -64,6 +65,7 @@ class Case:
     event: str | None = None  # the reason of the one Event posted, if any
     read_manifest: bool = False
     follow_logs: bool = False
+    seal_logs: bool = False
     message_has: list[str] = field(default_factory=list)
 
 
@@ -140,16 +142,28 @@ CASES = [
         ["apply Job"],
         Phase.UPLOADING,
         event="Uploading",
-        follow_logs=True,
+        seal_logs=True,
     ),
     Case(
-        "the uploader succeeded: read the manifest before deciding",
+        "the uploader succeeded, the logs not composed yet: seal them first, the manifest waits",
         with_output(previous(Phase.UPLOADING)),
         Observed(job=job(output={"uri": "s3://models/run/"}).succeeded().started(), uploader=uploader_job().succeeded(), claim_present=True),
         [],
         Phase.UPLOADING,
+        seal_logs=True,
+    ),
+    Case(
+        "the uploader succeeded and the logs are composed: read the manifest before deciding",
+        with_output(previous(Phase.UPLOADING)),
+        Observed(
+            job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
+            uploader=uploader_job().succeeded(),
+            claim_present=True,
+            logs_archived=True,
+        ),
+        [],
+        Phase.UPLOADING,
         read_manifest=True,
-        follow_logs=True,
     ),
     Case(
         "manifest read: Completed with artifacts, the per-run claim released",
@@ -159,6 +173,7 @@ CASES = [
             uploader=uploader_job().succeeded(),
             claim_present=True,
             manifest=ManifestRead(ARTIFACTS),
+            logs_archived=True,
         ),
         ["delete PersistentVolumeClaim"],
         Phase.COMPLETED,
@@ -171,10 +186,10 @@ CASES = [
             job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
             uploader=uploader_job().succeeded(),
             manifest=ManifestRead(None, "the uploader finished but wrote no s3://models/run/manifest.json"),
+            logs_archived=True,
         ),
         [],
         Phase.UPLOADING,
-        follow_logs=True,
         message_has=["wrote no s3://models/run/manifest.json"],
     ),
     Case(
@@ -195,6 +210,26 @@ CASES = [
         Phase.FAILED,
         event="ReplicaFailed",
         message_has=["worker-0", "3"],
+    ),
+    Case(
+        "replica failed with an output: the logs are sealed into it (no copy of the outputs)",
+        with_output(previous(Phase.RUNNING)),
+        Observed(
+            job=job(output={"uri": "s3://models/run/"}).failed().started(),
+            pods=[pod("run-master-0").terminated(1, finished_at=at(19))],
+            claim_present=True,
+        ),
+        [],
+        Phase.FAILED,
+        event="ReplicaFailed",
+        seal_logs=True,
+    ),
+    Case(
+        "finished with its logs composed: nothing more (even with the job gone)",
+        with_output(previous(Phase.FAILED, reason="ReplicaFailed", message="x", logs={"uri": "s3://models/run/logs", "complete": True})),
+        Observed(),
+        [],
+        Phase.FAILED,
     ),
     Case(
         "no training-operator: stalled, nothing created",
@@ -242,6 +277,7 @@ def test_plan(case: Case) -> None:
     assert [change.reason for change in decided.events] == ([case.event] if case.event else [])
     assert decided.read_manifest is case.read_manifest
     assert decided.follow_logs is case.follow_logs
+    assert decided.seal_logs is case.seal_logs
     for words in case.message_has:
         assert words in (decided.status.message or ""), decided.status.message
     assert decided.requeue_after == (None if case.phase.finished else RESYNC_SECONDS)
@@ -314,3 +350,21 @@ def test_the_plan_from_projections_is_the_plan_from_whole_objects() -> None:
     )
     run = body(previous(Phase.RUNNING))
     assert plan(run, pools(), whole, now=NOW) == plan(projections.training_run(run), pools(), trimmed, now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("spec", "default_uri", "archive"),
+    [
+        ({"output": {"uri": "s3://models/run/"}}, None, "s3://models/run/logs"),
+        ({"output": {"uri": "s3://models/run"}}, "s3://logs/all", "s3://models/run/logs"),
+        ({}, "s3://logs/all/", "s3://logs/all/default/run-uid-1"),
+        ({}, None, None),
+    ],
+    ids=["beside-the-outputs", "output-wins-over-default", "default-location", "nowhere"],
+)
+def test_where_the_logs_are_archived(spec: dict[str, Any], default_uri: str | None, archive: str | None) -> None:
+    config = pools().model_copy(update={"logs": LogArchiveSettings(default_uri=default_uri)})
+    decided = plan(body(previous(Phase.RUNNING), **spec), config, Observed(job=job(**spec).running().started(), pods=running_pods()), now=NOW)
+    assert decided.log_archive == archive
+    assert (decided.status.logs.uri if decided.status.logs else None) == archive
+    assert decided.status.logs is None or decided.status.logs.complete is False

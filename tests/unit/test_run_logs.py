@@ -1,26 +1,193 @@
-"""The operator's log follower (``trainrun.controller.logs.RunLogs``), without a cluster: what is archived."""
+"""The operator's log follower (``trainrun.controller.logs.RunLogs``) without a cluster: a fake log API that
+serves stamped lines the way the kubelet does, and a real ``file://`` archive (the same obstore calls as S3).
+
+What must hold: lines reach the archive as segments while the run goes on; a follower started later (after
+a crash, or a new leader) resumes where the newest segment says, so the sealed archive holds every line
+exactly once, in order; metrics come from the same lines, the Master's winning."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
+from factories import pod
 from run_factory import training_run
 from trainrun.controller.logs import RunLogs
+from trainrun.kube.aioclient import ApiError
+from trainrun.storage import StorageOptions
+from trainrun.storage.logarchive import ArchiveState, Segment
+from trainrun.storage.logstore import LogArchive, add_to_manifest, read_archived_logs
+from trainrun.storage.manifest import FileRecord, Manifest
 
 
-def follower(offered: list[int]) -> RunLogs:
-    run = training_run()
-    return RunLogs(kube=None, run=run, on_metrics=lambda: offered.append(1))  # type: ignore[arg-type]
+def stamp(second: int, nanos: int = 0) -> str:
+    return f"2026-11-30T08:{second // 60:02d}:{second % 60:02d}.{nanos:09d}Z"
 
 
-def test_every_line_is_archived_per_replica() -> None:
-    logs = follower([])
-    for replica, text in [("master-0", "epoch 1"), ("worker-0", "hello"), ("master-0", "epoch 2")]:
-        logs._take(replica, text)
-    files: list[Any] = asyncio.run(logs.finish())
-    assert {path.name: path.read_text() for path in files} == {
-        "master-0.log": "epoch 1\nepoch 2\n",
-        "worker-0.log": "hello\n",
-    }
-    logs.discard()
+class FakeLogs:
+    """Pod logs as the API serves them: every line stamped; a stream starts ``sinceSeconds`` back (here: always
+    from the first line, so the follower's own skipping is what prevents repeats) and may break off."""
+
+    def __init__(self) -> None:
+        self.lines: dict[str, list[str]] = {}
+        self.break_after: dict[str, int] = {}  # pod -> lines served before the stream breaks (once)
+        self.opened: list[tuple[str, int | None]] = []
+
+    def write(self, pod_name: str, *texts: str, second: int = 0) -> None:
+        lines = self.lines.setdefault(pod_name, [])
+        for text in texts:
+            lines.append(f"{stamp(second, len(lines))} {text}")
+
+    async def log_batches(
+        self, namespace: str, pod_name: str, *, container: str, since_seconds: int | None = None, previous: bool = False
+    ) -> AsyncIterator[list[str]]:
+        self.opened.append((pod_name, since_seconds))
+        lines = list(self.lines.get(pod_name, []))
+        cut = self.break_after.pop(pod_name, None)
+        for start in range(0, len(lines) if cut is None else cut, 3):
+            await asyncio.sleep(0)
+            yield lines[start : min(start + 3, len(lines) if cut is None else cut)]
+        if cut is not None:
+            raise ApiError(f"log stream of pod {pod_name} broke off: reset")
+
+
+def follower(kube: FakeLogs, archive: LogArchive | None, offered: list[int] | None = None, **spec: Any) -> RunLogs:
+    offered = [] if offered is None else offered
+    return RunLogs(kube, training_run(**spec), archive, on_metrics=lambda: offered.append(1), flush_seconds=0.05)  # type: ignore[arg-type]
+
+
+def finished(name: str, uid: str) -> dict[str, Any]:
+    built = pod(name).succeeded()
+    built["metadata"]["uid"] = uid
+    return built
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
+def test_a_restarted_follower_resumes_exactly_where_the_archive_says(tmp_path: Path) -> None:
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 101)))
+    kube.write("run-worker-0", "worker up", "throughput: 812.5 img/s")
+    archive_uri = (tmp_path / "out" / "logs").as_uri()
+    pods = [finished("run-master-0", "m"), finished("run-worker-0", "w")]
+
+    async def scenario() -> tuple[FileRecord, ...] | None:
+        first = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        first.start()
+        kube.break_after["run-master-0"] = 40  # the first follower reads 40 lines, then "crashes"
+        first.update([{**pods[0], "status": pod("run-master-0").running()["status"]}])
+        await until(lambda: first.sequence >= 1 and first.containers["m/0"].lines >= 40)
+        await until(lambda: not first._pending)
+        await first.stop()  # a crash: whatever was not shipped is read again by the next one
+        shipped = first.containers["m/0"].lines
+        assert 40 <= shipped
+        second = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        second.start()
+        second.update(pods)
+        return await second.finish()
+
+    files = asyncio.run(scenario())
+    assert files is not None and [record.path for record in files] == ["master-0.log", "worker-0.log"]
+    master = (tmp_path / "out" / "logs" / "master-0.log").read_text().splitlines()
+    assert master == [f"line {n}" for n in range(1, 101)]  # every line once, in order
+    assert (tmp_path / "out" / "logs" / "worker-0.log").read_text() == "worker up\nthroughput: 812.5 img/s\n"
+    assert not list((tmp_path / "out" / "logs" / ".parts").glob("*.seg"))  # the segments went after the seal
+    # The CLI reads the same lines back.
+    assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == master
+
+
+def test_lines_reach_the_archive_while_the_run_goes_on(tmp_path: Path) -> None:
+    kube = FakeLogs()
+    kube.write("run-master-0", 'trainrun:metric {"epoch": 1, "step": 10, "train_loss": 0.9}', "plain")
+    archive_uri = (tmp_path / "logs").as_uri()
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+
+    async def scenario() -> dict[str, list[str]]:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([running])
+        await until(lambda: logs.sequence >= 1 and not logs._pending)
+        await logs.stop()
+        return await asyncio.to_thread(read_archived_logs, archive_uri, StorageOptions())
+
+    channels = asyncio.run(scenario())  # not sealed: read from the segments
+    assert channels["master-0"][:2] == ['trainrun:metric {"epoch": 1, "step": 10, "train_loss": 0.9}', "plain"]
+    series = [json.loads(line) for line in channels["metrics"]]
+    assert series[0]["replica"] == "master-0" and series[0]["train_loss"] == 0.9 and series[0]["step"] == 10
+    assert series[0]["time"].startswith("2026-11-30T08:00:00")
+
+
+def test_metrics_are_every_replicas_with_the_masters_winning() -> None:
+    kube = FakeLogs()
+    kube.write("run-master-0", 'trainrun:metric {"epoch": 1, "val_loss": 0.45}')
+    kube.write("run-worker-0", 'trainrun:metric {"epoch": 1, "val_loss": 0.99}', "throughput: 812.5 img/s")
+    offered: list[int] = []
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, None, offered, metrics=[{"name": "worker_throughput", "regex": r"throughput: ([0-9.]+)"}])
+        logs.start()
+        logs.update([finished("run-master-0", "m")])
+        await until(lambda: logs.metrics is not None)
+        logs.update([finished("run-master-0", "m"), finished("run-worker-0", "w")])
+        assert await logs.finish() is None  # no archive: nothing to seal
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert logs.metrics == {"val_loss": 0.45, "worker_throughput": 812.5}
+    assert logs.key_metric == "val_loss=0.45"
+    assert offered
+
+
+def test_the_sealed_logs_join_the_manifest_once(tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "manifest.json").write_bytes(Manifest.build([FileRecord("model.pt", 7, "ab" * 32)]).to_json())
+    records = (FileRecord("master-0.log", 12, "cd" * 32),)
+
+    async def twice() -> tuple[Manifest | None, Manifest | None]:
+        first = await add_to_manifest(output.as_uri(), StorageOptions(), records)
+        return first, await add_to_manifest(output.as_uri(), StorageOptions(), records)
+
+    first, second = asyncio.run(twice())
+    assert first is not None and [record.path for record in first.files] == ["logs/master-0.log", "model.pt"]
+    assert second == first  # already there: not rewritten
+    assert asyncio.run(add_to_manifest((tmp_path / "none").as_uri(), StorageOptions(), records)) is None
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [{}, {"master-0": ("a", "", "  spaced  ", "tab\tand\r")}, {"master-0": ("x",), "metrics": ('{"a": 1}',), "worker-3": ("ü",)}],
+    ids=["empty", "odd-lines", "several-channels"],
+)
+def test_segments_round_trip(blocks: dict[str, tuple[str, ...]]) -> None:
+    state = ArchiveState(sequence=7, positions={"uid/0": {"replica": "master-0", "lines": 3}}, metrics={"latest": {"loss": 0.5}})
+    segment = Segment(state, blocks)
+    assert Segment.decode(segment.encode(), source="s3://b/x") == segment
+    assert segment.key == ".parts/0000000007.seg"
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        (b'{"version": 1}', "cut short"),
+        (b"not json\n", "no readable header"),
+        (b'{"version": 1, "sequence": 1, "positions": {}, "metrics": {}, "shipped": {}, "blocks": [["m", 2]]}\nonly one\n', "holds 1 lines"),
+        (b'{"version": 9, "sequence": 1, "positions": {}, "metrics": {}, "shipped": {}, "blocks": []}\n', "format version 9"),
+    ],
+    ids=["truncated", "garbage", "short-block", "newer-format"],
+)
+def test_a_damaged_segment_is_named_not_misread(data: bytes, words: str) -> None:
+    with pytest.raises(ValueError, match=words) as raised:
+        Segment.decode(data, source="s3://b/run/logs/.parts/0000000001.seg")
+    assert "s3://b/run/logs/.parts/0000000001.seg" in str(raised.value)

@@ -9,6 +9,8 @@ operator and the local runner.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,12 +19,14 @@ from typing import Any
 from trainrun.client.errors import ClientError, RunNotFound
 from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import ReplicaLogStreams, replica_pods
-from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, metric_record
 from trainrun.render import job_name
 from trainrun.spec import validate_training_run
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import TrainingRunStatus
+from trainrun.status.observe import replica_sort_key
+from trainrun.storage.logarchive import METRICS_CHANNEL
 
 Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
@@ -53,8 +57,6 @@ class ClusterBackend:
     def stage_code(self, document: Object, directory: Path, uri: str | None, max_bytes: int) -> str:
         """Upload the folder as a snapshot (.trainrunignore honoured, size capped, manifest last) to uri,
         by default ``<spec.output.uri>/code``; return the URI the replicas stage in."""
-        import os
-
         from trainrun.storage import StorageOptions, upload_code_snapshot
 
         output_uri = ((document.get("spec") or {}).get("output") or {}).get("uri")
@@ -91,7 +93,7 @@ class ClusterBackend:
             observer.line(replica, text)
             samples = parser.parse(text)
             if samples:
-                summary.add(samples)
+                summary.add(samples, from_master=is_master(replica))
                 observer.metrics(metric_record(replica, samples), summary)
         return final[0] if final else self.get(name)
 
@@ -107,18 +109,39 @@ class ClusterBackend:
     def logs(
         self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
     ) -> Iterator[tuple[str, str]]:
-        """(replica, line) of the run's replica pods, Master first; follow streams them until the run ends."""
+        """(replica, line) of the run's replica pods, Master first; follow streams them until the run ends.
+
+        Once the pods are gone (cleaned up after the run, a node lost), the lines come from the run's log
+        archive (``status.logs.uri``, read with the credentials of this environment), the same lines."""
         wanted = None if replica in (None, "all") else replica
+        run = self.get(name)
+        pods = self._pods(run)
+        if wanted is not None:
+            pods = {key: pod for key, pod in pods.items() if key == wanted}
+        if not pods:
+            yield from self._archived(run, wanted, tail)
+            return
         if follow:
             yield from self._follow(name, replica=wanted, on_status=None, tail=tail)
             return
-        pods = self._pods(self.get(name))
-        if wanted is not None:
-            pods = {key: pod for key, pod in pods.items() if key == wanted}
-            if not pods:
-                raise RunNotFound(f"run {name!r} has no pod for replica {wanted!r} (yet)")
         for replica_id, pod in pods.items():
             for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace(), tail_lines=tail):
+                yield replica_id, line
+
+    def _archived(self, run: Object, wanted: str | None, tail: int | None) -> Iterator[tuple[str, str]]:
+        """The lines of the run's log archive, per replica (Master first), or why there are none."""
+        name = run["metadata"]["name"]
+        uri = ((run.get("status") or {}).get("logs") or {}).get("uri")
+        if uri is None:
+            what = f"no pod for replica {wanted!r}" if wanted is not None else "no replica pods"
+            raise RunNotFound(f"run {name!r} has {what} (yet) and no log archive (status.logs)")
+        channels = archived_channels(uri)
+        replicas = sorted((key for key in channels if key != METRICS_CHANNEL), key=replica_sort_key)
+        if wanted is not None and wanted not in replicas:
+            raise RunNotFound(f"run {name!r} has no pod and no archived log for replica {wanted!r}")
+        for replica_id in [wanted] if wanted is not None else replicas:
+            lines = channels[replica_id]
+            for line in lines if tail is None else lines[max(0, len(lines) - tail) :]:
                 yield replica_id, line
 
     def _follow(
@@ -175,8 +198,12 @@ class ClusterBackend:
             run = self.get(name)
 
     def metric_history(self, name: str) -> Objects:
-        """Metric records parsed from the Master's log (the status keeps only the latest values)."""
+        """Metric records parsed from the Master's log (the status keeps only the latest values), or every
+        replica's series from the log archive once the pods are gone."""
         run = self.get(name)
+        uri = ((run.get("status") or {}).get("logs") or {}).get("uri")
+        if uri is not None and not self._pods(run):
+            return [json.loads(line) for line in archived_channels(uri).get(METRICS_CHANNEL, [])]
         parser = MetricParser.from_definitions(validate_training_run(run).spec.metrics)
         history = []
         for replica, line in self.logs(name, replica="master-0"):
@@ -211,6 +238,17 @@ class ClusterBackend:
     def _pods(self, run: Object) -> dict[str, Object]:
         """The run's replica pods by replica name (master-0, worker-0, ...), Master first."""
         return replica_pods(self.api, self._namespace(), _job_name(run))
+
+
+def archived_channels(uri: str) -> dict[str, list[str]]:
+    """Every channel (replica, metrics) of a log archive, read with this environment's credentials."""
+    from trainrun.storage import StorageError, StorageOptions
+    from trainrun.storage.logstore import read_archived_logs
+
+    try:
+        return read_archived_logs(uri, StorageOptions.from_env(os.environ))
+    except (StorageError, ValueError) as error:
+        raise ClientError(f"cannot read the log archive {uri}: {error}") from error
 
 
 def _job_name(run: Object) -> str:

@@ -1,10 +1,10 @@
-"""The operator's side of the artifact copy: credentials from the run's Secret, the manifest, the log archive.
+"""The operator's side of the artifact copy: credentials for the run's storage, the manifest with the logs in it.
 
-After the uploader Job succeeds, :meth:`ArtifactReader.read_manifest` fetches ``<output>/manifest.json``
-(written last, so its presence proves a complete copy) and turns it into what the plan records as
-``status.artifacts``; a succeeded Job without a manifest is reported, never taken as done. When a run
-ends, the log follower's per-replica files go to ``<output>/logs/``. Called by the controller
-(``trainrun.controller.operator``) on kopf's loop; the object-store calls run in a worker thread.
+After the uploader Job succeeds and the log follower sealed the run's log archive into ``<output>/logs/``,
+:meth:`ArtifactReader.read_manifest` adds the composed logs to ``<output>/manifest.json`` (written by the
+uploader, last, so its presence proves a complete copy) and turns it into what the plan records as
+``status.artifacts``; a succeeded Job without a manifest is reported, never taken as done. Called by the
+controller (``trainrun.controller.operator``) on kopf's loop.
 """
 
 from __future__ import annotations
@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from pathlib import Path
+import os
 
 from trainrun.kube.aioclient import SECRETS, ApiError, AsyncKube
 from trainrun.plan import ManifestRead
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts
-from trainrun.storage import StorageError, StorageOptions, parse_uri, read_manifest, upload_file
-from trainrun.storage.manifest import MANIFEST_NAME
+from trainrun.storage import StorageError, StorageOptions, parse_uri, read_manifest
+from trainrun.storage.logstore import LogArchive, add_to_manifest
+from trainrun.storage.manifest import MANIFEST_NAME, Manifest
 
 logger = logging.getLogger(__name__)
 
 
 class ArtifactReader:
-    """Reads manifests and writes log archives with the credentials the run names."""
+    """Reads manifests and opens log archives with the credentials the run names."""
 
     def __init__(self, kube: AsyncKube) -> None:
         self.kube = kube
@@ -42,15 +43,28 @@ class ArtifactReader:
         decoded.update(secret.get("stringData") or {})
         return StorageOptions.from_env(decoded)
 
-    async def read_manifest(self, run: TrainingRun) -> ManifestRead:
-        """What the copy recorded, or why it cannot be trusted (the uploader has succeeded)."""
+    async def archive_options(self, run: TrainingRun) -> StorageOptions:
+        """Credentials for the run's log archive: the run's own beside its outputs, else the operator's
+        environment (the default location of the operator configuration's ``logs.defaultUri``)."""
+        if run.spec.output.uri is not None:
+            return await self.storage_options(run)
+        return StorageOptions.from_env(os.environ)
+
+    async def read_manifest(self, run: TrainingRun, log_archive: str | None) -> ManifestRead:
+        """What the copy recorded, with the sealed logs of ``log_archive`` added to it, or why it cannot
+        be trusted (the uploader has succeeded)."""
         uri = run.spec.output.uri
         if uri is None:
             return ManifestRead(None, None)
         manifest_uri = parse_uri(uri).child(MANIFEST_NAME).uri
+        manifest: Manifest | None
         try:
             options = await self.storage_options(run)
-            manifest = await asyncio.to_thread(read_manifest, uri, options=options)
+            if log_archive is not None:
+                logs = await LogArchive(log_archive, options).load()
+                manifest = await add_to_manifest(uri, options, logs.files)
+            else:
+                manifest = await asyncio.to_thread(read_manifest, uri, options=options)
         except (StorageError, ApiError, ValueError) as error:
             return ManifestRead(
                 None, f"the uploader finished but {manifest_uri} cannot be read, so the copy is not verified: {error}"
@@ -61,16 +75,3 @@ class ArtifactReader:
             uri=uri, manifest_uri=manifest_uri, file_count=manifest.file_count, bytes=manifest.total_bytes
         )
         return ManifestRead(artifacts)
-
-    async def archive_logs(self, run: TrainingRun, files: list[Path]) -> None:
-        """Copy each replica's log to ``<output>/logs/<replica>.log``; failures are logged, not raised."""
-        uri = run.spec.output.uri
-        if uri is None or not files:
-            return
-        location = parse_uri(uri)
-        try:
-            options = await self.storage_options(run)
-            for path in files:
-                await asyncio.to_thread(upload_file, path, location.child(f"logs/{path.name}").uri, options=options)
-        except (StorageError, ApiError, OSError) as error:
-            logger.warning("archiving the logs of %s to %s failed: %s", run.metadata.name, uri, error)

@@ -1,59 +1,132 @@
-"""Follows every replica's log of one run as tasks on kopf's event loop: metrics for status, an archive.
+"""Follows every replica's log of one run as tasks on kopf's event loop: metrics for status, a durable archive.
 
 The controller (``trainrun.controller.operator``) keeps one :class:`RunLogs` per active run it leads,
 hands it the run's pods from the watch cache on every reconcile (no polling: a pod that starts later,
-a container restarted in place or a pod recreated under the same name shows up there) and finishes it
-when the run ends. Each container start is read by one task through ``AsyncKube.log_lines``; a stream
-that breaks off while its container runs is opened again and goes on after the last line delivered
-(``trainrun.kube.streams.StreamPosition``). Every line goes through the same ``MetricParser`` as the
-local runner; the latest values are offered to the controller, which writes them with the rest of the
-status (coalesced: at most one status write per run every few seconds). Lines are kept per replica in a
-file for the archive copied to ``<output>/logs/`` when the run ends.
+a container restarted in place or a pod recreated under the same name shows up there) and, once the run
+is done with its logs, calls :meth:`RunLogs.finish`, which seals the archive.
+
+Each container start (pod uid, restart count) is read by one task through ``AsyncKube.log_batches``; a
+stream that breaks off while its container runs is opened again and goes on after the last line
+delivered (``trainrun.kube.streams.StreamPosition``). Lines are parsed by the same ``MetricParser`` as the
+local runner's; the latest values are offered to the controller, which writes them with the rest of
+the status (coalesced: at most one status write per run every few seconds).
+
+Durable as it goes: every ``flush_seconds`` (or sooner, past ``flush_bytes``) the lines read since the
+last flush go to the run's archive as one segment (``trainrun.storage.logarchive``) together with the
+position every container was read to, the metric summary and the metric series; a follower that starts
+(after a crash, or a newly elected leader) resumes every stream exactly where the newest segment says:
+no line lost while the pod lives, none written twice. Lines waiting for a flush are bounded: past
+``PENDING_LIMIT_BYTES`` the streams wait (the kubelet keeps the log meanwhile).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import IO, Any
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
-from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, still_running
-from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.kube.streams import LogTime, LogTimes, StreamPosition, started_container_restarts, still_running
+from trainrun.metrics import MetricParser, MetricSummary, is_master
+from trainrun.metrics.observer import metric_record
+from trainrun.metrics.progress import ProgressTracker
 from trainrun.render.children import CONTAINER_NAME
 from trainrun.spec.model import TrainingRun
 from trainrun.status import replica_name
+from trainrun.storage import StorageError
+from trainrun.storage.logarchive import METRICS_CHANNEL, ArchiveState, Segment
+from trainrun.storage.logstore import ArchiveConflict, LogArchive
+from trainrun.storage.manifest import FileRecord
 
 logger = logging.getLogger(__name__)
 
-LOG_ROOT = Path(tempfile.gettempdir()) / "trainrun-logs"
 RESUME_MAX_DELAY_SECONDS = 30.0
-FINISH_GRACE_SECONDS = 5.0
+FLUSH_SECONDS = 2.0
+FLUSH_BYTES = 4 << 20
+PENDING_LIMIT_BYTES = 32 << 20
+FINISH_GRACE_SECONDS = 30.0  # for streams of containers that ended to deliver their last lines
+FLUSH_RETRY_MAX_SECONDS = 60.0
+
+
+@dataclass
+class ContainerLog:
+    """How far one container start's log was read (persisted in every segment's header)."""
+
+    replica: str
+    position: StreamPosition = field(default_factory=StreamPosition)
+    lines: int = 0
+    done: bool = False  # read to its end: never opened again
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.position.last
+        return {
+            "replica": self.replica,
+            "time": None if last is None else last[0].isoformat(),
+            "nanos": None if last is None else last[1],
+            "atLast": self.position.delivered_at_last,
+            "lines": self.lines,
+            "done": self.done,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ContainerLog:
+        time = document.get("time")
+        position = StreamPosition()
+        if time is not None:
+            position.last = (datetime.fromisoformat(str(time)), int(document.get("nanos") or 0))
+            position.delivered_at_last = int(document.get("atLast") or 0)
+        return cls(str(document["replica"]), position, int(document.get("lines") or 0), bool(document.get("done")))
+
+
+def container_key(uid: str, restarts: int) -> str:
+    return f"{uid}/{restarts}"
 
 
 class RunLogs:
-    """The followed logs of one run's replica pods, until :meth:`finish`."""
+    """The followed logs of one run's replica pods and their archive, until :meth:`finish`."""
 
-    def __init__(self, kube: AsyncKube, run: TrainingRun, *, on_metrics: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        kube: AsyncKube,
+        run: TrainingRun,
+        archive: LogArchive | None,
+        *,
+        on_metrics: Callable[[], None],
+        flush_seconds: float = FLUSH_SECONDS,
+        flush_bytes: int = FLUSH_BYTES,
+    ) -> None:
         self.kube = kube
         self.run = run
+        self.archive = archive
         self.on_metrics = on_metrics
+        self.flush_seconds = flush_seconds
+        self.flush_bytes = flush_bytes
         self.parser = MetricParser.from_definitions(run.spec.metrics)
         self.summary = MetricSummary()
-        self.folder = LOG_ROOT / run.metadata.namespace / run.metadata.name
-        # A follower (re)starts every stream from the first line: what an earlier one wrote would repeat.
-        shutil.rmtree(self.folder, ignore_errors=True)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, IO[str]] = {}
+        self.progress = ProgressTracker(since=datetime.now(UTC))  # steps and silences (trainrun.plan's hangs)
+        self.containers: dict[str, ContainerLog] = {}
+        self.shipped: dict[str, int] = {}
+        self.sequence = 0
+        self.sealed_files: tuple[FileRecord, ...] | None = None
+        self.stopped_because: str | None = None
+        self._pending: dict[str, list[str]] = {}
+        self._pending_bytes = 0
+        self._dirty = False  # positions moved since the last segment
+        self._room = asyncio.Event()
+        self._room.set()
+        self._flush_now = asyncio.Event()
+        self._loaded = asyncio.Event()
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
-        self._tasks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    # ---- what the controller reads ----
 
     @property
     def metrics(self) -> dict[str, float] | None:
@@ -63,86 +136,246 @@ class RunLogs:
     def key_metric(self) -> str | None:
         return self.summary.key_metric()
 
+    # ---- life cycle ----
+
+    def start(self) -> None:
+        """Load the archive's state (retrying while the store cannot be read), then ship every few seconds."""
+        self._flusher = asyncio.get_running_loop().create_task(self._ship(), name=f"logs {self.run.metadata.name}")
+
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
-        """Start reading every replica container that has started and is not read yet."""
-        if self._closing:
-            return
+        """Start reading every replica container that has started and is not read to its end yet."""
         self._pods = {str(pod["metadata"]["name"]): pod for pod in pods}
+        if self._closing or not self._loaded.is_set() or self.sealed_files is not None:
+            return
         for name, pod in self._pods.items():
             restarts = started_container_restarts(pod)
             if restarts is None:
                 continue
-            key = (str(pod["metadata"].get("uid")), restarts)
-            if key not in self._tasks:
-                self._tasks[key] = asyncio.get_running_loop().create_task(
-                    self._read(replica_name(pod), name, *key), name=f"logs {self.run.metadata.name}/{name}"
-                )
+            uid = str(pod["metadata"].get("uid"))
+            self._start(pod, name, uid, restarts, previous=False)
+            earlier = self.containers.get(container_key(uid, restarts - 1))
+            if restarts > 0 and earlier is not None and not earlier.done:
+                # Restarted in place while no follower read it: the kubelet keeps the one start before.
+                self._start(pod, name, uid, restarts - 1, previous=True)
 
-    async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> list[Path]:
-        """Let open streams end for a moment, stop the rest, and return the archived log of every replica."""
+    def _start(self, pod: Mapping[str, Any], name: str, uid: str, restarts: int, *, previous: bool) -> None:
+        key = container_key(uid, restarts)
+        container = self.containers.get(key)
+        if key in self._tasks or (container is not None and container.done):
+            return
+        if container is None:
+            container = self.containers[key] = ContainerLog(replica_name(pod))
+        self._tasks[key] = asyncio.get_running_loop().create_task(
+            self._read(container, name, uid, restarts, previous), name=f"logs {self.run.metadata.name}/{name}"
+        )
+
+    async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> tuple[FileRecord, ...] | None:
+        """Let the streams deliver their last lines, ship them, and seal the archive: its composed files.
+
+        None when there is no archive. Raises ``StorageError`` when the store cannot take the last
+        segment or the seal (the follower stays usable: call again later).
+        """
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout=grace)
+        except TimeoutError:
+            raise StorageError(f"the log archive {self.archive.uri if self.archive else ''} cannot be read yet") from None
+        if self.sealed_files is not None:
+            return self.sealed_files
         self._closing = True
-        tasks = list(self._tasks.values())
+        tasks = [task for task in self._tasks.values() if not task.done()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for archive in self._files.values():
-            archive.close()
-        return sorted(self.folder.glob("*.log"))
+        if self.archive is None:
+            return None
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await self._flush()
+        self.sealed_files = await self.archive.seal(self._state(self.sequence))
+        return self.sealed_files
 
     async def stop(self) -> None:
-        """Stop reading at once (leadership lost, operator shutting down); nothing is archived."""
+        """Stop reading at once (leadership lost, run deleted, operator shutting down): what was not
+        shipped yet is read again by the next follower, from the positions in the archive."""
         self._closing = True
-        for task in self._tasks.values():
+        tasks = [*self._tasks.values(), *([self._flusher] if self._flusher is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
-        for archive in self._files.values():
-            archive.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._room.set()
 
-    async def _read(self, replica: str, pod_name: str, uid: str, restarts: int) -> None:
-        """Read one container's log to its end, reopening a stream that breaks off while it runs."""
-        position = StreamPosition()
+    # ---- reading ----
+
+    async def _read(self, container: ContainerLog, pod_name: str, uid: str, restarts: int, previous: bool) -> None:
+        """Read one container start's log to its end, reopening a stream that breaks off while it runs."""
+        position = container.position
+        times = LogTimes()
         breaks = 0
         while not self._closing:
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
             try:
-                async for stamped in self.kube.log_lines(
-                    self.run.metadata.namespace, pod_name, container=CONTAINER_NAME, since_seconds=since
+                async for batch in self.kube.log_batches(
+                    self.run.metadata.namespace,
+                    pod_name,
+                    container=CONTAINER_NAME,
+                    since_seconds=since,
+                    previous=previous,
                 ):
-                    stamp_text, _, text = stamped.partition(" ")
-                    stamp = parse_log_time(stamp_text)
-                    if stamp is None:
-                        text = stamped  # no time in front (not a kubelet): keep the line whole
-                    elif not position.take(stamp):
-                        continue  # read before the stream broke off
-                    self._take(replica, text)
-                    breaks = 0
+                    kept: list[tuple[LogTime | None, str]] = []
+                    for stamped in batch:
+                        stamp_text, _, text = stamped.partition(" ")
+                        stamp = times.parse(stamp_text)
+                        if stamp is None:
+                            kept.append((None, stamped))  # no time in front (not a kubelet): keep the line whole
+                        elif position.take(stamp):
+                            kept.append((stamp, text))
+                    if kept:
+                        self._take(container, kept)
+                        breaks = 0
+                    if not self._room.is_set():
+                        await self._room.wait()
                 why = "it ended"
             except ApiError as error:
                 why = str(error)
-            if self._closing or not self._still_running(pod_name, uid, restarts):
+                if previous and error.refused:
+                    why = "the kubelet no longer has it"  # restarted again since: that start's log is gone
+                elif previous:
+                    breaks += 1
+                    await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+                    continue
+            if self._closing:
+                return
+            if previous or not still_running(self._pods.get(pod_name), uid, restarts):
+                container.done = True
+                self._dirty = True
                 return
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
-    def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
-        """Whether the container a stream read is still the pod's running training container (per the watch)."""
-        return still_running(self._pods.get(pod_name), uid, restarts)
-
-    def _take(self, replica: str, text: str) -> None:
-        """Append the line to its replica's archive and parse it for metrics."""
-        archive = self._files.get(replica)
-        if archive is None:
-            archive = self._files[replica] = (self.folder / f"{replica}.log").open("a", encoding="utf-8")
-        archive.write(text + "\n")
-        samples = self.parser.parse(text)
-        if samples and self.summary.add(samples):
+    def _take(self, container: ContainerLog, lines: list[tuple[LogTime | None, str]]) -> None:
+        """Queue a container's new lines for the archive and parse them for metrics."""
+        replica = container.replica
+        container.lines += len(lines)
+        self._dirty = True
+        changed = False
+        parse = self.parser.parse
+        texts = []
+        for stamp, text in lines:
+            texts.append(text)
+            samples = parse(text)
+            changed |= self.progress.take(replica, text, samples, stamp[0] if stamp else datetime.now(UTC))
+            if samples:
+                changed |= self.summary.add(samples, from_master=is_master(replica))
+                at = _stamp_text(stamp)
+                self._queue(METRICS_CHANNEL, [json.dumps(metric_record(replica, samples, at=at))])
+        self._queue(replica, texts)
+        if changed:
             self.on_metrics()
 
-    def discard(self) -> None:
-        """Remove the local copy once it is archived (or not wanted)."""
-        with contextlib.suppress(OSError):
-            shutil.rmtree(self.folder)
+    def _queue(self, channel: str, texts: list[str]) -> None:
+        if self.archive is None:
+            return
+        self._pending.setdefault(channel, []).extend(texts)
+        self._pending_bytes += sum(len(text) + 1 for text in texts)
+        if self._pending_bytes >= self.flush_bytes:
+            self._flush_now.set()
+        if self._pending_bytes >= PENDING_LIMIT_BYTES:
+            self._room.clear()
+
+    # ---- shipping ----
+
+    async def _ship(self) -> None:
+        """Load the archive's state, then write a segment every flush interval (sooner when it is big)."""
+        failures = 0
+        while self.archive is not None:
+            try:
+                loaded = await self.archive.load()
+                break
+            except (StorageError, ValueError) as error:
+                failures += 1
+                logger.warning("cannot read the log archive of %s yet: %s", self.run.metadata.name, error)
+                await asyncio.sleep(min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures))
+        else:
+            loaded = None
+        if loaded is not None:
+            self._restore(loaded.state)
+            if loaded.sealed:
+                self.sealed_files = loaded.files
+        self._loaded.set()
+        self.update(self._pods.values())
+        if self.archive is None or self.sealed_files is not None:
+            return
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_seconds * 2**failures)
+            self._flush_now.clear()
+            try:
+                await self._flush()
+                failures = 0
+            except ArchiveConflict as error:
+                logger.warning("stopped following the logs of %s: %s", self.run.metadata.name, error)
+                self.stopped_because = str(error)
+                await self.stop()
+                return
+            except StorageError as error:
+                failures = min(failures + 1, 5)
+                logger.warning("could not ship the logs of %s (kept, tried again): %s", self.run.metadata.name, error)
+
+    def _restore(self, state: ArchiveState) -> None:
+        self.sequence = state.sequence
+        self.containers = {key: ContainerLog.from_json(value) for key, value in state.positions.items()}
+        self.shipped = dict(state.shipped)
+        self.summary = MetricSummary(
+            latest=dict(state.metrics.get("latest", {})), master=dict(state.metrics.get("master", {}))
+        )
+        if self.summary.latest:
+            self.on_metrics()
+
+    def _state(self, sequence: int) -> ArchiveState:
+        return ArchiveState(
+            sequence=sequence,
+            positions={key: container.to_json() for key, container in self.containers.items()},
+            metrics={"latest": dict(self.summary.latest), "master": dict(self.summary.master)},
+            shipped=dict(self.shipped),
+        )
+
+    async def _flush(self) -> None:
+        """Write what was read since the last segment, with the positions after it, as the next segment."""
+        if self.archive is None or not (self._dirty or self._pending):
+            return
+        blocks, self._pending = self._pending, {}
+        size, self._pending_bytes = self._pending_bytes, 0
+        self._dirty = False
+        for channel, lines in blocks.items():
+            self.shipped[channel] = self.shipped.get(channel, 0) + len(lines)
+        segment = Segment(self._state(self.sequence + 1), {channel: tuple(lines) for channel, lines in blocks.items()})
+        try:
+            await self.archive.write(segment)
+        except StorageError:
+            # Put the lines back in front of those read meanwhile: the next segment carries both.
+            for channel, lines in blocks.items():
+                self.shipped[channel] -= len(lines)
+                self._pending[channel] = [*lines, *self._pending.get(channel, [])]
+            self._pending_bytes += size
+            self._dirty = True
+            raise
+        self.sequence += 1
+        if self._pending_bytes < PENDING_LIMIT_BYTES:
+            self._room.set()
+
+
+def _stamp_text(stamp: LogTime | None) -> str:
+    if stamp is None:
+        return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    second, nanos = stamp
+    return (second + timedelta(microseconds=nanos // 1000)).astimezone(UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+

@@ -45,6 +45,8 @@ from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.status import PhaseEvent
 from trainrun.status.shapes import utc_now
+from trainrun.storage import StorageError
+from trainrun.storage.logstore import LogArchive
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +67,9 @@ class RunMemory:
     """What the controller remembers about one run between reconciles (all of it can be lost)."""
 
     manifest_failures: int = 0  # reads of <output>/manifest.json that found no verified copy yet
+    seal_failures: int = 0  # seals of the log archive the object store did not take yet
+    sealing: asyncio.Task[RunLogs | None] | None = None  # finishing the follower and sealing the archive
+    seal_not_before: float = 0.0  # after a failed seal: the loop time the next try may start
     refusal: tuple[int | None, str, float] | None = None  # (generation, the server's words, when)
     logs: RunLogs | None = None
     posted: set[str] = field(default_factory=set)
@@ -301,9 +306,13 @@ class Controller:
         else:
             self.queue.active.clear()
             for memory in self.memory.values():
+                if memory.sealing is not None:
+                    memory.sealing.cancel()
+                    memory.sealing = None
                 if memory.logs is not None:
                     asyncio.get_running_loop().create_task(memory.logs.stop())
                     memory.logs = None
+                    telemetry.LOG_FOLLOWERS.dec()
 
     async def stop_followers(self) -> None:
         await asyncio.gather(*(memory.logs.stop() for memory in self.memory.values() if memory.logs is not None))
@@ -339,6 +348,7 @@ class Controller:
             refusal=refusal,
             metrics=memory.logs.metrics if memory.logs is not None else None,
             key_metric=memory.logs.key_metric if memory.logs is not None else None,
+            progress=memory.logs.progress.snapshot() if memory.logs is not None else None,
         )
 
     async def _reconcile_key(self, key: Hashable) -> float | None:
@@ -363,8 +373,15 @@ class Controller:
         observed = self.observed(key, body, memory)
         decided = self._plan(body, observed)
         retry_manifest: float | None = None
+        if decided.seal_logs and decided.run is not None:
+            sealed = self._sealed(key, memory, decided.run, decided.log_archive)
+            if sealed is not None:
+                observed = replace(observed, logs_archived=True, metrics=sealed.metrics, key_metric=sealed.key_metric)
+                decided = self._plan(body, observed)
+            elif memory.sealing is None:  # the last try failed: the next one after a back-off
+                retry_manifest = memory.seal_not_before - asyncio.get_running_loop().time()
         if decided.read_manifest and decided.run is not None:
-            manifest = await self.artifacts.read_manifest(decided.run)
+            manifest = await self.artifacts.read_manifest(decided.run, decided.log_archive)
             decided = self._plan(body, replace(observed, manifest=manifest))
             if manifest.artifacts is None:
                 # Not there yet, or not readable: the status says why; read again later, less and less often.
@@ -417,31 +434,86 @@ class Controller:
         return None
 
     async def _follow(self, key: Key, memory: RunMemory, decided: Plan) -> None:
-        """Keep a log follower while the plan says so; archive the logs when the run is done with them."""
+        """Keep a log follower while the plan says so (a run without an archive: until it finishes)."""
         run = decided.run
         if decided.follow_logs and run is not None:
             if memory.logs is None:
-                memory.logs = RunLogs(self.kube, run, on_metrics=lambda: self.queue.add(key, METRICS_WRITE_SECONDS))
-                telemetry.LOG_FOLLOWERS.inc()
+                memory.logs = await self._follower(key, run, decided.log_archive)
             memory.logs.update(self.pods_by_run.get(key, {}).values())
-        elif memory.logs is not None and run is not None:
+        elif memory.logs is not None and not decided.seal_logs:
             logs, memory.logs = memory.logs, None
             telemetry.LOG_FOLLOWERS.dec()
-            asyncio.get_running_loop().create_task(self._archive(run, logs))
+            await logs.finish(grace=0)
 
-    async def _archive(self, run: TrainingRun, logs: RunLogs) -> None:
-        files = await logs.finish()
-        await self.artifacts.archive_logs(run, files)
-        logs.discard()
+    async def _follower(self, key: Key, run: TrainingRun, archive_uri: str | None) -> RunLogs:
+        """A follower of the run's logs that resumes from its archive (where the store can be opened)."""
+        archive = None
+        if archive_uri is not None:
+            try:
+                archive = LogArchive(archive_uri, await self.artifacts.archive_options(run))
+            except (StorageError, ApiError) as error:
+                logger.warning("the logs of %s cannot be archived to %s: %s", run.metadata.name, archive_uri, error)
+        logs = RunLogs(
+            self.kube,
+            run,
+            archive,
+            on_metrics=lambda: self.queue.add(key, METRICS_WRITE_SECONDS),
+            flush_seconds=self.config.logs.flush_seconds,
+        )
+        logs.start()
+        telemetry.LOG_FOLLOWERS.inc()
+        return logs
+
+    def _sealed(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> RunLogs | None:
+        """The follower whose archive is sealed, once its seal (a task: reconciles never wait for the
+        streams' last lines or the store) is done; starts that task when none runs. None meanwhile."""
+        task = memory.sealing
+        loop = asyncio.get_running_loop()
+        if task is None:
+            if loop.time() < memory.seal_not_before:
+                return None
+            task = memory.sealing = loop.create_task(self._seal(key, memory, run, archive_uri), name=f"seal {key[1]}")
+            task.add_done_callback(lambda _: self.queue.add(key))
+            return None
+        if not task.done():
+            return None
+        memory.sealing = None
+        sealed = None if task.cancelled() else task.result()
+        if sealed is None:
+            memory.seal_failures += 1
+            delay = min(MANIFEST_RETRY_MAX_SECONDS, MANIFEST_RETRY_SECONDS * 2 ** (memory.seal_failures - 1))
+            memory.seal_not_before = loop.time() + delay
+        else:
+            memory.seal_failures = 0
+        return sealed
+
+    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> RunLogs | None:
+        """Finish the run's follower (one resuming from the archive if this process had none: the run may have
+        ended while no operator ran) and seal its archive; None when the store did not take it (retried)."""
+        logs = memory.logs or await self._follower(key, run, archive_uri)
+        memory.logs = logs
+        logs.update(self.pods_by_run.get(key, {}).values())
+        try:
+            files = await logs.finish()
+        except StorageError as error:
+            logger.warning("could not seal the log archive of %s (tried again later): %s", run.metadata.name, error)
+            return None
+        if files is None:
+            return None  # the archive's store could not be opened: said when the follower was made
+        memory.logs = None
+        telemetry.LOG_FOLLOWERS.dec()
+        return logs
 
     async def _forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
         self.written.pop(key, None)
         self.queue.forget(key)
+        if memory is not None and memory.sealing is not None:
+            memory.sealing.cancel()
+            await asyncio.gather(memory.sealing, return_exceptions=True)
         if memory is not None and memory.logs is not None:
             telemetry.LOG_FOLLOWERS.dec()
             await memory.logs.stop()
-            memory.logs.discard()
 
     async def run(self) -> None:
         """The watches and the workers, until cancelled; the workers start once every cache is synced."""

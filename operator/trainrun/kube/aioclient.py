@@ -25,6 +25,7 @@ import httpx
 Object = dict[str, Any]
 DEFAULT_FIELD_MANAGER = "trainrun"
 # Bounded per line, so one replica printing megabytes without a newline cannot grow the operator.
+LogBatch = list[str]  # whole lines of a log stream, as one chunk of it brought them
 MAX_LINE_BYTES = 64 * 1024
 TRUNCATED_MARKER = " [trainrun: line cut at 64 KiB]"
 WATCH_LINE_LIMIT = 4 * 1024 * 1024
@@ -323,23 +324,25 @@ class AsyncKube:
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ApiError(f"watch of {resource.plural} broke off: {_describe(error)}") from None
 
-    async def log_lines(
+    async def log_batches(
         self,
         namespace: str,
         pod: str,
         *,
         container: str,
         since_seconds: int | None = None,
-        tail_lines: int | None = None,
-    ) -> AsyncIterator[str]:
-        """A followed container log with kubelet timestamps, line by line, until the container ends.
+        previous: bool = False,
+    ) -> AsyncIterator[LogBatch]:
+        """A followed container log with kubelet timestamps, in batches of whole lines as they arrive
+        (one per chunk the server sends: per-line work stays in tight loops), until the container ends.
+        ``previous``: the container's last start before this one (ended, so the stream ends with it).
 
         Lines longer than MAX_LINE_BYTES are cut with a marker; bytes that are not UTF-8 are replaced."""
         query = {"container": container, "follow": "true", "timestamps": "true"}
         if since_seconds is not None:
             query["sinceSeconds"] = str(since_seconds)
-        if tail_lines is not None:
-            query["tailLines"] = str(tail_lines)
+        if previous:
+            query["previous"] = "true"
         log_client = self._log_client()
         log_client.streams += 1
         try:
@@ -347,8 +350,8 @@ class AsyncKube:
                 if response.status_code >= 400:
                     body = (await response.aread()).decode("utf-8", errors="replace")
                     raise _answer_error(response.status_code, body, f"logs of pod {pod}")
-                async for line in split_lines(response.aiter_raw()):
-                    yield line
+                async for batch in split_lines(response.aiter_raw()):
+                    yield batch
         except (httpx.HTTPError, OSError) as error:
             raise ApiError(f"log stream of pod {pod} broke off: {_describe(error)}") from None
         finally:
@@ -363,25 +366,30 @@ class _LogClient:
     streams: int = 0
 
 
-async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
-    """Bytes as they arrive -> lines; a line over MAX_LINE_BYTES is cut with a marker and the rest of it
-    dropped, so memory per stream stays bounded; invalid UTF-8 is replaced, never an error."""
+async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[LogBatch]:
+    """Bytes as they arrive -> batches of whole lines (one batch per chunk that completed any); a line over
+    MAX_LINE_BYTES is cut with a marker and the rest of it dropped, so memory per stream stays bounded;
+    invalid UTF-8 is replaced, never an error."""
     pending = b""
     cut = False
     async for chunk in chunks:
         pending += chunk
+        if b"\n" not in chunk:
+            if len(pending) > MAX_LINE_BYTES:
+                if not cut:
+                    yield [_text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER]
+                pending, cut = b"", True
+            continue
         *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if cut:  # the rest of a line already cut
-                cut = False
-                continue
-            yield _text(line)
+        if cut:  # the rest of a line already cut
+            lines, cut = lines[1:], False
+        if lines:
+            yield [_text(line) for line in lines]
         if len(pending) > MAX_LINE_BYTES:
-            if not cut:
-                yield _text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER
+            yield [_text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER]
             pending, cut = b"", True
     if pending and not cut:
-        yield _text(pending)
+        yield [_text(pending)]
 
 
 def _text(line: bytes) -> str:

@@ -48,7 +48,7 @@ from trainrun.local.observe import (
     training_outcome,
 )
 from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
-from trainrun.metrics import MetricParser, MetricSummary
+from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
@@ -370,7 +370,7 @@ class LocalRunner:
         record = metric_record(replica, samples, at=utc_now())
         with self.folder.metrics_path.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
-        if self.summary.add(samples):
+        if self.summary.add(samples, from_master=is_master(replica)):
             self.status.metrics = dict(self.summary.latest)
             self.status.key_metric = self.summary.key_metric()
         self.observer.metrics(record, self.summary)

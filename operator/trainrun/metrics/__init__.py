@@ -79,21 +79,36 @@ def structured_samples(line: str) -> list[MetricSample]:
 
 @dataclass
 class MetricSummary:
-    """The latest value of every metric, as ``status.metrics`` shows it."""
+    """The latest value of every metric, as ``status.metrics`` shows it, and the Master's own.
+
+    Every replica's metrics are there (a Worker's own throughput too), but a metric the Master (rank 0)
+    reports is the Master's value, whatever a Worker printed later; the key metric is the Master's once
+    it reported any. The operator's log follower and the local runner keep one per run.
+    """
 
     latest: dict[str, float] = field(default_factory=dict)
+    master: dict[str, float] = field(default_factory=dict)
 
-    def add(self, samples: Iterable[MetricSample]) -> bool:
-        """Record samples; True when a value changed."""
+    def add(self, samples: Iterable[MetricSample], *, from_master: bool = True) -> bool:
+        """Record samples of one replica; True when a value in ``latest`` changed."""
         changed = False
         for sample in samples:
+            if from_master:
+                self.master[sample.name] = sample.value
+            elif sample.name in self.master:
+                continue
             if self.latest.get(sample.name) != sample.value:
                 self.latest[sample.name] = sample.value
                 changed = True
         return changed
 
     def key_metric(self) -> str | None:
-        return key_metric(self.latest)
+        return key_metric(self.master or self.latest)
+
+
+def is_master(replica: str) -> bool:
+    """Whether a replica name (``master-0``, ``worker-3``) is the Master's, rank 0."""
+    return replica.startswith("master")
 
 
 def key_metric(latest: Mapping[str, float]) -> str | None:
@@ -126,4 +141,12 @@ def _position(raw: object) -> int | None:
     return raw if isinstance(raw, int) and not isinstance(raw, bool) else None
 
 
-__all__ = ["METRIC_PREFIX", "MetricParser", "MetricSample", "MetricSummary", "key_metric", "structured_samples"]
+__all__ = [
+    "METRIC_PREFIX",
+    "MetricParser",
+    "MetricSample",
+    "MetricSummary",
+    "is_master",
+    "key_metric",
+    "structured_samples",
+]

@@ -11,7 +11,7 @@ Rendering is ``trainrun.render``; the status is ``trainrun.status.compute_status
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trainrun.metrics.progress import ProgressSnapshot
@@ -21,7 +21,7 @@ from trainrun.render import render_pytorchjob, render_uploader_job, render_volum
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, canonical_spec, volume_claim_name
 from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_training_run, problems_with_config
-from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
+from trainrun.spec.status import Artifacts, LogArchive, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, compute_status, phase_event
 from trainrun.status.observe import UploadState, observe_job, observe_uploader
 from trainrun.status.progress import progress_status
@@ -61,6 +61,7 @@ class Observed:
     refusal: str | None = None  # the API server refused a child of this generation: its words
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
+    logs_archived: bool = False  # the follower sealed the run's log archive
     progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
     gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
 
@@ -106,6 +107,8 @@ class Plan:
     events: tuple[PhaseEvent, ...] = ()
     read_manifest: bool = False  # read <output>/manifest.json, then plan again with Observed.manifest
     follow_logs: bool = False
+    log_archive: str | None = None  # where the follower ships the run's logs (None: not archived)
+    seal_logs: bool = False  # the run is done with its logs: finish the follower, seal, plan again with logs_archived
     requeue_after: float | None = None
     run: TrainingRun | None = field(default=None, compare=False)
 
@@ -181,11 +184,16 @@ def plan(
             actions.append(Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, run.metadata.namespace, run.metadata.name))
     elif not observed.job_kind_served:
         job = None  # nothing of that kind can be read
+    archive = log_archive_uri(run, config)
+    logs_complete = observed.logs_archived or (
+        previous.logs is not None and previous.logs.complete and previous.logs.uri == archive
+    )
     known = previous
     read_manifest = False
     if job is not None:
         actions += _converge_upload(run, config, job, observed, previous)
-        artifacts, problem, read_manifest = _artifacts(run, observed, previous)
+        # With an output URI the logs are composed into it first, so the manifest read lists them.
+        artifacts, problem, read_manifest = _artifacts(run, observed, previous, logs_ready=logs_complete)
         if problem is not None:
             problems.append(problem)
         known = previous.model_copy(update={"artifacts": artifacts})
@@ -209,11 +217,16 @@ def plan(
         status = status.model_copy(update={"progress": progress})
     if supervised.restart is not None:
         status = status.model_copy(update={"restarts": [*status.restarts, supervised.restart]})
+    if archive is not None:
+        status = status.model_copy(update={"logs": LogArchive(uri=archive, complete=logs_complete)})
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
+    done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
+    seal = archive is not None and not logs_complete and done_with_logs
     # Through a restart too: the new job's replicas append to the same followed logs.
-    follow = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
-    return _finish(
+    active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
+    follow = active and not (seal or logs_complete)
+    decided = _finish(
         previous,
         status,
         actions=actions,
@@ -223,6 +236,17 @@ def plan(
         event=supervised.event,
         check_again_in=supervised.check_again_in,
     )
+    return replace(decided, log_archive=archive, seal_logs=seal)
+
+
+def log_archive_uri(run: TrainingRun, config: OperatorConfig) -> str | None:
+    """Where a run's logs are archived: ``<output>/logs``, else under the operator's default location."""
+    if run.spec.output.uri is not None:
+        return f"{run.spec.output.uri.rstrip('/')}/logs"
+    if config.logs.default_uri is None:
+        return None
+    folder = f"{run.metadata.namespace}/{run.metadata.name}-{(run.metadata.uid or 'no-uid')[:8]}"
+    return f"{config.logs.default_uri.rstrip('/')}/{folder}"
 
 
 def _epochs(run: TrainingRun) -> int | None:
@@ -309,13 +333,14 @@ def _converge_upload(
 
 
 def _artifacts(
-    run: TrainingRun, observed: Observed, previous: TrainingRunStatus
+    run: TrainingRun, observed: Observed, previous: TrainingRunStatus, *, logs_ready: bool
 ) -> tuple[Artifacts | None, str | None, bool]:
-    """(artifacts, problem, whether the manifest must be read first) once the uploader succeeded."""
+    """(artifacts, problem, whether the manifest must be read first) once the uploader succeeded and the
+    logs are composed beside the outputs."""
     if previous.artifacts is not None:
         return previous.artifacts, None, False
     upload = observe_uploader(observed.uploader, [])
-    if run.spec.output.uri is None or upload is None or upload.state is not UploadState.SUCCEEDED:
+    if run.spec.output.uri is None or upload is None or upload.state is not UploadState.SUCCEEDED or not logs_ready:
         return None, None, False
     if observed.manifest is None:
         return None, None, True

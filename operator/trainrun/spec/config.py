@@ -44,6 +44,21 @@ class HelperResources(ApiModel):
     limits: dict[str, Quantity] = Field(default_factory=lambda: dict(HELPER_LIMITS), description="Resource limits.")
 
 
+class LogArchiveSettings(ApiModel):
+    """Where the operator archives every replica's log while a run trains (see the README's "Logs")."""
+
+    default_uri: str | None = Field(
+        default=None,
+        description="Archive location of runs without spec.output.uri: their logs go to "
+        "<defaultUri>/<namespace>/<run>-<uid>/ with the operator's own credentials (its environment). "
+        "Unset: such runs' logs are followed for metrics but not archived. Runs with an output URI "
+        "archive to <output>/logs/ with the run's credentials.",
+    )
+    flush_seconds: float = Field(
+        default=2.0, gt=0, le=300, description="Lines read are shipped as a segment this often (or every 4 MiB)."
+    )
+
+
 class NamespacePolicy(ApiModel):
     """What the runs of one namespace may use. A field left out does not restrict; an empty list allows nothing."""
 
@@ -77,6 +92,9 @@ class OperatorConfig(ApiModel):
     namespaces: dict[str, NamespacePolicy] = Field(
         default_factory=dict,
         description="Per-namespace limits on output URIs and pools; a namespace not listed is not limited.",
+    )
+    logs: LogArchiveSettings = Field(
+        default_factory=LogArchiveSettings, description="Where and how often replica logs are archived."
     )
 
     def pool_named(self, name: str | None) -> tuple[str | None, Pool | None]:

@@ -200,7 +200,7 @@ def upload_directory(
             f"cannot upload {str(root)!r} to {location.uri}: {MANIFEST_NAME!r} at its top level is "
             "reserved for the upload manifest; rename or move that file"
         )
-    with _store_errors(UploadError, location, options, action="upload to"):
+    with store_errors(UploadError, location, options, action="upload to"):
         store = open_store(location, options, create_local_dir=True)
         # Fails fast on bad credentials, a missing bucket or an unreachable endpoint, and makes
         # sure a manifest from an earlier upload cannot describe a half-replaced folder.
@@ -245,7 +245,7 @@ def upload_file(
         location = location.child(path.name)
     parent, name = location.parent_and_name()
     local = _LocalFile(key=name, path=path, size=_size_or_fail(path, location))
-    with _store_errors(UploadError, location, options, action="upload to"):
+    with store_errors(UploadError, location, options, action="upload to"):
         store = open_store(parent, options, create_local_dir=True)
         record = _upload_with_retries(store, local, _TransferState(1, local.size, progress), retry)
         stored_size = obstore.head(store, name)["size"]
@@ -277,7 +277,7 @@ def download(
     destination = Path(dst_dir)
     if destination.exists() and not destination.is_dir():
         raise DownloadError(f"cannot download {location.uri} into {str(destination)!r}: it is a file; give a folder")
-    with _store_errors(DownloadError, location, options, action="download from"):
+    with store_errors(DownloadError, location, options, action="download from"):
         store = open_store(location, options)
         sizes = {meta["path"]: meta["size"] for batch in obstore.list(store, chunk_size=1000) for meta in batch}
         if not sizes:
@@ -317,7 +317,7 @@ def read_manifest(uri: str, *, options: StorageOptions | None = None) -> Manifes
     if location.scheme == "file" and not Path(location.prefix).exists():
         return None  # a local folder nothing was copied into yet, as an empty prefix of a bucket
     options = options or StorageOptions()
-    with _store_errors(DownloadError, location, options, action="read the manifest of"):
+    with store_errors(DownloadError, location, options, action="read the manifest of"):
         store = open_store(location, options)
         try:
             data = bytes(obstore.get(store, MANIFEST_NAME).bytes())
@@ -543,7 +543,7 @@ def _run_in_pool(tasks: list[Callable[[], _T]], *, concurrency: int, stop: threa
         return [future.result() for future in futures]
 
 
-class _store_errors:
+class store_errors:
     """Context manager turning obstore/OS errors into ``error_type`` with a clear message."""
 
     def __init__(

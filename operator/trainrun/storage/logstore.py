@@ -1,0 +1,206 @@
+"""A run's log archive in object storage: segments written while it trains, composed logs after.
+
+The format is :mod:`trainrun.storage.logarchive`. :class:`LogArchive` does the I/O with obstore's
+asynchronous calls, so the operator's log follower (``trainrun.controller.logs``) ships thousands of
+runs' logs from kopf's event loop without a thread per run; the CLI (``trainrun logs`` once the pods
+are gone) reads the same archive through :func:`read_archived_logs`. Errors are
+:class:`~trainrun.storage.errors.StorageError` with a message that names the URI and the fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import obstore
+from obstore.exceptions import AlreadyExistsError, PreconditionError
+
+from trainrun.storage.errors import StorageError
+from trainrun.storage.logarchive import (
+    PARTS,
+    SEALED_KEY,
+    ArchiveState,
+    Segment,
+    channel_key,
+    compose,
+    ordered_segments,
+)
+from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
+from trainrun.storage.options import StorageOptions
+from trainrun.storage.stores import open_store
+from trainrun.storage.transfer import store_errors
+from trainrun.storage.uri import parse_uri
+
+LOGS_FOLDER = "logs"
+
+
+class ArchiveConflict(StorageError):
+    """A segment number this follower was about to write exists: another follower writes this archive."""
+
+
+@dataclass(frozen=True)
+class ArchiveLoad:
+    """What an archive holds when a follower starts: the state to resume from, and whether it is sealed."""
+
+    state: ArchiveState
+    sealed: bool
+    files: tuple[FileRecord, ...] = ()  # the composed logs, once sealed (paths relative to the archive)
+
+
+class LogArchive:
+    """One run's log archive location (``<output>/logs``, or the operator's default location)."""
+
+    def __init__(self, uri: str, options: StorageOptions) -> None:
+        self.location = parse_uri(uri)
+        self.options = options
+        with self._errors("open the log archive"):
+            self.store = open_store(self.location, options, create_local_dir=True)
+
+    @property
+    def uri(self) -> str:
+        return self.location.uri
+
+    def _errors(self, action: str) -> store_errors:
+        return store_errors(StorageError, self.location, self.options, action=f"{action} at")
+
+    async def _keys(self) -> list[str]:
+        with self._errors("list the log archive"):
+            batches = await obstore.list(self.store, f"{PARTS}/").collect_async()
+        return [str(item["path"]) for item in batches]
+
+    async def read(self, key: str) -> bytes:
+        with self._errors("read the log archive"):
+            result = await obstore.get_async(self.store, key)
+            return bytes(await result.bytes_async())
+
+    async def load(self) -> ArchiveLoad:
+        """The newest state (sealed, or of the highest segment); an empty state when nothing was shipped."""
+        keys = await self._keys()
+        if SEALED_KEY in keys:
+            document = json.loads(await self.read(SEALED_KEY))
+            files = tuple(FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in document["files"])
+            return ArchiveLoad(ArchiveState.from_json(document["state"], source=self._name(SEALED_KEY)), True, files)
+        segments = ordered_segments(keys)
+        if not segments:
+            return ArchiveLoad(ArchiveState(), False)
+        _, newest = segments[-1]
+        segment = Segment.decode(await self.read(newest), source=self._name(newest))
+        return ArchiveLoad(segment.state, False)
+
+    async def write(self, segment: Segment) -> None:
+        """Write one segment, create-only: a number that exists raises :class:`ArchiveConflict`."""
+        try:
+            with self._errors("write a log segment"):
+                await obstore.put_async(self.store, segment.key, segment.encode(), mode="create", use_multipart=False)
+        except StorageError as error:
+            if isinstance(error.__cause__, (AlreadyExistsError, PreconditionError)):
+                raise ArchiveConflict(f"{self._name(segment.key)} was written by another follower") from error
+            raise
+
+    async def segments(self) -> list[Segment]:
+        """Every segment, oldest first."""
+        keys = [key for _, key in ordered_segments(await self._keys())]
+        datas = await asyncio.gather(*(self.read(key) for key in keys))
+        return [Segment.decode(data, source=self._name(key)) for key, data in zip(keys, datas, strict=True)]
+
+    async def seal(self, state: ArchiveState) -> tuple[FileRecord, ...]:
+        """Compose every channel's object from the segments, record that, then delete the segments.
+
+        Idempotent: a seal cut short is done again from the segments (they go only after the record).
+        Returns the composed files (paths relative to the archive).
+        """
+        loaded = await self.load()
+        if loaded.sealed:
+            return loaded.files
+        keys = [key for _, key in ordered_segments(await self._keys())]
+        records: list[FileRecord] = []
+        with tempfile.TemporaryDirectory(prefix="trainrun-seal-") as folder:
+            files: dict[str, tuple[IO[bytes], Path, hashlib._Hash]] = {}
+            try:
+                for key in keys:  # one segment in memory at a time
+                    segment = Segment.decode(await self.read(key), source=self._name(key))
+                    for channel, lines in compose([segment]).items():
+                        if channel not in files:
+                            path = Path(folder) / channel_key(channel)
+                            files[channel] = (path.open("wb"), path, hashlib.sha256())
+                        handle, _, digest = files[channel]
+                        data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+                        handle.write(data)
+                        digest.update(data)
+            finally:
+                for handle, _, _ in files.values():
+                    handle.close()
+            for _handle, path, digest in files.values():
+                name = path.name
+                with self._errors("write a composed log"):
+                    await obstore.put_async(self.store, name, path)
+                records.append(FileRecord(path=name, size=path.stat().st_size, sha256=digest.hexdigest()))
+        records.sort(key=lambda record: record.path)
+        document = {
+            "state": state.to_json(),
+            "files": [{"path": r.path, "size": r.size, "sha256": r.sha256} for r in records],
+        }
+        with self._errors("record the sealed log archive"):
+            await obstore.put_async(self.store, SEALED_KEY, json.dumps(document, indent=1).encode())
+            if keys:
+                await obstore.delete_async(self.store, keys)
+        return tuple(records)
+
+    def _name(self, key: str) -> str:
+        return self.location.child(key).uri
+
+
+async def add_to_manifest(output_uri: str, options: StorageOptions, records: Sequence[FileRecord]) -> Manifest | None:
+    """Add the composed logs (``logs/<name>``) to ``<output>/manifest.json``; None when there is no manifest.
+
+    The uploader wrote the manifest for the outputs it copied; the logs are composed by the operator,
+    so they join it here, and the manifest is rewritten only when it lacks them.
+    """
+    location = parse_uri(output_uri)
+    if location.scheme == "file" and not Path(location.prefix).is_dir():
+        return None
+    with store_errors(StorageError, location, options, action="update the manifest at"):
+        store = open_store(location, options)
+        try:
+            data = bytes(await (await obstore.get_async(store, MANIFEST_NAME)).bytes_async())
+        except FileNotFoundError:
+            return None
+        manifest = Manifest.from_json(data, source=location.child(MANIFEST_NAME).uri)
+        wanted = {f"{LOGS_FOLDER}/{record.path}": record for record in records}
+        have = {record.path: record for record in manifest.files}
+        if all(have.get(path) == FileRecord(path, r.size, r.sha256) for path, r in wanted.items()):
+            return manifest
+        kept = [record for record in manifest.files if record.path not in wanted]
+        merged = Manifest.build([*kept, *(FileRecord(path, r.size, r.sha256) for path, r in wanted.items())])
+        await obstore.put_async(store, MANIFEST_NAME, merged.to_json(), use_multipart=False)
+        return merged
+
+
+def read_archived_logs(uri: str, options: StorageOptions) -> dict[str, list[str]]:
+    """Every channel's lines in a run's log archive (composed or still in segments); empty if none.
+
+    For the CLI: a blocking call (it runs its own event loop).
+    """
+
+    async def read() -> dict[str, list[str]]:
+        archive = LogArchive(uri, options)
+        loaded = await archive.load()
+        if not loaded.sealed:
+            return compose(await archive.segments())
+        channels: dict[str, list[str]] = {}
+        for record in loaded.files:
+            text = (await archive.read(record.path)).decode("utf-8", "replace")
+            channel = record.path.removesuffix(".log").removesuffix(".jsonl")
+            channels[channel] = text[:-1].split("\n") if text else []
+        return channels
+
+    return asyncio.run(read())
+
+
+__all__ = ["LOGS_FOLDER", "ArchiveConflict", "ArchiveLoad", "LogArchive", "add_to_manifest", "read_archived_logs"]
