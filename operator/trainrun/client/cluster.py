@@ -118,10 +118,12 @@ class ClusterBackend:
         pods = self._pods(run)
         if wanted is not None:
             pods = {key: pod for key, pod in pods.items() if key == wanted}
-        if not pods:
+        status = TrainingRunStatus.model_validate(run.get("status") or {})
+        finished = status.phase is not None and status.phase.finished
+        if not pods and (not follow or finished or (status.logs is not None and status.logs.complete)):
             yield from self._archived(run, wanted, tail)
             return
-        if follow:
+        if follow:  # pods that start later are followed too
             yield from self._follow(name, replica=wanted, on_status=None, tail=tail)
             return
         for replica_id, pod in pods.items():
@@ -133,8 +135,9 @@ class ClusterBackend:
         name = run["metadata"]["name"]
         uri = ((run.get("status") or {}).get("logs") or {}).get("uri")
         if uri is None:
-            what = f"no pod for replica {wanted!r}" if wanted is not None else "no replica pods"
-            raise RunNotFound(f"run {name!r} has {what} (yet) and no log archive (status.logs)")
+            if wanted is None:
+                return  # no pod has started yet: nothing to print
+            raise RunNotFound(f"run {name!r} has no pod for replica {wanted!r} (yet) and no log archive (status.logs)")
         channels = archived_channels(uri)
         replicas = sorted((key for key in channels if key != METRICS_CHANNEL), key=replica_sort_key)
         if wanted is not None and wanted not in replicas:

@@ -191,7 +191,9 @@ class RunLogs:
         if self.archive is None:
             return None
         if self._flusher is not None:
-            self._flusher.cancel()
+            # Never cancelled in the middle of a write (its lines would be neither shipped nor kept):
+            # told to ship once more and stop.
+            self._flush_now.set()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self._flush()
@@ -201,8 +203,14 @@ class RunLogs:
     async def stop(self) -> None:
         """Stop reading at once (leadership lost, run deleted, operator shutting down): what was not
         shipped yet is read again by the next follower, from the positions in the archive."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._stop_reading()
+
+    async def _stop_reading(self) -> None:
         self._closing = True
-        tasks = [*self._tasks.values(), *([self._flusher] if self._flusher is not None else [])]
+        tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -312,7 +320,7 @@ class RunLogs:
         if self.archive is None or self.sealed_files is not None:
             return
         failures = 0
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_seconds * 2**failures)
             self._flush_now.clear()
@@ -322,7 +330,7 @@ class RunLogs:
             except ArchiveConflict as error:
                 logger.warning("stopped following the logs of %s: %s", self.run.metadata.name, error)
                 self.stopped_because = str(error)
-                await self.stop()
+                await self._stop_reading()
                 return
             except StorageError as error:
                 failures = min(failures + 1, 5)

@@ -38,6 +38,19 @@ from trainrun.storage.transfer import store_errors
 from trainrun.storage.uri import parse_uri
 
 LOGS_FOLDER = "logs"
+# Segment writes in flight at once, over all runs of a process: the store sees a bounded load, and a
+# file:// store (which writes through a pool of blocking threads) keeps a bounded number of threads.
+WRITE_CONCURRENCY = 16
+_writes: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+
+
+def _write_slot() -> asyncio.Semaphore:
+    loop = asyncio.get_running_loop()
+    slot = _writes.get(loop)
+    if slot is None:
+        _writes.clear()  # a semaphore belongs to one loop; a process runs one at a time
+        slot = _writes[loop] = asyncio.Semaphore(WRITE_CONCURRENCY)
+    return slot
 
 
 class ArchiveConflict(StorageError):
@@ -96,8 +109,9 @@ class LogArchive:
     async def write(self, segment: Segment) -> None:
         """Write one segment, create-only: a number that exists raises :class:`ArchiveConflict`."""
         try:
-            with self._errors("write a log segment"):
-                await obstore.put_async(self.store, segment.key, segment.encode(), mode="create", use_multipart=False)
+            async with _write_slot():
+                with self._errors("write a log segment"):
+                    await obstore.put_async(self.store, segment.key, segment.encode(), mode="create", use_multipart=False)
         except StorageError as error:
             if isinstance(error.__cause__, (AlreadyExistsError, PreconditionError)):
                 raise ArchiveConflict(f"{self._name(segment.key)} was written by another follower") from error
