@@ -27,14 +27,15 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
 from trainrun.kube.streams import LogTime, LogTimes, StreamPosition, started_container_restarts, still_running
-from trainrun.metrics import MetricParser, MetricSummary, is_master
+from trainrun.metrics import METRIC_PREFIX, MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import metric_record
-from trainrun.metrics.progress import ProgressTracker
+from trainrun.metrics.progress import PROGRESS_PREFIX, ProgressTracker
+from trainrun.metrics.signals import log_signal, mentions_failure
 from trainrun.render.children import CONTAINER_NAME
 from trainrun.spec.model import TrainingRun
 from trainrun.status import replica_name
@@ -234,16 +235,9 @@ class RunLogs:
                     since_seconds=since,
                     previous=previous,
                 ):
-                    kept: list[tuple[LogTime | None, str]] = []
-                    for stamped in batch:
-                        stamp_text, _, text = stamped.partition(" ")
-                        stamp = times.parse(stamp_text)
-                        if stamp is None:
-                            kept.append((None, stamped))  # no time in front (not a kubelet): keep the line whole
-                        elif position.take(stamp):
-                            kept.append((stamp, text))
-                    if kept:
-                        self._take(container, kept)
+                    texts, last = _new_lines(batch, position, times)
+                    if texts:
+                        self._take(container, texts, last)
                         breaks = 0
                     if not self._room.is_set():
                         await self._room.wait()
@@ -266,22 +260,33 @@ class RunLogs:
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
-    def _take(self, container: ContainerLog, lines: list[tuple[LogTime | None, str]]) -> None:
-        """Queue a container's new lines for the archive and parse them for metrics."""
+    def _take(self, container: ContainerLog, texts: list[str], last: LogTime | None) -> None:
+        """Queue a container's new lines for the archive and parse them for metrics, progress and failures.
+
+        Whole batches at a time: the lines that can carry a metric, a progress report or a failure are
+        found with one search over the batch; only those are parsed one by one (most batches: none), and
+        the progress tracker also sees the batch's last line, for the replica's activity."""
         replica = container.replica
-        container.lines += len(lines)
+        container.lines += len(texts)
         self._dirty = True
         changed = False
-        parse = self.parser.parse
-        texts = []
-        for stamp, text in lines:
-            texts.append(text)
-            samples = parse(text)
-            changed |= self.progress.take(replica, text, samples, stamp[0] if stamp else datetime.now(UTC))
+        progress = self.progress
+        at = _line_time(last)
+        joined = "\n".join(texts)
+        candidates = texts if self.parser.definitions else []
+        if not candidates and (METRIC_PREFIX in joined or PROGRESS_PREFIX in joined or mentions_failure(joined)):
+            candidates = texts
+        taken_last = False
+        for text in candidates:
+            samples = self.parser.parse(text)
+            taken_last = bool(samples) or PROGRESS_PREFIX in text or log_signal(text) is not None
+            if taken_last:
+                changed |= progress.take(replica, text, samples, at)
             if samples:
                 changed |= self.summary.add(samples, from_master=is_master(replica))
-                at = _stamp_text(stamp)
-                self._queue(METRICS_CHANNEL, [json.dumps(metric_record(replica, samples, at=at))])
+                self._queue(METRICS_CHANNEL, [json.dumps(metric_record(replica, samples, at=_stamp_text(last)))])
+        if not (taken_last and candidates is texts):
+            changed |= progress.take(replica, texts[-1], [], at)
         self._queue(replica, texts)
         if changed:
             self.on_metrics()
@@ -379,11 +384,49 @@ class RunLogs:
             self._room.set()
 
 
+def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> tuple[list[str], LogTime | None]:
+    """The lines of a batch not delivered yet, without their kubelet times, and the last one's time.
+
+    A container's lines come in time order, so a batch whose first line is newer than the position is
+    new as a whole: its times are parsed at its ends only (the common case, a stream that is read on).
+    Otherwise (a reopened stream replaying what was read) line by line."""
+    first = times.parse(batch[0].partition(" ")[0])
+    last_text = batch[-1].partition(" ")[0]
+    last = times.parse(last_text)
+    if first is not None and last is not None and (position.last is None or first > position.last):
+        prefix = last_text + " "
+        at_last = 0
+        for line in reversed(batch):
+            if not line.startswith(prefix):
+                break
+            at_last += 1
+        position.advance(last, at_last)
+        return [line.partition(" ")[2] for line in batch], last
+    texts = []
+    newest = None
+    for stamped in batch:
+        stamp_text, _, text = stamped.partition(" ")
+        stamp = times.parse(stamp_text)
+        if stamp is None:
+            texts.append(stamped)  # no time in front (not a kubelet): keep the line whole
+        elif position.take(stamp):
+            texts.append(text)
+            newest = stamp
+    return texts, newest
+
+
+def _line_time(stamp: LogTime | None) -> datetime:
+    return stamp[0] if stamp is not None else datetime.now(UTC)
+
+
+_SECOND_TEXT: list[tuple[datetime, str]] = []  # the last second formatted (a stream's lines share it)
+
+
 def _stamp_text(stamp: LogTime | None) -> str:
+    """A line's kubelet time as a metric record's ``time`` (RFC 3339, milliseconds, as the local runner's)."""
     if stamp is None:
         return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     second, nanos = stamp
-    return (second + timedelta(microseconds=nanos // 1000)).astimezone(UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
-
+    if not _SECOND_TEXT or _SECOND_TEXT[0][0] is not second:
+        _SECOND_TEXT[:] = [(second, f"{second.astimezone(UTC):%Y-%m-%dT%H:%M:%S}")]
+    return f"{_SECOND_TEXT[0][1]}.{nanos // 1_000_000:03d}Z"

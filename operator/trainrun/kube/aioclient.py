@@ -380,11 +380,17 @@ async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[LogBatch]:
                     yield [_text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER]
                 pending, cut = b"", True
             continue
-        *lines, pending = pending.split(b"\n")
+        end = pending.rfind(b"\n")
+        complete, pending = pending[:end], pending[end + 1 :]
+        whole = True
         if cut:  # the rest of a line already cut
-            lines, cut = lines[1:], False
-        if lines:
-            yield [_text(line) for line in lines]
+            rest = complete.find(b"\n")
+            complete, cut, whole = complete[rest + 1 :], False, rest >= 0
+        if whole:
+            # One decode per chunk, not per line; "\r" of CRLF lines only looked for when there is one.
+            text = complete.decode("utf-8", errors="replace")
+            lines = text.split("\n")
+            yield [line.rstrip("\r") for line in lines] if "\r" in text else lines
         if len(pending) > MAX_LINE_BYTES:
             yield [_text(pending[:MAX_LINE_BYTES]) + TRUNCATED_MARKER]
             pending, cut = b"", True

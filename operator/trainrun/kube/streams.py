@@ -49,6 +49,11 @@ class StreamPosition:
     def reopen(self) -> None:
         self._replayed_at_last = 0
 
+    def advance(self, last: LogTime, at_last: int) -> None:
+        """Delivered a batch of lines all newer than the position: the last one's time, and how many lines
+        of the batch had exactly that time (the batch path of :meth:`take`)."""
+        self.last, self.delivered_at_last, self._replayed_at_last = last, at_last, at_last
+
     def take(self, stamp: LogTime) -> bool:
         """Whether a line with this time is new (and then count it as delivered)."""
         if self.last is not None:

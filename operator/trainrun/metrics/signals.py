@@ -25,8 +25,15 @@ _COMMUNICATION = re.compile(
     r"|gloo/transport|Gloo connectFullMesh failed|Connection closed by peer|Connection reset by peer"
     r"|RendezvousConnectionError|RendezvousTimeoutError|DistNetworkError"
 )
+# Every line that announces one of these has one of these words (a cheap test before the expressions).
+_WORDS = ("rror", "xception", "memory", "NCCL", "nccl", "loo", "peer", "Rendezvous")
 # The last line of a Python traceback: "ValueError: ...", "torch.distributed.DistBackendError: ...".
 _EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::|$)")
+
+
+def mentions_failure(text: str) -> bool:
+    """Whether a line (or many, joined) has a word every failure line has: False means no signal in it."""
+    return any(word in text for word in _WORDS)
 
 
 def log_signal(line: str) -> str | None:
@@ -34,6 +41,8 @@ def log_signal(line: str) -> str | None:
 
     An exception line is a UserError unless it is about memory or a peer (checked first: PyTorch raises
     NCCL and CUDA memory failures as exceptions too)."""
+    if not mentions_failure(line):
+        return None  # most lines: no regular expression run
     if _CUDA_OOM.search(line):
         return CUDA_OOM
     if _COMMUNICATION.search(line):

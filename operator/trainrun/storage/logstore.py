@@ -38,18 +38,19 @@ from trainrun.storage.transfer import store_errors
 from trainrun.storage.uri import parse_uri
 
 LOGS_FOLDER = "logs"
-# Segment writes in flight at once, over all runs of a process: the store sees a bounded load, and a
-# file:// store (which writes through a pool of blocking threads) keeps a bounded number of threads.
-WRITE_CONCURRENCY = 16
-_writes: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+# Archive requests in flight at once, over all runs of a process (an operator starting with a thousand
+# runs loads a thousand archives): the store sees a bounded load, and a file:// store (which reads and
+# writes through a pool of blocking threads) keeps a bounded number of threads.
+IO_CONCURRENCY = 16
+_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
 
 
-def _write_slot() -> asyncio.Semaphore:
+def _io_slot() -> asyncio.Semaphore:
     loop = asyncio.get_running_loop()
-    slot = _writes.get(loop)
+    slot = _slots.get(loop)
     if slot is None:
-        _writes.clear()  # a semaphore belongs to one loop; a process runs one at a time
-        slot = _writes[loop] = asyncio.Semaphore(WRITE_CONCURRENCY)
+        _slots.clear()  # a semaphore belongs to one loop; a process runs one at a time
+        slot = _slots[loop] = asyncio.Semaphore(IO_CONCURRENCY)
     return slot
 
 
@@ -83,14 +84,16 @@ class LogArchive:
         return store_errors(StorageError, self.location, self.options, action=f"{action} at")
 
     async def _keys(self) -> list[str]:
-        with self._errors("list the log archive"):
-            batches = await obstore.list(self.store, f"{PARTS}/").collect_async()
+        async with _io_slot():
+            with self._errors("list the log archive"):
+                batches = await obstore.list(self.store, f"{PARTS}/").collect_async()
         return [str(item["path"]) for item in batches]
 
     async def read(self, key: str) -> bytes:
-        with self._errors("read the log archive"):
-            result = await obstore.get_async(self.store, key)
-            return bytes(await result.bytes_async())
+        async with _io_slot():
+            with self._errors("read the log archive"):
+                result = await obstore.get_async(self.store, key)
+                return bytes(await result.bytes_async())
 
     async def load(self) -> ArchiveLoad:
         """The newest state (sealed, or of the highest segment); an empty state when nothing was shipped."""
@@ -109,7 +112,7 @@ class LogArchive:
     async def write(self, segment: Segment) -> None:
         """Write one segment, create-only: a number that exists raises :class:`ArchiveConflict`."""
         try:
-            async with _write_slot():
+            async with _io_slot():
                 with self._errors("write a log segment"):
                     await obstore.put_async(self.store, segment.key, segment.encode(), mode="create", use_multipart=False)
         except StorageError as error:

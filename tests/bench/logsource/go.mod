@@ -1,0 +1,3 @@
+module trainrun.dev/bench/logsource
+
+go 1.22
