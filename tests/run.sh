@@ -19,8 +19,22 @@ step "python environment: $venv"
 "$venv/bin/python" -m pip install -q -e '.[train,test]'
 export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 
-step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator)"
+step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator, kubelet, CoreDNS)"
 bash tests/cluster/build.sh
+
+step "real node packages (Debian: containerd, runc, CNI plugins, buildah, mmdebstrap; tests/realpod)"
+real_node_packages=(containerd runc containernetworking-plugins iptables socat buildah mmdebstrap gcc libc6-dev)
+missing_packages=()
+for package in "${real_node_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing_packages+=("$package")
+done
+if ((${#missing_packages[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >/dev/null
+fi
+
+step "real node images (buildah from images/*/Dockerfile on local Debian bases, cached by content)"
+bash tests/cluster/images.sh >/dev/null
 
 step "manifest linter (kube-score, from Go modules, cached; tests/lint checks manifests/ and rendered runs with it)"
 bash tests/lint/build.sh

@@ -14,7 +14,6 @@ COREDNS_VERSION=v1.15.0
 # shipped manifests and samples use, so they run unchanged; the local bases under trainrun.local/.
 PAUSE_IMAGE=trainrun.local/pause:3.10
 INIT_IMAGE=trainrun.local/debian:bookworm
-TORCH_BASE_IMAGE=trainrun.local/pytorch:2.15.0
 OPERATOR_IMAGE=ghcr.io/trainrun/operator:0.1.0
 TRAINER_IMAGE=ghcr.io/trainrun/trainer:0.1.0
 # kstatus and the quantity parser for tests/kubecheck (sigs.k8s.io/cli-utils pins its apimachinery).

@@ -13,16 +13,20 @@ does (succeed, fail, OOM, image pull error, keep running) is chosen by its annot
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 CLUSTER_SCRIPTS_DIR = Path(__file__).resolve().parent
@@ -327,11 +331,11 @@ def build_binaries() -> None:
         raise ClusterError("tests/cluster/build.sh failed: see its output above")
 
 
-def start_cluster(name: str | None = None, *, real_node_images: Iterable[Path] | None = None) -> KubeCluster:
+def start_cluster(name: str | None = None, *, real_node_images: Iterable[str] | None = None) -> KubeCluster:
     """Starts a cluster with up.sh (a unique name by default) and returns it once nodes are Ready.
 
     First stops the clusters left running by test sessions that died without stopping theirs. With
-    ``real_node_images`` (the archives ``node_images()`` returns), node.sh adds a real node (REAL_NODE)
+    ``real_node_images`` (what ``node_images()`` returns), node.sh adds a real node (REAL_NODE)
     that runs pods from those images.
     """
     run_script("down.sh", "--abandoned", timeout=300)
@@ -345,23 +349,54 @@ def start_cluster(name: str | None = None, *, real_node_images: Iterable[Path] |
     kubeconfig = Path(lines[-1])
     cluster = KubeCluster(name=kubeconfig.parent.name, kubeconfig=kubeconfig)
     if real_node_images is not None:
-        archives = [str(path) for path in real_node_images]
-        if run_script("node.sh", "up", cluster.name, *archives, timeout=900).returncode != 0:
+        if run_script("node.sh", "up", cluster.name, *real_node_images, timeout=900).returncode != 0:
             stop_cluster(cluster.name)
             raise ClusterError("tests/cluster/node.sh up failed: see its output above")
     return cluster
 
 
-def node_images(*, build: bool) -> list[Path]:
-    """The image archives a real node imports (images.sh): built when missing if ``build``, else
-    ClusterError when one is missing."""
-    completed = run_script("images.sh", *([] if build else ["--check"]), timeout=3600)
+def node_images() -> list[str]:
+    """The image archives a real node imports (images.sh prints their paths), built first when missing
+    (a cold build takes 5-10 minutes, a warm one seconds)."""
+    completed = run_script("images.sh", timeout=3600)
     if completed.returncode != 0:
-        raise ClusterError(f"tests/cluster/images.sh {'failed' if build else '--check: images missing'}: see its output above")
-    return [Path(line) for line in completed.stdout.split()]
+        raise ClusterError("tests/cluster/images.sh failed: see its output above")
+    return completed.stdout.split()
 
 
 def stop_cluster(name: str) -> None:
     """Stops cluster NAME with down.sh; a no-op for a cluster already stopped."""
     if run_script("down.sh", name, timeout=120).returncode != 0:
         raise ClusterError(f"tests/cluster/down.sh {name} failed: see its output above")
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # The default SIGTERM action kills Python without running finalizers or atexit, which
+    # would leave the cluster's processes running. pytest ends the session on
+    # KeyboardInterrupt and still tears fixtures down (a SystemExit would only fail one test).
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def session_cluster(*, real_node_images: Iterable[str] | None = None) -> Iterator[KubeCluster]:
+    """A cluster for a test session (the conftests' ``kube_cluster``): binaries built when missing, then
+    start_cluster; stopped when the block ends, at exit, or on SIGTERM (as an interrupt)."""
+    if binaries_missing():
+        build_binaries()
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    cluster = start_cluster(real_node_images=real_node_images)
+    stopped = False
+
+    def stop_once() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            stop_cluster(cluster.name)
+
+    atexit.register(stop_once)
+    try:
+        yield cluster
+    finally:
+        stop_once()
+        atexit.unregister(stop_once)

@@ -4,7 +4,8 @@
 #   trainrun.local/pause:3.10          the pods' sandbox: pause.c, static
 #   trainrun.local/debian:bookworm     a local base: Debian bookworm (mmdebstrap) with python3, pip and
 #                                      nslookup; also the training-operator's Worker init container
-#   trainrun.local/pytorch:<torch>     that base + PyTorch from PyPI: the trainer's base
+#   (trainrun.local/pytorch:<key>      that base + PyTorch from PyPI: the trainer's base, kept in
+#                                      buildah's storage only, not printed: the trainer holds it)
 #   ghcr.io/trainrun/operator:0.1.0    images/operator/Dockerfile, BASE_IMAGE=trainrun.local/debian
 #   ghcr.io/trainrun/trainer:0.1.0     images/trainer/Dockerfile, BASE_IMAGE=trainrun.local/pytorch
 # Our two images are built from the project's own Dockerfiles by `buildah bud --isolation chroot`,
@@ -65,13 +66,15 @@ OPERATOR_KEY="$(cat "$REPO_ROOT/images/operator/Dockerfile" "$REPO_ROOT/images/o
 TRAINER_KEY="$(cat "$REPO_ROOT/images/trainer/Dockerfile" "$REPO_ROOT/images/trainer/Dockerfile.dockerignore" |
   { cat; echo "$TORCH_KEY $CONTEXT_KEY"; } | key_of)"
 
-# name|image|key|build function|printed (the node imports it) or not (only a base to build on)
+TORCH_BASE_IMAGE="trainrun.local/pytorch:$TORCH_KEY"
+# name|image|key|build function|kind: an archive the node imports (printed), or a base kept only in
+# buildah's storage (5.5 GB that no node imports on its own)
 IMAGES=(
-  "pause|$PAUSE_IMAGE|$PAUSE_KEY|build_pause|yes"
-  "debian|$INIT_IMAGE|$DEBIAN_KEY|build_debian|yes"
-  "pytorch|$TORCH_BASE_IMAGE|$TORCH_KEY|build_pytorch|no"
-  "operator|$OPERATOR_IMAGE|$OPERATOR_KEY|build_operator|yes"
-  "trainer|$TRAINER_IMAGE|$TRAINER_KEY|build_trainer|yes"
+  "pause|$PAUSE_IMAGE|$PAUSE_KEY|build_pause|archive"
+  "debian|$INIT_IMAGE|$DEBIAN_KEY|build_debian|archive"
+  "pytorch|$TORCH_BASE_IMAGE|$TORCH_KEY|build_pytorch|storage"
+  "operator|$OPERATOR_IMAGE|$OPERATOR_KEY|build_operator|archive"
+  "trainer|$TRAINER_IMAGE|$TRAINER_KEY|build_trainer|archive"
 )
 
 archive_of() { echo "$IMAGES_DIR/$1-$2.tar"; }
@@ -125,7 +128,6 @@ build_pytorch() {
   bah run --isolation chroot $(ca_volume) "$container" -- \
     pip install --no-cache-dir --no-compile "${TORCH_PINS[@]}" >&2
   bah commit --quiet --rm "$container" "$image" >/dev/null
-  export_archive "$image" "$archive"
 }
 
 # Builds images/NAME/Dockerfile on BASE into IMAGE, from a copy of the build context.
@@ -146,7 +148,6 @@ build_operator() {
 }
 
 build_trainer() {
-  ensure_in_storage "$TORCH_BASE_IMAGE" "$(archive_of pytorch "$TORCH_KEY")"
   build_dockerfile trainer "$TORCH_BASE_IMAGE" "$1" "$2"
 }
 
@@ -160,12 +161,22 @@ if ! $CHECK_ONLY; then
   flock 9
 fi
 
+# True when IMAGE of KIND is built: its archive, or for a base kept in storage, the image itself.
+is_built() {
+  local kind="$1" image="$2" archive="$3"
+  if [[ "$kind" == storage ]]; then
+    [[ -d "$IMAGES_DIR/storage" ]] && bah inspect --type image "$image" >/dev/null 2>&1
+  else
+    [[ -s "$archive" ]]
+  fi
+}
+
 missing=false
 for entry in "${IMAGES[@]}"; do
-  IFS='|' read -r name image key func printed <<<"$entry"
+  IFS='|' read -r name image key func kind <<<"$entry"
   archive="$(archive_of "$name" "$key")"
-  if [[ -s "$archive" ]]; then
-    log "$image: cached ($(basename "$archive"))"
+  if is_built "$kind" "$image" "$archive"; then
+    log "$image: cached ($([[ "$kind" == storage ]] && echo "buildah storage" || basename "$archive"))"
   elif $CHECK_ONLY; then
     log "$image: missing ($archive)"
     missing=true
@@ -174,11 +185,14 @@ for entry in "${IMAGES[@]}"; do
     start=$SECONDS
     log "$image: building"
     "$func" "$image" "$archive"
-    log "$image: done in $((SECONDS - start))s ($(du -h "$archive" | cut -f1))"
-    # Older archives of this image, and its older copies in buildah's storage, are not needed.
+    log "$image: done in $((SECONDS - start))s"
+    # Older archives of this image, older PyTorch bases, and untagged layers are not needed.
     find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$archive")" -delete
+    for old in $(bah images --format '{{.Name}}:{{.Tag}}' | grep "^${TORCH_BASE_IMAGE%:*}:" | grep -vx "$TORCH_BASE_IMAGE"); do
+      bah rmi "$old" >/dev/null 2>&1 || true
+    done
     bah rmi --prune >/dev/null 2>&1 || true
   fi
-  [[ "$printed" == yes ]] && echo "$archive"
+  [[ "$kind" == archive ]] && echo "$archive"
 done
 ! $missing

@@ -32,9 +32,10 @@ source "$SCRIPT_DIR/common.sh"
 NODE_NAME=real-0
 SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
   kernel.keys.root_maxkeys kernel.keys.root_maxbytes net.ipv4.ip_forward)
-# Machine-wide: the kernel settings from before the first real node, and the lock guarding them.
-SYSCTL_SAVE="$CACHE_DIR/real-node-sysctls"
-NODE_LOCK="$CACHE_DIR/real-node.lock"
+# Machine-wide (beside every cluster's folder, whichever cache started it): the kernel settings from
+# before the first real node, and the lock guarding them and the choice of network indexes.
+SYSCTL_SAVE="$CLUSTERS_DIR/.real-node-sysctls"
+NODE_LOCK="$CLUSTERS_DIR/.real-node.lock"
 CGROUP_FS=/sys/fs/cgroup
 
 node_paths() {

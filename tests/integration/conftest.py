@@ -9,14 +9,11 @@ handler for a session that is interrupted. TRAINRUN_SKIP_CLUSTER=1 skips the tes
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
 import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
@@ -26,21 +23,8 @@ for folder in (TESTS_DIR, TESTS_DIR / "storage"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from cluster.harness import (
-    KubeCluster,
-    binaries_missing,
-    build_binaries,
-    start_cluster,
-    stop_cluster,
-)
+from cluster.harness import KubeCluster, session_cluster
 from seaweedfs import SeaweedFS, start_seaweedfs
-
-
-def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # The default SIGTERM action kills Python without running finalizers or atexit, which
-    # would leave the cluster's processes running. pytest ends the session on
-    # KeyboardInterrupt and still tears fixtures down (a SystemExit would only fail one test).
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
@@ -48,25 +32,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
     """A running local cluster for the whole session (see tests/cluster/harness.py for its API)."""
     if os.environ.get("TRAINRUN_SKIP_CLUSTER") == "1":
         pytest.skip("TRAINRUN_SKIP_CLUSTER=1: the local Kubernetes cluster is disabled")
-    if binaries_missing():
-        build_binaries()
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    cluster = start_cluster()
-    stopped = False
-
-    def stop_once() -> None:
-        nonlocal stopped
-        if not stopped:
-            stopped = True
-            stop_cluster(cluster.name)
-
-    atexit.register(stop_once)
-    try:
+    with session_cluster() as cluster:
         yield cluster
-    finally:
-        stop_once()
-        atexit.unregister(stop_once)
 
 
 @pytest.fixture

@@ -1,0 +1,65 @@
+"""Helpers of the real-pod tests (tests/realpod): S3 as pods reach it, output volumes, the node's address.
+
+Imported by tests/realpod/conftest.py and its test modules.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cluster.harness import REAL_NODE, KubeCluster
+from seaweedfs import BUCKET, SeaweedFS
+
+
+def node_ip(cluster: KubeCluster) -> str:
+    """The real node's InternalIP: its bridge, where pods reach the host."""
+    return cluster.kubectl("get", "node", REAL_NODE, "-o", "jsonpath={.status.addresses[?(@.type=='InternalIP')].address}").stdout.strip()
+
+
+@dataclass
+class PodReachableS3:
+    """SeaweedFS, and the endpoint pods use for it (the node's IP, forwarded to 127.0.0.1)."""
+
+    server: SeaweedFS
+    pod_endpoint: str
+
+    def secret_env(self) -> dict[str, str]:
+        """What a run's Secret holds: the keys, and the endpoint as pods (and the operator) reach it."""
+        return {**self.server.env, "AWS_ENDPOINT_URL": self.pod_endpoint}
+
+    def create_secret(self, cluster: KubeCluster, namespace: str, name: str = "s3") -> str:
+        literals = [f"--from-literal={key}={value}" for key, value in self.secret_env().items()]
+        cluster.kubectl("create", "secret", "generic", name, "-n", namespace, *literals)
+        return name
+
+    def uri(self, path: str) -> str:
+        return f"s3://{BUCKET}/{path}/{uuid.uuid4().hex[:8]}"
+
+
+def output_volume(cluster: KubeCluster, namespace: str, claim: str, folder: Path) -> None:
+    """A hostPath PersistentVolume reserved for a run's output claim (the cluster has no provisioner); the
+    replicas and the uploader run as user 10001, so the folder is open to them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o777)
+    volume: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{namespace}-{claim}"},
+        "spec": {
+            "capacity": {"storage": "20Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "hostPath": {"path": str(folder)},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
+    cluster.apply(volume)
+
+
+def s3_client_env(s3: PodReachableS3) -> dict[str, str]:
+    """This process's environment for the CLI's own storage calls (the test reaches S3 on 127.0.0.1)."""
+    return {**os.environ, **s3.server.env}
