@@ -12,11 +12,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import obstore
 from obstore.exceptions import AlreadyExistsError, PreconditionError
@@ -52,6 +50,10 @@ def _io_slot() -> asyncio.Semaphore:
         _slots.clear()  # a semaphore belongs to one loop; a process runs one at a time
         slot = _slots[loop] = asyncio.Semaphore(IO_CONCURRENCY)
     return slot
+
+
+CHANNELS_PER_PASS = 8
+COMPOSE_BUFFER = 8 << 20  # per composed object being written: multipart parts of this size (S3's minimum is 5 MiB)
 
 
 class ArchiveConflict(StorageError):
@@ -136,28 +138,12 @@ class LogArchive:
         if loaded.sealed:
             return loaded.files
         keys = [key for _, key in ordered_segments(await self._keys())]
+        channels = list(dict.fromkeys(channel for channel in (state.shipped or {}) if state.shipped[channel]))
         records: list[FileRecord] = []
-        with tempfile.TemporaryDirectory(prefix="trainrun-seal-") as folder:
-            files: dict[str, tuple[IO[bytes], Path, hashlib._Hash]] = {}
-            try:
-                for key in keys:  # one segment in memory at a time
-                    segment = Segment.decode(await self.read(key), source=self._name(key))
-                    for channel, lines in compose([segment]).items():
-                        if channel not in files:
-                            path = Path(folder) / channel_key(channel)
-                            files[channel] = (path.open("wb"), path, hashlib.sha256())
-                        handle, _, digest = files[channel]
-                        data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
-                        handle.write(data)
-                        digest.update(data)
-            finally:
-                for handle, _, _ in files.values():
-                    handle.close()
-            for _handle, path, digest in files.values():
-                name = path.name
-                with self._errors("write a composed log"):
-                    await obstore.put_async(self.store, name, path)
-                records.append(FileRecord(path=name, size=path.stat().st_size, sha256=digest.hexdigest()))
+        # Straight from the segments to the store (multipart), a few channels per pass over the segments:
+        # no local copy (the operator's /tmp is small) and bounded memory, whatever the logs' size.
+        for start in range(0, len(channels), CHANNELS_PER_PASS):
+            records += await self._compose(keys, channels[start : start + CHANNELS_PER_PASS])
         records.sort(key=lambda record: record.path)
         document = {
             "state": state.to_json(),
@@ -168,6 +154,27 @@ class LogArchive:
             if keys:
                 await obstore.delete_async(self.store, keys)
         return tuple(records)
+
+    async def _compose(self, keys: list[str], channels: list[str]) -> list[FileRecord]:
+        """Write each of ``channels`` as one object, from every segment in order."""
+        writers = {}
+        digests = {channel: hashlib.sha256() for channel in channels}
+        sizes = dict.fromkeys(channels, 0)
+        with self._errors("write a composed log"):
+            for channel in channels:
+                writers[channel] = obstore.open_writer_async(self.store, channel_key(channel), buffer_size=COMPOSE_BUFFER)
+            for key in keys:  # one segment in memory at a time
+                segment = Segment.decode(await self.read(key), source=self._name(key))
+                for channel in channels:
+                    lines = segment.blocks.get(channel)
+                    if lines:
+                        data = "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
+                        await writers[channel].write(data)
+                        digests[channel].update(data)
+                        sizes[channel] += len(data)
+            for writer in writers.values():
+                await writer.close()
+        return [FileRecord(channel_key(c), sizes[c], digests[c].hexdigest()) for c in channels]
 
     def _name(self, key: str) -> str:
         return self.location.child(key).uri
