@@ -11,7 +11,6 @@ node changes the host's network and cgroups); TRAINRUN_SKIP_CLUSTER=1 skips thes
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -26,7 +25,7 @@ for folder in (TESTS_DIR, TESTS_DIR / "integration", TESTS_DIR / "storage", Path
         sys.path.insert(0, str(folder))
 
 from cluster.harness import KubeCluster, node_images, session_cluster, wait_until  # noqa: E402
-from realpods import PodReachableS3, node_ip  # noqa: E402
+from realpods import PodReachableS3, node_ip, require_real_node  # noqa: E402
 from runs import operator  # noqa: E402
 from seaweedfs import start_seaweedfs  # noqa: E402
 
@@ -37,10 +36,7 @@ __all__ = ["operator"]  # a fixture of tests/integration/runs.py, used by name
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     """A running cluster with the real node real-0 and the operator configuration naming its pool."""
-    if os.environ.get("TRAINRUN_SKIP_CLUSTER") == "1":
-        pytest.skip("TRAINRUN_SKIP_CLUSTER=1: the local Kubernetes cluster is disabled")
-    if os.geteuid() != 0:
-        pytest.skip("a real node needs root (tests/cluster/node.sh)")
+    require_real_node()
     with session_cluster(real_node_images=node_images()) as cluster:
         cluster.kubectl("apply", "-f", str(OVERLAY / "config.yaml"))
         yield cluster

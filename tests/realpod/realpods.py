@@ -11,8 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cluster.harness import REAL_NODE, KubeCluster
 from seaweedfs import BUCKET, SeaweedFS
+
+
+def require_real_node() -> None:
+    """Skips the test where a real node cannot run: clusters disabled, or not root."""
+    if os.environ.get("TRAINRUN_SKIP_CLUSTER") == "1":
+        pytest.skip("TRAINRUN_SKIP_CLUSTER=1: the local Kubernetes cluster is disabled")
+    if os.geteuid() != 0:
+        pytest.skip("a real node needs root (tests/cluster/node.sh)")
 
 
 def node_ip(cluster: KubeCluster) -> str:
