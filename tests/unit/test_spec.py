@@ -199,3 +199,11 @@ def test_namespace_policy_messages_name_what_is_allowed_and_hide_credentials() -
         "s3://other/x is outside the output locations of namespace 'ml': s3://models/ml, gs://team-ml/out/"
     )
     assert dict(policy_problems("sandbox", resources={"pool": "cpu"}))["spec.resources.pool"].endswith("may use: none")
+
+
+def test_the_log_archive_location_of_the_configuration_is_a_storage_uri() -> None:
+    assert parse_operator_config({"logs": {"defaultUri": "s3://training-logs/all"}}).logs.default_uri == "s3://training-logs/all"
+    with pytest.raises(ValueError, match=r"logs\.defaultUri[\s\S]*unknown scheme 'ftp'"):
+        parse_operator_config({"logs": {"defaultUri": "ftp://logs/all"}})
+    with pytest.raises(ValueError, match=r"logs\.flushSeconds"):
+        parse_operator_config({"logs": {"flushSeconds": 0}})

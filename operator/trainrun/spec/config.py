@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from trainrun.spec.model import ApiModel, FreeFormObject, Quantity, Toleration
+from trainrun.spec.model import ApiModel, FreeFormObject, Quantity, Toleration, checked_uri
 
 CONFIG_MAP_NAME = "trainrun-operator-config"
 CONFIG_MAP_KEY = "config.yaml"
@@ -57,6 +57,11 @@ class LogArchiveSettings(ApiModel):
     flush_seconds: float = Field(
         default=2.0, gt=0, le=300, description="Lines read are shipped as a segment this often (or every 4 MiB)."
     )
+
+    @field_validator("default_uri")
+    @classmethod
+    def _uri_is_storage(cls, uri: str | None) -> str | None:
+        return None if uri is None else checked_uri(uri)
 
 
 class NamespacePolicy(ApiModel):

@@ -140,7 +140,7 @@ class CodeSource(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri_is_storage(cls, uri: str) -> str:
-        return _checked_uri(uri)
+        return checked_uri(uri)
 
 
 class Hyperparameters(ApiModel):
@@ -328,7 +328,7 @@ class Input(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri_is_storage(cls, uri: str) -> str:
-        return _checked_uri(uri)
+        return checked_uri(uri)
 
 
 class OutputVolume(ApiModel):
@@ -360,7 +360,7 @@ class Output(ApiModel):
     @field_validator("uri")
     @classmethod
     def _uri_is_storage(cls, uri: str | None) -> str | None:
-        return None if uri is None else _checked_uri(uri)
+        return None if uri is None else checked_uri(uri)
 
 
 class MetricDefinition(ApiModel):
@@ -529,7 +529,8 @@ class TrainingRun(BaseModel):
     spec: TrainingRunSpec
 
 
-def _checked_uri(uri: str) -> str:
+def checked_uri(uri: str) -> str:
+    """``uri`` when it is a storage URI this package reads and writes (else ``ValueError`` saying why)."""
     try:
         parse_uri(uri)
     except InvalidStorageURI as error:
