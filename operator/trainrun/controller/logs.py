@@ -176,10 +176,11 @@ class RunLogs:
         None when there is no archive. Raises ``StorageError`` when the store cannot take the last
         segment or the seal (the follower stays usable: call again later).
         """
-        try:
-            await asyncio.wait_for(self._loaded.wait(), timeout=grace)
-        except TimeoutError:
-            raise StorageError(f"the log archive {self.archive.uri if self.archive else ''} cannot be read yet") from None
+        if self.archive is not None:
+            try:
+                await asyncio.wait_for(self._loaded.wait(), timeout=grace)
+            except TimeoutError:
+                raise StorageError(f"the log archive {self.archive.uri} cannot be read yet") from None
         if self.sealed_files is not None:
             return self.sealed_files
         self._closing = True
