@@ -140,7 +140,11 @@ class RunLogs:
     # ---- life cycle ----
 
     def start(self) -> None:
-        """Load the archive's state (retrying while the store cannot be read), then ship every few seconds."""
+        """Load the archive's state (retrying while the store cannot be read), then ship every few seconds;
+        without an archive the streams are read at once, for metrics only."""
+        if self.archive is None:
+            self._loaded.set()  # nothing to resume from or ship to: read at once
+            return
         self._flusher = asyncio.get_running_loop().create_task(self._ship(), name=f"logs {self.run.metadata.name}")
 
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
@@ -225,7 +229,7 @@ class RunLogs:
         position = container.position
         times = LogTimes()
         breaks = 0
-        while not self._closing:
+        while True:  # read at least once, also when the follower is finishing: its last lines are wanted
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
             try:
