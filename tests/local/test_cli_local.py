@@ -26,7 +26,7 @@ def test_get_shows_a_kubectl_like_table(quickstart: FinishedRun) -> None:
     code, output = invoke(quickstart, "get")
     assert code == 0, output
     header, row = output.strip().splitlines()
-    assert header.split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    assert header.split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE"]
     # A local run is named by its folder, which every --local verb takes: two runs of one name differ.
     assert row.split()[:5] == [quickstart.folder.name, "Completed", "-", "1", "0"]
     assert row.split()[5].startswith("val_loss=")

@@ -17,6 +17,7 @@ from typing import Any
 import annotated_types
 import pytest
 from trainrun.metrics import METRIC_PREFIX, MetricParser
+from trainrun.metrics.progress import PROGRESS_PREFIX, ProgressLine, progress_line
 from trainrun.render.replica import flag_name, hyperparameter_flags, trainrun_env
 from trainrun.spec import load_training_run
 from trainrun.spec.model import Hyperparameters
@@ -109,6 +110,15 @@ def test_a_metric_line_of_the_trainer_is_parsed_by_the_operator(tmp_path: Path) 
         ("train_loss", 0.5, 2, 40),
         ("images_per_sec", 1234.5, 2, 40),
     }
+
+
+def test_the_progress_line_of_the_trainer_is_read_by_the_operator(tmp_path: Path) -> None:
+    assert reporting.PROGRESS_PREFIX == PROGRESS_PREFIX
+    stream = io.StringIO()
+    reporting.Reporter(output_dir=tmp_path, enabled=True, stream=stream).progress(
+        step=120, total_steps=500, epoch=2, epochs=5
+    )
+    assert progress_line(stream.getvalue().rstrip("\n")) == ProgressLine(step=120, total_steps=500, epoch=2, epochs=5)
 
 
 def _as_trainer_value(value: object) -> object:

@@ -178,6 +178,13 @@ def job_created(when: str, *, deleting: str | None = None) -> Any:
     return built
 
 
+def slow_start(name: str) -> Any:
+    """A pod admitted at 10:01 whose training container only began running at 11:58."""
+    built = pod(name).running(started="2026-01-01T11:58:00Z")
+    built["status"]["startTime"] = at(1)
+    return built
+
+
 STALE = logs(("master-0", at(2), 'trainrun:progress {"total_steps": 100}'), ("master-0", at(5), 'trainrun:metric {"step": 40, "loss": 1}'))
 POLICY = {"hangTimeoutSeconds": 600, "onHang": "Restart", "restartBackoffSeconds": 60}
 
@@ -235,6 +242,14 @@ RESTART_CASES = [
         Phase.RUNNING,
         "Running",
         requeue_after=140.0,
+    ),
+    RestartCase(
+        "containers that began running lately are not hung for the pods' age (a slow image pull)",
+        body(running_status(), runPolicy=POLICY),
+        Observed(job=job_created(at(0)), pods=[slow_start("run-master-0"), slow_start("run-worker-0")], progress=logs()),
+        [],
+        Phase.RUNNING,
+        "Running",
     ),
     RestartCase(
         "the old job is still there after the restart was recorded: deleted again, no second restart",

@@ -3,7 +3,9 @@
 Called by `trainrun_trainer.training`. A metric line is the literal prefix `trainrun:metric `
 and one JSON object: integer `epoch` and `step`, then numeric samples (the contract that
 trainrun.metrics and users' regexes parse; tests/training/test_operator_contract.py holds the prefix
-and the format to that parser). Every object also goes to $OUTPUT_DIR/metrics.jsonl,
+and the format to that parser). A progress line (`trainrun:progress {"step": ..., "total_steps": ...,
+"epoch": ..., "epochs": ...}`, at start and after a resume) gives trainrun the run's size, for its
+percent and ETA. Every object also goes to $OUTPUT_DIR/metrics.jsonl,
 appended, so a resumed run continues the same file.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 METRIC_PREFIX = "trainrun:metric "
+PROGRESS_PREFIX = "trainrun:progress "
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -44,6 +47,13 @@ class Reporter:
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(text + "\n")
+
+    def progress(self, *, step: int, total_steps: int, epoch: int, epochs: int) -> None:
+        """The progress line trainrun reads the run's size from (percent and ETA), printed at start and resume."""
+        if self.enabled:
+            fields = {"step": step, "total_steps": total_steps, "epoch": epoch, "epochs": epochs}
+            self.stream.write(PROGRESS_PREFIX + json.dumps(fields, separators=(", ", ": ")) + "\n")
+            self.stream.flush()
 
     def say(self, message: str) -> None:
         """A progress line for people reading the log."""

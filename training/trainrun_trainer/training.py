@@ -149,6 +149,8 @@ def _run(config: TrainConfig, runtime: Runtime) -> dict[str, Any]:
                       train_source=train_source, validation_source=validation_source,
                       channels_last=channels_last)
     _announce(session)
+    reporter.progress(step=progress.global_step, total_steps=config.epochs * len(train_source),
+                      epoch=min(progress.epochs_done + 1, config.epochs), epochs=config.epochs)
 
     stopped_early = progress.should_stop(config.patience)
     for epoch in range(progress.epochs_done + 1, config.epochs + 1):

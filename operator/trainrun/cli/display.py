@@ -1,7 +1,8 @@
 """The live view of a run that ``trainrun run`` shows while it trains.
 
 Phase changes, every replica's lines with a ``[master-0]`` prefix (hidden by --quiet), and on a
-terminal a live progress line (epoch/step, loss, images/s) kept at the bottom with rich; plain lines
+terminal a live progress line (percent and ETA, epoch/step, loss, images/s: the percent and ETA from
+the same ``trainrun.status.progress`` as the status, fed the lines as they arrive) kept at the bottom with rich; plain lines
 when the output is a file or a pipe. A ``trainrun:metric {json}`` line is shown as people read it
 (``epoch 1 · step 8 · train_loss 2.281 · images_per_sec 16,613``); the log file keeps it as written. Implements ``trainrun.metrics.observer.RunObserver``, which the local
 runner and the cluster follower both report to.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +22,10 @@ from rich.live import Live
 from rich.text import Text
 
 from trainrun.metrics import METRIC_PREFIX, MetricSample, MetricSummary, structured_samples
+from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.status.progress import progress_status
+from trainrun.status.shapes import timestamp
 
 PHASE_STYLES = {
     Phase.COMPLETED: "bold green",
@@ -44,6 +49,7 @@ class RunDisplay:
         self.latest: dict[str, float] = {}
         self.started = time.monotonic()
         self.shown_measurements: set[tuple[str, tuple[MetricSample, ...]]] = set()
+        self.tracker = ProgressTracker()
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
@@ -74,9 +80,10 @@ class RunDisplay:
         self._refresh()
 
     def line(self, replica: str, text: str) -> None:
+        samples = tuple(structured_samples(text))
+        self.tracker.take(replica, text, samples, datetime.now(UTC))
         if self.quiet:
             return
-        samples = tuple(structured_samples(text))
         if samples:
             if (replica, samples) in self.shown_measurements:
                 return  # the trainer's final line repeats its best epoch's: shown once already
@@ -111,12 +118,20 @@ class RunDisplay:
             self.live.refresh()
 
     def progress_line(self) -> Text:
-        """``quickstart Running  epoch 2 · step 120 · train_loss 0.431 · 1,520 img/s · 0:42``."""
+        """``quickstart Running  42% · ETA 1:05 · epoch 2 · step 120 · train_loss 0.431 · 1,520 img/s · 0:42``."""
         elapsed = int(time.monotonic() - self.started)
         line = Text(f"{self.name} ", style="bold")
         phase = self.current_phase or Phase.PREPARING
         line.append(str(phase), style=PHASE_STYLES.get(phase, "bold cyan"))
-        parts = [f"{key} {self.position[key]}" for key in ("epoch", "step") if key in self.position]
+        parts = []
+        progress = progress_status(self.tracker.snapshot())
+        if progress is not None and progress.percent is not None:
+            parts.append(f"{progress.percent:.0f}%")
+        eta = timestamp(progress.eta) if progress is not None else None
+        if eta is not None:
+            left = max(int((eta - datetime.now(UTC)).total_seconds()), 0)
+            parts.append(f"ETA {left // 60}:{left % 60:02d}")
+        parts += [f"{key} {self.position[key]}" for key in ("epoch", "step") if key in self.position]
         loss = next((name for name in LOSS_NAMES if name in self.latest), None)
         if loss is not None:
             parts.append(f"{loss} {self.latest[loss]:.4g}")

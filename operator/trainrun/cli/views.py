@@ -29,7 +29,7 @@ def show(renderable: RenderableType) -> None:
 
 
 def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> list[str]:
-    """One line of ``trainrun get``: NAME PHASE POOL WORKERS GPUS METRIC AGE (and more with -o wide).
+    """One line of ``trainrun get``: NAME PHASE POOL WORKERS GPUS METRIC PROGRESS ETA AGE (and more with -o wide).
 
     A local run is named by its run folder (``quickstart-20261130-051800``): two runs of one name are two
     rows that say which is which, and the name is one every ``--local`` verb takes."""
@@ -48,6 +48,8 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
         str(workers),
         str(gpus),  # per replica, as the GPUS column of `kubectl get tr`
         status.key_metric or "-",
+        (status.progress.summary if status.progress else None) or "-",
+        remaining(status.progress.eta if status.progress else None, now=now),
         age(metadata.get("creationTimestamp"), now=now),
     ]
     if with_namespace:
@@ -60,7 +62,7 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
 
 def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bool = False) -> Table:
     """The table of ``trainrun get`` / ``trainrun list``, kubectl style (no borders)."""
-    headers = ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "AGE"]
+    headers = ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE"]
     if with_namespace:
         headers.insert(0, "NAMESPACE")
     if wide:
@@ -76,13 +78,28 @@ def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bo
 
 def age(timestamp: object, *, now: datetime) -> str:
     """``45s``, ``12m``, ``3h``, ``2d``, as kubectl shows ages."""
+    moment = _moment(timestamp)
+    return "-" if moment is None else duration((now - moment).total_seconds())
+
+
+def remaining(eta: object, *, now: datetime) -> str:
+    """The ETA column: how long until the estimated end (``12m``), ``-`` without an estimate."""
+    moment = _moment(eta)
+    return "-" if moment is None else duration((moment - now).total_seconds())
+
+
+def _moment(timestamp: object) -> datetime | None:
     if not isinstance(timestamp, str):
-        return "-"
+        return None
     try:
-        created = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     except ValueError:
-        return "-"
-    seconds = max(int((now - created).total_seconds()), 0)
+        return None
+
+
+def duration(total: float) -> str:
+    """``45s``, ``12m``, ``3h``, ``2d`` (a negative one is ``0s``)."""
+    seconds = max(int(total), 0)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -111,6 +128,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         ("Job", status.job_name),
         ("Started", status.start_time),
         ("Completed", status.completion_time),
+        *progress_fields(status),
         ("Run folder", run_dir),
     ]
     parts: list[RenderableType] = [_fields(fields)]
@@ -126,6 +144,11 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         parts.extend([Text("\nReplicas:", style="bold"), replicas])
     if status.metrics:
         parts.extend([Text("\nMetrics:", style="bold"), metrics_table(status.metrics)])
+    if status.restarts:
+        restarts = Table("TIME", "CAUSE", "MESSAGE", box=None, header_style="bold")
+        for item in status.restarts:
+            restarts.add_row(item.time, item.cause, redact(item.message))
+        parts.extend([Text("\nRestarts:", style="bold"), restarts])
     if status.artifacts is not None:
         artifacts = status.artifacts
         parts.extend(
@@ -154,6 +177,32 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
             )
         parts.extend([Text("\nEvents:", style="bold"), table])
     return Group(*parts)
+
+
+def progress_fields(status: TrainingRunStatus) -> list[tuple[str, object]]:
+    """Progress: 42% (step 420 of 1000, epoch 2 of 5); Pace; ETA; Last step: for ``describe``."""
+    progress = status.progress
+    if progress is None:
+        return []
+    where = [
+        f"{name} {value}" + (f" of {total}" if total else "")
+        for name, value, total in (("step", progress.step, progress.total_steps), ("epoch", progress.epoch, progress.epochs))
+        if value is not None
+    ]
+    pace = [
+        text
+        for text in (
+            f"{progress.steps_per_second:.3g} steps/s" if progress.steps_per_second else None,
+            f"{progress.samples_per_second:,.0f} samples/s" if progress.samples_per_second else None,
+        )
+        if text
+    ]
+    return [
+        ("Progress", f"{progress.summary} ({', '.join(where)})" if where else progress.summary),
+        ("Pace", ", ".join(pace) or None),
+        ("ETA", progress.eta),
+        ("Last step", progress.last_step_time),
+    ]
 
 
 def metrics_table(latest: Mapping[str, float]) -> Table:

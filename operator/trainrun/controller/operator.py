@@ -38,6 +38,7 @@ from trainrun.kube.aioclient import (
     resource_of,
 )
 from trainrun.plan import EVENT_REASONS, Apply, Delete, MergePatch, Observed, Plan, plan, projections
+from trainrun.plan.causes import taken_away
 from trainrun.render import FIELD_MANAGER
 from trainrun.render.children import RUN_LABEL
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
@@ -151,6 +152,9 @@ class Controller:
         self.config_problems: list[str] = []
         self.pods_by_run: dict[Key, dict[str, Object]] = {}
         self.run_of_pod: dict[Key, Key] = {}
+        # Replica pods the cluster took away (node lost, preempted, evicted), as last seen before they were
+        # deleted: the pod the training-operator makes in their place does not tell why (trainrun.plan.causes).
+        self.gone_pods: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
         by_label = {"labelSelector": RUN_LABEL}
         self.jobs: list[Informer] = []
@@ -232,6 +236,8 @@ class Controller:
             self.pods_by_run.setdefault(run_key, {})[pod_key[1]] = new
             self.run_of_pod[pod_key] = run_key
         else:
+            if old is not None and taken_away(old):
+                self.gone_pods.setdefault(run_key, {})[str(metadata.get("uid"))] = old
             pods = self.pods_by_run.get(run_key, {})
             pods.pop(pod_key[1], None)
             self.run_of_pod.pop(pod_key, None)
@@ -349,6 +355,7 @@ class Controller:
             metrics=memory.logs.metrics if memory.logs is not None else None,
             key_metric=memory.logs.key_metric if memory.logs is not None else None,
             progress=memory.logs.progress.snapshot() if memory.logs is not None else None,
+            gone_pods=list(self.gone_pods.get(key, {}).values()),
         )
 
     async def _reconcile_key(self, key: Hashable) -> float | None:
@@ -507,6 +514,7 @@ class Controller:
     async def _forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
         self.written.pop(key, None)
+        self.gone_pods.pop(key, None)
         self.queue.forget(key)
         if memory is not None and memory.sealing is not None:
             memory.sealing.cancel()

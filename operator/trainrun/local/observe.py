@@ -8,7 +8,10 @@ with the ``pytorch`` container running or terminated (exit code, and as the term
 exception's last line from the replica's log), and the uploader Job with its pod. ``observed_status``
 hands them to ``compute_status``, the operator's own status function, so a local run's phase, reason
 and message are decided by the same code and read in the same words as on a cluster:
-``replica worker-0 exited with code 1: RuntimeError: ...``.
+``replica worker-0 exited with code 1: RuntimeError: ...``. Progress and hangs too: the runner's
+``ProgressTracker`` snapshot gives ``status.progress`` and, through the operator's hang rule and
+``spec.runPolicy.onHang``, a hang reported (Running, Stalled) or failed; a whole-run restart is the
+operator's (on a cluster), so here ``onHang: Restart`` reports.
 
 Pure: the runner gives the times and what it read from the logs.
 """
@@ -21,6 +24,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from trainrun.metrics.progress import ProgressSnapshot
+from trainrun.plan.causes import HANG, Trouble
+from trainrun.plan.restarts import decide
 from trainrun.render.children import (
     COMPONENT_LABEL,
     CONTAINER_NAME,
@@ -34,6 +40,9 @@ from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import ReplicaCounts, TrainingRunStatus
 from trainrun.status import compute_status, count_replicas
 from trainrun.status.observe import UPLOADER_COMPONENT, ReplicaState
+from trainrun.status.phase import Supervision
+from trainrun.status.progress import hang_check, progress_status, spec_epochs
+from trainrun.status.shapes import timestamp
 
 Object = dict[str, Any]
 # The container runtime reports a process killed by signal N as exit code 128 + N.
@@ -139,12 +148,13 @@ def observed_status(
     copy: ArtifactCopy | None,
     previous: TrainingRunStatus,
     now: str,
+    progress: ProgressSnapshot | None = None,
 ) -> TrainingRunStatus:
     """The run's status, decided by ``compute_status`` from these observations.
 
     ``run.spec.output.uri`` is where the runner copies to (the run folder's artifacts/ when the spec
     names none); ``previous.artifacts`` is what the copy wrote. No PyTorchJob or pod exists on this
-    machine, so the status names none.
+    machine, so the status names none. ``progress`` is what the replicas' logs said of their steps.
     """
     observations = observe(run, replicas, copy)
     status = compute_status(
@@ -158,8 +168,33 @@ def observed_status(
         pending_changes=[],
         pool=None,
         now=now,
+        supervision=hang_supervision(run, replicas, progress, now=now) if copy is None else None,
     )
-    return status.model_copy(update={"job_name": None, "master_pod": None})
+    known = progress_status(progress, epochs=spec_epochs(run))
+    finished = status.phase is not None and status.phase.finished
+    return status.model_copy(
+        update={"job_name": None, "master_pod": None, **({"progress": known} if known and not finished else {})}
+    )
+
+
+def hang_supervision(
+    run: TrainingRun, replicas: Sequence[ReplicaProcess], progress: ProgressSnapshot | None, *, now: str
+) -> Supervision | None:
+    """A hang of replicas that all still run, as ``spec.runPolicy.onHang`` says: reported, or failed."""
+    moment = timestamp(now)
+    running = {replica.name: replica.started_at for replica in replicas if replica.exit_code is None}
+    if moment is None or not replicas or len(running) != len(replicas):
+        return None
+    policy = run.spec.run_policy
+    hang = hang_check(progress, running=running, timeout_seconds=policy.hang_timeout_seconds, now=moment).hang
+    if hang is None:
+        return None
+    if policy.on_hang == "Restart":
+        note = "; spec.runPolicy.onHang: Restart restarts runs on a cluster, here the hang is reported"
+        return Supervision("Hung", hang.message + note, stalled=True)
+    decision = decide(policy, Trouble(HANG, hang.message), restarts_done=0)
+    assert decision is not None  # a hang is always reported or failed
+    return Supervision(decision.reason, decision.message, fail=decision.kind == "fail", stalled=True)
 
 
 def pytorchjob(run: TrainingRun, replicas: Sequence[ReplicaProcess]) -> Object:

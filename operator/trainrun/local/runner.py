@@ -50,6 +50,7 @@ from trainrun.local.observe import (
 from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
 from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
+from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
 from trainrun.status import phase_event
@@ -130,6 +131,7 @@ class LocalRunner:
         self.status = folder.read_status()
         self.parser = MetricParser.from_definitions(self.run_spec.spec.metrics)
         self.summary = MetricSummary()
+        self.progress = ProgressTracker(since=datetime.now(UTC))  # steps and silences: progress, ETA, hangs
         self._cancel = threading.Event()
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._last_status_write = 0.0
@@ -254,7 +256,7 @@ class LocalRunner:
                     return True
                 self._see_exits(replicas, read_logs=True)
                 outcome = training_outcome(list(self._processes.values()))
-                if outcome is Outcome.FAILED:
+                if outcome is Outcome.FAILED or self.status.phase is Phase.FAILED:  # a replica, or a hang (onHang: Fail)
                     return False
                 if outcome is Outcome.SUCCEEDED:
                     # The run has succeeded with its Master; Workers still running this long afterwards are stopped.
@@ -320,6 +322,7 @@ class LocalRunner:
             copy=self._copy,
             previous=self.status,
             now=utc_now(),
+            progress=self.progress.snapshot(),
         )
 
     def _observe(self, *, force: bool = False) -> None:
@@ -338,6 +341,8 @@ class LocalRunner:
             self._last_status_write = time.monotonic()
         if status.phase != previous.phase:
             self.observer.phase(status.model_copy(deep=True))
+        elif status.reason == "Hung" and previous.reason != "Hung" and status.message:
+            self.observer.notice(status.message)
 
     # -- output ----------------------------------------------------------------------------------------
 
@@ -365,6 +370,7 @@ class LocalRunner:
     def _handle_line(self, replica: str, text: str) -> None:
         self.observer.line(replica, text)
         samples = self.parser.parse(text)
+        self.progress.take(replica, text, samples, datetime.now(UTC))
         if not samples:
             return
         record = metric_record(replica, samples, at=utc_now())

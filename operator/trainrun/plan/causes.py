@@ -11,14 +11,15 @@ belong to the job that was replaced. Pure.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.metrics.signals import log_signal
 from trainrun.status.failure import replica_failures, replica_order, termination_cause
-from trainrun.status.observe import EventView, PodView
+from trainrun.status.observe import EventView, PodView, observe_pod
 from trainrun.status.shapes import timestamp
 
 NODE_LOST = "NodeLost"
@@ -88,6 +89,13 @@ def classify(
         return Trouble("Failed", said.message)
     line = logged.signal.line if logged and logged.signal and logged.signal.cause == signal else None
     return Trouble(signal, f"{said.message}" + (f" (log: {line})" if line and line not in said.message else ""))
+
+
+def taken_away(raw_pod: Mapping[str, Any]) -> bool:
+    """Whether a pod (as last seen before it was deleted) was taken away by the cluster: the controller
+    remembers such pods for :func:`classify`, since the pod that replaces it tells nothing."""
+    pod = observe_pod(raw_pod)
+    return (pod.disruption or "") in DISRUPTIONS or (pod.reason or "") in POD_REASONS
 
 
 def _current(pod: PodView, since: datetime | None) -> bool:

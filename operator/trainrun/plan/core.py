@@ -24,7 +24,7 @@ from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_
 from trainrun.spec.status import Artifacts, LogArchive, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, compute_status, phase_event
 from trainrun.status.observe import UploadState, observe_job, observe_uploader
-from trainrun.status.progress import progress_status
+from trainrun.status.progress import progress_status, spec_epochs
 
 Object = dict[str, Any]
 # The reasons of the Events the status reads (pod creation refused, scheduling, image pulls) and the
@@ -212,7 +212,7 @@ def plan(
     )
     if observed.metrics is not None:
         status = status.model_copy(update={"metrics": dict(observed.metrics), "key_metric": observed.key_metric})
-    progress = progress_status(observed.progress, epochs=_epochs(run))
+    progress = progress_status(observed.progress, epochs=spec_epochs(run))
     if progress is not None and status.phase is not None and not status.phase.finished:
         status = status.model_copy(update={"progress": progress})
     if supervised.restart is not None:
@@ -247,13 +247,6 @@ def log_archive_uri(run: TrainingRun, config: OperatorConfig) -> str | None:
         return None
     folder = f"{run.metadata.namespace}/{run.metadata.name}-{(run.metadata.uid or 'no-uid')[:8]}"
     return f"{config.logs.default_uri.rstrip('/')}/{folder}"
-
-
-def _epochs(run: TrainingRun) -> int | None:
-    """The epochs the spec asks for: the built-in trainer's (default included), or a custom program's if set."""
-    hyperparameters = run.spec.hyperparameters
-    builtin = run.spec.command is None and run.spec.script is None
-    return hyperparameters.epochs if builtin or "epochs" in hyperparameters.model_fields_set else None
 
 
 def _finish(

@@ -135,7 +135,7 @@ def supervise(
     if trouble is None and not view.has("Failed"):
         replicas = current_replicas(view, run, replica_pods)
         running = {
-            name: timestamp(pod.start_time) or moment
+            name: timestamp(pod.running_since) or timestamp(pod.start_time) or moment
             for name, pod in replicas.items()
             if pod is not None and pod.state is ReplicaState.RUNNING
         }

@@ -137,6 +137,7 @@ class PodView:
     message: str | None
     disruption: str | None = None  # the DisruptionTarget condition's reason: DeletionByPodGC, PreemptionByScheduler, ...
     disruption_message: str | None = None
+    running_since: str | None = None  # when its (latest started) training container began running
 
     @property
     def state(self) -> ReplicaState:
@@ -245,6 +246,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
     waiting: list[Waiting] = []
     terminations: list[Termination] = []
     running_init: str | None = None
+    running_since: str | None = None
     restarts = 0
     for key, init in (("initContainerStatuses", True), ("containerStatuses", False)):
         for container_status in mappings(status.get(key)):
@@ -267,6 +269,9 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
                 )
             if init and isinstance(state.get("running"), Mapping):
                 running_init = running_init or container
+            started_at = as_text(field(state, "running", "startedAt"))
+            if not init and started_at is not None and (running_since is None or started_at > running_since):
+                running_since = started_at
             for state_key in ("state", "lastState"):
                 terminated = field(container_status, state_key, "terminated")
                 if isinstance(terminated, Mapping):
@@ -314,6 +319,7 @@ def observe_pod(raw: Mapping[str, Any]) -> PodView:
         message=as_message(status.get("message")),
         disruption=as_text(disruption.get("reason")) or ("DisruptionTarget" if disruption else None),
         disruption_message=as_message(disruption.get("message")),
+        running_since=running_since,
     )
 
 

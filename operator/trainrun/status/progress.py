@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from trainrun.metrics.progress import ProgressSnapshot
+from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Progress
 from trainrun.status.shapes import rfc3339
 
@@ -34,7 +35,7 @@ def progress_status(snapshot: ProgressSnapshot | None, *, epochs: int | None = N
     if step is not None and total:
         percent = min(100.0, 100.0 * step / total)
     elif snapshot.epoch is not None and total_epochs:
-        percent = min(100.0, 100.0 * (snapshot.epoch - 1) / total_epochs)  # the epoch under way is not done
+        percent = min(100.0, 100.0 * max(snapshot.epoch - 1, 0) / total_epochs)  # the epoch under way is not done
     pace = steps_per_second(snapshot)
     eta: str | None = None
     if pace and step is not None and total and total > step:
@@ -52,6 +53,13 @@ def progress_status(snapshot: ProgressSnapshot | None, *, epochs: int | None = N
         last_step_time=rfc3339(snapshot.marks[-1].at) if snapshot.marks else None,
         last_log_time=rfc3339(snapshot.last_line) if snapshot.last_line is not None else None,
     )
+
+
+def spec_epochs(run: TrainingRun) -> int | None:
+    """The epochs the spec asks for: the built-in trainer's (default included), or a custom program's if set."""
+    hyperparameters = run.spec.hyperparameters
+    builtin = run.spec.command is None and run.spec.script is None
+    return hyperparameters.epochs if builtin or "epochs" in hyperparameters.model_fields_set else None
 
 
 def steps_per_second(snapshot: ProgressSnapshot) -> float | None:
@@ -103,7 +111,7 @@ def hang_check(
     (``watching_since``: an operator that just started) does not count."""
     if not running or snapshot is None:
         return HangCheck(None, None)
-    started = max([*running.values(), *([snapshot.watching_since] if snapshot.watching_since else [])])
+    started = max(running.values())
     marks = [mark for mark in snapshot.marks if mark.at >= started]
     stepped = bool(marks)
     limit = timeout_seconds if stepped else timeout_seconds * STARTUP_FACTOR
@@ -112,12 +120,16 @@ def hang_check(
         seen = snapshot.replicas.get(replica)
         lines[replica] = max(seen.last_line, started) if seen is not None else started
     last = marks[-1].at if stepped else max(lines.values())
+    # A tracker that started late (an operator that just started) knows nothing of the silence before it.
+    watching = snapshot.watching_since
+    if watching is not None and watching > last:
+        last = watching
     quiet = (now - last).total_seconds()
     if quiet < limit:
         return HangCheck(None, limit - quiet)
     silent = tuple((replica, moment) for replica, moment in lines.items() if (now - moment).total_seconds() >= limit)
     if stepped:
-        what = f"no new step since {rfc3339(last)} (step {marks[-1].step})"
+        what = f"no new step since {rfc3339(marks[-1].at)} (step {marks[-1].step})"
     else:
         what = f"no step and no log line since {rfc3339(last)}"
     setting = f"spec.runPolicy.hangTimeoutSeconds={timeout_seconds}"
