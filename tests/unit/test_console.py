@@ -68,3 +68,47 @@ def test_the_console_shows_each_measurement_once(capsys: pytest.CaptureFixture[s
         "[master-0] epoch 3 · step 576 · val_loss 0.2334",
         "[master-0] epoch 3/3 done (best so far)",
     ]
+
+
+def test_the_live_line_shows_percent_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+    from trainrun.cli import display as display_module
+
+    clock = [datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)]
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: object = None) -> datetime:  # type: ignore[override]
+            return clock[0]
+
+    monkeypatch.setattr(display_module, "datetime", Clock)
+    display = display_module.RunDisplay(name="run", quiet=True, console=Console(file=None, force_terminal=False))
+    display.line("master-0", 'trainrun:progress {"step": 0, "total_steps": 100}')
+    for second, step in ((10, 10), (20, 20)):
+        clock[0] = datetime(2026, 1, 1, 10, 0, second, tzinfo=UTC)
+        display.line("master-0", f'trainrun:metric {{"epoch": 1, "step": {step}, "train_loss": 0.5}}')
+    # 1 step/s: the 80 steps left end at 10:01:40, 80 s after the last step.
+    assert "20% · ETA 1:20 · " in display.progress_line().plain
+
+
+def test_get_and_describe_show_progress_eta_and_restarts() -> None:
+    from rich.console import Console
+    from trainrun.cli.views import describe
+
+    now = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
+    status = {
+        "phase": "Running",
+        "progress": {"step": 420, "totalSteps": 1000, "epoch": 2, "epochs": 5, "percent": 42.0, "summary": "42%",
+                     "stepsPerSecond": 3.5, "samplesPerSecond": 1520.0, "eta": "2026-01-01T10:12:00Z"},
+        "restarts": [{"cause": "NodeLost", "message": "replica worker-0 lost its node (PodGC)", "time": "2026-01-01T09:50:00Z"}],
+    }
+    run = {"metadata": {"name": "resnet"}, "spec": {}, "status": status}
+    row = run_row(run, wide=False, with_namespace=False, now=now)
+    assert row[6:8] == ["42%", "12m"]
+    assert run_row({"metadata": {"name": "q"}, "spec": {}, "status": {}}, wide=False, with_namespace=False, now=now)[6:8] == ["-", "-"]
+    console = Console(width=200, record=True, file=None, force_terminal=False)
+    console.print(describe(run, events=[], run_dir=None))
+    text = console.export_text()
+    for expected in ("42% (step 420 of 1000, epoch 2 of 5)", "3.5 steps/s, 1,520 samples/s", "2026-01-01T10:12:00Z",
+                     "Restarts:", "NodeLost", "replica worker-0 lost its node (PodGC)"):
+        assert expected in text, text
