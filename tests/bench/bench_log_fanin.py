@@ -7,8 +7,8 @@ source that cheap measures the reader, not the source (the kwok cluster's log pa
 the API server proxying it, saturates on this 2-core machine before 1,000 streams do). For each N, one after
 the other, each in a fresh process, N streams as N/4 runs of a Master and 3 Workers:
 
-  plain:     a plain HTTP/2 reader (httpx, 64 streams per connection, as the operator's): counts the lines
-             of every stream, nothing else;
+  plain:     a plain reader on the operator's HTTP/2 transport (``trainrun.kube.h2logs``, 64 streams per
+             connection): counts the lines of every stream, nothing else;
   trainrun:  the operator's log follower (``trainrun.controller.logs.RunLogs``, the code the operator runs,
              one per run) with a ``file://`` archive: every line cut, its time parsed, checked against the
              stream's position, parsed for metrics, queued and shipped as segments every 2 s (the default
@@ -225,40 +225,25 @@ def replica_pods(count: int) -> list[dict[str, Any]]:
 
 
 async def _plain(credentials: Any, listed: list[dict[str, Any]], tally: Tally) -> list[asyncio.Task[None]]:
-    import httpx
+    """The same transport as the operator's (``trainrun.kube.h2logs``), counting lines, nothing else."""
+    from trainrun.kube.h2logs import H2LogClient
 
-    clients: list[httpx.AsyncClient] = []
-    headers = {"Authorization": credentials.authorization} if credentials.authorization else {}
+    client = H2LogClient(credentials.server, credentials.stream_ssl, {}, per_connection=STREAMS_PER_CONNECTION)
 
-    async def read(client: httpx.AsyncClient, name: str) -> None:
+    async def read(name: str) -> None:
         query = {"container": "pytorch", "follow": "true", "timestamps": "true"}
-        async with client.stream("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/log", params=query) as response:
-            tally.first_lines.add(name)
-            pending = b""
-            async for chunk in response.aiter_raw():
-                pending += chunk
-                end = pending.rfind(b"\n")
-                if end < 0:
-                    continue
-                complete, pending = pending[: end + 1], pending[end + 1 :]
-                first = complete[: complete.find(b"\n")].decode("utf-8", "replace")
-                tally.take(name, first, complete.count(b"\n"))
+        tally.first_lines.add(name)
+        pending = b""
+        async for chunk in client.stream(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/log", query):
+            pending += chunk
+            end = pending.rfind(b"\n")
+            if end < 0:
+                continue
+            complete, pending = pending[: end + 1], pending[end + 1 :]
+            first = complete[: complete.find(b"\n")].decode("utf-8", "replace")
+            tally.take(name, first, complete.count(b"\n"))
 
-    tasks = []
-    for index, pod in enumerate(listed):
-        if index % STREAMS_PER_CONNECTION == 0:
-            clients.append(
-                httpx.AsyncClient(
-                    base_url=credentials.server,
-                    http2=True,
-                    verify=credentials.stream_ssl,
-                    headers=headers,
-                    limits=httpx.Limits(max_connections=1),
-                    timeout=httpx.Timeout(10.0, read=None),
-                )
-            )
-        tasks.append(asyncio.create_task(read(clients[-1], pod["metadata"]["name"])))
-    return tasks
+    return [asyncio.create_task(read(pod["metadata"]["name"])) for pod in listed]
 
 
 async def _followers(

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only):
-# etcd, the Kubernetes control plane, kwok, the training-operator, and for the real node (node.sh) a
-# kubelet and CoreDNS;
-# and tests/kubecheck (kstatus and the API server's quantity parser, asked by the unit tests).
+# etcd, the Kubernetes control plane, kwok and the training-operator; for the real node (node.sh) a
+# kubelet and CoreDNS; and tests/kubecheck (kstatus and the API server's quantity parser, asked by the
+# unit tests).
 #
 # Called by: CI (.ci/run) before pytest, tests/integration/conftest.py when a binary is missing,
 # and developers by hand. Output goes to a cache OUTSIDE the repo, one folder per component and
@@ -55,12 +55,10 @@ build_etcd() {
   go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3
 }
 
-# Makes a wrapper module requiring k8s.io/kubernetes at KUBE_VERSION, with the packages given,
-# and sets KUBE_LDFLAGS (the version stamps `kubectl version` and the node status show).
-kubernetes_module() {
-  local name="$1" gomod minor_patch info commit major minor dir pkg
-  shift
-  dir="$(new_wrapper_module "$name")"
+# The control plane, and the real node's kubelet (node.sh) in the same build: they share most packages.
+build_kubernetes() {
+  local out="$1" dir gomod minor_patch info commit major minor
+  dir="$(new_wrapper_module "kubernetes-$KUBE_VERSION")"
   cd "$dir"
   # k8s.io/kubernetes maps its staging modules to ./staging/...: replace each with the
   # published v0.<minor>.<patch> module. The list comes from the release's own go.mod.
@@ -75,31 +73,25 @@ kubernetes_module() {
     sed -n 's#^[[:space:]]*\(k8s\.io/[^ ]*\) => \./staging/.*#replace \1 => \1 v0.'"$minor_patch"'#p' "$gomod"
   } >>go.mod
   grep -c '^replace' go.mod | sed 's/^/staging replace lines: /'
-  go get "${@/%/@$KUBE_VERSION}"
+  go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+    "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
+    "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" \
+    "k8s.io/kubernetes/cmd/kubelet@$KUBE_VERSION"
   info="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION")"
   commit="$(printf '%s\n' "$info" | sed -n 's/^\t\t"Hash": "\(.*\)",*$/\1/p' | head -n1)"
   major="${KUBE_VERSION#v}"; major="${major%%.*}"
   minor="${minor_patch%%.*}"
-  KUBE_LDFLAGS="-s -w"
+  local ldflags="-s -w" pkg
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    KUBE_LDFLAGS+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-    KUBE_LDFLAGS+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean"
-    KUBE_LDFLAGS+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    ldflags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitCommit=${commit:-unknown} -X $pkg.gitTreeState=clean"
+    ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
-}
-
-build_kubernetes() {
-  local out="$1" pkgs=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
-    k8s.io/kubernetes/cmd/kube-scheduler)
-  kubernetes_module "kubernetes-$KUBE_VERSION" "${pkgs[@]}"
-  go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$out/" "${pkgs[@]}"
-}
-
-# The real node's kubelet (node.sh), from the same release as the control plane.
-build_kubelet() {
-  local out="$1"
-  kubernetes_module "kubelet-$KUBE_VERSION" k8s.io/kubernetes/cmd/kubelet
-  go build -trimpath -ldflags "$KUBE_LDFLAGS" -o "$out/kubelet" k8s.io/kubernetes/cmd/kubelet
+  go build -trimpath -ldflags "$ldflags" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler \
+    k8s.io/kubernetes/cmd/kubelet
 }
 
 # CoreDNS with the plugins of coredns/main.go: the real node's cluster DNS.
@@ -146,11 +138,10 @@ build_kubecheck() {
 # component name, version, build function, files that must exist when it is complete
 COMPONENTS=(
   "etcd|$ETCD_VERSION|build_etcd|etcd"
-  "kubernetes|$KUBE_VERSION|build_kubernetes|kube-apiserver kube-controller-manager kube-scheduler"
+  "kubernetes|$KUBE_VERSION|build_kubernetes|kube-apiserver kube-controller-manager kube-scheduler kubelet"
   "kwok|$KWOK_VERSION|build_kwok|kwok kwokctl"
   "training-operator|$TRAINING_OPERATOR_VERSION|build_training_operator|training-operator kubeflow.org_pytorchjobs.yaml"
   "kubecheck|$KUBECHECK_VERSION|build_kubecheck|kubecheck"
-  "kubelet|$KUBE_VERSION|build_kubelet|kubelet"
   "coredns|$COREDNS_BUILD|build_coredns|coredns"
 )
 

@@ -29,7 +29,7 @@ KUBECHECK_VERSION="$CLI_UTILS_VERSION-$(sha256sum "$KUBECHECK_SOURCE" | cut -c1-
 KUBECHECK="$BIN_DIR/kubecheck-$KUBECHECK_VERSION/kubecheck"
 COREDNS_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/coredns" && pwd)/main.go"
 COREDNS_BUILD="$COREDNS_VERSION-$(sha256sum "$COREDNS_SOURCE" | cut -c1-12)"
-KUBELET="$BIN_DIR/kubelet-$KUBE_VERSION/kubelet"
+KUBELET="$BIN_DIR/kubernetes-$KUBE_VERSION/kubelet"
 COREDNS="$BIN_DIR/coredns-$COREDNS_BUILD/coredns"
 # The training-operator's cert rotator waits for tls.crt in this folder (hard-coded in its
 # pkg/cert), and its webhook server reads tls.crt/tls.key from $TMPDIR/k8s-webhook-server/...:

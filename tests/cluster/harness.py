@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -208,6 +209,16 @@ class KubeCluster:
             args += ["-l", selector]
         items: list[JsonObject] = json.loads(self.kubectl(*args).stdout)["items"]
         return items
+
+    @contextmanager
+    def scratch_namespace(self, prefix: str) -> Iterator[str]:
+        """A new namespace PREFIX-<random> for one test, deleted afterwards (without waiting)."""
+        name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.create_namespace(name)
+        try:
+            yield name
+        finally:
+            self.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
     def create_namespace(self, name: str) -> None:
         """Creates namespace NAME and waits for its default ServiceAccount, without which pods are refused."""

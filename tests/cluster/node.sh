@@ -77,9 +77,11 @@ running_nodes() {
   echo "$count"
 }
 
-wait_for_socket() {
-  local socket="$1" pid="$2" log="$3" what="$4" deadline=$((SECONDS + 60))
-  until [[ -S "$socket" ]]; do
+# Waits until COMMAND succeeds (90 s at most) while process PID runs; else shows the end of its LOG.
+wait_for() {
+  local what="$1" pid="$2" log="$3" deadline=$((SECONDS + 90))
+  shift 3
+  until "$@" >/dev/null 2>&1; do
     if ! is_running "$pid" || ((SECONDS > deadline)); then
       echo "node.sh: $what did not start; last lines of $log:" >&2
       tail -n 30 "$log" >&2
@@ -87,6 +89,10 @@ wait_for_socket() {
     fi
     sleep 0.2
   done
+}
+
+node_ready() {
+  kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -q True
 }
 
 write_containerd_config() {
@@ -237,7 +243,7 @@ node_up() {
   write_containerd_config >"$NODE_DIR/containerd.toml"
   setsid containerd --config "$NODE_DIR/containerd.toml" >"$NODE_DIR/containerd.log" 2>&1 </dev/null &
   echo $! >"$NODE_DIR/containerd.pid"
-  wait_for_socket "$NODE_DIR/containerd.sock" "$!" "$NODE_DIR/containerd.log" containerd
+  wait_for containerd "$!" "$NODE_DIR/containerd.log" test -S "$NODE_DIR/containerd.sock"
   for archive in "$@"; do
     say "importing $(basename "$archive") ($(du -h "$archive" | cut -f1))"
     ctr --address "$NODE_DIR/containerd.sock" -n k8s.io images import --no-unpack=false "$archive" >&2
@@ -271,23 +277,8 @@ node_up() {
     --node-labels "trainrun.dev/pool=real,type=real" \
     >"$NODE_DIR/kubelet.log" 2>&1 </dev/null &
   echo $! >"$NODE_DIR/kubelet.pid"
-  local deadline=$((SECONDS + 90))
-  until kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True; do
-    if ! is_running "$(cat "$NODE_DIR/kubelet.pid")" || ((SECONDS > deadline)); then
-      echo "node.sh: node $NODE_NAME not Ready; last lines of $NODE_DIR/kubelet.log:" >&2
-      tail -n 30 "$NODE_DIR/kubelet.log" >&2
-      return 1
-    fi
-    sleep 0.5
-  done
-  until curl -fs "http://$NODE_IP:$DNS_READY_PORT/ready" >/dev/null; do
-    if ! is_running "$(cat "$NODE_DIR/coredns.pid")" || ((SECONDS > deadline)); then
-      echo "node.sh: CoreDNS not ready; last lines of $NODE_DIR/coredns.log:" >&2
-      tail -n 30 "$NODE_DIR/coredns.log" >&2
-      return 1
-    fi
-    sleep 0.5
-  done
+  wait_for "the kubelet (node $NODE_NAME Ready)" "$(cat "$NODE_DIR/kubelet.pid")" "$NODE_DIR/kubelet.log" node_ready
+  wait_for CoreDNS "$(cat "$NODE_DIR/coredns.pid")" "$NODE_DIR/coredns.log" curl -fs "http://$NODE_IP:$DNS_READY_PORT/ready"
   say "node $NODE_NAME Ready"
 }
 

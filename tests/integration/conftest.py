@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,12 +38,8 @@ def kube_cluster() -> Iterator[KubeCluster]:
 @pytest.fixture
 def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
     """A namespace of its own for one test, deleted afterwards (without waiting)."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
-    kube_cluster.create_namespace(name)
-    try:
+    with kube_cluster.scratch_namespace("test") as name:
         yield name
-    finally:
-        kube_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -403,7 +403,12 @@ def _zombie(pid: int) -> bool:
 
 
 def api_ready(kube_cluster: KubeCluster) -> bool:
-    return kube_cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
+    """Whether the API server answers /readyz (an answer slower than 10 s, as a server starting on a loaded
+    machine may give, counts as not ready yet)."""
+    try:
+        return kube_cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 @pytest.mark.timeout(600)

@@ -9,11 +9,15 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cluster.harness import REAL_NODE, KubeCluster
+from runs import volume_for_claim
 from seaweedfs import BUCKET, SeaweedFS
+
+# A real-pod test's limit, its share of the session's setup included: a cold start imports 6 GB of
+# images (2-3 minutes on a busy 2-core machine) and builds them when missing (5-10 minutes).
+REALPOD_TIMEOUT = 1800
 
 
 def require_real_node() -> None:
@@ -50,23 +54,11 @@ class PodReachableS3:
 
 
 def output_volume(cluster: KubeCluster, namespace: str, claim: str, folder: Path) -> None:
-    """A hostPath PersistentVolume reserved for a run's output claim (the cluster has no provisioner); the
-    replicas and the uploader run as user 10001, so the folder is open to them."""
+    """A hostPath PersistentVolume reserved for a run's output claim; the replicas and the uploader run
+    as user 10001, so the folder is open to them."""
     folder.mkdir(parents=True, exist_ok=True)
     folder.chmod(0o777)
-    volume: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": f"{namespace}-{claim}"},
-        "spec": {
-            "capacity": {"storage": "20Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "hostPath": {"path": str(folder)},
-            "claimRef": {"namespace": namespace, "name": claim},
-        },
-    }
-    cluster.apply(volume)
+    volume_for_claim(cluster, namespace, claim, folder, create_claim=False)
 
 
 def s3_client_env(s3: PodReachableS3) -> dict[str, str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from cluster.harness import REAL_NODE, ClusterError, KubeCluster, wait_until
-from realpods import PodReachableS3, output_volume
+from realpods import REALPOD_TIMEOUT, PodReachableS3, output_volume
 from runs import LEASE_NAME, OPERATOR_NAMESPACE, TRACEBACK, get_run, kubectl_apply, training_run
 
-pytestmark = [pytest.mark.realpod, pytest.mark.cluster, pytest.mark.s3]
+pytestmark = [pytest.mark.realpod, pytest.mark.timeout(REALPOD_TIMEOUT), pytest.mark.cluster, pytest.mark.s3]
 
 OVERLAY = Path(__file__).resolve().parent / "operator-overlay"
 SELECTOR = "app.kubernetes.io/name=trainrun,app.kubernetes.io/component=operator"

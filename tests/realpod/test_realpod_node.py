@@ -22,9 +22,9 @@ from cluster.harness import (
     stop_cluster,
     wait_until,
 )
-from realpods import require_real_node
+from realpods import REALPOD_TIMEOUT, require_real_node
 
-pytestmark = [pytest.mark.realpod, pytest.mark.cluster]
+pytestmark = [pytest.mark.realpod, pytest.mark.timeout(REALPOD_TIMEOUT), pytest.mark.cluster]
 
 SYSCTLS = ("kernel.panic", "kernel.panic_on_oops", "vm.overcommit_memory", "net.ipv4.ip_forward")
 POD_SCRIPT = """

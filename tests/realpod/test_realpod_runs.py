@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 from cluster.harness import REAL_NODE, KubeCluster
-from realpods import PodReachableS3, output_volume, s3_client_env
+from realpods import REALPOD_TIMEOUT, PodReachableS3, output_volume, s3_client_env
 from runs import REPO, TRAINER_IMAGE, OperatorProcess, get_run, wait_for_phase
 
-pytestmark = [pytest.mark.realpod, pytest.mark.cluster, pytest.mark.s3]
+pytestmark = [pytest.mark.realpod, pytest.mark.timeout(REALPOD_TIMEOUT), pytest.mark.cluster, pytest.mark.s3]
 
 TRAINRUN = Path(sys.executable).parent / "trainrun"
 QUICKSTART = REPO / "manifests" / "samples" / "quickstart.yaml"
@@ -155,6 +155,13 @@ time.sleep(300)
 """
 
 
+def folder_with(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 def custom_run(name: str, namespace: str, *, script: str, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "image": TRAINER_IMAGE,
@@ -171,15 +178,10 @@ def test_submitted_code_reads_an_input_staged_from_s3(
 ) -> None:
     namespace = kube_namespace
     secret = s3.create_secret(kube_cluster, namespace)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "numbers.txt").write_text("1\n2\n3\n4\n")
+    data = folder_with(tmp_path / "data", {"numbers.txt": "1\n2\n3\n4\n"})
     input_uri = s3.uri("inputs")
     trainrun(kube_cluster, "upload", str(data), input_uri + "/", env=s3_client_env(s3))
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text(CUSTOM_SCRIPT)
-    (code / "settings.json").write_text('{"scale": 10}')
+    code = folder_with(tmp_path / "code", {"train.py": CUSTOM_SCRIPT, "settings.json": '{"scale": 10}'})
     uri = s3.uri("custom")
     output_volume(kube_cluster, namespace, "custom-outputs", tmp_path / "volume")
     document = custom_run(
@@ -207,9 +209,7 @@ def test_a_replica_that_raises_fails_the_run_with_its_exception(
 ) -> None:
     namespace = kube_namespace
     secret = s3.create_secret(kube_cluster, namespace)
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text(FAILING_SCRIPT)
+    code = folder_with(tmp_path / "code", {"train.py": FAILING_SCRIPT})
     document = custom_run(
         "crash", namespace, script="train.py", runPolicy={"restartPolicy": "Never", "backoffLimit": 0},
         output={"uri": s3.uri("crash"), "secretName": secret},

@@ -67,7 +67,7 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         _running.credentials = Credentials(
             server=info.server,
             ssl=requests_ssl,
-            # A context of its own: httpx sets ALPN h2 on the one it is given, and a shared context made
+            # A context of its own: the log streams set ALPN h2 on the one they are given, and a shared context made
             # every later aiohttp connection get HTTP/2 answers it cannot read (found by the HA test that
             # restarts kube-apiserver).
             stream_ssl=info.as_ssl_context() if secure else False,

@@ -3,9 +3,11 @@
 Used only by the operator (``trainrun.controller``), on kopf's event loop: its waiting never holds
 a thread, so the operator's thread count does not grow with the number of runs or log streams.
 Requests and watches use aiohttp, what kopf itself talks to the API server with. Followed pod logs,
-thousands of them at once, share a few HTTP/2 connections (httpx with h2): over HTTP/1.1 each stream
-is a TLS connection of its own, measured at 311 KB each in this process (asyncio's 256 KB TLS read
-buffer plus OpenSSL's), which would be 1.2 GB for 4,000 replicas. The credentials come from kopf's
+thousands of them at once, share a few HTTP/2 connections (``trainrun.kube.h2logs``: one asyncio
+protocol per connection on the h2 state machine): over HTTP/1.1 each stream is a TLS connection of its
+own, measured at 311 KB each in this process (asyncio's 256 KB TLS read buffer plus OpenSSL's), which
+would be 1.2 GB for 4,000 replicas. (A server reached over plain http, such as ``kubectl proxy``, gets
+them over HTTP/1.1 through aiohttp.) The credentials come from kopf's
 login (``Credentials``, filled by ``trainrun.controller.handlers``). Objects travel as plain dicts.
 The synchronous client of the CLI is ``trainrun.kube.api``.
 """
@@ -20,7 +22,8 @@ from ssl import SSLContext
 from typing import Any
 
 import aiohttp
-import httpx
+
+from trainrun.kube.h2logs import H2LogClient, StreamError
 
 Object = dict[str, Any]
 DEFAULT_FIELD_MANAGER = "trainrun"
@@ -116,7 +119,7 @@ class Credentials:
 
     server: str
     ssl: SSLContext | bool  # requests and watches (aiohttp, HTTP/1.1); False for plain http
-    stream_ssl: SSLContext | bool  # log streams (httpx, HTTP/2): never the same object as ssl
+    stream_ssl: SSLContext | bool  # log streams (HTTP/2, ALPN h2 set on it): never the same object as ssl
     authorization: str | None = None  # the Authorization header's value
 
 
@@ -128,7 +131,7 @@ class AsyncKube:
         self._credentials: Credentials | None = None
         self._session: aiohttp.ClientSession | None = None
         self._streams: aiohttp.ClientSession | None = None
-        self._log_clients: list[_LogClient] = []
+        self._logs: H2LogClient | None = None
 
     def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         credentials = self._credentials_source()
@@ -136,9 +139,9 @@ class AsyncKube:
             stale = [session for session in (self._session, self._streams) if session is not None]
             for session in stale:
                 asyncio.get_running_loop().create_task(session.close())
-            for log_client in self._log_clients:
-                asyncio.get_running_loop().create_task(log_client.client.aclose())
-            self._log_clients = []
+            if self._logs is not None:
+                asyncio.get_running_loop().create_task(self._logs.close())
+                self._logs = None
             context = credentials.ssl
             headers = {"Accept": "application/json", "User-Agent": "trainrun-operator"}
             if credentials.authorization:
@@ -165,33 +168,25 @@ class AsyncKube:
         for session in (self._session, self._streams):
             if session is not None:
                 await session.close()
-        for log_client in self._log_clients:
-            await log_client.client.aclose()
-        self._session = self._streams = None
-        self._log_clients = []
+        if self._logs is not None:
+            await self._logs.close()
+        self._session = self._streams = self._logs = None
 
-    def _log_client(self) -> _LogClient:
-        """An HTTP/2 client with room for one more stream (a new connection when all are full)."""
+    def _log_client(self) -> H2LogClient | None:
+        """The HTTP/2 log streams' client (None over plain http: aiohttp's HTTP/1.1 streams then)."""
         self._sessions()
         credentials = self._credentials
         assert credentials is not None
-        for log_client in self._log_clients:
-            if log_client.streams < STREAMS_PER_CONNECTION:
-                return log_client
-        headers = {"User-Agent": "trainrun-operator"}
-        if credentials.authorization:
-            headers["Authorization"] = credentials.authorization
-        client = httpx.AsyncClient(
-            base_url=credentials.server.rstrip("/"),
-            http2=True,
-            verify=credentials.stream_ssl if isinstance(credentials.stream_ssl, SSLContext) else False,
-            headers=headers,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            timeout=httpx.Timeout(connect=10.0, read=None, write=30.0, pool=None),
-        )
-        log_client = _LogClient(client)
-        self._log_clients.append(log_client)
-        return log_client
+        if not isinstance(credentials.stream_ssl, SSLContext):
+            return None
+        if self._logs is None:
+            headers = {"user-agent": "trainrun-operator"}
+            if credentials.authorization:
+                headers["authorization"] = credentials.authorization
+            self._logs = H2LogClient(
+                credentials.server, credentials.stream_ssl, headers, per_connection=STREAMS_PER_CONNECTION
+            )
+        return self._logs
 
     async def request(
         self,
@@ -343,27 +338,25 @@ class AsyncKube:
             query["sinceSeconds"] = str(since_seconds)
         if previous:
             query["previous"] = "true"
-        log_client = self._log_client()
-        log_client.streams += 1
+        logs = self._log_client()
+        path = PODS.path(namespace, pod, "log")
         try:
-            async with log_client.client.stream("GET", PODS.path(namespace, pod, "log"), params=query) as response:
-                if response.status_code >= 400:
-                    body = (await response.aread()).decode("utf-8", errors="replace")
-                    raise _answer_error(response.status_code, body, f"logs of pod {pod}")
-                async for batch in split_lines(response.aiter_raw()):
+            if logs is not None:
+                async for batch in split_lines(logs.stream(path, query)):
                     yield batch
-        except (httpx.HTTPError, OSError) as error:
+                return
+            _, streams = self._sessions()
+            async with streams.get(path, params=query) as response:
+                if response.status >= 400:
+                    raise _answer_error(response.status, await response.text(), f"logs of pod {pod}")
+                async for batch in split_lines(response.content.iter_any()):
+                    yield batch
+        except StreamError as error:
+            if error.status is not None:
+                raise _answer_error(error.status, error.body, f"logs of pod {pod}") from None
+            raise ApiError(f"log stream of pod {pod} broke off: {error}") from None
+        except (aiohttp.ClientError, OSError) as error:
             raise ApiError(f"log stream of pod {pod} broke off: {_describe(error)}") from None
-        finally:
-            log_client.streams -= 1
-
-
-@dataclass
-class _LogClient:
-    """One HTTP/2 connection's client and how many log streams it carries now."""
-
-    client: httpx.AsyncClient
-    streams: int = 0
 
 
 async def split_lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[LogBatch]:

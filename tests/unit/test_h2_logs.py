@@ -1,0 +1,208 @@
+"""The operator's HTTP/2 log transport (``trainrun.kube.h2logs``) against a real HTTP/2 server over TLS in the
+test process (the h2 library on the server side, a trustme certificate): streams share a connection, an
+error status comes with its body, a connection lost mid-stream and a server without HTTP/2 are errors that
+say so, and a reader that stops reading stops its stream (flow control), so nothing piles up in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import trustme
+from trainrun.kube.h2logs import STREAM_WINDOW, H2LogClient, StreamError
+
+Handler = Callable[["Server", int, str], None]
+
+
+@dataclass
+class Server(asyncio.Protocol):
+    """A minimal HTTP/2 server: ``handler(server, stream_id, path)`` answers each request."""
+
+    handler: Handler
+    connections: list[Server] = field(default_factory=list)
+    transport: asyncio.Transport | None = None
+    h2: h2.connection.H2Connection = field(
+        default_factory=lambda: h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+    )
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.connections.append(self)
+        self.h2.initiate_connection()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.h2.receive_data(data):
+            if isinstance(event, h2.events.RequestReceived):
+                path = dict(event.headers)[":path"]
+                self.handler(self, event.stream_id, str(path))
+        self.flush()
+
+    def respond(self, stream_id: int, status: int, *chunks: bytes, end: bool = True) -> None:
+        self.h2.send_headers(stream_id, [(":status", str(status))])
+        for chunk in chunks:
+            self.h2.send_data(stream_id, chunk)
+        if end:
+            self.h2.end_stream(stream_id)
+        self.flush()
+
+    def flush(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.h2.data_to_send())
+
+
+@pytest.fixture(scope="module")
+def certificates() -> tuple[ssl.SSLContext, trustme.CA]:
+    authority = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server)
+    return server, authority
+
+
+async def serve(handler: Handler, certificates: tuple[ssl.SSLContext, trustme.CA], alpn: str = "h2") -> tuple[H2LogClient, list[Server], asyncio.Server]:
+    server_context, authority = certificates
+    server_context.set_alpn_protocols([alpn])
+    connections: list[Server] = []
+    listening = await asyncio.get_running_loop().create_server(
+        lambda: Server(handler, connections), "127.0.0.1", 0, ssl=server_context
+    )
+    port = listening.sockets[0].getsockname()[1]
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    return H2LogClient(f"https://127.0.0.1:{port}", client_context, {"authorization": "Bearer t"}, per_connection=2), connections, listening
+
+
+async def read_all(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+def test_streams_share_a_connection_and_end_with_the_response(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, f"{path}\n".encode(), b"second line\n")
+
+    async def scenario() -> tuple[list[bytes], int, int]:
+        client, connections, listening = await serve(handler, certificates)
+        bodies = await asyncio.gather(*(read_all(client.stream(f"/pods/p{n}/log", {"follow": "true"})) for n in range(3)))
+        await client.close()
+        listening.close()
+        return bodies, len(connections), len(client.connections)
+
+    bodies, opened, _ = asyncio.run(scenario())
+    assert bodies == [f"/pods/p{n}/log?follow=true\nsecond line\n".encode() for n in range(3)]
+    assert opened == 2  # two streams per connection here: three streams need two
+
+
+def test_an_error_status_comes_with_the_servers_words(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 404, b'{"message": "pods \\"x\\" not found"}')
+
+    async def scenario() -> StreamError:
+        client, _, listening = await serve(handler, certificates)
+        with pytest.raises(StreamError) as raised:
+            await read_all(client.stream("/pods/x/log", {}))
+        await client.close()
+        listening.close()
+        return raised.value
+
+    error = asyncio.run(scenario())
+    assert error.status == 404 and "not found" in error.body
+
+
+def test_a_connection_lost_mid_stream_is_an_error_not_an_end(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, b"line 1\n", end=False)
+        assert server.transport is not None
+        asyncio.get_running_loop().call_later(0.05, server.transport.abort)
+
+    async def scenario() -> tuple[list[bytes], StreamError]:
+        client, _, listening = await serve(handler, certificates)
+        got: list[bytes] = []
+        with pytest.raises(StreamError) as raised:
+            async for chunk in client.stream("/pods/x/log", {}):
+                got.append(chunk)
+        await client.close()
+        listening.close()
+        return got, raised.value
+
+    got, error = asyncio.run(scenario())
+    assert got == [b"line 1\n"] and error.status is None and "connection" in str(error)
+
+
+def test_a_server_without_http2_is_named(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    async def scenario() -> StreamError:
+        client, _, listening = await serve(lambda *_: None, certificates, alpn="http/1.1")
+        with pytest.raises(StreamError) as raised:
+            await read_all(client.stream("/pods/x/log", {}))
+        await client.close()
+        listening.close()
+        return raised.value
+
+    assert "HTTP/2" in str(asyncio.run(scenario()))
+
+
+def test_a_reader_that_stops_reading_stops_its_stream(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    """Flow control is the reader's: the server cannot send more than the stream's window ahead of it."""
+    block = b"x" * 16_000 + b"\n"
+    sent: list[int] = []
+
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+
+        def push() -> None:
+            window = server.h2.local_flow_control_window(stream_id)
+            while window >= len(block):
+                server.h2.send_data(stream_id, block)
+                sent.append(len(block))
+                window -= len(block)
+            server.flush()
+            asyncio.get_running_loop().call_later(0.02, push)
+
+        push()
+
+    async def scenario() -> int:
+        client, _, listening = await serve(handler, certificates)
+        stream = client.stream("/pods/x/log", {})
+        await stream.__anext__()  # read one chunk, then stop reading
+        await asyncio.sleep(0.5)
+        before = sum(sent)
+        await asyncio.sleep(0.3)
+        assert sum(sent) == before, "the server kept sending to a reader that stopped reading"
+        taken = 0
+        async for chunk in stream:  # reading again lets it go on
+            taken += len(chunk)
+            if taken > 2 * STREAM_WINDOW:
+                break
+        await stream.aclose()
+        await client.close()
+        listening.close()
+        return before
+
+    in_flight = asyncio.run(scenario())
+    assert in_flight <= STREAM_WINDOW + 2 * len(block)
+
+
+def test_streams_asking_while_the_server_is_unreachable_fail_at_once() -> None:
+    """One failed connect answers the streams queued behind it for a moment (each retries after its own
+    back-off) instead of each waiting out a connect timeout of its own."""
+
+    async def scenario() -> tuple[list[str], float]:
+        context = ssl.create_default_context()
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        client = H2LogClient(f"https://127.0.0.1:{port}", context, {}, per_connection=2)
+        started = asyncio.get_running_loop().time()
+        outcomes = await asyncio.gather(*(read_all(client.stream(f"/pods/p{n}/log", {})) for n in range(50)), return_exceptions=True)
+        return [str(outcome) for outcome in outcomes], asyncio.get_running_loop().time() - started
+
+    messages, elapsed = asyncio.run(scenario())
+    assert all(message.startswith("cannot connect") for message in messages), messages[:3]
+    assert elapsed < 5
