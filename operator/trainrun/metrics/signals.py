@@ -27,8 +27,9 @@ _COMMUNICATION = re.compile(
 )
 # Every line that announces one of these has one of these words (a cheap test before the expressions).
 _WORDS = ("rror", "xception", "memory", "NCCL", "nccl", "loo", "peer", "Rendezvous")
-# The last line of a Python traceback: "ValueError: ...", "torch.distributed.DistBackendError: ...".
-_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception)(?::|$)")
+# The last line of a Python traceback: "ValueError: ...", "torch.distributed.DistBackendError: ..." (also
+# what trainrun.status.failure looks for in a container's last words).
+EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w+(Error|Exception)\b.*")
 
 
 def mentions_failure(text: str) -> bool:
@@ -47,6 +48,6 @@ def log_signal(line: str) -> str | None:
         return CUDA_OOM
     if _COMMUNICATION.search(line):
         return COMMUNICATION_ERROR
-    if _EXCEPTION.match(line.strip()):
+    if EXCEPTION_LINE.match(line.strip()):
         return USER_ERROR
     return None

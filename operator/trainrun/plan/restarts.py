@@ -69,11 +69,11 @@ def decide(policy: RunPolicy, trouble: Trouble | None, *, restarts_done: int) ->
             f"{trouble.message}; not restarted: all {policy.max_restarts} restarts used "
             f"(spec.runPolicy.maxRestarts={policy.max_restarts})",
         )
-    return Decision(
-        "restart",
-        "Restarting",
-        f"restart {restarts_done + 1} of {policy.max_restarts} ({trouble.cause}): {trouble.message}",
-    )
+    return Decision("restart", "Restarting", _restart_words(policy, restarts_done + 1, trouble.cause, trouble.message))
+
+
+def _restart_words(policy: RunPolicy, number: int, cause: str, message: str) -> str:
+    return f"restart {number} of {policy.max_restarts} ({cause}): {message}"
 
 
 def backoff_seconds(policy: RunPolicy, restarts_done: int) -> float:
@@ -175,7 +175,7 @@ def _restart_under_way(
 ) -> Supervised | None:
     """While the job of before the last restart, or its replicas, are still there, or the backoff runs."""
     latest = restarts[-1]
-    what = f"restart {len(restarts)} of {policy.max_restarts} ({latest.cause}): {latest.message}"
+    what = _restart_words(policy, len(restarts), latest.cause, latest.message)
     metadata = (job or {}).get("metadata") or {}
     created = timestamp(metadata.get("creationTimestamp"))
     if job is not None and (created is None or created < last):

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from trainrun.metrics.signals import EXCEPTION_LINE
 from trainrun.spec.model import TrainingRun
 from trainrun.status.observe import EventView, JobView, PodView, Termination, UploaderView, replica_sort_key
 from trainrun.status.shapes import as_text
@@ -36,9 +37,9 @@ _INSUFFICIENT = re.compile(r"Insufficient ([A-Za-z0-9./_-]+?)[,.]?(?=\s|$)")
 _VOLUME_MARKERS = ("persistentvolumeclaim", "persistent volume", "volume node affinity", "pvc")
 # A termination message can be a whole log tail (terminationMessagePolicy FallbackToLogsOnError).
 _MAX_DETAIL = 300
-# A replica's last words: the exception a program died of, and torchrun's report of a failed child
-# (its own traceback ending in ChildFailedError, a banner, and its glog-style log lines).
-EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w+(Error|Exception)\b.*")
+# A replica's last words: the exception a program died of (trainrun.metrics.signals.EXCEPTION_LINE), and
+# torchrun's report of a failed child (its own traceback ending in ChildFailedError, a banner, and its
+# glog-style log lines).
 TORCHRUN_FAILURE_MARK = "torch.distributed.elastic.multiprocessing.errors.ChildFailedError"
 TORCHRUN_LOG_LINE = re.compile(r"^[EWI]\d{4} \d\d:\d\d:\d\d")
 
