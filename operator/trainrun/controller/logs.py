@@ -268,9 +268,10 @@ class RunLogs:
     def _take(self, container: ContainerLog, texts: list[str], last: LogTime | None) -> None:
         """Queue a container's new lines for the archive and parse them for metrics, progress and failures.
 
-        Whole batches at a time: the lines that can carry a metric, a progress report or a failure are
-        found with one search over the batch; only those are parsed one by one (most batches: none), and
-        the progress tracker also sees the batch's last line, for the replica's activity."""
+        Whole batches at a time: one search over the batch says whether any line can carry a metric, a
+        progress report or a failure; only such lines are parsed one by one (all of them when the spec has
+        metric expressions, which may match anything), and the progress tracker also sees the batch's
+        last line, for the replica's activity."""
         replica = container.replica
         container.lines += len(texts)
         self._dirty = True
@@ -278,29 +279,34 @@ class RunLogs:
         progress = self.progress
         at = _line_time(last)
         joined = "\n".join(texts)
-        candidates = texts if self.parser.definitions else []
-        if not candidates and (METRIC_PREFIX in joined or PROGRESS_PREFIX in joined or mentions_failure(joined)):
+        if self.parser.definitions or mentions_failure(joined):
             candidates = texts
-        taken_last = False
+        elif METRIC_PREFIX in joined or PROGRESS_PREFIX in joined:
+            candidates = [text for text in texts if METRIC_PREFIX in text or PROGRESS_PREFIX in text]
+        else:
+            candidates = []
+        last_taken = None
         for text in candidates:
             samples = self.parser.parse(text)
-            taken_last = bool(samples) or PROGRESS_PREFIX in text or log_signal(text) is not None
-            if taken_last:
+            if samples or PROGRESS_PREFIX in text or log_signal(text) is not None:
                 changed |= progress.take(replica, text, samples, at)
+                last_taken = text
             if samples:
                 changed |= self.summary.add(samples, from_master=is_master(replica))
-                self._queue(METRICS_CHANNEL, [json.dumps(metric_record(replica, samples, at=_stamp_text(last)))])
-        if not (taken_last and candidates is texts):
+                record = json.dumps(metric_record(replica, samples, at=_stamp_text(last)))
+                self._queue(METRICS_CHANNEL, [record], len(record) + 1)
+        if last_taken is not texts[-1]:
             changed |= progress.take(replica, texts[-1], [], at)
-        self._queue(replica, texts)
+        self._queue(replica, texts, len(joined) + 1)
         if changed:
             self.on_metrics()
 
-    def _queue(self, channel: str, texts: list[str]) -> None:
+    def _queue(self, channel: str, texts: list[str], size: int) -> None:
+        """Hold lines (``size`` bytes with their newlines) for the next segment."""
         if self.archive is None:
             return
         self._pending.setdefault(channel, []).extend(texts)
-        self._pending_bytes += sum(len(text) + 1 for text in texts)
+        self._pending_bytes += size
         if self._pending_bytes >= self.flush_bytes:
             self._flush_now.set()
         if self._pending_bytes >= PENDING_LIMIT_BYTES:
@@ -424,7 +430,7 @@ def _line_time(stamp: LogTime | None) -> datetime:
     return stamp[0] if stamp is not None else datetime.now(UTC)
 
 
-_SECOND_TEXT: list[tuple[datetime, str]] = []  # the last second formatted (a stream's lines share it)
+_SECOND_TEXTS: dict[datetime, str] = {}  # recent seconds formatted (the lines of a second share it)
 
 
 def _stamp_text(stamp: LogTime | None) -> str:
@@ -432,6 +438,9 @@ def _stamp_text(stamp: LogTime | None) -> str:
     if stamp is None:
         return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     second, nanos = stamp
-    if not _SECOND_TEXT or _SECOND_TEXT[0][0] is not second:
-        _SECOND_TEXT[:] = [(second, f"{second.astimezone(UTC):%Y-%m-%dT%H:%M:%S}")]
-    return f"{_SECOND_TEXT[0][1]}.{nanos // 1_000_000:03d}Z"
+    text = _SECOND_TEXTS.get(second)
+    if text is None:
+        if len(_SECOND_TEXTS) > 256:
+            _SECOND_TEXTS.clear()
+        text = _SECOND_TEXTS[second] = f"{second.astimezone(UTC):%Y-%m-%dT%H:%M:%S}"
+    return f"{text}.{nanos // 1_000_000:03d}Z"
