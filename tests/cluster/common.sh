@@ -83,6 +83,20 @@ require_kubectl() {
   export PATH="$venv_bin:$PATH"
 }
 
+# Waits (60 s at most) until every object of KIND has condition CONDITION. kubectl >= 1.37 `wait`
+# fails at once on an object whose status has no conditions yet (a CRD or node just created) instead of
+# waiting for them, so it is asked again until it succeeds.
+wait_for_all() {
+  local condition="$1" kind="$2" deadline=$((SECONDS + 60))
+  until kubectl wait --for=condition="$condition" --timeout=10s "$kind" --all >/dev/null 2>&1; do
+    if ((SECONDS > deadline)); then
+      kubectl wait --for=condition="$condition" --timeout=1s "$kind" --all >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+}
+
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

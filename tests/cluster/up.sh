@@ -114,7 +114,7 @@ if [[ -e "$CRDS_DIR/kustomization.yaml" ]]; then
 elif compgen -G "$CRDS_DIR/*.yaml" >/dev/null; then
   kubectl apply --server-side -f "$CRDS_DIR" >&2
 fi
-kubectl wait --for=condition=Established --timeout=60s crd --all >&2
+wait_for_all Established crd
 
 say "creating nodes and namespaces"
 kubectl apply -f "$SCRIPT_DIR/nodes.yaml" >&2
@@ -126,7 +126,7 @@ kubectl apply -n trainrun-system -f "$REPO_ROOT/manifests/base/config.yaml" >&2
 say "starting the training-operator"
 start_training_operator "$(cat "$STATE_DIR/webhook-port")"
 
-kubectl wait --for=condition=Ready --timeout=60s node --all >&2
+wait_for_all Ready node
 say "ready: $(kubectl get nodes --no-headers | wc -l) nodes; operator log $STATE_DIR/training-operator.log"
 trap - EXIT
 echo "$KUBECONFIG_PATH"
