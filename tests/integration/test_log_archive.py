@@ -98,6 +98,16 @@ def shipped_lines(uri: str, env: dict[str, str]) -> list[str]:
     return list(json.loads(done.stdout))
 
 
+def sealed_run(cluster: KubeCluster, name: str, namespace: str, *, timeout: float, by: str) -> dict[str, Any]:
+    """The run once its status says its log archive is sealed (``status.logs.complete``)."""
+
+    def sealed() -> dict[str, Any] | None:
+        run = get_run(cluster, name, namespace)
+        return run if run.get("status", {}).get("logs", {}).get("complete") else None
+
+    return dict(wait_until(sealed, timeout=timeout, what=f"the log archive of {name} sealed by {by}"))
+
+
 def object_text(uri: str, key: str, endpoint: str) -> str:
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     return str(boto3_client_for(endpoint).get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read().decode())
@@ -133,11 +143,7 @@ def test_two_crashes_and_pods_deleted_while_down_lose_no_line_and_repeat_none(
         )
         kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
         operator.start()
-        run = wait_until(
-            lambda: (found := get_run(kube_cluster, "arch", namespace)).get("status", {}).get("logs", {}).get("complete") and found,
-            timeout=120,
-            what="the archive sealed by the restarted operator",
-        )
+        run = sealed_run(kube_cluster, "arch", namespace, timeout=120, by="the restarted operator")
         assert run["status"]["logs"]["uri"] == f"{uri}/logs"
         assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(LINES)
         # The uploader's copy (what its pod runs, for real) and the composed log in one manifest.
@@ -185,11 +191,7 @@ def test_a_standby_resumes_the_archive_where_the_killed_leader_left_it(
         standby = next(process for process in replicas if process is not leader)
         standby.wait_until_leader(timeout=60)
         log.thread.join(timeout=seconds * 3)
-        run = wait_until(
-            lambda: (found := get_run(kube_cluster, "ha", namespace)).get("status", {}).get("logs", {}).get("complete") and found,
-            timeout=180,
-            what="the archive sealed by the new leader",
-        )
+        run = sealed_run(kube_cluster, "ha", namespace, timeout=180, by="the new leader")
         assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(count)
         assert run["status"]["phase"] == "Uploading"  # the outputs' copy is the uploader's; the logs are done
     finally:
@@ -253,7 +255,7 @@ def test_logs_follow_shows_new_lines_at_once_and_the_archive_once_the_pods_are_g
             follower.wait(timeout=30)
         live = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tail"], env=env, capture_output=True, text=True, timeout=60)
         assert live.returncode == 0, live.stderr
-        wait_until(lambda: get_run(kube_cluster, "tail", namespace).get("status", {}).get("logs", {}).get("complete"), timeout=120, what="the sealed archive")
+        sealed_run(kube_cluster, "tail", namespace, timeout=120, by="the operator")
         kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
         wait_until(lambda: not kube_cluster.list_objects("pods", namespace), timeout=60, what="the pods to be gone")
         for extra in ([], ["-f"]):

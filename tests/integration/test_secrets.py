@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until
-from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run
+from runs import OperatorProcess, get_run, kubectl_apply, operator_with_shipped_rbac, training_run, volume_for_claim
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
 from seaweedfs import BUCKET, SeaweedFS  # noqa: E402
@@ -37,24 +37,6 @@ FAKE_KEYS = {
 }
 SECRETS = [*FAKE_KEYS.values(), USER, PASSWORD]
 TRAINRUN = str(Path(sys.executable).parent / "trainrun")
-
-
-def reserve_volume(cluster: KubeCluster, namespace: str, claim: str, host_path: Path) -> None:
-    """A PersistentVolume for the run's claim (the test cluster has no provisioner)."""
-    cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": f"{namespace}-{claim}"},
-            "spec": {
-                "capacity": {"storage": "20Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "storageClassName": "",
-                "hostPath": {"path": str(host_path)},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        }
-    )
 
 
 def leaked(text: str) -> list[str]:
@@ -76,7 +58,7 @@ def test_fake_credentials_appear_nowhere(
         *[f"--from-literal={key}={value}" for key, value in secret_env.items()],
     )
     name = "leak"
-    reserve_volume(cluster, namespace, f"{name}-outputs", tmp_path / "volume")
+    volume_for_claim(cluster, namespace, f"{name}-outputs", tmp_path / "volume", create_claim=False)
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/leak"
     document = training_run(
         name,

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from trainrun.metrics import METRIC_PREFIX, MetricSample, MetricSummary, structured_samples
+from trainrun.metrics import METRIC_PREFIX, MetricSample, MetricSummary, is_master, structured_samples
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec.status import Phase, TrainingRunStatus
 from trainrun.status.progress import progress_status
@@ -153,7 +153,7 @@ class _ProgressLine:
 
 
 def _replica_style(replica: str) -> str:
-    if replica.startswith("master"):
+    if is_master(replica):
         return "bold cyan"
     index = replica.rpartition("-")[2]
     return REPLICA_STYLES[(int(index) if index.isdigit() else 0) % len(REPLICA_STYLES)]

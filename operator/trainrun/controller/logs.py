@@ -114,7 +114,6 @@ class RunLogs:
         self.shipped: dict[str, int] = {}
         self.sequence = 0
         self.sealed_files: tuple[FileRecord, ...] | None = None
-        self.stopped_because: str | None = None
         self._pending: dict[str, list[str]] = {}
         self._pending_bytes = 0
         self._dirty = False  # positions moved since the last segment
@@ -145,7 +144,7 @@ class RunLogs:
         if self.archive is None:
             self._loaded.set()  # nothing to resume from or ship to: read at once
             return
-        self._flusher = asyncio.get_running_loop().create_task(self._ship(), name=f"logs {self.run.metadata.name}")
+        self._flusher = asyncio.get_running_loop().create_task(self._ship(self.archive), name=f"logs {self.run.metadata.name}")
 
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Start reading every replica container that has started and is not read to its end yet."""
@@ -314,26 +313,23 @@ class RunLogs:
 
     # ---- shipping ----
 
-    async def _ship(self) -> None:
+    async def _ship(self, archive: LogArchive) -> None:
         """Load the archive's state, then write a segment every flush interval (sooner when it is big)."""
         failures = 0
-        while self.archive is not None:
+        while True:
             try:
-                loaded = await self.archive.load()
+                loaded = await archive.load()
                 break
             except (StorageError, ValueError) as error:
                 failures += 1
                 logger.warning("cannot read the log archive of %s yet: %s", self.run.metadata.name, error)
                 await asyncio.sleep(min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures))
-        else:
-            loaded = None
-        if loaded is not None:
-            self._restore(loaded.state)
-            if loaded.sealed:
-                self.sealed_files = loaded.files
+        self._restore(loaded.state)
+        if loaded.sealed:
+            self.sealed_files = loaded.files
         self._loaded.set()
         self.update(self._pods.values())
-        if self.archive is None or self.sealed_files is not None:
+        if self.sealed_files is not None:
             return
         failures = 0
         while not self._closing:
@@ -345,7 +341,6 @@ class RunLogs:
                 failures = 0
             except ArchiveConflict as error:
                 logger.warning("stopped following the logs of %s: %s", self.run.metadata.name, error)
-                self.stopped_because = str(error)
                 await self._stop_reading()
                 return
             except StorageError as error:

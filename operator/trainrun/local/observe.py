@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from trainrun.metrics import is_master
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.plan.causes import HANG, Trouble
 from trainrun.plan.restarts import decide
@@ -68,7 +69,7 @@ class ReplicaProcess:
 
     @property
     def replica_type(self) -> str:
-        return "Master" if self.name.startswith("master-") else "Worker"
+        return "Master" if is_master(self.name) else "Worker"
 
     @property
     def container_exit_code(self) -> int | None:

@@ -21,7 +21,7 @@ CLI's ``trainrun logs`` once the pods are gone) put the segments' blocks togethe
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,11 +148,6 @@ def compose(segments: Iterable[Segment]) -> dict[str, list[str]]:
     return channels
 
 
-def replica_channels(channels: Mapping[str, list[str]]) -> Iterator[tuple[str, list[str]]]:
-    """The replicas' channels (not the metric series)."""
-    return ((channel, lines) for channel, lines in channels.items() if channel != METRICS_CHANNEL)
-
-
 __all__ = [
     "METRICS_CHANNEL",
     "SEALED_KEY",
@@ -161,7 +156,6 @@ __all__ = [
     "channel_key",
     "compose",
     "ordered_segments",
-    "replica_channels",
     "segment_key",
     "segment_sequence",
 ]
