@@ -22,8 +22,8 @@ export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator, kubelet, CoreDNS)"
 bash tests/cluster/build.sh
 
-step "real node packages (Debian: containerd, runc, CNI plugins, buildah, mmdebstrap; tests/realpod)"
-real_node_packages=(containerd runc containernetworking-plugins iptables socat buildah mmdebstrap gcc libc6-dev)
+step "real node packages (Debian: containerd, runc, CNI plugins, buildah, skopeo, mmdebstrap; tests/realpod)"
+real_node_packages=(containerd runc containernetworking-plugins iptables socat buildah skopeo mmdebstrap gcc libc6-dev)
 missing_packages=()
 for package in "${real_node_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing_packages+=("$package")

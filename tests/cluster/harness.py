@@ -367,8 +367,8 @@ def start_cluster(name: str | None = None, *, real_node_images: Iterable[str] | 
 
 
 def node_images() -> list[str]:
-    """The image archives a real node imports (images.sh prints their paths), built first when missing
-    (a cold build takes 5-10 minutes, a warm one seconds)."""
+    """The OCI image layouts a real node imports (images.sh prints their paths), built first when
+    missing (a cold build takes 5-10 minutes, a warm one seconds)."""
     completed = run_script("images.sh", timeout=3600)
     if completed.returncode != 0:
         raise ClusterError("tests/cluster/images.sh failed: see its output above")

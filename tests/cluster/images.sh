@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the images the real node (node.sh) runs, with no Docker engine and no registry, and prints
-# the paths of their archives (docker-archive tars for `ctr images import`), one per line on stdout:
+# the paths of their OCI image layouts (folders node.sh imports into containerd), one per line:
 #   trainrun.local/pause:3.10          the pods' sandbox: pause.c, static
 #   trainrun.local/debian:bookworm     a local base: Debian bookworm (mmdebstrap) with python3, pip and
 #                                      nslookup; also the training-operator's Worker init container
@@ -11,11 +11,14 @@
 # Our two images are built from the project's own Dockerfiles by `buildah bud --isolation chroot`,
 # with only their BASE_IMAGE build argument changed (their defaults are the public bases).
 #
-# Called by: tests/run.sh (CI), tests/realpod/conftest.py when an archive is missing, developers.
-# Cached under ${TRAINRUN_CACHE:-~/.cache/trainrun}/images/: each archive is named by a key of what
-# it is made from (its recipe here, its Dockerfile, the package's files, its base's key), so a change
-# to any of them rebuilds that image and those built on it; older archives of an image are removed.
-# Usage: images.sh [--check]   (--check: build nothing, exit 1 if an archive is missing)
+# Called by: tests/run.sh (CI), tests/realpod/conftest.py when an image is missing, developers.
+# Cached under ${TRAINRUN_CACHE:-~/.cache/trainrun}/images/: each image's layout (oci/NAME) records
+# the key of what it was made from (oci/NAME.key: its recipe here, its Dockerfile, the package's
+# files, its base's key), so a change to any of them rebuilds that image and those built on it.
+# Layers are written uncompressed (containerd unpacks them without a gzip pass) and a rebuilt
+# image's unchanged layers are not written again: the 5.5 GB PyTorch layer stays where it is, and
+# node.sh imports only the blobs its containerd lacks.
+# Usage: images.sh [--check]   (--check: build nothing, exit 1 if an image is missing)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -67,35 +70,41 @@ TRAINER_KEY="$(cat "$REPO_ROOT/images/trainer/Dockerfile" "$REPO_ROOT/images/tra
   { cat; echo "$TORCH_KEY $CONTEXT_KEY"; } | key_of)"
 
 TORCH_BASE_IMAGE="trainrun.local/pytorch:$TORCH_KEY"
-# name|image|key|build function|kind: an archive the node imports (printed), or a base kept only in
+# name|image|key|build function|kind: a layout the node imports (printed), or a base kept only in
 # buildah's storage (5.5 GB that no node imports on its own)
 IMAGES=(
-  "pause|$PAUSE_IMAGE|$PAUSE_KEY|build_pause|archive"
-  "debian|$INIT_IMAGE|$DEBIAN_KEY|build_debian|archive"
+  "pause|$PAUSE_IMAGE|$PAUSE_KEY|build_pause|layout"
+  "debian|$INIT_IMAGE|$DEBIAN_KEY|build_debian|layout"
   "pytorch|$TORCH_BASE_IMAGE|$TORCH_KEY|build_pytorch|storage"
-  "operator|$OPERATOR_IMAGE|$OPERATOR_KEY|build_operator|archive"
-  "trainer|$TRAINER_IMAGE|$TRAINER_KEY|build_trainer|archive"
+  "operator|$OPERATOR_IMAGE|$OPERATOR_KEY|build_operator|layout"
+  "trainer|$TRAINER_IMAGE|$TRAINER_KEY|build_trainer|layout"
 )
 
-archive_of() { echo "$IMAGES_DIR/$1-$2.tar"; }
+LAYOUTS_DIR="$IMAGES_DIR/oci"
+layout_of() { echo "$LAYOUTS_DIR/$1"; }
 
-# Makes sure IMAGE (built from archive ARCHIVE) is in buildah's storage, as a base to build on.
+# Makes sure IMAGE (exported to LAYOUT) is in buildah's storage, as a base to build on.
 ensure_in_storage() {
-  local image="$1" archive="$2"
+  local image="$1" layout="$2"
   bah inspect --type image "$image" >/dev/null 2>&1 && return
-  bah pull --quiet "docker-archive:$archive" >/dev/null
+  bah pull --quiet "oci:$layout:$image" >/dev/null
 }
 
-# Writes IMAGE (in buildah's storage) to ARCHIVE, atomically.
-export_archive() {
-  local image="$1" archive="$2"
-  rm -f "$archive.partial"
-  bah push --quiet "$image" "docker-archive:$archive.partial:$image" >&2
-  mv "$archive.partial" "$archive"
+# Writes IMAGE (in buildah's storage) into LAYOUT with uncompressed layers, replacing the version
+# there; blobs the layout already holds are not written again, those no longer used are deleted.
+# skopeo, not `buildah push`: buildah 1.28 gzips layers for an oci: destination even with
+# --disable-compression. LAYOUT.key is written last: an interrupted export builds the image again.
+export_layout() {
+  local image="$1" layout="$2" key="$3"
+  rm -f "$layout.key"
+  skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
+    "containers-storage:[overlay@$IMAGES_DIR/storage+$IMAGES_DIR/run]$image" "oci:$layout:$image" >&2
+  python3 "$SCRIPT_DIR/oci_layout.py" prune "$layout"
+  echo "$key" >"$layout.key"
 }
 
 build_pause() {
-  local image="$1" archive="$2" work container
+  local image="$1" layout="$2" key="$3" work container
   work="$(mktemp -d)"
   cc -static -O2 -Wall -Wextra -o "$work/pause" "$SCRIPT_DIR/pause.c"
   container="$(bah from scratch)"
@@ -103,11 +112,11 @@ build_pause() {
   bah config --entrypoint '["/pause"]' --user 65535:65535 "$container"
   bah commit --quiet --rm "$container" "$image" >/dev/null
   rm -rf "$work"
-  export_archive "$image" "$archive"
+  export_layout "$image" "$layout" "$key"
 }
 
 build_debian() {
-  local image="$1" archive="$2" work container
+  local image="$1" layout="$2" key="$3" work container
   work="$(mktemp -d)"
   mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$work/rootfs.tar" "${DEBIAN_MIRRORS[@]}"
   container="$(bah from scratch)"
@@ -117,12 +126,12 @@ build_debian() {
   bah config --env PIP_BREAK_SYSTEM_PACKAGES=1 --env LANG=C.UTF-8 --cmd '["/bin/bash"]' "$container"
   bah commit --quiet --rm "$container" "$image" >/dev/null
   rm -rf "$work"
-  export_archive "$image" "$archive"
+  export_layout "$image" "$layout" "$key"
 }
 
 build_pytorch() {
-  local image="$1" archive="$2" container
-  ensure_in_storage "$INIT_IMAGE" "$(archive_of debian "$DEBIAN_KEY")"
+  local image="$1" container
+  ensure_in_storage "$INIT_IMAGE" "$(layout_of debian)"
   container="$(bah from --pull-never "$INIT_IMAGE")"
   # shellcheck disable=SC2046  # ca_volume prints two words or none
   bah run --isolation chroot $(ca_volume) "$container" -- \
@@ -132,67 +141,69 @@ build_pytorch() {
 
 # Builds images/NAME/Dockerfile on BASE into IMAGE, from a copy of the build context.
 build_dockerfile() {
-  local name="$1" base="$2" image="$3" archive="$4" context
+  local name="$1" base="$2" image="$3" layout="$4" key="$5" context
   context="$(mktemp -d)"
   (cd "$REPO_ROOT" && context_files | xargs -0 cp --parents -t "$context")
   # shellcheck disable=SC2046  # ca_volume prints two words or none
   bah bud --quiet --isolation chroot --pull-never $(ca_volume) --build-arg "BASE_IMAGE=$base" \
     -f "$REPO_ROOT/images/$name/Dockerfile" -t "$image" "$context" >&2
   rm -rf "$context"
-  export_archive "$image" "$archive"
+  export_layout "$image" "$layout" "$key"
 }
 
 build_operator() {
-  ensure_in_storage "$INIT_IMAGE" "$(archive_of debian "$DEBIAN_KEY")"
-  build_dockerfile operator "$INIT_IMAGE" "$1" "$2"
+  ensure_in_storage "$INIT_IMAGE" "$(layout_of debian)"
+  build_dockerfile operator "$INIT_IMAGE" "$@"
 }
 
 build_trainer() {
-  build_dockerfile trainer "$TORCH_BASE_IMAGE" "$1" "$2"
+  build_dockerfile trainer "$TORCH_BASE_IMAGE" "$@"
 }
 
-mkdir -p "$IMAGES_DIR"
+mkdir -p "$LAYOUTS_DIR"
 if ! $CHECK_ONLY; then
-  for tool in buildah mmdebstrap cc git; do
-    command -v "$tool" >/dev/null || { echo "images.sh: $tool not found (apt-get install buildah mmdebstrap gcc)" >&2; exit 1; }
+  for tool in buildah skopeo mmdebstrap cc git python3; do
+    command -v "$tool" >/dev/null || { echo "images.sh: $tool not found (apt-get install buildah skopeo mmdebstrap gcc)" >&2; exit 1; }
   done
   # A second images.sh (another test session) waits here, then finds everything cached.
   exec 9>"$CACHE_DIR/images.lock"
   flock 9
+  # Docker archives of the earlier cache format (and their interrupted writes): 6 GB not read any more.
+  find "$IMAGES_DIR" -maxdepth 1 -name '*.tar*' -delete
 fi
 
-# True when IMAGE of KIND is built: its archive, or for a base kept in storage, the image itself.
+# True when IMAGE of KIND is built: its layout holds the current key, or for a base kept in
+# storage, the image itself is there.
 is_built() {
-  local kind="$1" image="$2" archive="$3"
+  local kind="$1" image="$2" layout="$3" key="$4"
   if [[ "$kind" == storage ]]; then
     [[ -d "$IMAGES_DIR/storage" ]] && bah inspect --type image "$image" >/dev/null 2>&1
   else
-    [[ -s "$archive" ]]
+    [[ "$(cat "$layout.key" 2>/dev/null)" == "$key" ]]
   fi
 }
 
 missing=false
 for entry in "${IMAGES[@]}"; do
   IFS='|' read -r name image key func kind <<<"$entry"
-  archive="$(archive_of "$name" "$key")"
-  if is_built "$kind" "$image" "$archive"; then
-    log "$image: cached ($([[ "$kind" == storage ]] && echo "buildah storage" || basename "$archive"))"
+  layout="$(layout_of "$name")"
+  if is_built "$kind" "$image" "$layout" "$key"; then
+    log "$image: cached ($([[ "$kind" == storage ]] && echo "buildah storage" || echo "oci/$name, key $key"))"
   elif $CHECK_ONLY; then
-    log "$image: missing ($archive)"
+    log "$image: missing (key $key)"
     missing=true
     continue
   else
     start=$SECONDS
     log "$image: building"
-    "$func" "$image" "$archive"
+    "$func" "$image" "$layout" "$key"
     log "$image: done in $((SECONDS - start))s"
-    # Older archives of this image, older PyTorch bases, and untagged layers are not needed.
-    find "$IMAGES_DIR" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$archive")" -delete
+    # Older PyTorch bases, and layers no image uses any more, are not needed.
     for old in $(bah images --format '{{.Name}}:{{.Tag}}' | grep "^${TORCH_BASE_IMAGE%:*}:" | grep -vx "$TORCH_BASE_IMAGE"); do
       bah rmi "$old" >/dev/null 2>&1 || true
     done
     bah rmi --prune >/dev/null 2>&1 || true
   fi
-  [[ "$kind" == archive ]] && echo "$archive"
+  [[ "$kind" == layout ]] && echo "$layout"
 done
 ! $missing

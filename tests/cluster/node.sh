@@ -4,8 +4,8 @@
 # reachable from pods. It joins beside the kwok nodes, which kwok alone manages (nodes.yaml).
 #
 # Called by: up.sh (--real-node), down.sh (every cluster), tests/cluster/harness.py, developers.
-# Usage: node.sh up NAME [ARCHIVE...]   add the node to cluster NAME, after importing the image
-#                                       archives (docker-archive or OCI tar, images.sh makes them)
+# Usage: node.sh up NAME [LAYOUT...]    add the node to cluster NAME, after importing the images of
+#                                       the OCI layouts (folders images.sh writes)
 #        node.sh down NAME              stop it (a no-op when the cluster has none)
 #
 # The node: name `real-0`, label trainrun.dev/pool=real, taint trainrun.dev/real-node=true:NoSchedule
@@ -19,7 +19,11 @@
 # socat (tests/run.sh installs them).
 #
 # Everything of the node lives under <cluster>/node/ and cgroup trainrun.<NAME>; down removes it all:
-# pods, shims, mounts, network namespaces, the bridge, the iptables chain, the cgroups. The kernel
+# pods, shims, mounts, network namespaces, the bridge, the iptables chain, the cgroups. One thing is
+# kept: the images. containerd's root (content and unpacked layers, no containers) is
+# $TRAINRUN_CACHE/node-containerd, so the next node imports only the layers it lacks (seconds, not the
+# minutes 6 GB take); the running node's processes hold its lock, and a node started while another
+# holds it gets a root of its own under <cluster>/node/, removed with it. The kernel
 # settings the kubelet and the bridge plugin change (kernel.panic, kernel.panic_on_oops,
 # vm.overcommit_memory, vm.panic_on_oom, kernel.keys.*, net.ipv4.ip_forward) are put back when the
 # last real node on this machine stops, to what they were before the first started.
@@ -37,6 +41,7 @@ SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom
 SYSCTL_SAVE="$CLUSTERS_DIR/.real-node-sysctls"
 NODE_LOCK="$CLUSTERS_DIR/.real-node.lock"
 CGROUP_FS=/sys/fs/cgroup
+SHARED_CONTAINERD_ROOT="$CACHE_DIR/node-containerd"
 
 node_paths() {
   cluster_paths "$1"
@@ -98,7 +103,7 @@ node_ready() {
 write_containerd_config() {
   cat <<EOF
 version = 2
-root = "$NODE_DIR/containerd/root"
+root = "$CONTAINERD_ROOT"
 state = "$NODE_DIR/containerd/state"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.tracing.processor.v1.otlp"]
@@ -195,8 +200,60 @@ write_corefile() {
 EOF
 }
 
+# Only containerd (and its shims) may inherit fd 8, the image store's lock: not a ctr that outlives
+# a node.sh killed while it imports.
+ctr_k8s() { ctr --address "$NODE_DIR/containerd.sock" -n k8s.io "$@" 8>&-; }
+
+# CONTAINERD_ROOT: the shared root when its lock is free (fd 8 holds it, and every process of
+# containerd inherits it, so it is held until the last shim exits), else one under NODE_DIR.
+choose_containerd_root() {
+  mkdir -p "$CACHE_DIR"
+  exec 8>"$SHARED_CONTAINERD_ROOT.lock"
+  if flock -n 8; then
+    CONTAINERD_ROOT="$SHARED_CONTAINERD_ROOT"
+  else
+    exec 8>&-
+    CONTAINERD_ROOT="$NODE_DIR/containerd/root"
+  fi
+  echo "$CONTAINERD_ROOT" >"$NODE_DIR/containerd-root"
+}
+
+start_containerd() {
+  write_containerd_config >"$NODE_DIR/containerd.toml"
+  setsid containerd --config "$NODE_DIR/containerd.toml" >>"$NODE_DIR/containerd.log" 2>&1 </dev/null &
+  echo $! >"$NODE_DIR/containerd.pid"
+  wait_for containerd "$!" "$NODE_DIR/containerd.log" test -S "$NODE_DIR/containerd.sock"
+}
+
+# Imports the image of an OCI layout, sending only the blobs this containerd does not hold yet:
+# the index and, after a package change, the trainer's top layer, not its 5.5 GB PyTorch layer.
+import_layout() {
+  local layout="$1" blobs size=0
+  [[ -s "$layout/index.json" ]] || { echo "node.sh: $layout is not an OCI image layout (images.sh writes them)" >&2; return 1; }
+  mapfile -t blobs < <(ctr_k8s content ls -q | python3 "$SCRIPT_DIR/oci_layout.py" missing "$layout")
+  ((${#blobs[@]} == 0)) || size="$(cd "$layout" && du -ch "${blobs[@]}" | tail -n1 | cut -f1)"
+  say "importing $(basename "$layout"): ${#blobs[@]} blobs ($size) it lacks"
+  tar -C "$layout" -cf - oci-layout index.json "${blobs[@]}" 8>&- | ctr_k8s images import - >/dev/null
+}
+
+# Kills and deletes every container and sandbox of this node's containerd; prints the paths of
+# their network namespaces (bind mounts, for the caller to unmount).
+delete_containers() {
+  local id
+  for id in $(ctr_k8s containers ls -q 2>/dev/null); do
+    ctr_k8s containers info "$id" 2>/dev/null |
+      python3 -c 'import json,sys; s=json.load(sys.stdin).get("Spec") or {}; print(next((n.get("path","") for n in s.get("linux",{}).get("namespaces",[]) if n.get("type")=="network"), ""))' 2>/dev/null || true
+    ctr_k8s tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+  done
+  sleep 0.5
+  for id in $(ctr_k8s containers ls -q 2>/dev/null); do
+    ctr_k8s tasks delete -f "$id" >/dev/null 2>&1 || true
+    ctr_k8s containers delete "$id" >/dev/null 2>&1 || true
+  done
+}
+
 node_up() {
-  local archive index
+  local index
   require_binaries
   require_kubectl
   for file in "$KUBELET" "$COREDNS"; do
@@ -239,17 +296,23 @@ node_up() {
     fi
   done < <(cgroup_hierarchies)
 
-  say "starting containerd"
-  write_containerd_config >"$NODE_DIR/containerd.toml"
-  setsid containerd --config "$NODE_DIR/containerd.toml" >"$NODE_DIR/containerd.log" 2>&1 </dev/null &
-  echo $! >"$NODE_DIR/containerd.pid"
-  wait_for containerd "$!" "$NODE_DIR/containerd.log" test -S "$NODE_DIR/containerd.sock"
-  for archive in "$@"; do
-    say "importing $(basename "$archive") ($(du -h "$archive" | cut -f1))"
-    ctr --address "$NODE_DIR/containerd.sock" -n k8s.io images import --no-unpack=false "$archive" >&2
+  choose_containerd_root
+  say "starting containerd (root $CONTAINERD_ROOT)"
+  start_containerd
+  if [[ -n "$(ctr_k8s containers ls -q)" ]]; then
+    # A node that stopped without node.sh down left containers: deleted, then containerd restarted
+    # so that its CRI plugin does not remember them.
+    say "deleting containers an earlier node left in $CONTAINERD_ROOT"
+    delete_containers >/dev/null
+    stop_pid_file "$NODE_DIR/containerd.pid"
+    start_containerd
+  fi
+  local layout
+  for layout in "$@"; do
+    import_layout "$layout"
   done
-  if ! ctr --address "$NODE_DIR/containerd.sock" -n k8s.io images check "name==$PAUSE_IMAGE" | grep -q complete; then
-    echo "node.sh: the sandbox image $PAUSE_IMAGE was not among the archives imported (images.sh makes it)" >&2
+  if ! ctr_k8s images check "name==$PAUSE_IMAGE" | grep -q complete; then
+    echo "node.sh: the sandbox image $PAUSE_IMAGE was not among the images imported (images.sh makes it)" >&2
     return 1
   fi
 
@@ -258,7 +321,7 @@ node_up() {
   server="$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')"
   host_port="${server#https://}"
   setsid socat "TCP-LISTEN:$API_PROXY_PORT,bind=$NODE_IP,reuseaddr,fork" "TCP:$host_port" \
-    >"$NODE_DIR/api-proxy.log" 2>&1 </dev/null &
+    >"$NODE_DIR/api-proxy.log" 2>&1 </dev/null 8>&- &
   echo $! >"$NODE_DIR/api-proxy.pid"
   local service_ip
   service_ip="$(kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')"
@@ -266,7 +329,7 @@ node_up() {
   iptables -t nat -A "$CHAIN" -d "$service_ip/32" -p tcp --dport 443 -j DNAT --to-destination "$NODE_IP:$API_PROXY_PORT"
   iptables -t nat -A PREROUTING -i "$BRIDGE" -j "$CHAIN"
   write_corefile >"$NODE_DIR/Corefile"
-  setsid "$COREDNS" -conf "$NODE_DIR/Corefile" >"$NODE_DIR/coredns.log" 2>&1 </dev/null &
+  setsid "$COREDNS" -conf "$NODE_DIR/Corefile" >"$NODE_DIR/coredns.log" 2>&1 </dev/null 8>&- &
   echo $! >"$NODE_DIR/coredns.pid"
 
   say "starting the kubelet (log: $NODE_DIR/kubelet.log)"
@@ -275,7 +338,7 @@ node_up() {
     --root-dir "$NODE_DIR/kubelet/root" --cert-dir "$NODE_DIR/kubelet/pki" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
     --node-labels "trainrun.dev/pool=real,type=real" \
-    >"$NODE_DIR/kubelet.log" 2>&1 </dev/null &
+    >"$NODE_DIR/kubelet.log" 2>&1 </dev/null 8>&- &
   echo $! >"$NODE_DIR/kubelet.pid"
   wait_for "the kubelet (node $NODE_NAME Ready)" "$(cat "$NODE_DIR/kubelet.pid")" "$NODE_DIR/kubelet.log" node_ready
   wait_for CoreDNS "$(cat "$NODE_DIR/coredns.pid")" "$NODE_DIR/coredns.log" curl -fs "http://$NODE_IP:$DNS_READY_PORT/ready"
@@ -303,24 +366,14 @@ mounts_below() {
 
 node_down() {
   [[ -d "$NODE_DIR" ]] || return 0
-  local start=$SECONDS sock="$NODE_DIR/containerd.sock" netns=() id path
+  local start=$SECONDS sock="$NODE_DIR/containerd.sock" netns=() path root=""
   export KUBECONFIG="$KUBECONFIG_PATH"
   # The kubelet first, so nothing restarts what is stopped next.
   stop_pid_file "$NODE_DIR/kubelet.pid"
   if [[ -S "$sock" ]]; then
     # Every container and sandbox: their network namespaces (bind mounts) are noted, their
     # processes killed, then the tasks and containers deleted (the shims exit with them).
-    for id in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
-      path="$(ctr --address "$sock" -n k8s.io containers info "$id" 2>/dev/null |
-        python3 -c 'import json,sys; s=json.load(sys.stdin).get("Spec") or {}; print(next((n.get("path","") for n in s.get("linux",{}).get("namespaces",[]) if n.get("type")=="network"), ""))' 2>/dev/null || true)"
-      [[ -n "$path" ]] && netns+=("$path")
-      ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
-    done
-    sleep 0.5
-    for id in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
-      ctr --address "$sock" -n k8s.io tasks delete -f "$id" >/dev/null 2>&1 || true
-      ctr --address "$sock" -n k8s.io containers delete "$id" >/dev/null 2>&1 || true
-    done
+    mapfile -t netns < <(delete_containers | grep .)
   fi
   stop_pid_file "$NODE_DIR/containerd.pid"
   # Whatever is still in the node's cgroups (a shim, a container process) is killed.
@@ -341,10 +394,14 @@ node_down() {
     umount "$path" 2>/dev/null || true
     rm -f "$path"
   done
+  # Mounts below the node's folder and its containerd root (the pods' /dev/shm are there); what
+  # containerd kept of its pods' sandboxes in a shared root goes (their containers are deleted).
+  [[ -s "$NODE_DIR/containerd-root" ]] && root="$(cat "$NODE_DIR/containerd-root")"
   local mount
-  for mount in $(mounts_below "$NODE_DIR"); do
+  for mount in $(mounts_below "$NODE_DIR") ${root:+$(mounts_below "$root")}; do
     umount "$mount" 2>/dev/null || umount -l "$mount" 2>/dev/null || true
   done
+  [[ -n "$root" ]] && rm -rf "$root/io.containerd.grpc.v1.cri/sandboxes" "$root/io.containerd.grpc.v1.cri/containers"
   # Cgroups, deepest first, once their processes are gone.
   while read -r hierarchy; do
     [[ -d "$hierarchy$CGROUP_ROOT" ]] || continue
