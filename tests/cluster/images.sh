@@ -60,7 +60,7 @@ context_key() {
   (cd "$REPO_ROOT" && context_files | xargs -0 sha256sum) | key_of
 }
 
-PAUSE_KEY="$(sha256sum "$SCRIPT_DIR/pause.c" | key_of)"
+PAUSE_KEY="$(key_of <"$SCRIPT_DIR/pause.c")"
 DEBIAN_KEY="$(printf '%s\n' "$DEBIAN_SUITE" "$DEBIAN_PACKAGES" "${DEBIAN_MIRRORS[@]}" | key_of)"
 TORCH_KEY="$(printf '%s\n' "$DEBIAN_KEY" "${TORCH_PINS[@]}" | key_of)"
 CONTEXT_KEY="$(context_key)"
