@@ -93,18 +93,16 @@ ensure_in_storage() {
 # Writes IMAGE (in buildah's storage) into LAYOUT with uncompressed layers, replacing the version
 # there; blobs the layout already holds are not written again, those no longer used are deleted.
 # skopeo, not `buildah push`: buildah 1.28 gzips layers for an oci: destination even with
-# --disable-compression. LAYOUT.key is written last: an interrupted export builds the image again.
+# --disable-compression.
 export_layout() {
-  local image="$1" layout="$2" key="$3"
-  rm -f "$layout.key"
+  local image="$1" layout="$2"
   skopeo copy --quiet --dest-oci-accept-uncompressed-layers \
     "containers-storage:[overlay@$IMAGES_DIR/storage+$IMAGES_DIR/run]$image" "oci:$layout:$image" >&2
   python3 "$SCRIPT_DIR/oci_layout.py" prune "$layout"
-  echo "$key" >"$layout.key"
 }
 
 build_pause() {
-  local image="$1" layout="$2" key="$3" work container
+  local image="$1" layout="$2" work container
   work="$(mktemp -d)"
   cc -static -O2 -Wall -Wextra -o "$work/pause" "$SCRIPT_DIR/pause.c"
   container="$(bah from scratch)"
@@ -112,11 +110,11 @@ build_pause() {
   bah config --entrypoint '["/pause"]' --user 65535:65535 "$container"
   bah commit --quiet --rm "$container" "$image" >/dev/null
   rm -rf "$work"
-  export_layout "$image" "$layout" "$key"
+  export_layout "$image" "$layout"
 }
 
 build_debian() {
-  local image="$1" layout="$2" key="$3" work container
+  local image="$1" layout="$2" work container
   work="$(mktemp -d)"
   mmdebstrap --quiet --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$work/rootfs.tar" "${DEBIAN_MIRRORS[@]}"
   container="$(bah from scratch)"
@@ -126,7 +124,7 @@ build_debian() {
   bah config --env PIP_BREAK_SYSTEM_PACKAGES=1 --env LANG=C.UTF-8 --cmd '["/bin/bash"]' "$container"
   bah commit --quiet --rm "$container" "$image" >/dev/null
   rm -rf "$work"
-  export_layout "$image" "$layout" "$key"
+  export_layout "$image" "$layout"
 }
 
 build_pytorch() {
@@ -141,14 +139,14 @@ build_pytorch() {
 
 # Builds images/NAME/Dockerfile on BASE into IMAGE, from a copy of the build context.
 build_dockerfile() {
-  local name="$1" base="$2" image="$3" layout="$4" key="$5" context
+  local name="$1" base="$2" image="$3" layout="$4" context
   context="$(mktemp -d)"
   (cd "$REPO_ROOT" && context_files | xargs -0 cp --parents -t "$context")
   # shellcheck disable=SC2046  # ca_volume prints two words or none
   bah bud --quiet --isolation chroot --pull-never $(ca_volume) --build-arg "BASE_IMAGE=$base" \
     -f "$REPO_ROOT/images/$name/Dockerfile" -t "$image" "$context" >&2
   rm -rf "$context"
-  export_layout "$image" "$layout" "$key"
+  export_layout "$image" "$layout"
 }
 
 build_operator() {
@@ -196,7 +194,10 @@ for entry in "${IMAGES[@]}"; do
   else
     start=$SECONDS
     log "$image: building"
-    "$func" "$image" "$layout" "$key"
+    # The key is written last: an interrupted build leaves the image to build again.
+    rm -f "$layout.key"
+    "$func" "$image" "$layout"
+    [[ "$kind" == layout ]] && echo "$key" >"$layout.key"
     log "$image: done in $((SECONDS - start))s"
     # Older PyTorch bases, and layers no image uses any more, are not needed.
     for old in $(bah images --format '{{.Name}}:{{.Tag}}' | grep "^${TORCH_BASE_IMAGE%:*}:" | grep -vx "$TORCH_BASE_IMAGE"); do

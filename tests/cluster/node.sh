@@ -236,19 +236,24 @@ import_layout() {
   tar -C "$layout" -cf - oci-layout index.json "${blobs[@]}" 8>&- | ctr_k8s images import - >/dev/null
 }
 
-# Kills and deletes every container and sandbox of this node's containerd; prints the paths of
-# their network namespaces (bind mounts, for the caller to unmount).
+# Kills and deletes every container and sandbox of this node's containerd (the shims exit with
+# them), then unmounts and removes their network namespaces (bind mounts outside the node's folder).
 delete_containers() {
-  local id
+  local id path netns=()
   for id in $(ctr_k8s containers ls -q 2>/dev/null); do
-    ctr_k8s containers info "$id" 2>/dev/null |
-      python3 -c 'import json,sys; s=json.load(sys.stdin).get("Spec") or {}; print(next((n.get("path","") for n in s.get("linux",{}).get("namespaces",[]) if n.get("type")=="network"), ""))' 2>/dev/null || true
+    path="$(ctr_k8s containers info "$id" 2>/dev/null |
+      python3 -c 'import json,sys; s=json.load(sys.stdin).get("Spec") or {}; print(next((n.get("path","") for n in s.get("linux",{}).get("namespaces",[]) if n.get("type")=="network"), ""))' 2>/dev/null || true)"
+    [[ -n "$path" ]] && netns+=("$path")
     ctr_k8s tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
   done
   sleep 0.5
   for id in $(ctr_k8s containers ls -q 2>/dev/null); do
     ctr_k8s tasks delete -f "$id" >/dev/null 2>&1 || true
     ctr_k8s containers delete "$id" >/dev/null 2>&1 || true
+  done
+  for path in "${netns[@]}"; do
+    umount "$path" 2>/dev/null || true
+    rm -f "$path"
   done
 }
 
@@ -303,7 +308,7 @@ node_up() {
     # A node that stopped without node.sh down left containers: deleted, then containerd restarted
     # so that its CRI plugin does not remember them.
     say "deleting containers an earlier node left in $CONTAINERD_ROOT"
-    delete_containers >/dev/null
+    delete_containers
     stop_pid_file "$NODE_DIR/containerd.pid"
     start_containerd
   fi
@@ -366,15 +371,11 @@ mounts_below() {
 
 node_down() {
   [[ -d "$NODE_DIR" ]] || return 0
-  local start=$SECONDS sock="$NODE_DIR/containerd.sock" netns=() path root=""
+  local start=$SECONDS sock="$NODE_DIR/containerd.sock" root=""
   export KUBECONFIG="$KUBECONFIG_PATH"
   # The kubelet first, so nothing restarts what is stopped next.
   stop_pid_file "$NODE_DIR/kubelet.pid"
-  if [[ -S "$sock" ]]; then
-    # Every container and sandbox: their network namespaces (bind mounts) are noted, their
-    # processes killed, then the tasks and containers deleted (the shims exit with them).
-    mapfile -t netns < <(delete_containers | grep .)
-  fi
+  [[ -S "$sock" ]] && delete_containers
   stop_pid_file "$NODE_DIR/containerd.pid"
   # Whatever is still in the node's cgroups (a shim, a container process) is killed.
   local hierarchy pid
@@ -390,10 +391,6 @@ node_down() {
   stop_pid_file "$NODE_DIR/coredns.pid"
   stop_pid_file "$NODE_DIR/api-proxy.pid"
 
-  for path in "${netns[@]}"; do
-    umount "$path" 2>/dev/null || true
-    rm -f "$path"
-  done
   # Mounts below the node's folder and its containerd root (the pods' /dev/shm are there); what
   # containerd kept of its pods' sandboxes in a shared root goes (their containers are deleted).
   [[ -s "$NODE_DIR/containerd-root" ]] && root="$(cat "$NODE_DIR/containerd-root")"
