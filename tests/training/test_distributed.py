@@ -3,7 +3,9 @@ launched the way a PyTorchJob Master and Worker launch them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,39 @@ def test_two_nodes_like_a_pytorchjob_master_and_worker(tmp_path: Path) -> None:
     assert not worker.output_dir.exists()
     assert worker.metric_lines == []
     _check_global_validation(master, flags)
+
+
+
+# What the trainer does around its training, in a program of its own: the runtime, a DistributedDataParallel
+# model trained a step and gone, the shutdown; then the process's threads, by name.
+_TEARDOWN_PROGRAM = """
+import os
+import sys
+import torch
+from trainrun_trainer.runtime import start_runtime
+
+runtime = start_runtime()
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+model(torch.ones(4, 2)).sum().backward()
+del model
+runtime.barrier()
+runtime.shutdown()
+names = sorted(open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task"))
+sys.stdout.write(f"threads: {names}\\n")  # one write: the two ranks share the pipe
+"""
+
+
+def test_shutdown_stops_gloos_threads_before_the_process_exits(output_dir: Path, tmp_path: Path) -> None:
+    """A process that exits with gloo's threads running can abort ("terminate called without an active
+    exception"), failing a replica after training succeeded. DistributedDataParallel imports a module that
+    keeps the group alive past destroy_process_group unless it was imported before the group existed."""
+    program = tmp_path / "teardown.py"
+    program.write_text(_TEARDOWN_PROGRAM)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+               "--master-addr=127.0.0.1", f"--master-port={free_port()}", str(program)]
+    process = subprocess.run(command, capture_output=True, text=True, env=trainer_env(output_dir), timeout=TIMEOUT)
+    assert process.returncode == 0, process.stdout + process.stderr
+    reports = re.findall(r"threads: \[[^]]*\]", process.stdout)
+    assert len(reports) == 2, process.stdout
+    for report in reports:
+        assert "gloo" not in report, report

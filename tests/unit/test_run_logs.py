@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -191,3 +194,34 @@ def test_a_damaged_segment_is_named_not_misread(data: bytes, words: str) -> None
     with pytest.raises(ValueError, match=words) as raised:
         Segment.decode(data, source="s3://b/run/logs/.parts/0000000001.seg")
     assert "s3://b/run/logs/.parts/0000000001.seg" in str(raised.value)
+
+
+def test_a_process_that_reads_an_archive_exits_cleanly(tmp_path: Path) -> None:
+    """``trainrun logs`` reads the archive and exits: obstore's asynchronous calls made such a process abort
+    at interpreter shutdown (SIGABRT, in about 1 run in 4 on a busy machine); the reader must not use them."""
+    archive_uri = (tmp_path / "logs").as_uri()
+    archive = LogArchive(archive_uri, StorageOptions())
+
+    async def write_segments() -> None:
+        for number in range(1, 6):
+            state = ArchiveState(sequence=number, shipped={"master-0": number})
+            await archive.write(Segment(state, {"master-0": (f"line {number}",)}))
+
+    asyncio.run(write_segments())
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo / "operator"), os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import sys\nfrom trainrun.storage import StorageOptions\nfrom trainrun.storage.logstore import read_archived_logs\n"
+        "print(read_archived_logs(sys.argv[1], StorageOptions())['master-0'])\n"
+    )
+    expected = str([f"line {number}" for number in range(1, 6)]) + "\n"
+    # Measured with the asynchronous reader on a busy machine: 7 of 40 such processes aborted. Several run at
+    # once (the abort is a race with obstore's threads, likelier under load); 16 miss it with odds under 5%.
+    for _ in range(4):
+        readers = [
+            subprocess.Popen([sys.executable, "-c", code, archive_uri], env=env, stdout=subprocess.PIPE, text=True)
+            for _ in range(4)
+        ]
+        for reader in readers:
+            output, _ = reader.communicate(timeout=60)
+            assert (reader.returncode, output) == (0, expected)

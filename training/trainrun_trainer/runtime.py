@@ -18,6 +18,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+# Imported before the process group exists, on purpose: its functions take ``group=group.WORLD`` as a
+# default argument, evaluated at import. Imported later (DistributedDataParallel does) they hold the
+# process group for the life of the process, destroy_process_group cannot stop gloo's threads, and a
+# process exiting with them still running can abort ("terminate called without an active exception").
+import torch.distributed.nn  # noqa: F401
+
 from trainrun_trainer.errors import TrainerError
 
 

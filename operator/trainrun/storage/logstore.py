@@ -97,13 +97,41 @@ class LogArchive:
                 result = await obstore.get_async(self.store, key)
                 return bytes(await result.bytes_async())
 
+    def read_all(self) -> dict[str, list[str]]:
+        """Every channel's lines (composed, or still in segments); empty if nothing was shipped.
+
+        Blocking, with obstore's synchronous calls, for a short-lived process (``trainrun logs``): its
+        asynchronous calls finish their work on obstore's own threads after the awaiting coroutine has
+        resumed, and a process that exits then aborts (SIGABRT in about 1 run in 4 on a busy machine)
+        when such a thread asks for the GIL while the interpreter shuts down.
+        """
+
+        def read(key: str) -> bytes:
+            with self._errors("read the log archive"):
+                return bytes(obstore.get(self.store, key).bytes())
+
+        with self._errors("list the log archive"):
+            keys = [str(item["path"]) for item in obstore.list(self.store, f"{PARTS}/").collect()]
+        if SEALED_KEY not in keys:
+            return compose([Segment.decode(read(key), source=self._name(key)) for _, key in ordered_segments(keys)])
+        channels: dict[str, list[str]] = {}
+        for record in self._sealed(read(SEALED_KEY)).files:
+            text = read(record.path).decode("utf-8", "replace")
+            channel = record.path.removesuffix(".log").removesuffix(".jsonl")
+            channels[channel] = text[:-1].split("\n") if text else []
+        return channels
+
+    def _sealed(self, data: bytes) -> ArchiveLoad:
+        """The seal record: the state the archive ended in and the composed files."""
+        document = json.loads(data)
+        files = tuple(FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in document["files"])
+        return ArchiveLoad(ArchiveState.from_json(document["state"], source=self._name(SEALED_KEY)), True, files)
+
     async def load(self) -> ArchiveLoad:
         """The newest state (sealed, or of the highest segment); an empty state when nothing was shipped."""
         keys = await self._keys()
         if SEALED_KEY in keys:
-            document = json.loads(await self.read(SEALED_KEY))
-            files = tuple(FileRecord(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in document["files"])
-            return ArchiveLoad(ArchiveState.from_json(document["state"], source=self._name(SEALED_KEY)), True, files)
+            return self._sealed(await self.read(SEALED_KEY))
         segments = ordered_segments(keys)
         if not segments:
             return ArchiveLoad(ArchiveState(), False)
@@ -209,22 +237,9 @@ async def add_to_manifest(output_uri: str, options: StorageOptions, records: Seq
 def read_archived_logs(uri: str, options: StorageOptions) -> dict[str, list[str]]:
     """Every channel's lines in a run's log archive (composed or still in segments); empty if none.
 
-    For the CLI: a blocking call (it runs its own event loop).
+    For the CLI: a blocking call (see :meth:`LogArchive.read_all`).
     """
-
-    async def read() -> dict[str, list[str]]:
-        archive = LogArchive(uri, options)
-        loaded = await archive.load()
-        if not loaded.sealed:
-            return compose(await archive.segments())
-        channels: dict[str, list[str]] = {}
-        for record in loaded.files:
-            text = (await archive.read(record.path)).decode("utf-8", "replace")
-            channel = record.path.removesuffix(".log").removesuffix(".jsonl")
-            channels[channel] = text[:-1].split("\n") if text else []
-        return channels
-
-    return asyncio.run(read())
+    return LogArchive(uri, options).read_all()
 
 
 __all__ = ["LOGS_FOLDER", "ArchiveConflict", "ArchiveLoad", "LogArchive", "add_to_manifest", "read_archived_logs"]
