@@ -45,5 +45,41 @@ ruff check operator training tests
 lint-imports
 hadolint --failure-threshold warning images/operator/Dockerfile images/trainer/Dockerfile
 
-step "pytest"
-python -m pytest -ra "$@"
+if (($#)); then
+  step "pytest $*"
+  exec python -m pytest -ra "$@"
+fi
+
+# Three pytest sessions at once: the suite spends most of its time waiting (operators killed and restarted,
+# logs written at a pace, runs training in real pods), so on 2 cores one session leaves them three-quarters
+# idle. Each lane has its own clusters and S3 servers; its output is printed whole when all are done.
+sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py)
+lanes=(
+  "${sleepy[*]}"
+  "tests/integration tests/realpod ${sleepy[*]/#/--ignore=}"
+  "tests --ignore=tests/integration --ignore=tests/realpod"
+)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
+step "pytest, in ${#lanes[@]} lanes at once"
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM  # each session stops its clusters on SIGTERM
+for index in "${!lanes[@]}"; do
+  # shellcheck disable=SC2086 # a lane is a list of words
+  python -m pytest -ra --durations=10 -p no:cacheprovider ${lanes[index]} >"$logs/$index.log" 2>&1 &
+  pids+=($!)
+done
+failed=0
+for index in "${!lanes[@]}"; do
+  status=0
+  wait "${pids[index]}" || status=$?
+  printf '\n== lane %d: pytest %s: exit %d (%s)\n' "$index" "${lanes[index]}" "$status" "$(date -u +%H:%M:%S)"
+  cat "$logs/$index.log"
+  ((status == 0)) || failed=1
+done
+step "pytest lanes, in sum"
+for index in "${!lanes[@]}"; do
+  printf 'lane %d: %s\n' "$index" "$(tail -n 1 "$logs/$index.log")"
+  grep -E '^(FAILED|ERROR) ' "$logs/$index.log" || true
+done
+exit "$failed"
