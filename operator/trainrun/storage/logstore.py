@@ -102,7 +102,7 @@ class LogArchive:
 
         Blocking, with obstore's synchronous calls, for a short-lived process (``trainrun logs``): its
         asynchronous calls finish their work on obstore's own threads after the awaiting coroutine has
-        resumed, and a process that exits then aborts (SIGABRT in about 1 run in 4 on a busy machine)
+        resumed, and a process that exits then aborts (SIGABRT: 7 of 40 runs on a busy machine)
         when such a thread asks for the GIL while the interpreter shuts down.
         """
 
@@ -149,12 +149,6 @@ class LogArchive:
             if isinstance(error.__cause__, (AlreadyExistsError, PreconditionError)):
                 raise ArchiveConflict(f"{self._name(segment.key)} was written by another follower") from error
             raise
-
-    async def segments(self) -> list[Segment]:
-        """Every segment, oldest first."""
-        keys = [key for _, key in ordered_segments(await self._keys())]
-        datas = await asyncio.gather(*(self.read(key) for key in keys))
-        return [Segment.decode(data, source=self._name(key)) for key, data in zip(keys, datas, strict=True)]
 
     async def seal(self, state: ArchiveState) -> tuple[FileRecord, ...]:
         """Compose every channel's object from the segments, record that, then delete the segments.
