@@ -60,7 +60,11 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"output": {"uri": "s3://Bad Bucket/x"}}, "spec.output.uri", "is not valid"),
     ({"output": {"uri": "file://host/path"}}, "spec.output.uri", "file:///absolute/path"),
     ({"inputs": [{"name": "data", "uri": "http://x"}]}, "spec.inputs[0].uri", "unknown scheme"),
-    ({"inputs": [{"name": "Data_Set", "uri": "s3://data/d"}]}, "spec.inputs[0].name", "pattern"),
+    ({"inputs": [{"name": "Data_Set", "uri": "s3://data/d"}]}, "spec.inputs[0].name", "lower-case letters, digits and '-'"),
+    # Names the operator puts in a URL path: a '/' would address another object.
+    ({"output": {"uri": "s3://models/x", "secretName": "creds/x"}}, "spec.output.secretName", "Kubernetes object name"),
+    ({"imagePullSecrets": ["registry", "Registry"]}, "spec.imagePullSecrets[1]", "Kubernetes object name"),
+    ({"output": {"volume": {"claimName": "a" * 254}}}, "spec.output.volume.claimName", "at most 253"),
     ({"inputs": [{"name": "d", "uri": "s3://data/1"}, {"name": "d", "uri": "s3://data/2"}]}, "spec.inputs", "more than once"),
     ({"code": {"uri": "gopher://host/code"}}, "spec.code.uri", "Accepted forms"),
     ({"hyperparameters": {"epochs": 0}}, "spec.hyperparameters.epochs", "greater than or equal to 1"),

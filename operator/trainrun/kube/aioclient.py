@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -56,10 +57,10 @@ class Resource:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         parts = [base]
         if self.namespaced and namespace is not None:
-            parts.append(f"namespaces/{namespace}")
+            parts.append(f"namespaces/{quote(namespace, safe='')}")
         parts.append(self.plural)
         if name is not None:
-            parts.append(name)
+            parts.append(quote(name, safe=""))  # a name with '/' in it must not address another resource
         if subresource is not None:
             parts.append(subresource)
         return "/".join(parts)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from trainrun.spec.config import OperatorConfig
-from trainrun.spec.model import TrainingRun
+from trainrun.spec.model import DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN, TrainingRun
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ _FIXES = {
     "int_parsing": "must be a whole number, e.g. 8",
     "greater_than_equal": "is below the minimum",
 }
+# pydantic's "String should match pattern '^[a-z0-9]...'", in words.
+_PATTERN_WORDS = {
+    DNS_LABEL_PATTERN: "must be lower-case letters, digits and '-', starting and ending with a letter or digit",
+    OBJECT_NAME_PATTERN: "must be a Kubernetes object name: lower-case letters, digits, '-' and '.', "
+    "starting and ending with a letter or digit",
+}
 
 
 def problems_from_validation_error(error: ValidationError, *, prefix: str = "") -> list[FieldProblem]:
@@ -57,6 +63,8 @@ def problems_from_validation_error(error: ValidationError, *, prefix: str = "") 
         path = path.replace(".[", "[")
         message = detail["msg"].removeprefix("Value error, ")
         hint = _FIXES.get(detail["type"])
+        if detail["type"] == "string_pattern_mismatch":
+            message = _PATTERN_WORDS.get(str((detail.get("ctx") or {}).get("pattern")), message)
         if detail["type"] == "extra_forbidden":
             message = _FIXES["extra_forbidden"] if model is None else _unknown_field_message(model, detail["loc"])
         elif hint and hint not in message:
