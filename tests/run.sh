@@ -53,7 +53,8 @@ fi
 # Three pytest sessions at once: the suite spends most of its time waiting (operators killed and restarted,
 # logs written at a pace, runs training in real pods), so on 2 cores one session leaves them three-quarters
 # idle. Each lane has its own clusters and S3 servers; its output is printed whole when all are done.
-sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py)
+sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
+  tests/integration/test_artifacts.py)
 lanes=(
   "${sleepy[*]}"
   "tests/integration tests/realpod ${sleepy[*]/#/--ignore=}"

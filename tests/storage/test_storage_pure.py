@@ -112,6 +112,16 @@ def test_payload_signed_over_http_unsigned_over_https() -> None:
     assert aws.config["unsigned_payload"] == "true"
 
 
+@pytest.mark.parametrize("uri", ["s3://bucket/run", "gs://bucket/run", "az://container@account/run"])
+def test_a_request_may_last_while_bytes_flow_and_ends_when_they_stall(uri: str) -> None:
+    """obstore limits a whole request to 30 s by default, body included: a 3 GiB download through one GET
+    failed that way on a busy machine. Our stores limit stalls (a minute without a byte), not durations."""
+    from trainrun.storage.stores import open_store
+
+    store = open_store(parse_uri(uri), StorageOptions(endpoint_url="https://store.example"))
+    assert (store.client_options["read_timeout"], store.client_options["timeout"]) == ("1m", "1day")
+
+
 @pytest.mark.parametrize(
     ("uri", "options", "expected"),
     [

@@ -120,10 +120,18 @@ def _given(**settings: str | None) -> dict[str, str]:
     return {key: value for key, value in settings.items() if value}
 
 
+# obstore's default limits a whole request to 30 s, body included: a multi-gigabyte model downloaded in one
+# GET failed with "request or response body error" (TimedOut) on a busy machine after 3 of its 3.2 GB.
+# A transfer may take as long as it needs while bytes flow; a connection that stalls is given up.
+_READ_STALL = timedelta(seconds=60)
+_WHOLE_REQUEST = timedelta(hours=24)
+
+
 def _client_config(options: StorageOptions, endpoint: str | None) -> ClientConfig:
-    """HTTP client settings shared by the cloud stores: plain http allowed for an http
-    endpoint, and the extra CA certificate to trust."""
-    client: ClientConfig = {}
+    """HTTP client settings shared by the cloud stores: no time limit on a request while its bytes flow
+    (a stall of a minute ends it), plain http allowed for an http endpoint, and the extra CA certificate
+    to trust."""
+    client: ClientConfig = {"read_timeout": _READ_STALL, "timeout": _WHOLE_REQUEST}
     if endpoint:
         client["allow_http"] = endpoint.startswith("http://")
     if options.ca_bundle:
