@@ -50,15 +50,17 @@ if (($#)); then
   exec python -m pytest -ra "$@"
 fi
 
-# Three pytest sessions at once: the suite spends most of its time waiting (operators killed and restarted,
-# logs written at a pace, runs training in real pods), so on 2 cores one session leaves them three-quarters
-# idle. Each lane has its own clusters and S3 servers; its output is printed whole when all are done.
+# Four pytest sessions at once: the suite spends much of its time waiting (operators killed and restarted,
+# logs written at a pace, pods started), so on 2 cores one session leaves them half idle. Each lane has its
+# own clusters and S3 servers; its output is printed whole when all are done. The real pods' training comes
+# first in its lane, beside the light unit tests rather than the trainer's own.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
   tests/integration/test_artifacts.py)
 lanes=(
   "${sleepy[*]}"
-  "tests/integration tests/realpod ${sleepy[*]/#/--ignore=}"
-  "tests --ignore=tests/integration --ignore=tests/realpod"
+  "tests/realpod tests/integration ${sleepy[*]/#/--ignore=}"
+  "tests/unit tests/lint tests/local tests --ignore=tests/integration --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "tests/storage tests/training"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
