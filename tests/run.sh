@@ -40,6 +40,7 @@ step "manifest linter (kube-score, from Go modules, cached; tests/lint checks ma
 bash tests/lint/build.sh
 
 step "static checks: mypy --strict, ruff, import contracts, Dockerfile lint"
+export MYPY_CACHE_DIR="$TRAINRUN_CACHE/mypy-cache" RUFF_CACHE_DIR="$TRAINRUN_CACHE/ruff-cache"  # warm runs reuse them
 mypy
 ruff check operator training tests
 lint-imports
@@ -52,14 +53,15 @@ fi
 
 # Four pytest sessions at once: the suite spends much of its time waiting (operators killed and restarted,
 # logs written at a pace, pods started), so on 2 cores one session leaves them half idle. Each lane has its
-# own clusters and S3 servers; its output is printed whole when all are done. The real pods' training comes
-# first in its lane, beside the light unit tests rather than the trainer's own.
+# own clusters and S3 servers; its output is printed whole when all are done. The real pods have a lane of
+# their own (their cluster stops with it); the other cluster tests go first in theirs, beside the real pods'
+# training, and the local runs' training after them.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
   tests/integration/test_artifacts.py)
 lanes=(
   "${sleepy[*]}"
-  "tests/realpod tests/integration ${sleepy[*]/#/--ignore=}"
-  "tests/unit tests/lint tests/local tests --ignore=tests/integration --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "tests/realpod"
+  "tests/integration tests/unit tests/lint tests/local tests ${sleepy[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
   "tests/storage tests/training"
 )
 logs=$(mktemp -d)
