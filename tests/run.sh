@@ -54,14 +54,14 @@ fi
 # Four pytest sessions at once: the suite spends much of its time waiting (operators killed and restarted,
 # logs written at a pace, pods started), so on 2 cores one session leaves them half idle. Each lane has its
 # own clusters and S3 servers; its output is printed whole when all are done. The real pods have a lane of
-# their own (their cluster stops with it); the other cluster tests go first in theirs, beside the real pods'
-# training, and the local runs' training after them.
+# their own (their cluster stops with it); in the third, pytest's folder order puts the other cluster tests
+# first, beside the real pods' training, and the local runs' training after them.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
   tests/integration/test_artifacts.py)
 lanes=(
   "${sleepy[*]}"
   "tests/realpod"
-  "tests/integration tests/unit tests/lint tests/local tests ${sleepy[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "tests ${sleepy[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
   "tests/storage tests/training"
 )
 logs=$(mktemp -d)

@@ -84,7 +84,6 @@ def test_two_nodes_like_a_pytorchjob_master_and_worker(tmp_path: Path) -> None:
     _check_global_validation(master, flags)
 
 
-
 # What the trainer does around its training, in a program of its own: the runtime, a DistributedDataParallel
 # model trained a step and gone, the shutdown; then the process's threads, by name.
 _TEARDOWN_PROGRAM = """

@@ -198,7 +198,7 @@ def test_a_damaged_segment_is_named_not_misread(data: bytes, words: str) -> None
 
 def test_a_process_that_reads_an_archive_exits_cleanly(tmp_path: Path) -> None:
     """``trainrun logs`` reads the archive and exits: obstore's asynchronous calls made such a process abort
-    at interpreter shutdown (SIGABRT, in about 1 run in 4 on a busy machine); the reader must not use them."""
+    at interpreter shutdown (SIGABRT, 7 of 40 on a busy machine); the reader must not use them."""
     archive_uri = (tmp_path / "logs").as_uri()
     archive = LogArchive(archive_uri, StorageOptions())
 

@@ -37,7 +37,7 @@ DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # The name of a Secret, claim or class the run refers to (RFC 1123 subdomain): the operator puts it in a
 # URL path, so a '/' in it would address another resource.
 OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-OBJECT_NAME_MAX = 253
+ObjectName = Annotated[str, Field(pattern=OBJECT_NAME_PATTERN, max_length=253)]
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # A container image reference as the kubelet parses it (github.com/distribution/reference), ASCII only:
 # [registry[:port]/]lowercase/path[:tag][@algorithm:hex]. The CRD carries the same pattern.
@@ -235,9 +235,7 @@ class Resources(ApiModel):
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations added to the pool's.")
     affinity: FreeFormObject | None = Field(default=None, description="Pod affinity; replaces the pool's when set.")
-    priority_class_name: str | None = Field(
-        default=None, description="PriorityClass of the replica pods.", pattern=OBJECT_NAME_PATTERN, max_length=OBJECT_NAME_MAX
-    )
+    priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the replica pods.")
     queue: str | None = Field(
         default=None,
         description="Kueue LocalQueue: the job is created suspended with label kueue.x-k8s.io/queue-name and "
@@ -341,17 +339,11 @@ class OutputVolume(ApiModel):
     """The volume at $OUTPUT_DIR on the Master, copied to the output URI after training."""
 
     size: Quantity = Field(default="10Gi", description="Size of the per-run PersistentVolumeClaim.")
-    storage_class_name: str | None = Field(
-        default=None,
-        description="StorageClass of the claim; the cluster default if unset.",
-        pattern=OBJECT_NAME_PATTERN,
-        max_length=OBJECT_NAME_MAX,
+    storage_class_name: ObjectName | None = Field(
+        default=None, description="StorageClass of the claim; the cluster default if unset."
     )
-    claim_name: str | None = Field(
-        default=None,
-        description="Use this existing PersistentVolumeClaim instead of creating one per run.",
-        pattern=OBJECT_NAME_PATTERN,
-        max_length=OBJECT_NAME_MAX,
+    claim_name: ObjectName | None = Field(
+        default=None, description="Use this existing PersistentVolumeClaim instead of creating one per run."
     )
 
 
@@ -362,12 +354,10 @@ class Output(ApiModel):
         default=None,
         description="Object-storage URI for artifacts and logs: s3://, gs://, az://, file:// or an absolute path.",
     )
-    secret_name: str | None = Field(
+    secret_name: ObjectName | None = Field(
         default=None,
         description="Secret in the same namespace holding storage credentials as env keys "
         "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).",
-        pattern=OBJECT_NAME_PATTERN,
-        max_length=OBJECT_NAME_MAX,
     )
     copy_on_failure: bool = Field(default=False, description="Also copy $OUTPUT_DIR when training fails (checkpoints).")
     keep_volume: bool = Field(default=False, description="Keep the output volume after a verified copy.")
@@ -436,9 +426,7 @@ class TrainingRunSpec(ApiModel):
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="When the kubelet pulls the image."
     )
-    image_pull_secrets: list[Annotated[str, Field(pattern=OBJECT_NAME_PATTERN, max_length=OBJECT_NAME_MAX)]] = Field(
-        default_factory=list, description="Secrets for a private registry."
-    )
+    image_pull_secrets: list[ObjectName] = Field(default_factory=list, description="Secrets for a private registry.")
     command: list[str] | None = Field(
         default=None,
         min_length=1,
