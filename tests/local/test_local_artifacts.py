@@ -13,8 +13,8 @@ from localrun import sample
 from trainrun import Client
 from trainrun.cli.main import app
 from trainrun.local import RunFolder, prepare_run_folder
-from trainrun.local.runner import record_phase, upload_artifacts
-from trainrun.spec.status import Phase
+from trainrun.local.runner import upload_artifacts
+from trainrun.spec.status import Phase, TrainingRunStatus
 from typer.testing import CliRunner
 
 
@@ -25,9 +25,8 @@ def finished_run_without_output_uri(runs_dir: Path) -> RunFolder:
     folder = prepare_run_folder(document, runs_dir=runs_dir)
     (folder.outputs_dir / "model.pt").write_bytes(b"weights")
     (folder.log_path("master-0")).write_text("trained\n")
-    status = folder.read_status()
-    status.artifacts = upload_artifacts(folder, folder.default_artifacts_uri)
-    record_phase(folder, status, phase=Phase.COMPLETED, reason="Succeeded", message="done", run_name="quickstart")
+    artifacts = upload_artifacts(folder, folder.default_artifacts_uri)
+    folder.write_status(TrainingRunStatus(phase=Phase.COMPLETED, reason="Completed", message="done", artifacts=artifacts))
     return folder
 
 

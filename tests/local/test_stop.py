@@ -1,5 +1,5 @@
 """Stopping local runs: Ctrl-C (SIGINT) cancels cleanly, a failing replica fails the run and stops the rest
-(in the words the operator's status function gives for the same failure on a cluster)."""
+(in the words the operator gives the same failure on a cluster: tests/unit/test_shared_phases.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ import subprocess
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 from localrun import TRAINRUN, cli_env, metric_records, run_folder, sample, write_run
-from trainrun.spec import validate_training_run
-from trainrun.spec.status import Phase, TrainingRunStatus
-from trainrun.status import compute_status
 
 pytestmark = pytest.mark.slow  # real training processes
 
@@ -81,57 +77,6 @@ FAILING_SCRIPT = textwrap.dedent(
 )
 
 
-def cluster_status_of_a_failed_worker(document: dict[str, Any], *, exit_code: int, exception: str) -> TrainingRunStatus:
-    """The operator's status for this run on a cluster when worker-0's container exits with ``exit_code``,
-    its termination message a traceback ending in ``exception``, while the Master still runs."""
-    run = validate_training_run(document)
-    name = run.metadata.name
-    replica_specs = {"Master": {"replicas": 1}, "Worker": {"replicas": run.spec.distribution.workers}}
-    failed = f"PyTorchJob default/{name} has failed because 1 Worker replica(s) failed."
-    job = {
-        "apiVersion": "kubeflow.org/v1",
-        "kind": "PyTorchJob",
-        "metadata": {"name": name},
-        "spec": {"pytorchReplicaSpecs": replica_specs},
-        "status": {
-            "conditions": [
-                {"type": "Created", "status": "True"},
-                {"type": "Failed", "status": "True", "message": failed},
-            ]
-        },
-    }
-
-    def replica_pod(replica_type: str, index: int, state: dict[str, Any], phase: str) -> dict[str, Any]:
-        labels = {
-            "training.kubeflow.org/job-name": name,
-            "training.kubeflow.org/replica-type": replica_type,
-            "training.kubeflow.org/replica-index": str(index),
-        }
-        return {
-            "metadata": {"name": f"{name}-{replica_type}-{index}", "labels": labels},
-            "status": {"phase": phase, "containerStatuses": [{"name": "pytorch", "state": state}]},
-        }
-
-    traceback = f'Traceback (most recent call last):\n  File "fail.py", line 4, in <module>\n{exception}\n'
-    terminated = {"exitCode": exit_code, "reason": "Error", "message": traceback, "finishedAt": "2026-01-01T10:00:05Z"}
-    pods = [
-        replica_pod("master", 0, {"running": {"startedAt": "2026-01-01T10:00:00Z"}}, "Running"),
-        replica_pod("worker", 0, {"terminated": terminated}, "Failed"),
-    ]
-    return compute_status(
-        run=run,
-        job=job,
-        pods=pods,
-        events=[],
-        uploader_job=None,
-        previous=TrainingRunStatus(phase=Phase.RUNNING),
-        problems=[],
-        pending_changes=[],
-        pool=None,
-        now="2026-01-01T10:00:06Z",
-    )
-
-
 def test_a_failing_worker_fails_the_run_and_names_its_error(tmp_path: Path) -> None:
     (tmp_path / "fail.py").write_text(FAILING_SCRIPT)
     document = sample("quickstart.yaml")
@@ -156,15 +101,7 @@ def test_a_failing_worker_fails_the_run_and_names_its_error(tmp_path: Path) -> N
     assert status["phase"] == "Failed"
     assert status["reason"] == "ReplicaFailed"
     assert status["message"] == expected
-    # The words of the operator's status function for the same failure on a cluster.
-    on_a_cluster = cluster_status_of_a_failed_worker(
-        document, exit_code=1, exception="RuntimeError: worker 1 could not load its shard"
-    )
-    assert (status["phase"], status["reason"], status["message"]) == (
-        on_a_cluster.phase,
-        on_a_cluster.reason,
-        on_a_cluster.message,
-    )
+    # The same words as the operator's for this failure on a cluster: tests/unit/test_shared_phases.py.
     stalled = [condition for condition in status["conditions"] if condition["type"] == "Stalled"]
     assert stalled[0]["status"] == "True"
     assert "master waiting" in (run_folder(runs_dir) / "logs" / "master-0.log").read_text()
@@ -185,5 +122,7 @@ def test_a_program_that_cannot_start_fails_the_run_with_its_name(tmp_path: Path)
         timeout=60,
     )
     assert result.returncode == 1
-    assert "master-0 could not start 'no-such-program-xyz': No such file or directory" in result.stderr
-    assert json.loads((run_folder(runs_dir) / "status.json").read_text())["reason"] == "StartFailed"
+    expected = "replica master-0 exited with code 128: could not start 'no-such-program-xyz': No such file or directory"
+    assert expected in result.stderr
+    status = json.loads((run_folder(runs_dir) / "status.json").read_text())
+    assert (status["phase"], status["reason"], status["message"]) == ("Failed", "ReplicaFailed", expected)

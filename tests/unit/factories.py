@@ -190,6 +190,14 @@ class PodBuilder(dict[str, Any]):
         status["restartCount"] = 2
         return self.waiting("PodInitializing")
 
+    def init_terminated(self, exit_code: int, message: str | None = None, *, name: str = "stage-in") -> PodBuilder:
+        """An init container that exited and was not restarted (restartPolicy Never): the pod is Failed."""
+        self.init_failed(exit_code, message, name=name)
+        status = self._container_status(init=True, name=name)
+        status["state"], status["restartCount"] = status.pop("lastState"), 0
+        self["status"]["phase"] = "Failed"
+        return self
+
     def running(self, started: str = at(1)) -> PodBuilder:
         self.scheduled()
         self["status"]["phase"] = "Running"

@@ -1,9 +1,9 @@
-"""The local runner's observations of its processes, written as the API objects the status function reads.
+"""The local runner's observations, written as the API objects the operator's supervision and status read.
 
-``trainrun.local.observe`` turns replica processes (running, exited with a code and the last exception
-line of their log) and the copy of $OUTPUT_DIR into a PyTorchJob, pods and an uploader Job; the run's
-status is then ``compute_status``'s, so a local run reads in the cluster's words. Table-driven, no
-processes.
+``trainrun.local.observe`` turns the staging, the replica processes (running, exited with a code and the
+last exception line of their log, or not started) and the copy of $OUTPUT_DIR into a PyTorchJob, pods and
+an uploader Job; ``assess`` then gives ``build_status``'s status, so a local run reads in the cluster's
+words (tests/unit/test_shared_phases.py compares the two sides). Table-driven, no processes.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from factories import NOW, at, make_run, pod, pytorchjob
+from factories import NOW, make_run
 from trainrun.local.observe import (
     ArtifactCopy,
     CopyState,
+    LocalJob,
+    LocalWorld,
     Outcome,
     ReplicaProcess,
-    observe,
-    observed_status,
+    Staging,
+    assess,
+    local_children,
     replica_pod,
     training_outcome,
 )
 from trainrun.spec.status import Artifacts, Phase, ReplicaCounts, TrainingRunStatus
-from trainrun.status import compute_status
 
 URI = "s3://models/run"
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)
@@ -46,8 +48,8 @@ def copying() -> ArtifactCopy:
     return ArtifactCopy(CopyState.COPYING, started_at=t(40))
 
 
-def copied() -> ArtifactCopy:
-    return ArtifactCopy(CopyState.SUCCEEDED, started_at=t(40), finished_at=t(45))
+def copied(artifacts: Artifacts | None = None) -> ArtifactCopy:
+    return ArtifactCopy(CopyState.SUCCEEDED, started_at=t(40), finished_at=t(45), artifacts=artifacts)
 
 
 def copy_failed(error: str) -> ArtifactCopy:
@@ -67,7 +69,7 @@ class Case:
     replicas: list[ReplicaProcess]
     copy: ArtifactCopy | None = None
     copy_on_failure: bool = False
-    artifacts: Artifacts | None = None
+    staging: Staging | None = None
     replica_counts: dict[str, ReplicaCounts] | None = field(default=None)
 
 
@@ -118,8 +120,7 @@ CASES = [
     Case(
         "failed-copy-on-failure-copied", Phase.FAILED, "ReplicaFailed",
         f"replica worker-0 exited with code 3; outputs copied to {URI}",
-        [exited("master-0", 143, after=6), exited("worker-0", 3, after=5)], copy=copied(), copy_on_failure=True,
-        artifacts=ARTIFACTS,
+        [exited("master-0", 143, after=6), exited("worker-0", 3, after=5)], copy=copied(ARTIFACTS), copy_on_failure=True,
     ),
     Case(
         "failed-copy-on-failure-copy-failed", Phase.FAILED, "ReplicaFailed",
@@ -145,7 +146,7 @@ CASES = [
     ),
     Case(
         "completed", Phase.COMPLETED, "Completed", f"training succeeded; 3 files (1.2 kB) copied to {URI}",
-        [exited("master-0", 0, after=30), exited("worker-0", 0, after=30)], copy=copied(), artifacts=ARTIFACTS,
+        [exited("master-0", 0, after=30), exited("worker-0", 0, after=30)], copy=copied(ARTIFACTS),
         replica_counts={"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=1)},
     ),
     Case(
@@ -157,13 +158,38 @@ CASES = [
         f"artifact copy to {URI} failed: cannot reach http://***@s3:8333",
         [exited("master-0", 0, after=30)], copy=copy_failed("cannot reach http://AKIAFAKE:fakeSecret@s3:8333"),
     ),
+    # -- Before training: staging, a program that cannot start ------------------------------------------
+    Case(
+        "staging", Phase.PREPARING, "Initializing", "replica master-0 is running init container stage-in",
+        [ReplicaProcess("master-0")], staging=Staging(t(0)),
+    ),
+    Case(
+        "created-nothing-to-stage", Phase.PREPARING, "ContainerCreating", "replica master-0 is ContainerCreating",
+        [ReplicaProcess("master-0")],
+    ),
+    Case(
+        "staging-failed", Phase.FAILED, "InitContainerFailed",
+        "replica master-0 cannot start: init container stage-in exited with code 1: no such bucket: inputs",
+        [ReplicaProcess("master-0")], staging=Staging(t(0), finished_at=t(3), error="no such bucket: inputs"),
+        replica_counts={"Master": ReplicaCounts(failed=1)},
+    ),
+    Case(
+        "could-not-start", Phase.FAILED, "ReplicaFailed",
+        "replica master-0 exited with code 128: could not start 'trian.py': No such file or directory",
+        [ReplicaProcess("master-0", start_error="could not start 'trian.py': No such file or directory", finished_at=t(1))],
+    ),
 ]
+
+
+def job(*replicas: ReplicaProcess, staging: Staging | None = None) -> LocalJob:
+    return LocalJob(created_at=t(0), replicas=tuple(replicas), staging=staging)
 
 
 def status_of(case: Case) -> TrainingRunStatus:
     run = make_run(workers=0, output_uri=URI, copy_on_failure=case.copy_on_failure, generation=None)
-    previous = TrainingRunStatus(phase=Phase.RUNNING, artifacts=case.artifacts)
-    return observed_status(run=run, replicas=case.replicas, copy=case.copy, previous=previous, now=NOW)
+    previous = TrainingRunStatus(phase=Phase.RUNNING if any(item.started_at for item in case.replicas) else None)
+    world = LocalWorld(run, job(*case.replicas, staging=case.staging), case.copy)
+    return assess(world, previous=previous, now=NOW).status
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
@@ -197,7 +223,7 @@ def test_the_status_of_local_processes_is_the_status_functions(case: Case) -> No
 def test_training_outcome_is_the_training_operators_rule(
     replicas: list[ReplicaProcess], outcome: Outcome | None
 ) -> None:
-    assert training_outcome(replicas) == outcome
+    assert training_outcome(job(*replicas)) == outcome
 
 
 @pytest.mark.parametrize(
@@ -228,7 +254,7 @@ def test_training_outcome_is_the_training_operators_rule(
 def test_a_replica_process_is_a_pod_as_the_training_operator_names_it(
     replica: ReplicaProcess, pod_phase: str, state: dict[str, object]
 ) -> None:
-    written = replica_pod(make_run("mnist"), replica)
+    written = replica_pod(make_run("mnist"), job(replica), replica)
     replica_type, _, index = replica.name.partition("-")
     assert written["metadata"]["name"] == f"mnist-{replica.name}"
     assert written["metadata"]["labels"] == {
@@ -253,40 +279,11 @@ def test_a_replica_process_is_a_pod_as_the_training_operator_names_it(
 def test_the_processes_are_a_pytorchjob(
     replicas: list[ReplicaProcess], conditions: list[str], replica_statuses: dict[str, dict[str, int]]
 ) -> None:
-    job = observe(make_run("mnist"), replicas, None).job
-    assert job["metadata"]["name"] == "mnist"
-    assert job["spec"]["pytorchReplicaSpecs"] == {"Master": {"replicas": 1}, "Worker": {"replicas": 1}}
-    assert [condition["type"] for condition in job["status"]["conditions"]] == conditions
-    assert job["status"]["replicaStatuses"] == replica_statuses
-    assert job["status"]["startTime"] == "2026-01-01T10:00:00Z"
+    written = local_children(LocalWorld(make_run("mnist"), job(*replicas))).job
+    assert written is not None and written["metadata"]["name"] == "mnist"
+    assert written["spec"]["pytorchReplicaSpecs"] == {"Master": {"replicas": 1}, "Worker": {"replicas": 1}}
+    assert [condition["type"] for condition in written["status"]["conditions"]] == conditions
+    assert written["status"]["replicaStatuses"] == replica_statuses
+    assert written["status"]["startTime"] == "2026-01-01T10:00:00Z"
     if conditions[-1] != "Running":
-        assert job["status"]["completionTime"] == "2026-01-01T10:00:09Z"
-
-
-def test_a_failed_replica_reads_as_the_same_failure_on_a_cluster() -> None:
-    """The same failure (worker-0 exits 1, its log ending in the exception) in both modes: the same words."""
-    run = make_run(output_uri=URI)
-    local = observed_status(
-        run=run,
-        replicas=[running("master-0"), exited("worker-0", 1, after=5, last_words=BOOM)],
-        copy=None,
-        previous=TrainingRunStatus(phase=Phase.RUNNING),
-        now=NOW,
-    )
-    cluster = compute_status(
-        run=run,
-        job=pytorchjob().running().failed(),
-        pods=[
-            pod("run-master-0").running(),
-            pod("run-worker-0").terminated(1, finished_at=at(5), message=f"Traceback (most recent call last):\n  ...\n{BOOM}\n"),
-        ],
-        events=[],
-        uploader_job=None,
-        previous=TrainingRunStatus(phase=Phase.RUNNING),
-        problems=[],
-        pending_changes=[],
-        pool=None,
-        now=NOW,
-    )
-    assert (local.phase, local.reason, local.message) == (cluster.phase, cluster.reason, cluster.message)
-    assert local.message == f"replica worker-0 exited with code 1: {BOOM}"
+        assert written["status"]["completionTime"] == "2026-01-01T10:00:09Z"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from run_factory import pools, training_run
 from trainrun.local.folder import RunFolder
-from trainrun.local.plan import build_plan
+from trainrun.local.launch import build_launches
 from trainrun.render import render_pytorchjob
 from trainrun.spec.crd import training_run_crd
 
@@ -49,10 +49,10 @@ def test_the_built_in_trainer_gets_every_hyperparameter_with_its_default() -> No
 
 def test_the_local_replicas_are_told_the_same(tmp_path: Path) -> None:
     run = training_run(command=["bash", "train.sh"], hyperparameters={"seed": 4})
-    plan = build_plan(
+    launches = build_launches(
         run, folder=RunFolder(tmp_path), master_port=29555, base_env={}, python="python", cpu_count=2, gpu_ids=[], cwd=tmp_path
     )
-    told = {name for name in plan.replicas[0].env if name.startswith("TRAINRUN_")}
+    told = {name for name in launches.replicas[0].env if name.startswith("TRAINRUN_")}
     assert told == {"TRAINRUN_RUN_NAME", "TRAINRUN_NAMESPACE", "TRAINRUN_SEED"}
 
 

@@ -13,7 +13,20 @@ from typing import Any
 import pytest
 from factories import NOW, PyTorchJobBuilder, at, event, pod, pytorchjob, uploader_job
 from run_factory import document, pools
-from trainrun.plan import NO_TRAINING_OPERATOR, Apply, Delete, ManifestRead, MergePatch, Observed, plan, projections
+from trainrun.plan import (
+    NO_TRAINING_OPERATOR,
+    Apply,
+    Attempts,
+    Delete,
+    MergePatch,
+    Observed,
+    ReadManifest,
+    Refusal,
+    SealedLogs,
+    SealLogs,
+    plan,
+    projections,
+)
 from trainrun.plan.core import RESYNC_SECONDS
 from trainrun.render import render_pytorchjob
 from trainrun.spec import load_training_run
@@ -21,6 +34,8 @@ from trainrun.spec.config import LogArchiveSettings
 from trainrun.spec.status import Artifacts, Phase
 
 ARTIFACTS = Artifacts(uri="s3://models/run/", manifest_uri="s3://models/run/manifest.json", file_count=3, bytes=1234)
+SEALED = SealedLogs(metrics={"loss": 0.25}, key_metric="loss=0.25")
+STEPS = {SealLogs: "seal", ReadManifest: "manifest"}
 
 
 def body(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
@@ -63,9 +78,8 @@ class Case:
     actions: list[str]  # "apply PyTorchJob", "patch PyTorchJob", "delete PersistentVolumeClaim"
     phase: Phase
     event: str | None = None  # the reason of the one Event posted, if any
-    read_manifest: bool = False
-    follow_logs: bool = False
-    seal_logs: bool = False
+    storage: list[str] = field(default_factory=list)  # "seal", "manifest": storage work started
+    logs: str = "stop"  # what becomes of the log follower: follow, finish (the seal's), stop
     message_has: list[str] = field(default_factory=list)
 
 
@@ -99,7 +113,7 @@ CASES = [
         Observed(job=job().created(), pods=[pod("run-master-0").pending_unschedulable("0/3 nodes are available")]),
         [],
         Phase.QUEUED,
-        follow_logs=True,
+        logs="follow",
         message_has=["0/3 nodes are available"],
     ),
     Case(
@@ -109,7 +123,7 @@ CASES = [
         [],
         Phase.RUNNING,
         event="Running",
-        follow_logs=True,
+        logs="follow",
     ),
     Case(
         "a live change (backoffLimit) is patched into the running job",
@@ -117,7 +131,7 @@ CASES = [
         Observed(job=job().running().started(), pods=running_pods()),
         ["patch PyTorchJob"],
         Phase.RUNNING,
-        follow_logs=True,
+        logs="follow",
     ),
     Case(
         "a change a live job cannot take waits, reported as pending",
@@ -125,7 +139,7 @@ CASES = [
         Observed(job=job().running().started(), pods=running_pods()),
         [],
         Phase.RUNNING,
-        follow_logs=True,
+        logs="follow",
     ),
     Case(
         "suspended job with a pending change: re-applied",
@@ -133,7 +147,7 @@ CASES = [
         Observed(job=job(runPolicy={"suspend": True}).suspended()),
         ["apply PyTorchJob"],
         Phase.SUSPENDED,
-        follow_logs=True,
+        logs="follow",
     ),
     Case(
         "training succeeded with an output: start the uploader",
@@ -142,7 +156,8 @@ CASES = [
         ["apply Job"],
         Phase.UPLOADING,
         event="Uploading",
-        seal_logs=True,
+        storage=["seal"],
+        logs="finish",
     ),
     Case(
         "the uploader succeeded, the logs not composed yet: seal them first, the manifest waits",
@@ -150,7 +165,8 @@ CASES = [
         Observed(job=job(output={"uri": "s3://models/run/"}).succeeded().started(), uploader=uploader_job().succeeded(), claim_present=True),
         [],
         Phase.UPLOADING,
-        seal_logs=True,
+        storage=["seal"],
+        logs="finish",
     ),
     Case(
         "the uploader succeeded and the logs are composed: read the manifest before deciding",
@@ -159,11 +175,11 @@ CASES = [
             job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
             uploader=uploader_job().succeeded(),
             claim_present=True,
-            logs_archived=True,
+            seal=Attempts(result=SEALED),
         ),
         [],
         Phase.UPLOADING,
-        read_manifest=True,
+        storage=["manifest"],
     ),
     Case(
         "manifest read: Completed with artifacts, the per-run claim released",
@@ -172,8 +188,8 @@ CASES = [
             job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
             uploader=uploader_job().succeeded(),
             claim_present=True,
-            manifest=ManifestRead(ARTIFACTS),
-            logs_archived=True,
+            manifest=Attempts(result=ARTIFACTS),
+            seal=Attempts(result=SEALED),
         ),
         ["delete PersistentVolumeClaim"],
         Phase.COMPLETED,
@@ -185,12 +201,15 @@ CASES = [
         Observed(
             job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
             uploader=uploader_job().succeeded(),
-            manifest=ManifestRead(None, "the uploader finished but wrote no s3://models/run/manifest.json"),
-            logs_archived=True,
+            manifest=Attempts(
+                failures=1, error="the uploader finished but wrote no s3://models/run/manifest.json", failed_at=NOW
+            ),
+            seal=Attempts(result=SEALED),
         ),
         [],
         Phase.UPLOADING,
-        message_has=["wrote no s3://models/run/manifest.json"],
+        event="StorageFailing",
+        message_has=["wrote no s3://models/run/manifest.json", "attempt 1", "trying again in 5 s"],
     ),
     Case(
         "job gone after it finished (TTL): never trained again",
@@ -222,7 +241,8 @@ CASES = [
         [],
         Phase.FAILED,
         event="ReplicaFailed",
-        seal_logs=True,
+        storage=["seal"],
+        logs="finish",
     ),
     Case(
         "finished with its logs composed: nothing more (even with the job gone)",
@@ -243,7 +263,7 @@ CASES = [
     Case(
         "the API server refused the child: the refusal is the status, nothing retried at once",
         body(),
-        Observed(refusal="the API server refused the run's PyTorchJob: .spec.x: field not declared in schema"),
+        Observed(refusal=Refusal(1, "the API server refused the run's PyTorchJob: .spec.x: field not declared in schema", NOW)),
         [],
         Phase.QUEUED,
         event="InvalidConfiguration",
@@ -275,12 +295,12 @@ def test_plan(case: Case) -> None:
     assert [describe(action) for action in decided.actions] == case.actions
     assert decided.status.phase is case.phase, decided.status.message
     assert [change.reason for change in decided.events] == ([case.event] if case.event else [])
-    assert decided.read_manifest is case.read_manifest
-    assert decided.follow_logs is case.follow_logs
-    assert decided.seal_logs is case.seal_logs
+    assert [STEPS[type(work)] for work in decided.storage] == case.storage
+    assert decided.logs == case.logs
     for words in case.message_has:
         assert words in (decided.status.message or ""), decided.status.message
-    assert decided.requeue_after == (None if case.phase.finished else RESYNC_SECONDS)
+    if not case.phase.finished and not case.observed.refusal and not case.observed.manifest.failures:
+        assert decided.requeue_after == RESYNC_SECONDS
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -368,3 +388,111 @@ def test_where_the_logs_are_archived(spec: dict[str, Any], default_uri: str | No
     assert decided.log_archive == archive
     assert (decided.status.logs.uri if decided.status.logs else None) == archive
     assert decided.status.logs is None or decided.status.logs.complete is False
+
+
+# -- Retry windows: decided by the plan from the facts the background work brought and their times --------
+def shifted(seconds: int) -> str:
+    """NOW plus ``seconds`` (NOW is 12:00:00)."""
+    minutes, rest = divmod(seconds, 60)
+    return f"2026-01-01T12:{minutes:02d}:{rest:02d}Z"
+
+
+def failed(times: int, *, at: str = NOW, words: str = "connection refused") -> Attempts[Any]:
+    return Attempts(failures=times, error=words, failed_at=at)
+
+
+@dataclass
+class Retry:
+    name: str
+    run: dict[str, Any]
+    observed: Observed
+    now: str
+    storage: list[str]  # storage work started now
+    actions: list[str]
+    requeue_after: float | None
+    says: list[str] = field(default_factory=list)  # in the status message or status.logs.message
+
+
+def uploading(**facts: Any) -> Observed:
+    return Observed(
+        job=job(output={"uri": "s3://models/run/"}).succeeded().started(),
+        uploader=uploader_job().succeeded(),
+        claim_present=True,
+        **facts,
+    )
+
+
+REFUSED = Refusal(1, "the API server refused the run's PyTorchJob: spec.x: Invalid value", NOW)
+RETRIES = [
+    Retry(
+        "a seal that failed is not tried again before its back-off (5 s after the first failure)",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=failed(1)), shifted(3), [], [], 2.0,
+        ["sealing the log archive at s3://models/run/logs: connection refused (attempt 1)", "in 5 s, at 2026-01-01T12:00:05Z"],
+    ),
+    Retry(
+        "... and is tried again once it is over",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=failed(1)), shifted(5), ["seal"], [], RESYNC_SECONDS,
+    ),
+    Retry(
+        "the back-off doubles per failure (attempt 4: 40 s)",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=failed(4)), shifted(30), [], [], 10.0, ["attempt 4", "in 40 s"],
+    ),
+    Retry(
+        "... up to 5 minutes",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=failed(12)), shifted(299), [], [], 1.0, ["in 300 s"],
+    ),
+    Retry(
+        "a seal under way is not started twice",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=Attempts(running=True, failures=2, failed_at=NOW)),
+        shifted(600), [], [], RESYNC_SECONDS,
+    ),
+    Retry(
+        "a manifest read that failed waits out its back-off too (attempt 3: 20 s)",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=Attempts(result=SEALED), manifest=failed(3)),
+        shifted(19), [], [], 1.0, ["reading the manifest of the copy: connection refused (attempt 3)"],
+    ),
+    Retry(
+        "... then reads it again",
+        with_output(previous(Phase.UPLOADING)), uploading(seal=Attempts(result=SEALED), manifest=failed(3)),
+        shifted(20), ["manifest"], [], RESYNC_SECONDS,
+    ),
+    Retry(
+        "a refused child is not applied again for 5 minutes: the refusal is the status",
+        body(), Observed(refusal=REFUSED), shifted(100), [], [], 200.0, ["spec.x: Invalid value"],
+    ),
+    Retry(
+        "... then it is applied again",
+        body(), Observed(refusal=REFUSED), shifted(300), [], ["apply PyTorchJob"], RESYNC_SECONDS,
+    ),
+    Retry(
+        "a new generation of the spec is applied at once",
+        body(), Observed(refusal=Refusal(0, REFUSED.words, NOW)), shifted(1), [], ["apply PyTorchJob"], RESYNC_SECONDS,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", RETRIES, ids=[case.name for case in RETRIES])
+def test_retry_windows(case: Retry) -> None:
+    decided = plan(case.run, pools(), case.observed, now=case.now)
+    assert [STEPS[type(work)] for work in decided.storage] == case.storage
+    assert [describe(action) for action in decided.actions] == case.actions
+    assert decided.requeue_after == case.requeue_after
+    said = f"{decided.status.message} | {decided.status.logs.message if decided.status.logs else ''}"
+    for words in case.says:
+        assert words in said, said
+
+
+def test_the_store_failing_and_recovering_are_events_once() -> None:
+    """A Warning when the store starts failing, a Normal Event when it works again; nothing twice."""
+    run = with_output(previous(Phase.UPLOADING))
+    failing = plan(run, pools(), uploading(seal=failed(1)), now=shifted(1))
+    assert [(event.type, event.reason) for event in failing.events] == [("Warning", "StorageFailing")]
+    assert failing.status.reason == "StorageUnavailable" and failing.status.logs is not None
+    assert failing.status.logs.complete is False and "connection refused" in (failing.status.logs.message or "")
+    written = copy.deepcopy(run)
+    written["status"] = failing.status.to_patch()
+    assert plan(written, pools(), uploading(seal=failed(2)), now=shifted(2)).events == ()
+    sealed = plan(written, pools(), uploading(seal=Attempts(result=SEALED, failures=2)), now=shifted(30))
+    assert [(event.type, event.reason) for event in sealed.events] == [("Normal", "StorageRecovered")]
+    assert sealed.status.logs is not None and sealed.status.logs.complete and sealed.status.logs.message is None
+    assert sealed.status.metrics == {"loss": 0.25} and [STEPS[type(work)] for work in sealed.storage] == ["manifest"]

@@ -1,7 +1,7 @@
 """Failure causes, the restart decision and the restart state machine of ``trainrun.plan``, without a cluster.
 
 Table-driven: the cause classifier (``trainrun.plan.causes``) from pod states, Events and log lines; the
-policy (``trainrun.plan.restarts.decide``); and whole reconciles (``trainrun.plan.plan``) through a
+policy (``trainrun.plan.restarts.answer``); and whole reconciles (``trainrun.plan.plan``) through a
 restart: decided, the old job deleted, its replicas awaited, the backoff, the new job; fail at once,
 the budget, a finished run never restarted, and idempotence.
 """
@@ -20,7 +20,7 @@ from trainrun.metrics import MetricParser
 from trainrun.metrics.progress import ProgressSnapshot, ProgressTracker
 from trainrun.plan import Observed, plan
 from trainrun.plan.causes import Trouble, classify
-from trainrun.plan.restarts import backoff_seconds, decide
+from trainrun.plan.restarts import answer, backoff_seconds
 from trainrun.spec.model import RunPolicy
 from trainrun.spec.status import Phase
 from trainrun.status.observe import observe_events, observe_pods
@@ -150,7 +150,7 @@ def test_cause(case: CauseCase) -> None:
     ],
 )
 def test_decision(policy: dict[str, Any], cause: str, done: int, kind: str | None, reason: str | None) -> None:
-    decision = decide(RunPolicy.model_validate(policy), Trouble(cause, "what happened"), restarts_done=done)
+    decision = answer(RunPolicy.model_validate(policy), Trouble(cause, "what happened"), restarts_done=done)
     assert (decision.kind if decision else None) == kind
     assert (decision.reason if decision else None) == reason
     if decision is not None and kind == "fail" and reason == "RestartLimitExceeded":
@@ -399,7 +399,7 @@ def test_restart_plan(case: RestartCase) -> None:
         assert stalled.status == "True" and stalled.reason == "Hung"
     if case.restarts and case.events == ["Restarting"]:
         assert decided.status.restarts[-1].time == NOW
-        assert decided.follow_logs  # the new job's replicas append to the same followed logs
+        assert decided.logs == "follow"  # the new job's replicas append to the same followed logs
 
 
 @pytest.mark.parametrize("case", RESTART_CASES, ids=[case.name for case in RESTART_CASES])

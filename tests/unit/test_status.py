@@ -25,7 +25,8 @@ from factories import (
 )
 from trainrun.spec import TrainingRun
 from trainrun.spec.status import Artifacts, Condition, Phase, ReplicaCounts, TrainingRunStatus
-from trainrun.status import PhaseEvent, compute_status, count_replicas, phase_event
+from trainrun.status import PhaseEvent, StatusInput, build_status, count_replicas, phase_event
+from trainrun.status.failure import Cause
 from trainrun.status.observe import ReplicaState
 
 SCHEDULER = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu. preemption: 0/6 nodes are available."
@@ -62,19 +63,23 @@ def status_of(
     pool: str | None = "a100",
     now: str = NOW,
     generation: int | None = None,
+    storage_problem: Cause | None = None,
 ) -> TrainingRunStatus:
-    return compute_status(
-        run=run if run is not None else make_run(),
-        job=job,
-        pods=pods,
-        events=events,
-        uploader_job=uploader,
-        previous=previous,
-        problems=problems,
-        pending_changes=pending,
-        pool=pool,
-        now=now,
-        generation=generation,
+    return build_status(
+        StatusInput(
+            run=run if run is not None else make_run(),
+            now=now,
+            previous=previous or TrainingRunStatus(),
+            generation=generation,
+            job=job,
+            pods=pods,
+            events=events,
+            uploader=uploader,
+            problems=problems,
+            pending_changes=pending,
+            pool=pool,
+            storage_problem=storage_problem,
+        )
     )
 
 
@@ -104,6 +109,16 @@ class Case:
     previous: TrainingRunStatus | None = None
     problems: list[str] = field(default_factory=list)
     pool: str | None = "a100"
+    storage_problem: Cause | None = None
+
+
+def status_for(case: Case, **overrides: Any) -> TrainingRunStatus:
+    """The status of one row of the decision table (``overrides`` replace its fields)."""
+    given: dict[str, Any] = {
+        "run": case.run, "job": case.job, "pods": case.pods, "events": case.events, "uploader": case.uploader,
+        "previous": case.previous, "problems": case.problems, "pool": case.pool, "storage_problem": case.storage_problem,
+    }
+    return status_of(**{**given, **overrides})
 
 
 master_running = pod("run-master-0").running()
@@ -465,10 +480,13 @@ CASES = [
         problems=["the operator configuration is invalid"], job=pytorchjob().running(), pods=[master_running, worker_running],
     ),
     Case(
-        "manifest-unreadable", Phase.UPLOADING, "UploadNotVerified",
-        f"the uploader finished but {URI}/manifest.json cannot be read, so the copy is not verified: NoSuchKey",
+        "storage-retried", Phase.UPLOADING, "UploadNotVerified",
+        "reading the manifest of the copy: connection refused (attempt 2); trying again in 10 s, at 2026-01-01T12:00:10Z",
         run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job().succeeded(),
-        problems=[f"the uploader finished but {URI}/manifest.json cannot be read, so the copy is not verified: NoSuchKey"],
+        storage_problem=Cause(
+            "UploadNotVerified",
+            "reading the manifest of the copy: connection refused (attempt 2); trying again in 10 s, at 2026-01-01T12:00:10Z",
+        ),
     ),
     Case(
         "problem-does-not-override-finished", Phase.COMPLETED, "Completed",
@@ -494,10 +512,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_decision_table(case: Case) -> None:
-    status = status_of(
-        run=case.run, job=case.job, pods=case.pods, events=case.events, uploader=case.uploader,
-        previous=case.previous, problems=case.problems, pool=case.pool,
-    )
+    status = status_for(case)
     assert (status.phase, status.reason) == (case.phase, case.reason), status.message
     if case.message is not None:
         assert status.message == case.message
@@ -540,7 +555,7 @@ CONDITION_ROWS = [
     ("unknown-pool", False, False, True, "Failed"),
     ("training-operator-missing", False, False, True, "Failed"),
     ("problem-while-running-keeps-phase", False, False, True, "Failed"),
-    ("manifest-unreadable", False, False, True, "Failed"),
+    ("storage-retried", False, True, False, "InProgress"),
 ]
 _BY_ID = {case.id: case for case in CASES}
 
@@ -550,10 +565,7 @@ _BY_ID = {case.id: case for case in CASES}
 def test_kstatus_conditions(case_id: str, ready: bool, reconciling: bool, stalled: bool) -> None:
     case = _BY_ID[case_id]
     run = case.run.model_copy(update={"metadata": case.run.metadata.model_copy(update={"generation": 7})})
-    status = status_of(
-        run=run, job=case.job, pods=case.pods, events=case.events, uploader=case.uploader,
-        previous=case.previous, problems=case.problems, pool=case.pool,
-    )
+    status = status_for(case, run=run)
     assert truth(status) == (ready, reconciling, stalled)
     assert status.observed_generation == 7
     for item in status.conditions:
@@ -577,9 +589,7 @@ def test_health_as_kstatus_computes_it_in_every_phase() -> None:
         if case_id == "sticky-cancelled":  # a reconcile after the cancel: the finished phase is kept
             status = status_of(run=make_run(cancel=True), previous=status_of(run=make_run(cancel=True)), now=at(50))
         else:
-            case = _BY_ID[case_id]
-            status = status_of(run=case.run, job=case.job, pods=case.pods, events=case.events, uploader=case.uploader,
-                               previous=case.previous, problems=case.problems, pool=case.pool)
+            status = status_for(_BY_ID[case_id])
         metadata = {"name": "run", "namespace": "default", "generation": 1}
         objects.append({"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingRun", "metadata": metadata,
                         "status": status.to_patch()})
@@ -830,9 +840,8 @@ def test_completion_time(run: TrainingRun, job: Mapping[str, Any], uploader: Map
 
 
 def test_invalid_run_reports_its_problems_with_the_given_generation() -> None:
-    status = compute_status(
-        run=None, job=None, pods=[], events=[], uploader_job=None, previous=None,
-        problems=["spec.resources.gpus: must be at most 64"], pending_changes=[], pool=None, now=NOW, generation=4,
+    status = build_status(
+        StatusInput(run=None, now=NOW, generation=4, problems=["spec.resources.gpus: must be at most 64"])
     )
     assert (status.phase, status.reason, status.message) == (Phase.QUEUED, "InvalidConfiguration", "spec.resources.gpus: must be at most 64")
     assert status.observed_generation == 4 and truth(status) == (False, False, True)
@@ -919,9 +928,11 @@ def test_garbage_uploader_degrades_to_a_phase(uploader: Any) -> None:
 
 
 def test_garbage_sequences_of_the_wrong_type() -> None:
-    status = compute_status(
-        run=make_run(), job=pytorchjob().created(), pods="pods", events=None, uploader_job=None,  # type: ignore[arg-type]
-        previous=None, problems=[None, 3], pending_changes="spec.x", pool=None, now=NOW,  # type: ignore[list-item]
+    status = build_status(
+        StatusInput(
+            run=make_run(), now=NOW, job=pytorchjob().created(), pods="pods", events=None,  # type: ignore[arg-type]
+            problems=[None, 3], pending_changes="spec.x",  # type: ignore[list-item]
+        )
     )
     assert status.phase is Phase.QUEUED
     assert status.pending_changes == []

@@ -4,7 +4,7 @@ After the uploader Job succeeds and the log follower sealed the run's log archiv
 :meth:`ArtifactReader.read_manifest` adds the composed logs to ``<output>/manifest.json`` (written by the
 uploader, last, so its presence proves a complete copy) and turns it into what the plan records as
 ``status.artifacts``; a succeeded Job without a manifest is reported, never taken as done. Called by the
-controller (``trainrun.controller.operator``) on kopf's loop.
+controller (``trainrun.controller.operator``) in tasks on kopf's loop: what they bring is a fact for the plan.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import os
 
 from trainrun.kube.aioclient import SECRETS, ApiError, AsyncKube
-from trainrun.plan import ManifestRead
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts
 from trainrun.storage import StorageError, StorageOptions, parse_uri, read_manifest
@@ -50,12 +49,12 @@ class ArtifactReader:
             return await self.storage_options(run)
         return StorageOptions.from_env(os.environ)
 
-    async def read_manifest(self, run: TrainingRun, log_archive: str | None) -> ManifestRead:
-        """What the copy recorded, with the sealed logs of ``log_archive`` added to it, or why it cannot
-        be trusted (the uploader has succeeded)."""
+    async def read_manifest(self, run: TrainingRun, log_archive: str | None) -> Artifacts:
+        """What the copy recorded, with the sealed logs of ``log_archive`` added to it (the uploader has
+        succeeded); raises ``StorageError`` saying why the copy cannot be trusted yet."""
         uri = run.spec.output.uri
         if uri is None:
-            return ManifestRead(None, None)
+            raise StorageError("the run has no spec.output.uri: there is no copy to verify")
         manifest_uri = parse_uri(uri).child(MANIFEST_NAME).uri
         manifest: Manifest | None
         try:
@@ -66,12 +65,9 @@ class ArtifactReader:
             else:
                 manifest = await asyncio.to_thread(read_manifest, uri, options=options)
         except (StorageError, ApiError, ValueError) as error:
-            return ManifestRead(
-                None, f"the uploader finished but {manifest_uri} cannot be read, so the copy is not verified: {error}"
-            )
+            raise StorageError(
+                f"the uploader finished but {manifest_uri} cannot be read, so the copy is not verified: {error}"
+            ) from None
         if manifest is None:
-            return ManifestRead(None, f"the uploader finished but wrote no {manifest_uri}, so the copy is not complete")
-        artifacts = Artifacts(
-            uri=uri, manifest_uri=manifest_uri, file_count=manifest.file_count, bytes=manifest.total_bytes
-        )
-        return ManifestRead(artifacts)
+            raise StorageError(f"the uploader finished but wrote no {manifest_uri}, so the copy is not complete")
+        return Artifacts(uri=uri, manifest_uri=manifest_uri, file_count=manifest.file_count, bytes=manifest.total_bytes)

@@ -1,11 +1,15 @@
 """The operator's controller: watch caches in, ``plan`` in the middle, the API server's writes out.
 
 Made by ``trainrun.controller.handlers`` at kopf's start-up and fed TrainingRun events by its kopf
-handler. Per run, a reconcile is only: read the run and its children from memory (``informers``) ->
-``trainrun.plan.plan`` (pure) -> server-side apply what the plan says -> post its Events through the
+handler. A reconcile is one pass for one run: read the run and its children from memory (``informers``,
+indexed by run in :class:`ChildIndex`) -> ``trainrun.plan.plan``, once (pure) -> server-side apply what
+the plan says -> start the storage work it asks for as tasks -> post its Events through the
 deduplicating :class:`EventRecorder` -> patch status once, when it changed -> requeue at the plan's
-deadline. Work comes from a coalescing :class:`~trainrun.controller.queue.WorkQueue` that only the
-leader (``trainrun.controller.leader``) works on; the standby keeps its caches warm. Log followers
+deadline. Nothing slow is awaited in between: sealing the log archive, reading the manifest and opening
+a log archive run as tasks, and what they bring (or the store's words) comes back to the next reconcile
+as facts in ``Observed``, where the plan decides what to do and when to try again. Work comes from a
+coalescing :class:`~trainrun.controller.queue.WorkQueue` that only the leader
+(``trainrun.controller.leader``) works on; the standby keeps its caches warm. Log followers
 (``trainrun.controller.logs``) run as tasks for the active runs the leader owns.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,10 +41,23 @@ from trainrun.kube.aioclient import (
     AsyncKube,
     resource_of,
 )
-from trainrun.plan import EVENT_REASONS, Apply, Delete, MergePatch, Observed, Plan, plan, projections
+from trainrun.plan import (
+    EVENT_REASONS,
+    Apply,
+    Attempts,
+    Delete,
+    MergePatch,
+    Observed,
+    Plan,
+    Refusal,
+    SealedLogs,
+    SealLogs,
+    plan,
+    projections,
+)
 from trainrun.plan.causes import taken_away
 from trainrun.render import FIELD_MANAGER
-from trainrun.render.children import RUN_LABEL
+from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPONENT
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
@@ -54,26 +71,78 @@ logger = logging.getLogger(__name__)
 Object = dict[str, Any]
 RECONCILE_WORKERS = 16
 METRICS_WRITE_SECONDS = 5.0  # at most one status write per run this often for new metric values
-REFUSAL_RETRY_SECONDS = 300.0
-MANIFEST_RETRY_SECONDS = 5.0  # the uploader succeeded but the manifest is not readable: look again after this
-MANIFEST_RETRY_MAX_SECONDS = 300.0  # a child the API server refused is tried again after this long
 EVENTS_PER_OBJECT = 8
 # Changes of a run's children within this window give one reconcile (a job's pods are created,
 # scheduled and started within moments of each other): fewer status writes, each a settled view.
 CHILD_COALESCE_SECONDS = 1.0
+# How long the status this process wrote stands in for the watch's older bodies, at most (the watch may
+# never bring the written version itself: a relist after a compaction gives a later one).
+WRITTEN_STATUS_SECONDS = 30.0
+# The kinds of children in the index, and the background work of a run by name.
+JOB, UPLOADER, CLAIM, POD = "job", "uploader", "claim", "pod"
+SEAL, MANIFEST, FOLLOW = "seal", "manifest", "follow"
 
 
 @dataclass
 class RunMemory:
-    """What the controller remembers about one run between reconciles (all of it can be lost)."""
+    """What the controller remembers about one run between reconciles (all of it can be lost): its log
+    follower, its background work and what that work brought (handed to the plan as facts)."""
 
-    manifest_failures: int = 0  # reads of <output>/manifest.json that found no verified copy yet
-    seal_failures: int = 0  # seals of the log archive the object store did not take yet
-    sealing: asyncio.Task[RunLogs | None] | None = None  # finishing the follower and sealing the archive
-    seal_not_before: float = 0.0  # after a failed seal: the loop time the next try may start
-    refusal: tuple[int | None, str, float] | None = None  # (generation, the server's words, when)
     logs: RunLogs | None = None
+    attempts: dict[str, Attempts[Any]] = field(default_factory=dict)  # by storage step: "seal", "manifest"
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # work under way, by step or "follow"
+    archive_problem: str | None = None  # the log archive could not be opened for following: why
+    refusal: Refusal | None = None
     posted: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class WrittenStatus:
+    """The status this process last wrote, and the resourceVersion the write produced."""
+
+    version: str
+    status: Object
+    until: float  # loop time: after this the watch's bodies are taken as they are
+
+
+class ChildIndex:
+    """The runs' children from the watch caches, by the run label they carry: jobs, uploaders, claims, pods;
+    and which run an object name belongs to (for the Events about it)."""
+
+    def __init__(self) -> None:
+        self.by_run: dict[Key, dict[str, dict[str, Object]]] = {}
+        self.run_of_object: dict[Key, Key] = {}
+
+    def change(self, kind: str, old: Object | None, new: Object | None) -> Key | None:
+        """Keep a watched child's change; the run it belongs to."""
+        current = new if new is not None else old
+        if current is None:
+            return None
+        metadata = current["metadata"]
+        labels = metadata.get("labels") or {}
+        if RUN_LABEL not in labels:
+            return None
+        namespace, name = str(metadata.get("namespace")), str(metadata["name"])
+        run_key = (namespace, str(labels[RUN_LABEL]))
+        children = self.by_run.setdefault(run_key, {})
+        if new is not None:
+            children.setdefault(kind, {})[name] = new
+            self.run_of_object[(namespace, name)] = run_key
+        else:
+            of_kind = children.get(kind, {})
+            of_kind.pop(name, None)
+            self.run_of_object.pop((namespace, name), None)
+            if not of_kind:
+                children.pop(kind, None)
+            if not children:
+                self.by_run.pop(run_key, None)
+        return run_key
+
+    def of(self, run_key: Key, kind: str) -> list[Object]:
+        return list(self.by_run.get(run_key, {}).get(kind, {}).values())
+
+    def one(self, run_key: Key, kind: str) -> Object | None:
+        return next(iter(self.by_run.get(run_key, {}).get(kind, {}).values()), None)
 
 
 class EventRecorder:
@@ -143,42 +212,40 @@ class Controller:
         self.kube = kube
         self.operator_namespace = operator_namespace
         self.runs: dict[Key, Object] = {}
-        self.written: dict[Key, tuple[int, Object]] = {}  # the last status this process wrote, by resourceVersion
+        self.written: dict[Key, WrittenStatus] = {}
         self.memory: dict[Key, RunMemory] = {}
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self.recorder = EventRecorder(kube, instance=instance)
         self.artifacts = ArtifactReader(kube)
         self.config = OperatorConfig()
         self.config_problems: list[str] = []
-        self.pods_by_run: dict[Key, dict[str, Object]] = {}
-        self.run_of_pod: dict[Key, Key] = {}
+        self.children = ChildIndex()
         # Replica pods the cluster took away (node lost, preempted, evicted), as last seen before they were
         # deleted: the pod the training-operator makes in their place does not tell why (trainrun.plan.causes).
         self.gone_pods: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
+        self.plans = 0  # plans made (one per reconcile): what tests/unit/test_controller.py counts
+        self.background: set[asyncio.Task[None]] = set()
         by_label = {"labelSelector": RUN_LABEL}
         self.jobs: list[Informer] = []
-        self.uploaders: list[Informer] = []
-        self.claims: list[Informer] = []
         self.informers: list[Informer] = []
         for namespace in namespaces:
             job_informer = Informer(
-                kube, PYTORCHJOBS, namespace, project=projections.pytorchjob, on_change=self._on_child, params=by_label
+                kube, PYTORCHJOBS, namespace, project=projections.pytorchjob, on_change=self._on_child(JOB), params=by_label
             )
             job_informer.on_served_change = self._on_job_kind_served
-            uploader_informer = Informer(
-                kube, JOBS, namespace, project=projections.batch_job, on_change=self._on_child, params=by_label
-            )
-            claim_informer = Informer(
-                kube, CLAIMS, namespace, project=projections.identity, on_change=self._on_child, params=by_label
-            )
             self.jobs.append(job_informer)
-            self.uploaders.append(uploader_informer)
-            self.claims.append(claim_informer)
             self.informers += [
                 job_informer,
-                uploader_informer,
-                claim_informer,
+                Informer(
+                    kube,
+                    JOBS,
+                    namespace,
+                    project=projections.batch_job,
+                    on_change=self._on_child(UPLOADER),
+                    params={"labelSelector": f"{RUN_LABEL},{COMPONENT_LABEL}={UPLOADER_COMPONENT}"},
+                ),
+                Informer(kube, CLAIMS, namespace, project=projections.identity, on_change=self._on_child(CLAIM), params=by_label),
                 Informer(kube, PODS, namespace, project=projections.pod, on_change=self._on_pod, params=by_label),
                 Informer(
                     kube,
@@ -211,38 +278,32 @@ class Controller:
             self.written.pop(key, None)
         else:
             written = self.written.get(key)
-            if written is not None and _version(projected) < written[0]:
-                # An event from before this process's last status write: keep what was written, so the
-                # next reconcile does not decide from a status that is no longer there.
-                projected["status"] = written[1]
+            if written is not None:
+                # Events come in order: until the watch brings the version this process wrote, every body
+                # is from before that write, so the status written replaces its older one (kopf waits
+                # for the version it patched in the same way). resourceVersions are only compared for
+                # equality: Kubernetes says they are opaque.
+                if _version(projected) == written.version or asyncio.get_running_loop().time() > written.until:
+                    del self.written[key]
+                else:
+                    projected["status"] = written.status
             self.runs[key] = projected
         self.queue.add(key)
 
-    def _on_child(self, old: Object | None, new: Object | None) -> None:
-        for obj in (old, new):
-            if obj is not None:
-                labels = obj["metadata"].get("labels") or {}
-                if RUN_LABEL in labels:
-                    self.queue.add((str(obj["metadata"].get("namespace")), str(labels[RUN_LABEL])), CHILD_COALESCE_SECONDS)
+    def _on_child(self, kind: str) -> Callable[[Object | None, Object | None], None]:
+        def changed(old: Object | None, new: Object | None) -> None:
+            run_key = self.children.change(kind, old, new)
+            if run_key is not None:
+                self.queue.add(run_key, CHILD_COALESCE_SECONDS)
+
+        return changed
 
     def _on_pod(self, old: Object | None, new: Object | None) -> None:
-        current = new if new is not None else old
-        if current is None:
+        run_key = self.children.change(POD, old, new)
+        if run_key is None:
             return
-        metadata = current["metadata"]
-        run_key = (str(metadata.get("namespace")), str((metadata.get("labels") or {}).get(RUN_LABEL)))
-        pod_key = (run_key[0], str(metadata["name"]))
-        if new is not None:
-            self.pods_by_run.setdefault(run_key, {})[pod_key[1]] = new
-            self.run_of_pod[pod_key] = run_key
-        else:
-            if old is not None and taken_away(old):
-                self.gone_pods.setdefault(run_key, {})[str(metadata.get("uid"))] = old
-            pods = self.pods_by_run.get(run_key, {})
-            pods.pop(pod_key[1], None)
-            self.run_of_pod.pop(pod_key, None)
-            if not pods:
-                self.pods_by_run.pop(run_key, None)
+        if new is None and old is not None and taken_away(old):
+            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = old
         self.queue.add(run_key, CHILD_COALESCE_SECONDS)
 
     def _on_event(self, old: Object | None, new: Object | None) -> None:
@@ -257,7 +318,7 @@ class Controller:
             key = self._involved(new)
             events = [event for event in self.events_by_object.get(key, []) if event["metadata"] != new["metadata"]]
             self.events_by_object[key] = [*events, new][-EVENTS_PER_OBJECT:]
-            run = self._run_of_object(key)
+            run = self.children.run_of_object.get(key)
             if run is not None:
                 self.queue.add(run, CHILD_COALESCE_SECONDS)
 
@@ -266,15 +327,6 @@ class Controller:
         involved = event.get("involvedObject") or {}
         namespace = involved.get("namespace") or (event.get("metadata") or {}).get("namespace")
         return str(namespace), str(involved.get("name"))
-
-    def _run_of_object(self, key: Key) -> Key | None:
-        """The run an Event's object belongs to: its PyTorchJob, uploader Job or one of its pods."""
-        namespace, name = key
-        if key in self.runs:
-            return key  # the PyTorchJob is named after its run
-        if name.endswith("-upload") and (namespace, name.removesuffix("-upload")) in self.runs:
-            return namespace, name.removesuffix("-upload")
-        return self.run_of_pod.get(key)
 
     def _on_config(self, old: Object | None, new: Object | None) -> None:
         config, problems = OperatorConfig(), []
@@ -305,57 +357,45 @@ class Controller:
     # ---- leadership ----
 
     def leading(self, leading: bool) -> None:
-        """Start working the queue as leader, or stop (followers stop; nothing is archived)."""
+        """Start working the queue as leader, or stop (followers and background work stop; nothing is archived)."""
         if leading:
             self.queue.active.set()
             self.requeue_all()
-        else:
-            self.queue.active.clear()
-            for memory in self.memory.values():
-                if memory.sealing is not None:
-                    memory.sealing.cancel()
-                    memory.sealing = None
-                if memory.logs is not None:
-                    asyncio.get_running_loop().create_task(memory.logs.stop())
-                    memory.logs = None
-                    telemetry.LOG_FOLLOWERS.dec()
+            return
+        self.queue.active.clear()
+        memories, self.memory = list(self.memory.values()), {}
+        for memory in memories:
+            self._spawn(self._let_go(memory), name="let go")
 
     async def stop_followers(self) -> None:
-        await asyncio.gather(*(memory.logs.stop() for memory in self.memory.values() if memory.logs is not None))
+        await asyncio.gather(*(self._let_go(memory) for memory in self.memory.values()))
 
-    # ---- one reconcile ----
+    # ---- one reconcile: observe, plan once, act, write status once ----
 
-    def observed(self, key: Key, body: Mapping[str, Any], memory: RunMemory) -> Observed:
-        """The run's world as the watches and this process's memory know it."""
-        namespace, name = key
-        generation = (body.get("metadata") or {}).get("generation")
-        refusal = None
-        if memory.refusal is not None:
-            refused_generation, words, when = memory.refusal
-            loop_time = asyncio.get_running_loop().time()
-            if refused_generation == generation and loop_time - when < REFUSAL_RETRY_SECONDS:
-                refusal = words
-            else:
-                memory.refusal = None
-        pods = list(self.pods_by_run.get(key, {}).values())
-        involved = [name, f"{name}-upload", *(pod["metadata"]["name"] for pod in pods)]
-        events = [event for object_name in involved for event in self.events_by_object.get((namespace, object_name), [])]
-        claim_name = f"{name}-outputs"
-        spec_claim = ((body.get("spec") or {}).get("output") or {}).get("volume") or {}
-        if spec_claim.get("claimName"):
-            claim_name = str(spec_claim["claimName"])
+    def observed(self, key: Key, body: Mapping[str, Any]) -> Observed:
+        """The run's world as the watches and this process's memory know it (reads only)."""
+        namespace, _ = key
+        memory = self.memory.get(key) or RunMemory()
+        job = self.children.one(key, JOB)
+        uploader = self.children.one(key, UPLOADER)
+        pods = self.children.of(key, POD)
+        involved = [str(child["metadata"]["name"]) for child in (job, uploader, *pods) if child is not None]
+        logs = memory.logs
         return Observed(
-            job=_find(self.jobs, key),
+            job=job,
             pods=pods,
-            events=events,
-            uploader=_find(self.uploaders, (namespace, f"{name}-upload")),
-            claim_present=_find(self.claims, (namespace, claim_name)) is not None,
+            events=[event for name in involved for event in self.events_by_object.get((namespace, name), [])],
+            uploader=uploader,
+            claim_present=self.children.one(key, CLAIM) is not None,
             job_kind_served=all(informer.served for informer in self.jobs),
-            refusal=refusal,
-            metrics=memory.logs.metrics if memory.logs is not None else None,
-            key_metric=memory.logs.key_metric if memory.logs is not None else None,
-            progress=memory.logs.progress.snapshot() if memory.logs is not None else None,
             gone_pods=list(self.gone_pods.get(key, {}).values()),
+            metrics=logs.metrics if logs is not None else None,
+            key_metric=logs.key_metric if logs is not None else None,
+            progress=logs.progress.snapshot() if logs is not None else None,
+            seal=memory.attempts.get(SEAL, Attempts()),
+            manifest=memory.attempts.get(MANIFEST, Attempts()),
+            refusal=memory.refusal,
+            archive_problem=memory.archive_problem,
         )
 
     async def _reconcile_key(self, key: Hashable) -> float | None:
@@ -372,54 +412,26 @@ class Controller:
             telemetry.RECONCILES.labels(trigger="watch", result=result).inc()
 
     async def reconcile(self, key: Key) -> float | None:
+        """One pass for one run: observe -> plan once -> act -> Events -> one status write -> requeue."""
         body = self.runs.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             await self._forget(key)
             return None
         memory = self.memory.setdefault(key, RunMemory())
-        observed = self.observed(key, body, memory)
-        decided = self._plan(body, observed)
-        retry_manifest: float | None = None
-        if decided.seal_logs and decided.run is not None:
-            sealed = self._sealed(key, memory, decided.run, decided.log_archive)
-            if sealed is not None:
-                observed = replace(observed, logs_archived=True, metrics=sealed.metrics, key_metric=sealed.key_metric)
-                decided = self._plan(body, observed)
-            elif memory.sealing is None:  # the last try failed: the next one after a back-off
-                retry_manifest = memory.seal_not_before - asyncio.get_running_loop().time()
-        if decided.read_manifest and decided.run is not None:
-            manifest = await self.artifacts.read_manifest(decided.run, decided.log_archive)
-            decided = self._plan(body, replace(observed, manifest=manifest))
-            if manifest.artifacts is None:
-                # Not there yet, or not readable: the status says why; read again later, less and less often.
-                memory.manifest_failures += 1
-                retry_manifest = min(MANIFEST_RETRY_MAX_SECONDS, MANIFEST_RETRY_SECONDS * 2 ** (memory.manifest_failures - 1))
+        self.plans += 1
+        decided = plan(body, self.config, self.observed(key, body), now=utc_now(), config_problems=self.config_problems)
         refusal = await self._act(decided)
         if refusal is not None:
-            generation = body["metadata"].get("generation")
-            memory.refusal = (generation, refusal, asyncio.get_running_loop().time())
-            decided = self._plan(body, replace(observed, refusal=refusal))
-        generation = decided.status.observed_generation
+            # Nothing of this plan's status is true now: keep the refusal as a fact, plan again at once.
+            memory.refusal = Refusal(body["metadata"].get("generation"), refusal, utc_now())
+            return 0.0
+        self._start_storage(key, memory, decided)
         for change in decided.events:
-            await self.recorder.record(body, change, generation, memory.posted)
-            if decided.status.phase is not None:
-                telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
+            await self.recorder.record(body, change, decided.status.observed_generation, memory.posted)
         if decided.status_patch:
-            patched = await self.kube.patch_merge(
-                TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
-            )
-            # The watch brings the new status soon; meanwhile the next reconcile must not decide from the
-            # old one (kopf may even deliver events from before this write after it).
-            written = (_version(patched), patched.get("status") or {})
-            self.written[key] = written
-            current = self.runs.get(key)
-            if current is not None and _version(current) < written[0]:
-                current["status"] = written[1]
-        await self._follow(key, memory, decided)
-        return retry_manifest or decided.requeue_after
-
-    def _plan(self, body: Mapping[str, Any], observed: Observed) -> Plan:
-        return plan(body, self.config, observed, now=utc_now(), config_problems=self.config_problems)
+            await self._write_status(key, decided)
+        self._follow(key, memory, decided)
+        return decided.requeue_after
 
     async def _act(self, decided: Plan) -> str | None:
         """Carry out the plan's actions in order; the server's words if it refused one (then stop there)."""
@@ -440,26 +452,107 @@ class Controller:
                 return f"the API server refused the run's {what}: {error}"
         return None
 
-    async def _follow(self, key: Key, memory: RunMemory, decided: Plan) -> None:
-        """Keep a log follower while the plan says so (a run without an archive: until it finishes)."""
-        run = decided.run
-        if decided.follow_logs and run is not None:
-            if memory.logs is None:
-                memory.logs = await self._follower(key, run, decided.log_archive)
-            memory.logs.update(self.pods_by_run.get(key, {}).values())
-        elif memory.logs is not None and not decided.seal_logs:
-            logs, memory.logs = memory.logs, None
-            telemetry.LOG_FOLLOWERS.dec()
-            await logs.finish(grace=0)
+    async def _write_status(self, key: Key, decided: Plan) -> None:
+        patched = await self.kube.patch_merge(
+            TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
+        )
+        if "phase" in decided.status_patch and decided.status.phase is not None:
+            telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
+        # The watch brings the new status soon; meanwhile the next reconcile must not decide from the old one
+        # (kopf may even deliver events from before this write after it).
+        written = WrittenStatus(
+            str(patched["metadata"].get("resourceVersion")),
+            patched.get("status") or {},
+            until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS,
+        )
+        self.written[key] = written
+        current = self.runs.get(key)
+        if current is not None and _version(current) != written.version:
+            current["status"] = written.status
 
-    async def _follower(self, key: Key, run: TrainingRun, archive_uri: str | None) -> RunLogs:
-        """A follower of the run's logs that resumes from its archive (where the store can be opened)."""
+    # ---- background work: storage steps and log followers, whose results come back as facts ----
+
+    def _start_storage(self, key: Key, memory: RunMemory, decided: Plan) -> None:
+        """Start the storage work the plan asks for, unless a try of it is under way."""
+        run = decided.run
+        if run is None:
+            return
+        for work in decided.storage:
+            step = SEAL if isinstance(work, SealLogs) else MANIFEST
+            if step in memory.tasks:
+                continue
+            attempts = memory.attempts.get(step, Attempts())
+            memory.attempts[step] = replace(attempts, running=True)
+            doing: Awaitable[Any] = (
+                self._seal(key, memory, run, work.archive)
+                if isinstance(work, SealLogs)
+                else self.artifacts.read_manifest(run, work.archive)
+            )
+            memory.tasks[step] = self._spawn(self._attempt(key, memory, step, doing), name=f"{step} {key[1]}")
+
+    async def _attempt(self, key: Key, memory: RunMemory, step: str, doing: Awaitable[Any]) -> None:
+        """One try of a storage step: what it brought (or the store's words) becomes a fact of the run."""
+        before = memory.attempts.get(step, Attempts())
+        try:
+            result = await doing
+            after: Attempts[Any] = Attempts(result=result, failures=before.failures)
+        except (StorageError, ApiError) as error:
+            logger.warning("%s of %s failed (tried again later): %s", step, key[1], error)
+            after = Attempts(failures=before.failures + 1, error=str(error), failed_at=utc_now())
+        finally:
+            memory.tasks.pop(step, None)
+        memory.attempts[step] = after
+        self.queue.add(key)
+
+    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str) -> SealedLogs:
+        """Finish the run's follower and seal its archive: one resuming from the archive where this process has
+        none (the run may have ended while no operator ran) or has one that could not open the archive."""
+        logs = memory.logs
+        if logs is None or logs.archive is None:
+            if logs is not None:
+                await self._drop_follower(memory)
+            logs = memory.logs = await self._follower(key, run, await self._open_archive(run, archive_uri))
+        logs.update(self.children.of(key, POD))
+        await logs.finish()
+        await self._drop_follower(memory, stop=False)
+        return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric)
+
+    async def _open_archive(self, run: TrainingRun, archive_uri: str) -> LogArchive:
+        """The run's log archive with its credentials (the Secret spec.output.secretName names)."""
+        try:
+            return LogArchive(archive_uri, await self.artifacts.archive_options(run))
+        except ApiError as error:
+            raise StorageError(f"cannot read the credentials of the log archive at {archive_uri}: {error}") from None
+
+    def _follow(self, key: Key, memory: RunMemory, decided: Plan) -> None:
+        """Keep a log follower while the plan says so; leave it to the seal while the archive is being sealed."""
+        run = decided.run
+        if decided.logs == "follow" and run is not None:
+            if memory.logs is not None:
+                memory.logs.update(self.children.of(key, POD))
+            elif FOLLOW not in memory.tasks:
+                memory.tasks[FOLLOW] = self._spawn(self._start_following(key, memory, run, decided.log_archive), name=f"follow {key[1]}")
+        elif decided.logs == "stop" and memory.logs is not None:
+            self._spawn(self._drop_follower(memory), name=f"stop following {key[1]}")
+
+    async def _start_following(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> None:
+        """A follower of the run's logs that resumes from its archive; without one (not archived, or the store
+        cannot be opened: said in the status) it reads for metrics and progress only."""
         archive = None
-        if archive_uri is not None:
-            try:
-                archive = LogArchive(archive_uri, await self.artifacts.archive_options(run))
-            except (StorageError, ApiError) as error:
-                logger.warning("the logs of %s cannot be archived to %s: %s", run.metadata.name, archive_uri, error)
+        try:
+            if archive_uri is not None:
+                archive = await self._open_archive(run, archive_uri)
+            memory.archive_problem = None
+        except StorageError as error:
+            memory.archive_problem = f"cannot open the log archive: {error}"
+            logger.warning("the logs of %s cannot be archived to %s: %s", run.metadata.name, archive_uri, error)
+        finally:
+            memory.tasks.pop(FOLLOW, None)
+        if memory.logs is None:
+            memory.logs = await self._follower(key, run, archive)
+        self.queue.add(key)
+
+    async def _follower(self, key: Key, run: TrainingRun, archive: LogArchive | None) -> RunLogs:
         logs = RunLogs(
             self.kube,
             run,
@@ -471,57 +564,34 @@ class Controller:
         telemetry.LOG_FOLLOWERS.inc()
         return logs
 
-    def _sealed(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> RunLogs | None:
-        """The follower whose archive is sealed, once its seal (a task: reconciles never wait for the
-        streams' last lines or the store) is done; starts that task when none runs. None meanwhile."""
-        task = memory.sealing
-        loop = asyncio.get_running_loop()
-        if task is None:
-            if loop.time() < memory.seal_not_before:
-                return None
-            task = memory.sealing = loop.create_task(self._seal(key, memory, run, archive_uri), name=f"seal {key[1]}")
-            task.add_done_callback(lambda _: self.queue.add(key))
-            return None
-        if not task.done():
-            return None
-        memory.sealing = None
-        sealed = None if task.cancelled() else task.result()
-        if sealed is None:
-            memory.seal_failures += 1
-            delay = min(MANIFEST_RETRY_MAX_SECONDS, MANIFEST_RETRY_SECONDS * 2 ** (memory.seal_failures - 1))
-            memory.seal_not_before = loop.time() + delay
-        else:
-            memory.seal_failures = 0
-        return sealed
+    async def _drop_follower(self, memory: RunMemory, *, stop: bool = True) -> None:
+        logs, memory.logs = memory.logs, None
+        if logs is not None:
+            telemetry.LOG_FOLLOWERS.dec()
+            if stop:
+                await logs.stop()
 
-    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> RunLogs | None:
-        """Finish the run's follower (one resuming from the archive if this process had none: the run may have
-        ended while no operator ran) and seal its archive; None when the store did not take it (retried)."""
-        logs = memory.logs or await self._follower(key, run, archive_uri)
-        memory.logs = logs
-        logs.update(self.pods_by_run.get(key, {}).values())
-        try:
-            files = await logs.finish()
-        except StorageError as error:
-            logger.warning("could not seal the log archive of %s (tried again later): %s", run.metadata.name, error)
-            return None
-        if files is None:
-            return None  # the archive's store could not be opened: said when the follower was made
-        memory.logs = None
-        telemetry.LOG_FOLLOWERS.dec()
-        return logs
+    async def _let_go(self, memory: RunMemory) -> None:
+        """Stop a run's background work and its follower (what was not shipped is read again by the next one)."""
+        tasks = list(memory.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._drop_follower(memory)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
 
     async def _forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
         self.written.pop(key, None)
         self.gone_pods.pop(key, None)
         self.queue.forget(key)
-        if memory is not None and memory.sealing is not None:
-            memory.sealing.cancel()
-            await asyncio.gather(memory.sealing, return_exceptions=True)
-        if memory is not None and memory.logs is not None:
-            telemetry.LOG_FOLLOWERS.dec()
-            await memory.logs.stop()
+        if memory is not None:
+            await self._let_go(memory)
 
     async def run(self) -> None:
         """The watches and the workers, until cancelled; the workers start once every cache is synced."""
@@ -536,15 +606,6 @@ class Controller:
             await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _version(obj: Mapping[str, Any]) -> int:
-    """The object's resourceVersion as a number (etcd's revision; 0 when it is not one)."""
-    text = str((obj.get("metadata") or {}).get("resourceVersion") or "")
-    return int(text) if text.isdigit() else 0
-
-
-def _find(informers: list[Informer], key: Key) -> Object | None:
-    for informer in informers:
-        found = informer.store.get(key)
-        if found is not None:
-            return found
-    return None
+def _version(obj: Mapping[str, Any]) -> str:
+    """The object's resourceVersion (opaque: compared for equality only)."""
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")

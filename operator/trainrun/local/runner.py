@@ -1,17 +1,21 @@
 """Runs a TrainingRun's replicas as processes on this machine and supervises them to the end.
 
-Phases as on a cluster: Preparing -> Running -> Uploading -> Completed, Failed or Cancelled, written
-to the run folder's status.json at each change, with an Event in events.jsonl. Once the replicas run,
-the status comes from the operator's own status function: ``trainrun.local.observe`` writes what the
-runner sees of its processes and of the copy as the PyTorchJob, pods and uploader Job that
-``trainrun.status.compute_status`` reads, so a run reads as on a cluster (``replica worker-0 exited
-with code 1: RuntimeError: ...``). The runner records itself only what has no cluster counterpart:
-staging, a replica that cannot start, a cancel. Every line of every replica goes to its log file as
+The runner only observes and acts; it never decides a phase. It stages the inputs and the code, starts
+one process per replica (the same command and environment as a pod's, from ``trainrun.local.launch``),
+reads every line they write, notes how each one exits, and copies the outputs. What it observed goes
+to ``trainrun.local.observe.assess``, which writes it as the objects a cluster would show and hands them
+to the operator's own supervision and status builder: so phases (Preparing -> Running -> Uploading ->
+Completed, Failed or Cancelled), their reasons and messages, hangs (``spec.runPolicy.onHang``) and
+whole-run restarts by cause (``restartOn``, ``maxRestarts``) are decided as on a cluster and read in the
+same words. The runner acts on what comes back: it stops the replicas of a finished or restarting run,
+starts a new set when a restart's back-off is over (every replica resumes from $OUTPUT_DIR's checkpoint),
+and copies $OUTPUT_DIR when the status says Uploading. The status goes to the run folder's status.json
+at each change, with an Event in events.jsonl. Every line of every replica goes to its log file as
 written and to the observer (the CLI's display); metric lines are parsed with ``trainrun.metrics`` and
-appended to metrics.jsonl. A replica that fails stops the others; SIGINT/SIGTERM stop all of them
-(each replica is a process group: SIGTERM, a grace period, then SIGKILL, torchrun's own workers
-included) and the run is Cancelled. Artifacts go to spec.output.uri (else the run folder's artifacts/)
-through ``trainrun.storage``, the code path of the cluster's uploader Job.
+appended to metrics.jsonl. SIGINT/SIGTERM cancel the run (its spec.cancel, as ``trainrun cancel`` sets
+it on a cluster): each replica is a process group: SIGTERM, a grace period, then SIGKILL, torchrun's own
+workers included. Artifacts go to spec.output.uri (else the run folder's artifacts/) through
+``trainrun.storage``, the code path of the cluster's uploader Job.
 
 Called by ``trainrun.client.local`` (in the foreground for ``trainrun run --local``, or in a detached
 ``python -m trainrun.local`` for ``Client.create``).
@@ -38,25 +42,26 @@ from types import FrameType
 from typing import IO, Any
 
 from trainrun.local.folder import RunFolder
+from trainrun.local.launch import Launches, ReplicaLaunch, build_launches, replica_names
 from trainrun.local.observe import (
     ArtifactCopy,
+    Assessment,
     CopyState,
+    LocalJob,
+    LocalWorld,
     Outcome,
     ReplicaProcess,
-    observed_status,
-    replica_statuses,
+    Staging,
+    assess,
     training_outcome,
 )
-from trainrun.local.plan import LocalPlan, ReplicaLaunch, build_plan
 from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec import TrainingRun, validate_training_run
 from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
-from trainrun.status import phase_event
-from trainrun.status.conditions import kstatus_conditions
+from trainrun.status import PhaseEvent, phase_event
 from trainrun.status.failure import error_line
-from trainrun.status.phase import Verdict
 from trainrun.status.shapes import utc_now
 
 STOP_GRACE_SECONDS = 5.0
@@ -64,10 +69,7 @@ STOP_GRACE_SECONDS = 5.0
 # Workers still running this long afterwards are stopped.
 WORKER_LINGER_SECONDS = 30.0
 STATUS_WRITE_INTERVAL_SECONDS = 2.0
-
-
-class ReplicaStartError(RuntimeError):
-    """A replica's program could not be started (not found, not executable)."""
+POLL_SECONDS = 0.1
 
 
 @dataclass
@@ -78,47 +80,37 @@ class _Replica:
 
 
 def prepare_run_folder(document: Mapping[str, Any], *, runs_dir: Path) -> RunFolder:
-    """Check the document with the operator's own validation and give it a run folder (phase Preparing)."""
+    """Check the document with the operator's own validation and give it a run folder, with the status of a
+    run whose replicas are being created (as a cluster shows a new job's pods)."""
     run = validate_training_run(document)
     folder = RunFolder.create(runs_dir, run.metadata.name)
     folder.write_manifest(dict(document))
-    record_phase(
-        folder,
-        TrainingRunStatus(),
-        phase=Phase.PREPARING,
-        reason="Preparing",
-        message="staging inputs and starting the replicas",
-        run_name=run.metadata.name,
-    )
+    now = datetime.now(UTC)
+    world = LocalWorld(run, LocalJob(created_at=now, replicas=_replicas_to_start(run)))
+    status = assess(world, previous=TrainingRunStatus(), now=utc_now()).status
+    record_status(folder, TrainingRunStatus(), status, events=[], run_name=run.metadata.name, at=utc_now())
     return folder
 
 
-def record_phase(
-    folder: RunFolder, status: TrainingRunStatus, *, phase: Phase, reason: str, message: str, run_name: str
-) -> None:
-    """Set a phase the runner decides itself (preparing, a start that failed, a cancel) with the operator's
-    kstatus conditions, and record it."""
-    previous = status.model_copy(deep=True)
-    now = utc_now()
-    status.phase, status.reason, status.message = phase, reason, message
-    status.conditions = kstatus_conditions(
-        verdict=Verdict(phase=phase, reason=reason, message=message),
-        previous=previous.conditions,
-        generation=None,
-        now=now,
-        pending_changes=[],
-    )
-    record_status(folder, previous, status, run_name=run_name, at=now)
-
-
 def record_status(
-    folder: RunFolder, previous: TrainingRunStatus, status: TrainingRunStatus, *, run_name: str, at: str
+    folder: RunFolder,
+    previous: TrainingRunStatus,
+    status: TrainingRunStatus,
+    *,
+    events: Sequence[PhaseEvent],
+    run_name: str,
+    at: str,
 ) -> None:
-    """Write status.json, after an Event (in events.jsonl) when the phase changed, as the operator posts one."""
-    event = phase_event(previous, status)
-    if event is not None:
+    """Write status.json, after the Events (in events.jsonl): the phase change's, as the operator posts one,
+    and ``events`` (supervision's: a hang, a restart)."""
+    change = phase_event(previous, status)
+    for event in [*((change,) if change is not None else ()), *events]:
         folder.append_event(kind=event.type, reason=event.reason, message=event.message, run_name=run_name, at=at)
     folder.write_status(status)
+
+
+def _replicas_to_start(run: TrainingRun) -> tuple[ReplicaProcess, ...]:
+    return tuple(ReplicaProcess(name) for name in replica_names(run.spec.distribution.workers))
 
 
 class LocalRunner:
@@ -135,11 +127,12 @@ class LocalRunner:
         self._cancel = threading.Event()
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._last_status_write = 0.0
-        # What the status function is told: the replica processes as seen, and the copy once it started.
-        self._processes: dict[str, ReplicaProcess] = {}
+        self._events_recorded: set[PhaseEvent] = set()
+        # What is observed: the current job (its staging and replica processes) and the copy once it started.
+        self._job: LocalJob | None = None
         self._copy: ArtifactCopy | None = None
-        # The run as the status function sees it: locally the copy always happens, without
-        # spec.output.uri into the run folder's artifacts/.
+        # The run as supervision sees it: locally the copy always happens, without spec.output.uri into the
+        # run folder's artifacts/; spec.cancel once it was cancelled.
         output = self.run_spec.spec.output.model_copy(update={"uri": self.output_uri})
         self._observed_run = self.run_spec.model_copy(
             update={"spec": self.run_spec.spec.model_copy(update={"output": output})}
@@ -150,29 +143,18 @@ class LocalRunner:
         self._cancel.set()
 
     def run(self) -> TrainingRunStatus:
-        """Start the replicas, follow them to the end, copy the artifacts; the final status."""
+        """Stage, start the replicas, follow them to the end (through restarts), copy the outputs; the final status."""
         self.folder.pid_path.write_text(f"{os.getpid()}\n")
+        self.observer.phase(self.status.model_copy(deep=True))  # where the run starts from (its folder's status)
         try:
             with self._signals_cancel():
-                self._set_phase(Phase.PREPARING, "Preparing", "staging inputs and starting the replicas")
-                try:
-                    staged_inputs, staged_code = self._stage()
-                except Exception as error:  # noqa: BLE001 - a staging error fails the run with its message
-                    return self._finish(Phase.FAILED, "StagingFailed", str(error))
-                if self._cancel.is_set():
-                    return self._finish(Phase.CANCELLED, "Cancelled", "stopped before the replicas started")
-                plan = self._plan(staged_inputs=staged_inputs, staged_code=staged_code)
-                for text in plan.notices:
-                    self.observer.notice(text)
-                if plan.problem is not None:
-                    return self._finish(Phase.FAILED, "StartFailed", plan.problem)
-                try:
-                    replicas = self._start(plan)
-                except ReplicaStartError as error:
-                    return self._finish(Phase.FAILED, "StartFailed", str(error))
-                if self._supervise(replicas):
-                    return self._finish(Phase.CANCELLED, "Cancelled", "stopped by a signal or by trainrun cancel")
-                return self._copy_outputs()
+                staged = self._stage_in()
+                if staged is not None:
+                    self._train(*staged)
+                if self.status.phase is Phase.UPLOADING:
+                    self._copy_outputs()
+                self._observe(force=True)
+                return self.status
         finally:
             self.folder.pid_path.unlink(missing_ok=True)
 
@@ -183,6 +165,24 @@ class LocalRunner:
         return self.run_spec.spec.output.uri or self.folder.default_artifacts_uri
 
     # -- steps ---------------------------------------------------------------------------------------
+
+    def _stage_in(self) -> tuple[dict[str, Path], Path | None] | None:
+        """Create the job and stage its inputs and code, as the cluster's stage-in init containers do; None
+        when staging failed or the run was cancelled meanwhile."""
+        spec = self.run_spec.spec
+        staging = Staging(datetime.now(UTC)) if spec.inputs or spec.code is not None else None
+        self._job = LocalJob(created_at=datetime.now(UTC), replicas=_replicas_to_start(self.run_spec), staging=staging)
+        self._observe()
+        if staging is None:
+            return {}, None
+        try:
+            staged = self._stage()
+        except Exception as error:  # noqa: BLE001 - a staging error fails the run with its message
+            self._job = replace(self._job, staging=replace(staging, finished_at=datetime.now(UTC), error=str(error)))
+            self._observe()
+            return None
+        self._job = replace(self._job, staging=replace(staging, finished_at=datetime.now(UTC)))
+        return None if self._observe().status.phase is Phase.CANCELLED else staged
 
     def _stage(self) -> tuple[dict[str, Path], Path | None]:
         """Download the inputs and the code snapshot into the run folder, as the cluster's stage-in does."""
@@ -197,14 +197,24 @@ class LocalRunner:
             code = stage_in(spec.code.uri, self.folder.path / "code")
         return inputs, code
 
-    def _plan(self, *, staged_inputs: Mapping[str, Path], staged_code: Path | None) -> LocalPlan:
-        python = sys.executable
-        return build_plan(
+    def _train(self, staged_inputs: dict[str, Path], staged_code: Path | None) -> None:
+        """Start the job's replicas and supervise them; after a whole-run restart, a new job's, until the run
+        has trained, failed or was cancelled."""
+        while True:
+            launches = self._launches(staged_inputs=staged_inputs, staged_code=staged_code)
+            for text in launches.notices:
+                self.observer.notice(text)
+            replicas = self._start(launches)
+            if replicas is None or not self._supervise(replicas) or not self._await_new_job():
+                return
+
+    def _launches(self, *, staged_inputs: Mapping[str, Path], staged_code: Path | None) -> Launches:
+        return build_launches(
             self.run_spec,
             folder=self.folder,
             master_port=free_port(),
             base_env=os.environ,
-            python=python,
+            python=sys.executable,
             cpu_count=os.cpu_count() or 1,
             gpu_ids=visible_gpus(os.environ, nvidia_smi=shutil.which("nvidia-smi")),
             cwd=Path.cwd(),
@@ -212,9 +222,15 @@ class LocalRunner:
             staged_code=staged_code,
         )
 
-    def _start(self, plan: LocalPlan) -> list[_Replica]:
+    def _start(self, launches: Launches) -> list[_Replica] | None:
+        """Start every replica's process; None when one could not start (observed as its container's StartError)."""
+        assert self._job is not None
+        if launches.problem is not None:
+            self._set_replica(replace(self._job.replicas[0], start_error=launches.problem, finished_at=datetime.now(UTC)))
+            self._observe()
+            return None
         replicas: list[_Replica] = []
-        for launch in plan.replicas:
+        for launch in launches.replicas:
             launch.output_dir.mkdir(parents=True, exist_ok=True)
             try:
                 process = subprocess.Popen(
@@ -230,10 +246,11 @@ class LocalRunner:
                 )
             except OSError as error:
                 stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
-                raise ReplicaStartError(
-                    f"{launch.name} could not start {launch.command[0]!r}: {error.strerror or error}"
-                ) from None
-            self._processes[launch.name] = ReplicaProcess(name=launch.name, started_at=datetime.now(UTC))
+                words = f"could not start {launch.command[0]!r}: {error.strerror or error}"
+                self._set_replica(ReplicaProcess(launch.name, start_error=words, finished_at=datetime.now(UTC)))
+                self._observe()
+                return None
+            self._set_replica(ReplicaProcess(name=launch.name, started_at=datetime.now(UTC)))
             assert process.stdout is not None
             reader = threading.Thread(
                 target=_copy_lines,
@@ -247,87 +264,102 @@ class LocalRunner:
         return replicas
 
     def _supervise(self, replicas: list[_Replica]) -> bool:
-        """Follow the replicas until training has succeeded or failed; whether the run was cancelled instead."""
+        """Follow the replicas until the run has trained, failed or was cancelled (False), or supervision
+        stops them for a whole-run restart (True)."""
         master_done_at: float | None = None
         try:
             while True:
-                self._drain(timeout=0.1)
-                if self._cancel.is_set():
-                    return True
+                self._drain(timeout=POLL_SECONDS)
                 self._see_exits(replicas, read_logs=True)
-                outcome = training_outcome(list(self._processes.values()))
-                if outcome is Outcome.FAILED or self.status.phase is Phase.FAILED:  # a replica, or a hang (onHang: Fail)
+                assessment = self._observe()
+                phase = assessment.status.phase
+                if phase is None or phase.finished:
                     return False
-                if outcome is Outcome.SUCCEEDED:
-                    # The run has succeeded with its Master; Workers still running this long afterwards are stopped.
+                if assessment.supervised.delete_job:
+                    return True
+                if phase is Phase.UPLOADING:
+                    assert self._job is not None
+                    if training_outcome(self._job) is not Outcome.SUCCEEDED:
+                        return False  # failed, with a copy of what it wrote (spec.output.copyOnFailure)
+                    # Succeeded with its Master; Workers still running this long afterwards are stopped.
                     master_done_at = master_done_at or time.monotonic()
                     others_running = any(item.process.poll() is None for item in replicas)
                     if not others_running or time.monotonic() - master_done_at > WORKER_LINGER_SECONDS:
                         return False
-                self._observe()
         finally:
             stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
             self._drain_until_closed(replicas)
             self._see_exits(replicas, read_logs=False)
 
+    def _await_new_job(self) -> bool:
+        """After a restart stopped the replicas (their job is gone): wait until supervision's back-off is over,
+        then make the new job; False when the run ended meanwhile (cancelled)."""
+        self._job = None
+        while True:
+            assessment = self._observe()
+            phase = assessment.status.phase
+            if phase is None or phase.finished:
+                return False
+            if not assessment.supervised.hold_job:
+                self._job = LocalJob(created_at=datetime.now(UTC), replicas=_replicas_to_start(self.run_spec))
+                return True
+            self._cancel.wait(POLL_SECONDS)
+
+    def _set_replica(self, replica: ReplicaProcess) -> None:
+        assert self._job is not None
+        kept = tuple(item for item in self._job.replicas if item.name != replica.name)
+        order = {name: index for index, name in enumerate(item.name for item in self._job.replicas)}
+        self._job = replace(self._job, replicas=tuple(sorted((*kept, replica), key=lambda item: order.get(item.name, 0))))
+
     def _see_exits(self, replicas: Sequence[_Replica], *, read_logs: bool) -> None:
         """Note the replicas that exited since the last look; a failed one's last words from its log."""
+        assert self._job is not None
+        seen = {replica.name: replica for replica in self._job.replicas}
         now = datetime.now(UTC)
-        exited = []
         for replica in replicas:
-            seen = self._processes[replica.launch.name]
+            known = seen.get(replica.launch.name)
             code = replica.process.poll()
-            if seen.exit_code is None and code is not None:
-                self._processes[seen.name] = replace(seen, exit_code=code, finished_at=now)
-                exited.append(replica)
-        failed = [replica for replica in exited if replica.process.returncode != 0]
-        if read_logs and failed:
-            self._drain_until_closed(failed)  # its whole output is in its log file
-            for replica in failed:
-                name = replica.launch.name
-                self._processes[name] = replace(
-                    self._processes[name], last_words=last_error_line(replica.launch.log_path)
-                )
+            if known is None or known.exit_code is not None or code is None:
+                continue
+            if code != 0 and read_logs:
+                self._drain_until_closed([replica])  # its whole output is in its log file
+            last_words = last_error_line(replica.launch.log_path) if code != 0 and read_logs else None
+            self._set_replica(replace(known, exit_code=code, finished_at=now, last_words=last_words))
 
-    def _copy_outputs(self) -> TrainingRunStatus:
-        """Copy $OUTPUT_DIR when the status function says so (training succeeded, or failed with copyOnFailure)."""
-        if self._observed_status().phase is Phase.UPLOADING:
-            self._copy = ArtifactCopy(CopyState.COPYING, started_at=datetime.now(UTC))
-            self._observe()
-            try:
-                self.status.artifacts = upload_artifacts(self.folder, self.output_uri)
-                self._copy = replace(self._copy, state=CopyState.SUCCEEDED, finished_at=datetime.now(UTC))
-            except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
-                self._copy = replace(
-                    self._copy, state=CopyState.FAILED, finished_at=datetime.now(UTC), error=str(error)
-                )
-        self._observe(force=True)
-        return self.status
-
-    def _finish(self, phase: Phase, reason: str, message: str) -> TrainingRunStatus:
-        """End the run in a phase the runner decided itself (staging or start failed, cancelled)."""
-        if self._processes:
-            self.status.replicas = replica_statuses(list(self._processes.values()))
-        self.status.completion_time = utc_now()
-        self._set_phase(phase, reason, message)
-        return self.status
+    def _copy_outputs(self) -> None:
+        """Copy $OUTPUT_DIR (the status says Uploading: training succeeded, or failed with copyOnFailure)."""
+        self._copy = ArtifactCopy(CopyState.COPYING, started_at=datetime.now(UTC))
+        self._observe()
+        try:
+            artifacts = upload_artifacts(self.folder, self.output_uri)
+            self._copy = replace(self._copy, state=CopyState.SUCCEEDED, finished_at=datetime.now(UTC), artifacts=artifacts)
+        except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
+            self._copy = replace(self._copy, state=CopyState.FAILED, finished_at=datetime.now(UTC), error=str(error))
 
     # -- status ----------------------------------------------------------------------------------------
 
-    def _observed_status(self) -> TrainingRunStatus:
-        """The status ``compute_status`` gives for the replicas and the copy as seen now."""
-        return observed_status(
-            run=self._observed_run,
-            replicas=list(self._processes.values()),
-            copy=self._copy,
-            previous=self.status,
-            now=utc_now(),
+    def _world(self) -> LocalWorld:
+        run = self._observed_run
+        if self._cancel.is_set():
+            run = run.model_copy(update={"spec": run.spec.model_copy(update={"cancel": True})})
+        return LocalWorld(
+            run,
+            self._job,
+            self._copy,
             progress=self.progress.snapshot(),
+            metrics=dict(self.summary.latest) if self.summary.latest else None,
+            key_metric=self.summary.key_metric(),
         )
 
-    def _observe(self, *, force: bool = False) -> None:
-        """Take the observed status; write it when it changed what a reader sees, or now and then for the metrics."""
-        previous, status = self.status, self._observed_status()
+    def _observe(self, *, force: bool = False) -> Assessment:
+        """Assess what is observed now; record the status when it changed what a reader sees, or now and then
+        for the metrics."""
+        previous = self.status
+        assessment = assess(self._world(), previous=previous, now=utc_now())
+        status = assessment.status
+        events = [assessment.supervised.event] if assessment.supervised.event is not None else []
+        events = [event for event in events if event not in self._events_recorded]
+        self._events_recorded.update(events)
         changed = (status.phase, status.reason, status.message, status.replicas) != (
             previous.phase,
             previous.reason,
@@ -336,13 +368,14 @@ class LocalRunner:
         )
         self.status = status
         # Metrics change many times a second; `trainrun get` on a detached run needs them now and then.
-        if force or changed or time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
-            record_status(self.folder, previous, status, run_name=self.run_spec.metadata.name, at=utc_now())
+        if force or changed or events or time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
+            record_status(self.folder, previous, status, events=events, run_name=self.run_spec.metadata.name, at=utc_now())
             self._last_status_write = time.monotonic()
         if status.phase != previous.phase:
             self.observer.phase(status.model_copy(deep=True))
         elif status.reason == "Hung" and previous.reason != "Hung" and status.message:
             self.observer.notice(status.message)
+        return assessment
 
     # -- output ----------------------------------------------------------------------------------------
 
@@ -376,17 +409,8 @@ class LocalRunner:
         record = metric_record(replica, samples, at=utc_now())
         with self.folder.metrics_path.open("a") as sink:
             sink.write(json.dumps(record) + "\n")
-        if self.summary.add(samples, from_master=is_master(replica)):
-            self.status.metrics = dict(self.summary.latest)
-            self.status.key_metric = self.summary.key_metric()
+        self.summary.add(samples, from_master=is_master(replica))
         self.observer.metrics(record, self.summary)
-
-    def _set_phase(self, phase: Phase, reason: str, message: str) -> None:
-        record_phase(
-            self.folder, self.status, phase=phase, reason=reason, message=message, run_name=self.run_spec.metadata.name
-        )
-        self._last_status_write = time.monotonic()
-        self.observer.phase(self.status.model_copy(deep=True))
 
     @contextmanager
     def _signals_cancel(self) -> Iterator[None]:

@@ -1,9 +1,12 @@
-"""The operator's decisions, pure: a TrainingRun, the operator config and what the watches observed ->
-the children to apply, the status to write, the Events to post, when to look again.
+"""The operator's decisions, pure: a TrainingRun, the operator config and what the controller observed ->
+the children to apply, the storage work to start, the status to write, the Events to post, when to look
+again.
 
-``plan`` is all the operator's reconcile decides (``trainrun.controller.operator`` only gets, plans and
-acts); ``projections`` trims watched objects to the fields the plan reads. No I/O here: unit-tested
-table-driven without a cluster (tests/unit/test_plan.py).
+``plan`` is all the operator's reconcile decides (``trainrun.controller.operator`` only observes, plans
+once and acts); ``work`` holds the facts that slow work brings back and the retry windows; ``restarts``
+and ``causes`` the supervision of a run in trouble; ``projections`` trims watched objects to the fields
+the plan reads. No I/O here: unit-tested table-driven without a cluster (tests/unit/test_reconcile_plan.py,
+tests/unit/test_restarts.py).
 """
 
 from trainrun.plan.core import (
@@ -12,7 +15,6 @@ from trainrun.plan.core import (
     Action,
     Apply,
     Delete,
-    ManifestRead,
     MergePatch,
     Observed,
     Plan,
@@ -20,17 +22,23 @@ from trainrun.plan.core import (
     previous_status,
     status_patch,
 )
+from trainrun.plan.work import Attempts, ReadManifest, Refusal, SealedLogs, SealLogs, StorageWork
 
 __all__ = [
     "EVENT_REASONS",
     "NO_TRAINING_OPERATOR",
     "Action",
     "Apply",
+    "Attempts",
     "Delete",
-    "ManifestRead",
     "MergePatch",
     "Observed",
     "Plan",
+    "ReadManifest",
+    "Refusal",
+    "SealLogs",
+    "SealedLogs",
+    "StorageWork",
     "plan",
     "previous_status",
     "status_patch",

@@ -1,30 +1,46 @@
 """``plan(run, config, observed) -> Plan``: one reconcile's decisions for one TrainingRun, with no I/O.
 
-Called by the operator's controller (``trainrun.controller.operator``) with the run's body from kopf's
-watch and its children from the watch caches; the controller then applies ``Plan.actions`` (server-side
-apply, one field manager), writes ``Plan.status_patch`` once if it is not empty, posts ``Plan.events``
-through its deduplicating recorder and looks again after ``Plan.requeue_after``. The same inputs always
-give the same plan, so a reconcile may run twice, after a crash, or out of order with the same result.
-Rendering is ``trainrun.render``; the status is ``trainrun.status.compute_status``.
+Called once per reconcile by the operator's controller (``trainrun.controller.operator``) with the run's
+body from kopf's watch, its children from the watch caches and the facts its background work brought
+(``Observed``). The controller then applies ``Plan.actions`` (server-side apply, one field manager), starts
+``Plan.storage`` as tasks (whose results come back as facts on a later reconcile), posts ``Plan.events``
+through its deduplicating recorder, writes ``Plan.status_patch`` once if it is not empty and looks again
+after ``Plan.requeue_after``. Every decision is here: what to create, change or delete, when to seal the
+log archive and read the manifest, when a failed step or a refused child is tried again. The same inputs
+always give the same plan, so a reconcile may run twice, after a crash, or out of order with the same
+result. Rendering is ``trainrun.render``; the status is ``trainrun.status.build_status``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
 
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.plan.causes import EVENTS as CAUSE_EVENTS
 from trainrun.plan.restarts import Supervised, supervise
+from trainrun.plan.work import (
+    Attempts,
+    ReadManifest,
+    Refusal,
+    SealedLogs,
+    SealLogs,
+    StorageWork,
+    due,
+    failure_words,
+    refusal_in_effect,
+)
 from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, canonical_spec, volume_claim_name
 from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_training_run, problems_with_config
-from trainrun.spec.status import Artifacts, LogArchive, Phase, TrainingRunStatus
-from trainrun.status import PhaseEvent, compute_status, phase_event
+from trainrun.spec.status import Artifacts, LogsStatus, Phase, TrainingRunStatus
+from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
+from trainrun.status.failure import Cause
 from trainrun.status.observe import UploadState, observe_job, observe_uploader
-from trainrun.status.progress import progress_status, spec_epochs
+from trainrun.status.shapes import timestamp
 
 Object = dict[str, Any]
 # The reasons of the Events the status reads (pod creation refused, scheduling, image pulls) and the
@@ -33,6 +49,12 @@ Object = dict[str, Any]
 EVENT_REASONS = frozenset({"FailedCreatePod", "FailedCreate", "FailedScheduling", "Pulling", "Pulled", *CAUSE_EVENTS})
 # An active run is looked at again after this long even when no watch said anything (a safety net).
 RESYNC_SECONDS = 300.0
+MIN_REQUEUE_SECONDS = 1.0
+# The reasons of an Uploading run whose storage steps fail (tried again with back-off), and of the Events
+# when that starts and ends.
+UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE = "UploadNotVerified", "StorageUnavailable"
+STORAGE_REASONS = (UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE)
+STORAGE_FAILING, STORAGE_RECOVERED = "StorageFailing", "StorageRecovered"
 NO_TRAINING_OPERATOR = (
     "the cluster does not serve PyTorchJob (kubeflow.org/v1): install the Kubeflow training-operator, "
     "then the run starts by itself"
@@ -40,16 +62,9 @@ NO_TRAINING_OPERATOR = (
 
 
 @dataclass(frozen=True)
-class ManifestRead:
-    """What reading ``<output>/manifest.json`` gave once the uploader succeeded: artifacts, or why not."""
-
-    artifacts: Artifacts | None
-    problem: str | None = None
-
-
-@dataclass(frozen=True)
 class Observed:
-    """Everything the controller knows about a run's world, from its watches and its own memory."""
+    """Everything the controller knows about a run's world: its watch caches, its log follower, and the
+    facts its background work and its last writes brought."""
 
     job: Mapping[str, Any] | None = None
     pods: Sequence[Mapping[str, Any]] = ()
@@ -57,13 +72,18 @@ class Observed:
     uploader: Mapping[str, Any] | None = None
     claim_present: bool = False
     job_kind_served: bool = True
-    manifest: ManifestRead | None = None
-    refusal: str | None = None  # the API server refused a child of this generation: its words
+    gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
-    logs_archived: bool = False  # the follower sealed the run's log archive
     progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
-    gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
+    seal: Attempts[SealedLogs] = field(default_factory=Attempts)
+    manifest: Attempts[Artifacts] = field(default_factory=Attempts)
+    refusal: Refusal | None = None
+    archive_problem: str | None = None  # the log archive could not be opened for following: why
+
+
+# What to do with a run's log follower: keep reading, leave it to the seal (which finishes it), or stop it.
+LogsMode = Literal["follow", "finish", "stop"]
 
 
 @dataclass(frozen=True)
@@ -105,10 +125,9 @@ class Plan:
     status_patch: Object
     actions: tuple[Action, ...] = ()
     events: tuple[PhaseEvent, ...] = ()
-    read_manifest: bool = False  # read <output>/manifest.json, then plan again with Observed.manifest
-    follow_logs: bool = False
+    storage: tuple[StorageWork, ...] = ()  # start these (unless under way); their results come back as facts
+    logs: LogsMode = "stop"
     log_archive: str | None = None  # where the follower ships the run's logs (None: not archived)
-    seal_logs: bool = False  # the run is done with its logs: finish the follower, seal, plan again with logs_archived
     requeue_after: float | None = None
     run: TrainingRun | None = field(default=None, compare=False)
 
@@ -136,29 +155,22 @@ def plan(
     now: str,
     config_problems: Sequence[str] = (),
 ) -> Plan:
-    """The actions, status and Events for one run; ``now`` is the time to stamp (RFC 3339)."""
+    """The actions, storage work, status and Events for one run; ``now`` is the time to stamp (RFC 3339)."""
     previous = previous_status(body)
+    generation = (body.get("metadata") or {}).get("generation")
     try:
         run = load_training_run(body)
     except InvalidTrainingRun as error:
-        status = compute_status(
-            run=None,
-            job=None,
-            pods=[],
-            events=[],
-            uploader_job=None,
-            previous=previous,
-            problems=[str(problem) for problem in error.problems],
-            pending_changes=[],
-            pool=None,
-            now=now,
-            generation=(body.get("metadata") or {}).get("generation"),
+        given = StatusInput(
+            run=None, now=now, previous=previous, generation=generation, problems=[str(item) for item in error.problems]
         )
-        return _finish(previous, status, actions=[], read_manifest=False, follow_logs=False, run=None)
+        return _finish(previous, build_status(given), waits=[])
+    moment = _moment(now)
 
     problems = [*config_problems, *(str(problem) for problem in problems_with_config(run, config))]
-    if observed.refusal is not None:
-        problems.append(observed.refusal)
+    refusal, refusal_ends_in = refusal_in_effect(observed.refusal, generation, moment)
+    if refusal is not None:
+        problems.append(refusal)
     if not observed.job_kind_served:
         problems.append(NO_TRAINING_OPERATOR)
     pool_name, _ = config.pool_named(run.spec.resources.pool)
@@ -184,59 +196,84 @@ def plan(
             actions.append(Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, run.metadata.namespace, run.metadata.name))
     elif not observed.job_kind_served:
         job = None  # nothing of that kind can be read
+
     archive = log_archive_uri(run, config)
-    logs_complete = observed.logs_archived or (
+    sealed = observed.seal.result
+    logs_complete = sealed is not None or (
         previous.logs is not None and previous.logs.complete and previous.logs.uri == archive
     )
-    known = previous
-    read_manifest = False
+    storage: list[StorageWork] = []
+    waits: list[float | None] = [refusal_ends_in, supervised.check_again_in]
+    artifacts: Artifacts | None = None
+    manifest_due = False
     if job is not None:
         actions += _converge_upload(run, config, job, observed, previous)
-        # With an output URI the logs are composed into it first, so the manifest read lists them.
-        artifacts, problem, read_manifest = _artifacts(run, observed, previous, logs_ready=logs_complete)
-        if problem is not None:
-            problems.append(problem)
-        known = previous.model_copy(update={"artifacts": artifacts})
-    status = compute_status(
-        run=run,
-        job=job,
-        pods=observed.pods,
-        events=observed.events,
-        uploader_job=observed.uploader,
-        previous=known,
-        problems=problems,
-        pending_changes=pending,
-        pool=pool_name,
-        now=now,
-        supervision=supervised.supervision,
+        # With an output URI the logs are composed into it first, so the manifest lists them.
+        if previous.artifacts is None and logs_complete and _copied(run, observed):
+            artifacts = observed.manifest.result
+            if artifacts is None:
+                manifest_due, wait = due(observed.manifest, moment)
+                waits.append(wait)
+    manifest_problem = failure_words("reading the manifest of the copy", observed.manifest) if artifacts is None else None
+    seal_problem = failure_words(f"sealing the log archive at {archive}", observed.seal) if not logs_complete else None
+    storage_problem = (
+        Cause(UPLOAD_NOT_VERIFIED, manifest_problem)
+        if manifest_problem is not None
+        else Cause(STORAGE_UNAVAILABLE, seal_problem)
+        if seal_problem is not None
+        else None
     )
-    if observed.metrics is not None:
-        status = status.model_copy(update={"metrics": dict(observed.metrics), "key_metric": observed.key_metric})
-    progress = progress_status(observed.progress, epochs=spec_epochs(run))
-    if progress is not None and status.phase is not None and not status.phase.finished:
-        status = status.model_copy(update={"progress": progress})
-    if supervised.restart is not None:
-        status = status.model_copy(update={"restarts": [*status.restarts, supervised.restart]})
-    if archive is not None:
-        status = status.model_copy(update={"logs": LogArchive(uri=archive, complete=logs_complete)})
+    status = build_status(
+        StatusInput(
+            run=run,
+            now=now,
+            previous=previous,
+            job=job,
+            pods=observed.pods,
+            events=observed.events,
+            uploader=observed.uploader,
+            problems=problems,
+            pending_changes=pending,
+            pool=pool_name,
+            artifacts=artifacts,
+            supervision=supervised.supervision,
+            restart=supervised.restart,
+            metrics=sealed.metrics if sealed is not None else observed.metrics,
+            key_metric=sealed.key_metric if sealed is not None else observed.key_metric,
+            progress=observed.progress,
+            logs=(
+                LogsStatus(uri=archive, complete=logs_complete, message=seal_problem or observed.archive_problem)
+                if archive is not None
+                else None
+            ),
+            storage_problem=storage_problem,
+        )
+    )
+    if manifest_due:
+        storage.append(ReadManifest(archive))
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
     done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
     seal = archive is not None and not logs_complete and done_with_logs
+    if seal and archive is not None:
+        seal_due, wait = due(observed.seal, moment)
+        waits.append(wait)
+        if seal_due:
+            storage.append(SealLogs(archive))
     # Through a restart too: the new job's replicas append to the same followed logs.
     active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
-    follow = active and not (seal or logs_complete)
-    decided = _finish(
+    events = [*((supervised.event,) if supervised.event is not None else ()), *_storage_events(previous, status)]
+    return _finish(
         previous,
         status,
         actions=actions,
-        read_manifest=read_manifest,
-        follow_logs=follow,
+        storage=storage,
+        logs="finish" if seal else "follow" if active and not logs_complete else "stop",
+        log_archive=archive,
         run=run,
-        event=supervised.event,
-        check_again_in=supervised.check_again_in,
+        events=events,
+        waits=waits,
     )
-    return replace(decided, log_archive=archive, seal_logs=seal)
 
 
 def log_archive_uri(run: TrainingRun, config: OperatorConfig) -> str | None:
@@ -253,26 +290,50 @@ def _finish(
     previous: TrainingRunStatus,
     status: TrainingRunStatus,
     *,
-    actions: list[Action],
-    read_manifest: bool,
-    follow_logs: bool,
-    run: TrainingRun | None,
-    event: PhaseEvent | None = None,
-    check_again_in: float | None = None,
+    waits: Sequence[float | None],
+    actions: Sequence[Action] = (),
+    storage: Sequence[StorageWork] = (),
+    logs: LogsMode = "stop",
+    log_archive: str | None = None,
+    run: TrainingRun | None = None,
+    events: Sequence[PhaseEvent] = (),
 ) -> Plan:
+    """The plan, with the phase change's Event first and the requeue at the soonest of ``waits``."""
     change = phase_event(previous, status)
+    soonest = min((wait for wait in waits if wait is not None), default=None)
     active = status.phase is None or not status.phase.finished
-    requeue = min(RESYNC_SECONDS, max(check_again_in, 1.0)) if check_again_in is not None else RESYNC_SECONDS
+    if soonest is not None:
+        requeue: float | None = min(RESYNC_SECONDS, max(soonest, MIN_REQUEUE_SECONDS))
+    else:
+        requeue = RESYNC_SECONDS if active else None
     return Plan(
         status=status,
         status_patch=status_patch(previous, status),
         actions=tuple(actions),
-        events=tuple(item for item in (change, event) if item is not None),
-        read_manifest=read_manifest,
-        follow_logs=follow_logs,
-        requeue_after=requeue if active else None,
+        events=tuple([*((change,) if change is not None else ()), *events]),
+        storage=tuple(storage),
+        logs=logs,
+        log_archive=log_archive,
+        requeue_after=requeue,
         run=run,
     )
+
+
+def _storage_events(previous: TrainingRunStatus, status: TrainingRunStatus) -> list[PhaseEvent]:
+    """A Warning when the object store starts failing the run's storage steps, a Normal Event when it works
+    again: transitions of the status, so a plan made twice posts nothing twice."""
+    before, after = _storage_trouble(previous), _storage_trouble(status)
+    if after is not None and before is None:
+        return [PhaseEvent("Warning", STORAGE_FAILING, after)]
+    if after is None and before is not None:
+        return [PhaseEvent("Normal", STORAGE_RECOVERED, f"the object store answers again (before: {before})")]
+    return []
+
+
+def _storage_trouble(status: TrainingRunStatus) -> str | None:
+    if status.reason in STORAGE_REASONS and status.phase is Phase.UPLOADING:
+        return status.message
+    return status.logs.message if status.logs is not None else None
 
 
 def _converge_job(
@@ -325,19 +386,10 @@ def _converge_upload(
     return [Apply(render_uploader_job(run, config))] if copy_due else []
 
 
-def _artifacts(
-    run: TrainingRun, observed: Observed, previous: TrainingRunStatus, *, logs_ready: bool
-) -> tuple[Artifacts | None, str | None, bool]:
-    """(artifacts, problem, whether the manifest must be read first) once the uploader succeeded and the
-    logs are composed beside the outputs."""
-    if previous.artifacts is not None:
-        return previous.artifacts, None, False
+def _copied(run: TrainingRun, observed: Observed) -> bool:
+    """Whether the uploader Job copied the outputs (its manifest is then read as the run's artifacts)."""
     upload = observe_uploader(observed.uploader, [])
-    if run.spec.output.uri is None or upload is None or upload.state is not UploadState.SUCCEEDED or not logs_ready:
-        return None, None, False
-    if observed.manifest is None:
-        return None, None, True
-    return observed.manifest.artifacts, observed.manifest.problem, False
+    return run.spec.output.uri is not None and upload is not None and upload.state is UploadState.SUCCEEDED
 
 
 def _volume_released(run: TrainingRun, status: TrainingRunStatus) -> bool:
@@ -349,3 +401,11 @@ def _volume_released(run: TrainingRun, status: TrainingRunStatus) -> bool:
         and not output.keep_volume
         and output.volume.claim_name is None
     )
+
+
+def _moment(now: str) -> datetime:
+    """``now`` as a time (the plan's callers pass RFC 3339 text)."""
+    moment = timestamp(now)
+    if moment is None:
+        raise ValueError(f"not an RFC 3339 time: {now!r}")
+    return moment

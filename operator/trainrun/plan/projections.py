@@ -2,7 +2,7 @@
 
 Applied by the operator's watch caches (``trainrun.controller.informers``) to every object a watch
 delivers, so a thousand runs with four pods each cost a few MB, not the whole objects with their managed
-fields, env and volumes. ``tests/unit/test_plan.py`` checks that a plan made from projections equals one
+fields, env and volumes. ``tests/unit/test_reconcile_plan.py`` checks that a plan made from projections equals one
 made from the whole objects. Pure.
 """
 

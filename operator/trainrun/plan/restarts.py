@@ -1,6 +1,6 @@
 """Whole-run restarts by cause, hangs, and failures never retried: what ``plan`` does about a run in trouble.
 
-Called by ``trainrun.plan.core.plan`` on every reconcile of an active run. :func:`decide` is the
+Called by ``trainrun.plan.core.plan`` on every reconcile of an active run. :func:`answer` is the
 policy (``spec.runPolicy.restartOn``, ``failOn``, ``onHang``, ``maxRestarts``); :func:`supervise` is the
 state machine around it, read entirely from what is observed and from ``status.restarts``, so a plan
 made twice, or after a crash, does the same:
@@ -49,7 +49,7 @@ class Decision:
     message: str
 
 
-def decide(policy: RunPolicy, trouble: Trouble | None, *, restarts_done: int) -> Decision | None:
+def answer(policy: RunPolicy, trouble: Trouble | None, *, restarts_done: int) -> Decision | None:
     """The policy's answer to a trouble; None leaves it to the training-operator (backoffLimit, restartPolicy)."""
     if trouble is None:
         return None
@@ -87,7 +87,7 @@ def backoff_seconds(policy: RunPolicy, restarts_done: int) -> float:
 class Supervised:
     """What :func:`supervise` asks of the plan."""
 
-    supervision: Supervision | None = None  # what the status says (compute_status applies it)
+    supervision: Supervision | None = None  # what the status says (build_status applies it)
     delete_job: bool = False
     hold_job: bool = False  # leave the job alone: do not create or change it
     restart: Restart | None = None  # a new entry for status.restarts
@@ -144,7 +144,7 @@ def supervise(
             check_again_in = check.check_again_in
             if check.hang is not None:
                 trouble = Trouble(HANG, check.hang.message)
-    decision = decide(policy, trouble, restarts_done=len(restarts))
+    decision = answer(policy, trouble, restarts_done=len(restarts))
     if decision is None or trouble is None:
         return Supervised(check_again_in=check_again_in)
     if decision.kind == "report":

@@ -34,6 +34,7 @@ JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+UPLOADER_COMPONENT = "uploader"  # the component label of the uploader Job and its pods
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "trainrun-operator"
 OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
@@ -378,7 +379,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
     }
     if output.secret_name:
         container["envFrom"] = [{"secretRef": {"name": output.secret_name}}]
-    metadata = child_metadata(run, uploader_job_name(run), "uploader")
+    metadata = child_metadata(run, uploader_job_name(run), UPLOADER_COMPONENT)
     metadata["annotations"] = {LINT_IGNORE_ANNOTATION: UPLOADER_LINT_IGNORES}
     # On the run's pool, as the Master that wrote the claim: a node-local volume is readable only there,
     # and a pool's taint would otherwise keep it off the only nodes that can mount it.
@@ -391,7 +392,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "spec": {
             "backoffLimit": 3,
             "template": {
-                "metadata": {"labels": common_labels(run, "uploader")},
+                "metadata": {"labels": common_labels(run, UPLOADER_COMPONENT)},
                 "spec": {
                     "restartPolicy": "Never",
                     "securityContext": {"runAsNonRoot": True, "seccompProfile": dict(RUNTIME_DEFAULT_SECCOMP)},

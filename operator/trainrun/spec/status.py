@@ -64,12 +64,15 @@ class Artifacts(StatusModel):
     bytes: int = Field(description="Bytes copied.")
 
 
-class LogArchive(StatusModel):
+class LogsStatus(StatusModel):
     """Where every replica's log is archived: shipped while the run trains, composed when it ends."""
 
     uri: str = Field(description="The archive: <replica>.log and metrics.jsonl once complete (segments in .parts/ before).")
     complete: bool = Field(
         default=False, description="The logs were composed after the run ended (and are in its manifest when it has one)."
+    )
+    message: str | None = Field(
+        default=None, description="Why the archive is not complete yet: the object store's words and when it is tried again."
     )
 
 
@@ -114,7 +117,7 @@ class TrainingRunStatus(StatusModel):
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of every metric read from the logs.")
     key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
     artifacts: Artifacts | None = Field(default=None, description="What was copied to object storage.")
-    logs: LogArchive | None = Field(default=None, description="Where the replicas' logs are archived (none: not archived).")
+    logs: LogsStatus | None = Field(default=None, description="Where the replicas' logs are archived (none: not archived).")
     progress: Progress | None = Field(default=None, description="Epoch, step, percent done, pace and ETA, from the metric lines.")
     restarts: list[Restart] = Field(
         default_factory=list, description="Whole-run restarts, oldest first (spec.runPolicy.restartOn, onHang: Restart)."

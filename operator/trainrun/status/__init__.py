@@ -1,11 +1,10 @@
-"""Observations of a run (PyTorchJob, pods, Events, uploader Job) -> its status: phase, cause, conditions.
+"""Observations of a run (its job, pods, Events, uploader Job) -> its status: phase, cause, conditions.
 
-The pure decision core between the operator's reads and its status writes: the operator's reconcile
-(``trainrun.controller.operator``, through ``trainrun.plan``) calls ``compute_status`` with what it saw and ``phase_event`` to
-announce a phase change. The local runner (``trainrun.local.runner``) calls it too, with its replica
-processes and its copy written as the same objects (``trainrun.local.observe``), so a local run reads
-in the same words; it takes ``kstatus_conditions`` and ``phase_event`` from here for the phases it
-records itself (staging, a replica that cannot start, a cancel). Nothing here does I/O or imports a
+The pure decision core between what is observed and the status that is written: ``build_status``
+turns a ``StatusInput`` into the whole ``TrainingRunStatus``, and ``phase_event`` announces a phase
+change. Called by the operator's plan (``trainrun.plan``) and by the local runner
+(``trainrun.local.runner``, with its processes written as the same objects by ``trainrun.local.observe``),
+so a local run reads in the same words as one on a cluster. Nothing here does I/O or imports a
 Kubernetes client.
 
   shapes       defensive readers of raw API dicts
@@ -13,14 +12,15 @@ Kubernetes client.
   failure      the cause of a stuck or failed run, in words that name the replica and the fix
   phase        the decision table: views -> phase, reason, message
   conditions   the kstatus conditions Ready, Reconciling, Stalled
+  progress     progress, pace, ETA and the hang rule
   transitions  the Event for a phase change
-  compute      compute_status, which ties them together
+  build        build_status, which ties them together
 """
 
 from __future__ import annotations
 
-from trainrun.status.compute import compute_status, count_replicas
+from trainrun.status.build import StatusInput, build_status, count_replicas
 from trainrun.status.observe import replica_name
 from trainrun.status.transitions import PhaseEvent, phase_event
 
-__all__ = ["PhaseEvent", "compute_status", "count_replicas", "phase_event", "replica_name"]
+__all__ = ["PhaseEvent", "StatusInput", "build_status", "count_replicas", "phase_event", "replica_name"]

@@ -15,8 +15,7 @@ that has reached what the spec asks for is Ready, finished or not:
   Suspended (spec.runPolicy.suspend)    True    False         False     Current
 
 Every condition carries the run's generation, and keeps its lastTransitionTime while its status does
-not change. Called by ``trainrun.status.compute_status`` (operator reconcile) and by the local runner,
-which records its own phases. Pure.
+not change. Called by ``trainrun.status.build_status``. Pure.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ STALLING_WAITING_REASONS = {
 _IMAGE_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
 # How the operator recognises its own problem strings (see ``problems_cause``).
 TRAINING_OPERATOR_MARKERS = ("training-operator", "pytorchjob (kubeflow.org")
-MANIFEST_MARKER = "manifest"  # the operator's artifact reader could not verify the copy
 POOL_FIELD = "spec.resources.pool"
 # The scheduler's words for a resource no node has enough of ("3 Insufficient nvidia.com/gpu"), and for
 # a pod that waits for its volume rather than for a node (unbound claims, volume node affinity).
@@ -141,10 +140,11 @@ def _newest_event_message(events: Sequence[EventView], object_name: str, reason:
     return matching[-1] if matching else None
 
 
-def init_failure_cause(pods: Sequence[PodView]) -> Cause | None:
-    """An init container (input or code staging) that exited with an error before training could start."""
+def init_failure_cause(pods: Sequence[PodView], *, pending_only: bool = True) -> Cause | None:
+    """An init container (input or code staging) that exited with an error before training could start (in
+    a pod still Pending, where the kubelet retries it; ``pending_only=False``: also one whose pod failed)."""
     for pod in sorted(pods, key=replica_order):
-        if pod.phase != "Pending":
+        if pending_only and pod.phase != "Pending":
             continue
         failures = [item for item in pod.terminations if item.init and item.failed]
         if failures:
@@ -203,6 +203,9 @@ def first_failure_cause(pods: Sequence[PodView], run: TrainingRun | None) -> Cau
     if failures:
         pod, termination = failures[0]
         return termination_cause(pod, termination, memory_fallback=memory)
+    init_failure = init_failure_cause(pods, pending_only=False)
+    if init_failure is not None:
+        return init_failure
     for pod in sorted(pods, key=replica_order):
         if pod.phase == "Failed" and pod.reason is not None:
             # Evicted, DeadlineExceeded, ...: the pod failed without a container exit to show.
@@ -261,8 +264,7 @@ def problems_cause(problems: Sequence[str]) -> Cause:
 
     The reason is read from the first problem: a ``spec.resources.pool`` problem (as
     ``trainrun.spec.problems_with_config`` words it) is PoolNotFound, one naming the training-operator is
-    TrainingOperatorMissing, one about the uploader's manifest UploadNotVerified, anything else
-    InvalidConfiguration.
+    TrainingOperatorMissing, anything else InvalidConfiguration.
     """
     texts = [text for problem in problems if (text := as_text(problem)) is not None] or ["invalid configuration"]
     first = texts[0].lower()
@@ -270,8 +272,6 @@ def problems_cause(problems: Sequence[str]) -> Cause:
         reason = "PoolNotFound"
     elif any(marker in first for marker in TRAINING_OPERATOR_MARKERS):
         reason = "TrainingOperatorMissing"
-    elif MANIFEST_MARKER in first:
-        reason = "UploadNotVerified"
     else:
         reason = "InvalidConfiguration"
     return Cause(reason, "; ".join(texts), stalled=True)

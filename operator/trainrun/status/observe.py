@@ -1,6 +1,6 @@
 """Raw API dicts -> small typed views: the PyTorchJob, its replica pods, the uploader Job, Events.
 
-The first step of ``trainrun.status.compute_status`` (called by the operator's reconcile): everything
+The first step of ``trainrun.status.build_status`` (the operator's plan, the local runner): everything
 later in the package reads these views, never the raw camelCase dicts, so the knowledge of the API's
 shapes (training-operator v1 labels and conditions, pod container states, batch/v1 Job conditions)
 lives in this one module. Built on ``trainrun.status.shapes``: odd shapes
@@ -16,7 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from trainrun.render.children import COMPONENT_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL
+from trainrun.render.children import COMPONENT_LABEL, REPLICA_INDEX_LABEL, REPLICA_TYPE_LABEL, UPLOADER_COMPONENT
 from trainrun.spec.status import ReplicaCounts
 from trainrun.status.shapes import (
     as_count,
@@ -31,7 +31,6 @@ from trainrun.status.shapes import (
 )
 
 BATCH_JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
-UPLOADER_COMPONENT = "uploader"  # the component label render.children gives the uploader Job's pods
 # The batch/v1 Job default, used when the uploader Job's spec does not say.
 DEFAULT_JOB_BACKOFF_LIMIT = 6
 # The training-operator names pods <job>-<replica type>-<index>; used when a pod lacks its labels.

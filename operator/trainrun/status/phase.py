@@ -1,6 +1,6 @@
-"""Observations -> the run's phase, reason and message (a ``Verdict``).
+"""Views of what was observed -> the run's phase, reason and message (a ``Verdict``).
 
-The decision table of ``trainrun.status.compute_status`` (called by the operator's reconcile), in the
+The decision table of ``trainrun.status.build_status`` (the operator's plan and the local runner), in the
 order it is checked:
 
   cancel requested ............................ Cancelled
@@ -85,8 +85,8 @@ class Supervision:
 
 
 @dataclass(frozen=True)
-class Observations:
-    """Everything ``decide`` looks at, already read into views."""
+class Views:
+    """Everything ``phase_verdict`` looks at, already read into views."""
 
     run: TrainingRun | None
     job: JobView | None
@@ -100,7 +100,7 @@ class Observations:
     now: str
 
 
-def decide(observations: Observations) -> Verdict:
+def phase_verdict(observations: Views) -> Verdict:
     """The phase for these observations; problems win over every phase that is not finished."""
     run = observations.run
     verdict = None if run is None else _observed(observations, run)
@@ -116,7 +116,7 @@ def decide(observations: Observations) -> Verdict:
     return _forward_only(Verdict(phase, cause.reason, cause.message, stalled=True), observations)
 
 
-def _forward_only(verdict: Verdict, observations: Observations) -> Verdict:
+def _forward_only(verdict: Verdict, observations: Views) -> Verdict:
     """The verdict, kept at the previous phase where it would go back without a stop the spec asked for."""
     before, after = observations.previous_phase, verdict.phase
     if before not in PROGRESS or after not in PROGRESS or PROGRESS.index(after) >= PROGRESS.index(before):
@@ -127,14 +127,14 @@ def _forward_only(verdict: Verdict, observations: Observations) -> Verdict:
     return replace(verdict, phase=before)
 
 
-def _observed(observations: Observations, run: TrainingRun) -> Verdict:
+def _observed(observations: Views, run: TrainingRun) -> Verdict:
     job = observations.job
     now = observations.now
     if run.spec.cancel:
         return Verdict(
             Phase.CANCELLED,
             "Cancelled",
-            "cancelled: spec.cancel is true, so the replicas were stopped; a cancelled run never starts again",
+            "cancelled (trainrun cancel, or spec.cancel: true): the replicas were stopped; a cancelled run never starts again",
             completion_time=now,
         )
     if job is not None and job.has("Failed"):
@@ -167,7 +167,7 @@ def _observed(observations: Observations, run: TrainingRun) -> Verdict:
     return _active(observations, run, job)
 
 
-def _failed(observations: Observations, run: TrainingRun, job: JobView) -> Verdict:
+def _failed(observations: Views, run: TrainingRun, job: JobView) -> Verdict:
     cause = job_failure_cause(job, observations.pods, run)
     completion = job.completion_time or observations.now
     uri = run.spec.output.uri
@@ -188,7 +188,7 @@ def _failed(observations: Observations, run: TrainingRun, job: JobView) -> Verdi
     return Verdict(Phase.FAILED, cause.reason, message, stalled=True, completion_time=completion)
 
 
-def _succeeded(observations: Observations, run: TrainingRun, job: JobView) -> Verdict:
+def _succeeded(observations: Views, run: TrainingRun, job: JobView) -> Verdict:
     uri = run.spec.output.uri
     now = observations.now
     if uri is None:
@@ -286,7 +286,7 @@ def _created_key(pod: PodView) -> float:
     return moment.timestamp() if moment is not None else 0.0
 
 
-def _active(observations: Observations, run: TrainingRun, job: JobView) -> Verdict:
+def _active(observations: Views, run: TrainingRun, job: JobView) -> Verdict:
     replicas = current_replicas(job, run, observations.pods)
     live = [pod for pod in replicas.values() if pod is not None]
     states = [pod.state if pod is not None else ReplicaState.UNSCHEDULED for pod in replicas.values()]
@@ -317,7 +317,7 @@ def _active(observations: Observations, run: TrainingRun, job: JobView) -> Verdi
 
 
 def _running(
-    observations: Observations, run: TrainingRun, job: JobView, replicas: dict[str, PodView | None]
+    observations: Views, run: TrainingRun, job: JobView, replicas: dict[str, PodView | None]
 ) -> Verdict:
     if job.has("Restarting"):
         return Verdict(Phase.RUNNING, "Restarting", _restarting_message(observations, run, job))
@@ -337,14 +337,14 @@ def _running(
     return Verdict(Phase.RUNNING, "Running", f"training: {running} of {len(replicas)} replicas running")
 
 
-def _restarting_message(observations: Observations, run: TrainingRun, job: JobView) -> str:
+def _restarting_message(observations: Views, run: TrainingRun, job: JobView) -> str:
     cause: Cause | None = latest_failure_cause(observations.pods, run)
     if cause is not None:
         return f"restarting after {cause.message}"
     return job.message_of("Restarting") or "the training-operator is restarting failed replicas"
 
 
-def _queued(observations: Observations, replicas: dict[str, PodView | None]) -> Verdict:
+def _queued(observations: Views, replicas: dict[str, PodView | None]) -> Verdict:
     missing = [name for name, pod in replicas.items() if pod is None]
     failures = _create_failures(observations, None, "PyTorchJob")
     if missing and failures and len(missing) == len(replicas):
@@ -370,7 +370,7 @@ def _queued(observations: Observations, replicas: dict[str, PodView | None]) -> 
     return Verdict(Phase.QUEUED, "Scheduling", f"waiting for the scheduler to place replica {_names(waiting)}")
 
 
-def _create_failures(observations: Observations, *kinds: str | None) -> list[EventView]:
+def _create_failures(observations: Views, *kinds: str | None) -> list[EventView]:
     """Events of a controller that could not create a pod (admission refused it), about objects of these kinds."""
     return [
         event
@@ -384,7 +384,7 @@ def _names(names: list[str]) -> str:
     return shown if len(names) <= _DETAILS_SHOWN else f"{shown} and {len(names) - _DETAILS_SHOWN} more"
 
 
-def _preparing(observations: Observations, replicas: dict[str, PodView | None]) -> Verdict:
+def _preparing(observations: Views, replicas: dict[str, PodView | None]) -> Verdict:
     details = [
         _preparation(pod, observations.events)
         for pod in replicas.values()

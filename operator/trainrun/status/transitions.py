@@ -1,7 +1,7 @@
 """A phase change -> the Kubernetes Event the operator posts on the TrainingRun.
 
 ``kubectl describe tr`` then tells the run's story (Queued -> Running -> Uploading -> Completed) with
-the cause of every step. Called by the operator's reconcile after ``compute_status``, and by the local
+the cause of every step. Called by the operator's plan after ``build_status``, and by the local
 runner, which records it in the run folder's events.jsonl. Pure: it builds the Event's content, the
 caller sends it.
 """

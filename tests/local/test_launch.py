@@ -1,4 +1,4 @@
-"""The local replica plan (pure): the cluster's env contract, GPU split, threads, paths, programs."""
+"""The local replicas' launches (pure): the cluster's env contract, GPU split, threads, paths, programs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 from localrun import sample
 from trainrun.local.folder import RunFolder
-from trainrun.local.plan import build_plan, remap_paths, replica_names, split_gpus
+from trainrun.local.launch import build_launches, remap_paths, replica_names, split_gpus
 from trainrun.spec import validate_training_run
 
 PYTHON = sys.executable
 
 
-def plan_for(document: dict[str, Any], tmp_path: Path, **overrides: Any) -> Any:
+def launches_for(document: dict[str, Any], tmp_path: Path, **overrides: Any) -> Any:
     arguments: dict[str, Any] = {
         "folder": RunFolder(tmp_path / "run"),
         "master_port": 29555,
@@ -26,15 +26,15 @@ def plan_for(document: dict[str, Any], tmp_path: Path, **overrides: Any) -> Any:
         "cwd": tmp_path,
     }
     arguments.update(overrides)
-    return build_plan(validate_training_run(document), **arguments)
+    return build_launches(validate_training_run(document), **arguments)
 
 
 def test_each_replica_gets_the_training_operator_contract(tmp_path: Path) -> None:
     document = sample("quickstart.yaml")
     document["spec"]["distribution"]["workers"] = 2
-    plan = plan_for(document, tmp_path)
-    assert [replica.name for replica in plan.replicas] == ["master-0", "worker-0", "worker-1"]
-    for index, replica in enumerate(plan.replicas):
+    launches = launches_for(document, tmp_path)
+    assert [replica.name for replica in launches.replicas] == ["master-0", "worker-0", "worker-1"]
+    for index, replica in enumerate(launches.replicas):
         env = replica.env
         assert (env["RANK"], env["PET_NODE_RANK"]) == (str(index), str(index))
         assert (env["WORLD_SIZE"], env["PET_NNODES"], env["PET_NPROC_PER_NODE"]) == ("3", "3", "1")
@@ -51,9 +51,9 @@ def test_each_replica_gets_the_training_operator_contract(tmp_path: Path) -> Non
         assert f"--node-rank={index}" in command and "--nnodes=3" in command
         assert "--master-port=29555" in command and "-m" in command
         assert not any("$(" in part for part in command)
-    assert plan.replicas[0].env["OUTPUT_DIR"] == str(tmp_path / "run" / "outputs")
-    assert plan.replicas[1].env["OUTPUT_DIR"] == str(tmp_path / "run" / "scratch" / "worker-0")
-    assert any("spec.image" in notice and "ignored" in notice for notice in plan.notices)
+    assert launches.replicas[0].env["OUTPUT_DIR"] == str(tmp_path / "run" / "outputs")
+    assert launches.replicas[1].env["OUTPUT_DIR"] == str(tmp_path / "run" / "scratch" / "worker-0")
+    assert any("spec.image" in notice and "ignored" in notice for notice in launches.notices)
 
 
 def test_user_env_wins_and_value_from_is_noted(tmp_path: Path) -> None:
@@ -63,14 +63,14 @@ def test_user_env_wins_and_value_from_is_noted(tmp_path: Path) -> None:
         {"name": "OUTPUT_DIR", "value": "/elsewhere"},
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
     ]
-    plan = plan_for(document, tmp_path)
-    env = plan.replicas[0].env
+    launches = launches_for(document, tmp_path)
+    env = launches.replicas[0].env
     assert env["WANDB_MODE"] == "offline" and env["OUTPUT_DIR"] == "/elsewhere" and "TOKEN" not in env
-    assert any("'TOKEN' uses valueFrom" in notice and "export TOKEN" in notice for notice in plan.notices)
+    assert any("'TOKEN' uses valueFrom" in notice and "export TOKEN" in notice for notice in launches.notices)
     # The replicas inherit the shell's environment: a value exported there fills the secret's place.
-    plan = plan_for(document, tmp_path, base_env={"PATH": "/usr/bin", "TOKEN": "from-shell"})
-    assert plan.replicas[0].env["TOKEN"] == "from-shell"
-    assert any("'TOKEN' uses valueFrom" in notice and "your shell's value" in notice for notice in plan.notices)
+    launches = launches_for(document, tmp_path, base_env={"PATH": "/usr/bin", "TOKEN": "from-shell"})
+    assert launches.replicas[0].env["TOKEN"] == "from-shell"
+    assert any("'TOKEN' uses valueFrom" in notice and "your shell's value" in notice for notice in launches.notices)
 
 
 def test_launcher_none_runs_python_as_this_interpreter(tmp_path: Path) -> None:
@@ -78,8 +78,8 @@ def test_launcher_none_runs_python_as_this_interpreter(tmp_path: Path) -> None:
     document["spec"]["launcher"] = "none"
     document["spec"]["command"] = ["python", "train.py", "--nodes=$(PET_NNODES)"]
     document["spec"]["hyperparameters"]["extra"] = {}
-    plan = plan_for(document, tmp_path)
-    assert plan.replicas[1].command == [PYTHON, "train.py", "--nodes=2"]
+    launches = launches_for(document, tmp_path)
+    assert launches.replicas[1].command == [PYTHON, "train.py", "--nodes=2"]
 
 
 @pytest.mark.parametrize(
@@ -104,18 +104,18 @@ def test_gpus_are_split_among_replicas(
 def test_gpus_are_visible_only_to_their_replica_and_hidden_from_cpu_runs(tmp_path: Path) -> None:
     document = sample("quickstart.yaml")
     document["spec"]["resources"] = {"gpus": 2}
-    plan = plan_for(document, tmp_path, gpu_ids=["0", "1", "2", "3"])
-    assert [replica.env["CUDA_VISIBLE_DEVICES"] for replica in plan.replicas] == ["0,1", "2,3"]
-    assert plan.replicas[0].env["PET_NPROC_PER_NODE"] == "2"
-    cpu_plan = plan_for(sample("quickstart.yaml"), tmp_path, gpu_ids=["0", "1"])
-    assert [replica.env["CUDA_VISIBLE_DEVICES"] for replica in cpu_plan.replicas] == ["", ""]
+    launches = launches_for(document, tmp_path, gpu_ids=["0", "1", "2", "3"])
+    assert [replica.env["CUDA_VISIBLE_DEVICES"] for replica in launches.replicas] == ["0,1", "2,3"]
+    assert launches.replicas[0].env["PET_NPROC_PER_NODE"] == "2"
+    cpu_launches = launches_for(sample("quickstart.yaml"), tmp_path, gpu_ids=["0", "1"])
+    assert [replica.env["CUDA_VISIBLE_DEVICES"] for replica in cpu_launches.replicas] == ["", ""]
 
 
 def test_staged_inputs_replace_their_cluster_paths(tmp_path: Path) -> None:
     document = sample("cifar10-cnn.yaml")
     staged = tmp_path / "run" / "inputs" / "cifar10"
-    plan = plan_for(document, tmp_path, staged_inputs={"cifar10": staged})
-    master = plan.replicas[0]
+    launches = launches_for(document, tmp_path, staged_inputs={"cifar10": staged})
+    master = launches.replicas[0]
     assert f"--data-dir={staged}" in master.command
     assert master.env["TRAINRUN_DATA_DIR"] == str(staged)
     assert master.env["INPUT_CIFAR10"] == str(staged)
@@ -143,11 +143,11 @@ def test_replica_names_follow_the_pods() -> None:
 
 def test_a_script_missing_where_the_replicas_start_is_a_problem_naming_the_field(tmp_path: Path) -> None:
     document = sample("custom-script.yaml")
-    plan = plan_for(document, tmp_path)
-    assert plan.problem is not None
-    assert "spec.script 'custom-script/train.py'" in plan.problem and str(tmp_path) in plan.problem
-    assert "--code DIR" in plan.problem
+    launches = launches_for(document, tmp_path)
+    assert launches.problem is not None
+    assert "spec.script 'custom-script/train.py'" in launches.problem and str(tmp_path) in launches.problem
+    assert "--code DIR" in launches.problem
     (tmp_path / "custom-script").mkdir()
     (tmp_path / "custom-script" / "train.py").write_text("print('hi')\n")
-    assert plan_for(document, tmp_path).problem is None
-    assert plan_for(sample("quickstart.yaml"), tmp_path).problem is None  # the built-in trainer has no script
+    assert launches_for(document, tmp_path).problem is None
+    assert launches_for(sample("quickstart.yaml"), tmp_path).problem is None  # the built-in trainer has no script

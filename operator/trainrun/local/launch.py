@@ -41,7 +41,7 @@ class ReplicaLaunch:
 
 
 @dataclass(frozen=True)
-class LocalPlan:
+class Launches:
     """Every replica of a run, and what the user should know about the translation."""
 
     replicas: list[ReplicaLaunch]
@@ -74,7 +74,7 @@ def split_gpus(available: Sequence[str], *, replicas: int, per_replica: int) -> 
     return assigned, notice
 
 
-def build_plan(
+def build_launches(
     run: TrainingRun,
     *,
     folder: RunFolder,
@@ -86,7 +86,7 @@ def build_plan(
     cwd: Path,
     staged_inputs: Mapping[str, Path] | None = None,
     staged_code: Path | None = None,
-) -> LocalPlan:
+) -> Launches:
     """The processes that run ``run`` on this machine.
 
     base_env is the environment the user launched trainrun from; python is the interpreter whose bin
@@ -150,7 +150,7 @@ def build_plan(
                 output_dir=output_dir,
             )
         )
-    return LocalPlan(replicas=launches, notices=notices, problem=missing_script(spec.script, working_dir, path_map))
+    return Launches(replicas=launches, notices=notices, problem=missing_script(spec.script, working_dir, path_map))
 
 
 def missing_script(script: str | None, working_dir: Path, path_map: Mapping[str, Path]) -> str | None:

@@ -1,0 +1,216 @@
+"""``build_status``: one run's world as observed (a ``StatusInput``) -> its whole ``TrainingRunStatus``.
+
+The one place a status is made. The operator's plan (``trainrun.plan.core``) fills a ``StatusInput``
+from its watch caches and the facts its background work brought (the verified manifest, the sealed log
+archive); the local runner (``trainrun.local.runner``) fills one from its processes, written as the same
+objects by ``trainrun.local.observe``. Both get the same phase, reason and message for the same world.
+
+It reads the raw dicts into views (``observe``), decides the phase (``phase``), builds the kstatus
+conditions (``conditions``) and fills in names, counts, times, metrics, progress, restarts and the log
+archive. Finished phases (Completed, Failed, Cancelled) are sticky: once reported, the phase, reason and
+message stay; the replica counts, the artifacts, the metrics and the generation still follow what is
+observed. Never raises on odd input: a shape it cannot read counts as absent. Pure: ``now`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainrun.metrics.progress import ProgressSnapshot
+from trainrun.render.children import master_pod_name, uploader_job_name
+from trainrun.spec.model import TrainingRun
+from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Restart, TrainingRunStatus
+from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.failure import Cause
+from trainrun.status.observe import (
+    JobView,
+    PodView,
+    ReplicaState,
+    observe_events,
+    observe_job,
+    observe_pods,
+    observe_uploader,
+)
+from trainrun.status.phase import Supervision, Verdict, Views, current_replicas, phase_verdict
+from trainrun.status.progress import progress_status, spec_epochs
+from trainrun.status.shapes import as_list, as_text, earliest
+
+
+@dataclass(frozen=True)
+class StatusInput:
+    """Everything a status is built from.
+
+    ``run`` is None only for a TrainingRun that does not parse (``problems`` say why, ``generation`` is
+    its metadata.generation). The raw objects are as the API serves them (or trimmed by the operator's
+    projections): the job, its replica pods and the uploader's, Events about them, the uploader Job.
+    The rest is what the caller decided or learned: problems that stop the run, spec changes the live
+    job cannot take, the verified copy, a supervision verdict and a restart, the log follower's metrics
+    and progress, the log archive, an object store that is being retried.
+    """
+
+    run: TrainingRun | None
+    now: str
+    previous: TrainingRunStatus = field(default_factory=TrainingRunStatus)
+    generation: int | None = None
+    job: Mapping[str, Any] | None = None
+    pods: Sequence[Mapping[str, Any]] = ()
+    events: Sequence[Mapping[str, Any]] = ()
+    uploader: Mapping[str, Any] | None = None
+    problems: Sequence[str] = ()
+    pending_changes: Sequence[str] = ()
+    pool: str | None = None
+    artifacts: Artifacts | None = None  # the verified copy (else what ``previous`` recorded)
+    supervision: Supervision | None = None
+    restart: Restart | None = None  # decided now: appended to status.restarts
+    metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none read)
+    key_metric: str | None = None
+    progress: ProgressSnapshot | None = None
+    logs: LogsStatus | None = None
+    storage_problem: Cause | None = None  # a storage step failed and is tried again: what and when
+    children_named: bool = True  # False for the local runner: its replicas are processes, not named objects
+
+
+def build_status(given: StatusInput) -> TrainingRunStatus:
+    """The run's status for this input (see ``StatusInput``)."""
+    status = _phase_and_children(given)
+    updates: dict[str, Any] = {}
+    if given.metrics is not None:
+        updates.update(metrics=dict(given.metrics), key_metric=given.key_metric)
+    finished = status.phase is not None and status.phase.finished
+    progress = progress_status(given.progress, epochs=spec_epochs(given.run)) if given.run is not None else None
+    if progress is not None and not finished:
+        updates["progress"] = progress
+    elif finished and status.progress is not None and status.progress.eta is not None:
+        updates["progress"] = status.progress.model_copy(update={"eta": None})  # a finished run expects nothing
+    if given.restart is not None and not finished:
+        updates["restarts"] = [*status.restarts, given.restart]
+    if given.logs is not None:
+        updates["logs"] = given.logs
+    if not given.children_named:
+        updates.update(job_name=None, master_pod=None)
+    return status.model_copy(update=updates) if updates else status
+
+
+def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
+    """Phase, reason, message and conditions, with the job's name, replica counts and times."""
+    run = given.run
+    earlier = given.previous
+    if given.artifacts is not None:
+        earlier = earlier.model_copy(update={"artifacts": given.artifacts})
+    observed_generation = run.metadata.generation if run is not None else given.generation
+    changes = [text for item in as_list(given.pending_changes) if (text := as_text(item)) is not None]
+    problem_texts = [text for item in as_list(given.problems) if (text := as_text(item)) is not None]
+    if run is None and not problem_texts:
+        problem_texts = ["the TrainingRun could not be read"]
+
+    job_view = observe_job(given.job)
+    replica_pods, uploader_pods = observe_pods(
+        given.pods, uploader_job_name=uploader_job_name(run) if run is not None else None
+    )
+    if earlier.phase is not None and earlier.phase.finished:
+        sticky = Verdict(earlier.phase, earlier.reason or earlier.phase.value, earlier.message or "", stalled=False)
+        return earlier.model_copy(
+            update={
+                "observed_generation": observed_generation,
+                "conditions": kstatus_conditions(
+                    verdict=sticky,
+                    previous=earlier.conditions,
+                    generation=observed_generation,
+                    now=given.now,
+                    pending_changes=changes,
+                ),
+                "pending_changes": changes,
+                "replicas": _observed_replicas(job_view, replica_pods, earlier),
+            }
+        )
+
+    verdict = phase_verdict(
+        Views(
+            run=run,
+            job=job_view,
+            pods=replica_pods,
+            events=observe_events(given.events),
+            uploader=observe_uploader(given.uploader, uploader_pods),
+            artifacts=earlier.artifacts,
+            problems=problem_texts,
+            pool=given.pool,
+            previous_phase=earlier.phase,
+            now=given.now,
+        )
+    )
+    if given.supervision is not None and not problem_texts:
+        verdict = given.supervision.applied_to(verdict, now=given.now)
+    if given.storage_problem is not None and verdict.phase is Phase.UPLOADING:
+        verdict = Verdict(Phase.UPLOADING, given.storage_problem.reason, given.storage_problem.message)
+    live_replicas = current_replicas(job_view, run, replica_pods) if job_view is not None and run is not None else {}
+    master = live_replicas.get("master-0")
+    if job_view is not None and run is not None:
+        job_name: str | None = job_view.name or run.metadata.name
+        master_pod: str | None = master.name if master is not None else master_pod_name(run)
+        start_time = job_view.start_time or earliest([pod.start_time for pod in replica_pods])
+    else:
+        # The job was not read (not created yet, or the operator stopped at a problem): keep what was known.
+        job_name, master_pod, start_time = earlier.job_name, earlier.master_pod, earlier.start_time
+    return TrainingRunStatus(
+        phase=verdict.phase,
+        reason=verdict.reason,
+        message=verdict.message,
+        observed_generation=observed_generation,
+        conditions=kstatus_conditions(
+            verdict=verdict,
+            previous=earlier.conditions,
+            generation=observed_generation,
+            now=given.now,
+            pending_changes=changes,
+        ),
+        job_name=job_name,
+        pool=given.pool or earlier.pool,
+        master_pod=master_pod,
+        replicas=_observed_replicas(job_view, replica_pods, earlier),
+        start_time=start_time or earlier.start_time,
+        completion_time=verdict.completion_time if verdict.phase.finished else None,
+        metrics=dict(earlier.metrics),
+        key_metric=earlier.key_metric,
+        artifacts=earlier.artifacts,
+        logs=earlier.logs,
+        progress=earlier.progress,
+        restarts=list(earlier.restarts),
+        pending_changes=changes,
+    )
+
+
+def _observed_replicas(
+    job: JobView | None, pods: Sequence[PodView], earlier: TrainingRunStatus
+) -> dict[str, ReplicaCounts]:
+    """The replica counts as observed now; what was known when neither the job nor a pod was seen."""
+    if job is not None or pods:
+        return replica_counts(job, pods)
+    if earlier.phase is not None and earlier.phase.finished:
+        # A finished run whose job and pods are gone (cleaned up): nothing of it is active any more.
+        return {kind: counts.model_copy(update={"active": 0}) for kind, counts in earlier.replicas.items()}
+    return dict(earlier.replicas)
+
+
+def replica_counts(job: JobView | None, pods: Sequence[PodView]) -> dict[str, ReplicaCounts]:
+    """Active/succeeded/failed per replica type: the training-operator's numbers, else counted from the pods."""
+    if job is not None and job.replica_statuses:
+        return dict(job.replica_statuses)
+    return count_replicas((pod.replica_type, pod.state) for pod in pods if pod.replica_type is not None and not pod.deleting)
+
+
+def count_replicas(replicas: Iterable[tuple[str, ReplicaState]]) -> dict[str, ReplicaCounts]:
+    """(replica type, state) of each replica -> active/succeeded/failed per type.
+
+    Also how the local runner counts its replica processes (its PyTorchJob's replicaStatuses).
+    """
+    counts: dict[str, ReplicaCounts] = {}
+    for replica_type, state in replicas:
+        current = counts.get(replica_type, ReplicaCounts())
+        counts[replica_type] = ReplicaCounts(
+            active=current.active + (state not in (ReplicaState.SUCCEEDED, ReplicaState.FAILED)),
+            succeeded=current.succeeded + (state is ReplicaState.SUCCEEDED),
+            failed=current.failed + (state is ReplicaState.FAILED),
+        )
+    return counts
