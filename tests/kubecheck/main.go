@@ -8,7 +8,8 @@
 //	                     quantity parser (k8s.io/apimachinery resource.ParseQuantity, which CEL's
 //	                     isQuantity() calls) accepts it, and its sign: [{"valid": true, "sign": 1}]
 //
-// Built by tests/cluster/build.sh (component kubecheck); run by tests/unit/test_kubecheck.py.
+// Built by tests/cluster/build.sh (component kubecheck); asked through tests/kubecheck/__init__.py by
+// tests/unit/test_status.py (kstatus) and tests/unit/test_spec_inputs.py (quantities).
 package main
 
 import (

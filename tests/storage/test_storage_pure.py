@@ -71,7 +71,7 @@ def test_child_and_parent() -> None:
 
 def test_uri_module_does_not_import_obstore() -> None:
     code = (
-        "import sys; from trainrun.storage.uri import parse_uri; import trainrun.storage; "
+        "import sys; from trainrun.base.uri import parse_uri; import trainrun.storage; "
         "parse_uri('s3://b1b/x'); assert 'obstore' not in sys.modules, 'obstore was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

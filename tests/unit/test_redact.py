@@ -7,9 +7,9 @@ import logging
 
 import pytest
 from run_factory import training_run
-from trainrun.redact import redact, redact_logs, redact_optional
+from trainrun.base.errors import ChecksumMismatchError, StorageError, UploadError
+from trainrun.base.redact import redact, redact_logs, redact_optional
 from trainrun.status.observe import observe_pod, observe_uploader
-from trainrun.storage.errors import ChecksumMismatchError, StorageError, UploadError
 
 
 @pytest.mark.parametrize(

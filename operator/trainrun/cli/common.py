@@ -143,7 +143,7 @@ def client_for(
 def fail(message: str, *, code: int = 1) -> NoReturn:
     """One line to stderr, then exit. Credentials in a URL in it are masked (an error from a library may
     quote an endpoint such as ``http://user:pass@host``)."""
-    from trainrun.redact import redact
+    from trainrun.base.redact import redact
 
     print(f"error: {redact(message)}", file=sys.stderr)
     raise typer.Exit(code)

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from trainrun.base.redact import redact
 from trainrun.cli.common import ConfigOption, FileArgument, SetOption, add_command, dump_yaml
-from trainrun.redact import redact
 
 
 def register(app: typer.Typer) -> None:

@@ -15,8 +15,8 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from trainrun.base.redact import redact, redact_optional
 from trainrun.client import run_dir_of
-from trainrun.redact import redact, redact_optional
 from trainrun.spec.status import TrainingRunStatus
 
 Object = dict[str, Any]

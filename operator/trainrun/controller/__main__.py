@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import kopf
 
+    from trainrun.base.redact import redact_logs
     from trainrun.controller import handlers
-    from trainrun.redact import redact_logs
 
     handlers.options = handlers.Options(namespaces=arguments.namespace, leader_election=arguments.leader_election)
     kopf.configure(verbose=arguments.verbose)

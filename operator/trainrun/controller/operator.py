@@ -224,7 +224,6 @@ class Controller:
         # deleted: the pod the training-operator makes in their place does not tell why (trainrun.plan.causes).
         self.gone_pods: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
-        self.plans = 0  # plans made (one per reconcile): what tests/unit/test_controller.py counts
         self.background: set[asyncio.Task[None]] = set()
         by_label = {"labelSelector": RUN_LABEL}
         self.jobs: list[Informer] = []
@@ -418,7 +417,6 @@ class Controller:
             await self._forget(key)
             return None
         memory = self.memory.setdefault(key, RunMemory())
-        self.plans += 1
         decided = plan(body, self.config, self.observed(key, body), now=utc_now(), config_problems=self.config_problems)
         refusal = await self._act(decided)
         if refusal is not None:

@@ -1,8 +1,10 @@
-"""The only code that talks to the Kubernetes API server: apply, get, list, patch, delete, events, logs, watch.
+"""The CLI's and the Python client's way to the Kubernetes API server: apply, get, list, patch, delete,
+events, pod logs.
 
 A thin typed facade over the official ``kubernetes`` client's dynamic client, so any kind (TrainingRun,
 PyTorchJob, Pod, Job, Event) is handled the same way and objects travel as plain dicts. Used by the
-operator's handlers, the log follower, and the cluster backend of ``trainrun.Client`` (and so the CLI).
+cluster backend of ``trainrun.Client`` (and so the CLI) and its log streams (``trainrun.kube.logs``).
+The operator never loads it (an import contract holds that): its client is ``trainrun.kube.aioclient``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import urllib3
-from kubernetes import client, config, watch
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
@@ -175,16 +177,6 @@ class KubeApi:
         return cast(Object, result.to_dict())
 
     @_reaching
-    def create(self, obj: Object) -> Object:
-        """Create, or raise KubeError with status 409 when it exists."""
-        resource = self.resource(obj["apiVersion"], obj["kind"])
-        try:
-            result = self.dynamic.create(resource, body=obj, namespace=obj["metadata"].get("namespace"))
-        except ApiException as error:
-            raise _error_from(error, f"create {obj['kind']} {obj['metadata']['name']}") from None
-        return cast(Object, result.to_dict())
-
-    @_reaching
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Object | None:
         """The object, or None when it does not exist."""
         resource = self.resource(api_version, kind)
@@ -316,37 +308,3 @@ class KubeApi:
             raise KubeError(f"log stream of pod {name} broke off: {error}") from None
         finally:
             response.release_conn()
-
-    def watch(
-        self,
-        api_version: str,
-        kind: str,
-        namespace: str | None,
-        *,
-        name: str | None = None,
-        label_selector: str | None = None,
-        timeout_seconds: int = 60,
-    ) -> Iterator[tuple[str, Object]]:
-        """(event type, object) pairs until the server ends the watch after timeout_seconds."""
-        resource = self.resource(api_version, kind)
-        watcher = watch.Watch()
-        try:
-            for event in self.dynamic.watch(
-                resource,
-                namespace=namespace,
-                name=name,
-                label_selector=label_selector,
-                timeout=timeout_seconds,
-                watcher=watcher,
-            ):
-                yield str(event["type"]), cast(Object, event["raw_object"])
-        except ApiException as error:
-            raise _error_from(error, f"watch {kind}") from None
-        except _UNREACHABLE as error:
-            raise _unreachable_error(error) from None
-        finally:
-            watcher.stop()
-
-    def create_event(self, event: Object) -> None:
-        """Record a core/v1 Event (best effort is the caller's choice)."""
-        self.create(event)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainrun.redact import redact
+from trainrun.base.redact import redact
 from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
 from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
 from trainrun.spec.model import API_VERSION, KIND, TrainingRun, TrainingRunSpec

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from trainrun.base.errors import InvalidStorageURI
+from trainrun.base.uri import parse_uri
 from trainrun.spec.quantity import quantity_sign
-from trainrun.storage.errors import InvalidStorageURI
-from trainrun.storage.uri import parse_uri
 
 GROUP = "trainrun.dev"
 VERSION = "v1alpha1"

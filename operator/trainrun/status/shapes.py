@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from trainrun.redact import redact_optional
+from trainrun.base.redact import redact_optional
 
 _EMPTY: Mapping[str, Any] = {}
 

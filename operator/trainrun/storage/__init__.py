@@ -1,26 +1,26 @@
 """Object storage for run artifacts: upload an output folder with a manifest, download it back.
 
 The only package that imports obstore (in :mod:`.stores` and :mod:`.transfer`). Callers: the
-CLI (``trainrun upload``/``download``), the controller's uploader and the local runner; the spec
-validator imports only :mod:`trainrun.storage.uri`, which is pure. The transfer functions are
-imported lazily so that ``import trainrun.storage.uri`` does not load obstore.
+CLI (``trainrun upload``/``download``), the controller's uploader and the local runner. Its URIs and
+errors live in :mod:`trainrun.base` (the spec validates URIs with them). The transfer functions are
+imported lazily so that ``import trainrun.storage`` for its options or manifest does not load obstore.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from trainrun.storage.errors import (
+from trainrun.base.errors import (
     ChecksumMismatchError,
     DownloadError,
     InvalidStorageURI,
     StorageError,
     UploadError,
 )
+from trainrun.base.uri import StorageLocation, parse_uri
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES, IGNORE_FILE
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
-from trainrun.storage.uri import StorageLocation, parse_uri
 
 if TYPE_CHECKING:
     from trainrun.storage.transfer import (

@@ -4,7 +4,7 @@ The format is :mod:`trainrun.storage.logarchive`. :class:`LogArchive` does the I
 asynchronous calls, so the operator's log follower (``trainrun.controller.logs``) ships thousands of
 runs' logs from kopf's event loop without a thread per run; the CLI (``trainrun logs`` once the pods
 are gone) reads the same archive through :func:`read_archived_logs`. Errors are
-:class:`~trainrun.storage.errors.StorageError` with a message that names the URI and the fix.
+:class:`~trainrun.base.errors.StorageError` with a message that names the URI and the fix.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from pathlib import Path
 import obstore
 from obstore.exceptions import AlreadyExistsError, PreconditionError
 
-from trainrun.storage.errors import StorageError
+from trainrun.base.errors import StorageError
+from trainrun.base.uri import parse_uri
 from trainrun.storage.logarchive import (
     PARTS,
     SEALED_KEY,
@@ -33,7 +34,6 @@ from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
 from trainrun.storage.stores import open_store
 from trainrun.storage.transfer import store_errors
-from trainrun.storage.uri import parse_uri
 
 LOGS_FOLDER = "logs"
 # Archive requests in flight at once, over all runs of a process (an operator starting with a thousand

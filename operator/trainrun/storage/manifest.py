@@ -2,7 +2,7 @@
 
 Written LAST by :func:`trainrun.storage.upload_directory`, so its presence means every listed
 file was uploaded and verified; :func:`trainrun.storage.download` checks downloads against it.
-Format (CONTRACT.md): ``{"files": [{"path", "size", "sha256"}], "total_bytes", "file_count",
+Format: ``{"files": [{"path", "size", "sha256"}], "total_bytes", "file_count",
 "created"}`` with paths relative to the URI, ``/``-separated, sorted.
 """
 

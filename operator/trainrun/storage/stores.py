@@ -28,9 +28,9 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
-from trainrun.storage.errors import StorageError
+from trainrun.base.errors import StorageError
+from trainrun.base.uri import StorageLocation
 from trainrun.storage.options import StorageOptions
-from trainrun.storage.uri import StorageLocation
 
 if TYPE_CHECKING:
     from obstore.store import (

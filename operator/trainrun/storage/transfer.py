@@ -38,18 +38,18 @@ from typing import TYPE_CHECKING, TypeVar
 import obstore
 from obstore.exceptions import BaseError
 
-from trainrun.redact import redact
-from trainrun.storage.errors import (
+from trainrun.base.errors import (
     ChecksumMismatchError,
     DownloadError,
     StorageError,
     UploadError,
 )
+from trainrun.base.redact import redact
+from trainrun.base.uri import StorageLocation, normalise_key, parse_uri
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES, IGNORE_FILE, IgnoreRules
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
 from trainrun.storage.stores import describe_error, is_transient, open_store
-from trainrun.storage.uri import StorageLocation, normalise_key, parse_uri
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore

@@ -6,7 +6,7 @@ show its message, which names the URI and the cause; no traceback is needed to a
 
 from __future__ import annotations
 
-from trainrun.redact import redact
+from trainrun.base.redact import redact
 
 
 class StorageError(Exception):

@@ -1,8 +1,8 @@
 """Parse and validate object-storage URIs (pure: standard library only).
 
-The spec validator calls :func:`parse_uri` to check ``spec.output.uri`` without importing the
-object-store library; the rest of :mod:`trainrun.storage` uses the :class:`StorageLocation` it
-returns to open a store. Accepted forms (CONTRACT.md): ``s3://bucket/prefix``,
+The spec validator calls :func:`parse_uri` to check ``spec.output.uri`` and the input and code URIs
+without importing the object-store library; :mod:`trainrun.storage` uses the :class:`StorageLocation`
+it returns to open a store. Accepted forms: ``s3://bucket/prefix``,
 ``gs://bucket/prefix``, ``az://container/prefix`` (or ``abfs://``/``abfss://``, optionally
 ``container@account.dfs.core.windows.net``), ``file:///absolute/path`` or a plain local path.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 from urllib.parse import urlsplit
 
-from trainrun.storage.errors import InvalidStorageURI
+from trainrun.base.errors import InvalidStorageURI
 
 Scheme = Literal["s3", "gs", "az", "file"]
 

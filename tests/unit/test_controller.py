@@ -1,0 +1,211 @@
+"""The controller's reconcile is one pass: ``plan`` once, no storage awaited, slow work's results as facts.
+
+``trainrun.controller.operator.Controller`` with its watch caches filled by hand and an API client that
+records what it is asked (no cluster): a reconcile plans once, applies, posts, writes status once and
+returns while the manifest read it started still waits on the object store; the read's result comes back
+as a fact that the next reconcile (which the read's end asks for) turns into Completed. A child the API
+server refuses is kept as a fact: that reconcile writes nothing, the next one reports the refusal and
+applies nothing until the plan's window is over. The status this process wrote stands in for older bodies
+from the watch until it sees the written version (compared for equality, never as numbers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from factories import pytorchjob, uploader_job
+from run_factory import document
+from trainrun.controller import operator as controller_module
+from trainrun.controller.operator import JOB, UPLOADER, Controller
+from trainrun.kube.aioclient import ApiError
+from trainrun.plan import Attempts, SealedLogs
+from trainrun.spec.status import Artifacts
+from trainrun.storage import StorageError
+
+Object = dict[str, Any]
+KEY = ("default", "run")
+URI = "s3://models/run"
+ARTIFACTS = Artifacts(uri=URI, manifest_uri=f"{URI}/manifest.json", file_count=3, bytes=1234)
+
+
+class RecordingKube:
+    """Answers the controller's writes as an API server would, recording them; ``refuse`` makes apply fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.status_patches: list[Object] = []
+        self.refuse: str | None = None
+        self.version = 100
+
+    async def apply(self, obj: Object, *, field_manager: str) -> Object:
+        self.calls.append(f"apply {obj['kind']}")
+        if self.refuse is not None:
+            raise ApiError(self.refuse, status=422, reason="Invalid")
+        return obj
+
+    async def patch_merge(self, resource: Any, namespace: str, name: str, patch: Object, subresource: str | None = None) -> Object:
+        self.calls.append(f"patch {resource.plural}" + (f"/{subresource}" if subresource else ""))
+        self.version += 1
+        if subresource == "status":
+            self.status_patches.append(patch["status"])
+        return {"metadata": {"name": name, "resourceVersion": f"v{self.version}"}, "status": patch.get("status", {})}
+
+    async def delete(self, resource: Any, namespace: str, name: str) -> bool:
+        self.calls.append(f"delete {resource.plural}")
+        return True
+
+    async def create(self, resource: Any, namespace: str, body: Object) -> Object:
+        self.calls.append(f"create {resource.plural}")
+        return body
+
+
+class SlowStore:
+    """An artifact reader whose manifest read waits until the test lets it answer."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[Artifacts] = asyncio.get_running_loop().create_future()
+        self.reads = 0
+
+    async def read_manifest(self, run: Any, log_archive: str | None) -> Artifacts:
+        self.reads += 1
+        return await self.answer
+
+
+def run_body(*, phase: str | None = None, version: str = "v1", **spec: Any) -> Object:
+    body = document(image="ghcr.io/acme/trainer:1.0", distribution={"workers": 1}, **spec)
+    body["metadata"] = {"name": "run", "namespace": "default", "uid": "uid-1", "generation": 1, "resourceVersion": version}
+    body["status"] = {"phase": phase, "observedGeneration": 1} if phase else {}
+    return body
+
+
+def controller_with(kube: RecordingKube, monkeypatch: pytest.MonkeyPatch) -> tuple[Controller, list[int]]:
+    """A controller on ``kube`` whose ``plan`` calls are counted (one number per reconcile)."""
+    controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+    plans: list[int] = []
+    counted = controller_module.plan
+
+    def counting_plan(*args: Any, **kwargs: Any) -> Any:
+        plans[-1] += 1
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(controller_module, "plan", counting_plan)
+    original = controller.reconcile
+
+    async def reconcile(key: tuple[str, str]) -> float | None:
+        plans.append(0)
+        return await original(key)
+
+    controller.reconcile = reconcile  # type: ignore[method-assign]
+    return controller, plans
+
+
+def child(kind: str, obj: Object, run: str = "run") -> Object:
+    obj = copy.deepcopy(dict(obj))
+    obj["metadata"].setdefault("labels", {})["trainrun.dev/run"] = run
+    obj["metadata"]["namespace"] = "default"
+    return obj
+
+
+def in_loop(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), timeout=30))
+
+
+def test_a_reconcile_plans_once_and_never_waits_for_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        kube = RecordingKube()
+        controller, plans = controller_with(kube, monkeypatch)
+        store = SlowStore()
+        controller.artifacts = store  # type: ignore[assignment]
+        controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
+        controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
+        controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
+        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+        memory.attempts["seal"] = Attempts(result=SealedLogs(metrics={"loss": 0.1}, key_metric="loss=0.1"))
+
+        await controller.reconcile(KEY)  # returns while the manifest read waits on the store
+        await asyncio.sleep(0)  # the read's task starts
+        assert plans == [1] and store.reads == 1 and not store.answer.done()
+        assert memory.attempts["manifest"].running
+        assert "reading the manifest" in kube.status_patches[-1]["message"]
+        await controller.reconcile(KEY)  # the read is still under way: not started twice
+        assert plans == [1, 1] and store.reads == 1
+
+        store.answer.set_result(ARTIFACTS)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert memory.attempts["manifest"].result == ARTIFACTS  # a fact now, and the run is queued again
+        assert KEY in controller.queue._queued
+        await controller.reconcile(KEY)
+        assert plans == [1, 1, 1]
+        assert kube.status_patches[-1]["phase"] == "Completed"
+        assert kube.status_patches[-1]["artifacts"]["fileCount"] == 3
+        assert kube.status_patches[-1]["metrics"] == {"loss": 0.1}
+
+    in_loop(scenario)
+
+
+def test_a_failed_read_is_a_fact_with_the_stores_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        kube = RecordingKube()
+        controller, plans = controller_with(kube, monkeypatch)
+        store = SlowStore()
+        controller.artifacts = store  # type: ignore[assignment]
+        controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
+        controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
+        controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
+        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+        memory.attempts["seal"] = Attempts(result=SealedLogs(metrics={}, key_metric=None))
+        await controller.reconcile(KEY)
+        store.answer.set_exception(StorageError("cannot reach https://***@store:9000: connection refused"))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        failed = memory.attempts["manifest"]
+        assert (failed.failures, failed.running, failed.result) == (1, False, None)
+        after = await controller.reconcile(KEY)
+        assert plans == [1, 1]
+        assert kube.status_patches[-1]["reason"] == "UploadNotVerified"
+        assert "connection refused (attempt 1); trying again in 5 s" in kube.status_patches[-1]["message"]
+        assert after is not None and 0 < after <= 5 and store.reads == 1  # not before its back-off
+
+    in_loop(scenario)
+
+
+def test_a_refused_child_is_a_fact_and_the_next_pass_reports_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def scenario() -> None:
+        kube = RecordingKube()
+        kube.refuse = "PyTorchJob.kubeflow.org \"run\" is invalid: spec.x: Invalid value"
+        controller, plans = controller_with(kube, monkeypatch)
+        controller.run_changed(None, run_body())
+        assert await controller.reconcile(KEY) == 0.0  # plan again at once: nothing of this plan is true
+        assert kube.calls == ["apply PyTorchJob"] and kube.status_patches == []
+        after = await controller.reconcile(KEY)
+        assert plans == [1, 1]
+        assert kube.calls == ["apply PyTorchJob", "create events", "patch trainingruns/status"]
+        assert "spec.x: Invalid value" in kube.status_patches[-1]["message"]
+        assert after is not None and after > 250  # not applied again before the window is over
+
+    in_loop(scenario)
+
+
+def test_the_written_status_stands_in_for_older_bodies_until_its_version_comes() -> None:
+    async def scenario() -> None:
+        kube = RecordingKube()
+        controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        controller.run_changed(None, run_body(version="v1"))
+        await controller.reconcile(KEY)
+        written = kube.status_patches[-1]
+        version = controller.written[KEY].version
+        # An event from before the write (kopf may deliver it late): the written status is kept.
+        controller.run_changed("MODIFIED", run_body(version="v0"))
+        assert controller.runs[KEY]["status"]["phase"] == written["phase"]
+        # "v10" > "v9" as numbers would say nothing here: versions are opaque, only the written one counts.
+        controller.run_changed("MODIFIED", run_body(version="v99"))
+        assert controller.runs[KEY]["status"]["phase"] == written["phase"]
+        controller.run_changed("MODIFIED", {**run_body(version=version), "status": {"phase": "Queued", "reason": "x"}})
+        assert KEY not in controller.written and controller.runs[KEY]["status"]["reason"] == "x"
+
+    in_loop(scenario)
