@@ -1,7 +1,8 @@
 """A valid TrainingRun that sets nearly every field, and hypothesis strategies that damage it.
 
-Shared by the fuzz tests of what judges a spec: ``trainrun validate`` (tests/unit/test_spec_inputs.py)
-and the API server with the generated CRD (tests/integration/test_api_server_validation.py). A
+Shared by the fuzz tests of what judges a spec: ``trainrun validate`` (tests/unit/test_spec_inputs.py),
+the API server with the generated CRD (tests/integration/test_api_server_validation.py) and the operator
+(tests/integration/test_refusals.py), the last two through :func:`fuzzed_documents`. A
 mutation replaces the value at one path of the document (or adds a key to the mapping there) with a
 value of any shape: the tricky strings and numbers that broke something once, and generated ones.
 """
@@ -9,8 +10,10 @@ value of any shape: the tricky strings and numbers that broke something once, an
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 Path = tuple[str | int, ...]
@@ -127,3 +130,24 @@ def mutated(changes: list[tuple[Path, Any, str | None]]) -> tuple[dict[str, Any]
             parent[path[-1]] = value
             changed.append(dotted(path))
     return document, changed
+
+
+def fuzzed_documents(namespace: str, *, examples: int) -> list[dict[str, Any]]:
+    """Up to ``examples`` damaged TrainingRuns named ``fuzz-N`` in ``namespace``, the same ones every time
+    (derandomized), each with a JSON form (NaN and infinity have none: no client can send them)."""
+    documents: list[dict[str, Any]] = []
+    spec_paths = [path for path in paths(FULL_DOCUMENT) if path[:1] == ("spec",) and len(path) > 1]
+
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None)
+    @given(changes=mutations(spec_paths) | plausible_mutations(spec_paths))
+    def collect(changes: list[tuple[Path, Any, str | None]]) -> None:
+        document, _ = mutated(changes)
+        document["metadata"] = {"name": f"fuzz-{len(documents)}", "namespace": namespace}
+        try:
+            json.dumps(document, allow_nan=False)
+        except ValueError:
+            return
+        documents.append(document)
+
+    collect()
+    return documents

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from cluster.harness import KubeCluster
-from hypothesis import given, settings
-from spec_mutations import FULL_DOCUMENT, Path, mutated, mutations, paths, plausible_mutations
+from spec_mutations import fuzzed_documents
 from trainrun.spec import InvalidTrainingRun, validate_training_run
 
 pytestmark = pytest.mark.cluster
@@ -71,7 +70,6 @@ def test_the_api_server_refuses_what_validate_refuses(kube_cluster: KubeCluster,
     assert not theirs["memory 1.5.5Gi"] and not theirs["memory 0"] and not theirs["image with a non-ASCII letter"]
 
 
-SPEC_PATHS = [path for path in paths(FULL_DOCUMENT) if path[:1] == ("spec",) and len(path) > 1]
 
 
 def _accepted(document: dict[str, Any]) -> bool:
@@ -83,20 +81,7 @@ def _accepted(document: dict[str, Any]) -> bool:
 
 
 def test_what_validate_accepts_the_api_server_stores(kube_cluster: KubeCluster, kube_namespace: str) -> None:
-    documents: list[dict[str, Any]] = []
-
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None)
-    @given(changes=mutations(SPEC_PATHS) | plausible_mutations(SPEC_PATHS))
-    def collect(changes: list[tuple[Path, Any, str | None]]) -> None:
-        document, _ = mutated(changes)
-        document["metadata"] = {"name": f"fuzz-{len(documents)}", "namespace": kube_namespace}
-        try:
-            json.dumps(document, allow_nan=False)
-        except ValueError:
-            return  # NaN and infinity have no JSON form: no client can send them
-        documents.append(document)
-
-    collect()
+    documents = fuzzed_documents(kube_namespace, examples=300)
     ours = {document["metadata"]["name"] for document in documents if _accepted(document)}
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
     # --validate=false: kubectl's own schema check would stop at the first bad item; the server still checks

@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 from cluster.harness import ClusterError, KubeCluster, wait_until
-from hypothesis import given, settings
 from runs import OperatorProcess, condition, events_of, get_run, kubectl_apply, operator, training_run, wait_for_phase
-from spec_mutations import FULL_DOCUMENT, Path, mutated, mutations, paths, plausible_mutations
+from spec_mutations import fuzzed_documents
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator"]  # a fixture, used by name
@@ -45,7 +44,6 @@ def test_a_child_the_api_server_refuses_becomes_the_status(
     operator.assert_no_traceback()
 
 
-SPEC_PATHS = [path for path in paths(FULL_DOCUMENT) if path[:1] == ("spec",) and len(path) > 1]
 
 
 def test_every_mutated_spec_the_api_server_stores_ends_running_or_refused_naming_the_field(
@@ -55,20 +53,7 @@ def test_every_mutated_spec_the_api_server_stores_ends_running_or_refused_naming
     API server stores go to the operator, and every one gets a status: a phase of a run that goes on,
     or a refusal that names the field (or the server's words about the child). None stays silent."""
     namespace = kube_namespace
-    documents: list[dict[str, Any]] = []
-
-    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
-    @given(changes=mutations(SPEC_PATHS) | plausible_mutations(SPEC_PATHS))
-    def collect(changes: list[tuple[Path, Any, str | None]]) -> None:
-        document, _ = mutated(changes)
-        document["metadata"] = {"name": f"fuzz-{len(documents)}", "namespace": namespace}
-        try:
-            json.dumps(document, allow_nan=False)
-        except ValueError:
-            return  # NaN and infinity have no JSON form: no client can send them
-        documents.append(document)
-
-    collect()
+    documents = fuzzed_documents(namespace, examples=200)
     listing = json.dumps({"apiVersion": "v1", "kind": "List", "items": documents})
     applied = kube_cluster.kubectl("apply", "--validate=false", "-o", "name", "-f", "-", stdin=listing, check=False)
     stored = {line.rsplit("/", 1)[-1] for line in applied.stdout.split()}

@@ -5,7 +5,6 @@ The quickstart sample trains once per test session (about 25 s on 2 cores).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from localrun import TRAINRUN, FinishedRun, cli_env, run_folder, sample, write_run  # noqa: E402
+from localrun import FinishedRun, run_folder, run_local, sample, write_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,12 +25,5 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FinishedRun
     document["spec"]["output"] = {"uri": f"file://{artifacts}"}
     manifest = write_run(base / "quickstart.yaml", document)
     runs_dir = base / "runs"
-    result = subprocess.run(
-        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=base,
-        timeout=300,
-    )
+    result = run_local(manifest, runs_dir, cwd=base, timeout=300)
     yield FinishedRun(result=result, runs_dir=runs_dir, folder=run_folder(runs_dir), artifacts=artifacts)

@@ -28,6 +28,35 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def run_local(
+    manifest: Path, runs_dir: Path, *extra: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``trainrun run MANIFEST --local --runs-dir RUNS_DIR EXTRA...`` to its end: exit code, stdout, stderr."""
+    return subprocess.run(
+        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir), *extra],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def start_local_run(
+    manifest: Path, runs_dir: Path, *extra: str, cwd: Path, output: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """``trainrun run MANIFEST --local ...`` in the background, stdout and stderr together in ``stdout``
+    (``output=subprocess.DEVNULL``: a test that does not read it, so a full pipe never blocks the CLI)."""
+    return subprocess.Popen(
+        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir), *extra],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+    )
+
+
 def sample(name: str) -> dict[str, Any]:
     """A sample TrainingRun as a dict."""
     loaded = yaml.safe_load((SAMPLES / name).read_text())

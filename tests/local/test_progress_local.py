@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localrun import TRAINRUN, cli_env, run_folder, sample, write_run
+from localrun import TRAINRUN, cli_env, run_folder, run_local, sample, start_local_run, write_run
 
 pytestmark = pytest.mark.slow  # real training processes
 
@@ -39,13 +39,7 @@ def moment(text: str) -> datetime:
 def test_the_quickstart_reports_progress_and_an_eta_while_it_trains(tmp_path: Path) -> None:
     manifest = write_run(tmp_path / "quickstart.yaml", sample("quickstart.yaml"))
     runs_dir = tmp_path / "runs"
-    process = subprocess.Popen(
-        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=cli_env(),
-        cwd=tmp_path,
-    )
+    process = start_local_run(manifest, runs_dir, cwd=tmp_path, output=subprocess.DEVNULL)
     seen: list[dict[str, Any]] = []
     rows: list[list[str]] = []
     try:
@@ -102,14 +96,7 @@ def sleeper_run(tmp_path: Path, **policy: Any) -> Path:
 
 def test_a_replica_that_stops_printing_is_reported_as_hung(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
-    process = subprocess.Popen(
-        [*TRAINRUN, "run", str(sleeper_run(tmp_path)), "--local", "--runs-dir", str(runs_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-    )
+    process = start_local_run(sleeper_run(tmp_path), runs_dir, cwd=tmp_path)
     try:
         deadline = time.monotonic() + 90
         while status_of(runs_dir).get("reason") != "Hung" and time.monotonic() < deadline:
@@ -133,14 +120,7 @@ def test_a_replica_that_stops_printing_is_reported_as_hung(tmp_path: Path) -> No
 def test_on_hang_fail_fails_the_local_run(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     started = time.monotonic()
-    result = subprocess.run(
-        [*TRAINRUN, "run", str(sleeper_run(tmp_path, onHang="Fail")), "--local", "--runs-dir", str(runs_dir)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-        timeout=120,
-    )
+    result = run_local(sleeper_run(tmp_path, onHang="Fail"), runs_dir, cwd=tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert time.monotonic() - started < 60
     status = status_of(runs_dir)

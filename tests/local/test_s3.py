@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localrun import REPO, SAMPLES, TRAINRUN, cli_env, sample, write_run
+from localrun import REPO, SAMPLES, cli_env, run_local, sample, write_run
 from trainrun import Client
 
 sys.path.insert(0, str(REPO / "tests" / "storage"))
@@ -42,14 +41,7 @@ def test_artifacts_and_logs_go_to_s3_with_the_manifest(
     document["spec"]["hyperparameters"]["extra"]["steps"] = "40"
     document["spec"]["output"] = {"uri": f"s3://{BUCKET}/{prefix}"}
     runs_dir = tmp_path / "runs"
-    result = subprocess.run(
-        [*TRAINRUN, "run", str(write_run(tmp_path / "s3.yaml", document)), "--local", "--runs-dir", str(runs_dir)],
-        capture_output=True,
-        text=True,
-        env={**cli_env(), **s3_server.env},
-        cwd=SAMPLES,
-        timeout=300,
-    )
+    result = run_local(write_run(tmp_path / "s3.yaml", document), runs_dir, cwd=SAMPLES, timeout=300, env={**cli_env(), **s3_server.env})
     assert result.returncode == 0, result.stdout + result.stderr
     s3: Any = boto3.client(
         "s3",

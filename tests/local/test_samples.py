@@ -8,23 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from localrun import REPO, SAMPLES, TRAINRUN, cli_env, metric_records, run_folder, sample, write_run
+from localrun import REPO, SAMPLES, TRAINRUN, cli_env, metric_records, run_folder, run_local, sample, write_run
 
 sys.path.insert(0, str(REPO / "tests" / "training"))
 from dataset_files import write_cifar10  # noqa: E402 - the training tests' writer of a tiny CIFAR-10
 
 pytestmark = pytest.mark.slow  # real training processes
-
-
-def run_local(manifest: Path, *extra: str, runs_dir: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TRAINRUN, "run", str(manifest), "--local", "--quiet", "--runs-dir", str(runs_dir), *extra],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=cwd,
-        timeout=300,
-    )
 
 
 def test_cifar10_cnn_stages_its_input_and_trains(tmp_path: Path) -> None:
@@ -35,7 +24,7 @@ def test_cifar10_cnn_stages_its_input_and_trains(tmp_path: Path) -> None:
     document["spec"]["output"]["uri"] = str(tmp_path / "artifacts")
     document["spec"]["hyperparameters"].update({"epochs": 2, "batchSize": 16})
     runs_dir = tmp_path / "runs"
-    result = run_local(write_run(tmp_path / "cifar.yaml", document), runs_dir=runs_dir, cwd=tmp_path)
+    result = run_local(write_run(tmp_path / "cifar.yaml", document), runs_dir, "--quiet", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     folder = run_folder(runs_dir)
     assert (folder / "inputs" / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file()
@@ -53,7 +42,7 @@ def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     # --set changes the file's fields for this run only: 120 steps print 6 losses (one per 20 steps), not 10.
     result = run_local(
-        SAMPLES / "custom-script.yaml", "--set", "hyperparameters.extra.steps=120", runs_dir=runs_dir, cwd=SAMPLES
+        SAMPLES / "custom-script.yaml", runs_dir, "--quiet", "--set", "hyperparameters.extra.steps=120", cwd=SAMPLES
     )
     assert result.returncode == 0, result.stdout + result.stderr
     folder = run_folder(runs_dir)
@@ -86,23 +75,8 @@ def test_a_code_folder_is_staged_and_becomes_the_working_directory(tmp_path: Pat
     document["spec"]["script"] = "train.py"
     document["spec"]["hyperparameters"]["extra"]["steps"] = "40"
     runs_dir = tmp_path / "runs"
-    result = subprocess.run(
-        [
-            *TRAINRUN,
-            "run",
-            str(write_run(tmp_path / "code.yaml", document)),
-            "--local",
-            "--quiet",
-            "--runs-dir",
-            str(runs_dir),
-            "--code",
-            str(SAMPLES / "custom-script"),
-        ],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-        timeout=300,
+    result = run_local(
+        write_run(tmp_path / "code.yaml", document), runs_dir, "--quiet", "--code", str(SAMPLES / "custom-script"), cwd=tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
     folder = run_folder(runs_dir)

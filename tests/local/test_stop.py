@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from localrun import TRAINRUN, cli_env, metric_records, run_folder, sample, write_run
+from localrun import metric_records, run_folder, run_local, sample, start_local_run, write_run
 
 pytestmark = pytest.mark.slow  # real training processes
 
@@ -31,14 +30,7 @@ def test_sigint_cancels_the_run_and_leaves_no_process(tmp_path: Path) -> None:
     document["spec"]["hyperparameters"]["epochs"] = 50  # far longer than the test waits
     manifest = write_run(tmp_path / "long.yaml", document)
     runs_dir = tmp_path / "runs"
-    process = subprocess.Popen(
-        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-    )
+    process = start_local_run(manifest, runs_dir, cwd=tmp_path)
     try:
         wait_for(
             lambda: (
@@ -85,14 +77,7 @@ def test_a_failing_worker_fails_the_run_and_names_its_error(tmp_path: Path) -> N
     manifest = write_run(tmp_path / "failing.yaml", document)
     runs_dir = tmp_path / "runs"
     started = time.monotonic()
-    result = subprocess.run(
-        [*TRAINRUN, "run", str(manifest), "--local", "--runs-dir", str(runs_dir)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-        timeout=120,
-    )
+    result = run_local(manifest, runs_dir, cwd=tmp_path, timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
     assert time.monotonic() - started < 60, "the Master should have been stopped, not waited for"
     expected = "replica worker-0 exited with code 1: RuntimeError: worker 1 could not load its shard"
@@ -113,14 +98,7 @@ def test_a_program_that_cannot_start_fails_the_run_with_its_name(tmp_path: Path)
     document["spec"].update({"launcher": "none", "command": ["no-such-program-xyz"]})
     document["spec"]["hyperparameters"]["extra"] = {}
     runs_dir = tmp_path / "runs"
-    result = subprocess.run(
-        [*TRAINRUN, "run", str(write_run(tmp_path / "missing.yaml", document)), "--local", "--runs-dir", str(runs_dir)],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=tmp_path,
-        timeout=60,
-    )
+    result = run_local(write_run(tmp_path / "missing.yaml", document), runs_dir, cwd=tmp_path, timeout=60)
     assert result.returncode == 1
     expected = "replica master-0 exited with code 128: could not start 'no-such-program-xyz': No such file or directory"
     assert expected in result.stderr
