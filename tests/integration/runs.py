@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 import yaml
@@ -108,6 +109,14 @@ class OperatorProcess:
                 self.process.kill()
                 self.process.wait(timeout=10)
 
+    def ready(self) -> bool:
+        """Whether its /readyz answers 200: every watch cache synced (a standby is ready too)."""
+        try:
+            with urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=5) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
     def is_leader(self) -> bool:
         """True when the leader-election Lease names this process's identity as its holder."""
         return lease_holder(self.cluster) == self.identity
@@ -140,6 +149,14 @@ def lease_holder(cluster: KubeCluster) -> str:
     """The holderIdentity of the operator's leader-election Lease ("" when there is none or nobody holds it)."""
     result = cluster.kubectl(
         "get", "lease", LEASE_NAME, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}", check=False
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def lease_renewal(cluster: KubeCluster) -> str:
+    """The renewTime of the operator's leader-election Lease ("" when there is none)."""
+    result = cluster.kubectl(
+        "get", "lease", LEASE_NAME, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.renewTime}", check=False
     )
     return result.stdout.strip() if result.returncode == 0 else ""
 
@@ -188,11 +205,8 @@ def condition(run: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(item for item in run["status"]["conditions"] if item["type"] == kind)
 
 
-def service_account_cluster(cluster: KubeCluster, folder: Path) -> KubeCluster:
-    """The cluster as the operator's ServiceAccount sees it, with only the RBAC of ``manifests/`` (installed
-    here as the README says; the Deployment is removed, the operator runs as a local process instead)."""
-    cluster.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"))
-    cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system", "--ignore-not-found")
+def service_account_kubeconfig(cluster: KubeCluster, folder: Path) -> KubeCluster:
+    """The cluster as the operator's ServiceAccount sees it: its token instead of the admin's credentials."""
     token = cluster.kubectl("create", "token", "trainrun-operator", "-n", "trainrun-system", "--duration", "2h")
     config = yaml.safe_load(cluster.kubeconfig.read_text())
     for user in config["users"]:
@@ -200,6 +214,30 @@ def service_account_cluster(cluster: KubeCluster, folder: Path) -> KubeCluster:
     kubeconfig = folder / "kubeconfig-trainrun-operator"
     kubeconfig.write_text(yaml.safe_dump(config))
     return KubeCluster(name=cluster.name, kubeconfig=kubeconfig)
+
+
+def service_account_cluster(cluster: KubeCluster, folder: Path) -> KubeCluster:
+    """The cluster as the operator's ServiceAccount sees it, with only the RBAC of ``manifests/`` (installed
+    here as the README says; the Deployment is removed, the operator runs as a local process instead)."""
+    cluster.kubectl("apply", "--server-side", "-k", str(REPO / "manifests"))
+    cluster.kubectl("delete", "deployment", "trainrun-operator", "-n", "trainrun-system", "--ignore-not-found")
+    return service_account_kubeconfig(cluster, folder)
+
+
+def reconciled_after_now(cluster: KubeCluster, name: str, namespace: str, *, timeout: float = 60) -> dict[str, Any]:
+    """A known later event, to assert that something did not happen: the run's spec changes (a marker in
+    ``hyperparameters.extra``) and this waits until its status describes that generation. A run is never
+    reconciled by two workers at once, so every reconcile before this one has ended: what it would have
+    created, deleted or posted is there. The run as it is then."""
+    generation = int(get_run(cluster, name, namespace)["metadata"]["generation"]) + 1
+    mark = {"spec": {"hyperparameters": {"extra": {"trainrun-test-mark": str(generation)}}}}
+    cluster.kubectl("patch", "trainingrun", name, "-n", namespace, "--type", "merge", "-p", json.dumps(mark))
+
+    def described() -> dict[str, Any] | None:
+        run = get_run(cluster, name, namespace)
+        return run if (run.get("status") or {}).get("observedGeneration") == generation else None
+
+    return wait_until(described, timeout=timeout, what=f"TrainingRun {name} reconciled at generation {generation}")
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import queue
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -94,15 +93,29 @@ def test_kwok_manages_only_the_nodes_annotated_as_fake(kube_cluster: KubeCluster
     annotated = kube_cluster.get("node", "a100-0")
     assert annotated is not None and annotated["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake"
     assert (pod_condition(annotated, "Ready") or {}).get("status") == "True"
-    name = "real-node-smoke"
+    name, later = "real-node-smoke", "fake-node-smoke"
     kube_cluster.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"type": "real"}}})
     try:
-        time.sleep(5)  # kwok takes a node up within a second of its creation
+        # A known later event: a node annotated as fake, created after it, that kwok takes up.
+        kube_cluster.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": later, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                "spec": {"taints": [{"key": "trainrun.dev/smoke", "effect": "NoSchedule"}]},  # no other test's pods
+                "status": {"allocatable": {"cpu": "1", "memory": "1Gi", "pods": "1"}, "capacity": {"cpu": "1", "memory": "1Gi", "pods": "1"}},
+            }
+        )
+        wait_until(
+            lambda: (pod_condition(kube_cluster.get("node", later), "Ready") or {}).get("status") == "True",
+            timeout=60,
+            what="kwok to take up a fake node created later",
+        )
         node = kube_cluster.get("node", name)
         assert node is not None
         assert not node.get("status", {}).get("conditions"), node["status"]
     finally:
-        kube_cluster.kubectl("delete", "node", name, "--wait=false", check=False)
+        kube_cluster.kubectl("delete", "node", name, later, "--wait=false", check=False)
 
 
 def test_no_daemon_of_the_cluster_holds_the_creation_lock(kube_cluster: KubeCluster) -> None:
@@ -294,7 +307,14 @@ def test_more_gpus_than_any_node_stays_pending_unschedulable(
     condition = pod_condition(pod, "PodScheduled")
     assert condition is not None
     assert "nvidia.com/gpu" in condition.get("message", ""), condition
-    time.sleep(3)  # nothing may start it later: kwok leaves pods without a node alone
+    # Nothing starts it later (kwok leaves pods without a node alone): a known later event first, a pod
+    # created after it that the scheduler places and kwok runs to its end.
+    kube_cluster.apply(pytorchjob(f"{job}-later", kube_namespace, {"Master": replica_spec(pod_behaviour(Outcome.SUCCEED), gpus=1)}))
+    wait_until(
+        lambda: (kube_cluster.get("pod", f"{job}-later-master-0", kube_namespace) or {}).get("status", {}).get("phase") == "Succeeded",
+        timeout=120,
+        what="a pod created later to be placed and run to its end",
+    )
     pod_later = kube_cluster.get("pod", f"{job}-master-0", kube_namespace)
     assert pod_later is not None
     assert pod_later["status"]["phase"] == "Pending"

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until
-from runs import OperatorProcess, kubectl_apply, training_run, wait_for_phase
+from runs import OperatorProcess, kubectl_apply, service_account_kubeconfig, training_run, wait_for_phase
 
 pytestmark = pytest.mark.cluster
 
@@ -114,17 +114,6 @@ def test_namespaced_overlay_grants_rights_only_where_it_is_told(kube_cluster: Ku
         for namespace in WATCHED:
             cluster.kubectl("delete", "role,rolebinding", "trainrun-operator", "-n", namespace, "--ignore-not-found")
         apply_overlay(cluster, MANIFESTS)  # the default install, as the other tests expect it
-
-
-def service_account_kubeconfig(cluster: KubeCluster, folder: Path) -> KubeCluster:
-    """The cluster as the operator's ServiceAccount sees it: its token instead of the admin's credentials."""
-    token = cluster.kubectl("create", "token", "trainrun-operator", "-n", "trainrun-system", "--duration", "1h")
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    for user in config["users"]:
-        user["user"] = {"token": token.stdout.strip()}
-    kubeconfig = folder / "kubeconfig-trainrun-operator"
-    kubeconfig.write_text(yaml.safe_dump(config))
-    return KubeCluster(name=cluster.name, kubeconfig=kubeconfig)
 
 
 def test_the_operator_completes_a_run_with_only_the_namespaced_overlays_rights(

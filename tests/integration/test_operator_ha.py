@@ -42,6 +42,8 @@ from runs import (
     get_run,
     kubectl_apply,
     lease_holder,
+    lease_renewal,
+    reconciled_after_now,
     training_run,
     wait_for_phase,
 )
@@ -204,7 +206,8 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
             raise AssertionError(
                 f"{error} (seed {seed}); phases seen: {phases}\noperator log:\n{operator.log_tail(80)}"
             ) from None
-        time.sleep(3)  # anything posted late (a second Event, a second job) has arrived
+        for name in plan:  # a known later event: what any earlier reconcile posted or created has arrived
+            reconciled_after_now(kube_cluster, name, namespace)
     finally:
         uids.stop()
     context = f"(seed {seed}, kill delays {delays}; operator log {operator.log_path})"
@@ -244,7 +247,16 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
     first = new_operator(kube_cluster, namespace, tmp_path, "one", operators)
     wait_until(lambda: lease_holder(kube_cluster) == first.identity, timeout=60, what="the first process to lead")
     second = new_operator(kube_cluster, namespace, tmp_path, "two", operators)
-    time.sleep(5)  # the second one is up, and a standby
+    # Known later events: the second one is up (ready: its caches synced) and the first renewed the Lease twice
+    # since, while the second one tried for it.
+    wait_until(second.ready, timeout=60, what="the second process to be ready")
+    renewals: set[str] = set()
+
+    def renewed_twice() -> bool:
+        renewals.add(lease_renewal(kube_cluster))
+        return len(renewals) >= 3
+
+    wait_until(renewed_twice, timeout=60, what="two renewals of the Lease", interval=0.5)
     assert first.running() and second.running(), second.log_tail()
     assert lease_holder(kube_cluster) == first.identity
 

@@ -18,7 +18,17 @@ from typing import Any
 import pytest
 import yaml
 from cluster.harness import REPO_ROOT, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from runs import JOB_LABEL, OperatorProcess, events_of, get_run, kubectl_apply, operator, training_run, wait_for_phase
+from runs import (
+    JOB_LABEL,
+    OperatorProcess,
+    events_of,
+    get_run,
+    kubectl_apply,
+    operator,
+    reconciled_after_now,
+    training_run,
+    wait_for_phase,
+)
 from trainrun.metrics.progress import PACE_WINDOW
 
 pytestmark = pytest.mark.cluster
@@ -191,9 +201,8 @@ def test_oomkilled_with_fail_on_fails_at_once_without_a_restart(
     ]
     assert all(count <= 1 for count in restarts), restarts
     wait_until(lambda: kube_cluster.get("pytorchjob", "oomer", namespace) is None, timeout=30, what="the job deleted")
-    time.sleep(3)
-    assert get_run(kube_cluster, "oomer", namespace)["status"]["phase"] == "Failed"
-    assert kube_cluster.get("pytorchjob", "oomer", namespace) is None  # never created again
+    assert reconciled_after_now(kube_cluster, "oomer", namespace)["status"]["phase"] == "Failed"
+    assert kube_cluster.get("pytorchjob", "oomer", namespace) is None  # not created again by any reconcile since
 
 
 def test_a_node_deleted_under_a_replica_restarts_the_run_with_cause_node_lost(

@@ -152,12 +152,15 @@ def test_a_reader_that_stops_reading_stops_its_stream(certificates: tuple[ssl.SS
     """Flow control is the reader's: the server cannot send more than the stream's window ahead of it."""
     block = b"x" * 16_000 + b"\n"
     sent: list[int] = []
+    shut: list[int] = []  # the bytes sent so far, each time the server found the stream's window shut
 
     def handler(server: Server, stream_id: int, path: str) -> None:
         server.respond(stream_id, 200, end=False)
 
         def push() -> None:
             window = server.h2.local_flow_control_window(stream_id)
+            if window < len(block):
+                shut.append(sum(sent))
             while window >= len(block):
                 server.h2.send_data(stream_id, block)
                 sent.append(len(block))
@@ -171,10 +174,17 @@ def test_a_reader_that_stops_reading_stops_its_stream(certificates: tuple[ssl.SS
         client, _, listening = await serve(handler, certificates)
         stream = client.stream("/pods/x/log", {})
         await stream.__anext__()  # read one chunk, then stop reading
-        await asyncio.sleep(0.5)
+
+        async def shut_ten_times_running() -> None:  # known later events: ten tries of the server, nothing sent
+            while len(shut) < 10 or len(set(shut[-10:])) != 1:
+                await asyncio.sleep(0.02)
+
+        try:
+            await asyncio.wait_for(shut_ten_times_running(), timeout=10)
+        except TimeoutError:
+            raise AssertionError(f"the server kept sending to a reader that stopped reading: {shut[-10:]}") from None
         before = sum(sent)
-        await asyncio.sleep(0.3)
-        assert sum(sent) == before, "the server kept sending to a reader that stopped reading"
+        assert shut[-1] == before
         taken = 0
         async for chunk in stream:  # reading again lets it go on
             taken += len(chunk)
