@@ -110,21 +110,29 @@ def child(kind: str, obj: Object, run: str = "run") -> Object:
     return obj
 
 
+def uploaded(
+    kube: RecordingKube, store: SlowStore, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Controller, list[int], controller_module.RunMemory]:
+    """A controller knowing a run whose job succeeded, whose uploader succeeded and whose logs are sealed:
+    what is left is reading the manifest (from ``store``)."""
+    controller, plans = controller_with(kube, monkeypatch)
+    controller.artifacts = store  # type: ignore[assignment]
+    controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
+    controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
+    controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
+    memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+    memory.attempts["seal"] = Attempts(result=SealedLogs(metrics={"loss": 0.1}, key_metric="loss=0.1"))
+    return controller, plans, memory
+
+
 def in_loop(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(test(), timeout=30))
 
 
 def test_a_reconcile_plans_once_and_never_waits_for_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        kube = RecordingKube()
-        controller, plans = controller_with(kube, monkeypatch)
-        store = SlowStore()
-        controller.artifacts = store  # type: ignore[assignment]
-        controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
-        controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
-        controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
-        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
-        memory.attempts["seal"] = Attempts(result=SealedLogs(metrics={"loss": 0.1}, key_metric="loss=0.1"))
+        kube, store = RecordingKube(), SlowStore()
+        controller, plans, memory = uploaded(kube, store, monkeypatch)
 
         await controller.reconcile(KEY)  # returns while the manifest read waits on the store
         await asyncio.sleep(0)  # the read's task starts
@@ -150,15 +158,8 @@ def test_a_reconcile_plans_once_and_never_waits_for_the_store(monkeypatch: pytes
 
 def test_a_failed_read_is_a_fact_with_the_stores_words(monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        kube = RecordingKube()
-        controller, plans = controller_with(kube, monkeypatch)
-        store = SlowStore()
-        controller.artifacts = store  # type: ignore[assignment]
-        controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
-        controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
-        controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
-        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
-        memory.attempts["seal"] = Attempts(result=SealedLogs(metrics={}, key_metric=None))
+        kube, store = RecordingKube(), SlowStore()
+        controller, plans, memory = uploaded(kube, store, monkeypatch)
         await controller.reconcile(KEY)
         store.answer.set_exception(StorageError("cannot reach https://***@store:9000: connection refused"))
         for _ in range(3):

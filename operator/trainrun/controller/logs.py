@@ -52,6 +52,7 @@ FLUSH_BYTES = 4 << 20
 PENDING_LIMIT_BYTES = 32 << 20
 FINISH_GRACE_SECONDS = 30.0  # for streams of containers that ended to deliver their last lines
 FLUSH_RETRY_MAX_SECONDS = 60.0
+GAP_MARKER = "[trainrun]"  # begins the line the archive gets where a replica's log could not be read on
 
 
 @dataclass
@@ -61,7 +62,8 @@ class ContainerLog:
     replica: str
     position: StreamPosition = field(default_factory=StreamPosition)
     lines: int = 0
-    done: bool = False  # read to its end: never opened again
+    done: bool = False  # never opened again: read to its end, or given up (then ``gap``)
+    gap: bool = False  # its end could not be read (the pod went first): lines after the position may be lost
 
     def to_json(self) -> dict[str, Any]:
         last = self.position.last
@@ -72,7 +74,13 @@ class ContainerLog:
             "atLast": self.position.delivered_at_last,
             "lines": self.lines,
             "done": self.done,
+            "gap": self.gap,
         }
+
+    @property
+    def last_line_time(self) -> str | None:
+        """When the last line read was written (RFC 3339 with milliseconds), if any was."""
+        return None if self.position.last is None else _stamp_text(self.position.last)
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any]) -> ContainerLog:
@@ -81,7 +89,13 @@ class ContainerLog:
         if time is not None:
             position.last = (datetime.fromisoformat(str(time)), int(document.get("nanos") or 0))
             position.delivered_at_last = int(document.get("atLast") or 0)
-        return cls(str(document["replica"]), position, int(document.get("lines") or 0), bool(document.get("done")))
+        return cls(
+            str(document["replica"]),
+            position,
+            int(document.get("lines") or 0),
+            bool(document.get("done")),
+            bool(document.get("gap")),
+        )
 
 
 def container_key(uid: str, restarts: int) -> str:
@@ -136,6 +150,11 @@ class RunLogs:
     def key_metric(self) -> str | None:
         return self.summary.key_metric()
 
+    @property
+    def gaps(self) -> list[ContainerLog]:
+        """The container starts whose log could not be read to its end, in replica order."""
+        return sorted((item for item in self.containers.values() if item.gap), key=lambda item: item.replica)
+
     # ---- life cycle ----
 
     def start(self) -> None:
@@ -176,8 +195,10 @@ class RunLogs:
     async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> tuple[FileRecord, ...] | None:
         """Let the streams deliver their last lines, ship them, and seal the archive: its composed files.
 
-        None when there is no archive. Raises ``StorageError`` when the store cannot take the last
-        segment or the seal (the follower stays usable: call again later).
+        A container start whose log was not read to its end by then (its pod went first, or it did not end
+        within ``grace``) gets a marker line where its lines stop and counts in :attr:`gaps`. None when there
+        is no archive. Raises ``StorageError`` when the store cannot take the last segment or the seal (the
+        follower stays usable: call again later).
         """
         if self.archive is not None:
             try:
@@ -195,6 +216,9 @@ class RunLogs:
             await asyncio.gather(*pending, return_exceptions=True)
         if self.archive is None:
             return None
+        for container in self.containers.values():
+            if not container.done:  # its pod is gone (or it did not end in time): what it wrote after is not here
+                self._declare_gap(container, "its pod was gone before the operator read it to its end")
         if self._flusher is not None:
             # Never cancelled in the middle of a write (its lines would be neither shipped nor kept):
             # told to ship once more and stop.
@@ -248,18 +272,22 @@ class RunLogs:
                 why = "it ended"
             except ApiError as error:
                 why = str(error)
+                if error.status == 404 and not previous:  # the pod is gone, and its log with it
+                    self._declare_gap(container, "its pod was deleted before the operator read it to its end")
+                    return
                 if previous and error.refused:
                     why = "the kubelet no longer has it"  # restarted again since: that start's log is gone
+                    self._declare_gap(container, "the container restarted again before the operator read it")
                 elif previous:
                     breaks += 1
                     await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
                     continue
-            if self._closing:
-                return
             if previous or not still_running(self._pods.get(pod_name), uid, restarts):
-                container.done = True
+                container.done = True  # read to its end (also while finishing: its last lines were wanted)
                 self._dirty = True
                 return
+            if self._closing:
+                return  # broke off while the container runs and the follower is finishing: a gap, said at the seal
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
@@ -299,6 +327,14 @@ class RunLogs:
         self._queue(replica, texts, len(joined) + 1)
         if changed:
             self.on_metrics()
+
+    def _declare_gap(self, container: ContainerLog, why: str) -> None:
+        """Say in the replica's archived log, where its lines end, that what came after could not be read."""
+        container.done = container.gap = True
+        self._dirty = True
+        after = container.last_line_time or "its start"
+        marker = f"{GAP_MARKER} {container.replica}: the lines after {after} could not be read ({why}); some may be missing here"
+        self._queue(container.replica, [marker], len(marker) + 1)
 
     def _queue(self, channel: str, texts: list[str], size: int) -> None:
         """Hold lines (``size`` bytes with their newlines) for the next segment."""

@@ -61,6 +61,7 @@ from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPON
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
+from trainrun.spec.status import LogGap
 from trainrun.status import PhaseEvent
 from trainrun.status.shapes import utc_now
 from trainrun.storage import StorageError
@@ -513,7 +514,8 @@ class Controller:
         logs.update(self.children.of(key, POD))
         await logs.finish()
         await self._drop_follower(memory, stop=False)
-        return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric)
+        gaps = tuple(LogGap(replica=item.replica, after=item.last_line_time) for item in logs.gaps)
+        return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric, gaps=gaps)
 
     async def _open_archive(self, run: TrainingRun, archive_uri: str) -> LogArchive:
         """The run's log archive with its credentials (the Secret spec.output.secretName names)."""

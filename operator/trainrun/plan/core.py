@@ -36,7 +36,7 @@ from trainrun.render import render_pytorchjob, render_uploader_job, render_volum
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, canonical_spec, volume_claim_name
 from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_training_run, problems_with_config
-from trainrun.spec.status import Artifacts, LogsStatus, Phase, TrainingRunStatus
+from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
 from trainrun.status.failure import Cause
 from trainrun.status.observe import UploadState, observe_job, observe_uploader
@@ -55,6 +55,7 @@ MIN_REQUEUE_SECONDS = 1.0
 UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE = "UploadNotVerified", "StorageUnavailable"
 STORAGE_REASONS = (UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE)
 STORAGE_FAILING, STORAGE_RECOVERED = "StorageFailing", "StorageRecovered"
+LOGS_INCOMPLETE = "LogsIncomplete"
 NO_TRAINING_OPERATOR = (
     "the cluster does not serve PyTorchJob (kubeflow.org/v1): install the Kubeflow training-operator, "
     "then the run starts by itself"
@@ -199,9 +200,10 @@ def plan(
 
     archive = log_archive_uri(run, config)
     sealed = observed.seal.result
-    logs_complete = sealed is not None or (
-        previous.logs is not None and previous.logs.complete and previous.logs.uri == archive
-    )
+    known_logs = previous.logs if previous.logs is not None and previous.logs.uri == archive else None
+    # "complete" alone meant sealed in statuses written before gaps were told apart.
+    logs_sealed = sealed is not None or (known_logs is not None and (known_logs.sealed or known_logs.complete))
+    gaps = list(sealed.gaps) if sealed is not None else list(known_logs.gaps) if known_logs is not None else []
     storage: list[StorageWork] = []
     waits: list[float | None] = [refusal_ends_in, supervised.check_again_in]
     artifacts: Artifacts | None = None
@@ -209,13 +211,13 @@ def plan(
     if job is not None:
         actions += _converge_upload(run, config, job, observed, previous)
         # With an output URI the logs are composed into it first, so the manifest lists them.
-        if previous.artifacts is None and logs_complete and _copied(run, observed):
+        if previous.artifacts is None and logs_sealed and _copied(run, observed):
             artifacts = observed.manifest.result
             if artifacts is None:
                 manifest_due, wait = due(observed.manifest, moment)
                 waits.append(wait)
     manifest_problem = failure_words("reading the manifest of the copy", observed.manifest) if artifacts is None else None
-    seal_problem = failure_words(f"sealing the log archive at {archive}", observed.seal) if not logs_complete else None
+    seal_problem = failure_words(f"sealing the log archive at {archive}", observed.seal) if not logs_sealed else None
     storage_problem = (
         Cause(UPLOAD_NOT_VERIFIED, manifest_problem)
         if manifest_problem is not None
@@ -242,7 +244,13 @@ def plan(
             key_metric=sealed.key_metric if sealed is not None else observed.key_metric,
             progress=observed.progress,
             logs=(
-                LogsStatus(uri=archive, complete=logs_complete, message=seal_problem or observed.archive_problem)
+                LogsStatus(
+                    uri=archive,
+                    sealed=logs_sealed,
+                    complete=logs_sealed and not gaps,
+                    gaps=gaps,
+                    message=seal_problem or observed.archive_problem or _gap_words(gaps),
+                )
                 if archive is not None
                 else None
             ),
@@ -254,7 +262,7 @@ def plan(
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
     done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
-    seal = archive is not None and not logs_complete and done_with_logs
+    seal = archive is not None and not logs_sealed and done_with_logs
     if seal and archive is not None:
         seal_due, wait = due(observed.seal, moment)
         waits.append(wait)
@@ -262,13 +270,17 @@ def plan(
             storage.append(SealLogs(archive))
     # Through a restart too: the new job's replicas append to the same followed logs.
     active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
-    events = [*((supervised.event,) if supervised.event is not None else ()), *_storage_events(previous, status)]
+    events = [
+        *((supervised.event,) if supervised.event is not None else ()),
+        *_storage_events(previous, status),
+        *_gap_events(previous, status),
+    ]
     return _finish(
         previous,
         status,
         actions=actions,
         storage=storage,
-        logs="finish" if seal else "follow" if active and not logs_complete else "stop",
+        logs="finish" if seal else "follow" if active and not logs_sealed else "stop",
         log_archive=archive,
         run=run,
         events=events,
@@ -330,10 +342,25 @@ def _storage_events(previous: TrainingRunStatus, status: TrainingRunStatus) -> l
     return []
 
 
+def _gap_words(gaps: Sequence[LogGap]) -> str | None:
+    """What status.logs says of replica logs that could not be read to their end."""
+    if not gaps:
+        return None
+    told = ", ".join(f"{gap.replica} after {gap.after or 'its start'}" for gap in gaps)
+    return f"lines may be missing from the archived log of {told}: the pods went before the operator read them to the end"
+
+
+def _gap_events(previous: TrainingRunStatus, status: TrainingRunStatus) -> list[PhaseEvent]:
+    """A Warning when the sealed archive is known to miss lines (once: a transition of the status)."""
+    if status.logs is None or not status.logs.gaps or (previous.logs is not None and previous.logs.gaps):
+        return []
+    return [PhaseEvent("Warning", LOGS_INCOMPLETE, status.logs.message or "")]
+
+
 def _storage_trouble(status: TrainingRunStatus) -> str | None:
     if status.reason in STORAGE_REASONS and status.phase is Phase.UPLOADING:
         return status.message
-    return status.logs.message if status.logs is not None else None
+    return status.logs.message if status.logs is not None and not status.logs.gaps else None
 
 
 def _converge_job(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
+from trainrun.spec.status import LogGap
 from trainrun.status.shapes import rfc3339, timestamp
 
 Result = TypeVar("Result")
@@ -38,10 +39,12 @@ class Attempts(Generic[Result]):
 
 @dataclass(frozen=True)
 class SealedLogs:
-    """The log archive was sealed: the replicas' logs are composed, with the metrics read to the end."""
+    """The log archive was sealed: the replicas' logs are composed, with the metrics read to the end and the
+    logs that could not be read to their end."""
 
     metrics: dict[str, float]
     key_metric: str | None
+    gaps: tuple[LogGap, ...] = ()
 
 
 @dataclass(frozen=True)

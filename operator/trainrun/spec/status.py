@@ -64,12 +64,25 @@ class Artifacts(StatusModel):
     bytes: int = Field(description="Bytes copied.")
 
 
+class LogGap(StatusModel):
+    """A replica log that could not be read to its end: its pod went before the operator read it."""
+
+    replica: str = Field(description="The replica (master-0, worker-1, ...).")
+    after: str | None = Field(default=None, description="When the last line read was written (none: nothing was read).")
+
+
 class LogsStatus(StatusModel):
     """Where every replica's log is archived: shipped while the run trains, composed when it ends."""
 
-    uri: str = Field(description="The archive: <replica>.log and metrics.jsonl once complete (segments in .parts/ before).")
-    complete: bool = Field(
+    uri: str = Field(description="The archive: <replica>.log and metrics.jsonl once sealed (segments in .parts/ before).")
+    sealed: bool = Field(
         default=False, description="The logs were composed after the run ended (and are in its manifest when it has one)."
+    )
+    complete: bool = Field(
+        default=False, description="Sealed with every replica's log read to its end: no line is known to be missing."
+    )
+    gaps: list[LogGap] = Field(
+        default_factory=list, description="Replica logs that could not be read to their end (each marked in its .log)."
     )
     message: str | None = Field(
         default=None, description="Why the archive is not complete yet: the object store's words and when it is tried again."

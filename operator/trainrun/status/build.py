@@ -22,7 +22,7 @@ from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.render.children import master_pod_name, uploader_job_name
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Restart, TrainingRunStatus
-from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.conditions import LOGS_COMPLETE, kstatus_conditions, logs_condition
 from trainrun.status.failure import Cause
 from trainrun.status.observe import (
     JobView,
@@ -88,6 +88,11 @@ def build_status(given: StatusInput) -> TrainingRunStatus:
         updates["restarts"] = [*status.restarts, given.restart]
     if given.logs is not None:
         updates["logs"] = given.logs
+        logs = logs_condition(
+            given.logs, previous=given.previous.conditions, generation=status.observed_generation, now=given.now
+        )
+        kept = [item for item in status.conditions if item.type != LOGS_COMPLETE]
+        updates["conditions"] = [*kept, logs] if logs is not None else kept
     if not given.children_named:
         updates.update(job_name=None, master_pod=None)
     return status.model_copy(update=updates) if updates else status

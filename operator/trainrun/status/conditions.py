@@ -15,19 +15,21 @@ that has reached what the spec asks for is Ready, finished or not:
   Suspended (spec.runPolicy.suspend)    True    False         False     Current
 
 Every condition carries the run's generation, and keeps its lastTransitionTime while its status does
-not change. Called by ``trainrun.status.build_status``. Pure.
+not change. Once the log archive is sealed a fourth, ``LogsComplete`` (which kstatus ignores), says
+whether every replica's log was read to its end. Called by ``trainrun.status.build_status``. Pure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from trainrun.spec.status import Condition, Phase
+from trainrun.spec.status import Condition, LogsStatus, Phase
 from trainrun.status.phase import PROGRESS, Verdict
 
 READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
+LOGS_COMPLETE = "LogsComplete"  # beside the three: whether the sealed log archive misses lines
 # Phases where the run is what its spec asks for: trained and copied, cancelled, or suspended.
 SETTLED_PHASES = frozenset({Phase.COMPLETED, Phase.CANCELLED, Phase.SUSPENDED})
 
@@ -76,3 +78,23 @@ def kstatus_conditions(
         condition(RECONCILING, reconciling, reconciling_message),
         condition(STALLED, stalled, verdict.message),
     ]
+
+
+def logs_condition(
+    logs: LogsStatus | None, *, previous: Sequence[Condition], generation: int | None, now: str
+) -> Condition | None:
+    """LogsComplete once the archive is sealed: True when every replica's log was read to its end, False
+    naming the logs that miss lines."""
+    if logs is None or not logs.sealed:
+        return None
+    text = "True" if logs.complete else "False"
+    before = next((item for item in previous if item.type == LOGS_COMPLETE), None)
+    kept = before.last_transition_time if before is not None and before.status == text else None
+    return Condition(
+        type=LOGS_COMPLETE,
+        status=text,
+        reason="Archived" if logs.complete else "LogGap",
+        message="every replica's log was read to its end and archived" if logs.complete else logs.message or "",
+        observed_generation=generation,
+        last_transition_time=kept or now,
+    )
