@@ -47,7 +47,6 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("cpu 1e400 (too large to count)", {"resources": {"cpu": "1e400"}}),
     ("cpu 9223372036854775807m (the largest count)", {"resources": {"cpu": "9223372036854775807m"}}),
     ("cpu 1e4294967296 (1: the exponent is read in 32 bits)", {"resources": {"cpu": "1e4294967296"}}),
-    ("cpu 1e2147483648 (10^2147483648: the same wrap)", {"resources": {"cpu": "1e2147483648"}}),
     ("memory 1 (legal: one byte, a warning)", {"resources": {"memory": "1"}}),
 ]
 
@@ -141,6 +140,7 @@ def test_what_validate_accepts_the_api_server_stores(kube_cluster: KubeCluster, 
         "apply", "--dry-run=server", "--validate=false", "-o", "name", "-f", "-", stdin=listing, check=False
     )
     theirs = {line.rsplit("/", 1)[-1] for line in applied.stdout.split()}
-    assert len(documents) > 250 and len(ours) > 40, (len(documents), len(ours))
+    # Since issue 24 the model refuses more (relative paths and URIs, label keys): about 1 in 7 is accepted.
+    assert len(documents) > 250 and len(ours) > 30, (len(documents), len(ours))
     refusals = dict(re.findall(r'"(fuzz-\d+)" is invalid: (.*)', applied.stderr))
     assert {name: refusals.get(name, applied.stderr) for name in ours - theirs} == {}
