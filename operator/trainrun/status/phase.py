@@ -12,7 +12,7 @@ order it is checked:
   a replica the scheduler cannot place ........ Queued, with how long it has waited
   every replica running (or job Running) ...... Running
   pods the API server refuses for good ........ Queued, stalled (a missing PriorityClass, an invalid pod)
-  pods missing or not scheduled ............... Queued, with how long the scheduler has been waited for
+  pods missing or not scheduled ............... Queued, with how long the scheduler has taken so far
   pods scheduled, containers starting ......... Preparing
 
 Configuration problems reported by the operator override any phase that is not finished. Phases only
