@@ -28,7 +28,15 @@ FULL_SPEC: dict[str, Any] = {
     "envFrom": [{"secretRef": {"name": "s3-credentials"}}],
     "hyperparameters": {"epochs": 3, "batchSize": 32, "learningRate": 0.01, "extra": {"depth": "4"}},
     "distribution": {"workers": 2, "nprocPerNode": 1},
-    "resources": {"pool": "a100", "gpus": 1, "cpu": "8", "memory": "64Gi", "priorityClassName": "high"},
+    "resources": {
+        "pool": "a100",
+        "gpus": 1,
+        "cpu": "8",
+        "memory": "64Gi",
+        "priorityClassName": "high",
+        "nodeSelector": {"example.com/disk": "ssd"},
+        "tolerations": [{"key": "example.com/spot", "operator": "Exists", "effect": "NoSchedule"}],
+    },
     "runPolicy": {"backoffLimit": 2, "restartPolicy": "OnFailure", "activeDeadlineSeconds": 3600},
     "inputs": [{"name": "data", "uri": "s3://datasets/mnist/"}],
     "output": {"uri": "s3://models/run/", "secretName": "s3-credentials", "volume": {"size": "20Gi"}},
@@ -44,6 +52,8 @@ FULL_DOCUMENT: dict[str, Any] = {
 TRICKY_VALUES: list[Any] = [
     "1.5.5Gi", "0", "-1", "1e400", "ghcr.io/acme/tr\u00e4iner:1", "x{99999999999}(a)", "(?P<value>", "(", "a{2,1}",
     "(?<=a+)b", "\\", "\x00", "s3://", "s3://Bad Bucket/x", "file://host/x", "../..", "\u00e9", "", " ", "a" * 300,
+    # What Kubernetes refuses only in a pod, or what cannot run (issue 24).
+    "bad key!", "a" * 64, "Exists", "NoExecute", "relative/path", "file:///", "/", "\U0001f600",
     2**64, -(2**63), 1.5, float("nan"), float("inf"), True, None, [], {}, [None], {"": None}, {"bogus": 1},
 ]
 VALUES = st.one_of(
@@ -56,7 +66,7 @@ VALUES = st.one_of(
     st.lists(st.one_of(st.integers(), st.text(max_size=4)), max_size=3),
     st.dictionaries(st.text(max_size=6), st.one_of(st.integers(), st.text(max_size=4)), max_size=2),
 )
-NEW_KEYS = st.one_of(st.none(), st.sampled_from(["bogus", "Image", "x"]))
+NEW_KEYS = st.one_of(st.none(), st.sampled_from(["bogus", "Image", "x", "bad key!", "example.com/" + "a" * 64, "value"]))
 
 
 def paths(node: Any, prefix: Path = ()) -> list[Path]:

@@ -179,10 +179,12 @@ def test_pods_refused_by_a_resource_quota_are_explained(
     # 1. The training-operator gives each Worker an init container with limits, so the Worker pod falls under
     #    the quota and needs memory requests the run did not set: the Master starts, the Worker never exists.
     kubectl_apply(kube_cluster, training_run("no-memory", namespace, podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")}))
-    refused = wait_for_reason("no-memory", "FailedCreatePod", "the run to say why its Worker has no pod")
+    #    No retry passes until the spec sets memory (or the quota changes): the run is stalled (issue 24).
+    refused = wait_for_reason("no-memory", "ResourcesRequired", "the run to say why its Worker has no pod")
     assert refused["phase"] == "Queued"
     assert refused["message"].startswith("the training-operator cannot create replica worker-0: ")
     assert "must specify requests.memory" in refused["message"]
+    assert {item["type"]: item["status"] for item in refused["conditions"]}["Stalled"] == "True"
 
     # 2. With memory set the replicas fit and train; then the uploader (helper containers ask 512Mi) is refused.
     volume_for_claim(kube_cluster, namespace, "quota-outputs", tmp_path / "volume", create_claim=False)

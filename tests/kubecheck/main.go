@@ -6,7 +6,9 @@
 //	                     checks, kpt and Config Sync read it: [{"status": "Current", "message": "..."}]
 //	kubecheck quantity   stdin: a JSON array of strings; stdout: for each, whether the API server's
 //	                     quantity parser (k8s.io/apimachinery resource.ParseQuantity, which CEL's
-//	                     isQuantity() calls) accepts it, and its sign: [{"valid": true, "sign": 1}]
+//	                     isQuantity() calls) accepts it, its sign, and whether it is above the largest
+//	                     amount the CRD's CEL rule allows (quantity(self).compareTo(max) > 0):
+//	                     [{"valid": true, "sign": 1, "aboveMax": false}]
 //
 // Built by tests/cluster/build.sh (component kubecheck); asked through tests/kubecheck/__init__.py by
 // tests/unit/test_status.py (kstatus) and tests/unit/test_spec_inputs.py (quantities).
@@ -30,9 +32,13 @@ type kstatusResult struct {
 }
 
 type quantityResult struct {
-	Valid bool `json:"valid"`
-	Sign  int  `json:"sign"`
+	Valid    bool `json:"valid"`
+	Sign     int  `json:"sign"`
+	AboveMax bool `json:"aboveMax"`
 }
+
+// The largest quantity a TrainingRun may ask for (trainrun.spec.quantity.QUANTITY_MAX_TEXT): 2^63-1 thousandths.
+var maxQuantity = resource.MustParse("9223372036854775807m")
 
 func fail(code int, format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "kubecheck: "+format+"\n", args...)
@@ -68,7 +74,7 @@ func quantity(data []byte) interface{} {
 			results = append(results, quantityResult{})
 			continue
 		}
-		results = append(results, quantityResult{Valid: true, Sign: parsed.Sign()})
+		results = append(results, quantityResult{Valid: true, Sign: parsed.Sign(), AboveMax: parsed.Cmp(maxQuantity) > 0})
 	}
 	return results
 }

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from runnable_specs import UNRUNNABLE
 from trainrun.cli.main import app
 from typer.testing import CliRunner
 
@@ -229,3 +230,31 @@ def test_a_usage_error_is_one_line_with_exit_code_2(arguments: list[str], line: 
         [sys.executable, "-m", "trainrun.cli", *arguments], capture_output=True, text=True, timeout=60, check=False
     )
     assert (result.returncode, result.stdout, result.stderr) == (2, "", line + "\n")
+
+
+def test_validate_names_the_field_of_every_unrunnable_spec_in_one_line(tmp_path: Path) -> None:
+    """What Kubernetes would refuse in the pods, or cannot work, is refused by `trainrun validate` with the
+    field and the fix, one problem a line (the cases of tests/unit/tests/runnable_specs.py)."""
+    documents = []
+    for index, case in enumerate(UNRUNNABLE):
+        document = copy.deepcopy(GOOD)
+        document["metadata"]["name"] = f"case-{index}"
+        document["spec"].update(case.spec)
+        documents.append(document)
+    result = runner.invoke(app, ["validate", str(write(tmp_path, *documents))])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    for case in UNRUNNABLE:
+        assert any(line.startswith(f"{case.field}: ") and case.words in line for line in lines), (case.name, lines)
+    assert len(lines) == len(UNRUNNABLE)  # one problem each, nothing else on stdout
+    assert 'spec.resources.nodeSelector["bad key!"]: is not a valid key: its name must be letters, digits' in result.stdout
+
+
+def test_validate_prints_a_suspicious_value_as_a_warning_and_passes(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(write(tmp_path, changed("spec.resources", {"memory": "1"})))])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "warning: spec.resources.memory: '1' is 1 byte, less than 32Mi per replica, too little to start a training "
+        "process: a quantity without a suffix counts bytes; did you mean 1Gi or 1Mi?",
+        f"{tmp_path / 'run.yaml'}: TrainingRun 'good' is valid, with 1 warning(s)",
+    ]

@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 from run_factory import POOLS, document, pools, training_run
+from runnable_specs import ACCEPTED_NEIGHBOURS, UNRUNNABLE
 from trainrun.spec import (
     InvalidTrainingRun,
     load_training_run,
     parse_operator_config,
     problems_with_config,
+    suspicious_values,
     validate_training_run,
 )
 
@@ -45,6 +47,22 @@ def test_processes_per_replica_default_to_the_gpus(gpus: int, nproc: int | None,
     spec = training_run(resources={"gpus": gpus}, distribution=distribution).spec
     assert spec.processes_per_replica == expected
     assert spec.world_size == 3 * expected
+
+
+@pytest.mark.parametrize("spec", [case[1] for case in ACCEPTED_NEIGHBOURS], ids=[case[0] for case in ACCEPTED_NEIGHBOURS])
+def test_what_kubernetes_takes_and_can_run_is_accepted(spec: dict[str, Any]) -> None:
+    load_training_run(document(**spec))
+
+
+def test_a_legal_but_suspicious_memory_is_a_warning_naming_the_field_and_the_fix() -> None:
+    run = load_training_run(document(resources={"memory": "1"}, output={"uri": "s3://models/x", "volume": {"size": "100Ki"}}))
+    assert [str(problem) for problem in suspicious_values(run)] == [
+        "spec.resources.memory: '1' is 1 byte, less than 32Mi per replica, too little to start a training process: "
+        "a quantity without a suffix counts bytes; did you mean 1Gi or 1Mi?",
+        "spec.output.volume.size: '100Ki' is less than 1Mi for the output volume, too little for a model",
+    ]
+    assert suspicious_values(load_training_run(document(resources={"memory": "32Mi"}))) == []
+    assert suspicious_values(training_run()) == []
 
 
 BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
@@ -101,6 +119,8 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"hyperparameters": {"epochs": "3"}}, "spec.hyperparameters.epochs", "whole number"),
     # Any exception a pattern raises is the field's problem, not a crash: OverflowError here.
     ({"metrics": [{"name": "x", "regex": "x{99999999999}(a)"}]}, "spec.metrics[0].regex", "repetition number is too large"),
+    # What the API server refuses only in a pod, which then never exists, and what cannot work (issue 24).
+    *[(case.spec, case.field, case.words) for case in UNRUNNABLE],
 ]
 
 

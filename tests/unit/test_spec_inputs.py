@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import random
 import re
 from typing import Any
@@ -23,7 +24,7 @@ from trainrun.render import render_pytorchjob, render_uploader_job
 from trainrun.spec import FieldProblem, InvalidTrainingRun, validate_training_run
 from trainrun.spec.crd import training_run_crd
 from trainrun.spec.model import IMAGE_PATTERN
-from trainrun.spec.quantity import quantity_sign
+from trainrun.spec.quantity import QUANTITY_MAX, parse_quantity
 
 QUANTITY_ALPHABET = "0123456789.+-eEinumkKMGTP "
 HAND_PICKED_QUANTITIES = [
@@ -31,6 +32,12 @@ HAND_PICKED_QUANTITIES = [
     "1Ki3", "1mi", "1KM", " 1", "1 ", "e-10", ".e-10", "+e-9", "Pi", "Ei", "0Ei", "Ti", "e-4294967296",
     "1e9223372036854775807", "1e9223372036854775808", "1e-9223372036854775808", "1e-9223372036854775809",
     "99999999999999999999999Ei", "0.0000000001", "-0.0000000001n", "12 GB", "\u00fc", "1\u0663", "",
+    # Around the largest amount Kubernetes counts (issue 24: 1e400 overflowed), and exponents it keeps in 32 bits.
+    "1e400", "9223372036854775807m", "9223372036854775808m", "9223372036854775.807", "9223372036854775.8077",
+    "9223372036854775807", "8Pi", "9Pi", "8191Ti", "8192Ti", "9.223372036854775807P", "9.2233720368547758071P",
+    "1e4294967296", "1e15", "1e16", "0.00000000000000000000000001e42",
+    "1" + "0" * 5000, "0" * 5000 + "1", "0." + "0" * 5000 + "1Ei",
+    "9223372036854775807" + "0" * 4990 + "1e-4994", "9223372036854775807" + "0" * 4990 + "e-4994",
 ]
 
 
@@ -40,17 +47,36 @@ def test_quantities_are_read_as_the_api_server_reads_them() -> None:
     long = ["".join(rng.choice(QUANTITY_ALPHABET) for _ in range(rng.randint(4, 14))) for _ in range(5000)]
     texts = HAND_PICKED_QUANTITIES + short + long
     answers = kubecheck.ask("quantity", texts)
-    theirs = {text: answer["sign"] if answer["valid"] else None for text, answer in zip(texts, answers, strict=True)}
-    ours = {text: quantity_sign(text) for text in texts}
+    theirs = {
+        text: (answer["sign"], answer["aboveMax"]) if answer["valid"] else None
+        for text, answer in zip(texts, answers, strict=True)
+    }
+    ours = {
+        text: None if (amount := parse_quantity(text)) is None else (amount.sign, amount.exceeds(QUANTITY_MAX))
+        for text in texts
+    }
     assert ours == theirs
-    assert theirs["1.5.5Gi"] is None and theirs["16Gi"] == 1 and theirs["0"] == 0  # the cases issue 15 names
+    assert theirs["1.5.5Gi"] is None and theirs["16Gi"] == (1, False) and theirs["0"] == (0, False)  # issue 15's cases
+    assert theirs["1e400"] == (1, True) and theirs["9223372036854775807m"] == (1, False)  # issue 24's
+
+
+def test_quantities_whose_32_bit_scale_wraps_to_a_huge_one_are_too_large() -> None:
+    """ParseQuantity reads 1e2147483648 as 10^2147483648 (its scale wraps in 32 bits) and, as 1e2147483647,
+    rounds it to nano units, a number of two billion digits: the API server times out on such a run and
+    kubecheck would too. The model refuses them from their order of magnitude, at once."""
+    for text in ("1e2147483648", "1.5e-2147483647", "1e2147483647"):
+        amount = parse_quantity(text)
+        assert amount is not None and amount.exceeds(QUANTITY_MAX), text
 
 
 def test_the_crd_checks_quantities_and_images_as_the_model_does() -> None:
     spec = training_run_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     memory = spec["properties"]["resources"]["properties"]["memory"]
     [rule] = memory["x-kubernetes-validations"]
-    assert rule["rule"] == "type(self) == int ? self > 0 : isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))"
+    assert rule["rule"] == (
+        "type(self) == int ? self > 0 && self <= 9223372036854775 : isQuantity(self) && "
+        "quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('9223372036854775807m')) <= 0"
+    )
     assert spec["properties"]["image"]["pattern"] == IMAGE_PATTERN
 
 
@@ -98,7 +124,9 @@ def _names_a_field(document: dict[str, Any], problem: FieldProblem, changed: lis
     """The problem names a field of the document (a changed one, one inside it, or one across a rule, as
     gpus against the pool), one that holds a changed field, or a required one that a change removed."""
     fields = {dotted(path) for path in paths(document)}
-    path = problem.field.removesuffix(" (the default pool)")
+    # A map's key is named in brackets (spec.podMetadata.labels["team"]); dotted() writes it .team.
+    path = re.sub(r'\["((?:[^"\\]|\\.)*)"\]', lambda key: "." + json.loads(f'"{key.group(1)}"'), problem.field)
+    path = path.removesuffix(" (the default pool)")
     if path in fields or any(field.startswith(path) for field in changed):
         return True
     return problem.message == "is required" and path.rsplit(".", 1)[0] in fields

@@ -26,7 +26,7 @@ from factories import (
 from trainrun.spec import TrainingRun
 from trainrun.spec.status import Artifacts, Condition, Phase, ReplicaCounts, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, count_replicas, phase_event
-from trainrun.status.failure import Cause
+from trainrun.status.failure import Cause, elapsed
 from trainrun.status.observe import ReplicaState
 
 SCHEDULER = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu. preemption: 0/6 nodes are available."
@@ -44,6 +44,12 @@ WORKER_REFUSAL = 'pods "run-worker-0" is forbidden: failed quota: compute: must 
 QUOTA_REFUSAL = (
     'pods "run-upload-x7k2p" is forbidden: exceeded quota: compute, requested: requests.memory=512Mi, '
     "used: requests.memory=0, limited: requests.memory=100Mi"
+)
+WAITED = "2h00m (since 2026-01-01T10:00:00Z)"  # a pod created at at(0), seen at NOW
+PRIORITY_REFUSAL = 'Error creating: pods "run-master-0" is forbidden: no PriorityClass with name urgent was found'
+INVALID_POD = (
+    'Error creating: Pod "run-worker-0" is invalid: spec.tolerations[0].operator: Invalid value: '
+    '"Exists": value must be empty when `operator` is \'Exists\''
 )
 ARTIFACTS = Artifacts(uri=URI, manifest_uri=f"{URI}/manifest.json", file_count=7, bytes=1_234_567)
 BACKOFF = "Job default/run has failed because it has reached the specified backoff limit"
@@ -143,10 +149,25 @@ CASES = [
         events=[event("FailedCreatePod", 'pods "run-master-0" is forbidden: exceeded quota', name="run", kind="PyTorchJob")],
     ),
     Case(
-        "training-operator-cannot-create-the-worker", Phase.QUEUED, "FailedCreatePod",
-        "the training-operator cannot create replica worker-0: " + WORKER_REFUSAL,
+        "training-operator-cannot-create-the-worker", Phase.QUEUED, "ResourcesRequired",
+        "the training-operator cannot create replica worker-0: " + WORKER_REFUSAL
+        + " (no retry can pass: set spec.resources.cpu and memory)",
         job=pytorchjob().created(), pods=[pod("run-master-0")],
         events=[event("FailedCreatePod", WORKER_REFUSAL, name="run", kind="PyTorchJob")],
+    ),
+    # Refusals no retry passes: the run is stalled with the API server's words and the fix (issue 24).
+    Case(
+        "priority-class-not-found", Phase.QUEUED, "PriorityClassNotFound",
+        f"the training-operator cannot create the pods: {PRIORITY_REFUSAL} "
+        "(no retry can pass: create that PriorityClass or change spec.resources.priorityClassName)",
+        job=pytorchjob().created(),
+        events=[event("FailedCreatePod", PRIORITY_REFUSAL, name="run", kind="PyTorchJob")],
+    ),
+    Case(
+        "invalid-pod", Phase.QUEUED, "InvalidPod",
+        job=pytorchjob().created(), pods=[pod("run-master-0")],
+        events=[event("FailedCreatePod", INVALID_POD, name="run", kind="PyTorchJob")],
+        contains=("cannot create replica worker-0: Error creating: Pod \"run-worker-0\" is invalid: spec.tolerations[0]",),
     ),
     Case(
         "refusal-of-a-replica-created-since", Phase.QUEUED, "WaitingForPods",
@@ -155,30 +176,38 @@ CASES = [
         events=[event("FailedCreatePod", 'pods "run-master-0" is forbidden: exceeded quota', name="run", kind="PyTorchJob")],
     ),
     Case(
-        "pods-not-scheduled-yet", Phase.QUEUED, "Scheduling", "waiting for the scheduler to place replica master-0, worker-0",
-        job=pytorchjob().created(), pods=[pod("run-master-0"), pod("run-worker-0")],
+        "pods-not-scheduled-yet", Phase.QUEUED, "Scheduling",
+        "waiting 4m12s (since 2026-01-01T11:55:48Z) for the scheduler to place replica master-0, worker-0",
+        job=pytorchjob().created(),
+        pods=[pod("run-master-0").created("2026-01-01T11:55:48Z"), pod("run-worker-0").created("2026-01-01T11:56:00Z")],
+    ),
+    Case(
+        "pods-not-scheduled-since-an-unknown-time", Phase.QUEUED, "Scheduling",
+        "waiting for the scheduler to place replica master-0",
+        job=pytorchjob(workers=0).created(), run=make_run(workers=0), pods=[pod("run-master-0").created("garbage")],
     ),
     Case(
         "master-unschedulable-gpus", Phase.QUEUED, "Unschedulable",
-        f"no node in pool a100 can take replica master-0 (needs 16 nvidia.com/gpu): {SCHEDULER}",
+        f"no node in pool a100 can take replica master-0 (needs 16 nvidia.com/gpu), waiting {WAITED}: {SCHEDULER}",
         run=make_run(gpus=16, pool="a100"), job=pytorchjob().created(),
         pods=[pod("run-master-0").gpus(16).pending_unschedulable(SCHEDULER), pod("run-worker-0").gpus(16).pending_unschedulable(SCHEDULER)],
     ),
     Case(
         "worker-unschedulable-master-running", Phase.QUEUED, "Unschedulable",
-        f"no node in pool a100 can take replica worker-0 (needs 8 amd.com/gpu): {AMD_SCHEDULER}",
+        f"no node in pool a100 can take replica worker-0 (needs 8 amd.com/gpu), waiting {WAITED}: {AMD_SCHEDULER}",
         job=pytorchjob().created(),
         pods=[master_running, pod("run-worker-0").gpus(8, "amd.com/gpu").pending_unschedulable(AMD_SCHEDULER)],
     ),
     Case(
         "unschedulable-cpu-and-gpus", Phase.QUEUED, "Unschedulable",
-        f"no node in pool a100 can take replica master-0 (needs cpu 90, 8 nvidia.com/gpu): {CPU_AND_GPU_SCHEDULER}",
+        f"no node in pool a100 can take replica master-0 (needs cpu 90, 8 nvidia.com/gpu), waiting {WAITED}: "
+        f"{CPU_AND_GPU_SCHEDULER}",
         run=make_run(workers=0), job=pytorchjob(workers=0).created(),
         pods=[pod("run-master-0").gpus(8).limits(cpu="90", memory="900Gi").pending_unschedulable(CPU_AND_GPU_SCHEDULER)],
     ),
     Case(
         "waiting-for-a-volume-not-for-gpus", Phase.QUEUED, "WaitingForVolume",
-        f"replica master-0 is waiting for its volume: {VOLUME_SCHEDULER}",
+        f"replica master-0 has waited {WAITED} for its volume: {VOLUME_SCHEDULER}",
         run=make_run(workers=0, gpus=1, pool="t4"), job=pytorchjob(workers=0).created(), pool="t4",
         pods=[pod("run-master-0").gpus(1).pending_unschedulable(VOLUME_SCHEDULER)],
     ),
@@ -190,7 +219,8 @@ CASES = [
     ),
     Case(
         "unschedulable-message-from-event", Phase.QUEUED, "Unschedulable",
-        "no node in pool a100 can take replica master-0: 0/2 nodes are available: 2 node(s) had untolerated taint",
+        f"no node in pool a100 can take replica master-0, waiting {WAITED}: "
+        "0/2 nodes are available: 2 node(s) had untolerated taint",
         job=pytorchjob(workers=0).created(), run=make_run(workers=0),
         pods=[pod("run-master-0").gpus(4).pending_unschedulable("")],
         events=[
@@ -200,7 +230,8 @@ CASES = [
     ),
     Case(
         "unschedulable-cpu-only-no-pool", Phase.QUEUED, "Unschedulable",
-        "no node can take replica master-0 (needs memory 64Gi): 0/3 nodes are available: 3 Insufficient memory.",
+        f"no node can take replica master-0 (needs memory 64Gi), waiting {WAITED}: "
+        "0/3 nodes are available: 3 Insufficient memory.",
         job=pytorchjob(workers=0).created(), run=make_run(workers=0), pool=None,
         pods=[pod("run-master-0").limits(cpu="8", memory="64Gi").pending_unschedulable("0/3 nodes are available: 3 Insufficient memory.")],
     ),
@@ -334,6 +365,13 @@ CASES = [
         f"training succeeded, but the uploader pod cannot be created: {QUOTA_REFUSAL}",
         run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job(),
         events=[event("FailedCreate", QUOTA_REFUSAL, name="run-upload", kind="Job", when=at(32))],
+    ),
+    Case(
+        "uploader-pod-refused-for-good", Phase.UPLOADING, "UploaderNotCreated",
+        contains=("uploader pod cannot be created: ", "violates PodSecurity", "no retry can pass"),
+        run=make_run(output_uri=URI), job=pytorchjob().succeeded(), uploader=uploader_job(),
+        events=[event("FailedCreate", 'pods "run-upload-x" is forbidden: violates PodSecurity "restricted:latest"',
+                      name="run-upload", kind="Job", when=at(32))],
     ),
     Case(
         "uploader-pod-created-after-a-refusal", Phase.UPLOADING, "Uploading", f"copying $OUTPUT_DIR to {URI}",
@@ -533,6 +571,14 @@ CONDITION_ROWS = [
     # (case id, Ready, Reconciling, Stalled, health as kstatus computes it)
     ("no-job-yet", False, True, False, "InProgress"),
     ("master-unschedulable-gpus", False, True, False, "InProgress"),
+    ("waiting-for-a-volume-not-for-gpus", False, True, False, "InProgress"),
+    ("pods-not-scheduled-yet", False, True, False, "InProgress"),
+    ("uploader-pod-refused-by-quota", False, True, False, "InProgress"),
+    # Refused for good: Failed for kstatus, so Flux and Argo CD stop waiting (issue 24).
+    ("priority-class-not-found", False, False, True, "Failed"),
+    ("invalid-pod", False, False, True, "Failed"),
+    ("training-operator-cannot-create-the-worker", False, False, True, "Failed"),
+    ("uploader-pod-refused-for-good", False, False, True, "Failed"),
     ("kueue-not-admitted", False, True, False, "InProgress"),
     ("pulling-image", False, True, False, "InProgress"),
     ("image-pull-backoff", False, False, True, "Failed"),
@@ -960,3 +1006,10 @@ def test_randomly_damaged_inputs_never_raise() -> None:
         status = status_of(run=case.run, job=damaged_job, pods=damaged_pods, events=damaged_events, uploader=damaged_uploader,
                            previous=case.previous)
         assert status.phase is not None and status.reason and status.message is not None, case.id
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(-5, "0s"), (42, "42s"), (252, "4m12s"), (3600, "1h00m"), (7500, "2h05m"), (273600, "3d04h")]
+)
+def test_a_wait_is_told_in_its_two_largest_units(seconds: float, text: str) -> None:
+    assert elapsed(seconds) == text

@@ -29,9 +29,10 @@ def validate_command(
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1."""
+    """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1.
+    A legal value that is probably a slip (memory: 1 is one byte) is printed as a warning; it fails nothing."""
     from trainrun.client.documents import load_operator_config, training_run_documents
-    from trainrun.spec import InvalidTrainingRun, validate_training_run
+    from trainrun.spec import InvalidTrainingRun, suspicious_values, validate_training_run
 
     operator_config = load_operator_config(config)
     failed = False
@@ -39,14 +40,18 @@ def validate_command(
         for document in training_run_documents(file, overrides or ()):
             name = (document.get("metadata") or {}).get("name", "<no name>")
             try:
-                validate_training_run(document, operator_config)
+                run = validate_training_run(document, operator_config)
             except InvalidTrainingRun as error:
                 failed = True
                 for problem in error.problems:
                     print(str(problem))
                 print(f"{file}: TrainingRun {name!r} has {len(error.problems)} problem(s)", file=sys.stderr)
             else:
-                print(f"{file}: TrainingRun {name!r} is valid")
+                warnings = suspicious_values(run)
+                for warning in warnings:
+                    print(f"warning: {warning}")
+                noted = f", with {len(warnings)} warning(s)" if warnings else ""
+                print(f"{file}: TrainingRun {name!r} is valid{noted}")
     if failed:
         raise typer.Exit(1)
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from trainrun.kube.body import encode_body
 from trainrun.kube.h2logs import H2LogClient, StreamError
 
 Object = dict[str, Any]
@@ -201,7 +202,7 @@ class AsyncKube:
     ) -> Object:
         """One call; the answer as JSON. Raises ApiError with the server's message."""
         session, _ = self._sessions()
-        data = json.dumps(body) if body is not None else None
+        data = encode_body(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else None
         try:
             async with session.request(

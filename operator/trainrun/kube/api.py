@@ -23,8 +23,13 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
+from trainrun.kube.body import CHARSET, encode_body
+
 Object = dict[str, Any]
 DEFAULT_FIELD_MANAGER = "trainrun"
+# With its charset named, the kubernetes package sends the body's bytes as they are (for the bare media type
+# it would json.dumps them again); the API server reads the media type without its parameters.
+APPLY_CONTENT_TYPE = f"application/apply-patch+yaml; charset={CHARSET}"
 
 
 class KubeError(RuntimeError):
@@ -166,15 +171,14 @@ class KubeApi:
 
     def _apply_once(self, obj: Object, *, field_manager: str, force: bool) -> Object:
         metadata = obj["metadata"]
-        result = self.dynamic.server_side_apply(
-            self.resource(obj["apiVersion"], obj["kind"]),
-            body=obj,
-            name=metadata["name"],
-            namespace=metadata.get("namespace"),
-            field_manager=field_manager,
-            force_conflicts=force,
+        resource = self.resource(obj["apiVersion"], obj["kind"])
+        query = [("fieldManager", field_manager), *([("force", "true")] if force else [])]
+        # Not the dynamic client's server_side_apply: it sends json.dumps(obj), whose escapes of characters
+        # outside the BMP the API server's YAML decoder refuses (trainrun.kube.body).
+        return self._call_json(
+            "PATCH", resource.path(name=metadata["name"], namespace=metadata.get("namespace")), query, body=obj,
+            content_type=APPLY_CONTENT_TYPE,
         )
-        return cast(Object, result.to_dict())
 
     @_reaching
     def get(self, api_version: str, kind: str, name: str, namespace: str | None) -> Object | None:
@@ -203,11 +207,27 @@ class KubeApi:
     def _get_json(self, path: str, query: builtins.list[tuple[str, str]] | None = None) -> Object:
         """GET path as plain JSON. The dynamic client would wrap the answer in ResourceInstance objects
         and back: measured as most of the operator's CPU with 40 runs (the namespace's events)."""
+        return self._call_json("GET", path, query or [])
+
+    def _call_json(
+        self,
+        method: str,
+        path: str,
+        query: builtins.list[tuple[str, str]],
+        *,
+        body: Object | None = None,
+        content_type: str | None = None,
+    ) -> Object:
+        """One call with plain JSON in and out; a body goes as the bytes of ``encode_body``."""
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         response = self.api_client.call_api(
             path,
-            "GET",
-            query_params=query or [],
-            header_params={"Accept": "application/json"},
+            method,
+            query_params=query,
+            header_params=headers,
+            body=None if body is None else encode_body(body),
             auth_settings=["BearerToken"],
             _preload_content=False,
             _return_http_data_only=True,

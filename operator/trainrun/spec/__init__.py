@@ -1,4 +1,5 @@
-"""The TrainingRun API: parse a document, apply defaults, validate it against the operator's pools.
+"""The TrainingRun API: parse a document, apply defaults, validate it against the operator's pools, and
+name the legal values that are probably slips (``suspicious_values``: warnings).
 
 The one entry point every caller uses (operator, ``trainrun validate``, ``trainrun render``, the local
 runner), so a file is judged the same way everywhere. Pure.
@@ -15,6 +16,7 @@ from trainrun.base.redact import redact
 from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
 from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
 from trainrun.spec.model import API_VERSION, KIND, TrainingRun, TrainingRunSpec
+from trainrun.spec.suspicious import suspicious_values
 
 
 def load_training_run(document: Mapping[str, Any]) -> TrainingRun:
@@ -121,5 +123,6 @@ __all__ = [
     "load_training_run",
     "parse_operator_config",
     "problems_with_config",
+    "suspicious_values",
     "validate_training_run",
 ]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from trainrun.spec.model import ApiModel, FreeFormObject, Quantity, Toleration, checked_uri
+from trainrun.spec.model import ApiModel, FreeFormObject, LabelMap, Quantity, ResourceName, StorageURI, Toleration
 
 CONFIG_MAP_NAME = "trainrun-operator-config"
 CONFIG_MAP_KEY = "config.yaml"
@@ -25,10 +25,10 @@ HELPER_LIMITS: dict[str, int | str] = {"cpu": "2", "memory": "2Gi"}
 class Pool(ApiModel):
     """A named group of nodes, e.g. a100 or t4, and how pods get there."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of the pool.")
+    node_selector: LabelMap = Field(default_factory=dict, description="Node labels of the pool.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for the pool's taints.")
     affinity: FreeFormObject | None = Field(default=None, description="Pod affinity for the pool.")
-    gpu_resource: str = Field(default=DEFAULT_GPU_RESOURCE, description="Extended resource name of the GPUs.")
+    gpu_resource: ResourceName = Field(default=DEFAULT_GPU_RESOURCE, description="Extended resource name of the GPUs.")
     gpus_per_node: int | None = Field(
         default=None, ge=0, description="GPUs on each node; a replica asking for more is refused up front."
     )
@@ -47,7 +47,7 @@ class HelperResources(ApiModel):
 class LogArchiveSettings(ApiModel):
     """Where the operator archives every replica's log while a run trains (see the README's "Logs")."""
 
-    default_uri: str | None = Field(
+    default_uri: StorageURI | None = Field(
         default=None,
         description="Archive location of runs without spec.output.uri: their logs go to "
         "<defaultUri>/<namespace>/<run>-<uid>/ with the operator's own credentials (its environment). "
@@ -57,11 +57,6 @@ class LogArchiveSettings(ApiModel):
     flush_seconds: float = Field(
         default=2.0, gt=0, le=300, description="Lines read are shipped as a segment this often (or every 4 MiB)."
     )
-
-    @field_validator("default_uri")
-    @classmethod
-    def _uri_is_storage(cls, uri: str | None) -> str | None:
-        return None if uri is None else checked_uri(uri)
 
 
 class NamespacePolicy(ApiModel):

@@ -7,6 +7,7 @@ the operator's Stalled condition. Pure.
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Union, get_args, get_origin
@@ -14,6 +15,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from trainrun.spec.config import OperatorConfig
+from trainrun.spec.kubevalidation import RESOURCE_NAME_PATTERN
 from trainrun.spec.model import DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN, TrainingRun
 
 
@@ -51,16 +53,17 @@ _PATTERN_WORDS = {
     DNS_LABEL_PATTERN: "must be lower-case letters, digits and '-', starting and ending with a letter or digit",
     OBJECT_NAME_PATTERN: "must be a Kubernetes object name: lower-case letters, digits, '-' and '.', "
     "starting and ending with a letter or digit",
+    RESOURCE_NAME_PATTERN: "must be an extended resource name: a domain, '/' and a name, e.g. amd.com/gpu",
 }
 
 
 def problems_from_validation_error(error: ValidationError, *, prefix: str = "") -> list[FieldProblem]:
-    """Turn pydantic's errors into FieldProblems with dotted camelCase paths (``spec.resources.gpus``)."""
+    """Turn pydantic's errors into FieldProblems with dotted camelCase paths (``spec.resources.gpus``), a
+    map's key in brackets (``spec.resources.nodeSelector["bad key!"]``)."""
     model = _VALIDATED_MODELS.get(error.title)
     problems = []
     for detail in error.errors():
-        path = ".".join(str(part) if not isinstance(part, int) else f"[{part}]" for part in detail["loc"])
-        path = path.replace(".[", "[")
+        path = dotted_path(model, detail["loc"])
         message = detail["msg"].removeprefix("Value error, ")
         hint = _FIXES.get(detail["type"])
         if detail["type"] == "string_pattern_mismatch":
@@ -95,26 +98,45 @@ def _unknown_field_message(model: type[BaseModel], location: Sequence[int | str]
     return f"unknown field{guess} {where} has: {', '.join(known)}"
 
 
+def dotted_path(model: type[BaseModel] | None, location: Sequence[int | str]) -> str:
+    """pydantic's location as a path: ``spec.inputs[0].uri``; a key of a map in brackets and quotes, as
+    ``spec.podMetadata.labels["team"]``, wherever the model says the part is a map's key (pydantic adds
+    ``[key]`` after a key that is itself at fault)."""
+    text = ""
+    annotation: Any = model
+    for index, part in enumerate(location):
+        if part == "[key]" and index == len(location) - 1:
+            break
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif get_origin(_without_wrappers(annotation)) is dict:
+            text += f"[{json.dumps(part, ensure_ascii=False)}]"
+        else:
+            text += f".{part}"
+        annotation = _inside(annotation, part)
+    return text.lstrip(".")
+
+
 def fields_at(model: type[BaseModel], path: Sequence[int | str]) -> list[str]:
     """The fields, as written in YAML (camelCase), of the object at path inside model; [] when that is no model."""
     annotation: Any = model
     for part in path:
-        annotation = _without_wrappers(annotation)
-        if get_origin(annotation) in (list, dict, tuple):
-            annotation = get_args(annotation)[-1]  # an item or a value: the key or index names no field
-            continue
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        field = next(
-            (info for name, info in annotation.model_fields.items() if part in (name, info.alias)), None
-        )
-        if field is None:
-            return []
-        annotation = field.annotation
+        annotation = _inside(annotation, part)
     annotation = _without_wrappers(annotation)
     if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
         return []
     return [info.alias or name for name, info in annotation.model_fields.items()]
+
+
+def _inside(annotation: Any, part: int | str) -> Any:
+    """The annotation of what ``part`` (a field, an index, a key) addresses in ``annotation``; None if unknown."""
+    annotation = _without_wrappers(annotation)
+    if get_origin(annotation) in (list, dict, tuple):
+        return get_args(annotation)[-1]  # an item or a value: the key or index names no field
+    if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return None
+    field = next((info for name, info in annotation.model_fields.items() if part in (name, info.alias)), None)
+    return field.annotation if field is not None else None
 
 
 def _without_wrappers(annotation: Any) -> Any:

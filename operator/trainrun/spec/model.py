@@ -8,6 +8,7 @@ generated from them (``trainrun.spec.crd``), descriptions included, so both stay
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -15,7 +16,20 @@ from pydantic.alias_generators import to_camel
 
 from trainrun.base.errors import InvalidStorageURI
 from trainrun.base.uri import parse_uri
-from trainrun.spec.quantity import quantity_sign
+from trainrun.spec.kubevalidation import (
+    DNS_SUBDOMAIN,
+    LABEL_VALUE_MAX,
+    LABEL_VALUE_PATTERN,
+    QUALIFIED_NAME_MAX,
+    QUALIFIED_NAME_PATTERN,
+    RESOURCE_NAME_PATTERN,
+    TOLERATION_RULES,
+    key_rule,
+    label_value_problem,
+    qualified_name_problem,
+    toleration_problems,
+)
+from trainrun.spec.quantity import QUANTITY_MAX, QUANTITY_MAX_TEXT, parse_quantity
 
 GROUP = "trainrun.dev"
 VERSION = "v1alpha1"
@@ -36,7 +50,7 @@ DEFAULT_RESTART_ON: tuple[FailureCause, ...] = ("NodeLost", "Preempted", "Evicte
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # The name of a Secret, claim or class the run refers to (RFC 1123 subdomain): the operator puts it in a
 # URL path, so a '/' in it would address another resource.
-OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+OBJECT_NAME_PATTERN = rf"^{DNS_SUBDOMAIN}$"
 ObjectName = Annotated[str, Field(pattern=OBJECT_NAME_PATTERN, max_length=253)]
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 # A container image reference as the kubelet parses it (github.com/distribution/reference), ASCII only:
@@ -60,16 +74,21 @@ def _quantity_input(value: object) -> object:
 
 
 def _checked_quantity(value: int | str) -> int | str:
-    sign = value if isinstance(value, int) else quantity_sign(value)
-    if sign is None:
+    amount = parse_quantity(str(value))
+    if amount is None:
         raise ValueError(f"{value!r} is not a Kubernetes quantity; write it like 8, 500m or 16Gi")
-    if sign <= 0:
+    if amount.sign <= 0:
         raise ValueError(f"must be more than 0; got {value!r}")
+    if amount.exceeds(QUANTITY_MAX):
+        raise ValueError(
+            f"{value!r} is too large: Kubernetes counts resources in thousandths in 64 bits, so at most "
+            f"{QUANTITY_MAX_TEXT} (about 9.2 x 10^15); a larger amount overflows and no node can match it"
+        )
     return value
 
 
-# A positive quantity, checked alike here and by the API server (CEL's isQuantity is the parser that
-# ``quantity_sign`` follows).
+# A positive quantity that Kubernetes can count, checked alike here and by the API server (CEL's
+# isQuantity is the parser that ``parse_quantity`` follows).
 Quantity = Annotated[
     int | str,
     BeforeValidator(_quantity_input),
@@ -78,8 +97,10 @@ Quantity = Annotated[
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "type(self) == int ? self > 0 : isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
-                    "message": "must be a quantity more than 0, such as 8, 500m or 16Gi",
+                    "rule": f"type(self) == int ? self > 0 && self <= {int(QUANTITY_MAX)} : isQuantity(self) && "
+                    f"quantity(self).isGreaterThan(quantity('0')) && "
+                    f"quantity(self).compareTo(quantity('{QUANTITY_MAX_TEXT}')) <= 0",
+                    "message": f"must be a quantity more than 0 and at most {QUANTITY_MAX_TEXT}, such as 8, 500m or 16Gi",
                 }
             ]
         },
@@ -94,7 +115,88 @@ def _checked_image(image: str) -> str:
             "the name in lowercase, e.g. ghcr.io/acme/trainer:1.0"
         )
     return image
+
+
 FreeFormObject = Annotated[dict[str, Any], Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+def _refusing(problem_of: Callable[[str], str | None]) -> AfterValidator:
+    """A validator that raises the problem ``problem_of`` finds in a text (``trainrun.spec.kubevalidation``)."""
+
+    def check(text: str) -> str:
+        problem = problem_of(text)
+        if problem is not None:
+            raise ValueError(problem)
+        return text
+
+    return AfterValidator(check)
+
+
+# Labels, annotations and node selectors as a pod carries them: keys are qualified names ([prefix/]name)
+# and label values at most 63 characters of a small alphabet (``trainrun.spec.kubevalidation``). The
+# CRD checks keys with CEL (a schema cannot constrain a map's keys) and values with a pattern.
+QualifiedName = Annotated[str, _refusing(qualified_name_problem)]
+# A key that is a value of its own, such as a toleration's (a pattern on a map's key type would make pydantic
+# write patternProperties, which a structural schema does not have).
+QualifiedNameValue = Annotated[
+    QualifiedName, Field(json_schema_extra={"pattern": QUALIFIED_NAME_PATTERN, "maxLength": QUALIFIED_NAME_MAX})
+]
+LabelValue = Annotated[
+    str,
+    _refusing(label_value_problem),
+    Field(json_schema_extra={"pattern": LABEL_VALUE_PATTERN, "maxLength": LABEL_VALUE_MAX}),
+]
+# An extended resource, such as the GPU: a domain prefix and a name.
+ResourceName = Annotated[str, Field(pattern=RESOURCE_NAME_PATTERN, max_length=QUALIFIED_NAME_MAX)]
+# Entries of a label or annotation map: bounded so that the CRD's CEL rule over its keys stays within the API
+# server's cost budget (an unbounded map is refused when the CRD is installed).
+MAX_MAP_ENTRIES = 64
+LabelMap = Annotated[
+    dict[QualifiedName, LabelValue],
+    Field(max_length=MAX_MAP_ENTRIES, json_schema_extra={"x-kubernetes-validations": [key_rule("label")]}),
+]
+AnnotationMap = Annotated[
+    dict[QualifiedName, str],
+    Field(max_length=MAX_MAP_ENTRIES, json_schema_extra={"x-kubernetes-validations": [key_rule("annotation")]}),
+]
+
+
+def _checked_absolute_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(
+            f"{path!r} is a relative path; write an absolute one (starting with /), e.g. /workspace/{path.lstrip('./')}"
+        )
+    return path
+
+
+# A path inside the container that must not depend on where the container starts (a working directory, a
+# mount point): the runtime refuses a relative one when it creates the container.
+AbsolutePath = Annotated[str, AfterValidator(_checked_absolute_path), Field(json_schema_extra={"pattern": "^/"})]
+# What the API server can tell of a storage URI: a supported scheme (any case) with a bucket, or an absolute
+# path, file:// or not, below the root. ``checked_uri`` says the rest (bucket names, '..').
+STORAGE_URI_PATTERN = (
+    r"^(([sS]3|[gG][sS]|[aA][zZ]|[aA][bB][fF][sS][sS]?)://[^/]|([fF][iI][lL][eE]://(localhost)?)?/+[^/])"
+)
+STORAGE_URI_FORMS = "s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///absolute/path or /absolute/path"
+
+
+def checked_uri(uri: str) -> str:
+    """``uri`` when it is a storage URI this package reads and writes, the same from any machine (else
+    ``ValueError`` saying why): a relative path would be read from wherever the reader runs."""
+    if uri != uri.strip():
+        raise ValueError(f"{uri!r} has spaces around it; remove them")
+    try:
+        location = parse_uri(uri)
+    except InvalidStorageURI as error:
+        raise ValueError(str(error)) from error
+    if "://" not in uri and not uri.startswith("/"):
+        raise ValueError(f"{uri!r} is neither a URI nor an absolute path: write {STORAGE_URI_FORMS}")
+    if location.scheme == "file" and not location.prefix.strip("/"):
+        raise ValueError(f"{uri!r} names the root folder /: write the folder itself, e.g. file:///data/run-1")
+    return uri
+
+
+StorageURI = Annotated[str, AfterValidator(checked_uri), Field(json_schema_extra={"pattern": STORAGE_URI_PATTERN})]
 
 
 class ApiModel(BaseModel):
@@ -128,23 +230,18 @@ class EnvVar(ApiModel):
 class PodMetadata(ApiModel):
     """Extra labels and annotations for every replica pod."""
 
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to every replica pod.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to every replica pod.")
+    labels: LabelMap = Field(default_factory=dict, description="Labels added to every replica pod.")
+    annotations: AnnotationMap = Field(default_factory=dict, description="Annotations added to every replica pod.")
 
 
 class CodeSource(ApiModel):
     """A snapshot of the user's code, uploaded by ``trainrun submit --code DIR``."""
 
-    uri: str = Field(description="Object-storage URI of the code snapshot (a folder), e.g. s3://bucket/code/run-1/.")
-    mount_path: str = Field(
+    uri: StorageURI = Field(description="Object-storage URI of the code snapshot (a folder), e.g. s3://bucket/code/run-1/.")
+    mount_path: AbsolutePath = Field(
         default="/workspace/code",
         description="Where the replicas find the code; it becomes the working directory unless workingDir is set.",
     )
-
-    @field_validator("uri")
-    @classmethod
-    def _uri_is_storage(cls, uri: str) -> str:
-        return checked_uri(uri)
 
 
 class Hyperparameters(ApiModel):
@@ -204,15 +301,26 @@ class Distribution(ApiModel):
 
 
 class Toleration(ApiModel):
-    """A Pod toleration, as in the Pod spec."""
+    """A Pod toleration, as in the Pod spec (and as the API server checks it)."""
 
-    key: str | None = Field(default=None, description="Taint key to tolerate; empty with Exists tolerates all.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": TOLERATION_RULES})
+
+    key: QualifiedNameValue | None = Field(
+        default=None, description="Taint key to tolerate; empty with Exists tolerates all."
+    )
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value for Equal.")
+    value: LabelValue | None = Field(default=None, description="Taint value for Equal; empty for Exists.")
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to tolerate; empty tolerates all."
     )
     toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+
+    @model_validator(mode="after")
+    def _as_the_api_server_checks_it(self) -> Toleration:
+        problems = toleration_problems(self.key, self.operator, self.value, self.effect, self.toleration_seconds)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class Resources(ApiModel):
@@ -227,10 +335,10 @@ class Resources(ApiModel):
     gpus: int = Field(default=0, ge=0, le=64, description="GPUs per replica (a whole number).")
     cpu: Quantity | None = Field(default=None, description="CPU per replica, e.g. 8 or 7500m (request = limit).")
     memory: Quantity | None = Field(default=None, description="Memory per replica, e.g. 64Gi (request = limit).")
-    gpu_resource: str | None = Field(
+    gpu_resource: ResourceName | None = Field(
         default=None, description="Extended resource name of the GPU, overriding the pool's (e.g. amd.com/gpu)."
     )
-    node_selector: dict[str, str] = Field(
+    node_selector: LabelMap = Field(
         default_factory=dict, description="Node labels the replicas need, added to (and overriding) the pool's."
     )
     tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations added to the pool's.")
@@ -238,6 +346,8 @@ class Resources(ApiModel):
     priority_class_name: ObjectName | None = Field(default=None, description="PriorityClass of the replica pods.")
     queue: str | None = Field(
         default=None,
+        pattern=OBJECT_NAME_PATTERN,
+        max_length=LABEL_VALUE_MAX,
         description="Kueue LocalQueue: the job is created suspended with label kueue.x-k8s.io/queue-name and "
         "Kueue admits it.",
     )
@@ -324,15 +434,10 @@ class Input(ApiModel):
     """A dataset staged into the replicas before training starts."""
 
     name: str = Field(description="Name of the input.", pattern=DNS_LABEL_PATTERN)
-    uri: str = Field(description="Object-storage URI of a file or folder, e.g. s3://datasets/fashion-mnist/.")
-    path: str | None = Field(
+    uri: StorageURI = Field(description="Object-storage URI of a file or folder, e.g. s3://datasets/fashion-mnist/.")
+    path: AbsolutePath | None = Field(
         default=None, description="Where the replicas find it. Default: /inputs/<name>. Exported as INPUT_<NAME>."
     )
-
-    @field_validator("uri")
-    @classmethod
-    def _uri_is_storage(cls, uri: str) -> str:
-        return checked_uri(uri)
 
 
 class OutputVolume(ApiModel):
@@ -350,7 +455,7 @@ class OutputVolume(ApiModel):
 class Output(ApiModel):
     """Where the model artifacts and logs go."""
 
-    uri: str | None = Field(
+    uri: StorageURI | None = Field(
         default=None,
         description="Object-storage URI for artifacts and logs: s3://, gs://, az://, file:// or an absolute path.",
     )
@@ -362,11 +467,6 @@ class Output(ApiModel):
     copy_on_failure: bool = Field(default=False, description="Also copy $OUTPUT_DIR when training fails (checkpoints).")
     keep_volume: bool = Field(default=False, description="Keep the output volume after a verified copy.")
     volume: OutputVolume = Field(default_factory=OutputVolume, description="The output volume.")
-
-    @field_validator("uri")
-    @classmethod
-    def _uri_is_storage(cls, uri: str | None) -> str | None:
-        return None if uri is None else checked_uri(uri)
 
 
 class MetricDefinition(ApiModel):
@@ -443,7 +543,9 @@ class TrainingRunSpec(ApiModel):
         description="torchrun starts nprocPerNode processes per replica and sets RANK, WORLD_SIZE and LOCAL_RANK; "
         "none runs the program directly (one process per replica).",
     )
-    working_dir: str | None = Field(default=None, description="Working directory of the training program.")
+    working_dir: AbsolutePath | None = Field(
+        default=None, description="Working directory of the training program (an absolute path)."
+    )
     env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the training program.")
     env_from: list[FreeFormObject] = Field(
         default_factory=list, description="Sources of environment variables (secretRef, configMapRef), as in a Pod."
@@ -534,11 +636,3 @@ class TrainingRun(BaseModel):
     metadata: ObjectMeta
     spec: TrainingRunSpec
 
-
-def checked_uri(uri: str) -> str:
-    """``uri`` when it is a storage URI this package reads and writes (else ``ValueError`` saying why)."""
-    try:
-        parse_uri(uri)
-    except InvalidStorageURI as error:
-        raise ValueError(str(error)) from error
-    return uri

@@ -4,7 +4,10 @@ Turns the observed pods, Events, the PyTorchJob and the uploader Job into a ``Ca
 reason (Unschedulable, ImagePullBackOff, OOMKilled, ReplicaFailed, BackoffLimitExceeded, ...) and a
 message such as "replica worker-0 was OOMKilled (memory limit 16Gi)". The training-operator itself only
 says "Created" for a job whose pods cannot start, and "N replica(s) failed" for a failure, so the detail
-comes from here. Used by ``trainrun.status.phase`` (for the operator's reconcile). Pure.
+comes from here. A cause is stalled when waiting cannot end it (a bad image, a pod the API server refuses
+for good, such as one naming a PriorityClass that does not exist); a wait that may end (no node free yet,
+a claim not bound yet) says how long it has lasted. Used by ``trainrun.status.phase`` (for the operator's
+reconcile). Pure.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from trainrun.metrics.signals import EXCEPTION_LINE
 from trainrun.spec.model import TrainingRun
 from trainrun.status.observe import EventView, JobView, PodView, Termination, UploaderView, replica_sort_key
-from trainrun.status.shapes import as_text
+from trainrun.status.shapes import as_text, timestamp
 
 # Waiting reasons that no amount of waiting fixes: the spec (image, secret, config map) must change.
 STALLING_WAITING_REASONS = {
@@ -27,6 +30,17 @@ STALLING_WAITING_REASONS = {
     "CreateContainerConfigError": "CreateContainerConfigError",
 }
 _IMAGE_WAITING_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName"}
+# The API server's words when it refuses a pod that no retry will create until the spec or the cluster
+# changes: the reason the run then gives, and the fix. Any other refusal (an exceeded quota) may pass.
+PERMANENT_POD_REFUSALS = {
+    "no PriorityClass with name": (
+        "PriorityClassNotFound", "create that PriorityClass or change spec.resources.priorityClassName"
+    ),
+    "is invalid": ("InvalidPod", "change the field it names (`trainrun validate` checks what it can before)"),
+    "violates PodSecurity": ("PodSecurityViolation", "the namespace's Pod Security level does not allow these pods"),
+    # A ResourceQuota that counts requests or limits the pods do not set.
+    "must specify": ("ResourcesRequired", "set spec.resources.cpu and memory"),
+}
 # How the operator recognises its own problem strings (see ``problems_cause``).
 TRAINING_OPERATOR_MARKERS = ("training-operator", "pytorchjob (kubeflow.org")
 POOL_FIELD = "spec.resources.pool"
@@ -106,6 +120,39 @@ def stalling_waiting_cause(pods: Sequence[PodView]) -> Cause | None:
     return None
 
 
+def pod_refusal_cause(message: str, what: str) -> Cause:
+    """The API server refused a pod of the run (``what``: "the training-operator cannot create replica
+    worker-0"): stalled when no retry can pass (PERMANENT_POD_REFUSALS), else FailedCreatePod."""
+    for words, (reason, fix) in PERMANENT_POD_REFUSALS.items():
+        if words in message:
+            return Cause(reason, f"{what}: {message} (no retry can pass: {fix})", stalled=True)
+    return Cause("FailedCreatePod", f"{what}: {message}")
+
+
+def elapsed(seconds: float) -> str:
+    """``42s``, ``4m12s``, ``2h05m``, ``3d04h``: a wait in its two largest units."""
+    whole = max(int(seconds), 0)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds_left = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{seconds_left:02d}s"
+    return f"{seconds_left}s"
+
+
+def waited(since: str | None, now: str) -> str | None:
+    """How long a wait that began at ``since`` has lasted at ``now``, and since when: ``4m12s (since
+    2026-11-30T10:02:03Z)``; the time keeps the status true between two writes. None when unknown."""
+    start, end = timestamp(since), timestamp(now)
+    if start is None or end is None:
+        return None
+    return f"{elapsed((end - start).total_seconds())} (since {since})"
+
+
 def insufficient_resources(pod: PodView, scheduler_message: str) -> str:
     """What the pod asks of the resources the scheduler says no node has enough of: "8 nvidia.com/gpu"."""
     short = [match.group(1) for match in _INSUFFICIENT.finditer(scheduler_message)]
@@ -117,8 +164,11 @@ def insufficient_resources(pod: PodView, scheduler_message: str) -> str:
     return ", ".join(needs)
 
 
-def unschedulable_cause(pods: Sequence[PodView], events: Sequence[EventView], pool: str | None) -> Cause | None:
-    """The first replica that the scheduler cannot place, with what the scheduler says is missing."""
+def unschedulable_cause(
+    pods: Sequence[PodView], events: Sequence[EventView], pool: str | None, now: str
+) -> Cause | None:
+    """The first replica that the scheduler cannot place, with what the scheduler says is missing and how
+    long the replica has waited (a node may free up, a claim may bind: not stalled)."""
     for pod in sorted(pods, key=replica_order):
         if pod.scheduled or pod.deleting:
             continue
@@ -126,12 +176,15 @@ def unschedulable_cause(pods: Sequence[PodView], events: Sequence[EventView], po
         if scheduler_message is None:
             continue
         said = f": {scheduler_message}" if scheduler_message else ""
+        wait = waited(pod.created, now)
         if any(marker in scheduler_message.lower() for marker in _VOLUME_MARKERS):
-            return Cause("WaitingForVolume", f"replica {pod.replica} is waiting for its volume{said}")
+            how_long = f" has waited {wait}" if wait else " is waiting"
+            return Cause("WaitingForVolume", f"replica {pod.replica}{how_long} for its volume{said}")
         where = f"no node in pool {pool}" if pool else "no node"
         needs = insufficient_resources(pod, scheduler_message)
         wanted = f" (needs {needs})" if needs else ""
-        return Cause("Unschedulable", f"{where} can take replica {pod.replica}{wanted}{said}")
+        how_long = f", waiting {wait}" if wait else ""
+        return Cause("Unschedulable", f"{where} can take replica {pod.replica}{wanted}{how_long}{said}")
     return None
 
 

@@ -9,9 +9,10 @@ order it is checked:
   spec.runPolicy.suspend / job suspended ...... Suspended (Queued while Kueue has not admitted the job)
   no PyTorchJob yet ........................... Queued
   a container that cannot start (bad image) .. Queued/Preparing, stalled
-  a replica the scheduler cannot place ........ Queued
+  a replica the scheduler cannot place ........ Queued, with how long it has waited
   every replica running (or job Running) ...... Running
-  pods missing or not scheduled ............... Queued
+  pods the API server refuses for good ........ Queued, stalled (a missing PriorityClass, an invalid pod)
+  pods missing or not scheduled ............... Queued, with how long the scheduler has taken so far
   pods scheduled, containers starting ......... Preparing
 
 Configuration problems reported by the operator override any phase that is not finished. Phases only
@@ -34,14 +35,16 @@ from trainrun.status.failure import (
     init_failure_cause,
     job_failure_cause,
     latest_failure_cause,
+    pod_refusal_cause,
     problems_cause,
     replica_order,
     stalling_waiting_cause,
     unschedulable_cause,
     upload_failure_message,
+    waited,
 )
 from trainrun.status.observe import EventView, JobView, PodView, ReplicaState, UploaderView, UploadState
-from trainrun.status.shapes import timestamp
+from trainrun.status.shapes import earliest, timestamp
 
 _PULL_EVENT_IMAGE = re.compile(r'"([^"]+)"')
 _DETAILS_SHOWN = 3
@@ -224,11 +227,8 @@ def _succeeded(observations: Views, run: TrainingRun, job: JobView) -> Verdict:
         # controller keeps trying. Say why instead of claiming a copy is under way.
         refused = [event for event in _create_failures(observations, "Job") if event.object_name == uploader.name]
         if refused:
-            return Verdict(
-                Phase.UPLOADING,
-                "UploaderNotCreated",
-                f"training succeeded, but the uploader pod cannot be created: {refused[-1].message}",
-            )
+            cause = pod_refusal_cause(refused[-1].message, "training succeeded, but the uploader pod cannot be created")
+            return Verdict(Phase.UPLOADING, "UploaderNotCreated", cause.message, stalled=cause.stalled)
     message = f"copying $OUTPUT_DIR to {uri}"
     if uploader.failed_attempts:
         last = f": {uploader.failure_message}" if uploader.failure_message else ""
@@ -295,7 +295,7 @@ def _active(observations: Views, run: TrainingRun, job: JobView) -> Verdict:
     blocker = stalling_waiting_cause(live)
     if blocker is not None:
         return Verdict(waiting_phase, blocker.reason, blocker.message, stalled=True)
-    unschedulable = unschedulable_cause(live, observations.events, observations.pool)
+    unschedulable = unschedulable_cause(live, observations.events, observations.pool, observations.now)
     if unschedulable is not None:
         return Verdict(Phase.QUEUED, unschedulable.reason, unschedulable.message)
 
@@ -347,27 +347,29 @@ def _restarting_message(observations: Views, run: TrainingRun, job: JobView) -> 
 def _queued(observations: Views, replicas: dict[str, PodView | None]) -> Verdict:
     missing = [name for name, pod in replicas.items() if pod is None]
     failures = _create_failures(observations, None, "PyTorchJob")
+    refusal = None
     if missing and failures and len(missing) == len(replicas):
-        return Verdict(
-            Phase.QUEUED, "FailedCreatePod", f"the training-operator cannot create the pods: {failures[-1].message}"
-        )
+        refusal = pod_refusal_cause(failures[-1].message, "the training-operator cannot create the pods")
     # Some replicas exist: only a failure that names a missing one (pods "job-worker-0" is forbidden ...)
     # explains the wait; an older one about a replica created since does not.
     about_missing = [event for event in failures if any(name in event.message for name in missing)]
-    if about_missing:
-        return Verdict(
-            Phase.QUEUED,
-            "FailedCreatePod",
-            f"the training-operator cannot create replica {_names(missing)}: {about_missing[-1].message}",
+    if refusal is None and about_missing:
+        refusal = pod_refusal_cause(
+            about_missing[-1].message, f"the training-operator cannot create replica {_names(missing)}"
         )
+    if refusal is not None:
+        return Verdict(Phase.QUEUED, refusal.reason, refusal.message, stalled=refusal.stalled)
     if missing:
         return Verdict(
             Phase.QUEUED,
             "WaitingForPods",
             f"waiting for the training-operator to create replica {_names(missing)}",
         )
-    waiting = [name for name, pod in replicas.items() if pod is not None and pod.state is ReplicaState.UNSCHEDULED]
-    return Verdict(Phase.QUEUED, "Scheduling", f"waiting for the scheduler to place replica {_names(waiting)}")
+    unplaced = [pod for pod in replicas.values() if pod is not None and pod.state is ReplicaState.UNSCHEDULED]
+    wait = waited(earliest([pod.created for pod in unplaced]), observations.now)
+    how_long = f" {wait}" if wait else ""
+    names = _names([pod.replica for pod in unplaced])
+    return Verdict(Phase.QUEUED, "Scheduling", f"waiting{how_long} for the scheduler to place replica {names}")
 
 
 def _create_failures(observations: Views, *kinds: str | None) -> list[EventView]:

@@ -1,0 +1,27 @@
+"""How a request body travels to the API server: JSON as UTF-8, every character as itself.
+
+``json.dumps`` escapes a character outside the Basic Multilingual Plane (an emoji, a rare CJK
+ideograph) as a UTF-16 surrogate pair, ``\\ud83d\\ude00``: valid JSON, but the API server reads a server-side
+apply body (``application/apply-patch+yaml``) with its YAML decoder, which refuses such escapes ("found
+invalid Unicode character escape code"), so a run with an emoji in a label or a command never got its
+PyTorchJob (issue 24). JSON is YAML, and written without ASCII escaping it is read alike by the JSON
+and the YAML decoders. Used for every body: by the operator's ``aioclient`` and the CLI's ``api``. Pure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+CHARSET = "utf-8"
+
+
+def encode_body(body: Any) -> bytes:
+    """``body`` as the bytes of a request: JSON with no ASCII escaping, in UTF-8."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        return text.encode(CHARSET)
+    except UnicodeEncodeError:
+        # Surrogates as code points of their own (YAML reads "\ud83d\ude00" as two): a pair becomes its
+        # character and a lone one U+FFFD, as the API server's JSON decoder reads their escapes.
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode(CHARSET)
