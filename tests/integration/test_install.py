@@ -47,10 +47,10 @@ Right = tuple[str, str, str]  # (resource, resource names, verb)
 RUN_RIGHTS: set[Right] = {
     *(("trainingruns.trainrun.dev", "", verb) for verb in ("list", "watch")),
     ("trainingruns.trainrun.dev/status", "", "patch"),
-    *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch")),
+    *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("jobs.batch", "", verb) for verb in ("list", "watch", "create", "patch")),
     *(("persistentvolumeclaims", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
-    *(("pods", "", verb) for verb in ("list", "watch")),
+    *(("pods", "", verb) for verb in ("list", "watch", "delete")),
     ("pods/log", "", "get"),
     *(("events", "", verb) for verb in ("list", "watch", "create")),
     ("secrets", "", "get"),

@@ -5,10 +5,16 @@ as a node failure or OOM kill would), SeaweedFS. kwok serves a pod's log from a 
 like a kubelet follows a container's log file; the test writes a Master log numbered 1..N over a minute.
 
 (a) the operator is SIGKILLed twice while the lines are written (and the lines written meanwhile are read by
-    the next one); at the end it is stopped, the run finishes and its pods are deleted while no operator
-    runs: started again, it finds the run done, and the archive (``<output>/logs/master-0.log``, in the
-    manifest) holds exactly 1..N, once each, in order, as ``trainrun logs`` prints it;
-(b) the same with a leader and a standby, the leader killed: the standby resumes where the archive says.
+    the next one); at the end it is stopped, the run finishes and its pods are deleted (by someone else)
+    while no operator runs: started again, it finds the run done, and the archive
+    (``<output>/logs/master-0.log``, in the manifest) holds exactly 1..N, once each, in order, as ``trainrun
+    logs`` prints it, then a marker line: what the container wrote after line N cannot be known, and the
+    status, a condition and a Warning Event say so (never ``complete: true`` for an archive with a hole);
+(b) the same with a leader and a standby, the leader killed: the standby resumes where the archive says;
+(c) the operator owns the end of a run's pods: with ``cleanPodPolicy: All`` and the operator down while the
+    Master writes the second half of its log and the job succeeds, the pods are still there when it comes
+    back (the training-operator never deletes them), so the archive is complete; the operator deletes them
+    itself once the archive is sealed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,16 @@ from typing import Any
 
 import pytest
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from runs import OperatorProcess, get_run, kubectl_apply, training_run, volume_for_claim, wait_for_phase
+from runs import (
+    OperatorProcess,
+    condition,
+    events_of,
+    get_run,
+    kubectl_apply,
+    training_run,
+    volume_for_claim,
+    wait_for_phase,
+)
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
 
 pytestmark = pytest.mark.cluster
@@ -67,7 +82,9 @@ def storage(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS
     yield env
 
 
-def start_run(cluster: KubeCluster, namespace: str, name: str, tmp_path: Path, log: NumberedLog, finish_after: str) -> str:
+def start_run(
+    cluster: KubeCluster, namespace: str, name: str, tmp_path: Path, log: NumberedLog, finish_after: str, **run_policy: Any
+) -> str:
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/{name}"
     volume_for_claim(cluster, namespace, f"{name}-outputs", tmp_path / "volume", create_claim=False)
     cluster.serve_pod_log(namespace, f"{name}-master-0", log.path)
@@ -77,6 +94,7 @@ def start_run(cluster: KubeCluster, namespace: str, name: str, tmp_path: Path, l
         distribution={"workers": 0},
         output={"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}},
         podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after=finish_after)},
+        runPolicy=run_policy,
     )
     kubectl_apply(cluster, document)
     return uri
@@ -99,11 +117,11 @@ def shipped_lines(uri: str, env: dict[str, str]) -> list[str]:
 
 
 def sealed_run(cluster: KubeCluster, name: str, namespace: str, *, timeout: float, by: str) -> dict[str, Any]:
-    """The run once its status says its log archive is sealed (``status.logs.complete``)."""
+    """The run once its status says its log archive is sealed (``status.logs.sealed``)."""
 
     def sealed() -> dict[str, Any] | None:
         run = get_run(cluster, name, namespace)
-        return run if run.get("status", {}).get("logs", {}).get("complete") else None
+        return run if run.get("status", {}).get("logs", {}).get("sealed") else None
 
     return dict(wait_until(sealed, timeout=timeout, what=f"the log archive of {name} sealed by {by}"))
 
@@ -144,8 +162,16 @@ def test_two_crashes_and_pods_deleted_while_down_lose_no_line_and_repeat_none(
         kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
         operator.start()
         run = sealed_run(kube_cluster, "arch", namespace, timeout=120, by="the restarted operator")
-        assert run["status"]["logs"]["uri"] == f"{uri}/logs"
-        assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(LINES)
+        logs = run["status"]["logs"]
+        assert logs["uri"] == f"{uri}/logs"
+        archived = object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines()
+        assert archived[:-1] == NumberedLog.expected(LINES)
+        # The container ran on after the last line read and its pod went while no operator ran: said, not hidden.
+        assert archived[-1].startswith("[trainrun] master-0: the lines after ") and "could not be read" in archived[-1]
+        assert (logs["complete"], [gap["replica"] for gap in logs["gaps"]]) == (False, ["master-0"])
+        assert "master-0 after" in logs["message"]
+        assert condition(run, "LogsComplete")["status"] == "False"
+        assert any(event["reason"] == "LogsIncomplete" and event["type"] == "Warning" for event in events_of(kube_cluster, "arch", namespace))
         # The uploader's copy (what its pod runs, for real) and the composed log in one manifest.
         outputs = tmp_path / "outputs"
         outputs.mkdir()
@@ -161,7 +187,7 @@ def test_two_crashes_and_pods_deleted_while_down_lose_no_line_and_repeat_none(
             [TRAINRUN, "-n", namespace, "logs", "arch"], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=60
         )
         assert printed.returncode == 0, printed.stderr
-        assert [line.split(" ", 1)[-1] for line in printed.stdout.splitlines() if "line " in line] == NumberedLog.expected(LINES)
+        assert [line.split(" ", 1)[-1] for line in printed.stdout.splitlines() if "] line " in line] == NumberedLog.expected(LINES)
     finally:
         operator.stop()
     operator.assert_no_traceback()
@@ -263,6 +289,46 @@ def test_logs_follow_shows_new_lines_at_once_and_the_archive_once_the_pods_are_g
             assert archived.returncode == 0, archived.stderr
             assert archived.stdout == live.stdout, (extra, archived.stdout, live.stdout)
         assert "[worker-0] worker line 3" in live.stdout
+    finally:
+        operator.stop()
+    operator.assert_no_traceback()
+
+
+def test_the_pods_wait_for_their_logs_whatever_the_clean_pod_policy(
+    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path
+) -> None:
+    namespace = kube_namespace
+    operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", namespace])
+    operator.start()
+    try:
+        log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
+        uri = start_run(kube_cluster, namespace, "own", tmp_path, log, f"{WRITE_SECONDS + 10:.0f}s", cleanPodPolicy="All")
+        job = kube_cluster.get("pytorchjob", "own", namespace)
+        assert job is not None and job["spec"]["runPolicy"]["cleanPodPolicy"] == "None"  # the job keeps its pods
+        wait_for_phase(kube_cluster, operator, "own", namespace, "Running", timeout=120)
+        log.thread.start()
+        wait_until(lambda: log.written >= 140, timeout=WRITE_SECONDS, what="line 140 written")
+        operator.kill()  # down while lines 141..300 are written and the job succeeds
+        wait_until(
+            lambda: _condition(kube_cluster.get("pytorchjob", "own", namespace), "Succeeded"),
+            timeout=120,
+            what="the PyTorchJob to succeed while no operator runs",
+        )
+        assert kube_cluster.get("pod", "own-master-0", namespace) is not None  # still there: its log too
+        operator.start()
+        run = sealed_run(kube_cluster, "own", namespace, timeout=120, by="the restarted operator")
+        assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(LINES)
+        assert (run["status"]["logs"]["complete"], run["status"]["logs"]["gaps"]) == (True, [])
+        outputs = tmp_path / "outputs"
+        outputs.mkdir()
+        (outputs / "model.pt").write_bytes(b"weights")
+        upload = subprocess.run([TRAINRUN, "upload", str(outputs), uri], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=120)
+        assert upload.returncode == 0, upload.stderr
+        run = wait_for_phase(kube_cluster, operator, "own", namespace, "Completed", timeout=120)
+        assert condition(run, "LogsComplete")["status"] == "True"
+        # Now the operator applies spec.runPolicy.cleanPodPolicy: All itself.
+        wait_until(lambda: kube_cluster.get("pod", "own-master-0", namespace) is None, timeout=60, what="the operator to delete the pod")
+        assert kube_cluster.get("pytorchjob", "own", namespace) is not None  # no TTL: the job stays
     finally:
         operator.stop()
     operator.assert_no_traceback()

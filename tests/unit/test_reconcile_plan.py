@@ -496,3 +496,50 @@ def test_the_store_failing_and_recovering_are_events_once() -> None:
     assert [(event.type, event.reason) for event in sealed.events] == [("Normal", "StorageRecovered")]
     assert sealed.status.logs is not None and sealed.status.logs.complete and sealed.status.logs.message is None
     assert sealed.status.metrics == {"loss": 0.25} and [STEPS[type(work)] for work in sealed.storage] == ["manifest"]
+
+
+def test_a_suspicious_value_is_a_warning_once_per_generation() -> None:
+    """A memory of one byte is legal but surely a slip: a Warning Event names the field, once per generation."""
+    first = plan(body(resources={"memory": "1"}), pools(), Observed(), now=NOW)
+    warnings = [event for event in first.events if event.reason == "SuspiciousValue"]
+    assert len(warnings) == 1 and warnings[0].type == "Warning" and "spec.resources.memory" in warnings[0].message
+    written = body({"observedGeneration": 1, "phase": "Queued"}, resources={"memory": "1"})
+    assert [event for event in plan(written, pools(), Observed(), now=NOW).events if event.reason == "SuspiciousValue"] == []
+
+
+# -- The end of a run's pods: the operator's, once their logs are archived ---------------------------------
+def finished_run(**run_policy: Any) -> dict[str, Any]:
+    logs = {"uri": "s3://models/run/logs", "sealed": True, "complete": True}
+    return with_output(previous(Phase.FAILED, reason="ReplicaFailed", message="x", logs=logs), runPolicy=run_policy)
+
+
+ENDED_PODS = [
+    pod("run-master-0").terminated(1, finished_at=at(19)),
+    pod("run-worker-0").running(),
+    pod("run-worker-1").succeeded(at(18)),
+]
+
+
+@pytest.mark.parametrize(
+    ("run_policy", "logs_sealed", "now", "actions", "requeue_after"),
+    [
+        ({"cleanPodPolicy": "None"}, True, NOW, [], None),
+        ({"cleanPodPolicy": "Running"}, True, NOW, ["delete Pod run-worker-0"], None),
+        ({"cleanPodPolicy": "All"}, True, NOW, ["delete Pod run-master-0", "delete Pod run-worker-0", "delete Pod run-worker-1"], None),
+        ({"cleanPodPolicy": "All"}, False, NOW, [], None),  # the logs are not sealed: the pods wait
+        ({"ttlSecondsAfterFinished": 3600}, True, "2026-01-01T10:50:00Z", [], RESYNC_SECONDS),  # ended 10:20: 30 min left
+        ({"ttlSecondsAfterFinished": 3600}, True, "2026-01-01T11:16:00Z", [], 240.0),
+        ({"ttlSecondsAfterFinished": 3600}, True, "2026-01-01T11:20:00Z", ["delete PyTorchJob run"], None),
+    ],
+    ids=["none", "running", "all", "all-logs-not-sealed", "ttl-not-yet", "ttl-soon", "ttl-over"],
+)
+def test_the_operator_ends_a_finished_runs_pods_after_their_logs(
+    run_policy: dict[str, Any], logs_sealed: bool, now: str, actions: list[str], requeue_after: float | None
+) -> None:
+    run = finished_run(**run_policy)
+    if not logs_sealed:
+        run["status"]["logs"] = {"uri": "s3://models/run/logs"}
+    observed = Observed(job=job().failed().started(), pods=ENDED_PODS, seal=Attempts(running=True))
+    decided = plan(run, pools(), observed, now=now)
+    assert [f"{describe(action)} {action.name}" for action in decided.actions if isinstance(action, Delete)] == actions
+    assert decided.requeue_after == requeue_after

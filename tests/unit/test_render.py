@@ -182,9 +182,11 @@ def test_zero_workers_renders_only_a_master() -> None:
         ({}, {"backoffLimit": 3, "cleanPodPolicy": "None", "suspend": False}),
         (
             {"backoffLimit": 0, "cleanPodPolicy": "All", "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60, "suspend": True},
-            {"backoffLimit": 0, "cleanPodPolicy": "All", "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 60, "suspend": True},
+            # The job keeps its pods: the operator cleans up (cleanPodPolicy, TTL) once their logs are archived.
+            {"backoffLimit": 0, "cleanPodPolicy": "None", "activeDeadlineSeconds": 600, "suspend": True},
         ),
     ],
+    ids=["defaults", "the-operator-owns-the-end"],
 )
 def test_run_policy(policy: dict[str, Any], expected: dict[str, Any]) -> None:
     job = render_pytorchjob(training_run(runPolicy={**policy, "restartPolicy": "ExitCode"}), pools())

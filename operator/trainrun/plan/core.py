@@ -34,12 +34,25 @@ from trainrun.plan.work import (
 )
 from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
 from trainrun.render.changes import decode_applied_spec, pending_changes
-from trainrun.render.children import PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, canonical_spec, volume_claim_name
-from trainrun.spec import InvalidTrainingRun, OperatorConfig, TrainingRun, load_training_run, problems_with_config
+from trainrun.render.children import (
+    PYTORCHJOB_API_VERSION,
+    PYTORCHJOB_KIND,
+    canonical_spec,
+    uploader_job_name,
+    volume_claim_name,
+)
+from trainrun.spec import (
+    InvalidTrainingRun,
+    OperatorConfig,
+    TrainingRun,
+    load_training_run,
+    problems_with_config,
+    suspicious_values,
+)
 from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
 from trainrun.status.failure import Cause
-from trainrun.status.observe import UploadState, observe_job, observe_uploader
+from trainrun.status.observe import ReplicaState, UploadState, observe_job, observe_pods, observe_uploader
 from trainrun.status.shapes import timestamp
 
 Object = dict[str, Any]
@@ -50,12 +63,14 @@ EVENT_REASONS = frozenset({"FailedCreatePod", "FailedCreate", "FailedScheduling"
 # An active run is looked at again after this long even when no watch said anything (a safety net).
 RESYNC_SECONDS = 300.0
 MIN_REQUEUE_SECONDS = 1.0
+ENDED = (ReplicaState.SUCCEEDED, ReplicaState.FAILED)
 # The reasons of an Uploading run whose storage steps fail (tried again with back-off), and of the Events
 # when that starts and ends.
 UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE = "UploadNotVerified", "StorageUnavailable"
 STORAGE_REASONS = (UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE)
 STORAGE_FAILING, STORAGE_RECOVERED = "StorageFailing", "StorageRecovered"
 LOGS_INCOMPLETE = "LogsIncomplete"
+SUSPICIOUS_VALUE = "SuspiciousValue"
 NO_TRAINING_OPERATOR = (
     "the cluster does not serve PyTorchJob (kubeflow.org/v1): install the Kubeflow training-operator, "
     "then the run starts by itself"
@@ -261,6 +276,10 @@ def plan(
         storage.append(ReadManifest(archive))
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
+    if status.phase is not None and status.phase.finished and (archive is None or logs_sealed):
+        cleaning, wait = _clean_up(run, job, observed.pods, moment)
+        actions += cleaning
+        waits.append(wait)
     done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
     seal = archive is not None and not logs_sealed and done_with_logs
     if seal and archive is not None:
@@ -271,6 +290,7 @@ def plan(
     # Through a restart too: the new job's replicas append to the same followed logs.
     active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
     events = [
+        *_warnings(run, previous),
         *((supervised.event,) if supervised.event is not None else ()),
         *_storage_events(previous, status),
         *_gap_events(previous, status),
@@ -342,6 +362,13 @@ def _storage_events(previous: TrainingRunStatus, status: TrainingRunStatus) -> l
     return []
 
 
+def _warnings(run: TrainingRun, previous: TrainingRunStatus) -> list[PhaseEvent]:
+    """A Warning for each legal but suspicious value (a memory of a few bytes), once per generation of the spec."""
+    if previous.observed_generation == run.metadata.generation:
+        return []
+    return [PhaseEvent("Warning", SUSPICIOUS_VALUE, str(problem)) for problem in suspicious_values(run)]
+
+
 def _gap_words(gaps: Sequence[LogGap]) -> str | None:
     """What status.logs says of replica logs that could not be read to their end."""
     if not gaps:
@@ -411,6 +438,34 @@ def _converge_upload(
     view = observe_job(job)
     copy_due = view is not None and (view.has("Succeeded") or (output.copy_on_failure and view.has("Failed")))
     return [Apply(render_uploader_job(run, config))] if copy_due else []
+
+
+def _clean_up(
+    run: TrainingRun, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: datetime
+) -> tuple[list[Action], float | None]:
+    """The end of a finished run's pods, once their logs are archived (the job keeps them until then):
+    spec.runPolicy.cleanPodPolicy (Running: the replicas still running; All: every replica pod), and the
+    job itself ttlSecondsAfterFinished after it ended (its pods go with it). Also seconds until the TTL."""
+    view = observe_job(job)
+    if view is None or not (view.has("Succeeded") or view.has("Failed") or view.has("Suspended")):
+        return [], None
+    policy = run.spec.run_policy
+    namespace = run.metadata.namespace
+    ended = timestamp(view.completion_time)
+    if policy.ttl_seconds_after_finished is not None and ended is not None:
+        left = policy.ttl_seconds_after_finished - (now - ended).total_seconds()
+        if left <= 0:
+            return [Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, namespace, run.metadata.name)], None
+    else:
+        left = None
+    replicas, _ = observe_pods(pods, uploader_job_name=uploader_job_name(run))
+    cleaned = policy.clean_pod_policy
+    doomed = [
+        pod.name
+        for pod in replicas
+        if not pod.deleting and (cleaned == "All" or (cleaned == "Running" and pod.state not in ENDED))
+    ]
+    return [Delete("v1", "Pod", namespace, name) for name in doomed], left
 
 
 def _copied(run: TrainingRun, observed: Observed) -> bool:

@@ -294,17 +294,19 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
 
 
 def run_policy(run: TrainingRun) -> Object:
-    """The PyTorchJob's runPolicy; a queued run starts suspended so that Kueue admits it."""
+    """The PyTorchJob's runPolicy; a queued run starts suspended so that Kueue admits it.
+
+    The job keeps its pods when it ends (cleanPodPolicy None, no TTL): the operator owns the end of a run's
+    pods and applies spec.runPolicy.cleanPodPolicy and ttlSecondsAfterFinished itself once their logs are
+    archived (``trainrun.plan``), so the training-operator never deletes a log before it was read."""
     policy = run.spec.run_policy
     rendered: Object = {
         "backoffLimit": policy.backoff_limit,
-        "cleanPodPolicy": policy.clean_pod_policy,
+        "cleanPodPolicy": "None",
         "suspend": policy.suspend or run.spec.cancel or run.spec.resources.queue is not None,
     }
     if policy.active_deadline_seconds is not None:
         rendered["activeDeadlineSeconds"] = policy.active_deadline_seconds
-    if policy.ttl_seconds_after_finished is not None:
-        rendered["ttlSecondsAfterFinished"] = policy.ttl_seconds_after_finished
     return rendered
 
 
