@@ -82,6 +82,17 @@ def storage(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS
     yield env
 
 
+@pytest.fixture
+def own_operator(kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
+    """The operator as a process watching only the test's namespace (the test may kill and start it again);
+    stopped at the end, its output checked for tracebacks."""
+    process = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", kube_namespace])
+    process.start()
+    yield process
+    process.stop()
+    process.assert_no_traceback()
+
+
 def start_run(
     cluster: KubeCluster, namespace: str, name: str, tmp_path: Path, log: NumberedLog, finish_after: str, **run_policy: Any
 ) -> str:
@@ -126,71 +137,77 @@ def sealed_run(cluster: KubeCluster, name: str, namespace: str, *, timeout: floa
     return dict(wait_until(sealed, timeout=timeout, what=f"the log archive of {name} sealed by {by}"))
 
 
+def copy_outputs_until_completed(
+    cluster: KubeCluster, operator: OperatorProcess, name: str, namespace: str, uri: str, env: dict[str, str], tmp_path: Path
+) -> dict[str, Any]:
+    """The uploader's copy of a model file (what its pod runs, for real: kwok's uploader pod only pretends),
+    then the run once Completed."""
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "model.pt").write_bytes(b"weights")
+    upload = subprocess.run(
+        [TRAINRUN, "upload", str(outputs), uri], env={**cluster.env(), **env}, capture_output=True, text=True, timeout=120
+    )
+    assert upload.returncode == 0, upload.stderr
+    return wait_for_phase(cluster, operator, name, namespace, "Completed", timeout=120)
+
+
 def object_text(uri: str, key: str, endpoint: str) -> str:
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     return str(boto3_client_for(endpoint).get_object(Bucket=BUCKET, Key=f"{prefix}/{key}")["Body"].read().decode())
 
 
 def test_two_crashes_and_pods_deleted_while_down_lose_no_line_and_repeat_none(
-    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path
+    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path,
+    own_operator: OperatorProcess,
 ) -> None:
     namespace = kube_namespace
-    operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", namespace])
-    operator.start()
-    try:
-        log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
-        uri = start_run(kube_cluster, namespace, "arch", tmp_path, log, finish_after=f"{WRITE_SECONDS + 25:.0f}s")
-        wait_for_phase(kube_cluster, operator, "arch", namespace, "Running", timeout=120)
-        log.thread.start()
-        for kill_at in (LINES // 4, LINES // 2):  # SIGKILL twice while the lines are written; down for 5 s each
-            wait_until(lambda at=kill_at: log.written >= at, timeout=WRITE_SECONDS, what=f"line {kill_at} written")
-            operator.kill()
-            time.sleep(5)
-            operator.start()
-        log.thread.join(timeout=WRITE_SECONDS * 2)
-        assert log.written == LINES
-        # Everything reaches the archive while the run still trains.
-        wait_until(lambda: len(shipped_lines(uri, storage)) == LINES, timeout=60, what=f"{LINES} lines in the archive")
-        assert shipped_lines(uri, storage) == NumberedLog.expected(LINES)
-        # The operator stops; the run finishes and its pods are deleted while none runs.
+    operator = own_operator
+    log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
+    uri = start_run(kube_cluster, namespace, "arch", tmp_path, log, finish_after=f"{WRITE_SECONDS + 25:.0f}s")
+    wait_for_phase(kube_cluster, operator, "arch", namespace, "Running", timeout=120)
+    log.thread.start()
+    for kill_at in (LINES // 4, LINES // 2):  # SIGKILL twice while the lines are written; down for 5 s each
+        wait_until(lambda at=kill_at: log.written >= at, timeout=WRITE_SECONDS, what=f"line {kill_at} written")
         operator.kill()
-        wait_until(
-            lambda: _condition(kube_cluster.get("pytorchjob", "arch", namespace), "Succeeded"),
-            timeout=120,
-            what="the PyTorchJob to succeed while no operator runs",
-        )
-        kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
+        time.sleep(5)
         operator.start()
-        run = sealed_run(kube_cluster, "arch", namespace, timeout=120, by="the restarted operator")
-        logs = run["status"]["logs"]
-        assert logs["uri"] == f"{uri}/logs"
-        archived = object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines()
-        assert archived[:-1] == NumberedLog.expected(LINES)
-        # The container ran on after the last line read and its pod went while no operator ran: said, not hidden.
-        assert archived[-1].startswith("[trainrun] master-0: the lines after ") and "could not be read" in archived[-1]
-        assert (logs["complete"], [gap["replica"] for gap in logs["gaps"]]) == (False, ["master-0"])
-        assert "master-0 after" in logs["message"]
-        assert condition(run, "LogsComplete")["status"] == "False"
-        assert any(event["reason"] == "LogsIncomplete" and event["type"] == "Warning" for event in events_of(kube_cluster, "arch", namespace))
-        # The uploader's copy (what its pod runs, for real) and the composed log in one manifest.
-        outputs = tmp_path / "outputs"
-        outputs.mkdir()
-        (outputs / "model.pt").write_bytes(b"weights")
-        upload = subprocess.run([TRAINRUN, "upload", str(outputs), uri], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=120)
-        assert upload.returncode == 0, upload.stderr
-        run = wait_for_phase(kube_cluster, operator, "arch", namespace, "Completed", timeout=120)
-        manifest = json.loads(object_text(uri, "manifest.json", s3_server.endpoint))
-        assert [entry["path"] for entry in manifest["files"]] == ["logs/master-0.log", "model.pt"]
-        assert run["status"]["artifacts"]["fileCount"] == 2
-        # With the pods gone, `trainrun logs` prints the archive.
-        printed = subprocess.run(
-            [TRAINRUN, "-n", namespace, "logs", "arch"], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=60
-        )
-        assert printed.returncode == 0, printed.stderr
-        assert [line.split(" ", 1)[-1] for line in printed.stdout.splitlines() if "] line " in line] == NumberedLog.expected(LINES)
-    finally:
-        operator.stop()
-    operator.assert_no_traceback()
+    log.thread.join(timeout=WRITE_SECONDS * 2)
+    assert log.written == LINES
+    # Everything reaches the archive while the run still trains.
+    wait_until(lambda: len(shipped_lines(uri, storage)) == LINES, timeout=60, what=f"{LINES} lines in the archive")
+    assert shipped_lines(uri, storage) == NumberedLog.expected(LINES)
+    # The operator stops; the run finishes and its pods are deleted while none runs.
+    operator.kill()
+    wait_until(
+        lambda: _condition(kube_cluster.get("pytorchjob", "arch", namespace), "Succeeded"),
+        timeout=120,
+        what="the PyTorchJob to succeed while no operator runs",
+    )
+    kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
+    operator.start()
+    run = sealed_run(kube_cluster, "arch", namespace, timeout=120, by="the restarted operator")
+    logs = run["status"]["logs"]
+    assert logs["uri"] == f"{uri}/logs"
+    archived = object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines()
+    assert archived[:-1] == NumberedLog.expected(LINES)
+    # The container ran on after the last line read and its pod went while no operator ran: said, not hidden.
+    assert archived[-1].startswith("[trainrun] master-0: the lines after ") and "could not be read" in archived[-1]
+    assert (logs["complete"], [gap["replica"] for gap in logs["gaps"]]) == (False, ["master-0"])
+    assert "master-0 after" in logs["message"]
+    assert condition(run, "LogsComplete")["status"] == "False"
+    assert any(event["reason"] == "LogsIncomplete" and event["type"] == "Warning" for event in events_of(kube_cluster, "arch", namespace))
+    # The uploader's copy (what its pod runs, for real) and the composed log in one manifest.
+    run = copy_outputs_until_completed(kube_cluster, operator, "arch", namespace, uri, storage, tmp_path)
+    manifest = json.loads(object_text(uri, "manifest.json", s3_server.endpoint))
+    assert [entry["path"] for entry in manifest["files"]] == ["logs/master-0.log", "model.pt"]
+    assert run["status"]["artifacts"]["fileCount"] == 2
+    # With the pods gone, `trainrun logs` prints the archive.
+    printed = subprocess.run(
+        [TRAINRUN, "-n", namespace, "logs", "arch"], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0, printed.stderr
+    assert [line.split(" ", 1)[-1] for line in printed.stdout.splitlines() if "] line " in line] == NumberedLog.expected(LINES)
     assert operator.starts == 4
 
 
@@ -232,103 +249,93 @@ def _condition(obj: dict[str, Any] | None, kind: str) -> bool:
 
 
 def test_logs_follow_shows_new_lines_at_once_and_the_archive_once_the_pods_are_gone(
-    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path
+    kube_cluster: KubeCluster,
+    kube_namespace: str,
+    storage: dict[str, str],
+    s3_server: SeaweedFS,
+    tmp_path: Path,
+    own_operator: OperatorProcess,
 ) -> None:
-    namespace = kube_namespace
-    operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", namespace])
-    operator.start()
+    namespace, operator = kube_namespace, own_operator
     env = {**kube_cluster.env(), **storage}
+    master = write_cri_log(tmp_path / "master.log", ["master up"])
+    worker = write_cri_log(tmp_path / "worker.log", ["worker up"])
+    kube_cluster.serve_pod_log(namespace, "tail-master-0", master)
+    kube_cluster.serve_pod_log(namespace, "tail-worker-0", worker)
+    uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/tail"
+    volume_for_claim(kube_cluster, namespace, "tail-outputs", tmp_path / "volume", create_claim=False)
+    kubectl_apply(
+        kube_cluster,
+        training_run(
+            "tail",
+            namespace,
+            output={"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}},
+            podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="40s")},
+        ),
+    )
+    wait_for_phase(kube_cluster, operator, "tail", namespace, "Running", timeout=120)
+    follower = subprocess.Popen(
+        [TRAINRUN, "-n", namespace, "logs", "-f", "tail"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    seen: list[tuple[float, str]] = []
+    reader = threading.Thread(
+        target=lambda: [seen.append((time.monotonic(), line.rstrip("\n"))) for line in follower.stdout or []], daemon=True
+    )
+    reader.start()
     try:
-        master = write_cri_log(tmp_path / "master.log", ["master up"])
-        worker = write_cri_log(tmp_path / "worker.log", ["worker up"])
-        kube_cluster.serve_pod_log(namespace, "tail-master-0", master)
-        kube_cluster.serve_pod_log(namespace, "tail-worker-0", worker)
-        uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/tail"
-        volume_for_claim(kube_cluster, namespace, "tail-outputs", tmp_path / "volume", create_claim=False)
-        kubectl_apply(
-            kube_cluster,
-            training_run(
-                "tail",
-                namespace,
-                output={"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}},
-                podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="40s")},
-            ),
-        )
-        wait_for_phase(kube_cluster, operator, "tail", namespace, "Running", timeout=120)
-        follower = subprocess.Popen(
-            [TRAINRUN, "-n", namespace, "logs", "-f", "tail"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        seen: list[tuple[float, str]] = []
-        reader = threading.Thread(
-            target=lambda: [seen.append((time.monotonic(), line.rstrip("\n"))) for line in follower.stdout or []], daemon=True
-        )
-        reader.start()
-        try:
-            wait_until(lambda: {"[master-0] master up", "[worker-0] worker up"} <= {text for _, text in seen}, timeout=60, what="the first lines")
-            delays = []
-            for number in range(1, 4):
-                written = time.monotonic()
-                write_cri_log(master, [f"master line {number}"], append=True)
-                write_cri_log(worker, [f"worker line {number}"], append=True)
-                expected = {f"[master-0] master line {number}", f"[worker-0] worker line {number}"}
-                wait_until(lambda e=expected: e <= {text for _, text in seen}, timeout=30, what=f"line {number} of both replicas")
-                delays.append(max(at for at, text in seen if text in expected) - written)
-                time.sleep(1)
-            print(f"trainrun logs -f: a new line of each replica shown {', '.join(f'{d:.2f}' for d in delays)} s after it was written")
-            assert max(delays) < 3.0, delays  # "within about a second"; the bound leaves room for a loaded CI machine
-        finally:
-            follower.terminate()
-            follower.wait(timeout=30)
-        live = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tail"], env=env, capture_output=True, text=True, timeout=60)
-        assert live.returncode == 0, live.stderr
-        sealed_run(kube_cluster, "tail", namespace, timeout=120, by="the operator")
-        kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
-        wait_until(lambda: not kube_cluster.list_objects("pods", namespace), timeout=60, what="the pods to be gone")
-        for extra in ([], ["-f"]):
-            archived = subprocess.run([TRAINRUN, "-n", namespace, "logs", *extra, "tail"], env=env, capture_output=True, text=True, timeout=60)
-            assert archived.returncode == 0, archived.stderr
-            assert archived.stdout == live.stdout, (extra, archived.stdout, live.stdout)
-        assert "[worker-0] worker line 3" in live.stdout
+        wait_until(lambda: {"[master-0] master up", "[worker-0] worker up"} <= {text for _, text in seen}, timeout=60, what="the first lines")
+        delays = []
+        for number in range(1, 4):
+            written = time.monotonic()
+            write_cri_log(master, [f"master line {number}"], append=True)
+            write_cri_log(worker, [f"worker line {number}"], append=True)
+            expected = {f"[master-0] master line {number}", f"[worker-0] worker line {number}"}
+            wait_until(lambda e=expected: e <= {text for _, text in seen}, timeout=30, what=f"line {number} of both replicas")
+            delays.append(max(at for at, text in seen if text in expected) - written)
+            time.sleep(1)
+        print(f"trainrun logs -f: a new line of each replica shown {', '.join(f'{d:.2f}' for d in delays)} s after it was written")
+        assert max(delays) < 3.0, delays  # "within about a second"; the bound leaves room for a loaded CI machine
     finally:
-        operator.stop()
-    operator.assert_no_traceback()
+        follower.terminate()
+        follower.wait(timeout=30)
+    live = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tail"], env=env, capture_output=True, text=True, timeout=60)
+    assert live.returncode == 0, live.stderr
+    sealed_run(kube_cluster, "tail", namespace, timeout=120, by="the operator")
+    kube_cluster.kubectl("delete", "pods", "--all", "-n", namespace, "--force", "--grace-period=0")
+    wait_until(lambda: not kube_cluster.list_objects("pods", namespace), timeout=60, what="the pods to be gone")
+    for extra in ([], ["-f"]):
+        archived = subprocess.run([TRAINRUN, "-n", namespace, "logs", *extra, "tail"], env=env, capture_output=True, text=True, timeout=60)
+        assert archived.returncode == 0, archived.stderr
+        assert archived.stdout == live.stdout, (extra, archived.stdout, live.stdout)
+    assert "[worker-0] worker line 3" in live.stdout
 
 
 def test_the_pods_wait_for_their_logs_whatever_the_clean_pod_policy(
-    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path
+    kube_cluster: KubeCluster, kube_namespace: str, storage: dict[str, str], s3_server: SeaweedFS, tmp_path: Path,
+    own_operator: OperatorProcess,
 ) -> None:
     namespace = kube_namespace
-    operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", namespace])
+    operator = own_operator
+    log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
+    uri = start_run(kube_cluster, namespace, "own", tmp_path, log, f"{WRITE_SECONDS + 10:.0f}s", cleanPodPolicy="All")
+    job = kube_cluster.get("pytorchjob", "own", namespace)
+    assert job is not None and job["spec"]["runPolicy"]["cleanPodPolicy"] == "None"  # the job keeps its pods
+    wait_for_phase(kube_cluster, operator, "own", namespace, "Running", timeout=120)
+    log.thread.start()
+    wait_until(lambda: log.written >= 140, timeout=WRITE_SECONDS, what="line 140 written")
+    operator.kill()  # down while lines 141..300 are written and the job succeeds
+    wait_until(
+        lambda: _condition(kube_cluster.get("pytorchjob", "own", namespace), "Succeeded"),
+        timeout=120,
+        what="the PyTorchJob to succeed while no operator runs",
+    )
+    assert kube_cluster.get("pod", "own-master-0", namespace) is not None  # still there: its log too
     operator.start()
-    try:
-        log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
-        uri = start_run(kube_cluster, namespace, "own", tmp_path, log, f"{WRITE_SECONDS + 10:.0f}s", cleanPodPolicy="All")
-        job = kube_cluster.get("pytorchjob", "own", namespace)
-        assert job is not None and job["spec"]["runPolicy"]["cleanPodPolicy"] == "None"  # the job keeps its pods
-        wait_for_phase(kube_cluster, operator, "own", namespace, "Running", timeout=120)
-        log.thread.start()
-        wait_until(lambda: log.written >= 140, timeout=WRITE_SECONDS, what="line 140 written")
-        operator.kill()  # down while lines 141..300 are written and the job succeeds
-        wait_until(
-            lambda: _condition(kube_cluster.get("pytorchjob", "own", namespace), "Succeeded"),
-            timeout=120,
-            what="the PyTorchJob to succeed while no operator runs",
-        )
-        assert kube_cluster.get("pod", "own-master-0", namespace) is not None  # still there: its log too
-        operator.start()
-        run = sealed_run(kube_cluster, "own", namespace, timeout=120, by="the restarted operator")
-        assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(LINES)
-        assert (run["status"]["logs"]["complete"], run["status"]["logs"]["gaps"]) == (True, [])
-        outputs = tmp_path / "outputs"
-        outputs.mkdir()
-        (outputs / "model.pt").write_bytes(b"weights")
-        upload = subprocess.run([TRAINRUN, "upload", str(outputs), uri], env={**kube_cluster.env(), **storage}, capture_output=True, text=True, timeout=120)
-        assert upload.returncode == 0, upload.stderr
-        run = wait_for_phase(kube_cluster, operator, "own", namespace, "Completed", timeout=120)
-        assert condition(run, "LogsComplete")["status"] == "True"
-        # Now the operator applies spec.runPolicy.cleanPodPolicy: All itself.
-        wait_until(lambda: kube_cluster.get("pod", "own-master-0", namespace) is None, timeout=60, what="the operator to delete the pod")
-        assert kube_cluster.get("pytorchjob", "own", namespace) is not None  # no TTL: the job stays
-    finally:
-        operator.stop()
-    operator.assert_no_traceback()
+    run = sealed_run(kube_cluster, "own", namespace, timeout=120, by="the restarted operator")
+    assert object_text(uri, "logs/master-0.log", s3_server.endpoint).splitlines() == NumberedLog.expected(LINES)
+    assert (run["status"]["logs"]["complete"], run["status"]["logs"]["gaps"]) == (True, [])
+    run = copy_outputs_until_completed(kube_cluster, operator, "own", namespace, uri, storage, tmp_path)
+    assert condition(run, "LogsComplete")["status"] == "True"
+    # Now the operator applies spec.runPolicy.cleanPodPolicy: All itself.
+    wait_until(lambda: kube_cluster.get("pod", "own-master-0", namespace) is None, timeout=60, what="the operator to delete the pod")
+    assert kube_cluster.get("pytorchjob", "own", namespace) is not None  # no TTL: the job stays
