@@ -216,7 +216,7 @@ def test_a_rule_across_fields_names_its_field_once(tmp_path: Path) -> None:
     ("arguments", "line"),
     [
         (["gett"], "error: No such command 'gett'. Did you mean 'get'? (trainrun -h lists what it takes)"),
-        (["describe"], "error: Missing argument 'name'. (trainrun describe -h lists what it takes)"),
+        (["describe"], "error: Missing argument 'NAME'. (trainrun describe -h lists what it takes)"),
         (["get", "--bogus"], "error: No such option: --bogus (trainrun get -h lists what it takes)"),
     ],
 )

@@ -43,12 +43,13 @@ LocalOption = Annotated[
 ]
 RunsDirOption = Annotated[
     Path,
-    typer.Option("--runs-dir", envvar=RUNS_DIR_ENV, help="Folder of local runs (one sub-folder per run)."),
+    typer.Option("--runs-dir", envvar=RUNS_DIR_ENV, metavar="DIR", help="Folder of local runs (one sub-folder per run)."),
 ]
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
+        metavar="FILE",
         help="Operator configuration (ConfigMap trainrun-operator-config, or its config.yaml): pools to check.",
         exists=True,
         dir_okay=False,
@@ -56,12 +57,13 @@ ConfigOption = Annotated[
 ]
 NamespaceOption = Annotated[
     str | None,
-    typer.Option("--namespace", "-n", help="Namespace of the run (overrides the global -n; default: default)."),
+    typer.Option("--namespace", "-n", metavar="NS", help="Namespace of the run (overrides the global -n; default: default)."),
 ]
 CodeOption = Annotated[
     Path | None,
     typer.Option(
         "--code",
+        metavar="DIR",
         help="Folder of your code to run with (spec.code): uploaded for a cluster, used in place with --local.",
         exists=True,
         file_okay=False,
@@ -71,6 +73,7 @@ CodeLimitOption = Annotated[
     int,
     typer.Option(
         "--code-limit-mb",
+        metavar="MB",
         envvar="TRAINRUN_CODE_LIMIT_MB",
         min=1,
         help="Refuse a --code folder larger than this many MB (after .trainrunignore).",
@@ -78,20 +81,21 @@ CodeLimitOption = Annotated[
 ]
 CodeUriOption = Annotated[
     str | None,
-    typer.Option("--code-uri", help="Where --code is uploaded (default: <spec.output.uri>/code)."),
+    typer.Option("--code-uri", metavar="URI", help="Where --code is uploaded (default: <spec.output.uri>/code)."),
 ]
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
+        metavar="PATH=VALUE",
         help="Override a field of the file: PATH=VALUE, e.g. --set hyperparameters.epochs=1 (PATH under spec "
         "unless it starts with metadata; VALUE is YAML; empty removes the field). Repeatable.",
     ),
 ]
 FileArgument = Annotated[
-    str, typer.Argument(help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
+    str, typer.Argument(metavar="FILE", help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
 ]
-NameArgument = Annotated[str, typer.Argument(help="Name of the TrainingRun (locally: also a run folder's name).")]
+NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="Name of the TrainingRun (locally: also a run folder's name).")]
 
 
 class OutputFormat(StrEnum):
@@ -103,7 +107,7 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, wide, yaml or json.")]
+OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", metavar="FORMAT", help="table, wide, yaml or json.")]
 
 DEFAULT_RUNS_DIR = Path("runs")
 

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
 def get_command(
     context: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="One run; all runs when left out.")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="One run; all runs when left out.")] = None,
     output: OutputOption = OutputFormat.TABLE,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Runs of every namespace.")] = False,
     namespace: NamespaceOption = None,

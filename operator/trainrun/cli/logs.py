@@ -36,10 +36,10 @@ def logs_command(
     name: NameArgument,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
     replica: Annotated[
-        str, typer.Option("--replica", "-r", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
+        str, typer.Option("--replica", "-r", metavar="REPLICA", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
     ] = "all",
     tail: Annotated[
-        int | None, typer.Option("--tail", min=0, help="Start at the last N lines of each replica's log.")
+        int | None, typer.Option("--tail", min=0, metavar="N", help="Start at the last N lines of each replica's log.")
     ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
@@ -63,7 +63,7 @@ def metrics_command(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."
+            "--plot", metavar="FILE", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."
         ),
     ] = None,
     namespace: NamespaceOption = None,

@@ -44,6 +44,7 @@ EndpointOption = Annotated[
     str | None,
     typer.Option(
         "--endpoint-url",
+        metavar="URL",
         help="S3-compatible endpoint (MinIO, SeaweedFS), e.g. http://minio:9000; default: AWS_ENDPOINT_URL.",
     ),
 ]
@@ -51,10 +52,13 @@ CaBundleOption = Annotated[
     str | None,
     typer.Option(
         "--ca-bundle",
+        metavar="PEM",
         help="PEM file of a CA to trust besides the system ones (a store behind a private CA); default: AWS_CA_BUNDLE.",
     ),
 ]
-ConcurrencyOption = Annotated[int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, max=512, metavar="N", help="Files transferred in parallel.")
+]
 _PLAIN_PROGRESS_EVERY_S = 5.0
 
 
@@ -66,8 +70,8 @@ def register(app: typer.Typer) -> None:
 
 
 def upload_command(
-    src: Annotated[Path, typer.Argument(help="A folder (uploaded with a manifest.json) or one file.")],
-    uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="A folder (uploaded with a manifest.json) or one file.")],
+    uri: Annotated[str, typer.Argument(metavar="URI", help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 64,
@@ -99,8 +103,8 @@ def upload_command(
 
 
 def download_command(
-    uri: Annotated[str, typer.Argument(help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
-    dst: Annotated[Path, typer.Argument(help="Folder to write the files into (created if missing).")],
+    uri: Annotated[str, typer.Argument(metavar="URI", help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
+    dst: Annotated[Path, typer.Argument(metavar="DST", help="Folder to write the files into (created if missing).")],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 32,
@@ -122,7 +126,7 @@ def artifacts_command(
     name: NameArgument,
     download_to: Annotated[
         Path | None,
-        typer.Option("--download", "-d", help="Copy the artifacts into this folder, checked against the manifest."),
+        typer.Option("--download", "-d", metavar="DIR", help="Copy the artifacts into this folder, checked against the manifest."),
     ] = None,
     output: OutputOption = OutputFormat.TABLE,
     namespace: NamespaceOption = None,
