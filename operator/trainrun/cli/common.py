@@ -163,7 +163,7 @@ def dump_yaml(documents: list[Any]) -> str:
 def add_command(app: typer.Typer, name: str, function: Callable[Parameters, None], *, hidden: bool = False) -> None:
     """Register a verb whose errors print as one line (``error: ...``, exit code 1), no traceback.
 
-    ``TRAINRUN_DEBUG=1`` lets the traceback through.
+    ``TRAINRUN_DEBUG=1`` lets the traceback through. A closed pipe on stdout ends the verb with exit code 0.
     """
 
     @functools.wraps(function)
@@ -172,12 +172,24 @@ def add_command(app: typer.Typer, name: str, function: Callable[Parameters, None
             function(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:
+            # The reader went away (`trainrun logs NAME | head`): a normal end, as for kubectl.
+            close_stdout()
+            raise typer.Exit(0) from None
         except Exception as error:  # noqa: BLE001 - the CLI's promise: one clear line
             if os.environ.get(DEBUG_ENV):
                 raise
             fail(one_line(error))
 
     app.command(name, hidden=hidden)(verb)
+
+
+def close_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the interpreter's last flush of what
+    is still buffered fails neither loudly nor with an exit code of its own."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def one_line(error: BaseException) -> str:

@@ -22,10 +22,18 @@ from trainrun.spec.status import TrainingRunStatus
 Object = dict[str, Any]
 
 
+class _PipeConsole(Console):
+    """A console whose closed pipe is a ``BrokenPipeError`` for the verb to handle (rich's own exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def show(renderable: RenderableType) -> None:
     """Print without cutting lines to the terminal's width: like kubectl, long rows just wrap."""
     natural = Console(width=100_000).measure(renderable).maximum
-    Console(highlight=False, width=max(natural, 80)).print(renderable)
+    _PipeConsole(highlight=False, width=max(natural, 80)).print(renderable)
 
 
 def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> list[str]:
