@@ -144,12 +144,15 @@ def client_for(
     )
 
 
-def fail(message: str, *, code: int = 1) -> NoReturn:
-    """One line to stderr, then exit. Credentials in a URL in it are masked (an error from a library may
-    quote an endpoint such as ``http://user:pass@host``)."""
+def fail(message: str, *, code: int = 1, excerpt: str | None = None) -> NoReturn:
+    """One line to stderr (then the excerpt of a file it points into, as it is), then exit. Credentials
+    in a URL in it are masked (an error from a library may quote an endpoint such as
+    ``http://user:pass@host``)."""
     from trainrun.redact import redact
 
     print(f"error: {redact(message)}", file=sys.stderr)
+    if excerpt:
+        print(redact(excerpt), file=sys.stderr)
     raise typer.Exit(code)
 
 
@@ -179,7 +182,7 @@ def add_command(app: typer.Typer, name: str, function: Callable[Parameters, None
         except Exception as error:  # noqa: BLE001 - the CLI's promise: one clear line
             if os.environ.get(DEBUG_ENV):
                 raise
-            fail(one_line(error))
+            fail(one_line(error), excerpt=getattr(error, "excerpt", None))
 
     app.command(name, hidden=hidden)(verb)
 

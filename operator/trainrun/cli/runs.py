@@ -60,8 +60,8 @@ def run_command(
     from trainrun.client.documents import single_training_run
     from trainrun.metrics.observer import exit_code
 
+    document = single_training_run(file, overrides or ())  # a broken file is named before any cluster is asked
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
-    document = single_training_run(file, overrides or ())
     name = str((document.get("metadata") or {}).get("name"))
     if not follow:
         created = client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
