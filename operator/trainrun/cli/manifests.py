@@ -28,6 +28,9 @@ def validate_command(
     ],
     config: ConfigOption = None,
     overrides: SetOption = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Judge them as trainrun run --local does (no spec.image needed).")
+    ] = False,
 ) -> None:
     """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1."""
     from trainrun.client.documents import load_operator_config, training_run_documents
@@ -39,7 +42,7 @@ def validate_command(
         for document in training_run_documents(file, overrides or ()):
             name = (document.get("metadata") or {}).get("name", "<no name>")
             try:
-                validate_training_run(document, operator_config)
+                validate_training_run(document, operator_config, local=local)
             except InvalidTrainingRun as error:
                 failed = True
                 for problem in error.problems:

@@ -82,6 +82,7 @@ class Client:
         are created (unknown pool, too many GPUs for the pool), as the operator would.
         """
         self.config = config
+        self.local = backend == "local"  # runs judged for this machine: spec.image is not needed
         self.backend: Backend
         if backend == "local":
             from trainrun.client.local import LocalBackend
@@ -101,7 +102,7 @@ class Client:
         as the operator checks it (raises InvalidTrainingRun)."""
         documents = training_run_documents(source, overrides)
         for document in documents:
-            validate_training_run(document, self.config)
+            validate_training_run(document, self.config, local=self.local)
         return documents
 
     def create(
@@ -147,14 +148,14 @@ class Client:
     ) -> Object:
         """The one TrainingRun of source, validated, with its code snapshot attached when code is given."""
         document = single_training_run(source)
-        validate_training_run(document, self.config)
+        validate_training_run(document, self.config, local=self.local)
         if code is not None:
             directory = Path(code)
             if not directory.is_dir():
                 raise ClientError(f"--code {directory} is not a folder")
             spec = document.setdefault("spec", {})
             spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri, code_limit_bytes)}
-            validate_training_run(document, self.config)
+            validate_training_run(document, self.config, local=self.local)
         return document
 
     # -- reading -----------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class _Replica:
 
 def prepare_run_folder(document: Mapping[str, Any], *, runs_dir: Path) -> RunFolder:
     """Check the document with the operator's own validation and give it a run folder (phase Preparing)."""
-    run = validate_training_run(document)
+    run = validate_training_run(document, local=True)
     folder = RunFolder.create(runs_dir, run.metadata.name)
     folder.write_manifest(dict(document))
     record_phase(
@@ -127,7 +127,7 @@ class LocalRunner:
     def __init__(self, folder: RunFolder, *, observer: RunObserver | None = None) -> None:
         self.folder = folder
         self.observer: RunObserver = observer or SilentObserver()
-        self.run_spec: TrainingRun = validate_training_run(folder.read_manifest())
+        self.run_spec: TrainingRun = validate_training_run(folder.read_manifest(), local=True)
         self.status = folder.read_status()
         self.parser = MetricParser.from_definitions(self.run_spec.spec.metrics)
         self.summary = MetricSummary()
