@@ -42,8 +42,14 @@ LocalOption = Annotated[
     typer.Option("--local", help="Use the runs on this machine (the runs folder) instead of the cluster."),
 ]
 RunsDirOption = Annotated[
-    Path,
-    typer.Option("--runs-dir", envvar=RUNS_DIR_ENV, metavar="DIR", help="Folder of local runs (one sub-folder per run)."),
+    Path | None,
+    typer.Option(
+        "--runs-dir",
+        envvar=RUNS_DIR_ENV,
+        metavar="DIR",
+        help="Folder of local runs, one sub-folder per run (default: new runs go to ./runs; runs are read from the "
+        "nearest runs/ folder, here or above).",
+    ),
 ]
 ConfigOption = Annotated[
     Path | None,
@@ -109,9 +115,6 @@ class OutputFormat(StrEnum):
 
 OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", metavar="FORMAT", help="table, wide, yaml or json.")]
 
-DEFAULT_RUNS_DIR = Path("runs")
-
-
 def global_options(context: typer.Context) -> GlobalOptions:
     """The options of the main callback (defaults when a verb is run on its own, as in tests)."""
     root = context.find_root()
@@ -123,11 +126,12 @@ def client_for(
     context: typer.Context,
     *,
     local: bool,
-    runs_dir: Path = DEFAULT_RUNS_DIR,
+    runs_dir: Path | None = None,
     config: Path | None = None,
     namespace: str | None = None,
 ) -> Client:
-    """The Client for this command: local runs under runs_dir, else the cluster of the global options."""
+    """The Client for this command: local runs (under runs_dir, else the default runs folder), else the cluster
+    of the global options."""
     from trainrun.client import Client
     from trainrun.client.documents import load_operator_config
 

@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -43,7 +42,7 @@ def logs_command(
     ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's)."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
@@ -68,7 +67,7 @@ def metrics_command(
     ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """The run's metrics: the latest value of each, or (--history) every metric line."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)

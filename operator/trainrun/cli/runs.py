@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     CodeLimitOption,
     CodeOption,
     CodeUriOption,
@@ -46,7 +45,7 @@ def run_command(
         bool, typer.Option("--quiet", "-q", help="Show only phases and metrics, not the replicas' lines.")
     ] = False,
     config: ConfigOption = None,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
     namespace: NamespaceOption = None,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
@@ -95,7 +94,7 @@ def submit_command(
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     config: ConfigOption = None,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
     code_limit_mb: CodeLimitOption = 300,

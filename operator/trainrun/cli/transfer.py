@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -131,7 +130,7 @@ def artifacts_command(
     output: OutputOption = OutputFormat.TABLE,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """List the files a run copied to its output (its manifest; -o wide: whole sha256), or copy them with --download DIR."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)

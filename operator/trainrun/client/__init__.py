@@ -48,6 +48,8 @@ class Backend(Protocol):
 
     def list(self, *, all_namespaces: bool = False) -> Objects: ...
 
+    def where(self, *, all_namespaces: bool = False) -> str: ...
+
     def logs(
         self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
     ) -> Iterator[tuple[str, str]]: ...
@@ -167,6 +169,10 @@ class Client:
     def list(self, *, all_namespaces: bool = False) -> Objects:
         """Every run (of the namespace, or all namespaces; every run folder locally)."""
         return self.backend.list(all_namespaces=all_namespaces)
+
+    def where(self, *, all_namespaces: bool = False) -> str:
+        """Where ``list`` looks: ``in namespace 'default'``, or locally ``in /home/me/project/runs``."""
+        return self.backend.where(all_namespaces=all_namespaces)
 
     def status(self, name: str) -> TrainingRunStatus:
         """The run's status as a model."""
