@@ -148,6 +148,15 @@ def client_for(
     )
 
 
+def again(context: typer.Context, verb: str, name: str, *, local: bool, namespace: str | None = None) -> str:
+    """The command that goes on from here with the flags that found the run: ``trainrun describe
+    quickstart-20261205-101500 --local``, ``trainrun -n team-a describe resnet``."""
+    namespace = namespace or global_options(context).namespace
+    if local:
+        return f"trainrun {verb} {name} --local"
+    return f"trainrun -n {namespace} {verb} {name}" if namespace else f"trainrun {verb} {name}"
+
+
 def fail(message: str, *, code: int = 1, excerpt: str | None = None) -> NoReturn:
     """One line to stderr (then the excerpt of a file it points into, as it is), then exit. Credentials
     in a URL in it are masked (an error from a library may quote an endpoint such as

@@ -22,6 +22,7 @@ from trainrun.cli.common import (
     RunsDirOption,
     SetOption,
     add_command,
+    again,
     client_for,
 )
 
@@ -76,7 +77,7 @@ def run_command(
             )
     except KeyboardInterrupt:
         # Only the cluster follow gets here: locally, SIGINT cancels the run and the runner returns.
-        print(f"stopped following; {name} goes on (trainrun cancel {name} stops it)")
+        print(f"stopped following; {name} goes on ({again(context, 'cancel', name, local=False, namespace=namespace)} stops it)")
         raise typer.Exit(130) from None
     status = status_of(finished)
     if local:

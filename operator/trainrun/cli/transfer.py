@@ -29,6 +29,7 @@ from trainrun.cli.common import (
     OutputOption,
     RunsDirOption,
     add_command,
+    again,
     client_for,
     dump_yaml,
     fail,
@@ -37,6 +38,7 @@ from trainrun.cli.common import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from trainrun.client import Client
     from trainrun.storage import ProgressCallback, StorageOptions
 
 EndpointOption = Annotated[
@@ -140,12 +142,11 @@ def artifacts_command(
         )
         return
     artifacts = client.artifacts(name)
-    if output in (OutputFormat.YAML, OutputFormat.JSON):
-        print(dump_yaml([artifacts]) if output is OutputFormat.YAML else json.dumps(artifacts, indent=2))
-        return
     manifest = artifacts["manifest"]
     if manifest is None:
-        print(f"{name}: no manifest at {artifacts['uri']} yet: nothing has been copied (see trainrun describe {name})")
+        fail(_nothing_copied(context, client, name, uri=artifacts["uri"], local=local, namespace=namespace))
+    if output in (OutputFormat.YAML, OutputFormat.JSON):
+        print(dump_yaml([artifacts]) if output is OutputFormat.YAML else json.dumps(artifacts, indent=2))
         return
     from rich.table import Table
 
@@ -164,6 +165,30 @@ def artifacts_command(
         f"copied {manifest['created']}"
     )
     show(table)
+
+
+def _nothing_copied(
+    context: typer.Context, client: Client, name: str, *, uri: str, local: bool, namespace: str | None
+) -> str:
+    """Why there is no manifest, about the run the name picked (locally a short name is the newest run of
+    that name, whatever became of it), and the command that goes on: wait for a run still going, else the
+    newest run of that name that did copy, else ``describe``."""
+    from trainrun.client import run_label, status_of
+
+    run = client.get(name)
+    label, phase = run_label(run), status_of(run).phase
+    said = f"{label} ({phase or 'Pending'}) has copied nothing to {uri}"
+    if phase is None or not phase.finished:
+        return f"{said} yet; {again(context, 'wait', label, local=local, namespace=namespace)} waits for it"
+    run_name = run["metadata"]["name"]
+    copied = [
+        run_label(item)
+        for item in client.list()
+        if item["metadata"]["name"] == run_name and status_of(item).artifacts is not None
+    ]
+    if copied:
+        return f"{said}; the newest run that did: {again(context, 'artifacts', copied[-1], local=local, namespace=namespace)}"
+    return f"{said}; why: {again(context, 'describe', label, local=local, namespace=namespace)}"
 
 
 def _download_and_report(uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from trainrun.client import run_dir_of
+from trainrun.client import run_label
 from trainrun.redact import redact, redact_optional
 from trainrun.spec.status import TrainingRunStatus
 
@@ -42,7 +41,6 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
     A local run is named by its run folder (``quickstart-20261130-051800``): two runs of one name are two
     rows that say which is which, and the name is one every ``--local`` verb takes."""
     metadata = run.get("metadata") or {}
-    run_dir = run_dir_of(run)
     spec = run.get("spec") or {}
     status = TrainingRunStatus.model_validate(run.get("status") or {})
     resources = spec.get("resources") or {}
@@ -50,7 +48,7 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
     workers = int(distribution.get("workers", 1))
     gpus = int(resources.get("gpus", 0))
     row = [
-        PurePath(run_dir).name if run_dir else str(metadata.get("name", "")),
+        run_label(run),
         str(status.phase or "Pending"),
         status.pool or str(resources.get("pool") or "-"),
         str(workers),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trainrun.client.documents import Source, single_training_run, training_run_documents
@@ -269,6 +269,13 @@ def run_dir_of(run: Object) -> str | None:
     return str(folder) if folder else None
 
 
+def run_label(run: Object) -> str:
+    """The name that picks exactly this run in every verb: a local run's folder (``quickstart-20261130-051800``:
+    two runs of one name are two folders), else ``metadata.name``."""
+    folder = run_dir_of(run)
+    return PurePath(folder).name if folder else str((run.get("metadata") or {}).get("name", ""))
+
+
 def read_manifest(uri: str) -> Manifest | None:
     """The manifest at uri, or None when there is none (nothing copied yet, or no output URI)."""
     from trainrun.storage import StorageOptions
@@ -288,4 +295,14 @@ def _name_of(run: Object) -> str:
     return str(run["metadata"]["name"])
 
 
-__all__ = ["Backend", "Client", "ClientError", "RunNotFound", "RunObserver", "WaitTimeout", "run_dir_of", "status_of"]
+__all__ = [
+    "Backend",
+    "Client",
+    "ClientError",
+    "RunNotFound",
+    "RunObserver",
+    "WaitTimeout",
+    "run_dir_of",
+    "run_label",
+    "status_of",
+]
