@@ -370,6 +370,7 @@ def _finish(session: Session, progress: Progress, summary: dict[str, Any]) -> No
         reporter.say(f"best checkpoint {best} is gone; exporting the last weights instead")
     else:
         reporter.say("no epoch reached a finite validation loss; exporting the last weights")
+    reporter.stage("exporting model")
     artifacts.export_model(session.classifier, output_dir=config.output_dir,
                            input_shape=session.dataset.input_shape)
     artifacts.write_triton_repository(config.output_dir, model_name=config.serving_name,

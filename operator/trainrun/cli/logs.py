@@ -1,6 +1,7 @@
 """``trainrun logs`` and ``trainrun metrics``: what the replicas wrote and the numbers read from it.
 
-Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally);
+Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally); ``logs``
+shows metric and progress lines in words (``trainrun.cli.lines``) unless ``--raw``;
 ``metrics --plot`` draws the history with ``trainrun.cli.plots``.
 """
 
@@ -40,16 +41,23 @@ def logs_command(
     tail: Annotated[
         int | None, typer.Option("--tail", min=0, metavar="N", help="Start at the last N lines of each replica's log.")
     ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The lines exactly as written (metric and progress lines as JSON).")
+    ] = False,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's)."""
+    """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's), metric
+    and progress lines in words as trainrun run shows them (--raw: as written)."""
+    from trainrun.cli.lines import readable_line
+
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     prefixed = replica == "all"
     try:
         for source, line in client.logs(name, follow=follow, replica=None if prefixed else replica, tail=tail):
-            print(f"[{source}] {line}" if prefixed else line, flush=follow)
+            shown = line if raw else readable_line(line)
+            print(f"[{source}] {shown}" if prefixed else shown, flush=follow)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

@@ -55,7 +55,7 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
         str(gpus),  # per replica, as the GPUS column of `kubectl get tr`
         status.key_metric or "-",
         (status.progress.summary if status.progress else None) or "-",
-        remaining(status.progress.eta if status.progress else None, now=now),
+        remaining(eta_of(status), now=now),
         age(metadata.get("creationTimestamp"), now=now),
     ]
     if with_namespace:
@@ -80,6 +80,14 @@ def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bo
     for run in runs:
         table.add_row(*run_row(run, wide=wide, with_namespace=with_namespace, now=now))
     return table
+
+
+def eta_of(status: TrainingRunStatus) -> str | None:
+    """When the run should end, while it has not: a finished run has no ETA, though its status may still
+    hold the last estimate made while it trained."""
+    if status.progress is None or (status.phase is not None and status.phase.finished):
+        return None
+    return status.progress.eta
 
 
 def age(timestamp: object, *, now: datetime) -> str:
@@ -133,7 +141,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         ("Processes per replica", distribution.get("nprocPerNode")),
         ("Job", status.job_name),
         ("Started", status.start_time),
-        ("Completed", status.completion_time),
+        ("Finished", status.completion_time),
         *progress_fields(status),
         ("Run folder", run_dir),
     ]
@@ -206,7 +214,7 @@ def progress_fields(status: TrainingRunStatus) -> list[tuple[str, object]]:
     return [
         ("Progress", f"{progress.summary} ({', '.join(where)})" if where else progress.summary),
         ("Pace", ", ".join(pace) or None),
-        ("ETA", progress.eta),
+        ("ETA", eta_of(status)),
         ("Last step", progress.last_step_time),
     ]
 
