@@ -26,6 +26,7 @@ from trainrun.cli.lines import readable_line, readable_number
 from trainrun.metrics import MetricSample, MetricSummary, is_master, structured_samples
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.status.observe import replica_sort_key
 from trainrun.status.progress import progress_status
 from trainrun.status.shapes import timestamp
 
@@ -51,6 +52,8 @@ class RunDisplay:
         self.started = time.monotonic()
         self.shown_measurements: set[tuple[str, tuple[MetricSample, ...]]] = set()
         self.tracker = ProgressTracker()
+        # Once the replicas are being stopped: how many lines each printed since (shown as one line each).
+        self.held: dict[str, int] | None = None
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
@@ -72,6 +75,8 @@ class RunDisplay:
 
     def phase(self, status: TrainingRunStatus) -> None:
         self.current_phase = status.phase
+        if self.held is not None and status.phase is not None and status.phase.finished:
+            self._show_held()
         style = PHASE_STYLES.get(status.phase, "bold") if status.phase else "bold"
         line = Text(f"{self.name}: ", style="bold")
         line.append(str(status.phase), style=style)
@@ -83,6 +88,9 @@ class RunDisplay:
     def line(self, replica: str, text: str) -> None:
         samples = tuple(structured_samples(text))
         self.tracker.take(replica, text, samples, datetime.now(UTC))
+        if self.held is not None:
+            self.held[replica] = self.held.get(replica, 0) + 1  # how it goes: in its log, counted here
+            return
         if self.quiet:
             return
         if samples:
@@ -103,7 +111,20 @@ class RunDisplay:
             )
             print(f"{self.name}: {values}", flush=True)
 
+    def stopping(self) -> None:
+        """From now on a replica's lines are how it stops (torchrun's warnings, tracebacks of the signal):
+        held back, and one line per replica says how many there were once the run has finished."""
+        self.held = {}
+        self._refresh()
+
     # -- drawing -----------------------------------------------------------------------------------------
+
+    def _show_held(self) -> None:
+        held, self.held = self.held or {}, None
+        for replica in sorted(held, key=replica_sort_key):
+            count = held[replica]
+            said = f"{count} line{'s' if count != 1 else ''}"
+            self._print(Text(f"[{replica}] ", style=_replica_style(replica)) + Text(f"stopped ({said} while stopping, in its log)", style="dim"))
 
     def _print(self, text: Text, *, stream_err: bool = False) -> None:
         if self.live is not None:
@@ -130,7 +151,9 @@ class RunDisplay:
         if progress is not None and progress.percent is not None:
             parts.append((0, f"{progress.percent:.0f}%"))
         eta = timestamp(progress.eta) if progress is not None and not phase.finished else None
-        if snapshot.stage is not None and phase is Phase.RUNNING:
+        if self.held is not None:
+            parts.append((0, "stopping"))
+        elif snapshot.stage is not None and phase is Phase.RUNNING:
             parts.append((0, snapshot.stage))
         elif eta is not None:
             left = max(int((eta - datetime.now(UTC)).total_seconds()), 0)

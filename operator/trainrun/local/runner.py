@@ -266,6 +266,8 @@ class LocalRunner:
                         return False
                 self._observe()
         finally:
+            if any(item.process.poll() is None for item in replicas):
+                self.observer.stopping()  # what they print while stopped goes to their logs, not the screen
             stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
             self._drain_until_closed(replicas)
             self._see_exits(replicas, read_logs=False)
