@@ -63,14 +63,17 @@ ConfigOption = Annotated[
 ]
 NamespaceOption = Annotated[
     str | None,
-    typer.Option("--namespace", "-n", metavar="NS", help="Namespace of the run (overrides the global -n; default: default)."),
+    typer.Option(
+        "--namespace", "-n", metavar="NS", help="Namespace of the run (overrides the global -n; default: default)."
+    ),
 ]
 CodeOption = Annotated[
     Path | None,
     typer.Option(
         "--code",
         metavar="DIR",
-        help="Folder of your code to run with (spec.code): uploaded for a cluster, used in place with --local.",
+        help="Folder of your code (spec.code): the replicas start in it and find spec.script there; uploaded for a "
+        "cluster, copied into the run folder with --local.",
         exists=True,
         file_okay=False,
     ),
@@ -101,7 +104,9 @@ SetOption = Annotated[
 FileArgument = Annotated[
     str, typer.Argument(metavar="FILE", help="TrainingRun YAML file ('-' reads stdin); several documents allowed.")
 ]
-NameArgument = Annotated[str, typer.Argument(metavar="NAME", help="Name of the TrainingRun (locally: also a run folder's name).")]
+NameArgument = Annotated[
+    str, typer.Argument(metavar="NAME", help="Name of the TrainingRun (locally: also a run folder's name).")
+]
 
 
 class OutputFormat(StrEnum):
@@ -113,7 +118,10 @@ class OutputFormat(StrEnum):
     JSON = "json"
 
 
-OutputOption = Annotated[OutputFormat, typer.Option("--output", "-o", metavar="FORMAT", help="table, wide, yaml or json.")]
+OutputOption = Annotated[
+    OutputFormat, typer.Option("--output", "-o", metavar="FORMAT", help="table, wide, yaml or json.")
+]
+
 
 def global_options(context: typer.Context) -> GlobalOptions:
     """The options of the main callback (defaults when a verb is run on its own, as in tests)."""

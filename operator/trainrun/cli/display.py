@@ -121,10 +121,11 @@ class RunDisplay:
 
     def _show_held(self) -> None:
         held, self.held = self.held or {}, None
+        if self.quiet:
+            return  # no replica lines, these neither
         for replica in sorted(held, key=replica_sort_key):
-            count = held[replica]
-            said = f"{count} line{'s' if count != 1 else ''}"
-            self._print(Text(f"[{replica}] ", style=_replica_style(replica)) + Text(f"stopped ({said} while stopping, in its log)", style="dim"))
+            said = f"{held[replica]} line{'s' if held[replica] != 1 else ''} while stopping, in its log"
+            self._print(Text(f"[{replica}] ", style=_replica_style(replica)) + Text(f"stopped ({said})", style="dim"))
 
     def _print(self, text: Text, *, stream_err: bool = False) -> None:
         if self.live is not None:

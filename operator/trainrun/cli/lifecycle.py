@@ -63,7 +63,9 @@ def wait_command(
     phase: Annotated[
         str, typer.Option("--for", metavar="PHASE", help="Phase to wait for: Completed, Running, Failed, ...")
     ] = "Completed",
-    timeout: Annotated[str | None, typer.Option("--timeout", metavar="DURATION", help="Give up after this long: 90s, 10m, 1h30m.")] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION", help="Give up after this long: 90s, 10m, 1h30m.")
+    ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     runs_dir: RunsDirOption = None,

@@ -36,11 +36,8 @@ def readable_progress_line(text: str) -> str | None:
     announced = progress_line(text)
     if announced is None:
         return None
-    said = [
-        f"{name} {value}" + (f" of {total}" if total is not None else "")
-        for name, value, total in (("epoch", announced.epoch, announced.epochs), ("step", announced.step, announced.total_steps))
-        if value is not None
-    ]
+    counts = (("epoch", announced.epoch, announced.epochs), ("step", announced.step, announced.total_steps))
+    said = [f"{name} {value}" + (f" of {total}" if total else "") for name, value, total in counts if value is not None]
     said += [announced.stage] if announced.stage is not None else []
     if not said:
         return None

@@ -36,7 +36,10 @@ def logs_command(
     name: NameArgument,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
     replica: Annotated[
-        str, typer.Option("--replica", "-r", metavar="REPLICA", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
+        str,
+        typer.Option(
+            "--replica", "-r", metavar="REPLICA", help="master-0, worker-0, worker-1, ... or all (each line prefixed)."
+        ),
     ] = "all",
     tail: Annotated[
         int | None, typer.Option("--tail", min=0, metavar="N", help="Start at the last N lines of each replica's log.")
@@ -70,7 +73,9 @@ def metrics_command(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", metavar="FILE", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."
+            "--plot",
+            metavar="FILE",
+            help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib).",
         ),
     ] = None,
     namespace: NamespaceOption = None,

@@ -32,9 +32,12 @@ app = typer.Typer(
 def main(
     context: typer.Context,
     kubeconfig: Annotated[
-        str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", metavar="FILE", help="Path of the kubeconfig file.")
+        str | None,
+        typer.Option("--kubeconfig", envvar="KUBECONFIG", metavar="FILE", help="Path of the kubeconfig file."),
     ] = None,
-    kube_context: Annotated[str | None, typer.Option("--context", metavar="NAME", help="kubeconfig context to use.")] = None,
+    kube_context: Annotated[
+        str | None, typer.Option("--context", metavar="NAME", help="kubeconfig context to use.")
+    ] = None,
     namespace: Annotated[
         str | None, typer.Option("--namespace", "-n", metavar="NS", help="Namespace of the runs (default: default).")
     ] = None,

@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 def validate_command(
     files: Annotated[
-        list[str], typer.Argument(metavar="FILE", help="TrainingRun YAML files ('-' reads stdin); several documents allowed.")
+        list[str],
+        typer.Argument(metavar="FILE", help="TrainingRun YAML files ('-' reads stdin); several documents allowed."),
     ],
     config: ConfigOption = None,
     overrides: SetOption = None,

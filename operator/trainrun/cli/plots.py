@@ -199,7 +199,8 @@ def _draw(figure: Figure, grid: GridSpec, panels: Sequence[Panel], cells: Sequen
     for panel, cell in zip(panels, cells, strict=True):
         axes = figure.add_subplot(grid[cell.row, cell.column : cell.column + cell.span])
         for line in panel.series:
-            split = next((name for prefix, name in SPLITS.items() if line.metric.removeprefix(EPOCH_MEAN_PREFIX).startswith(prefix)), "")
+            measured = line.metric.removeprefix(EPOCH_MEAN_PREFIX)
+            split = next((name for prefix, name in SPLITS.items() if measured.startswith(prefix)), "")
             colour = colours.get(split, "tab:green") if not line.metric.endswith("top5") else "tab:red"
             if line.cadence == "step":
                 axes.plot(line.xs, line.ys, color=colour, linewidth=1.2, alpha=0.85, label=line.label)

@@ -77,7 +77,8 @@ def run_command(
             )
     except KeyboardInterrupt:
         # Only the cluster follow gets here: locally, SIGINT cancels the run and the runner returns.
-        print(f"stopped following; {name} goes on ({again(context, 'cancel', name, local=False, namespace=namespace)} stops it)")
+        cancel = again(context, "cancel", name, local=False, namespace=namespace)
+        print(f"stopped following; {name} goes on ({cancel} stops it)")
         raise typer.Exit(130) from None
     status = status_of(finished)
     if local:

@@ -72,7 +72,9 @@ def register(app: typer.Typer) -> None:
 
 def upload_command(
     src: Annotated[Path, typer.Argument(metavar="SRC", help="A folder (uploaded with a manifest.json) or one file.")],
-    uri: Annotated[str, typer.Argument(metavar="URI", help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
+    uri: Annotated[
+        str, typer.Argument(metavar="URI", help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")
+    ],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 64,
@@ -104,7 +106,9 @@ def upload_command(
 
 
 def download_command(
-    uri: Annotated[str, typer.Argument(metavar="URI", help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
+    uri: Annotated[
+        str, typer.Argument(metavar="URI", help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")
+    ],
     dst: Annotated[Path, typer.Argument(metavar="DST", help="Folder to write the files into (created if missing).")],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
@@ -127,7 +131,9 @@ def artifacts_command(
     name: NameArgument,
     download_to: Annotated[
         Path | None,
-        typer.Option("--download", "-d", metavar="DIR", help="Copy the artifacts into this folder, checked against the manifest."),
+        typer.Option(
+            "--download", "-d", metavar="DIR", help="Copy the artifacts into this folder, checked against the manifest."
+        ),
     ] = None,
     output: OutputOption = OutputFormat.TABLE,
     namespace: NamespaceOption = None,
@@ -187,7 +193,8 @@ def _nothing_copied(
         if item["metadata"]["name"] == run_name and status_of(item).artifacts is not None
     ]
     if copied:
-        return f"{said}; the newest run that did: {again(context, 'artifacts', copied[-1], local=local, namespace=namespace)}"
+        newest = again(context, "artifacts", copied[-1], local=local, namespace=namespace)
+        return f"{said}; the newest run that did: {newest}"
     return f"{said}; why: {again(context, 'describe', label, local=local, namespace=namespace)}"
 
 
