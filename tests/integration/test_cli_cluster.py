@@ -56,9 +56,11 @@ def test_a_user_works_a_run_with_the_cli_and_the_client(
     assert logs.returncode == 0, logs.stderr
     assert "loading data" in logs.stdout and "worker ready" in logs.stdout
     assert "master-0" in logs.stdout and "worker-0" in logs.stdout
-    tail = trainrun(kube_cluster, "logs", "cli", "-n", namespace, "-r", "master-0", "--tail", "1")
+    tail = trainrun(kube_cluster, "logs", "cli", "-n", namespace, "-r", "master-0", "--tail", "1", "--raw")
     assert tail.returncode == 0, tail.stderr
     assert tail.stdout.splitlines() == ['trainrun:metric {"epoch": 1, "step": 5, "train_loss": 0.7, "val_loss": 0.5}']
+    tail = trainrun(kube_cluster, "logs", "cli", "-n", namespace, "-r", "master-0", "--tail", "1")
+    assert tail.stdout.splitlines() == ["epoch 1 · step 5 · train_loss 0.7 · val_loss 0.5"]  # as trainrun run shows it
 
     def metrics_shown() -> str | None:
         shown = trainrun(kube_cluster, "metrics", "cli", "-n", namespace)

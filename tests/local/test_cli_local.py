@@ -62,18 +62,26 @@ def test_describe_shows_phase_replicas_metrics_and_artifacts(quickstart: Finishe
 def test_logs_prefix_each_line_unless_one_replica_is_asked(quickstart: FinishedRun) -> None:
     code, output = invoke(quickstart, "logs", "quickstart")
     assert code == 0 and output.splitlines()[0].startswith("[master-0] ")
-    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0")
-    assert code == 0 and output == (quickstart.folder / "logs" / "master-0.log").read_text()
+    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0", "--raw")
+    assert code == 0 and output == (quickstart.folder / "logs" / "master-0.log").read_text()  # byte for byte
     # --tail N: the last N lines of each replica, as kubectl logs --tail.
     master_lines = (quickstart.folder / "logs" / "master-0.log").read_text().splitlines()
-    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0", "--tail", "3")
+    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0", "--tail", "3", "--raw")
     assert code == 0 and output.splitlines() == master_lines[-3:]
-    code, output = invoke(quickstart, "logs", "quickstart", "--tail", "1")
+    code, output = invoke(quickstart, "logs", "quickstart", "--tail", "1", "--raw")
     expected = []
     for replica in ("master-0", "worker-0"):
         lines = (quickstart.folder / "logs" / f"{replica}.log").read_text().splitlines()
         expected += [f"[{replica}] {line}" for line in lines[-1:]]  # a replica that printed nothing has none
     assert code == 0 and output.splitlines() == expected
+
+
+def test_logs_show_metric_and_progress_lines_as_the_console_does(quickstart: FinishedRun) -> None:
+    code, output = invoke(quickstart, "logs", "quickstart", "--replica", "master-0")
+    assert code == 0
+    assert "trainrun:metric" not in output and "trainrun:progress" not in output
+    assert "progress: epoch 1 of 3 · step 0 of " in output
+    assert any(line.startswith("epoch 1 · step 8 · train_loss ") for line in output.splitlines()), output
 
 
 def test_metrics_latest_and_history(quickstart: FinishedRun) -> None:

@@ -32,7 +32,7 @@ def test_create_runs_detached_and_wait_returns_it_completed(tmp_path: Path, monk
     assert finished["status"]["phase"] == "Completed", finished["status"]
     assert [run["metadata"]["name"] for run in client.list()] == ["detached"]
     metrics = client.metrics("detached")
-    assert metrics["latest"]["train_loss"] == metrics["history"][-1]["train_loss"]
+    assert metrics["latest"]["epoch_train_loss"] == metrics["history"][-1]["epoch_train_loss"]
     assert metrics["key"].startswith("val_loss=")
     lines = list(client.logs("detached"))
     assert lines and {replica for replica, _ in lines} == {"master-0", "worker-0"}

@@ -40,9 +40,10 @@ def test_cifar10_cnn_stages_its_input_and_trains(tmp_path: Path) -> None:
 
 def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
-    # --set changes the file's fields for this run only: 120 steps print 6 losses (one per 20 steps), not 10.
+    # --set changes the file's fields for this run only: 600 steps print 6 losses (one per 100 steps), not 20.
+    # Started in the sample's folder, where spec.script is, the run needs no --code.
     result = run_local(
-        SAMPLES / "custom-script.yaml", runs_dir, "--quiet", "--set", "hyperparameters.extra.steps=120", cwd=SAMPLES
+        SAMPLES / "custom-script.yaml", runs_dir, "--quiet", "--set", "hyperparameters.extra.steps=600", cwd=SAMPLES
     )
     assert result.returncode == 0, result.stdout + result.stderr
     folder = run_folder(runs_dir)
@@ -53,6 +54,8 @@ def test_custom_script_runs_with_regex_metrics(tmp_path: Path) -> None:
     status = json.loads((folder / "status.json").read_text())
     assert status["phase"] == "Completed"
     assert status["keyMetric"].startswith("loss=")
+    # Its progress lines give the run's size: the PROGRESS column reads 100% at the end, not "-".
+    assert (status["progress"]["step"], status["progress"]["totalSteps"], status["progress"]["summary"]) == (600, 600, "100%")
     # No output URI in the sample: the verified copy lands in the run folder, manifest and logs included.
     manifest = json.loads((folder / "artifacts" / "manifest.json").read_text())
     assert {"model.pt", "logs/master-0.log"} <= {entry["path"] for entry in manifest["files"]}

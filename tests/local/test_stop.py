@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import textwrap
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from localrun import metric_records, run_folder, run_local, sample, start_local_run, write_run
+from localrun import TRAINRUN, cli_env, metric_records, run_folder, run_local, sample, start_local_run, write_run
 
 pytestmark = pytest.mark.slow  # real training processes
 
@@ -56,6 +57,56 @@ def test_sigint_cancels_the_run_and_leaves_no_process(tmp_path: Path) -> None:
     status = json.loads((run_folder(runs_dir) / "status.json").read_text())
     assert status["phase"] == "Cancelled"
     assert "long: Cancelled" in output or "quickstart: Cancelled" in output
+
+
+SLEEPER_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    print(f"rank {os.environ['RANK']} ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "trainrun cancel"])
+def test_a_stop_shows_one_line_per_replica_and_keeps_the_rest_in_the_logs(tmp_path: Path, how: str) -> None:
+    """torchrun answers SIGTERM with warnings and a SignalException traceback (about 30 lines a replica):
+    the console shows one line per replica instead, the logs keep every line."""
+    (tmp_path / "sleeper.py").write_text(SLEEPER_SCRIPT)
+    document = sample("quickstart.yaml")
+    document["metadata"]["name"] = "sleeper"
+    document["spec"]["script"] = "sleeper.py"
+    document["spec"]["hyperparameters"]["extra"] = {}
+    runs_dir = tmp_path / "runs"
+    process = start_local_run(write_run(tmp_path / "sleeper.yaml", document), runs_dir, cwd=tmp_path)
+    try:
+        assert process.stdout is not None
+        before: list[str] = []
+        while sum(" ready" in line for line in before) < 2:  # both replicas run, and print nothing more
+            line = process.stdout.readline()
+            assert line, "".join(before)
+            before.append(line.rstrip("\n"))
+        if how == "ctrl-c":
+            process.send_signal(signal.SIGINT)
+        else:
+            subprocess.run([*TRAINRUN, "cancel", "sleeper", "--local", "--runs-dir", str(runs_dir)], env=cli_env(),
+                           check=True, capture_output=True, timeout=60)
+        after = process.stdout.read().splitlines()
+        assert process.wait(timeout=60) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+    folder = run_folder(runs_dir)
+    replica_lines = [line for line in after if line.startswith("[")]
+    assert sorted(line.split("]")[0] for line in replica_lines) == ["[master-0", "[worker-0"], after  # one each
+    assert after[-2:] == ["sleeper: Cancelled  stopped by a signal or by trainrun cancel", f"run folder: {folder}"]
+    assert len(after) == 4, after
+    for line in replica_lines:
+        replica = line[1:].split("]")[0]
+        logged = (folder / "logs" / f"{replica}.log").read_text().splitlines()
+        held = int(line.split("(")[1].split(" ")[0])
+        assert held == len(logged) - 1, (line, logged)  # every line after "ready" is in the log, and counted
+    assert "SignalException" in (folder / "logs" / "master-0.log").read_text()
 
 
 FAILING_SCRIPT = textwrap.dedent(

@@ -18,6 +18,7 @@ from cluster.harness import (
     REAL_NODE_TOLERATION,
     REAL_POOL,
     node_images,
+    script_env,
     start_cluster,
     stop_cluster,
     wait_until,
@@ -77,7 +78,8 @@ def test_a_real_node_serves_dns_and_the_api_server_to_pods_and_leaves_nothing() 
         record = clusters_dir / ".real-node-sysctls"
         others_first = record.exists()  # another cluster's real node runs: it recorded the settings
         before = {name: sysctl(name) for name in SYSCTLS}
-        node_up = subprocess.run(["bash", str(CLUSTER_SCRIPTS_DIR / "node.sh"), "up", cluster.name, *images], check=False)
+        node_up = subprocess.run(["bash", str(CLUSTER_SCRIPTS_DIR / "node.sh"), "up", cluster.name, *images], check=False,
+                                 env=script_env())
         assert node_up.returncode == 0
         state_dir = cluster.state_dir
         index = (state_dir / "node" / "index").read_text().strip()

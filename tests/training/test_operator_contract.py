@@ -121,6 +121,12 @@ def test_the_progress_line_of_the_trainer_is_read_by_the_operator(tmp_path: Path
     assert progress_line(stream.getvalue().rstrip("\n")) == ProgressLine(step=120, total_steps=500, epoch=2, epochs=5)
 
 
+def test_the_stage_the_trainer_announces_is_read_by_the_operator(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    reporting.Reporter(output_dir=tmp_path, enabled=True, stream=stream).stage("exporting model")
+    assert progress_line(stream.getvalue().rstrip("\n")) == ProgressLine(stage="exporting model")
+
+
 def _as_trainer_value(value: object) -> object:
     """The spec keeps dataDir as text; the trainer as a Path."""
     return Path(value) if isinstance(value, str) and value.startswith("/") else value

@@ -40,14 +40,18 @@ def test_metric_lines_follow_the_contract(two_epochs: TrainerRun) -> None:
     epoch_lines = [line for line in lines if "val_loss" in line and "final" not in line]
     assert [line["epoch"] for line in epoch_lines] == [1, 2]
     for line in epoch_lines:
-        assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_top1", "val_top5",
-                "images_per_sec", "lr"} <= line.keys()
+        # An epoch's means have names of their own: the window at the same step has its own train_loss.
+        assert {"epoch_train_loss", "epoch_train_accuracy", "val_loss", "val_accuracy", "val_top1", "val_top5",
+                "epoch_images_per_sec"} <= line.keys()
+        assert not {"train_loss", "train_accuracy", "images_per_sec", "lr"} & line.keys()
         assert 0 <= line["val_top1"] <= line["val_top5"] <= 1
     final = lines[-1]
     assert final["final"] is True and final["epoch"] == 2
     # 128 images / 16 per step = 8 steps an epoch; the print frequency is 2.
     window_steps = [line["step"] for line in lines if "val_loss" not in line]
     assert window_steps == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert all({"train_loss", "train_accuracy", "images_per_sec", "lr"} <= line.keys() for line in lines
+               if "val_loss" not in line)
     # Human-readable progress is there too, beside the machine lines.
     assert "epoch 2/2 done" in two_epochs.process.stdout
     assert all(line.startswith(METRIC_PREFIX) or "trainrun:metric" not in line

@@ -105,7 +105,7 @@ def test_stdin_is_read_with_a_dash() -> None:
     assert result.exit_code == 0, result.output
 
 
-def test_files_without_a_trainingrun_or_with_bad_yaml_give_one_line(tmp_path: Path) -> None:
+def test_files_without_a_trainingrun_or_with_bad_yaml_say_why(tmp_path: Path) -> None:
     path = write(tmp_path, {"apiVersion": "v1", "kind": "ConfigMap"})
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 1
@@ -114,8 +114,12 @@ def test_files_without_a_trainingrun_or_with_bad_yaml_give_one_line(tmp_path: Pa
     broken.write_text("spec: [unclosed\n")
     result = runner.invoke(app, ["validate", str(broken)])
     assert result.exit_code == 1
-    assert "is not valid YAML" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.splitlines() == [
+        f"error: {broken}:1:16: not valid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow "
+        "sequence)",
+        "  1 | spec: [unclosed",
+        "    |                ^",
+    ]
     result = runner.invoke(app, ["validate", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 1
     assert "missing.yaml: no such file" in result.output
@@ -217,7 +221,7 @@ def test_a_rule_across_fields_names_its_field_once(tmp_path: Path) -> None:
     ("arguments", "line"),
     [
         (["gett"], "error: No such command 'gett'. Did you mean 'get'? (trainrun -h lists what it takes)"),
-        (["describe"], "error: Missing argument 'name'. (trainrun describe -h lists what it takes)"),
+        (["describe"], "error: Missing argument 'NAME'. (trainrun describe -h lists what it takes)"),
         (["get", "--bogus"], "error: No such option: --bogus (trainrun get -h lists what it takes)"),
     ],
 )
@@ -258,3 +262,30 @@ def test_validate_prints_a_suspicious_value_as_a_warning_and_passes(tmp_path: Pa
         "process: a quantity without a suffix counts bytes; did you mean 1Gi or 1Mi?",
         f"{tmp_path / 'run.yaml'}: TrainingRun 'good' is valid, with 1 warning(s)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "kind: TrainingRun\nspec:\n  image: a: b\n",
+            ["error: {path}:3:11: not valid YAML: mapping values are not allowed here", "  3 |   image: a: b", "    |           ^"],
+        ),
+        (
+            "spec:\n  args: [a\n  image: x\n",
+            [
+                "error: {path}:3:8: not valid YAML: expected ',' or ']', but got ':' (while parsing a flow sequence that starts at line 2)",
+                "  3 |   image: x",
+                "    |        ^",
+            ],
+        ),
+    ],
+    ids=["mapping-in-value", "open-list"],
+)
+def test_invalid_yaml_names_file_line_and_column_with_a_caret(tmp_path: Path, text: str, expected: list[str]) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    for verb in ("validate", "render", "run"):
+        result = runner.invoke(app, [verb, str(path)])
+        assert result.exit_code == 1
+        assert result.output.splitlines() == [line.format(path=path) for line in expected], verb

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from trainrun.metrics import MetricParser
-from trainrun.metrics.progress import ProgressTracker, progress_line
+from trainrun.metrics.progress import ProgressLine, ProgressTracker, progress_line
 from trainrun.metrics.signals import log_signal
 from trainrun.status.progress import STARTUP_FACTOR, hang_check, progress_status
 
@@ -270,3 +270,31 @@ def test_a_replica_keeps_its_first_failure_since_its_last_step() -> None:
     )
     signal = tracker.snapshot().replicas["worker-0"].signal
     assert signal is not None and signal.cause == "CudaOOM" and signal.at == t(3)
+
+
+def test_a_stage_lasts_until_the_next_step() -> None:
+    tracker = tracked([
+        ("master-0", 0, 'trainrun:progress {"step": 0, "total_steps": 100}'),
+        ("master-0", 10, metric(100)),
+        ("master-0", 11, 'trainrun:progress {"stage": "exporting model"}'),
+        ("master-0", 12, "saving model.onnx"),
+    ])
+    assert tracker.snapshot().stage == "exporting model"
+    tracker.take("master-0", metric(101), PARSER.parse(metric(101)), t(13))
+    assert tracker.snapshot().stage is None
+    assert progress_line('trainrun:progress {"stage": "  "}') == ProgressLine()  # blank says nothing
+
+
+def test_a_final_line_repeating_an_earlier_epoch_does_not_move_the_run_back() -> None:
+    """The built-in trainer's last line repeats its best epoch's numbers at that epoch's position."""
+    final = 'trainrun:metric {"epoch": 2, "step": 384, "final": true, "val_loss": 0.31}'
+    tracker = tracked([
+        ("master-0", 0, 'trainrun:progress {"step": 0, "total_steps": 576, "epoch": 1, "epochs": 3}'),
+        ("master-0", 10, metric(384, epoch=2)),
+        ("master-0", 20, metric(576, epoch=3)),
+        ("master-0", 21, final),
+    ])
+    snapshot = tracker.snapshot()
+    assert (snapshot.step, snapshot.epoch, len(snapshot.marks)) == (576, 3, 3)
+    progress = progress_status(snapshot)
+    assert progress is not None and progress.percent == 100.0

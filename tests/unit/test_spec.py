@@ -8,6 +8,7 @@ import pytest
 from run_factory import POOLS, document, pools, training_run
 from runnable_specs import ACCEPTED_NEIGHBOURS, UNRUNNABLE
 from trainrun.spec import (
+    LOCAL_IMAGE,
     InvalidTrainingRun,
     load_training_run,
     parse_operator_config,
@@ -133,11 +134,15 @@ def test_bad_input_names_the_field_and_the_fix(spec: dict[str, Any], field: str,
     assert words in str(raised.value), str(raised.value)
 
 
-def test_missing_image_is_required() -> None:
+def test_missing_image_is_required_on_a_cluster_only() -> None:
     body = document()
     del body["spec"]["image"]
-    with pytest.raises(InvalidTrainingRun, match=r"spec\.image: is required"):
+    with pytest.raises(InvalidTrainingRun, match=r"spec\.image: is required on a cluster \(trainrun run --local needs none\)"):
         load_training_run(body)
+    assert load_training_run(body, local=True).spec.image == LOCAL_IMAGE  # replicas run with this machine's Python
+    assert load_training_run(document(), local=True).spec.image == "ghcr.io/trainrun/trainer:0.1.0"  # a named one stays
+    with pytest.raises(InvalidTrainingRun, match=r"spec\.image"):  # a bad one is still bad
+        load_training_run(document(image="Not An Image"), local=True)
 
 
 @pytest.mark.parametrize(

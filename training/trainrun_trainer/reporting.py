@@ -5,7 +5,7 @@ and one JSON object: integer `epoch` and `step`, then numeric samples (the contr
 trainrun.metrics and users' regexes parse; tests/training/test_operator_contract.py holds the prefix
 and the format to that parser). A progress line (`trainrun:progress {"step": ..., "total_steps": ...,
 "epoch": ..., "epochs": ...}`, at start and after a resume) gives trainrun the run's size, for its
-percent and ETA. Every object also goes to $OUTPUT_DIR/metrics.jsonl,
+percent and ETA; `{"stage": "exporting model"}` says what the run does once its steps are done. Every object also goes to $OUTPUT_DIR/metrics.jsonl,
 appended, so a resumed run continues the same file.
 """
 
@@ -50,8 +50,14 @@ class Reporter:
 
     def progress(self, *, step: int, total_steps: int, epoch: int, epochs: int) -> None:
         """The progress line trainrun reads the run's size from (percent and ETA), printed at start and resume."""
+        self._progress_line({"step": step, "total_steps": total_steps, "epoch": epoch, "epochs": epochs})
+
+    def stage(self, what: str) -> None:
+        """A progress line saying what the run does while no step moves (``exporting model``)."""
+        self._progress_line({"stage": what})
+
+    def _progress_line(self, fields: dict[str, int | str]) -> None:
         if self.enabled:
-            fields = {"step": step, "total_steps": total_steps, "epoch": epoch, "epochs": epochs}
             self.stream.write(PROGRESS_PREFIX + json.dumps(fields, separators=(", ", ": ")) + "\n")
             self.stream.flush()
 

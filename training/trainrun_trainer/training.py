@@ -39,6 +39,7 @@ from trainrun_trainer.models import ImageClassifier, build_classifier, uses_conv
 from trainrun_trainer.optim import build_optimizer, build_scheduler
 from trainrun_trainer.reporting import Reporter
 from trainrun_trainer.runtime import Runtime, start_runtime
+from trainrun_trainer.throughput import Throughput
 
 TOP_K = 5
 
@@ -88,6 +89,7 @@ class Session:
     train_source: BatchSource
     validation_source: BatchSource
     channels_last: bool
+    throughput: Throughput = dataclasses.field(default_factory=Throughput)  # images_per_sec, smoothed
 
 
 def run_training(config: TrainConfig) -> dict[str, Any]:
@@ -249,8 +251,10 @@ def _autocast(session: Session) -> torch.autocast:
 
 
 def _train_epoch(session: Session, *, progress: Progress, epoch: int) -> dict[str, float]:
-    """One pass over this rank's share; prints window metrics every print-frequency steps and
-    returns the epoch's (all-rank) train_loss, train_accuracy, images_per_sec and lr."""
+    """One pass over this rank's share; prints window metrics every print-frequency steps (train_loss,
+    train_accuracy, images_per_sec, lr) and returns the epoch's (all-rank) means under names of their own,
+    epoch_train_loss, epoch_train_accuracy and epoch_images_per_sec: at the epoch's last step a window's
+    train_loss and the epoch's mean are two different numbers."""
     config, runtime, reporter = session.config, session.runtime, session.reporter
     session.model.train()
     device = runtime.device
@@ -273,7 +277,8 @@ def _train_epoch(session: Session, *, progress: Progress, epoch: int) -> dict[st
         window_sums[0] += loss.detach().double() * batch
         window_sums[1] += (logits.detach().argmax(dim=1) == labels).sum()
         if progress.global_step % config.print_frequency == 0:
-            samples = _train_samples(session, window_sums, seen=window_seen, since=window_start)
+            samples = _train_samples(session, window_sums, seen=window_seen, since=window_start, smoothed=True)
+            samples["lr"] = float(session.scheduler.get_last_lr()[0])
             samples.update(_device_metrics(runtime))
             reporter.metrics(epoch=epoch, step=progress.global_step, samples=samples)
             epoch_sums += window_sums
@@ -282,7 +287,8 @@ def _train_epoch(session: Session, *, progress: Progress, epoch: int) -> dict[st
             window_seen = 0
             window_start = time.perf_counter()
     epoch_sums += window_sums
-    return _train_samples(session, epoch_sums, seen=epoch_seen + window_seen, since=epoch_start)
+    means = _train_samples(session, epoch_sums, seen=epoch_seen + window_seen, since=epoch_start)
+    return {f"epoch_{name}": value for name, value in means.items()}
 
 
 def _global_totals(runtime: Runtime, sums: torch.Tensor, *, seen: int) -> list[float]:
@@ -294,12 +300,15 @@ def _global_totals(runtime: Runtime, sums: torch.Tensor, *, seen: int) -> list[f
     return values
 
 
-def _train_samples(session: Session, sums: torch.Tensor, *, seen: int, since: float) -> dict[str, float]:
-    """All-rank train_loss, train_accuracy and throughput from this rank's [loss sum, correct]."""
+def _train_samples(
+    session: Session, sums: torch.Tensor, *, seen: int, since: float, smoothed: bool = False
+) -> dict[str, float]:
+    """All-rank train_loss, train_accuracy and throughput from this rank's [loss sum, correct]; smoothed: the
+    throughput over the last seconds of training (a print window), else over these images alone (an epoch)."""
     loss_sum, correct, images = _global_totals(session.runtime, sums, seen=seen)
     elapsed = time.perf_counter() - since
-    return {"train_loss": loss_sum / images, "train_accuracy": correct / images,
-            "images_per_sec": images / elapsed, "lr": float(session.scheduler.get_last_lr()[0])}
+    rate = session.throughput.add(images, elapsed) if smoothed else images / elapsed
+    return {"train_loss": loss_sum / images, "train_accuracy": correct / images, "images_per_sec": rate}
 
 
 def _validate(session: Session) -> dict[str, float]:
@@ -370,6 +379,7 @@ def _finish(session: Session, progress: Progress, summary: dict[str, Any]) -> No
         reporter.say(f"best checkpoint {best} is gone; exporting the last weights instead")
     else:
         reporter.say("no epoch reached a finite validation loss; exporting the last weights")
+    reporter.stage("exporting model")
     artifacts.export_model(session.classifier, output_dir=config.output_dir,
                            input_shape=session.dataset.input_shape)
     artifacts.write_triton_repository(config.output_dir, model_name=config.serving_name,

@@ -1,11 +1,12 @@
 """The live view of a run that ``trainrun run`` shows while it trains.
 
 Phase changes, every replica's lines with a ``[master-0]`` prefix (hidden by --quiet), and on a
-terminal a live progress line (percent and ETA, epoch/step, loss, images/s: the percent and ETA from
-the same ``trainrun.status.progress`` as the status, fed the lines as they arrive) kept at the bottom with rich; plain lines
-when the output is a file or a pipe. A ``trainrun:metric {json}`` line is shown as people read it
-(``epoch 1 · step 8 · train_loss 2.281 · images_per_sec 16,613``); the log file keeps it as written. Implements ``trainrun.metrics.observer.RunObserver``, which the local
-runner and the cluster follower both report to.
+terminal a live progress line kept at the bottom with rich (percent and ETA, or the stage the program
+announced, epoch/step, loss, images/s, elapsed time, fitted to the terminal's width; the percent and ETA
+from the same ``trainrun.status.progress`` as the status, fed the lines as they arrive); plain lines
+when the output is a file or a pipe. Metric and progress lines are shown in words
+(``trainrun.cli.lines``); the log file keeps them as written. Implements
+``trainrun.metrics.observer.RunObserver``, which the local runner and the cluster follower both report to.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from trainrun.metrics import METRIC_PREFIX, MetricSample, MetricSummary, is_master, structured_samples
+from trainrun.cli.lines import readable_line, readable_number
+from trainrun.metrics import MetricSample, MetricSummary, is_master, structured_samples
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.status.observe import replica_sort_key
 from trainrun.status.progress import progress_status
 from trainrun.status.shapes import timestamp
 
@@ -45,11 +48,12 @@ class RunDisplay:
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.live: Live | None = None
         self.current_phase: Phase | None = None
-        self.position: dict[str, Any] = {}
         self.latest: dict[str, float] = {}
         self.started = time.monotonic()
         self.shown_measurements: set[tuple[str, tuple[MetricSample, ...]]] = set()
         self.tracker = ProgressTracker()
+        # Once the replicas are being stopped: how many lines each printed since (shown as one line each).
+        self.held: dict[str, int] | None = None
 
     def __enter__(self) -> RunDisplay:
         if self.console.is_terminal:
@@ -71,6 +75,8 @@ class RunDisplay:
 
     def phase(self, status: TrainingRunStatus) -> None:
         self.current_phase = status.phase
+        if self.held is not None and status.phase is not None and status.phase.finished:
+            self._show_held()
         style = PHASE_STYLES.get(status.phase, "bold") if status.phase else "bold"
         line = Text(f"{self.name}: ", style="bold")
         line.append(str(status.phase), style=style)
@@ -82,6 +88,9 @@ class RunDisplay:
     def line(self, replica: str, text: str) -> None:
         samples = tuple(structured_samples(text))
         self.tracker.take(replica, text, samples, datetime.now(UTC))
+        if self.held is not None:
+            self.held[replica] = self.held.get(replica, 0) + 1  # how it goes: in its log, counted here
+            return
         if self.quiet:
             return
         if samples:
@@ -89,12 +98,9 @@ class RunDisplay:
                 return  # the trainer's final line repeats its best epoch's: shown once already
             self.shown_measurements.add((replica, samples))
         prefix = Text(f"[{replica}] ", style=_replica_style(replica))
-        self._print(prefix + Text(readable_metric_line(text) or text))
+        self._print(prefix + Text(readable_line(text)))
 
     def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
-        for key in ("epoch", "step"):
-            if key in record:
-                self.position[key] = record[key]
         self.latest = dict(summary.latest)
         if self.live is not None:
             self._refresh()
@@ -105,7 +111,21 @@ class RunDisplay:
             )
             print(f"{self.name}: {values}", flush=True)
 
+    def stopping(self) -> None:
+        """From now on a replica's lines are how it stops (torchrun's warnings, tracebacks of the signal):
+        held back, and one line per replica says how many there were once the run has finished."""
+        self.held = {}
+        self._refresh()
+
     # -- drawing -----------------------------------------------------------------------------------------
+
+    def _show_held(self) -> None:
+        held, self.held = self.held or {}, None
+        if self.quiet:
+            return  # no replica lines, these neither
+        for replica in sorted(held, key=replica_sort_key):
+            said = f"{held[replica]} line{'s' if held[replica] != 1 else ''} while stopping, in its log"
+            self._print(Text(f"[{replica}] ", style=_replica_style(replica)) + Text(f"stopped ({said})", style="dim"))
 
     def _print(self, text: Text, *, stream_err: bool = False) -> None:
         if self.live is not None:
@@ -118,27 +138,41 @@ class RunDisplay:
             self.live.refresh()
 
     def progress_line(self) -> Text:
-        """``quickstart Running  42% · ETA 1:05 · epoch 2 · step 120 · train_loss 0.431 · 1,520 img/s · 0:42``."""
+        """``quickstart Running  42% · ETA 1:05 · epoch 2 · step 120 · train_loss 0.431 · 1,520 img/s · 0:42``,
+        cut to the console's width by leaving out the parts that matter least (epoch, throughput, loss...).
+
+        The percent, step and epoch come from one snapshot of the tracker, so they always agree; a stage
+        the program announced (``exporting model``) stands in for the ETA until its next step; a finished
+        run has no ETA."""
         elapsed = int(time.monotonic() - self.started)
-        line = Text(f"{self.name} ", style="bold")
         phase = self.current_phase or Phase.PREPARING
-        line.append(str(phase), style=PHASE_STYLES.get(phase, "bold cyan"))
-        parts = []
-        progress = progress_status(self.tracker.snapshot())
+        snapshot = self.tracker.snapshot()
+        progress = progress_status(snapshot)
+        parts: list[tuple[int, str]] = []  # (how soon it is left out when the line is too wide, text)
         if progress is not None and progress.percent is not None:
-            parts.append(f"{progress.percent:.0f}%")
-        eta = timestamp(progress.eta) if progress is not None else None
-        if eta is not None:
+            parts.append((0, f"{progress.percent:.0f}%"))
+        eta = timestamp(progress.eta) if progress is not None and not phase.finished else None
+        if self.held is not None:
+            parts.append((0, "stopping"))
+        elif snapshot.stage is not None and phase is Phase.RUNNING:
+            parts.append((0, snapshot.stage))
+        elif eta is not None:
             left = max(int((eta - datetime.now(UTC)).total_seconds()), 0)
-            parts.append(f"ETA {left // 60}:{left % 60:02d}")
-        parts += [f"{key} {self.position[key]}" for key in ("epoch", "step") if key in self.position]
+            parts.append((1, f"ETA {clock(left)}"))
+        if snapshot.epoch is not None:
+            parts.append((5, f"epoch {snapshot.epoch}"))
+        if snapshot.step is not None:
+            parts.append((2, f"step {snapshot.step}"))
         loss = next((name for name in LOSS_NAMES if name in self.latest), None)
         if loss is not None:
-            parts.append(f"{loss} {self.latest[loss]:.4g}")
+            parts.append((3, f"{loss} {self.latest[loss]:.4g}"))
         if "images_per_sec" in self.latest:
-            parts.append(f"{self.latest['images_per_sec']:,.0f} img/s")
-        parts.append(f"{elapsed // 60}:{elapsed % 60:02d}")
-        line.append("  " + " · ".join(parts))
+            parts.append((4, f"{self.latest['images_per_sec']:,.0f} img/s"))
+        parts.append((2, clock(elapsed)))
+        head = f"{self.name} {phase}"
+        line = Text(f"{self.name} ", style="bold", no_wrap=True, overflow="ellipsis")
+        line.append(str(phase), style=PHASE_STYLES.get(phase, "bold cyan"))
+        line.append(fit(head, parts, width=self.console.width)[len(head) :])
         return line
 
 
@@ -152,29 +186,25 @@ class _ProgressLine:
         return self.display.progress_line()
 
 
+def clock(seconds: int) -> str:
+    """``0:42``, ``12:05``, ``1:02:03``."""
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def fit(head: str, parts: list[tuple[int, str]], *, width: int) -> str:
+    """``head  part · part · ...`` in at most width characters: the parts with the highest rank are left out
+    first, the others keep their order. Only the head itself may be too wide (its end is cut by the caller)."""
+    kept = list(parts)
+    while True:
+        text = head + ("  " + " · ".join(part for _, part in kept) if kept else "")
+        if len(text) <= width or not kept:
+            return text
+        kept.remove(max(kept, key=lambda part: part[0]))
+
+
 def _replica_style(replica: str) -> str:
     if is_master(replica):
         return "bold cyan"
     index = replica.rpartition("-")[2]
     return REPLICA_STYLES[(int(index) if index.isdigit() else 0) % len(REPLICA_STYLES)]
-
-
-def readable_metric_line(text: str) -> str | None:
-    """A ``trainrun:metric {json}`` line as people read it, whatever came before the prefix kept; None for
-    any other line (and for a metric line with no value in it)."""
-    samples = structured_samples(text)
-    if not samples:
-        return None
-    before = text[: text.find(METRIC_PREFIX)]
-    position = [f"{name} {value}" for name, value in (("epoch", samples[0].epoch), ("step", samples[0].step)) if value is not None]
-    values = [f"{sample.name} {readable_number(sample.value)}" for sample in samples]
-    return before + " · ".join(position + values)
-
-
-def readable_number(value: object) -> str:
-    """``16,613`` for a large number, four significant digits for the others (``2.281``, ``0.0009861``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.4g}"

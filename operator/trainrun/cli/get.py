@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -34,12 +33,12 @@ def register(app: typer.Typer) -> None:
 
 def get_command(
     context: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="One run; all runs when left out.")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="One run; all runs when left out.")] = None,
     output: OutputOption = OutputFormat.TABLE,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Runs of every namespace.")] = False,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Show runs as a table (NAME PHASE POOL WORKERS GPUS METRIC AGE), or as YAML/JSON."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
@@ -47,6 +46,9 @@ def get_command(
         runs = [client.get(name)]
     else:
         runs = client.list(all_namespaces=all_namespaces)
+    if not runs and output in (OutputFormat.TABLE, OutputFormat.WIDE):
+        print(f"No TrainingRuns found {client.where(all_namespaces=all_namespaces)}.")
+        return
     show_runs(runs, output=output, single=name is not None, with_namespace=all_namespaces)
 
 
@@ -56,7 +58,7 @@ def list_command(
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Runs of every namespace.")] = False,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """List runs (same as `trainrun get` without a name)."""
     get_command(
@@ -70,9 +72,6 @@ def show_runs(runs: list[dict[str, Any]], *, output: OutputFormat, single: bool,
         document: Any = runs[0] if single else {"apiVersion": "v1", "kind": "List", "items": runs}
         print(dump_yaml([document]) if output is OutputFormat.YAML else json.dumps(document, indent=2))
         return
-    if not runs:
-        print("No TrainingRuns found.")
-        return
     from trainrun.cli.views import runs_table, show
 
     show(runs_table(runs, wide=output is OutputFormat.WIDE, with_namespace=with_namespace))
@@ -83,7 +82,7 @@ def describe_command(
     name: NameArgument,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Phase, conditions, replicas, metrics, artifacts and recent events of one run."""
     from trainrun.cli.views import describe, show

@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -38,7 +37,7 @@ def cancel_command(
     name: NameArgument,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Stop a run for good: replicas stop, logs are kept, the phase becomes Cancelled."""
     client_for(context, local=local, runs_dir=runs_dir, namespace=namespace).cancel(name)
@@ -50,7 +49,7 @@ def delete_command(
     name: NameArgument,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Delete a run and what it made (on a cluster: its PyTorchJob and pods; locally: its run folder)."""
     if not client_for(context, local=local, runs_dir=runs_dir, namespace=namespace).delete(name):
@@ -62,12 +61,14 @@ def wait_command(
     context: typer.Context,
     name: NameArgument,
     phase: Annotated[
-        str, typer.Option("--for", help="Phase to wait for: Completed, Running, Failed, ...")
+        str, typer.Option("--for", metavar="PHASE", help="Phase to wait for: Completed, Running, Failed, ...")
     ] = "Completed",
-    timeout: Annotated[str | None, typer.Option("--timeout", help="Give up after this long: 90s, 10m, 1h30m.")] = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", metavar="DURATION", help="Give up after this long: 90s, 10m, 1h30m.")
+    ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """Wait for a phase. Exit code 0 reached, 1 finished in another phase, 2 timed out."""
     from trainrun.client import status_of

@@ -1,6 +1,7 @@
 """``trainrun logs`` and ``trainrun metrics``: what the replicas wrote and the numbers read from it.
 
-Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally);
+Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally); ``logs``
+shows metric and progress lines in words (``trainrun.cli.lines``) unless ``--raw``;
 ``metrics --plot`` draws the history with ``trainrun.cli.plots``.
 """
 
@@ -14,7 +15,6 @@ from typing import Annotated
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -36,21 +36,31 @@ def logs_command(
     name: NameArgument,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines until the run ends.")] = False,
     replica: Annotated[
-        str, typer.Option("--replica", "-r", help="master-0, worker-0, worker-1, ... or all (each line prefixed).")
+        str,
+        typer.Option(
+            "--replica", "-r", metavar="REPLICA", help="master-0, worker-0, worker-1, ... or all (each line prefixed)."
+        ),
     ] = "all",
     tail: Annotated[
-        int | None, typer.Option("--tail", min=0, help="Start at the last N lines of each replica's log.")
+        int | None, typer.Option("--tail", min=0, metavar="N", help="Start at the last N lines of each replica's log.")
     ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="The lines exactly as written (metric and progress lines as JSON).")
+    ] = False,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
-    """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's)."""
+    """Print the replicas' log lines (all of them, each prefixed with its replica, or one replica's), metric
+    and progress lines in words as trainrun run shows them (--raw: as written)."""
+    from trainrun.cli.lines import readable_line
+
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
     prefixed = replica == "all"
     try:
         for source, line in client.logs(name, follow=follow, replica=None if prefixed else replica, tail=tail):
-            print(f"[{source}] {line}" if prefixed else line, flush=follow)
+            shown = line if raw else readable_line(line)
+            print(f"[{source}] {shown}" if prefixed else shown, flush=follow)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -63,12 +73,14 @@ def metrics_command(
     plot: Annotated[
         Path | None,
         typer.Option(
-            "--plot", help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib)."
+            "--plot",
+            metavar="FILE",
+            help="Also draw the learning curves into this image (PNG, SVG or PDF; needs matplotlib).",
         ),
     ] = None,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """The run's metrics: the latest value of each, or (--history) every metric line."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)

@@ -22,6 +22,8 @@ app = typer.Typer(
     help="Run PyTorch training as TrainingRuns: on a Kubernetes cluster (Kubeflow PyTorchJob) or locally (--local).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help as click writes it: wrapped to the terminal's width, never cut short; flags with no value shown.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -30,11 +32,14 @@ app = typer.Typer(
 def main(
     context: typer.Context,
     kubeconfig: Annotated[
-        str | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Path of the kubeconfig file.")
+        str | None,
+        typer.Option("--kubeconfig", envvar="KUBECONFIG", metavar="FILE", help="Path of the kubeconfig file."),
     ] = None,
-    kube_context: Annotated[str | None, typer.Option("--context", help="kubeconfig context to use.")] = None,
+    kube_context: Annotated[
+        str | None, typer.Option("--context", metavar="NAME", help="kubeconfig context to use.")
+    ] = None,
     namespace: Annotated[
-        str | None, typer.Option("--namespace", "-n", help="Namespace of the runs (default: default).")
+        str | None, typer.Option("--namespace", "-n", metavar="NS", help="Namespace of the runs (default: default).")
     ] = None,
 ) -> None:
     """Options that apply to every verb."""

@@ -24,10 +24,14 @@ def register(app: typer.Typer) -> None:
 
 def validate_command(
     files: Annotated[
-        list[str], typer.Argument(help="TrainingRun YAML files ('-' reads stdin); several documents allowed.")
+        list[str],
+        typer.Argument(metavar="FILE", help="TrainingRun YAML files ('-' reads stdin); several documents allowed."),
     ],
     config: ConfigOption = None,
     overrides: SetOption = None,
+    local: Annotated[
+        bool, typer.Option("--local", help="Judge them as trainrun run --local does (no spec.image needed).")
+    ] = False,
 ) -> None:
     """Check every TrainingRun of FILES as the operator would; print each problem (field: what to do), exit 1.
     A legal value that is probably a slip (memory: 1 is one byte) is printed as a warning; it fails nothing."""
@@ -40,7 +44,7 @@ def validate_command(
         for document in training_run_documents(file, overrides or ()):
             name = (document.get("metadata") or {}).get("name", "<no name>")
             try:
-                run = validate_training_run(document, operator_config)
+                run = validate_training_run(document, operator_config, local=local)
             except InvalidTrainingRun as error:
                 failed = True
                 for problem in error.problems:

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     CodeLimitOption,
     CodeOption,
     CodeUriOption,
@@ -23,6 +22,7 @@ from trainrun.cli.common import (
     RunsDirOption,
     SetOption,
     add_command,
+    again,
     client_for,
 )
 
@@ -46,7 +46,7 @@ def run_command(
         bool, typer.Option("--quiet", "-q", help="Show only phases and metrics, not the replicas' lines.")
     ] = False,
     config: ConfigOption = None,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
     namespace: NamespaceOption = None,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
@@ -60,8 +60,8 @@ def run_command(
     from trainrun.client.documents import single_training_run
     from trainrun.metrics.observer import exit_code
 
+    document = single_training_run(file, overrides or ())  # a broken file is named before any cluster is asked
     client = client_for(context, local=local, runs_dir=runs_dir, config=config, namespace=namespace)
-    document = single_training_run(file, overrides or ())
     name = str((document.get("metadata") or {}).get("name"))
     if not follow:
         created = client.create(document, code=code, code_uri=code_uri, code_limit_bytes=code_limit_mb * 1000 * 1000)
@@ -77,7 +77,8 @@ def run_command(
             )
     except KeyboardInterrupt:
         # Only the cluster follow gets here: locally, SIGINT cancels the run and the runner returns.
-        print(f"stopped following; {name} goes on (trainrun cancel {name} stops it)")
+        cancel = again(context, "cancel", name, local=False, namespace=namespace)
+        print(f"stopped following; {name} goes on ({cancel} stops it)")
         raise typer.Exit(130) from None
     status = status_of(finished)
     if local:
@@ -95,7 +96,7 @@ def submit_command(
     namespace: NamespaceOption = None,
     local: LocalOption = False,
     config: ConfigOption = None,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
     code: CodeOption = None,
     code_uri: CodeUriOption = None,
     code_limit_mb: CodeLimitOption = 300,

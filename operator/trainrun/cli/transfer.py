@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from trainrun.cli.common import (
-    DEFAULT_RUNS_DIR,
     LocalOption,
     NameArgument,
     NamespaceOption,
@@ -30,6 +29,7 @@ from trainrun.cli.common import (
     OutputOption,
     RunsDirOption,
     add_command,
+    again,
     client_for,
     dump_yaml,
     fail,
@@ -38,12 +38,14 @@ from trainrun.cli.common import (
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from trainrun.client import Client
     from trainrun.storage import ProgressCallback, StorageOptions
 
 EndpointOption = Annotated[
     str | None,
     typer.Option(
         "--endpoint-url",
+        metavar="URL",
         help="S3-compatible endpoint (MinIO, SeaweedFS), e.g. http://minio:9000; default: AWS_ENDPOINT_URL.",
     ),
 ]
@@ -51,10 +53,13 @@ CaBundleOption = Annotated[
     str | None,
     typer.Option(
         "--ca-bundle",
+        metavar="PEM",
         help="PEM file of a CA to trust besides the system ones (a store behind a private CA); default: AWS_CA_BUNDLE.",
     ),
 ]
-ConcurrencyOption = Annotated[int, typer.Option("--concurrency", min=1, max=512, help="Files transferred in parallel.")]
+ConcurrencyOption = Annotated[
+    int, typer.Option("--concurrency", min=1, max=512, metavar="N", help="Files transferred in parallel.")
+]
 _PLAIN_PROGRESS_EVERY_S = 5.0
 
 
@@ -66,8 +71,10 @@ def register(app: typer.Typer) -> None:
 
 
 def upload_command(
-    src: Annotated[Path, typer.Argument(help="A folder (uploaded with a manifest.json) or one file.")],
-    uri: Annotated[str, typer.Argument(help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")],
+    src: Annotated[Path, typer.Argument(metavar="SRC", help="A folder (uploaded with a manifest.json) or one file.")],
+    uri: Annotated[
+        str, typer.Argument(metavar="URI", help="Destination: s3://bucket/prefix, gs://, az://, file:// or a path.")
+    ],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 64,
@@ -99,8 +106,10 @@ def upload_command(
 
 
 def download_command(
-    uri: Annotated[str, typer.Argument(help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")],
-    dst: Annotated[Path, typer.Argument(help="Folder to write the files into (created if missing).")],
+    uri: Annotated[
+        str, typer.Argument(metavar="URI", help="Source: s3://bucket/prefix (or one object), gs://, az://, file://.")
+    ],
+    dst: Annotated[Path, typer.Argument(metavar="DST", help="Folder to write the files into (created if missing).")],
     endpoint_url: EndpointOption = None,
     ca_bundle: CaBundleOption = None,
     concurrency: ConcurrencyOption = 32,
@@ -122,12 +131,14 @@ def artifacts_command(
     name: NameArgument,
     download_to: Annotated[
         Path | None,
-        typer.Option("--download", "-d", help="Copy the artifacts into this folder, checked against the manifest."),
+        typer.Option(
+            "--download", "-d", metavar="DIR", help="Copy the artifacts into this folder, checked against the manifest."
+        ),
     ] = None,
     output: OutputOption = OutputFormat.TABLE,
     namespace: NamespaceOption = None,
     local: LocalOption = False,
-    runs_dir: RunsDirOption = DEFAULT_RUNS_DIR,
+    runs_dir: RunsDirOption = None,
 ) -> None:
     """List the files a run copied to its output (its manifest; -o wide: whole sha256), or copy them with --download DIR."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
@@ -137,12 +148,11 @@ def artifacts_command(
         )
         return
     artifacts = client.artifacts(name)
-    if output in (OutputFormat.YAML, OutputFormat.JSON):
-        print(dump_yaml([artifacts]) if output is OutputFormat.YAML else json.dumps(artifacts, indent=2))
-        return
     manifest = artifacts["manifest"]
     if manifest is None:
-        print(f"{name}: no manifest at {artifacts['uri']} yet: nothing has been copied (see trainrun describe {name})")
+        fail(_nothing_copied(context, client, name, uri=artifacts["uri"], local=local, namespace=namespace))
+    if output in (OutputFormat.YAML, OutputFormat.JSON):
+        print(dump_yaml([artifacts]) if output is OutputFormat.YAML else json.dumps(artifacts, indent=2))
         return
     from rich.table import Table
 
@@ -161,6 +171,31 @@ def artifacts_command(
         f"copied {manifest['created']}"
     )
     show(table)
+
+
+def _nothing_copied(
+    context: typer.Context, client: Client, name: str, *, uri: str, local: bool, namespace: str | None
+) -> str:
+    """Why there is no manifest, about the run the name picked (locally a short name is the newest run of
+    that name, whatever became of it), and the command that goes on: wait for a run still going, else the
+    newest run of that name that did copy, else ``describe``."""
+    from trainrun.client import run_label, status_of
+
+    run = client.get(name)
+    label, phase = run_label(run), status_of(run).phase
+    said = f"{label} ({phase or 'Pending'}) has copied nothing to {uri}"
+    if phase is None or not phase.finished:
+        return f"{said} yet; {again(context, 'wait', label, local=local, namespace=namespace)} waits for it"
+    run_name = run["metadata"]["name"]
+    copied = [
+        run_label(item)
+        for item in client.list()
+        if item["metadata"]["name"] == run_name and status_of(item).artifacts is not None
+    ]
+    if copied:
+        newest = again(context, "artifacts", copied[-1], local=local, namespace=namespace)
+        return f"{said}; the newest run that did: {newest}"
+    return f"{said}; why: {again(context, 'describe', label, local=local, namespace=namespace)}"
 
 
 def _download_and_report(uri: str, dst: Path, *, options: StorageOptions, verify: bool, concurrency: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import PurePath
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -16,16 +15,24 @@ from rich.table import Table
 from rich.text import Text
 
 from trainrun.base.redact import redact, redact_optional
-from trainrun.client import run_dir_of
+from trainrun.client import run_label
 from trainrun.spec.status import TrainingRunStatus
 
 Object = dict[str, Any]
 
 
+class _PipeConsole(Console):
+    """A console whose closed pipe is a ``BrokenPipeError`` for the verb to handle (rich's own exits 1)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def show(renderable: RenderableType) -> None:
     """Print without cutting lines to the terminal's width: like kubectl, long rows just wrap."""
     natural = Console(width=100_000).measure(renderable).maximum
-    Console(highlight=False, width=max(natural, 80)).print(renderable)
+    _PipeConsole(highlight=False, width=max(natural, 80)).print(renderable)
 
 
 def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> list[str]:
@@ -34,7 +41,6 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
     A local run is named by its run folder (``quickstart-20261130-051800``): two runs of one name are two
     rows that say which is which, and the name is one every ``--local`` verb takes."""
     metadata = run.get("metadata") or {}
-    run_dir = run_dir_of(run)
     spec = run.get("spec") or {}
     status = TrainingRunStatus.model_validate(run.get("status") or {})
     resources = spec.get("resources") or {}
@@ -42,14 +48,14 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
     workers = int(distribution.get("workers", 1))
     gpus = int(resources.get("gpus", 0))
     row = [
-        PurePath(run_dir).name if run_dir else str(metadata.get("name", "")),
+        run_label(run),
         str(status.phase or "Pending"),
         status.pool or str(resources.get("pool") or "-"),
         str(workers),
         str(gpus),  # per replica, as the GPUS column of `kubectl get tr`
         status.key_metric or "-",
         (status.progress.summary if status.progress else None) or "-",
-        remaining(status.progress.eta if status.progress else None, now=now),
+        remaining(eta_of(status), now=now),
         age(metadata.get("creationTimestamp"), now=now),
     ]
     if with_namespace:
@@ -74,6 +80,14 @@ def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bo
     for run in runs:
         table.add_row(*run_row(run, wide=wide, with_namespace=with_namespace, now=now))
     return table
+
+
+def eta_of(status: TrainingRunStatus) -> str | None:
+    """When the run should end, while it has not: a finished run has no ETA, though its status may still
+    hold the last estimate made while it trained."""
+    if status.progress is None or (status.phase is not None and status.phase.finished):
+        return None
+    return status.progress.eta
 
 
 def age(timestamp: object, *, now: datetime) -> str:
@@ -127,7 +141,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         ("Processes per replica", distribution.get("nprocPerNode")),
         ("Job", status.job_name),
         ("Started", status.start_time),
-        ("Completed", status.completion_time),
+        ("Finished", status.completion_time),
         *progress_fields(status),
         ("Run folder", run_dir),
     ]
@@ -200,7 +214,7 @@ def progress_fields(status: TrainingRunStatus) -> list[tuple[str, object]]:
     return [
         ("Progress", f"{progress.summary} ({', '.join(where)})" if where else progress.summary),
         ("Pace", ", ".join(pace) or None),
-        ("ETA", progress.eta),
+        ("ETA", eta_of(status)),
         ("Last step", progress.last_step_time),
     ]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from trainrun.client.documents import Source, single_training_run, training_run_documents
@@ -47,6 +47,8 @@ class Backend(Protocol):
     def get(self, name: str) -> Object: ...
 
     def list(self, *, all_namespaces: bool = False) -> Objects: ...
+
+    def where(self, *, all_namespaces: bool = False) -> str: ...
 
     def logs(
         self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
@@ -82,6 +84,7 @@ class Client:
         are created (unknown pool, too many GPUs for the pool), as the operator would.
         """
         self.config = config
+        self.local = backend == "local"  # runs judged for this machine: spec.image is not needed
         self.backend: Backend
         if backend == "local":
             from trainrun.client.local import LocalBackend
@@ -101,7 +104,7 @@ class Client:
         as the operator checks it (raises InvalidTrainingRun)."""
         documents = training_run_documents(source, overrides)
         for document in documents:
-            validate_training_run(document, self.config)
+            validate_training_run(document, self.config, local=self.local)
         return documents
 
     def create(
@@ -147,14 +150,14 @@ class Client:
     ) -> Object:
         """The one TrainingRun of source, validated, with its code snapshot attached when code is given."""
         document = single_training_run(source)
-        validate_training_run(document, self.config)
+        validate_training_run(document, self.config, local=self.local)
         if code is not None:
             directory = Path(code)
             if not directory.is_dir():
                 raise ClientError(f"--code {directory} is not a folder")
             spec = document.setdefault("spec", {})
             spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri, code_limit_bytes)}
-            validate_training_run(document, self.config)
+            validate_training_run(document, self.config, local=self.local)
         return document
 
     # -- reading -----------------------------------------------------------------------------------------
@@ -166,6 +169,10 @@ class Client:
     def list(self, *, all_namespaces: bool = False) -> Objects:
         """Every run (of the namespace, or all namespaces; every run folder locally)."""
         return self.backend.list(all_namespaces=all_namespaces)
+
+    def where(self, *, all_namespaces: bool = False) -> str:
+        """Where ``list`` looks: ``in namespace 'default'``, or locally ``in /home/me/project/runs``."""
+        return self.backend.where(all_namespaces=all_namespaces)
 
     def status(self, name: str) -> TrainingRunStatus:
         """The run's status as a model."""
@@ -262,6 +269,13 @@ def run_dir_of(run: Object) -> str | None:
     return str(folder) if folder else None
 
 
+def run_label(run: Object) -> str:
+    """The name that picks exactly this run in every verb: a local run's folder (``quickstart-20261130-051800``:
+    two runs of one name are two folders), else ``metadata.name``."""
+    folder = run_dir_of(run)
+    return PurePath(folder).name if folder else str((run.get("metadata") or {}).get("name", ""))
+
+
 def read_manifest(uri: str) -> Manifest | None:
     """The manifest at uri, or None when there is none (nothing copied yet, or no output URI)."""
     from trainrun.storage import StorageOptions
@@ -281,4 +295,14 @@ def _name_of(run: Object) -> str:
     return str(run["metadata"]["name"])
 
 
-__all__ = ["Backend", "Client", "ClientError", "RunNotFound", "RunObserver", "WaitTimeout", "run_dir_of", "status_of"]
+__all__ = [
+    "Backend",
+    "Client",
+    "ClientError",
+    "RunNotFound",
+    "RunObserver",
+    "WaitTimeout",
+    "run_dir_of",
+    "run_label",
+    "status_of",
+]

@@ -106,6 +106,10 @@ class ClusterBackend:
     def list(self, *, all_namespaces: bool = False) -> Objects:
         return self.api.list(API_VERSION, KIND, None if all_namespaces else self._namespace())
 
+    def where(self, *, all_namespaces: bool = False) -> str:
+        """Where runs were looked for, as kubectl says it: ``in namespace 'team-a'``."""
+        return "in any namespace" if all_namespaces else f"in namespace {self._namespace()!r}"
+
     def logs(
         self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
     ) -> Iterator[tuple[str, str]]:

@@ -27,7 +27,12 @@ Source = Mapping[str, Any] | str | Path | TrainingRun | TextIO
 
 
 class DocumentError(ValueError):
-    """A file or string that does not hold what it should (a clear one-line message)."""
+    """A file or string that does not hold what it should: a clear one-line message, and for a YAML
+    syntax error the ``excerpt`` that shows where (the line, a caret under the column)."""
+
+    def __init__(self, message: str, *, excerpt: str | None = None) -> None:
+        super().__init__(message)
+        self.excerpt = excerpt
 
 
 def read_yaml_documents(source: str | Path | TextIO) -> list[Any]:
@@ -50,7 +55,29 @@ def read_yaml_documents(source: str | Path | TextIO) -> list[Any]:
     try:
         return [document for document in yaml.safe_load_all(text) if document is not None]
     except yaml.YAMLError as error:
-        raise DocumentError(f"{where} is not valid YAML: {' '.join(str(error).split())}") from None
+        raise yaml_syntax_error(error, text=text, where=where) from None
+
+
+def yaml_syntax_error(error: yaml.YAMLError, *, text: str, where: str) -> DocumentError:
+    """``run.yaml:5:11: not valid YAML: mapping values are not allowed here``, with the line and a caret under the column
+    (as compilers show it); PyYAML's own text names the source ``<unicode string>`` and loses the layout."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return DocumentError(f"{where} is not valid YAML: {' '.join(str(error).split())}")
+    lines = text.splitlines() or [""]
+    line, column = mark.line, mark.column
+    if line >= len(lines):  # the end of the text: just after its last character
+        line, column = len(lines) - 1, len(lines[-1])
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    message = f"{where}:{line + 1}:{column + 1}: not valid YAML: {problem}"
+    if context and context_mark is not None and context_mark.line != line:
+        message += f" ({context} that starts at line {context_mark.line + 1})"
+    elif context:
+        message += f" ({context})"
+    number = str(line + 1)
+    excerpt = f"  {number} | {lines[line]}\n  {' ' * len(number)} | {' ' * column}^"
+    return DocumentError(message, excerpt=excerpt)
 
 
 def training_run_documents(source: Source, overrides: Sequence[str] = ()) -> list[Document]:

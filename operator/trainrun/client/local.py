@@ -25,6 +25,7 @@ from trainrun.local import (
     LocalRunner,
     RunFolder,
     find_run_folder,
+    nearest_runs_dir,
     prepare_run_folder,
     run_folders,
 )
@@ -42,10 +43,31 @@ RUNNER_LOG = "runner.log"
 
 
 class LocalBackend:
-    """Runs and reads local runs under one runs folder."""
+    """Runs and reads local runs under one runs folder.
+
+    Without a runs folder named, new runs go to ``./runs`` and runs are read from the nearest ``runs/``
+    that holds any, here or in a folder above (``trainrun get --local`` from a sub-folder of a project)."""
 
     def __init__(self, *, runs_dir: str | Path | None = None) -> None:
-        self.runs_dir = Path(runs_dir) if runs_dir is not None else DEFAULT_RUNS_DIR
+        self.named_runs_dir = Path(runs_dir) if runs_dir is not None else None
+        self.runs_dir = self.named_runs_dir or DEFAULT_RUNS_DIR  # where new runs go
+
+    @property
+    def read_dir(self) -> Path:
+        """Where runs are read from: the runs folder named, else the nearest one with runs, else ./runs."""
+        return self.named_runs_dir or nearest_runs_dir(Path.cwd()) or DEFAULT_RUNS_DIR
+
+    def where(self, *, all_namespaces: bool = False) -> str:
+        """Where runs were looked for, for a message that found none: ``in /home/me/project/runs``."""
+        if self.named_runs_dir is not None:
+            return f"in {self.named_runs_dir.resolve()}"
+        nearest = nearest_runs_dir(Path.cwd())
+        if nearest is not None:
+            return f"in {nearest.resolve()}"
+        return (
+            f"in {Path.cwd() / DEFAULT_RUNS_DIR} nor in a runs/ folder above it "
+            "(--runs-dir or TRAINRUN_RUNS_DIR names another)"
+        )
 
     def create(self, document: Object) -> Object:
         """Start the run in a detached supervisor process; return it (phase Preparing)."""
@@ -83,7 +105,7 @@ class LocalBackend:
         return run_object(self._folder(name))
 
     def list(self, *, all_namespaces: bool = False) -> Objects:
-        return [run_object(folder) for folder in run_folders(self.runs_dir)]
+        return [run_object(folder) for folder in run_folders(self.read_dir)]
 
     def logs(
         self, name: str, *, follow: bool = False, replica: str | None = None, tail: int | None = None
@@ -141,9 +163,9 @@ class LocalBackend:
         return True
 
     def _folder(self, name: str) -> RunFolder:
-        folder = find_run_folder(self.runs_dir, name)
+        folder = find_run_folder(self.read_dir, name)
         if folder is None:
-            raise RunNotFound(f"no local run called {name!r} in {self.runs_dir.resolve()}")
+            raise RunNotFound(f"no local run called {name!r} {self.where()}")
         return folder
 
 

@@ -5,7 +5,7 @@ same command and environment as on a cluster (built by ``trainrun.render``); eac
 own folder (``trainrun.local.folder``), which is all the Client needs to read it back.
 """
 
-from trainrun.local.folder import DEFAULT_RUNS_DIR, RunFolder, find_run_folder, run_folders
+from trainrun.local.folder import DEFAULT_RUNS_DIR, RunFolder, find_run_folder, nearest_runs_dir, run_folders
 from trainrun.local.runner import LocalRunner, prepare_run_folder
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "LocalRunner",
     "RunFolder",
     "find_run_folder",
+    "nearest_runs_dir",
     "prepare_run_folder",
     "run_folders",
 ]

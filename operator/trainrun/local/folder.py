@@ -179,6 +179,16 @@ def run_folders(runs_dir: Path) -> Iterator[RunFolder]:
             yield RunFolder(path.resolve())
 
 
+def nearest_runs_dir(start: Path) -> Path | None:
+    """The runs folder the reading verbs use when none is named: ``runs/`` of start or of the nearest folder
+    above it that holds a run (as git finds its repository), None when there is none."""
+    for folder in (start, *start.parents):
+        candidate = folder / DEFAULT_RUNS_DIR
+        if next(run_folders(candidate), None) is not None:
+            return candidate
+    return None
+
+
 def find_run_folder(runs_dir: Path, name: str) -> RunFolder | None:
     """The folder called name, else the newest folder of the run called name."""
     pattern = re.compile(rf"^{re.escape(name)}-(\d{{8}}-\d{{6}})(?:-(\d+))?$")

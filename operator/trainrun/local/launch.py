@@ -22,7 +22,7 @@ from pathlib import Path
 from trainrun.local.folder import RunFolder
 from trainrun.render import expand_references, launch_command, operator_env, trainrun_env
 from trainrun.render.replica import input_env_name, input_path
-from trainrun.spec import TrainingRun
+from trainrun.spec import LOCAL_IMAGE, TrainingRun
 
 LOCAL_MASTER_ADDR = "localhost"
 
@@ -96,7 +96,9 @@ def build_launches(
     downloaded code snapshot, the working directory unless spec.workingDir exists here.
     """
     spec = run.spec
-    notices: list[str] = [f"spec.image {spec.image!r} is ignored locally: the replicas run with {python}"]
+    notices: list[str] = []
+    if spec.image != LOCAL_IMAGE:
+        notices.append(f"spec.image {spec.image!r} is ignored locally: the replicas run with {python}")
     replica_count = spec.replica_count
     nproc = spec.processes_per_replica
     names = replica_names(spec.distribution.workers)

@@ -82,7 +82,7 @@ class _Replica:
 def prepare_run_folder(document: Mapping[str, Any], *, runs_dir: Path) -> RunFolder:
     """Check the document with the operator's own validation and give it a run folder, with the status of a
     run whose replicas are being created (as a cluster shows a new job's pods)."""
-    run = validate_training_run(document)
+    run = validate_training_run(document, local=True)
     folder = RunFolder.create(runs_dir, run.metadata.name)
     folder.write_manifest(dict(document))
     now = datetime.now(UTC)
@@ -119,7 +119,7 @@ class LocalRunner:
     def __init__(self, folder: RunFolder, *, observer: RunObserver | None = None) -> None:
         self.folder = folder
         self.observer: RunObserver = observer or SilentObserver()
-        self.run_spec: TrainingRun = validate_training_run(folder.read_manifest())
+        self.run_spec: TrainingRun = validate_training_run(folder.read_manifest(), local=True)
         self.status = folder.read_status()
         self.parser = MetricParser.from_definitions(self.run_spec.spec.metrics)
         self.summary = MetricSummary()
@@ -287,6 +287,8 @@ class LocalRunner:
                     if not others_running or time.monotonic() - master_done_at > WORKER_LINGER_SECONDS:
                         return False
         finally:
+            if any(item.process.poll() is None for item in replicas):
+                self.observer.stopping()  # what they print while stopped goes to their logs, not the screen
             stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
             self._drain_until_closed(replicas)
             self._see_exits(replicas, read_logs=False)

@@ -28,6 +28,11 @@ class RunObserver(Protocol):
 
     def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None: ...
 
+    def stopping(self) -> None:
+        """The replicas still running are being stopped (a cancel, a failed replica): what they print from
+        now on is how they go (a launcher's warnings and tracebacks), in their logs in full."""
+        ...
+
 
 class SilentObserver:
     """Reports nothing: the run folder (or the cluster's status) has everything."""
@@ -42,6 +47,9 @@ class SilentObserver:
         return None
 
     def metrics(self, record: Mapping[str, Any], summary: MetricSummary) -> None:
+        return None
+
+    def stopping(self) -> None:
         return None
 
 

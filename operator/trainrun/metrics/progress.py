@@ -14,12 +14,15 @@ progress line, which any program can print, and which the built-in trainer print
     trainrun:progress {"step": 120, "total_steps": 5000, "epoch": 1, "epochs": 5}
 
 Every key is optional; ``total_steps`` (steps in the whole run, counted like ``step``) is what gives a
-percentage and an ETA.
+percentage and an ETA. A metric line with ``"final": true`` repeats an earlier measurement, so its
+position is not a step of the run. ``{"stage": "exporting model"}`` says what the run does while no step moves (the
+built-in trainer's export), until its next step.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -29,6 +32,8 @@ from trainrun.metrics import MetricSample
 from trainrun.metrics.signals import log_signal
 
 PROGRESS_PREFIX = "trainrun:progress "
+# A metric line that repeats an earlier measurement: ``trainrun:metric {"epoch": 2, "step": 384, "final": true, ...}``.
+FINAL_LINE = re.compile(r'"final"\s*:\s*true')
 # Metrics that are the program's own throughput, the first one present wins.
 THROUGHPUT_METRICS = ("samples_per_sec", "samples_per_second", "images_per_sec", "tokens_per_sec")
 # The pace is measured over this many of the latest steps.
@@ -37,12 +42,14 @@ PACE_WINDOW = 20
 
 @dataclass(frozen=True)
 class ProgressLine:
-    """What a ``trainrun:progress`` line says (every field optional)."""
+    """What a ``trainrun:progress`` line says (every field optional): where the run is, and what it does
+    besides stepping (``stage``: ``exporting model``, while no step moves)."""
 
     step: int | None = None
     total_steps: int | None = None
     epoch: int | None = None
     epochs: int | None = None
+    stage: str | None = None
 
 
 def progress_line(text: str) -> ProgressLine | None:
@@ -57,7 +64,8 @@ def progress_line(text: str) -> ProgressLine | None:
     if not isinstance(payload, dict):
         return None
     values = {key: _count(payload.get(key)) for key in ("step", "total_steps", "epoch", "epochs")}
-    return ProgressLine(**values)
+    stage = payload.get("stage")
+    return ProgressLine(**values, stage=(stage.strip() or None) if isinstance(stage, str) else None)
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class ProgressSnapshot:
     samples_per_second: float | None = None
     replicas: Mapping[str, ReplicaActivity] = field(default_factory=dict)
     watching_since: datetime | None = None  # when the tracker started reading: silence before it is unknown
+    stage: str | None = None  # what the run does besides stepping, until its next step (exporting model)
 
     @property
     def step(self) -> int | None:
@@ -118,14 +127,18 @@ class ProgressTracker:
         self._epoch: int | None = None
         self._epochs: int | None = None
         self._samples_per_second: float | None = None
+        self._stage: str | None = None
 
     def take(self, replica: str, text: str, samples: Sequence[MetricSample], at: datetime) -> bool:
         """Record one line of ``replica`` written at ``at``; True when the run's progress moved (a step, a total)."""
         before = (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
         announced = progress_line(text) or ProgressLine()
-        steps = [sample.step for sample in samples if sample.step is not None]
+        # A final line repeats an earlier measurement at its own position (the built-in trainer's best epoch):
+        # no step of the run, which has not gone back.
+        placed = [] if FINAL_LINE.search(text) else samples
+        steps = [sample.step for sample in placed if sample.step is not None]
         steps += [announced.step] if announced.step is not None else []
-        epochs = [sample.epoch for sample in samples if sample.epoch is not None]
+        epochs = [sample.epoch for sample in placed if sample.epoch is not None]
         epochs += [announced.epoch] if announced.epoch is not None else []
         activity = self._replicas.get(replica) or ReplicaActivity(last_line=at)
         activity = replace(activity, last_line=max(at, activity.last_line))
@@ -138,6 +151,8 @@ class ProgressTracker:
         self._epoch = max(epochs) if epochs else self._epoch
         self._total_steps = announced.total_steps if announced.total_steps is not None else self._total_steps
         self._epochs = announced.epochs if announced.epochs is not None else self._epochs
+        if announced.stage is not None or steps:
+            self._stage = announced.stage  # a stage lasts until the next step
         throughput = _throughput(samples)
         self._samples_per_second = throughput if throughput is not None else self._samples_per_second
         return before != (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
@@ -159,6 +174,7 @@ class ProgressTracker:
             samples_per_second=self._samples_per_second,
             replicas=dict(self._replicas),
             watching_since=self._since,
+            stage=self._stage,
         )
 
 

@@ -15,12 +15,15 @@ from pydantic import ValidationError
 from trainrun.base.redact import redact
 from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
 from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
-from trainrun.spec.model import API_VERSION, KIND, TrainingRun, TrainingRunSpec
+from trainrun.spec.model import API_VERSION, KIND, LOCAL_IMAGE, TrainingRun, TrainingRunSpec
 from trainrun.spec.suspicious import suspicious_values
 
 
-def load_training_run(document: Mapping[str, Any]) -> TrainingRun:
-    """Parse a TrainingRun document (apiVersion, kind, metadata, spec) with defaults applied."""
+def load_training_run(document: Mapping[str, Any], *, local: bool = False) -> TrainingRun:
+    """Parse a TrainingRun document (apiVersion, kind, metadata, spec) with defaults applied.
+
+    local: the run is for this machine (``--local``), where spec.image is not used: a spec without one
+    reads as ``LOCAL_IMAGE``. Elsewhere a missing image is a problem that says so."""
     problems: list[FieldProblem] = []
     if not isinstance(document, Mapping):
         raise InvalidTrainingRun([FieldProblem("<root>", "a TrainingRun must be a YAML mapping with apiVersion, kind, metadata and spec")])
@@ -31,10 +34,20 @@ def load_training_run(document: Mapping[str, Any]) -> TrainingRun:
     if problems:
         raise InvalidTrainingRun(problems)
     body = {key: document[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in document}
+    spec = body.get("spec")
+    if local and isinstance(spec, Mapping) and "image" not in spec:
+        body["spec"] = {**spec, "image": LOCAL_IMAGE}
     try:
         return TrainingRun.model_validate(body)
     except ValidationError as error:
-        raise InvalidTrainingRun(problems_from_validation_error(error)) from None
+        raise InvalidTrainingRun([_image_hint(problem) for problem in problems_from_validation_error(error)]) from None
+
+
+def _image_hint(problem: FieldProblem) -> FieldProblem:
+    """A missing spec.image says where it is needed: a run on this machine goes without."""
+    if problem.field == "spec.image" and problem.message == "is required":
+        return FieldProblem(problem.field, "is required on a cluster (trainrun run --local needs none)")
+    return problem
 
 
 def problems_with_config(run: TrainingRun, config: OperatorConfig) -> list[FieldProblem]:
@@ -102,9 +115,12 @@ def _problems_with_pool(run: TrainingRun, config: OperatorConfig) -> list[FieldP
     return []
 
 
-def validate_training_run(document: Mapping[str, Any], config: OperatorConfig | None = None) -> TrainingRun:
-    """Parse and check a TrainingRun; raise InvalidTrainingRun naming every field at fault."""
-    run = load_training_run(document)
+def validate_training_run(
+    document: Mapping[str, Any], config: OperatorConfig | None = None, *, local: bool = False
+) -> TrainingRun:
+    """Parse and check a TrainingRun; raise InvalidTrainingRun naming every field at fault. local: judged
+    for this machine (see :func:`load_training_run`)."""
+    run = load_training_run(document, local=local)
     if config is not None:
         problems = problems_with_config(run, config)
         if problems:
@@ -115,6 +131,7 @@ def validate_training_run(document: Mapping[str, Any], config: OperatorConfig | 
 __all__ = [
     "FieldProblem",
     "InvalidTrainingRun",
+    "LOCAL_IMAGE",
     "NamespacePolicy",
     "OperatorConfig",
     "Pool",

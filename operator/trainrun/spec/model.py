@@ -39,6 +39,9 @@ PLURAL = "trainingruns"
 SHORT_NAMES = ["tr"]
 
 DEFAULT_IMAGE_NOTE = "the trainer image built from images/trainer/Dockerfile"
+# What spec.image reads as in a run judged for this machine (``--local``) that names no image: local
+# replicas run with the Python that runs trainrun, so the image is needed only on a cluster.
+LOCAL_IMAGE = "local"
 DEFAULT_TRAINER_MODULE = "trainrun_trainer"
 DEFAULT_OUTPUT_DIR = "/outputs"
 
