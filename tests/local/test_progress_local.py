@@ -127,3 +127,21 @@ def test_on_hang_fail_fails_the_local_run(tmp_path: Path) -> None:
     assert (status["phase"], status["reason"]) == ("Failed", "Hung"), status
     assert "failed (spec.runPolicy.onHang: Fail)" in status["message"]
     assert "sleeper: Failed" in result.stderr
+
+
+def test_on_hang_restart_restarts_the_local_run_then_its_limit_fails_it(tmp_path: Path) -> None:
+    """The operator's restart rules, run by the local runner: a hung run's processes are stopped and started
+    again after the back-off (the log goes on: both sets wrote to it), once; the second hang is past
+    maxRestarts and fails the run."""
+    runs_dir = tmp_path / "runs"
+    manifest = sleeper_run(tmp_path, onHang="Restart", maxRestarts=1, restartBackoffSeconds=1)
+    result = run_local(manifest, runs_dir, cwd=tmp_path, timeout=240)
+    assert result.returncode == 1, result.stdout + result.stderr
+    status = status_of(runs_dir)
+    assert (status["phase"], status["reason"]) == ("Failed", "RestartLimitExceeded"), status
+    assert [restart["cause"] for restart in status["restarts"]] == ["Hang"]
+    assert "all 1 restarts used (spec.runPolicy.maxRestarts=1)" in status["message"]
+    log = (run_folder(runs_dir) / "logs" / "master-0.log").read_text()
+    assert log.count('"step": 3') >= 2, log  # the first set of processes, then the restarted one
+    events = [json.loads(line) for line in (run_folder(runs_dir) / "events.jsonl").read_text().splitlines()]
+    assert any(event["reason"] == "Restarting" and event["type"] == "Warning" for event in events), events
