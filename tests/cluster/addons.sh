@@ -27,8 +27,8 @@ declare -A ADDON_WEBHOOK_PORT ADDON_HEALTH_PORT
 # The add-on components of the words in TRAINRUN_CLUSTER_ADDONS (spaces or commas), on one line in the
 # order they start; fails on an unknown word.
 addon_components() {
-  local words word components=() trainer=false kueue=false
-  read -ra words <<<"${TRAINRUN_CLUSTER_ADDONS//,/ }"
+  local asked="${TRAINRUN_CLUSTER_ADDONS:-}" words word components=() trainer=false kueue=false
+  read -ra words <<<"${asked//,/ }"
   for word in "${words[@]}"; do
     case "$word" in
       trainer) trainer=true ;;

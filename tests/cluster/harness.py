@@ -64,8 +64,11 @@ class ClusterError(RuntimeError):
     """The cluster could not be built, started, stopped, or did not reach an awaited state."""
 
 
+ADDONS_VARIABLE = "TRAINRUN_CLUSTER_ADDONS"
+
+
 class Addon(StrEnum):
-    """Controllers up.sh starts only when asked (tests/cluster/addons.sh)."""
+    """Controllers up.sh starts only when asked (tests/cluster/addons.sh, variable ADDONS_VARIABLE)."""
 
     TRAINER = "trainer"  # JobSet and Kubeflow Trainer v2, with the ClusterTrainingRuntime trainrun-torch
     KUEUE = "kueue"  # Kueue, with the TrainJob, PyTorchJob, JobSet and Job integrations
@@ -328,15 +331,15 @@ class KubeCluster:
 def run_script(
     script: str, *args: str, timeout: float, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs tests/cluster/SCRIPT (with ENV added to this process's environment); its stderr (progress)
-    passes through, its stdout is returned."""
+    """Runs tests/cluster/SCRIPT in environment ENV (default: this process's); its stderr (progress) passes
+    through, its stdout is returned."""
     return subprocess.run(
         ["bash", str(CLUSTER_SCRIPTS_DIR / script), *args],
         stdout=subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, **(env or {})},
+        env=env,
     )
 
 
@@ -366,7 +369,11 @@ def start_cluster(
     """
     run_script("down.sh", "--abandoned", timeout=300)
     args = [name] if name is not None else []
-    completed = run_script("up.sh", *args, timeout=600, env={"TRAINRUN_CLUSTER_ADDONS": " ".join(addons)})
+    env = {key: value for key, value in os.environ.items() if key != ADDONS_VARIABLE}
+    words = " ".join(addons)
+    if words:
+        env[ADDONS_VARIABLE] = words
+    completed = run_script("up.sh", *args, timeout=600, env=env)
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         raise ClusterError(

@@ -139,7 +139,7 @@ kubectl create namespace trainrun-system >&2
 # The operator configuration the install ships (manifests/base/config.yaml) names the pools of nodes.yaml.
 kubectl apply -n trainrun-system -f "$REPO_ROOT/manifests/base/config.yaml" >&2
 
-say "starting the training-operator ${ADDONS[*]}"
+say "starting the training-operator${ADDONS[*]:+ and ${ADDONS[*]}}"
 launch_training_operator "${PORTS[0]}"
 for component in "${ADDONS[@]}"; do
   launch_addon "$component"
