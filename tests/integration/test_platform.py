@@ -43,6 +43,7 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 PATCH_MANAGER = "trainrun.dev/tests"  # our runtimePatches entry (a manager must be a domain-prefixed path)
+KUEUE_PATCH_MANAGER = "kueue.x-k8s.io/manager"
 POOL = "a100"  # nodes.yaml: 4 nodes of 8 GPUs
 IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
 COMMAND = ["torchrun", "-m", "trainrun_trainer"]
@@ -57,13 +58,21 @@ def per_node_resources(gpus: int) -> JsonObject:
 
 
 def trainjob(
-    name: str, *, nodes: int, gpus: int, annotations: dict[str, str], labels: dict[str, str] | None = None
+    name: str,
+    *,
+    nodes: int,
+    gpus: int,
+    annotations: dict[str, str],
+    labels: dict[str, str] | None = None,
+    pod_labels: dict[str, str] | None = None,
+    pod_spec: JsonObject | None = None,
 ) -> JsonObject:
-    """A TrainJob of the runtime we ship on the a100 pool: NODES pods of GPUS GPUs each; ANNOTATIONS (what kwok
-    makes the pods do) and the pool's nodeSelector and toleration reach the pods through a runtime patch."""
+    """A TrainJob of the runtime we ship on the a100 pool: NODES pods of GPUS GPUs each. The pods' ANNOTATIONS (what
+    kwok makes them do) and POD_LABELS, the pool's nodeSelector and toleration and the fields of POD_SPEC (a v2.3
+    PodSpecPatch) reach them through our entry of spec.runtimePatches."""
     pod_patch = {
-        "metadata": {"annotations": annotations},
-        "spec": {"nodeSelector": {POOL_LABEL: POOL}, "tolerations": [GPU_TOLERATION]},
+        "metadata": {"annotations": annotations, "labels": pod_labels or {}},
+        "spec": {"nodeSelector": {POOL_LABEL: POOL}, "tolerations": [GPU_TOLERATION], **(pod_spec or {})},
     }
     return {
         "apiVersion": TRAINER_API,
@@ -133,8 +142,20 @@ def condition_of(obj: JsonObject | None, condition_type: str) -> JsonObject | No
     return dict(condition) if condition is not None else None
 
 
-def is_scheduled(pod: JsonObject) -> bool:
-    return bool(pod["spec"].get("nodeName"))
+def events_of(cluster: KubeCluster, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """(kind, reason, message) of the Events about the objects named NAME in NAMESPACE."""
+    found = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}", "-o", "json"
+    )
+    return [
+        (event["involvedObject"]["kind"], event["reason"], event["message"])
+        for event in json.loads(found.stdout)["items"]
+    ]
+
+
+def kueue_keys(mapping: dict[str, str]) -> dict[str, str]:
+    """The entries of labels or annotations that are Kueue's."""
+    return {key: value for key, value in mapping.items() if key.startswith("kueue.x-k8s.io/")}
 
 
 def is_running(pod: JsonObject) -> bool:
@@ -182,8 +203,20 @@ def test_trainjob_runs_through_jobset_on_the_gpu_pool_to_complete(
     platform_cluster: KubeCluster, platform_namespace: str
 ) -> None:
     cluster, namespace, name = platform_cluster, platform_namespace, "tj"
-    behaviour = pod_behaviour(Outcome.RUN)
-    job = trainjob(name, nodes=2, gpus=8, annotations=behaviour)
+    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "trainer", "namespace": namespace}})
+    scratch_mount = {"name": "scratch", "mountPath": "/scratch"}
+    job = trainjob(
+        name,
+        nodes=2,
+        gpus=8,
+        annotations=pod_behaviour(Outcome.RUN),
+        pod_labels={"app.kubernetes.io/name": "tj-test"},
+        pod_spec={
+            "serviceAccountName": "trainer",
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{"name": "node", "volumeMounts": [scratch_mount]}],
+        },
+    )
     cluster.apply({**job, "metadata": {**job["metadata"], "namespace": namespace}})
 
     jobset = wait_until(lambda: cluster.get("jobset", name, namespace), timeout=60, what="the JobSet of the TrainJob")
@@ -212,6 +245,9 @@ def test_trainjob_runs_through_jobset_on_the_gpu_pool_to_complete(
         assert pod["spec"]["nodeSelector"] == {POOL_LABEL: POOL}
         assert GPU_TOLERATION in pod["spec"]["tolerations"]
         assert pod["spec"]["restartPolicy"] == "OnFailure"  # the runtime's
+        assert pod["spec"]["serviceAccountName"] == "trainer"
+        assert {"name": "scratch", "emptyDir": {}} in pod["spec"]["volumes"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == "tj-test"
         labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
         assert labels[JOBSET_NAME_LABEL] == name
         assert labels["jobset.sigs.k8s.io/replicatedjob-name"] == "node"
@@ -224,6 +260,7 @@ def test_trainjob_runs_through_jobset_on_the_gpu_pool_to_complete(
         assert (container["name"], container["image"], container["command"]) == ("node", IMAGE, COMMAND)
         assert container["resources"]["limits"] == {GPU_RESOURCE: "8"}
         assert container["ports"] == [{"containerPort": 29500, "protocol": "TCP"}]
+        assert scratch_mount in container["volumeMounts"]
         # The torch plugin's torchrun variables (no RANK, WORLD_SIZE, MASTER_ADDR: torchrun sets those in the
         # processes it starts) and the Job controller's JOB_COMPLETION_INDEX.
         assert env_of(container) == {
@@ -237,6 +274,7 @@ def test_trainjob_runs_through_jobset_on_the_gpu_pool_to_complete(
     service = cluster.get("service", name, namespace)
     assert service is not None and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {JOBSET_NAME_LABEL: name}
+    assert service["spec"]["publishNotReadyAddresses"] is True  # rank 0's name resolves before it is Ready
 
     end_pods(cluster, namespace, f"{JOBSET_NAME_LABEL}={name}")
     done = cluster.wait_for_condition("trainjob", name, namespace, "Complete", timeout=120)
@@ -264,6 +302,29 @@ def test_failing_trainjob_fails_after_the_runtime_backoff_limit(
     assert condition_of(failed, "Complete") is None
     job_failed = condition_of(cluster.get("job", f"{name}-node-0", namespace), "Failed")
     assert job_failed is not None and job_failed["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_runtime_patch_cannot_add_a_working_init_container(
+    platform_cluster: KubeCluster, platform_namespace: str
+) -> None:
+    """v2.3's runtimePatches patch only what the runtime's containers have (env, volumeMounts, securityContext):
+    an init container there has no image or command. Trainer's webhook checks the template with the patches
+    applied, so a new init container of a name alone passes it, and the JobSet cannot create its Job."""
+    cluster, namespace, name = platform_cluster, platform_namespace, "tj-init"
+    stage_in = {"name": "stage-in", "image": IMAGE, "command": ["true"]}
+    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [stage_in]})
+    refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(job), check=False)
+    assert refused.returncode != 0
+    field = "spec.runtimePatches[0].trainingRuntimeSpec.template.spec.replicatedJobs[0].template.spec.template.spec"
+    assert f'strict decoding error: unknown field "{field}.initContainers[0].command"' in refused.stderr
+
+    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [{"name": "stage-in"}]})
+    cluster.apply({**job, "metadata": {**job["metadata"], "namespace": namespace}})
+    failure = wait_until(
+        lambda: [message for _, reason, message in events_of(cluster, namespace, name) if reason == "JobCreationFailed"],
+        timeout=60, what="the JobSet's JobCreationFailed event",
+    )
+    assert f'Job.batch "{name}-node-0" is invalid: spec.template.spec.initContainers[0].image: Required value' in failure[0]
 
 
 def test_suspending_a_trainjob_deletes_its_pods_and_resuming_creates_them_again(
@@ -299,6 +360,15 @@ def test_suspending_a_trainjob_deletes_its_pods_and_resuming_creates_them_again(
 # --- Kueue ------------------------------------------------------------------------------------------------------
 
 
+def kueue_runtime_patch_pod_template(job: JsonObject) -> JsonObject:
+    """The pod template of replicated job `node` in Kueue's runtimePatches entry of a TrainJob (Kueue's webhook adds
+    the entry to every TrainJob; empty until an admission fills it)."""
+    [patch] = [patch for patch in job["spec"]["runtimePatches"] if patch["manager"] == KUEUE_PATCH_MANAGER]
+    replicated_jobs = patch["trainingRuntimeSpec"]["template"]["spec"].get("replicatedJobs", [])
+    template: JsonObject = replicated_jobs[0]["template"]["spec"]["template"] if replicated_jobs else {}
+    return template
+
+
 @dataclass(frozen=True)
 class Backend:
     """How a test writes, selects and reads one kind of job that Kueue queues."""
@@ -311,6 +381,7 @@ class Backend:
     pod_set: str  # the name of its pods' pod set in the Workload
     suspended_reason: str  # of its Suspended condition
     suspended_message: str  # the same, {name} standing for the job's name
+    pod_template: Callable[[JsonObject], JsonObject]  # where Kueue writes what an admission gives the pods
 
     def suspended(self, obj: JsonObject) -> bool:
         value: Any = obj
@@ -337,6 +408,7 @@ TRAINJOB = Backend(
     "node",
     "Suspended",
     "TrainJob is suspended",
+    kueue_runtime_patch_pod_template,
 )
 PYTORCHJOB = Backend(
     "pytorchjob",
@@ -347,6 +419,7 @@ PYTORCHJOB = Backend(
     "master",
     "PyTorchJobSuspended",
     "PyTorchJob {name} is suspended.",
+    lambda job: job["spec"]["pytorchReplicaSpecs"]["Master"]["template"],
 )
 
 
@@ -480,15 +553,16 @@ def test_kueue_holds_a_job_beyond_the_quota_until_the_first_ends(
 ) -> None:
     cluster, namespace = platform_cluster, platform_namespace
     first = submit(cluster, namespace, backend, "first", kueue_queue)
-    wait_for_workload_condition(cluster, namespace, first, "Admitted")
+    workload = wait_for_workload_condition(cluster, namespace, first, "Admitted")
+    assert re.fullmatch(rf"{backend.kind}-first-[0-9a-f]{{5}}", workload["metadata"]["name"])
     [pod] = wait_running(cluster, namespace, backend, "first")
     assert pod["spec"]["nodeSelector"] == {POOL_LABEL: POOL}
-    kueue_metadata = {
-        key: value
-        for key, value in {**pod["metadata"]["labels"], **pod["metadata"].get("annotations", {})}.items()
-        if key.startswith("kueue.x-k8s.io/")
+    assert kueue_keys(pod["metadata"]["labels"]) == {
+        "kueue.x-k8s.io/podset": backend.pod_set,
+        "kueue.x-k8s.io/local-queue-name": kueue_queue.local_queue,
+        "kueue.x-k8s.io/cluster-queue-name": kueue_queue.cluster_queue,
     }
-    print(f"{backend.kind} admitted pod, Kueue's labels and annotations: {kueue_metadata}")
+    assert kueue_keys(pod["metadata"]["annotations"]) == {"kueue.x-k8s.io/workload": workload["metadata"]["name"]}
 
     second = submit(cluster, namespace, backend, "second", kueue_queue)
     pending = wait_for_workload_condition(cluster, namespace, second, "QuotaReserved", status="False")
@@ -514,6 +588,13 @@ def test_kueue_holds_a_job_beyond_the_quota_until_the_first_ends(
     wait_running(cluster, namespace, backend, "second")
     resumed = cluster.get(backend.kind, "second", namespace)
     assert resumed is not None and not backend.suspended(resumed)
+    template = backend.pod_template(resumed)
+    assert template["spec"]["nodeSelector"] == {POOL_LABEL: POOL}  # the flavor's nodeLabels
+    assert kueue_keys(template["metadata"]["labels"]) == {
+        "kueue.x-k8s.io/podset": backend.pod_set,
+        "kueue.x-k8s.io/local-queue-name": kueue_queue.local_queue,
+        "kueue.x-k8s.io/cluster-queue-name": kueue_queue.cluster_queue,
+    }
     finished = condition_of(workload_of(cluster, namespace, first), "Finished")
     assert finished is not None and finished["status"] == "True"
     print(f"{backend.kind} admitted, its Workload: {json.dumps(admitted['status'], indent=1)}")
@@ -554,21 +635,37 @@ def test_kueue_preempts_a_lower_priority_job(
 
     suspended = cluster.get(backend.kind, "low", namespace)
     assert suspended is not None and backend.suspended(suspended)
+    assert kueue_keys(backend.pod_template(suspended).get("metadata", {}).get("labels", {})) == {}
     assert cluster.list_objects("pods", namespace, backend.pods("low")) == []
     suspended_condition = condition_of(suspended, "Suspended")
     assert suspended_condition is not None and suspended_condition["status"] == "True"
     assert suspended_condition["reason"] == backend.suspended_reason
     assert suspended_condition["message"] == backend.suspended_message.format(name="low")
-    events = cluster.kubectl(
-        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=low", "-o", "json"
-    )
     print(f"{backend.kind} preempted, its status: {json.dumps(suspended.get('status'), indent=1)}")
-    print(f"{backend.kind} preempted, its events: " + json.dumps(
-        [(event["involvedObject"]["kind"], event["reason"], event["message"])
-         for event in json.loads(events.stdout)["items"]], indent=1,
-    ))
+    stopped = [message for kind, reason, message in events_of(cluster, namespace, "low") if reason == "Stopped"]
+    assert stopped == [cause]
 
     end_pods(cluster, namespace, backend.pods("high"))
     readmitted = wait_for_workload_condition(cluster, namespace, low, "Admitted")
     wait_running(cluster, namespace, backend, "low")
     print(f"{backend.kind} admitted again, its Workload: {json.dumps(readmitted['status'], indent=1)}")
+
+
+@pytest.mark.parametrize("backend", [TRAINJOB, PYTORCHJOB], ids=lambda backend: backend.kind)
+def test_deleting_an_admitted_job_releases_its_quota(
+    platform_cluster: KubeCluster, platform_namespace: str, kueue_queue: Queue, backend: Backend
+) -> None:
+    cluster, namespace = platform_cluster, platform_namespace
+    first = submit(cluster, namespace, backend, "first", kueue_queue)
+    wait_for_workload_condition(cluster, namespace, first, "Admitted")
+    wait_running(cluster, namespace, backend, "first")
+    second = submit(cluster, namespace, backend, "second", kueue_queue)
+    wait_for_workload_condition(cluster, namespace, second, "QuotaReserved", status="False")
+
+    cluster.kubectl("delete", backend.kind, "first", "-n", namespace, "--wait=false")
+    wait_for_workload_condition(cluster, namespace, second, "Admitted")
+    wait_running(cluster, namespace, backend, "second")
+    # The Workload is the job's (an owner reference): the garbage collector deletes it with the job.
+    wait_until(
+        lambda: workload_of(cluster, namespace, first) is None, timeout=60, what="the Workload of the deleted job gone"
+    )
