@@ -19,7 +19,7 @@ step "python environment: $venv"
 "$venv/bin/python" -m pip install -q -e '.[train,test]'
 export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 
-step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator, kubelet, CoreDNS)"
+step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator, JobSet, Trainer v2, Kueue, kubelet, CoreDNS)"
 bash tests/cluster/build.sh
 
 step "real node packages (Debian: containerd, runc, CNI plugins, buildah, skopeo, mmdebstrap; tests/realpod)"

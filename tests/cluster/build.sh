@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the pinned binaries of the local test control plane from Go modules (Go module proxy only):
-# etcd, the Kubernetes control plane, kwok and the training-operator; for the real node (node.sh) a
-# kubelet and CoreDNS; and tests/kubecheck (kstatus and the API server's quantity parser, asked by the
-# unit tests).
+# etcd, the Kubernetes control plane, kwok and the training-operator; the add-on controllers JobSet,
+# Kubeflow Trainer v2 and Kueue (with their CRDs and webhook configurations, for addons.sh); for the real
+# node (node.sh) a kubelet and CoreDNS; and tests/kubecheck (kstatus and the API server's quantity parser,
+# asked by the unit tests).
 #
 # Called by: CI (.ci/run) before pytest, tests/integration/conftest.py when a binary is missing,
 # and developers by hand. Output goes to a cache OUTSIDE the repo, one folder per component and
@@ -125,6 +126,39 @@ build_training_operator() {
   chmod 644 "$out/kubeflow.org_pytorchjobs.yaml"
 }
 
+# An add-on controller (addons.sh starts it when a cluster asks for it): the main package PACKAGE of module
+# MODULE at VERSION, built in a wrapper module as 'manager' (version -X flags in LDFLAGS), and the
+# kustomizations of its CRDs (CRD_DIR) and webhook configurations (WEBHOOK_DIR) copied from the module, as
+# crd/ and webhook/ (kustomize takes a folder under a path with github.com in it for a remote one).
+build_addon() {
+  local out="$1" module="$2" version="$3" package="$4" crd_dir="$5" webhook_dir="$6" ldflags="$7" dir moddir
+  dir="$(new_wrapper_module "$(basename "$out" .partial)")"
+  cd "$dir"
+  go get "$package@$version"
+  # 'manager', as in the projects' images: a client's default user agent, so the field manager of its
+  # writes (Trainer's status updates), is the binary's name.
+  go build -trimpath -ldflags "-s -w $ldflags" -o "$out/manager" "$package"
+  moddir="$(go list -m -f '{{.Dir}}' "$module")"
+  cp -r "$moddir/$crd_dir" "$out/crd"
+  cp -r "$moddir/$webhook_dir" "$out/webhook"
+  chmod -R u+w "$out/crd" "$out/webhook"
+}
+
+build_jobset() {
+  build_addon "$1" sigs.k8s.io/jobset "$JOBSET_VERSION" sigs.k8s.io/jobset \
+    config/components/crd config/components/webhook "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION"
+}
+
+build_trainer() {
+  build_addon "$1" github.com/kubeflow/trainer/v2 "$TRAINER_VERSION" \
+    github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager manifests/base/crds manifests/base/webhook ""
+}
+
+build_kueue() {
+  build_addon "$1" sigs.k8s.io/kueue "$KUEUE_VERSION" sigs.k8s.io/kueue/cmd/kueue \
+    config/components/crd config/components/webhook "-X sigs.k8s.io/kueue/pkg/version.GitVersion=$KUEUE_VERSION"
+}
+
 # kubecheck: our small Go program over kstatus and the quantity parser (see its main.go).
 build_kubecheck() {
   local out="$1" dir
@@ -141,6 +175,9 @@ COMPONENTS=(
   "kubernetes|$KUBE_VERSION|build_kubernetes|kube-apiserver kube-controller-manager kube-scheduler kubelet"
   "kwok|$KWOK_VERSION|build_kwok|kwok kwokctl"
   "training-operator|$TRAINING_OPERATOR_VERSION|build_training_operator|training-operator kubeflow.org_pytorchjobs.yaml"
+  "jobset|$JOBSET_VERSION|build_jobset|${ADDON_FILES[*]}"
+  "trainer|$TRAINER_VERSION|build_trainer|${ADDON_FILES[*]}"
+  "kueue|$KUEUE_VERSION|build_kueue|${ADDON_FILES[*]}"
   "kubecheck|$KUBECHECK_VERSION|build_kubecheck|kubecheck"
   "coredns|$COREDNS_BUILD|build_coredns|coredns"
 )
@@ -174,7 +211,7 @@ build_component() {
 }
 
 if ! $CHECK_ONLY; then
-  # Go >= 1.26 (the four modules declare go 1.26.0); Debian's golang package is older.
+  # Go >= 1.26 (most modules declare go 1.26.0); Debian's golang package is older.
   if ! command -v go >/dev/null && [[ -x /usr/local/go/bin/go ]]; then
     PATH="/usr/local/go/bin:$PATH"
   fi

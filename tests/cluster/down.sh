@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stops a local test cluster started by tests/cluster/up.sh and removes its state folder,
-# leaving no process behind: its real node (node.sh) if it has one, the training-operator, then
-# kwokctl's components (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok). Safe to run twice, and on a
-# cluster whose start failed half way.
+# leaving no process behind: its real node (node.sh) if it has one, the add-on controllers (JobSet,
+# Trainer, Kueue) and the training-operator, then kwokctl's components (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kwok). Safe to run twice, and on a cluster whose start failed
+# half way.
 #
 # Called by: tests/cluster/harness.py (fixture teardown, atexit; --abandoned before a start),
 # up.sh on failure, CI, developers.
@@ -16,10 +17,13 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$SCRIPT_DIR/common.sh"
 
 stop_cluster() {
-  local name="$1" start=$SECONDS cluster_workdir file pid
+  local name="$1" start=$SECONDS cluster_workdir file pid component
   cluster_paths "$name"
   # The real node first (if any), while the API server still answers.
   "$SCRIPT_DIR/node.sh" down "$name"
+  for component in "${ADDON_COMPONENTS[@]}"; do
+    stop_pid_file "$STATE_DIR/$component.pid"
+  done
   stop_pid_file "$OPERATOR_PID_FILE"
 
   cluster_workdir="$KWOK_WORKDIR/clusters/$name"

@@ -1,11 +1,11 @@
 """Local Kubernetes test cluster for the tests: build, start, stop, kubectl, waits, pod behaviour, pod logs.
 
-Called by tests/integration/conftest.py (the session fixture ``kube_cluster``) and by tests that
-talk to that cluster. The cluster itself is made by the shell scripts beside this file:
+Called by tests/integration/conftest.py (the session fixtures ``kube_cluster`` and ``platform_cluster``)
+and by tests that talk to those clusters. The cluster itself is made by the shell scripts beside this file:
 build.sh (pinned binaries into ~/.cache/trainrun), up.sh (etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and kwok through kwokctl's binary runtime, plus the
-training-operator) and down.sh; node.sh adds a real node (kubelet + containerd) running images.sh's
-images when a test asks for one. Other nodes are simulated by kwok: pods never run a program; what a pod
+training-operator, and the add-ons asked for: JobSet and Trainer v2, Kueue) and down.sh; node.sh adds a
+real node (kubelet + containerd) running images.sh's images when a test asks for one. Other nodes are simulated by kwok: pods never run a program; what a pod
 does (succeed, fail, OOM, image pull error, keep running) is chosen by its annotations, see
 ``pod_behaviour`` and stages.yaml. ``kubectl logs`` of a pod serves a file given with
 ``KubeCluster.serve_pod_log``.
@@ -79,6 +79,16 @@ JsonObject = dict[str, Any]
 
 class ClusterError(RuntimeError):
     """The cluster could not be built, started, stopped, or did not reach an awaited state."""
+
+
+ADDONS_VARIABLE = "TRAINRUN_CLUSTER_ADDONS"
+
+
+class Addon(StrEnum):
+    """Controllers up.sh starts only when asked (tests/cluster/addons.sh, variable ADDONS_VARIABLE)."""
+
+    TRAINER = "trainer"  # JobSet and Kubeflow Trainer v2, with the ClusterTrainingRuntime trainrun-torch
+    KUEUE = "kueue"  # Kueue, with the TrainJob, PyTorchJob, JobSet and Job integrations
 
 
 class Outcome(StrEnum):
@@ -336,9 +346,10 @@ class KubeCluster:
 
 
 def run_script(
-    script: str, *args: str, timeout: float
+    script: str, *args: str, timeout: float, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Runs tests/cluster/SCRIPT with the kubectl of :func:`find_kubectl`; its stderr (progress) passes
+    """Runs tests/cluster/SCRIPT with the kubectl of :func:`find_kubectl`, in environment ENV (default: this
+    process's); its stderr (progress) passes
     through, its stdout is returned."""
     return subprocess.run(
         ["bash", str(CLUSTER_SCRIPTS_DIR / script), *args],
@@ -346,13 +357,14 @@ def run_script(
         text=True,
         timeout=timeout,
         check=False,
-        env=script_env(),
+        env=script_env(env),
     )
 
 
-def script_env() -> dict[str, str]:
-    """The environment of the cluster scripts: this one, their kubectl's folder named (common.sh reads it)."""
-    return {**os.environ, "TRAINRUN_VENV_BIN": str(DEFAULT_KUBECTL.parent)}
+def script_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the cluster scripts: ``base`` (default: this one), their kubectl's folder named
+    (common.sh reads it)."""
+    return {**(os.environ if base is None else base), "TRAINRUN_VENV_BIN": str(DEFAULT_KUBECTL.parent)}
 
 
 def binaries_missing() -> bool:
@@ -366,16 +378,26 @@ def build_binaries() -> None:
         raise ClusterError("tests/cluster/build.sh failed: see its output above")
 
 
-def start_cluster(name: str | None = None, *, real_node_images: Iterable[str] | None = None) -> KubeCluster:
+def start_cluster(
+    name: str | None = None,
+    *,
+    real_node_images: Iterable[str] | None = None,
+    addons: Iterable[Addon] = (),
+) -> KubeCluster:
     """Starts a cluster with up.sh (a unique name by default) and returns it once nodes are Ready.
 
     First stops the clusters left running by test sessions that died without stopping theirs. With
     ``real_node_images`` (what ``node_images()`` returns), node.sh adds a real node (REAL_NODE)
-    that runs pods from those images.
+    that runs pods from those images. ``addons`` are started too (up.sh's TRAINRUN_CLUSTER_ADDONS; this
+    process's own value of that variable is not used).
     """
     run_script("down.sh", "--abandoned", timeout=300)
     args = [name] if name is not None else []
-    completed = run_script("up.sh", *args, timeout=600)
+    env = {key: value for key, value in os.environ.items() if key != ADDONS_VARIABLE}
+    words = " ".join(addons)
+    if words:
+        env[ADDONS_VARIABLE] = words
+    completed = run_script("up.sh", *args, timeout=600, env=env)
     lines = completed.stdout.strip().splitlines()
     if completed.returncode != 0 or not lines:
         raise ClusterError(
@@ -413,14 +435,16 @@ def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def session_cluster(*, real_node_images: Iterable[str] | None = None) -> Iterator[KubeCluster]:
-    """A cluster for a test session (the conftests' ``kube_cluster``): binaries built when missing, then
-    start_cluster; stopped when the block ends, at exit, or on SIGTERM (as an interrupt)."""
+def session_cluster(
+    *, real_node_images: Iterable[str] | None = None, addons: Iterable[Addon] = ()
+) -> Iterator[KubeCluster]:
+    """A cluster for a test session (the conftests' ``kube_cluster``, ``platform_cluster``): binaries built
+    when missing, then start_cluster; stopped when the block ends, at exit, or on SIGTERM (as an interrupt)."""
     if binaries_missing():
         build_binaries()
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
-    cluster = start_cluster(real_node_images=real_node_images)
+    cluster = start_cluster(real_node_images=real_node_images, addons=addons)
     stopped = False
 
     def stop_once() -> None:

@@ -8,9 +8,13 @@
 # What runs, all as plain processes bound to 127.0.0.1 (ports picked free by kwokctl):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok  (kwokctl, binary runtime)
 #   training-operator (PyTorchJob only)                                  (background process)
+#   only when TRAINRUN_CLUSTER_ADDONS asks (addons.sh):                  (background processes)
+#     trainer: JobSet and Kubeflow Trainer v2 controllers;  kueue: Kueue
 # What it creates: the PyTorchJob CRD, this repo's CRDs (crds/*.yaml), the simulated node pools
 # (nodes.yaml), the namespaces kubeflow and trainrun-system, the operator config ConfigMap
-# (manifests/base/config.yaml). Pod behaviour comes from stages.yaml.
+# (manifests/base/config.yaml); with add-ons their CRDs and webhook configurations, for trainer the
+# ClusterTrainingRuntime of manifests/trainer-v2, for kueue the namespace kueue-system. Pod behaviour
+# comes from stages.yaml.
 #
 # Usage: tests/cluster/up.sh [NAME]     NAME defaults to trainrun-<random>.
 # Environment:
@@ -20,6 +24,7 @@
 #                         `down.sh --abandoned` (default: the caller of up.sh)
 #   TRAINRUN_VENV_BIN     folder with the kubectl to use (default: $VIRTUAL_ENV/bin, else <repo>/.venv/bin, else PATH)
 #   TRAINRUN_CRDS_DIR     this project's CRDs, a kustomization or *.yaml (default <repo>/crds)
+#   TRAINRUN_CLUSTER_ADDONS  add-ons to start: words 'trainer' and/or 'kueue' (default: none)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,10 +34,15 @@ source "$SCRIPT_DIR/common.sh"
 
 NAME="${1:-trainrun-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')}"
 cluster_paths "$NAME"
+# shellcheck source=addons.sh source-path=SCRIPTDIR
+source "$SCRIPT_DIR/addons.sh"
 START=$SECONDS
 say() { printf '[up %s +%ss] %s\n' "$NAME" "$((SECONDS - START))" "$*" >&2; }
 
+addons_line="$(addon_components)"
+read -ra ADDONS <<<"$addons_line"
 require_binaries
+require_addon_binaries "${ADDONS[@]}"
 require_kubectl
 
 if [[ -e "$STATE_DIR" ]]; then
@@ -100,10 +110,13 @@ say "creating the control plane (kwokctl, binary runtime)"
   flock 9
   KWOK_WORKDIR="$KWOK_WORKDIR" "$KWOKCTL" create cluster --name "$NAME" \
     --config "$STATE_DIR/kwokctl.yaml" --kubeconfig "$KUBECONFIG_PATH" --wait 2m >&2 9>&-
-  # The webhook port is chosen under the same lock, for the same reason.
-  free_port >"$STATE_DIR/webhook-port"
+  # The ports of the training-operator's webhook server and of each add-on's webhook and health servers
+  # are chosen under the same lock, for the same reason.
+  free_ports $((1 + 2 * ${#ADDONS[@]})) >"$STATE_DIR/ports"
 ) 9>"$CACHE_DIR/cluster-create.lock"
 export KUBECONFIG="$KUBECONFIG_PATH"
+mapfile -t PORTS <"$STATE_DIR/ports"
+prepare_addons "${PORTS[@]:1}"
 say "control plane up: $(kubectl version -o json | sed -n 's/.*"gitVersion": "\(v[^"]*\)".*/\1/p' | tail -n1)"
 
 say "applying CRDs"
@@ -114,6 +127,9 @@ if [[ -e "$CRDS_DIR/kustomization.yaml" ]]; then
 elif compgen -G "$CRDS_DIR/*.yaml" >/dev/null; then
   kubectl apply --server-side -f "$CRDS_DIR" >&2
 fi
+for component in "${ADDONS[@]}"; do
+  apply_addon_manifests "$component" crd
+done
 wait_for_all Established crd
 
 say "creating nodes and namespaces"
@@ -123,10 +139,17 @@ kubectl create namespace trainrun-system >&2
 # The operator configuration the install ships (manifests/base/config.yaml) names the pools of nodes.yaml.
 kubectl apply -n trainrun-system -f "$REPO_ROOT/manifests/base/config.yaml" >&2
 
-say "starting the training-operator"
-start_training_operator "$(cat "$STATE_DIR/webhook-port")"
+say "starting the training-operator${ADDONS[*]:+ and ${ADDONS[*]}}"
+launch_training_operator "${PORTS[0]}"
+for component in "${ADDONS[@]}"; do
+  launch_addon "$component"
+done
+await_controller training-operator "its PyTorchJob controller" grep -q 'Starting workers.*pytorchjob-controller' "$OPERATOR_LOG"
+for component in "${ADDONS[@]}"; do
+  await_addon "$component"
+done
 
 wait_for_all Ready node
-say "ready: $(kubectl get nodes --no-headers | wc -l) nodes; operator log $STATE_DIR/training-operator.log"
+say "ready: $(kubectl get nodes --no-headers | wc -l) nodes; controller logs $STATE_DIR/*.log"
 trap - EXIT
 echo "$KUBECONFIG_PATH"

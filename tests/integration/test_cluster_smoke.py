@@ -30,6 +30,7 @@ from cluster.harness import (
 pytestmark = pytest.mark.cluster
 
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+ADD_ON_GROUPS = ("jobset.x-k8s.io", "trainer.kubeflow.org", "kueue.x-k8s.io")
 
 
 def replica_spec(
@@ -472,3 +473,11 @@ def plain_pod(name: str, namespace: str, annotations: dict[str, str]) -> dict[st
             "containers": [{"name": "main", "image": "registry.invalid/smoke:test"}],
         },
     }
+
+
+def test_a_cluster_that_asks_for_no_add_ons_runs_none(kube_cluster: KubeCluster) -> None:
+    """up.sh starts JobSet, Trainer v2 and Kueue only when TRAINRUN_CLUSTER_ADDONS asks (the platform_cluster
+    fixture of test_platform.py): this cluster serves none of their APIs and runs none of their processes."""
+    versions = kube_cluster.kubectl("api-versions").stdout.split()
+    assert [version for version in versions if version.split("/")[0] in ADD_ON_GROUPS] == []
+    assert sorted(path.name for path in kube_cluster.state_dir.glob("*.pid")) == ["owner.pid", "training-operator.pid"]
