@@ -318,9 +318,9 @@ def test_the_pods_wait_for_their_logs_whatever_the_clean_pod_policy(
     operator = own_operator
     log = NumberedLog(tmp_path / "master.log", LINES, WRITE_SECONDS)
     uri = start_run(kube_cluster, namespace, "own", tmp_path, log, f"{WRITE_SECONDS + 10:.0f}s", cleanPodPolicy="All")
+    wait_for_phase(kube_cluster, operator, "own", namespace, "Running", timeout=120)
     job = kube_cluster.get("pytorchjob", "own", namespace)
     assert job is not None and job["spec"]["runPolicy"]["cleanPodPolicy"] == "None"  # the job keeps its pods
-    wait_for_phase(kube_cluster, operator, "own", namespace, "Running", timeout=120)
     log.thread.start()
     wait_until(lambda: log.written >= 140, timeout=WRITE_SECONDS, what="line 140 written")
     operator.kill()  # down while lines 141..300 are written and the job succeeds

@@ -38,6 +38,7 @@ class FakeLogs:
     def __init__(self) -> None:
         self.lines: dict[str, list[str]] = {}
         self.break_after: dict[str, int] = {}  # pod -> lines served before the stream breaks (once)
+        self.held_open: set[str] = set()  # pods whose stream stays open after its last line (as kwok's do)
         self.opened: list[tuple[str, int | None]] = []
 
     def write(self, pod_name: str, *texts: str, second: int = 0) -> None:
@@ -56,6 +57,8 @@ class FakeLogs:
             yield lines[start : min(start + 3, len(lines) if cut is None else cut)]
         if cut is not None:
             raise ApiError(f"log stream of pod {pod_name} broke off: reset")
+        if pod_name in self.held_open:
+            await asyncio.Event().wait()
 
 
 def follower(kube: FakeLogs, archive: LogArchive | None, offered: list[int] | None = None, **spec: Any) -> RunLogs:
@@ -225,3 +228,55 @@ def test_a_process_that_reads_an_archive_exits_cleanly(tmp_path: Path) -> None:
         for reader in readers:
             output, _ = reader.communicate(timeout=60)
             assert (reader.returncode, output) == (0, expected)
+
+
+def test_a_stream_held_open_after_its_container_ended_is_read_to_its_end(tmp_path: Path) -> None:
+    """kwok keeps a followed log open after the container ended: once it is quiet, the follower takes it as
+    read to the end (no gap, no waiting out the grace)."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 21)))
+    kube.held_open.add("run-master-0")
+    archive_uri = (tmp_path / "logs").as_uri()
+
+    async def scenario() -> tuple[float, RunLogs]:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([finished("run-master-0", "m")])
+        started = asyncio.get_running_loop().time()
+        await logs.finish(grace=20)
+        return asyncio.get_running_loop().time() - started, logs
+
+    took, logs = asyncio.run(scenario())
+    assert took < 10, took
+    assert logs.gaps == []
+    assert (tmp_path / "logs" / "master-0.log").read_text().splitlines() == [f"line {n}" for n in range(1, 21)]
+
+
+def test_a_log_whose_pod_went_before_it_was_read_to_its_end_is_a_declared_gap(tmp_path: Path) -> None:
+    """A follower that resumes (after a crash) a container whose pod is gone cannot read what came after:
+    the sealed log says so where its lines stop."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 11)))
+    archive_uri = (tmp_path / "logs").as_uri()
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+
+    async def scenario() -> RunLogs:
+        first = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        first.start()
+        kube.held_open.add("run-master-0")
+        first.update([running])
+        await until(lambda: first.containers.get("m/0") is not None and first.containers["m/0"].lines == 10)
+        await until(lambda: first.sequence >= 1 and not first._pending)
+        await first.stop()  # the operator goes; meanwhile the pod is deleted
+        second = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        second.start()
+        second.update([])
+        await second.finish(grace=5)
+        return second
+
+    logs = asyncio.run(scenario())
+    assert [(gap.replica, gap.gap) for gap in logs.gaps] == [("master-0", True)]
+    archived = (tmp_path / "logs" / "master-0.log").read_text().splitlines()
+    assert archived[:10] == [f"line {n}" for n in range(1, 11)]
+    assert len(archived) == 11 and archived[10].startswith("[trainrun] master-0: the lines after ")

@@ -51,6 +51,7 @@ FLUSH_SECONDS = 2.0
 FLUSH_BYTES = 4 << 20
 PENDING_LIMIT_BYTES = 32 << 20
 FINISH_GRACE_SECONDS = 30.0  # for streams of containers that ended to deliver their last lines
+QUIET_SECONDS = 2.0  # a stream of an ended container that delivers nothing for this long is at its end
 FLUSH_RETRY_MAX_SECONDS = 60.0
 GAP_MARKER = "[trainrun]"  # begins the line the archive gets where a replica's log could not be read on
 
@@ -64,6 +65,7 @@ class ContainerLog:
     lines: int = 0
     done: bool = False  # never opened again: read to its end, or given up (then ``gap``)
     gap: bool = False  # its end could not be read (the pod went first): lines after the position may be lost
+    last_read: float | None = None  # loop time of the open stream's last batch, None before its first (not persisted)
 
     def to_json(self) -> dict[str, Any]:
         last = self.position.last
@@ -208,12 +210,7 @@ class RunLogs:
         if self.sealed_files is not None:
             return self.sealed_files
         self._closing = True
-        tasks = [task for task in self._tasks.values() if not task.done()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self._read_to_the_end(grace)
         if self.archive is None:
             return None
         for container in self.containers.values():
@@ -228,6 +225,36 @@ class RunLogs:
         await self._flush()
         self.sealed_files = await self.archive.seal(self._state(self.sequence))
         return self.sealed_files
+
+    async def _read_to_the_end(self, grace: float) -> None:
+        """Wait up to ``grace`` for the open streams to end. A stream whose container has ended (by the pods as
+        last seen) and that has delivered nothing for ``QUIET_SECONDS`` since its last batch is at its end
+        even when the server keeps it open (kwok does): it counts as read to the end. One that never
+        delivered a batch is not taken as ended; what is still open after ``grace`` is cut off (a gap)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        pending = {key: task for key, task in self._tasks.items() if not task.done()}
+        while pending and loop.time() < deadline:
+            await asyncio.wait(pending.values(), timeout=min(QUIET_SECONDS, max(deadline - loop.time(), 0.0)))
+            for key, task in list(pending.items()):
+                container = self.containers[key]
+                quiet = container.last_read is not None and loop.time() - container.last_read >= QUIET_SECONDS
+                ended_and_quiet = quiet and not self._container_runs(key)
+                if task.done() or ended_and_quiet:
+                    if not task.done():
+                        task.cancel()
+                        container.done = True
+                        self._dirty = True
+                    del pending[key]
+        for task in pending.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    def _container_runs(self, key: str) -> bool:
+        """Whether the container start ``key`` (uid/restarts) still runs, by the pods as last seen."""
+        uid, _, restarts = key.rpartition("/")
+        pod = next((pod for pod in self._pods.values() if str(pod["metadata"].get("uid")) == uid), None)
+        return still_running(pod, uid, int(restarts))
 
     async def stop(self) -> None:
         """Stop reading at once (leadership lost, run deleted, operator shutting down): what was not
@@ -255,6 +282,7 @@ class RunLogs:
         while True:  # read at least once, also when the follower is finishing: its last lines are wanted
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
+            container.last_read = None
             try:
                 async for batch in self.kube.log_batches(
                     self.run.metadata.namespace,
@@ -263,6 +291,7 @@ class RunLogs:
                     since_seconds=since,
                     previous=previous,
                 ):
+                    container.last_read = asyncio.get_running_loop().time()
                     texts, last = _new_lines(batch, position, times)
                     if texts:
                         self._take(container, texts, last)
