@@ -48,6 +48,7 @@ RUN_RIGHTS: set[Right] = {
     *(("trainingruns.trainrun.dev", "", verb) for verb in ("list", "watch")),
     ("trainingruns.trainrun.dev/status", "", "patch"),
     *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
+    *(("trainjobs.trainer.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("jobs.batch", "", verb) for verb in ("list", "watch", "create", "patch")),
     *(("persistentvolumeclaims", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("pods", "", verb) for verb in ("list", "watch", "delete")),

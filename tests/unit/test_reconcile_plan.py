@@ -14,7 +14,6 @@ import pytest
 from factories import NOW, PyTorchJobBuilder, at, event, pod, pytorchjob, uploader_job
 from run_factory import document, pools
 from trainrun.plan import (
-    NO_TRAINING_OPERATOR,
     Apply,
     Attempts,
     Delete,
@@ -29,6 +28,7 @@ from trainrun.plan import (
 )
 from trainrun.plan.core import RESYNC_SECONDS
 from trainrun.render import render_pytorchjob
+from trainrun.render.backend import PYTORCHJOB
 from trainrun.spec import load_training_run
 from trainrun.spec.config import LogArchiveSettings
 from trainrun.spec.status import Artifacts, Phase
@@ -258,7 +258,7 @@ CASES = [
         [],
         Phase.QUEUED,
         event="TrainingOperatorMissing",
-        message_has=[NO_TRAINING_OPERATOR],
+        message_has=[PYTORCHJOB.missing()],
     ),
     Case(
         "the API server refused the child: the refusal is the status, nothing retried at once",

@@ -14,7 +14,7 @@ import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from trainrun.base.errors import InvalidStorageURI
 
@@ -102,7 +102,8 @@ def parse_uri(uri: str) -> StorageLocation:
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
             raise _invalid(uri, "file:// URIs must be local: use file:///absolute/path")
-        return _local_location(parts.path, original=uri)
+        # Percent-escapes decoded, as in every file URI (RFC 8089; Path.as_uri() writes them).
+        return _local_location(unquote(parts.path), original=uri)
     bucket, account = parts.netloc, None
     if scheme == "az" and "@" in bucket:
         # abfs://container@account.dfs.core.windows.net/prefix

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from trainrun.base.redact import redact
-from trainrun.cli.common import ConfigOption, FileArgument, SetOption, add_command, dump_yaml
+from trainrun.cli.common import ConfigOption, FileArgument, SetOption, add_command, dump_yaml, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -61,9 +61,10 @@ def validate_command(
 
 
 def render_command(file: FileArgument, config: ConfigOption = None, overrides: SetOption = None) -> None:
-    """Print what the operator would create for FILE: the PyTorchJob, the output claim, the uploader Job."""
+    """Print what the operator would create for FILE: the job (a PyTorchJob, or a TrainJob with --config
+    naming backend: TrainJob), the output claim, the uploader Job."""
     from trainrun.client.documents import example_operator_config, load_operator_config, training_run_documents
-    from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
+    from trainrun.render.backend import backend_of
     from trainrun.spec import validate_training_run
 
     operator_config = load_operator_config(config)
@@ -74,12 +75,16 @@ def render_command(file: FileArgument, config: ConfigOption = None, overrides: S
     children: list[dict[str, Any]] = []
     for document in training_run_documents(file, overrides or ()):
         run = validate_training_run(document, operator_config)
-        children.append(render_pytorchjob(run, operator_config))
-        claim = render_volume_claim(run)
+        backend = backend_of(operator_config)
+        problems = backend.problems(run)
+        if problems:
+            fail("; ".join(str(problem) for problem in problems))
+        children.append(backend.render_job(run, operator_config))
+        claim = backend.render_claim(run)
         if claim is not None:
             children.append(claim)
         if run.spec.output.uri is not None:
-            children.append(render_uploader_job(run, operator_config))
+            children.append(backend.render_uploader(run, operator_config))
     # Credentials belong in the Secret a run names (spec.output.secretName); one written into a URI of
     # the spec is masked here as everywhere else the CLI prints.
     print(note + redact(dump_yaml(children)), end="")

@@ -34,6 +34,7 @@ from trainrun.cli.common import (
     dump_yaml,
     fail,
 )
+from trainrun.render.children import CREDENTIALS_DIR_VARIABLE, STAGE_IN_VARIABLE
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,6 +68,7 @@ def register(app: typer.Typer) -> None:
     """Add the verbs of this module to the CLI."""
     app.command("upload")(upload_command)
     app.command("download")(download_command)
+    app.command("stage-in", hidden=True)(stage_in_command)
     add_command(app, "artifacts", artifacts_command)
 
 
@@ -124,6 +126,48 @@ def download_command(
         )
     except StorageError as error:
         fail(str(error))
+
+
+def stage_in_command() -> None:
+    """What a replica pod's stage-in init container runs: download the run's inputs and code snapshot.
+
+    The downloads are JSON in $TRAINRUN_STAGE_IN ([{"uri": ..., "path": ...}], rendered by the operator);
+    the credentials come from the environment, with the files of $TRAINRUN_CREDENTIALS_DIR (a mounted
+    Secret, one file per variable: how a TrainJob's init container gets them) filling in what it lacks.
+    Nothing to download: nothing is done."""
+    from trainrun.storage import StorageError, StorageOptions
+
+    downloads = _stage_in_downloads(os.environ.get(STAGE_IN_VARIABLE, ""))
+    env = {**_credential_files(os.environ.get(CREDENTIALS_DIR_VARIABLE)), **os.environ}
+    try:
+        for item in downloads:
+            _download_and_report(
+                item["uri"], Path(item["path"]), options=StorageOptions.from_env(env), verify=True, concurrency=32
+            )
+    except StorageError as error:
+        fail(str(error))
+
+
+def _stage_in_downloads(text: str) -> list[dict[str, str]]:
+    if not text.strip():
+        return []
+    try:
+        downloads = json.loads(text)
+        if not isinstance(downloads, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("uri"), str) and isinstance(item.get("path"), str)
+            for item in downloads
+        ):
+            raise ValueError("not a list of {uri, path}")
+    except ValueError as error:
+        fail(f"${STAGE_IN_VARIABLE} is not a JSON list of {{\"uri\", \"path\"}} objects ({error}): {text[:200]}")
+    return downloads
+
+
+def _credential_files(folder: str | None) -> dict[str, str]:
+    """A mounted Secret's files as variables (file name = variable name, content = value)."""
+    if not folder:
+        return {}
+    return {path.name: path.read_text().strip() for path in Path(folder).iterdir() if path.is_file() and not path.name.startswith(".")}
 
 
 def artifacts_command(

@@ -19,6 +19,7 @@ from typing import Any
 from trainrun.client.errors import ClientError, RunNotFound
 from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import ReplicaLogStreams, replica_pods
+from trainrun.kube.streams import training_container_name
 from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, metric_record
 from trainrun.render import job_name
@@ -124,14 +125,15 @@ class ClusterBackend:
             pods = {key: pod for key, pod in pods.items() if key == wanted}
         status = TrainingRunStatus.model_validate(run.get("status") or {})
         finished = status.phase is not None and status.phase.finished
-        if not pods and (not follow or finished or (status.logs is not None and status.logs.complete)):
+        if not pods and (not follow or finished or (status.logs is not None and status.logs.sealed)):
             yield from self._archived(run, wanted, tail)
             return
         if follow:  # pods that start later are followed too
             yield from self._follow(name, replica=wanted, on_status=None, tail=tail)
             return
         for replica_id, pod in pods.items():
-            for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace(), tail_lines=tail):
+            container = training_container_name(pod)
+            for line in self.api.pod_logs(pod["metadata"]["name"], self._namespace(), container=container, tail_lines=tail):
                 yield replica_id, line
 
     def _archived(self, run: Object, wanted: str | None, tail: int | None) -> Iterator[tuple[str, str]]:

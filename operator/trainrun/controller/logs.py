@@ -31,12 +31,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
-from trainrun.kube.streams import LogTime, LogTimes, StreamPosition, started_container_restarts, still_running
+from trainrun.kube.streams import (
+    LogTime,
+    LogTimes,
+    StreamPosition,
+    started_container_restarts,
+    still_running,
+    training_container_name,
+)
 from trainrun.metrics import METRIC_PREFIX, MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import metric_record
 from trainrun.metrics.progress import PROGRESS_PREFIX, ProgressTracker
 from trainrun.metrics.signals import log_signal, mentions_failure
-from trainrun.render.children import CONTAINER_NAME
 from trainrun.spec.model import TrainingRun
 from trainrun.status import replica_name
 from trainrun.storage import StorageError
@@ -191,7 +197,8 @@ class RunLogs:
         if container is None:
             container = self.containers[key] = ContainerLog(replica_name(pod))
         self._tasks[key] = asyncio.get_running_loop().create_task(
-            self._read(container, name, uid, restarts, previous), name=f"logs {self.run.metadata.name}/{name}"
+            self._read(container, name, training_container_name(pod), uid, restarts, previous),
+            name=f"logs {self.run.metadata.name}/{name}",
         )
 
     async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> tuple[FileRecord, ...] | None:
@@ -274,7 +281,9 @@ class RunLogs:
 
     # ---- reading ----
 
-    async def _read(self, container: ContainerLog, pod_name: str, uid: str, restarts: int, previous: bool) -> None:
+    async def _read(
+        self, container: ContainerLog, pod_name: str, container_name: str, uid: str, restarts: int, previous: bool
+    ) -> None:
         """Read one container start's log to its end, reopening a stream that breaks off while it runs."""
         position = container.position
         times = LogTimes()
@@ -287,7 +296,7 @@ class RunLogs:
                 async for batch in self.kube.log_batches(
                     self.run.metadata.namespace,
                     pod_name,
-                    container=CONTAINER_NAME,
+                    container=container_name,
                     since_seconds=since,
                     previous=previous,
                 ):

@@ -37,6 +37,7 @@ from trainrun.kube.aioclient import (
     PODS,
     PYTORCHJOBS,
     TRAINING_RUNS,
+    TRAINJOBS,
     ApiError,
     AsyncKube,
     resource_of,
@@ -57,6 +58,7 @@ from trainrun.plan import (
 )
 from trainrun.plan.causes import taken_away
 from trainrun.render import FIELD_MANAGER
+from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_of
 from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPONENT
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
@@ -227,16 +229,20 @@ class Controller:
         self.events_by_object: dict[Key, list[Object]] = {}
         self.background: set[asyncio.Task[None]] = set()
         by_label = {"labelSelector": RUN_LABEL}
-        self.jobs: list[Informer] = []
+        self.jobs: dict[str, list[Informer]] = {PYTORCHJOB.kind: [], TRAINJOB.kind: []}  # by kind: either backend
         self.informers: list[Informer] = []
         for namespace in namespaces:
-            job_informer = Informer(
-                kube, PYTORCHJOBS, namespace, project=projections.pytorchjob, on_change=self._on_child(JOB), params=by_label
-            )
-            job_informer.on_served_change = self._on_job_kind_served
-            self.jobs.append(job_informer)
+            for kind, resource, project in (
+                (PYTORCHJOB.kind, PYTORCHJOBS, projections.pytorchjob),
+                (TRAINJOB.kind, TRAINJOBS, projections.trainjob),
+            ):
+                job_informer = Informer(
+                    kube, resource, namespace, project=project, on_change=self._on_child(JOB), params=by_label
+                )
+                job_informer.on_served_change = self._on_job_kind_served
+                self.jobs[kind].append(job_informer)
+                self.informers.append(job_informer)
             self.informers += [
-                job_informer,
                 Informer(
                     kube,
                     JOBS,
@@ -387,7 +393,7 @@ class Controller:
             events=[event for name in involved for event in self.events_by_object.get((namespace, name), [])],
             uploader=uploader,
             claim_present=self.children.one(key, CLAIM) is not None,
-            job_kind_served=all(informer.served for informer in self.jobs),
+            job_kind_served=all(informer.served for informer in self.jobs[backend_of(self.config).kind]),
             gone_pods=list(self.gone_pods.get(key, {}).values()),
             metrics=logs.metrics if logs is not None else None,
             key_metric=logs.key_metric if logs is not None else None,

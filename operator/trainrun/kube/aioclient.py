@@ -74,6 +74,7 @@ SECRETS = Resource("", "v1", "secrets")
 CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 JOBS = Resource("batch", "v1", "jobs")
 PYTORCHJOBS = Resource("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOBS = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 TRAINING_RUNS = Resource("trainrun.dev", "v1alpha1", "trainingruns")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
@@ -85,6 +86,7 @@ _BY_KIND = {
     ("v1", "PersistentVolumeClaim"): CLAIMS,
     ("batch/v1", "Job"): JOBS,
     ("kubeflow.org/v1", "PyTorchJob"): PYTORCHJOBS,
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): TRAINJOBS,
     ("trainrun.dev/v1alpha1", "TrainingRun"): TRAINING_RUNS,
     ("coordination.k8s.io/v1", "Lease"): LEASES,
 }

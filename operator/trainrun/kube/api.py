@@ -284,7 +284,7 @@ class KubeApi:
         name: str,
         namespace: str,
         *,
-        container: str = "pytorch",
+        container: str,
         follow: bool = False,
         tail_lines: int | None = None,
         timestamps: bool = False,

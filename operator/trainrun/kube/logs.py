@@ -22,8 +22,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.api import KubeApi, KubeError, StreamCloser
-from trainrun.kube.streams import StreamPosition, parse_log_time, started_container_restarts, still_running
-from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
+from trainrun.kube.streams import (
+    StreamPosition,
+    parse_log_time,
+    started_container_restarts,
+    still_running,
+    training_container_name,
+)
+from trainrun.render.children import COMPONENT_LABEL, REPLICA_COMPONENT, RUN_LABEL
 from trainrun.status import replica_name
 from trainrun.status.observe import replica_sort_key
 
@@ -82,7 +88,10 @@ class ReplicaLogStreams:
             if key in self._threads:
                 continue
             thread = threading.Thread(
-                target=self._read, args=(replica, pod["metadata"]["name"], *key), name=f"log-{replica}", daemon=True
+                target=self._read,
+                args=(replica, pod["metadata"]["name"], training_container_name(pod), *key),
+                name=f"log-{replica}",
+                daemon=True,
             )
             self._threads[key] = thread
             thread.start()
@@ -123,7 +132,7 @@ class ReplicaLogStreams:
             self._closers.append(closer)
             return closer
 
-    def _read(self, replica: str, pod_name: str, uid: str, restarts: int) -> None:
+    def _read(self, replica: str, pod_name: str, container: str, uid: str, restarts: int) -> None:
         """Read one container's log to its end; a stream that breaks off while the container still runs
         (an API server restart, an idle connection cut) is opened again where it stopped."""
         position = StreamPosition()
@@ -135,7 +144,7 @@ class ReplicaLogStreams:
                 for stamped in self.api.pod_logs(
                     pod_name,
                     self.namespace,
-                    container=CONTAINER_NAME,
+                    container=container,
                     follow=True,
                     timestamps=True,
                     since_seconds=since,
@@ -175,6 +184,7 @@ class ReplicaLogStreams:
 
 def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:
     """The job's replica pods by replica name (master-0, worker-0, ...), Master first."""
-    listed = api.list("v1", "Pod", namespace, label_selector=f"{JOB_NAME_LABEL}={job_name}")
+    selector = f"{RUN_LABEL}={job_name},{COMPONENT_LABEL}={REPLICA_COMPONENT}"  # either backend's pods
+    listed = api.list("v1", "Pod", namespace, label_selector=selector)
     pods = {replica_name(pod): pod for pod in listed}
     return dict(sorted(pods.items(), key=lambda item: replica_sort_key(item[0])))

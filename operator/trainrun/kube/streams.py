@@ -103,10 +103,19 @@ class LogTimes:
         return parsed
 
 
+def training_container_name(pod: Mapping[str, Any]) -> str:
+    """The name of a replica pod's training container: its first (a PyTorchJob's ``pytorch``, a TrainJob's
+    ``node``; what the operator renders comes first)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    first = containers[0] if containers and isinstance(containers[0], Mapping) else {}
+    return str(first.get("name") or CONTAINER_NAME)
+
+
 def training_container(pod: Mapping[str, Any]) -> dict[str, Any] | None:
     """The status of the pod's training container, once it has one."""
+    name = training_container_name(pod)
     for container in (pod.get("status") or {}).get("containerStatuses") or []:
-        if container.get("name") == CONTAINER_NAME:
+        if container.get("name") == name:
             return dict(container)
     return None
 

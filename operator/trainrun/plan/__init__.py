@@ -11,7 +11,6 @@ tests/unit/test_restarts.py).
 
 from trainrun.plan.core import (
     EVENT_REASONS,
-    NO_TRAINING_OPERATOR,
     Action,
     Apply,
     Delete,
@@ -26,7 +25,6 @@ from trainrun.plan.work import Attempts, ReadManifest, Refusal, SealedLogs, Seal
 
 __all__ = [
     "EVENT_REASONS",
-    "NO_TRAINING_OPERATOR",
     "Action",
     "Apply",
     "Attempts",

@@ -32,12 +32,12 @@ from trainrun.plan.work import (
     failure_words,
     refusal_in_effect,
 )
-from trainrun.render import render_pytorchjob, render_uploader_job, render_volume_claim
+from trainrun.render.backend import BACKENDS, Backend, backend_of
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import (
-    PYTORCHJOB_API_VERSION,
-    PYTORCHJOB_KIND,
     canonical_spec,
+    owns_suspend,
+    stopped,
     uploader_job_name,
     volume_claim_name,
 )
@@ -71,10 +71,6 @@ STORAGE_REASONS = (UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE)
 STORAGE_FAILING, STORAGE_RECOVERED = "StorageFailing", "StorageRecovered"
 LOGS_INCOMPLETE = "LogsIncomplete"
 SUSPICIOUS_VALUE = "SuspiciousValue"
-NO_TRAINING_OPERATOR = (
-    "the cluster does not serve PyTorchJob (kubeflow.org/v1): install the Kubeflow training-operator, "
-    "then the run starts by itself"
-)
 
 
 @dataclass(frozen=True)
@@ -87,7 +83,7 @@ class Observed:
     events: Sequence[Mapping[str, Any]] = ()
     uploader: Mapping[str, Any] | None = None
     claim_present: bool = False
-    job_kind_served: bool = True
+    job_kind_served: bool = True  # the cluster serves the kind of job the configuration chose
     gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
@@ -183,12 +179,16 @@ def plan(
         return _finish(previous, build_status(given), waits=[])
     moment = _moment(now)
 
-    problems = [*config_problems, *(str(problem) for problem in problems_with_config(run, config))]
+    backend = backend_for(observed.job, config)
+    problems = [
+        *config_problems,
+        *(str(problem) for problem in (*problems_with_config(run, config), *backend.problems(run))),
+    ]
     refusal, refusal_ends_in = refusal_in_effect(observed.refusal, generation, moment)
     if refusal is not None:
         problems.append(refusal)
-    if not observed.job_kind_served:
-        problems.append(NO_TRAINING_OPERATOR)
+    if not observed.job_kind_served and observed.job is None:
+        problems.append(backend.missing())
     pool_name, _ = config.pool_named(run.spec.resources.pool)
     actions: list[Action] = []
     pending: list[str] = []
@@ -207,11 +207,9 @@ def plan(
             now=now,
         )
         if not supervised.hold_job:
-            actions, pending = _converge_job(run, config, observed, previous)
+            actions, pending = _converge_job(run, config, backend, observed, previous)
         if supervised.delete_job:
-            actions.append(Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, run.metadata.namespace, run.metadata.name))
-    elif not observed.job_kind_served:
-        job = None  # nothing of that kind can be read
+            actions.append(_delete_job(run, backend))
 
     archive = log_archive_uri(run, config)
     sealed = observed.seal.result
@@ -224,7 +222,7 @@ def plan(
     artifacts: Artifacts | None = None
     manifest_due = False
     if job is not None:
-        actions += _converge_upload(run, config, job, observed, previous)
+        actions += _converge_upload(run, config, backend, job, observed, previous)
         # With an output URI the logs are composed into it first, so the manifest lists them.
         if previous.artifacts is None and logs_sealed and _copied(run, observed):
             artifacts = observed.manifest.result
@@ -277,7 +275,7 @@ def plan(
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
     if status.phase is not None and status.phase.finished and (archive is None or logs_sealed):
-        cleaning, wait = _clean_up(run, job, observed.pods, moment)
+        cleaning, wait = _clean_up(run, backend, job, observed.pods, moment)
         actions += cleaning
         waits.append(wait)
     done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
@@ -390,46 +388,56 @@ def _storage_trouble(status: TrainingRunStatus) -> str | None:
     return status.logs.message if status.logs is not None and not status.logs.gaps else None
 
 
+def backend_for(job: Mapping[str, Any] | None, config: OperatorConfig) -> Backend:
+    """The backend of a run: its job's kind once it has one (a run keeps its backend when the configuration
+    changes), else the configuration's."""
+    kind = str((job or {}).get("kind") or "")
+    return BACKENDS.get(kind) or backend_of(config)
+
+
+def _delete_job(run: TrainingRun, backend: Backend) -> Delete:
+    return Delete(backend.api_version, backend.kind, run.metadata.namespace, run.metadata.name)
+
+
 def _converge_job(
-    run: TrainingRun, config: OperatorConfig, observed: Observed, previous: TrainingRunStatus
+    run: TrainingRun, config: OperatorConfig, backend: Backend, observed: Observed, previous: TrainingRunStatus
 ) -> tuple[list[Action], list[str]]:
-    """Create the job once, apply spec changes when it can take them, and report the ones it cannot."""
+    """Create the job once, apply spec changes when it can take them, and report the ones it cannot. A
+    queued run is stopped (suspended, cancelled) by deleting its job: its suspend is Kueue's."""
     job = observed.job
-    desired = render_pytorchjob(run, config)
+    queued = not owns_suspend(run)
     if job is None:
         if previous.phase is not None and (previous.phase.finished or previous.phase == Phase.UPLOADING):
             # Training ended and the job was cleaned up (ttlSecondsAfterFinished): never train again.
             return [], []
-        claim = render_volume_claim(run)
+        if queued and stopped(run):
+            return [], []  # resumed (suspend false), it is created again and waits for Kueue anew
+        claim = backend.render_claim(run)
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
-        return [*creating, Apply(desired)], []
+        return [*creating, Apply(backend.render_job(run, config))], []
     changes = pending_changes(decode_applied_spec(job) or {}, canonical_spec(run))
     view = observe_job(job)
     if view is None or view.has("Succeeded") or view.has("Failed"):
         return [], changes
+    if queued and stopped(run):
+        return [_delete_job(run, backend)], []
+    desired = backend.render_job(run, config)
     pods_gone = view.has("Suspended") or view.start_time is None
-    queued_and_admitted = run.spec.resources.queue is not None and not (run.spec.run_policy.suspend or run.spec.cancel)
-    if queued_and_admitted:
-        # Kueue owns suspend once the job exists: never put an admitted job back in the queue.
-        del desired["spec"]["runPolicy"]["suspend"]
     if changes and pods_gone:
         return [Apply(desired)], []
-    live = (job.get("spec") or {}).get("runPolicy") or {}
-    live_policy = {key: value for key, value in desired["spec"]["runPolicy"].items() if live.get(key) != value}
-    if not live_policy:
+    patch = backend.live_patch(run, desired, job)
+    if patch is None:
         return [], changes
-    patch = MergePatch(
-        PYTORCHJOB_API_VERSION,
-        PYTORCHJOB_KIND,
-        run.metadata.namespace,
-        desired["metadata"]["name"],
-        {"spec": {"runPolicy": live_policy}},
-    )
-    return [patch], changes
+    return [MergePatch(backend.api_version, backend.kind, run.metadata.namespace, desired["metadata"]["name"], patch)], changes
 
 
 def _converge_upload(
-    run: TrainingRun, config: OperatorConfig, job: Mapping[str, Any], observed: Observed, previous: TrainingRunStatus
+    run: TrainingRun,
+    config: OperatorConfig,
+    backend: Backend,
+    job: Mapping[str, Any],
+    observed: Observed,
+    previous: TrainingRunStatus,
 ) -> list[Action]:
     """Start the uploader Job when training is over and a copy is due."""
     output = run.spec.output
@@ -437,11 +445,11 @@ def _converge_upload(
         return []
     view = observe_job(job)
     copy_due = view is not None and (view.has("Succeeded") or (output.copy_on_failure and view.has("Failed")))
-    return [Apply(render_uploader_job(run, config))] if copy_due else []
+    return [Apply(backend.render_uploader(run, config))] if copy_due else []
 
 
 def _clean_up(
-    run: TrainingRun, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: datetime
+    run: TrainingRun, backend: Backend, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: datetime
 ) -> tuple[list[Action], float | None]:
     """The end of a finished run's pods, once their logs are archived (the job keeps them until then):
     spec.runPolicy.cleanPodPolicy (Running: the replicas still running; All: every replica pod), and the
@@ -455,7 +463,7 @@ def _clean_up(
     if policy.ttl_seconds_after_finished is not None and ended is not None:
         left = policy.ttl_seconds_after_finished - (now - ended).total_seconds()
         if left <= 0:
-            return [Delete(PYTORCHJOB_API_VERSION, PYTORCHJOB_KIND, namespace, run.metadata.name)], None
+            return [_delete_job(run, backend)], None
     else:
         left = None
     replicas, _ = observe_pods(pods, uploader_job_name=uploader_job_name(run))

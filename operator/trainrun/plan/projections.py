@@ -45,16 +45,23 @@ def pod(raw: Mapping[str, Any]) -> Object:
     }
 
 
-def pytorchjob(raw: Mapping[str, Any]) -> Object:
-    """A PyTorchJob: identity, the spec it was rendered from, its run policy, replica counts, status."""
+def _job_metadata(raw: Mapping[str, Any]) -> Object:
+    """A job's identity and the spec it was rendered from (the applied-spec annotation)."""
     metadata = _metadata(raw)
     annotations = (raw.get("metadata") or {}).get("annotations") or {}
     if APPLIED_SPEC_ANNOTATION in annotations:
         metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: annotations[APPLIED_SPEC_ANNOTATION]}
+    return metadata
+
+
+def pytorchjob(raw: Mapping[str, Any]) -> Object:
+    """A PyTorchJob: identity, the spec it was rendered from, its run policy, replica counts, status."""
     spec = raw.get("spec") or {}
     replica_specs = spec.get("pytorchReplicaSpecs") or {}
     return {
-        "metadata": metadata,
+        "apiVersion": raw.get("apiVersion"),
+        "kind": raw.get("kind"),
+        "metadata": _job_metadata(raw),
         "spec": {
             "runPolicy": spec.get("runPolicy") or {},
             "pytorchReplicaSpecs": {
@@ -64,6 +71,45 @@ def pytorchjob(raw: Mapping[str, Any]) -> Object:
             },
         },
         "status": raw.get("status") or {},
+    }
+
+
+# TrainJob condition types -> the PyTorchJob condition types the status reads.
+_TRAINJOB_CONDITIONS = {"Complete": "Succeeded", "Failed": "Failed", "Suspended": "Suspended"}
+
+
+def trainjob(raw: Mapping[str, Any]) -> Object:
+    """A TrainJob read into a PyTorchJob's shape, so the status reads either kind alike: its nodes as one
+    Master and numNodes - 1 Workers, suspend as the run policy's, Complete as Succeeded (its time as the
+    completion time), a deadline's failure saying so. It has no replica counts: the status counts the pods.
+    Its own suspend and deadline are kept for the live patch."""
+    spec = raw.get("spec") or {}
+    nodes = (spec.get("trainer") or {}).get("numNodes") or 1
+    replica_specs: Object = {"Master": {"replicas": 1}}
+    if isinstance(nodes, int) and nodes > 1:
+        replica_specs["Worker"] = {"replicas": nodes - 1}
+    conditions: list[Object] = []
+    completion = None
+    for condition in (raw.get("status") or {}).get("conditions") or []:
+        if not isinstance(condition, Mapping) or condition.get("type") not in _TRAINJOB_CONDITIONS:
+            continue
+        kind = _TRAINJOB_CONDITIONS[str(condition["type"])]
+        message = str(condition.get("message") or "")
+        if condition.get("reason") == "DeadlineExceeded" and "deadline" not in message.lower():
+            message = f"{message} (active longer than the deadline)".strip()
+        conditions.append({**condition, "type": kind, "message": message})
+        if kind in ("Succeeded", "Failed") and condition.get("status") == "True":
+            completion = condition.get("lastTransitionTime")
+    status: Object = {"conditions": conditions}
+    if completion is not None:
+        status["completionTime"] = completion
+    kept = {key: spec[key] for key in ("suspend", "activeDeadlineSeconds") if key in spec}
+    return {
+        "apiVersion": raw.get("apiVersion"),
+        "kind": raw.get("kind"),
+        "metadata": _job_metadata(raw),
+        "spec": {**kept, "runPolicy": {"suspend": bool(spec.get("suspend"))}, "pytorchReplicaSpecs": replica_specs},
+        "status": status,
     }
 
 

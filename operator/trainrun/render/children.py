@@ -8,7 +8,7 @@ shape of kubeflow-training's ``KubeflowOrgV1PyTorchJob`` (a unit test round-trip
 
 from __future__ import annotations
 
-import shlex
+import json
 from typing import Any
 
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
@@ -35,6 +35,7 @@ REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 UPLOADER_COMPONENT = "uploader"  # the component label of the uploader Job and its pods
+REPLICA_COMPONENT = "replica"  # ... and of the replica pods, whatever the backend
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 FIELD_MANAGER = "trainrun-operator"
 OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
@@ -49,6 +50,9 @@ RUNTIME_DEFAULT_SECCOMP = {"type": "RuntimeDefault"}
 # container-ephemeral-storage-request-and-limit: the uploader's only writable place is its /tmp emptyDir,
 #   whose sizeLimit bounds it already; a request would make it unschedulable on nodes that report no
 #   ephemeral storage (virtual kubelets, kwok), and the platform team can still set one in helperResources.
+STAGE_IN_CONTAINER = "stage-in"  # the init container that stages inputs and code (trainrun stage-in)
+STAGE_IN_VARIABLE = "TRAINRUN_STAGE_IN"
+CREDENTIALS_DIR_VARIABLE = "TRAINRUN_CREDENTIALS_DIR"  # a mounted Secret whose files are storage variables
 LINT_IGNORE_ANNOTATION = "kube-score/ignore"
 UPLOADER_LINT_IGNORES = "pod-networkpolicy,container-image-pull-policy,container-ephemeral-storage-request-and-limit"
 
@@ -173,15 +177,15 @@ def replica_security_context(config: OperatorConfig) -> Object:
     return context
 
 
-def _helper_tmp_mount() -> Object:
+def helper_tmp_mount() -> Object:
     return {"name": HELPER_TMP_VOLUME, "mountPath": "/tmp"}
 
 
-def _helper_tmp_volume() -> Object:
+def helper_tmp_volume() -> Object:
     return {"name": HELPER_TMP_VOLUME, "emptyDir": {"sizeLimit": "1Gi"}}
 
 
-def _env_list(run: TrainingRun) -> list[Object]:
+def env_list(run: TrainingRun) -> list[Object]:
     rendered = [{"name": name, "value": value} for name, value in trainrun_env(run).items()]
     user_names = {variable.name for variable in run.spec.env}
     # The user's own value wins over ours (a deliberate override of OUTPUT_DIR, say).
@@ -190,32 +194,39 @@ def _env_list(run: TrainingRun) -> list[Object]:
     return rendered
 
 
-def _staging_init_containers(run: TrainingRun, config: OperatorConfig) -> list[Object]:
-    """Init containers that download the inputs and the code snapshot with ``trainrun download``."""
+def staged_downloads(run: TrainingRun) -> list[dict[str, str]]:
+    """What the stage-in container downloads before training: each input, then the code snapshot."""
     spec = run.spec
-    env_from = [{"secretRef": {"name": spec.output.secret_name}}] if spec.output.secret_name else []
-    containers: list[Object] = []
-    downloads = [(item.uri, input_path(item.name, item.path)) for item in spec.inputs]
+    downloads = [{"uri": item.uri, "path": input_path(item.name, item.path)} for item in spec.inputs]
     if spec.code is not None:
-        downloads.append((spec.code.uri, spec.code.mount_path))
-    if not downloads:
-        return containers
-    script = " && ".join(f"trainrun download {shlex.quote(uri)} {shlex.quote(path)}" for uri, path in downloads)
-    containers.append(
-        {
-            "name": "stage-in",
-            "image": config.operator_image,
-            "command": ["sh", "-c", script],
-            "envFrom": env_from,
-            "resources": _helper_resources(config),
-            "securityContext": helper_security_context(),
-            "volumeMounts": [*_staging_mounts(run), _helper_tmp_mount()],
-        }
-    )
-    return containers
+        downloads.append({"uri": spec.code.uri, "path": spec.code.mount_path})
+    return downloads
 
 
-def _helper_resources(config: OperatorConfig) -> Object:
+def stage_in_env(run: TrainingRun) -> Object:
+    """The variable ``trainrun stage-in`` reads its downloads from (JSON: [{"uri", "path"}, ...])."""
+    return {"name": STAGE_IN_VARIABLE, "value": json.dumps(staged_downloads(run), separators=(",", ":"))}
+
+
+def _staging_init_containers(run: TrainingRun, config: OperatorConfig) -> list[Object]:
+    """The init container that downloads the inputs and the code snapshot with ``trainrun stage-in``."""
+    if not staged_downloads(run):
+        return []
+    container: Object = {
+        "name": STAGE_IN_CONTAINER,
+        "image": config.operator_image,
+        "command": ["trainrun", "stage-in"],
+        "env": [stage_in_env(run)],
+        "resources": helper_resources(config),
+        "securityContext": helper_security_context(),
+        "volumeMounts": [*staging_mounts(run), helper_tmp_mount()],
+    }
+    if run.spec.output.secret_name:
+        container["envFrom"] = [{"secretRef": {"name": run.spec.output.secret_name}}]
+    return [container]
+
+
+def helper_resources(config: OperatorConfig) -> Object:
     """Requests and limits of the containers the operator adds (the platform team's, from its config)."""
     resources = config.helper_resources
     return {
@@ -225,7 +236,7 @@ def _helper_resources(config: OperatorConfig) -> Object:
     }
 
 
-def _staging_mounts(run: TrainingRun) -> list[Object]:
+def staging_mounts(run: TrainingRun) -> list[Object]:
     mounts: list[Object] = []
     if run.spec.inputs:
         mounts.append({"name": "inputs", "mountPath": INPUTS_ROOT})
@@ -248,7 +259,7 @@ def _volumes(run: TrainingRun, *, is_master: bool) -> list[Object]:
     if run.spec.code is not None:
         volumes.append({"name": "code", "emptyDir": {}})
     if run.spec.inputs or run.spec.code is not None:
-        volumes.append(_helper_tmp_volume())  # for the stage-in init container
+        volumes.append(helper_tmp_volume())  # for the stage-in init container
     return volumes
 
 
@@ -260,11 +271,11 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": launch_command(run),
-        "env": _env_list(run),
+        "env": env_list(run),
         # The last lines of a crashed program become the termination message the status quotes.
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "ports": [{"name": PORT_NAME, "containerPort": DEFAULT_MASTER_PORT, "protocol": "TCP"}],
-        "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR}, *_staging_mounts(run)],
+        "volumeMounts": [{"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR}, *staging_mounts(run)],
         "securityContext": replica_security_context(config),
     }
     working_dir = spec.working_dir or (spec.code.mount_path if spec.code else None)
@@ -286,15 +297,15 @@ def pod_template(run: TrainingRun, config: OperatorConfig, pool: Pool | None, *,
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in spec.image_pull_secrets]
     pod_spec.update(scheduling(run, pool))
-    labels = {**spec.pod_metadata.labels, **common_labels(run, "replica")}
+    labels = {**spec.pod_metadata.labels, **common_labels(run, REPLICA_COMPONENT)}
     metadata: Object = {"labels": labels}
     if spec.pod_metadata.annotations:
         metadata["annotations"] = dict(spec.pod_metadata.annotations)
     return {"metadata": metadata, "spec": pod_spec}
 
 
-def run_policy(run: TrainingRun) -> Object:
-    """The PyTorchJob's runPolicy; a queued run starts suspended so that Kueue admits it.
+def run_policy(run: TrainingRun, *, owns_suspend: bool) -> Object:
+    """The PyTorchJob's runPolicy; suspend only where the operator owns it (Kueue's for a queued run).
 
     The job keeps its pods when it ends (cleanPodPolicy None, no TTL): the operator owns the end of a run's
     pods and applies spec.runPolicy.cleanPodPolicy and ttlSecondsAfterFinished itself once their logs are
@@ -303,11 +314,24 @@ def run_policy(run: TrainingRun) -> Object:
     rendered: Object = {
         "backoffLimit": policy.backoff_limit,
         "cleanPodPolicy": "None",
-        "suspend": policy.suspend or run.spec.cancel or run.spec.resources.queue is not None,
     }
+    if owns_suspend:
+        rendered["suspend"] = stopped(run)
     if policy.active_deadline_seconds is not None:
         rendered["activeDeadlineSeconds"] = policy.active_deadline_seconds
     return rendered
+
+
+def stopped(run: TrainingRun) -> bool:
+    """Whether the spec asks for the replicas to stop (suspended or cancelled)."""
+    return run.spec.run_policy.suspend or run.spec.cancel
+
+
+def owns_suspend(run: TrainingRun) -> bool:
+    """Whether the operator sets the job's suspend field. A queued run's belongs to Kueue, which suspends the
+    job at creation and lets it go when it admits it (an apply that set it would fight Kueue): the operator
+    never writes it, and stops a queued run by deleting its job."""
+    return run.spec.resources.queue is None
 
 
 def render_pytorchjob(run: TrainingRun, config: OperatorConfig) -> Object:
@@ -338,18 +362,19 @@ def render_pytorchjob(run: TrainingRun, config: OperatorConfig) -> Object:
         "spec": {
             "nprocPerNode": str(spec.processes_per_replica),
             "pytorchReplicaSpecs": replica_specs,
-            "runPolicy": run_policy(run),
+            "runPolicy": run_policy(run, owns_suspend=owns_suspend(run)),
         },
     }
 
 
-def render_volume_claim(run: TrainingRun) -> Object | None:
-    """The per-run output claim; None when the run copies nothing or brings its own claim."""
+def render_volume_claim(run: TrainingRun, *, shared: bool = False) -> Object | None:
+    """The per-run output claim; None when the run copies nothing or brings its own claim. ``shared``: every
+    replica mounts it (the TrainJob backend), so several nodes must be able to (ReadWriteMany)."""
     output = run.spec.output
     if output.uri is None or output.volume.claim_name is not None:
         return None
     claim_spec: Object = {
-        "accessModes": ["ReadWriteOnce"],
+        "accessModes": ["ReadWriteMany" if shared else "ReadWriteOnce"],
         "resources": {"requests": {"storage": str(output.volume.size)}},
     }
     if output.volume.storage_class_name is not None:
@@ -362,8 +387,9 @@ def render_volume_claim(run: TrainingRun) -> Object | None:
     }
 
 
-def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
-    """The Job that copies the output volume to the output URI and writes the manifest last."""
+def render_uploader_job(run: TrainingRun, config: OperatorConfig, *, outputs_subpath: str | None = None) -> Object:
+    """The Job that copies the output volume (its folder ``outputs_subpath``, where the Master's
+    $OUTPUT_DIR is) to the output URI and writes the manifest last."""
     output = run.spec.output
     if output.uri is None:
         raise ValueError("render_uploader_job needs spec.output.uri")
@@ -372,11 +398,16 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
         "image": config.operator_image,
         "command": ["trainrun", "upload", DEFAULT_OUTPUT_DIR, output.uri],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "resources": _helper_resources(config),
+        "resources": helper_resources(config),
         "securityContext": helper_security_context(),
         "volumeMounts": [
-            {"name": "outputs", "mountPath": DEFAULT_OUTPUT_DIR, "readOnly": True},
-            _helper_tmp_mount(),
+            {
+                "name": "outputs",
+                "mountPath": DEFAULT_OUTPUT_DIR,
+                "readOnly": True,
+                **({"subPath": outputs_subpath} if outputs_subpath else {}),
+            },
+            helper_tmp_mount(),
         ],
     }
     if output.secret_name:
@@ -404,7 +435,7 @@ def render_uploader_job(run: TrainingRun, config: OperatorConfig) -> Object:
                     "containers": [container],
                     "volumes": [
                         {"name": "outputs", "persistentVolumeClaim": {"claimName": volume_claim_name(run)}},
-                        _helper_tmp_volume(),
+                        helper_tmp_volume(),
                     ],
                 },
             },

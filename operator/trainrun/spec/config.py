@@ -12,12 +12,22 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from trainrun.spec.model import ApiModel, FreeFormObject, LabelMap, Quantity, ResourceName, StorageURI, Toleration
+from trainrun.spec.model import (
+    ApiModel,
+    FreeFormObject,
+    LabelMap,
+    ObjectName,
+    Quantity,
+    ResourceName,
+    StorageURI,
+    Toleration,
+)
 
 CONFIG_MAP_NAME = "trainrun-operator-config"
 CONFIG_MAP_KEY = "config.yaml"
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_OPERATOR_IMAGE = "ghcr.io/trainrun/operator:0.1.0"
+DEFAULT_TRAINING_RUNTIME = "trainrun-torch"
 HELPER_REQUESTS: dict[str, int | str] = {"cpu": "500m", "memory": "512Mi"}
 HELPER_LIMITS: dict[str, int | str] = {"cpu": "2", "memory": "2Gi"}
 
@@ -73,6 +83,16 @@ class NamespacePolicy(ApiModel):
 class OperatorConfig(ApiModel):
     """Everything the platform team configures for the operator."""
 
+    backend: Literal["PyTorchJob", "TrainJob"] = Field(
+        default="PyTorchJob",
+        description="What a run becomes: a Kubeflow training-operator v1 PyTorchJob, or a Kubeflow Trainer v2 "
+        "TrainJob (on JobSet) that refers to the ClusterTrainingRuntime trainingRuntime. The platform decides; "
+        "a run cannot choose.",
+    )
+    training_runtime: ObjectName = Field(
+        default=DEFAULT_TRAINING_RUNTIME,
+        description="The ClusterTrainingRuntime a TrainJob refers to (manifests/trainer-v2 ships trainrun-torch).",
+    )
     pools: dict[str, Pool] = Field(default_factory=dict, description="Node pools by name.")
     default_pool: str | None = Field(default=None, description="Pool of runs that name none.")
     operator_image: str = Field(

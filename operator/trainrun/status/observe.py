@@ -1,4 +1,5 @@
-"""Raw API dicts -> small typed views: the PyTorchJob, its replica pods, the uploader Job, Events.
+"""Raw API dicts -> small typed views: the job (PyTorchJob, or a TrainJob read into the same shape by the
+watch projections), its replica pods, the uploader Job, Events.
 
 The first step of ``trainrun.status.build_status`` (the operator's plan, the local runner): everything
 later in the package reads these views, never the raw camelCase dicts, so the knowledge of the API's
@@ -35,6 +36,9 @@ BATCH_JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 DEFAULT_JOB_BACKOFF_LIMIT = 6
 # The training-operator names pods <job>-<replica type>-<index>; used when a pod lacks its labels.
 _REPLICA_NAME = re.compile(r"-(master|worker)-(\d+)$")
+# A TrainJob's pods (JobSet's Indexed Job): the node rank, and the JobSet they belong to.
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 _REPLICA_TYPES = {"master": "Master", "worker": "Worker"}
 
 
@@ -335,7 +339,11 @@ def replica_name(pod: Mapping[str, Any]) -> str:
 
 
 def _replica_identity(name: str, labels: Mapping[str, Any]) -> tuple[str | None, str]:
-    """(Master|Worker|None, "master-0"): from the labels, else parsed from the pod name."""
+    """(Master|Worker|None, "master-0"): from the training-operator's labels, or a TrainJob node's rank (node
+    0 is the Master, node i the Worker i - 1, as a PyTorchJob names them), else parsed from the pod name."""
+    rank = as_text(labels.get(COMPLETION_INDEX_LABEL)) if JOBSET_NAME_LABEL in labels else None
+    if rank is not None and rank.isdigit():
+        return ("Master", "master-0") if rank == "0" else ("Worker", f"worker-{int(rank) - 1}")
     type_label = as_text(labels.get(REPLICA_TYPE_LABEL))
     index_label = as_text(labels.get(REPLICA_INDEX_LABEL))
     if type_label is not None and type_label.lower() in _REPLICA_TYPES:

@@ -1,0 +1,107 @@
+"""The training backend a run's job is rendered for: the one seam between a TrainingRun and its job's kind.
+
+A run becomes a Kubeflow training-operator v1 ``PyTorchJob`` or a Kubeflow Trainer v2 ``TrainJob``, as the
+operator configuration says (``backend``). Everything above the job (the plan's phases, the status and its
+words, the log follower, the archive, restarts, the uploader, the CLI) is the same for both: the plan asks
+its :class:`Backend` for the job, for what a live job may still take, for what the kind cannot carry and
+what to install when the cluster lacks it; the watch projections (``trainrun.plan.projections``) read
+either kind into one shape. Called by ``trainrun.plan`` and ``trainrun render``. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainrun.render.children import (
+    PYTORCHJOB_API_VERSION,
+    PYTORCHJOB_KIND,
+    render_pytorchjob,
+    render_uploader_job,
+    render_volume_claim,
+)
+from trainrun.render.trainjob import (
+    MASTER_OUTPUTS,
+    TRAINJOB_API_VERSION,
+    TRAINJOB_KIND,
+    render_trainjob,
+    trainjob_problems,
+)
+from trainrun.spec.config import OperatorConfig
+from trainrun.spec.errors import FieldProblem
+from trainrun.spec.model import TrainingRun
+
+Object = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One kind of job a run can become."""
+
+    kind: str
+    api_version: str
+    install: str  # what the platform team installs when the cluster does not serve the kind
+    render_job: Callable[[TrainingRun, OperatorConfig], Object]
+    live_patch: Callable[[TrainingRun, Object, Mapping[str, Any]], Object | None]  # run, desired, live job
+    problems: Callable[[TrainingRun], list[FieldProblem]]  # what this kind cannot carry for the run
+    shared_outputs: bool  # every replica mounts the output claim (in a folder of its own)
+    master_outputs: str | None  # the Master's folder in the output claim (None: the claim's root)
+
+    def render_claim(self, run: TrainingRun) -> Object | None:
+        return render_volume_claim(run, shared=self.shared_outputs and run.spec.distribution.workers > 0)
+
+    def render_uploader(self, run: TrainingRun, config: OperatorConfig) -> Object:
+        return render_uploader_job(run, config, outputs_subpath=self.master_outputs)
+
+    def missing(self) -> str:
+        """The status's words when the cluster does not serve this kind."""
+        return f"the cluster does not serve {self.kind} ({self.api_version}): {self.install}, then the run starts by itself"
+
+
+def _pytorchjob_live_patch(run: TrainingRun, desired: Object, live: Mapping[str, Any]) -> Object | None:
+    """The run policy fields of a live PyTorchJob that differ from the desired ones."""
+    current = (live.get("spec") or {}).get("runPolicy") or {}
+    changed = {key: value for key, value in desired["spec"]["runPolicy"].items() if current.get(key) != value}
+    return {"spec": {"runPolicy": changed}} if changed else None
+
+
+def _trainjob_live_patch(run: TrainingRun, desired: Object, live: Mapping[str, Any]) -> Object | None:
+    """A live TrainJob takes a suspend (stop or resume) and a new deadline; Trainer refuses other changes."""
+    current = live.get("spec") or {}
+    changed = {
+        key: desired["spec"][key]
+        for key in ("suspend", "activeDeadlineSeconds")
+        if key in desired["spec"] and current.get(key) != desired["spec"][key]
+    }
+    return {"spec": changed} if changed else None
+
+
+PYTORCHJOB = Backend(
+    kind=PYTORCHJOB_KIND,
+    api_version=PYTORCHJOB_API_VERSION,
+    install="install the Kubeflow training-operator (v1.9)",
+    render_job=render_pytorchjob,
+    live_patch=_pytorchjob_live_patch,
+    problems=lambda run: [],
+    shared_outputs=False,
+    master_outputs=None,
+)
+TRAINJOB = Backend(
+    kind=TRAINJOB_KIND,
+    api_version=TRAINJOB_API_VERSION,
+    install="install Kubeflow Trainer v2 (v2.3) with JobSet, and manifests/trainer-v2 (the trainrun-torch runtime)",
+    render_job=render_trainjob,
+    live_patch=_trainjob_live_patch,
+    problems=trainjob_problems,
+    shared_outputs=True,
+    master_outputs=MASTER_OUTPUTS,
+)
+BACKENDS = {backend.kind: backend for backend in (PYTORCHJOB, TRAINJOB)}
+
+
+def backend_of(config: OperatorConfig) -> Backend:
+    """The backend the operator configuration chose."""
+    return BACKENDS[config.backend]
+
+
