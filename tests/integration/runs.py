@@ -274,7 +274,8 @@ def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
 
 def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path: Path, *, create_claim: bool) -> None:
     """A PersistentVolume reserved for a claim (the test cluster has no provisioner), and the claim itself
-    when the run brings its own; otherwise the operator's per-run claim binds to it."""
+    when the run brings its own; otherwise the operator's per-run claim binds to it (ReadWriteOnce, or
+    ReadWriteMany: the TrainJob backend's claim of a run with workers, which every node mounts)."""
     storage_class = "manual" if create_claim else ""
     objects: list[dict[str, Any]] = [
         {
@@ -283,7 +284,7 @@ def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path
             "metadata": {"name": f"{namespace}-{claim}"},
             "spec": {
                 "capacity": {"storage": "20Gi"},
-                "accessModes": ["ReadWriteOnce"],
+                "accessModes": ["ReadWriteOnce", "ReadWriteMany"],
                 "storageClassName": storage_class,
                 "hostPath": {"path": str(host_path)},
                 "claimRef": {"namespace": namespace, "name": claim},

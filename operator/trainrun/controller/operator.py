@@ -56,7 +56,7 @@ from trainrun.plan import (
     plan,
     projections,
 )
-from trainrun.plan.causes import taken_away
+from trainrun.plan.causes import worth_remembering
 from trainrun.render import FIELD_MANAGER
 from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_of
 from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPONENT
@@ -223,8 +223,8 @@ class Controller:
         self.config = OperatorConfig()
         self.config_problems: list[str] = []
         self.children = ChildIndex()
-        # Replica pods the cluster took away (node lost, preempted, evicted), as last seen before they were
-        # deleted: the pod the training-operator makes in their place does not tell why (trainrun.plan.causes).
+        # Replica pods that tell why a run is where it is, as last seen before they were deleted: taken away by
+        # the cluster (node lost, preempted, evicted) or failed (trainrun.plan.causes.worth_remembering).
         self.gone_pods: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
         self.background: set[asyncio.Task[None]] = set()
@@ -308,8 +308,10 @@ class Controller:
         run_key = self.children.change(POD, old, new)
         if run_key is None:
             return
-        if new is None and old is not None and taken_away(old):
-            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = old
+        if new is None and old is not None and worth_remembering(old):
+            # As deleted: never taken for a live replica, only for why it went.
+            gone = {**old, "metadata": {"deletionTimestamp": utc_now(), **old["metadata"]}}
+            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = gone
         self.queue.add(run_key, CHILD_COALESCE_SECONDS)
 
     def _on_event(self, old: Object | None, new: Object | None) -> None:

@@ -91,11 +91,14 @@ def classify(
     return Trouble(signal, f"{said.message}" + (f" (log: {line})" if line and line not in said.message else ""))
 
 
-def taken_away(raw_pod: Mapping[str, Any]) -> bool:
-    """Whether a pod (as last seen before it was deleted) was taken away by the cluster: the controller
-    remembers such pods for :func:`classify`, since the pod that replaces it tells nothing."""
+def worth_remembering(raw_pod: Mapping[str, Any]) -> bool:
+    """Whether a replica pod, as last seen before it was deleted, tells why the run is where it is: the cluster
+    took it away (for :func:`classify`, since the pod that replaces it tells nothing), or one of its
+    containers failed (a job that fails at its backoff limit may lose its pods with it: a TrainJob's Job
+    does). The controller remembers such pods."""
     pod = observe_pod(raw_pod)
-    return (pod.disruption or "") in DISRUPTIONS or (pod.reason or "") in POD_REASONS
+    taken = (pod.disruption or "") in DISRUPTIONS or (pod.reason or "") in POD_REASONS
+    return taken or any(termination.failed for termination in pod.terminations)
 
 
 def _current(pod: PodView, since: datetime | None) -> bool:

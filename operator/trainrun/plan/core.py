@@ -84,7 +84,7 @@ class Observed:
     uploader: Mapping[str, Any] | None = None
     claim_present: bool = False
     job_kind_served: bool = True  # the cluster serves the kind of job the configuration chose
-    gone_pods: Sequence[Mapping[str, Any]] = ()  # replica pods deleted with a disruption (node lost, preempted)
+    gone_pods: Sequence[Mapping[str, Any]] = ()  # deleted replica pods that tell why: taken away, or failed
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
     progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
@@ -244,7 +244,7 @@ def plan(
             now=now,
             previous=previous,
             job=job,
-            pods=observed.pods,
+            pods=[*observed.pods, *_since_last_restart(observed.gone_pods, previous)],
             events=observed.events,
             uploader=observed.uploader,
             problems=problems,
@@ -393,6 +393,14 @@ def backend_for(job: Mapping[str, Any] | None, config: OperatorConfig) -> Backen
     changes), else the configuration's."""
     kind = str((job or {}).get("kind") or "")
     return BACKENDS.get(kind) or backend_of(config)
+
+
+def _since_last_restart(pods: Sequence[Mapping[str, Any]], previous: TrainingRunStatus) -> list[Mapping[str, Any]]:
+    """The pods of the current job: created after the last whole-run restart (all, before the first)."""
+    last = timestamp(previous.restarts[-1].time) if previous.restarts else None
+    if last is None:
+        return list(pods)
+    return [pod for pod in pods if (created := timestamp((pod.get("metadata") or {}).get("creationTimestamp"))) and created >= last]
 
 
 def _delete_job(run: TrainingRun, backend: Backend) -> Delete:

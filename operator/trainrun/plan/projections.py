@@ -81,7 +81,7 @@ _TRAINJOB_CONDITIONS = {"Complete": "Succeeded", "Failed": "Failed", "Suspended"
 def trainjob(raw: Mapping[str, Any]) -> Object:
     """A TrainJob read into a PyTorchJob's shape, so the status reads either kind alike: its nodes as one
     Master and numNodes - 1 Workers, suspend as the run policy's, Complete as Succeeded (its time as the
-    completion time), a deadline's failure saying so. It has no replica counts: the status counts the pods.
+    completion time), a failure saying whether it was the deadline or the backoff limit. It has no replica counts: the status counts the pods.
     Its own suspend and deadline are kept for the live patch."""
     spec = raw.get("spec") or {}
     nodes = (spec.get("trainer") or {}).get("numNodes") or 1
@@ -97,6 +97,9 @@ def trainjob(raw: Mapping[str, Any]) -> Object:
         message = str(condition.get("message") or "")
         if condition.get("reason") == "DeadlineExceeded" and "deadline" not in message.lower():
             message = f"{message} (active longer than the deadline)".strip()
+        elif condition.get("reason") == "FailedJobs":
+            # The runtime's Job fails only at its backoff limit (no pod failure policy, no deadline of its own).
+            message = f"{message}: its Job reached the specified backoff limit".strip(": ")
         conditions.append({**condition, "type": kind, "message": message})
         if kind in ("Succeeded", "Failed") and condition.get("status") == "True":
             completion = condition.get("lastTransitionTime")

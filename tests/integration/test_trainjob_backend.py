@@ -1,0 +1,203 @@
+"""The TrainJob backend on the real Kubeflow Trainer v2 and JobSet: the same runs, the same words.
+
+The operator runs against the platform cluster (``platform_cluster``: JobSet v0.11, Trainer v2.3 and Kueue
+v0.19 beside the training-operator) with ``backend: TrainJob`` in its configuration. A run becomes a TrainJob
+of the shipped runtime (manifests/trainer-v2), Trainer makes the JobSet, JobSet the Job and the pods, kwok
+runs them on the GPU pools; nothing in between is faked. What must hold, as on the PyTorchJob backend:
+a run goes Queued -> Running -> Uploading -> Completed with its logs archived and its copy verified; a
+failing run is Failed at the backoff limit naming the replica and its exit; a hung run is restarted as a new TrainJob once
+(its uid changes), then fails at its restart limit. The environment every node's program sees is the
+PyTorchJob's (the same names and meanings: RANK by node, WORLD_SIZE, MASTER_ADDR = PET_MASTER_ADDR, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from runs import (
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    events_of,
+    get_run,
+    kubectl_apply,
+    training_run,
+    volume_for_claim,
+    wait_for_phase,
+)
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
+from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
+
+pytestmark = pytest.mark.cluster
+
+TRAINRUN = str(Path(sys.executable).parent / "trainrun")
+RANK_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+@pytest.fixture(scope="module")
+def trainjob_operator(platform_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The operator on the platform cluster, its configuration choosing the TrainJob backend."""
+    found = platform_cluster.get("configmap", CONFIG_MAP_NAME, OPERATOR_NAMESPACE)
+    assert found is not None
+    config = yaml.safe_load(found["data"][CONFIG_MAP_KEY])
+    config["backend"] = "TrainJob"
+    found["data"][CONFIG_MAP_KEY] = yaml.safe_dump(config)
+    platform_cluster.apply({key: found[key] for key in ("apiVersion", "kind", "data")} | {"metadata": {"name": CONFIG_MAP_NAME, "namespace": OPERATOR_NAMESPACE}})
+    process = OperatorProcess(platform_cluster, tmp_path_factory.mktemp("trainjob-operator") / "operator.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        process.assert_no_traceback()
+
+
+@pytest.fixture
+def namespace(platform_cluster: KubeCluster) -> Iterator[str]:
+    with platform_cluster.scratch_namespace("trainjob") as name:
+        yield name
+
+
+def trainjob_uid(cluster: KubeCluster, name: str, namespace: str) -> str | None:
+    found = cluster.get("trainjob", name, namespace)
+    return str(found["metadata"]["uid"]) if found is not None else None
+
+
+def node_pods(cluster: KubeCluster, name: str, namespace: str) -> list[dict[str, Any]]:
+    pods = cluster.list_objects("pods", namespace, f"trainrun.dev/run={name},app.kubernetes.io/component=replica")
+    return sorted(pods, key=lambda pod: int(pod["metadata"]["labels"][RANK_LABEL]))
+
+
+def test_a_run_completes_as_a_trainjob_with_its_logs_archived_and_its_copy_verified(
+    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, s3_server: SeaweedFS, tmp_path: Path
+) -> None:
+    cluster, operator = platform_cluster, trainjob_operator
+    uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/tj"
+    secret_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret_env.items()])
+    volume_for_claim(cluster, namespace, "tj-outputs", tmp_path / "volume", create_claim=False)
+    cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", ["node up", 'trainrun:metric {"val_loss": 0.2}']))
+    annotations = {**pod_behaviour(Outcome.SUCCEED, after="6s"), "kwok.trainrun.dev/start-after": "2s"}
+    document = training_run(
+        "tj",
+        namespace,
+        resources={"pool": "a100", "gpus": 1},
+        output={"uri": uri, "secretName": "s3-creds", "volume": {"size": "5Gi"}},
+        podMetadata={"annotations": annotations},
+    )
+    kubectl_apply(cluster, document)
+    seen: list[str] = []
+    run = wait_for_phase(cluster, operator, "tj", namespace, "Running", timeout=180, seen=seen)
+    trainjob = cluster.get("trainjob", "tj", namespace)
+    assert trainjob is not None and trainjob["spec"]["runtimeRef"]["name"] == "trainrun-torch"
+    assert cluster.get("pytorchjob", "tj", namespace) is None
+    assert run["status"]["jobName"] == "tj" and run["status"]["message"] == "training: 2 of 2 replicas running"
+    pods = node_pods(cluster, "tj", namespace)
+    assert [pod["spec"]["nodeSelector"]["trainrun.dev/pool"] for pod in pods] == ["a100", "a100"]
+    assert [pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] for pod in pods] == ["1", "1"]
+
+    wait_for_phase(cluster, operator, "tj", namespace, "Uploading", timeout=180, seen=seen)
+    uploader = wait_until(lambda: cluster.get("job", "tj-upload", namespace), timeout=30, what="the uploader Job")
+    mount = uploader["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]
+    assert (mount["mountPath"], mount["subPath"]) == ("/outputs", "node-0")  # the Master's $OUTPUT_DIR
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "model.pt").write_bytes(b"weights")
+    upload = subprocess.run([TRAINRUN, "upload", str(outputs), uri], env={**cluster.env(), **secret_env}, capture_output=True, text=True, timeout=120)
+    assert upload.returncode == 0, upload.stderr
+    run = wait_for_phase(cluster, operator, "tj", namespace, "Completed", timeout=180, seen=seen)
+    assert seen[-3:] == ["Running", "Uploading", "Completed"], seen
+    status = run["status"]
+    assert status["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": []}
+    assert status["replicas"] == {"Master": {"active": 0, "succeeded": 1, "failed": 0}, "Worker": {"active": 0, "succeeded": 1, "failed": 0}}
+    assert status["metrics"] == {"val_loss": 0.2}
+    prefix = uri.removeprefix(f"s3://{BUCKET}/")
+    manifest = json.loads(boto3_client_for(s3_server.endpoint).get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
+    assert [entry["path"] for entry in manifest["files"]] == ["logs/master-0.log", "logs/metrics.jsonl", "logs/worker-0.log", "model.pt"]
+    assert status["artifacts"]["fileCount"] == 4
+    messages = [event["message"] for event in events_of(cluster, "tj", namespace)]
+    assert any(message.startswith("Uploading -> Completed: training succeeded; 4 files") for message in messages), messages
+    # `trainrun logs` finds either backend's pods (by the run's labels) and names them as replicas.
+    printed = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tj"], env={**cluster.env(), **secret_env}, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert "[master-0] node up" in printed.stdout and "[worker-0] node up" in printed.stdout
+
+
+def test_every_node_sees_the_environment_of_a_pytorchjob_replica(
+    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """The contract of the program's environment, read off the pods Trainer and JobSet made, resolved as the
+    kubelet resolves it (a fieldRef to the completion index: the pod's rank)."""
+    cluster, operator = platform_cluster, trainjob_operator
+    cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", ["node up"]))
+    document = training_run("envs", namespace, distribution={"workers": 2, "nprocPerNode": 1}, podMetadata={"annotations": pod_behaviour(Outcome.RUN)})
+    kubectl_apply(cluster, document)
+    wait_for_phase(cluster, operator, "envs", namespace, "Running", timeout=180)
+    seen = []
+    for pod in node_pods(cluster, "envs", namespace):
+        env: dict[str, str] = {}
+        for item in pod["spec"]["containers"][0]["env"]:
+            if "value" in item:
+                env[item["name"]] = item["value"]
+            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "").endswith("job-completion-index']"):
+                env[item["name"]] = pod["metadata"]["annotations"][RANK_LABEL]
+        seen.append(env)
+    assert [env["RANK"] for env in seen] == ["0", "1", "2"] == [env["PET_NODE_RANK"] for env in seen]
+    for env in seen:
+        assert env["WORLD_SIZE"] == "3" and env["PET_NNODES"] == "3" and env["PET_NPROC_PER_NODE"] == "1"
+        assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "envs-node-0-0.envs"
+        assert env["MASTER_PORT"] == env["PET_MASTER_PORT"]
+        assert env["OUTPUT_DIR"] == "/outputs" and env["TRAINRUN_RUN_NAME"] == "envs" and env["TRAINRUN_NAMESPACE"] == namespace
+    status = get_run(cluster, "envs", namespace)["status"]
+    assert status["replicas"] == {"Master": {"active": 1, "succeeded": 0, "failed": 0}, "Worker": {"active": 2, "succeeded": 0, "failed": 0}}
+    assert status["masterPod"].startswith("envs-node-0-0-")
+
+
+def test_a_failing_node_fails_the_run_at_the_backoff_limit_naming_the_replica(
+    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    cluster, operator = platform_cluster, trainjob_operator
+    cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", ["node up"]))
+    fails = pod_behaviour(Outcome.FAIL, after="2s", exit_code=3)
+    kubectl_apply(cluster, training_run("bad", namespace, distribution={"workers": 0}, podMetadata={"annotations": fails}))
+    run = wait_for_phase(cluster, operator, "bad", namespace, "Failed", timeout=300)
+    status = run["status"]
+    assert status["reason"] == "BackoffLimitExceeded", status
+    assert "(spec.runPolicy.backoffLimit=3)" in status["message"]
+    assert "first failure: replica master-0 exited with code 3" in status["message"]  # as on a PyTorchJob (test_operator)
+    stalled = next(item for item in status["conditions"] if item["type"] == "Stalled")
+    assert stalled["status"] == "True"
+
+
+def test_a_hung_run_is_restarted_as_a_new_trainjob_once_then_fails_at_its_limit(
+    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    cluster, operator = platform_cluster, trainjob_operator
+    steps = ['trainrun:progress {"step": 0, "total_steps": 100}', *(f'trainrun:metric {{"step": {step}, "loss": 0.5}}' for step in (10, 20))]
+    cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", steps))  # then nothing more
+    policy = {"hangTimeoutSeconds": 10, "onHang": "Restart", "maxRestarts": 1, "restartBackoffSeconds": 2}
+    kubectl_apply(cluster, training_run("hung", namespace, runPolicy=policy, podMetadata={"annotations": pod_behaviour(Outcome.RUN)}))
+    wait_for_phase(cluster, operator, "hung", namespace, "Running", timeout=180)
+    first = trainjob_uid(cluster, "hung", namespace)
+    uids = {first}
+
+    def failed() -> dict[str, Any] | None:
+        uids.add(trainjob_uid(cluster, "hung", namespace))
+        run = get_run(cluster, "hung", namespace)
+        return run if run["status"].get("phase") == "Failed" else None
+
+    run = wait_until(failed, timeout=300, what="the hung run restarted once and failed", interval=0.5)
+    status = run["status"]
+    assert status["reason"] == "RestartLimitExceeded", status
+    assert [restart["cause"] for restart in status["restarts"]] == ["Hang"]
+    created = {uid for uid in uids if uid is not None}
+    assert len(created) == 2, created  # the first TrainJob and the one the restart made
+    assert any(event["reason"] == "Restarting" for event in events_of(cluster, "hung", namespace))
