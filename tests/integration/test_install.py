@@ -49,6 +49,7 @@ RUN_RIGHTS: set[Right] = {
     ("trainingruns.trainrun.dev/status", "", "patch"),
     *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("trainjobs.trainer.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
+    *((f"{kind}.kueue.x-k8s.io", "", verb) for kind in ("workloads", "localqueues") for verb in ("list", "watch")),
     *(("jobs.batch", "", verb) for verb in ("list", "watch", "create", "patch")),
     *(("persistentvolumeclaims", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("pods", "", verb) for verb in ("list", "watch", "delete")),

@@ -34,10 +34,12 @@ from trainrun.kube.aioclient import (
     CONFIG_MAPS,
     EVENTS,
     JOBS,
+    LOCAL_QUEUES,
     PODS,
     PYTORCHJOBS,
     TRAINING_RUNS,
     TRAINJOBS,
+    WORKLOADS,
     ApiError,
     AsyncKube,
     resource_of,
@@ -227,6 +229,11 @@ class Controller:
         # the cluster (node lost, preempted, evicted) or failed (trainrun.plan.causes.worth_remembering).
         self.gone_pods: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
+        # Kueue: the Workload of each queued run's job (by the run: the job is named after it), and the
+        # LocalQueues that exist (a run naming another waits with a Stalled reason instead of creating its job).
+        self.workloads: dict[Key, Object] = {}
+        self.kueue: list[Informer] = []
+        self.local_queues: list[Informer] = []
         self.background: set[asyncio.Task[None]] = set()
         by_label = {"labelSelector": RUN_LABEL}
         self.jobs: dict[str, list[Informer]] = {PYTORCHJOB.kind: [], TRAINJOB.kind: []}  # by kind: either backend
@@ -242,7 +249,15 @@ class Controller:
                 job_informer.on_served_change = self._on_job_kind_served
                 self.jobs[kind].append(job_informer)
                 self.informers.append(job_informer)
+            workload_informer = Informer(kube, WORKLOADS, namespace, project=projections.workload, on_change=self._on_workload)
+            queue_informer = Informer(kube, LOCAL_QUEUES, namespace, project=projections.identity, on_change=self._on_local_queue)
+            for informer in (workload_informer, queue_informer):
+                informer.on_served_change = self._on_job_kind_served
+            self.kueue.append(workload_informer)
+            self.local_queues.append(queue_informer)
             self.informers += [
+                workload_informer,
+                queue_informer,
                 Informer(
                     kube,
                     JOBS,
@@ -309,10 +324,30 @@ class Controller:
         if run_key is None:
             return
         if new is None and old is not None and worth_remembering(old):
-            # As deleted: never taken for a live replica, only for why it went.
-            gone = {**old, "metadata": {"deletionTimestamp": utc_now(), **old["metadata"]}}
-            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = gone
+            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = old
         self.queue.add(run_key, CHILD_COALESCE_SECONDS)
+
+    def _on_workload(self, old: Object | None, new: Object | None) -> None:
+        """A Workload of one of our jobs (owned by a TrainJob or PyTorchJob named after its run)."""
+        for obj in (old, new):
+            if obj is None:
+                continue
+            owners = [owner for owner in obj["metadata"].get("ownerReferences", []) if owner.get("kind") in self.jobs]
+            if not owners:
+                continue
+            run_key = (str(obj["metadata"].get("namespace")), str(owners[0].get("name")))
+            if obj is new:
+                self.workloads[run_key] = new
+            elif self.workloads.get(run_key, {}).get("metadata", {}).get("uid") == obj["metadata"].get("uid"):
+                self.workloads.pop(run_key, None)
+            self.queue.add(run_key, CHILD_COALESCE_SECONDS)
+
+    def _on_local_queue(self, old: Object | None, new: Object | None) -> None:
+        """A LocalQueue came or went: the runs of its namespace that name it may go on (or must wait)."""
+        namespace = str(((new or old) or {}).get("metadata", {}).get("namespace"))
+        for key in self.runs:
+            if key[0] == namespace:
+                self.queue.add(key)
 
     def _on_event(self, old: Object | None, new: Object | None) -> None:
         if old is not None:
@@ -396,6 +431,9 @@ class Controller:
             uploader=uploader,
             claim_present=self.children.one(key, CLAIM) is not None,
             job_kind_served=all(informer.served for informer in self.jobs[backend_of(self.config).kind]),
+            workload=self.workloads.get(key),
+            kueue_served=all(informer.served for informer in self.kueue),
+            queue_present=self._queue_present(namespace, body),
             gone_pods=list(self.gone_pods.get(key, {}).values()),
             metrics=logs.metrics if logs is not None else None,
             key_metric=logs.key_metric if logs is not None else None,
@@ -405,6 +443,11 @@ class Controller:
             refusal=memory.refusal,
             archive_problem=memory.archive_problem,
         )
+
+    def _queue_present(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Whether the LocalQueue the run names (if any) exists in its namespace."""
+        queue = ((body.get("spec") or {}).get("resources") or {}).get("queue")
+        return queue is None or any((namespace, str(queue)) in informer.store for informer in self.local_queues)
 
     async def _reconcile_key(self, key: Hashable) -> float | None:
         assert isinstance(key, tuple)
@@ -596,6 +639,7 @@ class Controller:
     async def _forget(self, key: Key) -> None:
         memory = self.memory.pop(key, None)
         self.written.pop(key, None)
+        self.workloads.pop(key, None)
         self.gone_pods.pop(key, None)
         self.queue.forget(key)
         if memory is not None:

@@ -75,6 +75,8 @@ CLAIMS = Resource("", "v1", "persistentvolumeclaims")
 JOBS = Resource("batch", "v1", "jobs")
 PYTORCHJOBS = Resource("kubeflow.org", "v1", "pytorchjobs")
 TRAINJOBS = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
+WORKLOADS = Resource("kueue.x-k8s.io", "v1beta2", "workloads")
+LOCAL_QUEUES = Resource("kueue.x-k8s.io", "v1beta2", "localqueues")
 TRAINING_RUNS = Resource("trainrun.dev", "v1alpha1", "trainingruns")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 

@@ -19,7 +19,7 @@ from typing import Any
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.metrics.signals import log_signal
 from trainrun.status.failure import replica_failures, replica_order, termination_cause
-from trainrun.status.observe import EventView, PodView, observe_pod
+from trainrun.status.observe import EventView, PodView, WorkloadView, observe_pod
 from trainrun.status.shapes import timestamp
 
 NODE_LOST = "NodeLost"
@@ -60,9 +60,15 @@ def classify(
     snapshot: ProgressSnapshot | None = None,
     since: datetime | None = None,
     memory: str | None = None,
+    workload: WorkloadView | None = None,
 ) -> Trouble | None:
     """The cause of the current replicas' failure, None while none failed. ``gone``: replica pods that
-    were deleted with a disruption (remembered by the controller); ``memory``: the spec's memory limit."""
+    were deleted with a disruption (remembered by the controller); ``memory``: the spec's memory limit;
+    ``workload``: Kueue's Workload of a queued run's job, whose eviction by preemption stopped every replica."""
+    if workload is not None and workload.evicted_reason == PREEMPTED and (
+        since is None or workload.evicted_at is None or workload.evicted_at >= since
+    ):
+        return Trouble(PREEMPTED, f"Kueue preempted the run ({workload.evicted_message or 'a higher priority workload'})")
     current = sorted((pod for pod in pods if _current(pod, since)), key=replica_order)
     for pod in [*current, *(pod for pod in gone if _current(pod, since))]:
         cause = DISRUPTIONS.get(pod.disruption or "") or POD_REASONS.get(pod.reason or "")

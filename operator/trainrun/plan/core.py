@@ -84,6 +84,9 @@ class Observed:
     uploader: Mapping[str, Any] | None = None
     claim_present: bool = False
     job_kind_served: bool = True  # the cluster serves the kind of job the configuration chose
+    workload: Mapping[str, Any] | None = None  # Kueue's Workload of a queued run's job
+    kueue_served: bool = True  # the cluster serves Kueue's Workloads
+    queue_present: bool = True  # the LocalQueue spec.resources.queue names exists in the run's namespace
     gone_pods: Sequence[Mapping[str, Any]] = ()  # deleted replica pods that tell why: taken away, or failed
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
@@ -189,6 +192,7 @@ def plan(
         problems.append(refusal)
     if not observed.job_kind_served and observed.job is None:
         problems.append(backend.missing())
+    problems += _queue_problems(run, observed)
     pool_name, _ = config.pool_named(run.spec.resources.pool)
     actions: list[Action] = []
     pending: list[str] = []
@@ -205,6 +209,8 @@ def plan(
             restarts=previous.restarts,
             phase=previous.phase,
             now=now,
+            workload=observed.workload,
+            job_kind=backend.kind,
         )
         if not supervised.hold_job:
             actions, pending = _converge_job(run, config, backend, observed, previous)
@@ -244,9 +250,11 @@ def plan(
             now=now,
             previous=previous,
             job=job,
-            pods=[*observed.pods, *_since_last_restart(observed.gone_pods, previous)],
+            pods=[*observed.pods, *_gone_replicas(observed.gone_pods, previous, now)],
             events=observed.events,
             uploader=observed.uploader,
+            workload=observed.workload,
+            job_kind=backend.kind,
             problems=problems,
             pending_changes=pending,
             pool=pool_name,
@@ -395,12 +403,36 @@ def backend_for(job: Mapping[str, Any] | None, config: OperatorConfig) -> Backen
     return BACKENDS.get(kind) or backend_of(config)
 
 
-def _since_last_restart(pods: Sequence[Mapping[str, Any]], previous: TrainingRunStatus) -> list[Mapping[str, Any]]:
-    """The pods of the current job: created after the last whole-run restart (all, before the first)."""
+def _gone_replicas(
+    gone: Sequence[Mapping[str, Any]], previous: TrainingRunStatus, now: str
+) -> list[Mapping[str, Any]]:
+    """The deleted pods of the current job (created after the last whole-run restart), as deleted: the status
+    reads why they went (a failure whose job took its pods with it), never takes them for live replicas."""
     last = timestamp(previous.restarts[-1].time) if previous.restarts else None
-    if last is None:
-        return list(pods)
-    return [pod for pod in pods if (created := timestamp((pod.get("metadata") or {}).get("creationTimestamp"))) and created >= last]
+    current = [
+        pod
+        for pod in gone
+        if last is None or ((created := timestamp((pod.get("metadata") or {}).get("creationTimestamp"))) and created >= last)
+    ]
+    return [{**pod, "metadata": {"deletionTimestamp": now, **(pod.get("metadata") or {})}} for pod in current]
+
+
+def _queue_problems(run: TrainingRun, observed: Observed) -> list[str]:
+    """A queue the cluster cannot give the run: no Kueue, or no LocalQueue of that name where the run is."""
+    queue = run.spec.resources.queue
+    if queue is None or observed.job is not None:
+        return []
+    if not observed.kueue_served:
+        return [
+            f"spec.resources.queue: the cluster does not serve Kueue (kueue.x-k8s.io Workloads), so no run can wait "
+            f"in LocalQueue {queue!r}: install Kueue, or leave spec.resources.queue out"
+        ]
+    if not observed.queue_present:
+        return [
+            f"spec.resources.queue: LocalQueue {queue!r} does not exist in namespace {run.metadata.namespace}: "
+            "name one that does (kubectl get localqueues), or ask the platform team to create it"
+        ]
+    return []
 
 
 def _delete_job(run: TrainingRun, backend: Backend) -> Delete:

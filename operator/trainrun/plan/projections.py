@@ -116,6 +116,21 @@ def trainjob(raw: Mapping[str, Any]) -> Object:
     }
 
 
+def workload(raw: Mapping[str, Any]) -> Object:
+    """Kueue's Workload of a job: whose it is (its owner references) and its conditions."""
+    metadata = _metadata(raw)
+    metadata["ownerReferences"] = [
+        _pick(owner, ("kind", "name", "uid")) for owner in (raw.get("metadata") or {}).get("ownerReferences") or [] if isinstance(owner, Mapping)
+    ]
+    conditions = (raw.get("status") or {}).get("conditions") or []
+    kept = [
+        _pick(condition, ("type", "status", "reason", "message", "lastTransitionTime"))
+        for condition in conditions
+        if isinstance(condition, Mapping)
+    ]
+    return {"metadata": metadata, "status": {"conditions": kept}}
+
+
 def batch_job(raw: Mapping[str, Any]) -> Object:
     """The uploader's batch Job: identity, its retry limit, its status."""
     return {

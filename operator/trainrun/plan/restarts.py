@@ -30,14 +30,22 @@ from trainrun.plan.causes import HANG, Trouble, classify
 from trainrun.spec.model import RunPolicy, TrainingRun
 from trainrun.spec.status import Phase, Restart
 from trainrun.status import PhaseEvent
-from trainrun.status.observe import PodView, ReplicaState, observe_events, observe_job, observe_pods
+from trainrun.status.observe import (
+    DEFAULT_JOB_KIND,
+    PodView,
+    ReplicaState,
+    observe_events,
+    observe_job,
+    observe_pods,
+    observe_workload,
+)
 from trainrun.status.phase import Supervision, current_replicas
 from trainrun.status.progress import hang_check
 from trainrun.status.shapes import rfc3339, timestamp
 
 MAX_BACKOFF_SECONDS = 3600.0
 RESTART_POLL_SECONDS = 5.0  # while old replicas stop (their deletions also wake the run up)
-STOPPING = "stopping the old PyTorchJob; every replica of the new one resumes from the last checkpoint"
+STOPPING = "stopping the old {kind}; every replica of the new one resumes from the last checkpoint"
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,11 @@ def supervise(
     restarts: Sequence[Restart],
     phase: Phase | None,
     now: str,
+    workload: Mapping[str, Any] | None = None,
+    job_kind: str = DEFAULT_JOB_KIND,
 ) -> Supervised:
-    """The run's restart state machine at ``now`` (see the module's docstring)."""
+    """The run's restart state machine at ``now`` (see the module's docstring). ``workload``: Kueue's
+    Workload of a queued run's job (its eviction by preemption is a cause); ``job_kind``: for the words."""
     if phase is not None and (phase.finished or phase is Phase.UPLOADING):
         return Supervised()
     policy = run.spec.run_policy
@@ -120,7 +131,7 @@ def supervise(
     assert moment is not None
     replica_pods, _ = observe_pods(pods, uploader_job_name=None)
     if last is not None:
-        waiting = _restart_under_way(policy, job, replica_pods, restarts, last, moment)
+        waiting = _restart_under_way(policy, job, replica_pods, restarts, last, moment, job_kind)
         if waiting is not None:
             return waiting
     view = observe_job(job)
@@ -129,7 +140,13 @@ def supervise(
     gone_pods, _ = observe_pods(gone, uploader_job_name=None)
     memory = str(run.spec.resources.memory) if run.spec.resources.memory is not None else None
     trouble = classify(
-        replica_pods, gone=gone_pods, events=observe_events(events), snapshot=snapshot, since=last, memory=memory
+        replica_pods,
+        gone=gone_pods,
+        events=observe_events(events),
+        snapshot=snapshot,
+        since=last,
+        memory=memory,
+        workload=observe_workload(workload),
     )
     check_again_in: float | None = None
     if trouble is None and not view.has("Failed"):
@@ -154,7 +171,7 @@ def supervise(
         )
     if decision.kind == "fail":
         return Supervised(supervision=Supervision(decision.reason, decision.message, fail=True), delete_job=True, hold_job=True)
-    message = f"{decision.message}; {STOPPING}"
+    message = f"{decision.message}; {STOPPING.format(kind=job_kind)}"
     return Supervised(
         supervision=Supervision(decision.reason, message),
         delete_job=True,
@@ -172,6 +189,7 @@ def _restart_under_way(
     restarts: Sequence[Restart],
     last: datetime,
     now: datetime,
+    job_kind: str,
 ) -> Supervised | None:
     """While the job of before the last restart, or its replicas, are still there, or the backoff runs."""
     latest = restarts[-1]
@@ -180,7 +198,7 @@ def _restart_under_way(
     created = timestamp(metadata.get("creationTimestamp"))
     if job is not None and (created is None or created < last):
         return Supervised(
-            supervision=Supervision("Restarting", f"{what}; {STOPPING}"),
+            supervision=Supervision("Restarting", f"{what}; {STOPPING.format(kind=job_kind)}"),
             delete_job=metadata.get("deletionTimestamp") is None,
             hold_job=True,
             check_again_in=RESTART_POLL_SECONDS,
@@ -197,8 +215,8 @@ def _restart_under_way(
     create_at = last + timedelta(seconds=backoff_seconds(policy, len(restarts)))
     if create_at > now:
         return Supervised(
-            supervision=Supervision("Restarting", f"{what}; creating the new PyTorchJob at {rfc3339(create_at)}"),
+            supervision=Supervision("Restarting", f"{what}; creating the new {job_kind} at {rfc3339(create_at)}"),
             hold_job=True,
             check_again_in=(create_at - now).total_seconds(),
         )
-    return Supervised(supervision=Supervision("Restarting", f"{what}; creating the new PyTorchJob"))
+    return Supervised(supervision=Supervision("Restarting", f"{what}; creating the new {job_kind}"))

@@ -37,6 +37,7 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 UPLOADER_COMPONENT = "uploader"  # the component label of the uploader Job and its pods
 REPLICA_COMPONENT = "replica"  # ... and of the replica pods, whatever the backend
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 FIELD_MANAGER = "trainrun-operator"
 OWNER_UID_PLACEHOLDER = "<uid of the TrainingRun, set when it is created>"
 # The user of the operator image (images/operator/Dockerfile), which the helper containers run.
@@ -353,8 +354,7 @@ def render_pytorchjob(run: TrainingRun, config: OperatorConfig) -> Object:
         }
     metadata = child_metadata(run, job_name(run), "training")
     metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: encode_applied_spec(canonical_spec(run))}
-    if spec.resources.queue is not None:
-        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.resources.queue
+    metadata["labels"].update(kueue_labels(run))
     return {
         "apiVersion": PYTORCHJOB_API_VERSION,
         "kind": PYTORCHJOB_KIND,
@@ -365,6 +365,18 @@ def render_pytorchjob(run: TrainingRun, config: OperatorConfig) -> Object:
             "runPolicy": run_policy(run, owns_suspend=owns_suspend(run)),
         },
     }
+
+
+def kueue_labels(run: TrainingRun) -> dict[str, str]:
+    """A queued run's job: its LocalQueue, and its priority as Kueue's WorkloadPriorityClass of the name of
+    spec.resources.priorityClassName (on either backend, so one TrainingRun queues alike on both)."""
+    resources = run.spec.resources
+    if resources.queue is None:
+        return {}
+    labels = {KUEUE_QUEUE_LABEL: resources.queue}
+    if resources.priority_class_name:
+        labels[KUEUE_PRIORITY_LABEL] = resources.priority_class_name
+    return labels
 
 
 def render_volume_claim(run: TrainingRun, *, shared: bool = False) -> Object | None:

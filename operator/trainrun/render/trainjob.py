@@ -19,7 +19,6 @@ from typing import Any
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
 from trainrun.render.children import (
     CREDENTIALS_DIR_VARIABLE,
-    KUEUE_QUEUE_LABEL,
     REPLICA_COMPONENT,
     RUNTIME_DEFAULT_SECCOMP,
     STAGE_IN_CONTAINER,
@@ -29,6 +28,7 @@ from trainrun.render.children import (
     container_resources,
     env_list,
     job_name,
+    kueue_labels,
     owns_suspend,
     replica_security_context,
     scheduling,
@@ -49,7 +49,6 @@ TRAINER_CONTAINER = "node"  # the runtime's trainer step: its replicated job, an
 TRAINER_PORT = 29500  # Trainer's torch plugin: PET_MASTER_PORT
 RUNTIME_PATCH_MANAGER = "trainrun.dev/operator"
 COMPLETION_INDEX_FIELD = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 CREDENTIALS_PATH = "/var/run/trainrun/storage-credentials"
 # What the shipped runtime fixes for every TrainJob (Trainer v2.3 lets a TrainJob change neither).
 RUNTIME_RESTART_POLICY = "OnFailure"
@@ -73,10 +72,7 @@ def render_trainjob(run: TrainingRun, config: OperatorConfig) -> Object:
     nodes = 1 + spec.distribution.workers
     metadata = child_metadata(run, name, "training")
     metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: encode_applied_spec(canonical_spec(run))}
-    if spec.resources.queue is not None:
-        metadata["labels"][KUEUE_QUEUE_LABEL] = spec.resources.queue
-        if spec.resources.priority_class_name:
-            metadata["labels"][KUEUE_PRIORITY_LABEL] = spec.resources.priority_class_name
+    metadata["labels"].update(kueue_labels(run))
     trainer: Object = {
         "image": spec.image,
         "command": _command(run),

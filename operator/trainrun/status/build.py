@@ -25,6 +25,7 @@ from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Re
 from trainrun.status.conditions import LOGS_COMPLETE, kstatus_conditions, logs_condition
 from trainrun.status.failure import Cause
 from trainrun.status.observe import (
+    DEFAULT_JOB_KIND,
     JobView,
     PodView,
     ReplicaState,
@@ -32,6 +33,7 @@ from trainrun.status.observe import (
     observe_job,
     observe_pods,
     observe_uploader,
+    observe_workload,
 )
 from trainrun.status.phase import Supervision, Verdict, Views, current_replicas, phase_verdict
 from trainrun.status.progress import progress_status, spec_epochs
@@ -58,6 +60,8 @@ class StatusInput:
     pods: Sequence[Mapping[str, Any]] = ()
     events: Sequence[Mapping[str, Any]] = ()
     uploader: Mapping[str, Any] | None = None
+    workload: Mapping[str, Any] | None = None  # Kueue's Workload of a queued run's job
+    job_kind: str = DEFAULT_JOB_KIND  # what the run's job is, or will be (the backend's kind)
     problems: Sequence[str] = ()
     pending_changes: Sequence[str] = ()
     pool: str | None = None
@@ -143,6 +147,8 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
             pool=given.pool,
             previous_phase=earlier.phase,
             now=given.now,
+            job_kind=job_view.kind if job_view is not None else given.job_kind,
+            workload=observe_workload(given.workload),
         )
     )
     if given.supervision is not None and not problem_texts:

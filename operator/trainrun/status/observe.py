@@ -32,6 +32,7 @@ from trainrun.status.shapes import (
 )
 
 BATCH_JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+DEFAULT_JOB_KIND = "PyTorchJob"
 # The batch/v1 Job default, used when the uploader Job's spec does not say.
 DEFAULT_JOB_BACKOFF_LIMIT = 6
 # The training-operator names pods <job>-<replica type>-<index>; used when a pod lacks its labels.
@@ -55,8 +56,9 @@ class JobCondition:
 
 @dataclass(frozen=True)
 class JobView:
-    """What the status function needs from the PyTorchJob."""
+    """What the status function needs from the job (a PyTorchJob, or a TrainJob in a PyTorchJob's shape)."""
 
+    kind: str  # PyTorchJob or TrainJob: the words the status uses for it
     name: str | None
     conditions: dict[str, JobCondition]
     replica_statuses: dict[str, ReplicaCounts]
@@ -202,6 +204,7 @@ def observe_job(raw: Mapping[str, Any] | None) -> JobView | None:
             expected[replica_type] = 1 if replicas is None else as_count(replicas)
     suspend = field(raw, "spec", "runPolicy", "suspend")
     return JobView(
+        kind=as_text(raw.get("kind")) or DEFAULT_JOB_KIND,
         name=as_text(field(raw, "metadata", "name")),
         conditions=_conditions(status.get("conditions")),
         replica_statuses=counts,
@@ -209,6 +212,33 @@ def observe_job(raw: Mapping[str, Any] | None) -> JobView | None:
         suspend_requested=suspend if isinstance(suspend, bool) else None,
         start_time=as_text(status.get("startTime")),
         completion_time=as_text(status.get("completionTime")),
+    )
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """What Kueue says of a queued run's job (its Workload): admitted or not, and why."""
+
+    admitted: bool
+    pending_message: str | None  # QuotaReserved False: why it waits ("insufficient unused quota for ...")
+    evicted_reason: str | None  # Evicted True: Preempted, PodsReadyTimeout, InactiveWorkload, ...
+    evicted_message: str | None
+    evicted_at: datetime | None
+
+
+def observe_workload(raw: Mapping[str, Any] | None) -> WorkloadView | None:
+    """The Workload's view, or None when there is none (not queued, or Kueue has not made it yet)."""
+    if not isinstance(raw, Mapping):
+        return None
+    conditions = _conditions(field(raw, "status", "conditions"))
+    reserved = conditions.get("QuotaReserved")
+    evicted = conditions.get("Evicted")
+    return WorkloadView(
+        admitted=bool(conditions.get("Admitted") and conditions["Admitted"].true),
+        pending_message=reserved.message if reserved is not None and not reserved.true else None,
+        evicted_reason=evicted.reason if evicted is not None and evicted.true else None,
+        evicted_message=evicted.message if evicted is not None and evicted.true else None,
+        evicted_at=timestamp(evicted.last_transition_time) if evicted is not None and evicted.true else None,
     )
 
 

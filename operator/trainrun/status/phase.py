@@ -4,10 +4,10 @@ The decision table of ``trainrun.status.build_status`` (the operator's plan and 
 order it is checked:
 
   cancel requested ............................ Cancelled
-  PyTorchJob Failed ........................... Failed (Uploading first when spec.output.copyOnFailure)
-  PyTorchJob Succeeded ........................ Uploading until the copy is verified, then Completed
+  job Failed .................................. Failed (Uploading first when spec.output.copyOnFailure)
+  job Succeeded ............................... Uploading until the copy is verified, then Completed
   spec.runPolicy.suspend / job suspended ...... Suspended (Queued while Kueue has not admitted the job)
-  no PyTorchJob yet ........................... Queued
+  no job yet .................................. Queued
   a container that cannot start (bad image) .. Queued/Preparing, stalled
   a replica the scheduler cannot place ........ Queued, with how long it has waited
   every replica running (or job Running) ...... Running
@@ -43,7 +43,7 @@ from trainrun.status.failure import (
     upload_failure_message,
     waited,
 )
-from trainrun.status.observe import EventView, JobView, PodView, ReplicaState, UploaderView, UploadState
+from trainrun.status.observe import EventView, JobView, PodView, ReplicaState, UploaderView, UploadState, WorkloadView
 from trainrun.status.shapes import earliest, timestamp
 
 _PULL_EVENT_IMAGE = re.compile(r'"([^"]+)"')
@@ -101,6 +101,8 @@ class Views:
     pool: str | None
     previous_phase: Phase | None
     now: str
+    job_kind: str = "PyTorchJob"  # what the run's job is (or will be): the word the messages use
+    workload: WorkloadView | None = None  # Kueue's Workload of a queued run's job
 
 
 def phase_verdict(observations: Views) -> Verdict:
@@ -164,9 +166,9 @@ def _observed(observations: Views, run: TrainingRun) -> Verdict:
             "set it to false to resume from the latest checkpoint",
         )
     if job is None:
-        return Verdict(Phase.QUEUED, "Creating", "creating the PyTorchJob")
+        return Verdict(Phase.QUEUED, "Creating", f"creating the {observations.job_kind}")
     if job.has("Suspended") or job.suspend_requested:
-        return _job_suspended(run, job)
+        return _job_suspended(run, job, observations.workload)
     return _active(observations, run, job)
 
 
@@ -249,19 +251,23 @@ def human_size(count: int) -> str:
     return f"{size:.1f} {unit}"
 
 
-def _job_suspended(run: TrainingRun, job: JobView) -> Verdict:
+def _job_suspended(run: TrainingRun, job: JobView, workload: WorkloadView | None) -> Verdict:
     queue = run.spec.resources.queue
     if job.suspend_requested is False:
-        # Kueue admitted the job (or the run was resumed); the training-operator has not caught up yet.
-        return Verdict(Phase.QUEUED, "Resuming", "resuming: the training-operator is recreating the replicas")
+        # Kueue admitted the job (or the run was resumed); its controller has not caught up yet.
+        return Verdict(Phase.QUEUED, "Resuming", f"resuming: the {job.kind}'s replicas are being created again")
     if queue is not None:
-        return Verdict(
-            Phase.QUEUED, "WaitingForAdmission", f"waiting for Kueue to admit the PyTorchJob (LocalQueue {queue})"
-        )
+        waiting = f"waiting for Kueue to admit the {job.kind} (LocalQueue {queue})"
+        if workload is not None and workload.evicted_reason is not None:
+            said = f": {workload.evicted_message}" if workload.evicted_message else ""
+            return Verdict(Phase.QUEUED, workload.evicted_reason, f"evicted by Kueue ({workload.evicted_reason}){said}; {waiting}")
+        if workload is not None and workload.pending_message:
+            return Verdict(Phase.QUEUED, "WaitingForAdmission", f"{waiting}: {workload.pending_message}")
+        return Verdict(Phase.QUEUED, "WaitingForAdmission", waiting)
     return Verdict(
         Phase.SUSPENDED,
         "Suspended",
-        job.message_of("Suspended") or "the PyTorchJob is suspended (its spec.runPolicy.suspend is true)",
+        job.message_of("Suspended") or f"the {job.kind} is suspended",
     )
 
 
