@@ -1,6 +1,7 @@
 """Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster), a fresh namespace
 (kube_namespace), a second cluster with the platform add-ons (platform_cluster: JobSet, Trainer v2,
-Kueue) and an S3 server (s3_server, SeaweedFS, one per test module).
+Kueue) with a namespace of its own per test (platform_namespace) and a Kueue queue of 8 GPUs with two
+priorities (kueue_queue), and an S3 server (s3_server, SeaweedFS, one per test module).
 
 pytest loads this for every test under tests/integration/. Each cluster is started once per test
 session, on first use, by tests/cluster/up.sh (building the binaries first with build.sh when
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,8 @@ for folder in (TESTS_DIR, TESTS_DIR / "storage"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from cluster.harness import Addon, KubeCluster, session_cluster
+from cluster.harness import GPU_RESOURCE, POOL_LABEL, Addon, JsonObject, KubeCluster, session_cluster
+from queues import KUEUE_POOL, QUEUE_GPUS, Queue
 from seaweedfs import SeaweedFS, start_seaweedfs
 
 
@@ -63,3 +66,74 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def platform_namespace(platform_cluster: KubeCluster) -> Iterator[str]:
+    with platform_cluster.scratch_namespace("platform") as name:
+        yield name
+
+
+@pytest.fixture
+def kueue_queue(platform_cluster: KubeCluster, platform_namespace: str) -> Iterator[Queue]:
+    suffix = uuid.uuid4().hex[:6]
+    queue = Queue("gpus", f"gpus-{suffix}", f"a100-{suffix}", f"low-{suffix}", f"high-{suffix}")
+    cluster_objects: list[JsonObject] = [
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ResourceFlavor",
+            "metadata": {"name": queue.flavor},
+            "spec": {"nodeLabels": {POOL_LABEL: KUEUE_POOL}},
+        },
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ClusterQueue",
+            "metadata": {"name": queue.cluster_queue},
+            "spec": {
+                "namespaceSelector": {},
+                "preemption": {"withinClusterQueue": "LowerPriority"},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", GPU_RESOURCE],
+                        "flavors": [
+                            {
+                                "name": queue.flavor,
+                                "resources": [
+                                    {"name": "cpu", "nominalQuota": "96"},
+                                    {"name": "memory", "nominalQuota": "1000Gi"},
+                                    {"name": GPU_RESOURCE, "nominalQuota": str(QUEUE_GPUS)},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+        *(
+            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
+             "metadata": {"name": priority}, "value": value}
+            for priority, value in ((queue.low, 100), (queue.high, 1000))
+        ),
+        # The same names as PriorityClasses: a PyTorchJob's pods carry the run's priorityClassName too.
+        *(
+            {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": priority}, "value": value}
+            for priority, value in ((queue.low, 100), (queue.high, 1000))
+        ),
+    ]
+    platform_cluster.apply(*cluster_objects)
+    platform_cluster.apply(
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "LocalQueue",
+            "metadata": {"name": queue.local_queue, "namespace": platform_namespace},
+            "spec": {"clusterQueue": queue.cluster_queue},
+        }
+    )
+    platform_cluster.wait_for_condition("clusterqueue", queue.cluster_queue, platform_namespace, "Active")
+    try:
+        yield queue
+    finally:
+        for obj in cluster_objects:
+            platform_cluster.kubectl(
+                "delete", obj["kind"].lower(), obj["metadata"]["name"], "--wait=false", "--ignore-not-found"
+            )

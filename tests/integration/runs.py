@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
@@ -23,6 +24,7 @@ from urllib.request import urlopen
 import pytest
 import yaml
 from cluster.harness import ClusterError, KubeCluster, wait_until
+from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINER_IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
@@ -151,6 +153,37 @@ def lease_holder(cluster: KubeCluster) -> str:
         "get", "lease", LEASE_NAME, "-n", OPERATOR_NAMESPACE, "-o", "jsonpath={.spec.holderIdentity}", check=False
     )
     return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def set_backend(cluster: KubeCluster, backend: str) -> None:
+    """Choose the operator configuration's backend (PyTorchJob or TrainJob) in the cluster's ConfigMap."""
+    found = cluster.get("configmap", CONFIG_MAP_NAME, OPERATOR_NAMESPACE)
+    assert found is not None, "up.sh installs the operator's ConfigMap"
+    config = yaml.safe_load(found["data"][CONFIG_MAP_KEY]) or {}
+    config["backend"] = backend
+    cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": CONFIG_MAP_NAME, "namespace": OPERATOR_NAMESPACE},
+            "data": {CONFIG_MAP_KEY: yaml.safe_dump(config)},
+        }
+    )
+
+
+@contextmanager
+def operator_on_backend(cluster: KubeCluster, backend: str, log_path: Path) -> Iterator[OperatorProcess]:
+    """The operator (all namespaces) started once the configuration chose ``backend``; the PyTorchJob
+    default is back afterwards. Its output is checked for tracebacks."""
+    set_backend(cluster, backend)
+    process = OperatorProcess(cluster, log_path)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        set_backend(cluster, "PyTorchJob")
+        process.assert_no_traceback()
 
 
 def lease_renewal(cluster: KubeCluster) -> str:

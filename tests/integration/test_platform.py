@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ from cluster.harness import (
     pod_condition,
     wait_until,
 )
+from queues import Queue
 
 pytestmark = pytest.mark.cluster
 
@@ -47,7 +47,6 @@ KUEUE_PATCH_MANAGER = "kueue.x-k8s.io/manager"
 POOL = "a100"  # nodes.yaml: 4 nodes of 8 GPUs
 IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
 COMMAND = ["torchrun", "-m", "trainrun_trainer"]
-QUEUE_GPUS = 8
 COMPLETION_INDEX_ANNOTATION_PATH = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
 COMPLETION_INDEX_LABEL_PATH = "metadata.labels['batch.kubernetes.io/job-completion-index']"
 APPLIER = "trainrun-tests"  # the field manager of the tests' server-side applies
@@ -188,12 +187,6 @@ def field_owners(cluster: KubeCluster, kind: str, name: str, namespace: str, pat
         else:
             owners.append(f"{entry['manager']}/{entry['operation']}")
     return owners
-
-
-@pytest.fixture
-def platform_namespace(platform_cluster: KubeCluster) -> Iterator[str]:
-    with platform_cluster.scratch_namespace("platform") as name:
-        yield name
 
 
 # --- Trainer v2 and JobSet -----------------------------------------------------------------------------------
@@ -421,77 +414,6 @@ PYTORCHJOB = Backend(
     "PyTorchJob {name} is suspended.",
     lambda job: job["spec"]["pytorchReplicaSpecs"]["Master"]["template"],
 )
-
-
-@dataclass(frozen=True)
-class Queue:
-    """A LocalQueue on a ClusterQueue of 8 GPUs of one ResourceFlavor (the a100 pool), with two priorities."""
-
-    local_queue: str
-    cluster_queue: str
-    flavor: str
-    low: str
-    high: str
-
-
-@pytest.fixture
-def kueue_queue(platform_cluster: KubeCluster, platform_namespace: str) -> Iterator[Queue]:
-    suffix = uuid.uuid4().hex[:6]
-    queue = Queue("gpus", f"gpus-{suffix}", f"a100-{suffix}", f"low-{suffix}", f"high-{suffix}")
-    cluster_objects: list[JsonObject] = [
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ResourceFlavor",
-            "metadata": {"name": queue.flavor},
-            "spec": {"nodeLabels": {POOL_LABEL: POOL}},
-        },
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "ClusterQueue",
-            "metadata": {"name": queue.cluster_queue},
-            "spec": {
-                "namespaceSelector": {},
-                "preemption": {"withinClusterQueue": "LowerPriority"},
-                "resourceGroups": [
-                    {
-                        "coveredResources": ["cpu", "memory", GPU_RESOURCE],
-                        "flavors": [
-                            {
-                                "name": queue.flavor,
-                                "resources": [
-                                    {"name": "cpu", "nominalQuota": "96"},
-                                    {"name": "memory", "nominalQuota": "1000Gi"},
-                                    {"name": GPU_RESOURCE, "nominalQuota": str(QUEUE_GPUS)},
-                                ],
-                            }
-                        ],
-                    }
-                ],
-            },
-        },
-        *(
-            {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "WorkloadPriorityClass",
-             "metadata": {"name": priority}, "value": value}
-            for priority, value in ((queue.low, 100), (queue.high, 1000))
-        ),
-    ]
-    platform_cluster.apply(*cluster_objects)
-    platform_cluster.apply(
-        {
-            "apiVersion": "kueue.x-k8s.io/v1beta2",
-            "kind": "LocalQueue",
-            "metadata": {"name": queue.local_queue, "namespace": platform_namespace},
-            "spec": {"clusterQueue": queue.cluster_queue},
-        }
-    )
-    platform_cluster.wait_for_condition("clusterqueue", queue.cluster_queue, platform_namespace, "Active")
-    try:
-        yield queue
-    finally:
-        for obj in cluster_objects:
-            platform_cluster.kubectl(
-                "delete", obj["kind"].lower(), obj["metadata"]["name"], "--wait=false", "--ignore-not-found"
-            )
 
 
 def workload_of(cluster: KubeCluster, namespace: str, job: JsonObject) -> JsonObject | None:

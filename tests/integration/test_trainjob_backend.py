@@ -21,20 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import (
-    OPERATOR_NAMESPACE,
     OperatorProcess,
     events_of,
     get_run,
     kubectl_apply,
+    operator_on_backend,
     training_run,
     volume_for_claim,
     wait_for_phase,
 )
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
-from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 pytestmark = pytest.mark.cluster
 
@@ -45,19 +43,9 @@ RANK_LABEL = "batch.kubernetes.io/job-completion-index"
 @pytest.fixture(scope="module")
 def trainjob_operator(platform_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     """The operator on the platform cluster, its configuration choosing the TrainJob backend."""
-    found = platform_cluster.get("configmap", CONFIG_MAP_NAME, OPERATOR_NAMESPACE)
-    assert found is not None
-    config = yaml.safe_load(found["data"][CONFIG_MAP_KEY])
-    config["backend"] = "TrainJob"
-    found["data"][CONFIG_MAP_KEY] = yaml.safe_dump(config)
-    platform_cluster.apply({key: found[key] for key in ("apiVersion", "kind", "data")} | {"metadata": {"name": CONFIG_MAP_NAME, "namespace": OPERATOR_NAMESPACE}})
-    process = OperatorProcess(platform_cluster, tmp_path_factory.mktemp("trainjob-operator") / "operator.log")
-    process.start()
-    try:
+    log = tmp_path_factory.mktemp("trainjob-operator") / "operator.log"
+    with operator_on_backend(platform_cluster, "TrainJob", log) as process:
         yield process
-    finally:
-        process.stop()
-        process.assert_no_traceback()
 
 
 @pytest.fixture

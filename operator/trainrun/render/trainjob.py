@@ -33,6 +33,7 @@ from trainrun.render.children import (
     replica_security_context,
     scheduling,
     stage_in_env,
+    staged_downloads,
     staging_mounts,
     stopped,
     volume_claim_name,
@@ -172,8 +173,10 @@ def _template_patch(run: TrainingRun, config: OperatorConfig) -> Object:
                 "securityContext": replica_security_context(config),
             }
         ],
-        "initContainers": [_stage_in_patch(run)],
     }
+    stage_in = _stage_in_patch(run)
+    if stage_in is not None:
+        pod_spec["initContainers"] = [stage_in]
     if spec.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": item} for item in spec.image_pull_secrets]
     labels = {**spec.pod_metadata.labels, **common_labels(run, REPLICA_COMPONENT)}
@@ -184,8 +187,12 @@ def _template_patch(run: TrainingRun, config: OperatorConfig) -> Object:
     return {"spec": {"replicatedJobs": [node_job]}}
 
 
-def _stage_in_patch(run: TrainingRun) -> Object:
-    """The runtime's stage-in init container: its downloads, where they go, the run's credentials."""
+def _stage_in_patch(run: TrainingRun) -> Object | None:
+    """The runtime's stage-in init container: its downloads, where they go, the run's credentials (None:
+    nothing to stage, and the runtime's container does nothing). No empty list is written: a Go client
+    updating the TrainJob (Kueue, when it admits it) drops them, and Trainer keeps the patch immutable."""
+    if not staged_downloads(run):
+        return None
     mounts = staging_mounts(run)
     env = [stage_in_env(run)]
     if run.spec.output.secret_name:
