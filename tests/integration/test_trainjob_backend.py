@@ -7,7 +7,7 @@ runs them on the GPU pools; nothing in between is faked. What must hold, as on t
 a run goes Queued -> Running -> Uploading -> Completed with its logs archived and its copy verified; a
 failing run is Failed at the backoff limit naming the replica and its exit; a hung run is restarted as a new TrainJob once
 (its uid changes), then fails at its restart limit. The environment every node's program sees is the
-PyTorchJob's (the same names and meanings: RANK by node, WORLD_SIZE, MASTER_ADDR = PET_MASTER_ADDR, ...).
+PyTorchJob's: tests/integration/test_replica_contract.py checks it on both backends.
 """
 
 from __future__ import annotations
@@ -117,36 +117,6 @@ def test_a_run_completes_as_a_trainjob_with_its_logs_archived_and_its_copy_verif
     printed = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tj"], env={**cluster.env(), **secret_env}, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     assert "[master-0] node up" in printed.stdout and "[worker-0] node up" in printed.stdout
-
-
-def test_every_node_sees_the_environment_of_a_pytorchjob_replica(
-    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, tmp_path: Path
-) -> None:
-    """The contract of the program's environment, read off the pods Trainer and JobSet made, resolved as the
-    kubelet resolves it (a fieldRef to the completion index: the pod's rank)."""
-    cluster, operator = platform_cluster, trainjob_operator
-    cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", ["node up"]))
-    document = training_run("envs", namespace, distribution={"workers": 2, "nprocPerNode": 1}, podMetadata={"annotations": pod_behaviour(Outcome.RUN)})
-    kubectl_apply(cluster, document)
-    wait_for_phase(cluster, operator, "envs", namespace, "Running", timeout=180)
-    seen = []
-    for pod in node_pods(cluster, "envs", namespace):
-        env: dict[str, str] = {}
-        for item in pod["spec"]["containers"][0]["env"]:
-            if "value" in item:
-                env[item["name"]] = item["value"]
-            elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "").endswith("job-completion-index']"):
-                env[item["name"]] = pod["metadata"]["annotations"][RANK_LABEL]
-        seen.append(env)
-    assert [env["RANK"] for env in seen] == ["0", "1", "2"] == [env["PET_NODE_RANK"] for env in seen]
-    for env in seen:
-        assert env["WORLD_SIZE"] == "3" and env["PET_NNODES"] == "3" and env["PET_NPROC_PER_NODE"] == "1"
-        assert env["MASTER_ADDR"] == env["PET_MASTER_ADDR"] == "envs-node-0-0.envs"
-        assert env["MASTER_PORT"] == env["PET_MASTER_PORT"]
-        assert env["OUTPUT_DIR"] == "/outputs" and env["TRAINRUN_RUN_NAME"] == "envs" and env["TRAINRUN_NAMESPACE"] == namespace
-    status = get_run(cluster, "envs", namespace)["status"]
-    assert status["replicas"] == {"Master": {"active": 1, "succeeded": 0, "failed": 0}, "Worker": {"active": 2, "succeeded": 0, "failed": 0}}
-    assert status["masterPod"].startswith("envs-node-0-0-")
 
 
 def test_a_failing_node_fails_the_run_at_the_backoff_limit_naming_the_replica(
