@@ -135,6 +135,7 @@ def test_a_queue_the_cluster_cannot_give_is_a_stalled_reason_naming_the_field(
     assert words in decided.status.message
     stalled = next(item for item in decided.status.conditions if item.type == "Stalled")
     assert stalled.status == "True"
+    assert decided.status.reason == ("KueueMissing" if not observed.kueue_served else "LocalQueueNotFound")
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

@@ -42,7 +42,13 @@ PERMANENT_POD_REFUSALS = {
     "must specify": ("ResourcesRequired", "set spec.resources.cpu and memory"),
 }
 # How the operator recognises its own problem strings (see ``problems_cause``).
-TRAINING_OPERATOR_MARKERS = ("training-operator", "pytorchjob (kubeflow.org")
+# How the operator recognises its own problem strings (see ``problems_cause``): the platform lacks a part.
+MISSING_PARTS = (
+    ("does not serve pytorchjob (kubeflow.org", "TrainingOperatorMissing"),
+    ("does not serve trainjob (trainer.kubeflow.org", "TrainerMissing"),
+    ("does not serve kueue", "KueueMissing"),
+    ("localqueue", "LocalQueueNotFound"),
+)
 POOL_FIELD = "spec.resources.pool"
 # The scheduler's words for a resource no node has enough of ("3 Insufficient nvidia.com/gpu"), and for
 # a pod that waits for its volume rather than for a node (unbound claims, volume node affinity).
@@ -316,15 +322,17 @@ def problems_cause(problems: Sequence[str]) -> Cause:
     """Configuration problems found by the operator (its ConfigMap, the spec vs the pools, the cluster).
 
     The reason is read from the first problem: a ``spec.resources.pool`` problem (as
-    ``trainrun.spec.problems_with_config`` words it) is PoolNotFound, one naming the training-operator is
-    TrainingOperatorMissing, anything else InvalidConfiguration.
+    ``trainrun.spec.problems_with_config`` words it) is PoolNotFound; one saying the cluster lacks the
+    backend's kind, Kueue or the run's LocalQueue is TrainingOperatorMissing, TrainerMissing, KueueMissing
+    or LocalQueueNotFound; anything else InvalidConfiguration.
     """
     texts = [text for problem in problems if (text := as_text(problem)) is not None] or ["invalid configuration"]
     first = texts[0].lower()
+    missing = next((reason for marker, reason in MISSING_PARTS if marker in first), None)
     if first.startswith(POOL_FIELD.lower()) and "unknown pool" in first:
         reason = "PoolNotFound"
-    elif any(marker in first for marker in TRAINING_OPERATOR_MARKERS):
-        reason = "TrainingOperatorMissing"
+    elif missing is not None:
+        reason = missing
     else:
         reason = "InvalidConfiguration"
     return Cause(reason, "; ".join(texts), stalled=True)
