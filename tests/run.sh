@@ -58,11 +58,15 @@ fi
 # first, beside the real pods' training, and the local runs' training after them.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
   tests/integration/test_artifacts.py)
+# The tests of the platform cluster (JobSet, Trainer v2, Kueue: a second control plane) beside the storage and
+# trainer tests, which start no cluster.
+platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py
+  tests/integration/test_replica_contract.py)
 lanes=(
   "${sleepy[*]}"
   "tests/realpod"
-  "tests ${sleepy[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
-  "tests/storage tests/training"
+  "tests ${sleepy[*]/#/--ignore=} ${platform[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "tests/storage tests/training ${platform[*]}"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
