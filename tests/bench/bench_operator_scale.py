@@ -1,4 +1,5 @@
-"""Many runs at once: TrainingRuns through the operator vs the same PyTorchJobs applied directly.
+"""Many runs at once: TrainingRuns through the operator vs the same jobs (PyTorchJobs, or TrainJobs with
+``--backend TrainJob``) applied directly.
 
 Starts the local control plane (tests/cluster: etcd, kube-apiserver, scheduler, controller-manager, kwok,
 the real training-operator), adds M simulated 8-GPU nodes to the a100 pool (labels, taint and annotations
@@ -21,7 +22,13 @@ kwok; the bench's own watches subtracted) scraped with ``kubectl get --raw /metr
 once every run reports Running, divided by N; the request kinds that differ most are listed too.
 Ratios are against the baseline.
 
+With ``--backend TrainJob`` the cluster also runs JobSet and Kubeflow Trainer v2 (up.sh's add-on trainer),
+the baseline applies the TrainJobs the operator would create (Trainer makes the JobSets, JobSet the Jobs),
+and the operator's configuration chooses the TrainJob backend; a TrainJob has no Running condition, so
+its "reports Running" is its JobSet's Job being active.
+
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
+         [--backend PyTorchJob|TrainJob]
          [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
 """
 
@@ -50,6 +57,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration"), str(RE
 from cluster.harness import (  # noqa: E402
     GPU_RESOURCE,
     POOL_LABEL,
+    Addon,
     ClusterError,
     KubeCluster,
     Outcome,
@@ -60,12 +68,13 @@ from cluster.harness import (  # noqa: E402
     wait_until,
     write_cri_log,
 )
-from runs import OperatorProcess, training_run  # noqa: E402
+from runs import OperatorProcess, set_backend, training_run  # noqa: E402
 from trainrun.client.documents import example_operator_config  # noqa: E402
-from trainrun.render import render_pytorchjob  # noqa: E402
+from trainrun.render.backend import BACKENDS  # noqa: E402
 from trainrun.spec import validate_training_run  # noqa: E402
 
-JOB_LABEL = "training.kubeflow.org/job-name"
+REPLICA_LABEL = "app.kubernetes.io/component=replica"  # the replica pods of either backend
+JOB_PLURALS = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"), "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
 BENCH_NODE_LABEL = "bench.trainrun.dev/scale"
 NAMESPACE = "bench"
 GPUS_PER_NODE = 8
@@ -130,12 +139,12 @@ def run_documents(prefix: str, count: int, workers: int) -> list[dict[str, Any]]
     ]
 
 
-def direct_jobs(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def direct_jobs(documents: list[dict[str, Any]], backend: str) -> list[dict[str, Any]]:
     """What the operator would create, without the owner reference (no TrainingRun owns them here)."""
-    config = example_operator_config()
+    config = example_operator_config().model_copy(update={"backend": backend})
     jobs = []
     for document in documents:
-        job = render_pytorchjob(validate_training_run(document, config), config)
+        job = BACKENDS[backend].render_job(validate_training_run(document, config), config)
         job["metadata"].pop("ownerReferences", None)
         jobs.append(job)
     return jobs
@@ -146,7 +155,8 @@ def apply_in_one_go(cluster: KubeCluster, objects: list[dict[str, Any]]) -> None
 
 
 def clean(cluster: KubeCluster) -> None:
-    cluster.kubectl("delete", "trainingruns,pytorchjobs", "--all", "-n", NAMESPACE, "--wait=true", timeout=900)
+    kinds = "trainingruns,pytorchjobs" + (",trainjobs" if cluster.get("crd", "trainjobs.trainer.kubeflow.org") else "")
+    cluster.kubectl("delete", kinds, "--all", "-n", NAMESPACE, "--wait=true", timeout=900)
     wait_until(lambda: not cluster.list_objects("pods", NAMESPACE), timeout=900, what="pods to go", interval=2)
     # The jobs' Services and EndpointSlices too, or their garbage collection is counted in the next window.
     for kind in ("services", "endpointslices"):
@@ -217,24 +227,27 @@ def pod_running(pod: dict[str, Any]) -> bool:
 
 
 def job_running(job: dict[str, Any]) -> bool:
-    conditions = (job.get("status") or {}).get("conditions") or []
-    return any(item.get("type") == "Running" and item.get("status") == "True" for item in conditions)
+    """A PyTorchJob's Running condition; a TrainJob (which has none) with its JobSet's Job active."""
+    status = job.get("status") or {}
+    if job.get("kind") == "TrainJob":
+        return any((item.get("active") or 0) > 0 for item in status.get("jobsStatus") or [])
+    return any(item.get("type") == "Running" and item.get("status") == "True" for item in status.get("conditions") or [])
 
 
 def run_running(run: dict[str, Any]) -> bool:
     return (run.get("status") or {}).get("phase") == "Running"
 
 
-def watchers(cluster: KubeCluster) -> dict[str, Watched]:
+def watchers(cluster: KubeCluster, backend: str) -> dict[str, Watched]:
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
     found = {
-        "pods": Watched("pods", partial(core.list_namespaced_pod, label_selector=JOB_LABEL), pod_running),
-        "pytorchjobs": Watched(
-            "pytorchjobs", partial(custom.list_namespaced_custom_object, "kubeflow.org", "v1", plural="pytorchjobs"), job_running
+        "pods": Watched("pods", partial(core.list_namespaced_pod, label_selector=REPLICA_LABEL), pod_running),
+        "jobs": Watched(
+            "jobs", partial(custom.list_namespaced_custom_object, *JOB_PLURALS[backend][:2], plural=JOB_PLURALS[backend][2]), job_running
         ),
         "trainingruns": Watched(
             "trainingruns",
@@ -424,6 +437,7 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=None, help="extra 8-GPU nodes (default: room for every replica)")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--old-operator", type=Path, default=None, help="a worktree whose kopf operator to measure")
+    parser.add_argument("--backend", choices=sorted(BACKENDS), default="PyTorchJob", help="the kind of job of the runs")
     arguments = parser.parse_args()
     runs, workers = arguments.runs, arguments.workers
     replicas = runs * (1 + workers)
@@ -438,7 +452,8 @@ def main() -> None:
         print(f"fs.inotify.max_user_instances {inotify_before} -> {inotify_wanted} for the bench", flush=True)
     if arguments.old_operator is not None:  # its own CRDs too
         os.environ["TRAINRUN_CRDS_DIR"] = str(arguments.old_operator / "crds")
-    cluster = start_cluster()
+    cluster = start_cluster(addons=(Addon.TRAINER,) if arguments.backend == "TrainJob" else ())
+    set_backend(cluster, arguments.backend)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     operator: OperatorProcess | None = None
     results: list[tuple[Result, Result]] = []
@@ -449,12 +464,12 @@ def main() -> None:
         started = time.monotonic()
         add_nodes(cluster, nodes)
         print(f"{nodes} extra nodes of {GPUS_PER_NODE} GPUs Ready in {time.monotonic() - started:.0f} s", flush=True)
-        watched = watchers(cluster)
+        watched = watchers(cluster, arguments.backend)
         wait_until(lambda: all(item.requests >= 2 for item in watched.values()), timeout=60, what="the bench's watches")
         for repeat in range(arguments.repeats):
             prefix = f"direct{repeat}"
             direct = measure(
-                cluster, watched, direct_jobs(run_documents(prefix, runs, workers)), prefix, replicas, runs, "pytorchjobs", None
+                cluster, watched, direct_jobs(run_documents(prefix, runs, workers), arguments.backend), prefix, replicas, runs, "jobs", None
             )
             clean(cluster)
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
@@ -476,7 +491,7 @@ def main() -> None:
                 f"peak threads {through.peak_threads}" + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
-        report(results, runs, workers, nodes, arguments.old_operator)
+        report(results, runs, workers, nodes, arguments.old_operator, arguments.backend)
         print(f"operator logs: {work}")
     finally:
         if operator is not None:
@@ -489,7 +504,7 @@ def main() -> None:
             INOTIFY_INSTANCES.write_text(str(inotify_before))
 
 
-def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None) -> None:
+def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
@@ -507,7 +522,7 @@ def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes:
         f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "
         f"{which}; medians of {len(results)} ({os.cpu_count()}-core machine, whole control plane on it)"
     )
-    print(f"{'':38} {'direct PyTorchJobs':>18} {'TrainingRuns':>13} {'ratio':>7}")
+    print(f"{'':38} {'direct ' + backend + 's':>18} {'TrainingRuns':>13} {'ratio':>7}")
     print(f"{'every pod Running (s)':38} {direct_pods:18.1f} {pods:13.1f} {pods / direct_pods:7.2f}")
     print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
     print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")
