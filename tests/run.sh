@@ -61,7 +61,7 @@ sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha
 # The tests of the platform cluster (JobSet, Trainer v2, Kueue: a second control plane) beside the storage and
 # trainer tests, which start no cluster.
 platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py
-  tests/integration/test_replica_contract.py)
+  tests/integration/test_replica_contract.py tests/integration/test_kubeflow_sdk.py)
 lanes=(
   "${sleepy[*]}"
   "tests/realpod"
