@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,8 +254,11 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
     outage: list[ApiServerOutage] = []
 
     def kill_leader() -> None:
-        leaders = [process for process in operator_pair if process.running() and process.is_leader()]
-        victim = leaders[0] if leaders else chance.choice([process for process in operator_pair if process.running()])
+        alive = [process for process in operator_pair if process.running()]
+        if not alive:  # both down at this moment: the next kill finds one
+            return
+        leaders = [process for process in alive if process.is_leader()]
+        victim = leaders[0] if leaders else chance.choice(alive)
         victim.kill()
         tally.faults.append(f"SIGKILL {victim.identity}{'' if leaders else ' (leader unknown)'}")
         restart_at = time.monotonic() + chance.uniform(2, 8)
@@ -312,14 +315,26 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
     pods = ObjectWatch(kube_cluster, namespace, "pods", see=starts.see)
     restarted_before = len(supervisor_restarts(kube_cluster))
     started = time.monotonic()
-    done: set[int] = set()
+    submitted: set[int] = set()
+    actions: list[Future[None]] = []
+    # Each action in a thread of its own: one that waits for the API server (a cancel due during the outage)
+    # must not hold back the one that ends the outage.
+    acting = ThreadPoolExecutor(16)
     try:
-        while len(done) < len(faults):  # the schedule grows as faults schedule their ends
-            due = [(index, fault) for index, fault in enumerate(faults) if index not in done]
+        # The schedule grows as faults schedule their own ends.
+        while len(submitted) < len(faults) or not all(action.done() for action in actions):
+            due = [(index, fault) for index, fault in enumerate(faults) if index not in submitted]
+            if not due:
+                time.sleep(0.2)
+                continue
             index, fault = min(due, key=lambda item: item[1].at)
-            time.sleep(max(0.0, fault.at - (time.monotonic() - started)))
-            fault.action()
-            done.add(index)
+            if fault.at > time.monotonic() - started:
+                time.sleep(min(0.2, fault.at - (time.monotonic() - started)))
+                continue
+            submitted.add(index)
+            actions.append(acting.submit(fault.action))
+        for action in actions:
+            action.result()  # an action that failed fails the test
 
         def all_sealed() -> bool:
             runs = kube_cluster.list_objects("trainingruns", namespace)
@@ -337,6 +352,7 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
             }
             raise AssertionError(f"{error} (seed {seed}; faults {tally.faults}): {states}") from None
     finally:
+        acting.shutdown(wait=True)
         jobs.stop()
         pods.stop()
         while outage:

@@ -10,7 +10,8 @@ POD_NAME of its own for leader election) and checks their output for Python trac
 (b) two processes: the Lease names the leader; SIGKILL it, apply a run: it reaches Running within the
     Lease's 15 s (+ the 2 s retry) + the time a run takes to reach Running with a live leader;
 (c) kube-apiserver killed mid-run and started again 20 s later with its own command line: the operator
-    is the same process afterwards (no restart) and the run completes. kube-controller-manager and
+    is the same process afterwards (no restart) and the run completes; one started during the outage
+    says it waits for the API server and becomes ready once it answers. kube-controller-manager and
     kube-scheduler exit when they lose their own Leases meanwhile; the cluster's supervisor starts them again.
 
 The file sorts after test_operator.py; (c) runs last in it and leaves the API server running (it
@@ -268,8 +269,14 @@ def test_the_api_server_gone_for_20_s_the_operator_carries_on(
         time.sleep(max(0.0, 20 - (time.monotonic() - outage.began)))
         assert not api_ready(kube_cluster)
         assert operator.running(), f"the operator exited while the API server was down:\n{operator.log_tail(40)}"
+        # A process started meanwhile (a restarted pod) waits for the server, past kopf's own 54 s of retries.
+        late = new_operator(kube_cluster, namespace, tmp_path, "late", operators)
+        wait_until(
+            lambda: "waiting for the API server" in late.output(), timeout=30, what="the late process to say it waits"
+        )
     finally:
         print(f"API server down {outage.end():.1f} s")
+    wait_until(late.ready, timeout=90, what="the process started during the outage to be ready")
     run = wait_for_phase(kube_cluster, operator, "steady", namespace, "Completed", timeout=180)
     assert run["status"]["phase"] == "Completed"
     assert operator.running() and operator.pid == pid and operator.starts == 1, (
