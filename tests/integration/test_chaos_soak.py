@@ -113,8 +113,8 @@ def plan_runs(namespace: str, chance: random.Random) -> list[Planned]:
 
 
 class PodStarts:
-    """Container starts per replica (``master-0``, ``worker-0``) of each run, from a watch of the pods: the
-    pod uids whose training container ran, with their highest restart count."""
+    """Container starts per replica (``master-0``, ``worker-0``; the uploader's pod by its name) of each run,
+    from a watch of the pods: the pod uids whose first container ran, with their highest restart count."""
 
     def __init__(self) -> None:
         self.starts: dict[tuple[str, str], dict[str, int]] = {}
@@ -123,16 +123,18 @@ class PodStarts:
     def see(self, pod: dict[str, Any]) -> None:
         labels = pod["metadata"].get("labels") or {}
         kind, index = labels.get("training.kubeflow.org/replica-type"), labels.get("training.kubeflow.org/replica-index")
-        run = labels.get("training.kubeflow.org/job-name")
+        run = labels.get("trainrun.dev/run")
         statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        if None in (kind, index, run) or not statuses:
+        if run is None or not statuses:
             return
+        # A replica's log is archived under its name; another pod's of the run (the uploader's) under the pod's.
+        replica = pod["metadata"]["name"] if kind is None or index is None else f"{str(kind).lower()}-{index}"
         first = statuses[0]
         started = first.get("restartCount", 0) + (1 if ("running" in (first.get("state") or {}) or "terminated" in (first.get("state") or {})) else 0)
         if started == 0:
             return
         with self.lock:
-            by_uid = self.starts.setdefault((str(run), f"{str(kind).lower()}-{index}"), {})
+            by_uid = self.starts.setdefault((str(run), replica), {})
             by_uid[pod["metadata"]["uid"]] = max(by_uid.get(pod["metadata"]["uid"], 0), started)
 
     def of(self, run: str) -> dict[str, int]:
