@@ -374,7 +374,10 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
     for run in planned:
         attempts = 1 + len(runs[run.name]["status"].get("restarts") or [])
         seen = jobs.uids.get(run.name, set())
-        if len(seen) != attempts:
+        # A run cancelled while a restart waits (its old job deleted, the new one not created yet) ends with
+        # one job fewer than attempts; never more.
+        fewest = attempts - 1 if run.expected == "Cancelled" else attempts
+        if not max(fewest, 1) <= len(seen) <= attempts:
             extra_jobs[run.name] = f"{len(seen)} PyTorchJobs for {attempts} attempts"
     assert not extra_jobs, f"not one child per attempt {context}: {extra_jobs}"
 
