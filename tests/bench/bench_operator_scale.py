@@ -27,8 +27,13 @@ the baseline applies the TrainJobs the operator would create (Trainer makes the 
 and the operator's configuration chooses the TrainJob backend; a TrainJob has no Running condition, so
 its "reports Running" is its JobSet's Job being active.
 
+With ``--kueue`` the cluster also runs Kueue, a ClusterQueue holds every GPU of the extra nodes (so every run
+can be admitted at once), and both sides' jobs carry its LocalQueue (the runs through ``resources.queue``):
+Kueue suspends each job, admits it and lets it start; the bench also stops a clock when every job's Workload
+is admitted.
+
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
-         [--backend PyTorchJob|TrainJob]
+         [--backend PyTorchJob|TrainJob] [--kueue]
          [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
 """
 
@@ -126,13 +131,16 @@ def delete_nodes(cluster: KubeCluster) -> None:
     cluster.kubectl("delete", "nodes", "-l", BENCH_NODE_LABEL, "--wait=false", check=False, timeout=120)
 
 
-def run_documents(prefix: str, count: int, workers: int) -> list[dict[str, Any]]:
+def run_documents(prefix: str, count: int, workers: int, queue: str | None = None) -> list[dict[str, Any]]:
+    resources: dict[str, Any] = {"pool": POOL, "gpus": 1, "cpu": "1", "memory": "4Gi"}
+    if queue is not None:
+        resources["queue"] = queue
     return [
         training_run(
             f"{prefix}-{index}",
             NAMESPACE,
             distribution={"workers": workers},
-            resources={"pool": POOL, "gpus": 1, "cpu": "1", "memory": "4Gi"},
+            resources=resources,
             podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
         )
         for index in range(count)
@@ -148,6 +156,41 @@ def direct_jobs(documents: list[dict[str, Any]], backend: str) -> list[dict[str,
         job["metadata"].pop("ownerReferences", None)
         jobs.append(job)
     return jobs
+
+
+def kueue_queue(cluster: KubeCluster, gpus: int) -> str:
+    """A ResourceFlavor of the a100 pool, a ClusterQueue of GPUS (and room in CPU and memory), and a LocalQueue
+    in the bench namespace on it; the LocalQueue's name."""
+    cluster.apply(
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": "bench-a100"},
+         "spec": {"nodeLabels": {POOL_LABEL: POOL}}},
+        {
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+            "kind": "ClusterQueue",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "namespaceSelector": {},
+                "resourceGroups": [
+                    {
+                        "coveredResources": ["cpu", "memory", GPU_RESOURCE],
+                        "flavors": [
+                            {
+                                "name": "bench-a100",
+                                "resources": [
+                                    {"name": "cpu", "nominalQuota": str(2 * gpus)},
+                                    {"name": "memory", "nominalQuota": f"{8 * gpus}Gi"},
+                                    {"name": GPU_RESOURCE, "nominalQuota": str(gpus)},
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            },
+        },
+        {"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": "bench", "namespace": NAMESPACE},
+         "spec": {"clusterQueue": "bench"}},
+    )
+    return "bench"
 
 
 def apply_in_one_go(cluster: KubeCluster, objects: list[dict[str, Any]]) -> None:
@@ -169,10 +212,17 @@ def clean(cluster: KubeCluster) -> None:
 class Watched:
     """The objects of one kind in the bench namespace, kept current by one watch in a thread."""
 
-    def __init__(self, name: str, lister: Callable[..., Any], summary: Callable[[dict[str, Any]], bool]) -> None:
+    def __init__(
+        self,
+        name: str,
+        lister: Callable[..., Any],
+        summary: Callable[[dict[str, Any]], bool],
+        key: Callable[[dict[str, Any]], str] = lambda item: str(item["metadata"]["name"]),
+    ) -> None:
         self.name = name
         self.lister = lister
         self.summary = summary  # object -> "counts" (e.g. the pod is Running)
+        self.key = key  # object -> the name its run's prefix is matched against
         self.state: dict[str, bool] = {}
         self.lock = threading.Lock()
         self.requests = 0  # LIST and WATCH requests this made (subtracted from the API server's count)
@@ -194,7 +244,7 @@ class Watched:
                 self.requests += 1
                 listing = json.loads(self.lister(NAMESPACE, _preload_content=False).data)
                 with self.lock:
-                    self.state = {item["metadata"]["name"]: self.summary(item) for item in listing["items"]}
+                    self.state = {self.key(item): self.summary(item) for item in listing["items"]}
                 self.requests += 1
                 # Plain dicts, not the client's model classes: they would cost more CPU than the bench should.
                 stream = watch.Watch(return_type="object").stream(
@@ -210,7 +260,7 @@ class Watched:
                     if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
                         continue
                     item = event["object"]
-                    name = item["metadata"]["name"]
+                    name = self.key(item)
                     with self.lock:
                         if event["type"] == "DELETED":
                             self.state.pop(name, None)
@@ -238,7 +288,18 @@ def run_running(run: dict[str, Any]) -> bool:
     return (run.get("status") or {}).get("phase") == "Running"
 
 
-def watchers(cluster: KubeCluster, backend: str) -> dict[str, Watched]:
+def workload_admitted(workload: dict[str, Any]) -> bool:
+    conditions = (workload.get("status") or {}).get("conditions") or []
+    return any(item.get("type") == "Admitted" and item.get("status") == "True" for item in conditions)
+
+
+def workload_owner(workload: dict[str, Any]) -> str:
+    """The name of the job a Workload is Kueue's record of (its owner)."""
+    owners = workload["metadata"].get("ownerReferences") or [{}]
+    return str(owners[0].get("name") or workload["metadata"]["name"])
+
+
+def watchers(cluster: KubeCluster, backend: str, kueue: bool) -> dict[str, Watched]:
     from kubernetes import client, config
 
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
@@ -255,6 +316,13 @@ def watchers(cluster: KubeCluster, backend: str) -> dict[str, Watched]:
             run_running,
         ),
     }
+    if kueue:
+        found["workloads"] = Watched(
+            "workloads",
+            partial(custom.list_namespaced_custom_object, "kueue.x-k8s.io", "v1beta2", plural="workloads"),
+            workload_admitted,
+            key=workload_owner,
+        )
     for watched in found.values():
         watched.start()
     return found
@@ -328,6 +396,7 @@ class Result:
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
     peak_threads: int | None = None
+    admitted_s: float | None = None  # every Workload admitted (with --kueue)
 
 
 def measure(
@@ -350,9 +419,12 @@ def measure(
     started = time.monotonic()
     apply_in_one_go(cluster, objects)
     pods_at = runs_at = None
+    admitted_at = None if "workloads" in watched else 0.0
     deadline = started + TIMEOUT_S
-    while pods_at is None or runs_at is None:
+    while pods_at is None or runs_at is None or admitted_at is None:
         now = time.monotonic()
+        if admitted_at is None and watched["workloads"].count(prefix) >= runs:
+            admitted_at = now - started
         if pods_at is None and watched["pods"].count(prefix) >= pods:
             pods_at = now - started
         if runs_at is None and watched[run_kind].count(prefix) >= runs:
@@ -369,6 +441,7 @@ def measure(
     requests = after - before
     opened = {key: open_after[key] - open_before[key] for key in open_after.keys() | open_before.keys()}
     result = Result(pods_at, runs_at, requests, sum(requests.values()) - own, {k: v for k, v in opened.items() if v})
+    result.admitted_s = admitted_at if "workloads" in watched else None
     if sample is not None and sampler is not None:
         sample.stop.set()
         sampler.join()
@@ -438,6 +511,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--old-operator", type=Path, default=None, help="a worktree whose kopf operator to measure")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="PyTorchJob", help="the kind of job of the runs")
+    parser.add_argument("--kueue", action="store_true", help="every job through a Kueue LocalQueue (quota for all)")
     arguments = parser.parse_args()
     runs, workers = arguments.runs, arguments.workers
     replicas = runs * (1 + workers)
@@ -452,7 +526,8 @@ def main() -> None:
         print(f"fs.inotify.max_user_instances {inotify_before} -> {inotify_wanted} for the bench", flush=True)
     if arguments.old_operator is not None:  # its own CRDs too
         os.environ["TRAINRUN_CRDS_DIR"] = str(arguments.old_operator / "crds")
-    cluster = start_cluster(addons=(Addon.TRAINER,) if arguments.backend == "TrainJob" else ())
+    addons = ((Addon.TRAINER,) if arguments.backend == "TrainJob" else ()) + ((Addon.KUEUE,) if arguments.kueue else ())
+    cluster = start_cluster(addons=addons)
     set_backend(cluster, arguments.backend)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     operator: OperatorProcess | None = None
@@ -464,18 +539,19 @@ def main() -> None:
         started = time.monotonic()
         add_nodes(cluster, nodes)
         print(f"{nodes} extra nodes of {GPUS_PER_NODE} GPUs Ready in {time.monotonic() - started:.0f} s", flush=True)
-        watched = watchers(cluster, arguments.backend)
+        queue = kueue_queue(cluster, nodes * GPUS_PER_NODE) if arguments.kueue else None
+        watched = watchers(cluster, arguments.backend, arguments.kueue)
         wait_until(lambda: all(item.requests >= 2 for item in watched.values()), timeout=60, what="the bench's watches")
         for repeat in range(arguments.repeats):
             prefix = f"direct{repeat}"
             direct = measure(
-                cluster, watched, direct_jobs(run_documents(prefix, runs, workers), arguments.backend), prefix, replicas, runs, "jobs", None
+                cluster, watched, direct_jobs(run_documents(prefix, runs, workers, queue), arguments.backend), prefix, replicas, runs, "jobs", None
             )
             clean(cluster)
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
             through = measure(
-                cluster, watched, run_documents(prefix, runs, workers), prefix, replicas, runs, "trainingruns", operator.pid
+                cluster, watched, run_documents(prefix, runs, workers, queue), prefix, replicas, runs, "trainingruns", operator.pid
             )
             if repeat + 1 < arguments.repeats:  # the cluster goes at the end anyway
                 clean(cluster)
@@ -491,7 +567,7 @@ def main() -> None:
                 f"peak threads {through.peak_threads}" + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
-        report(results, runs, workers, nodes, arguments.old_operator, arguments.backend)
+        report(results, runs, workers, nodes, arguments.old_operator, arguments.backend, arguments.kueue)
         print(f"operator logs: {work}")
     finally:
         if operator is not None:
@@ -504,7 +580,9 @@ def main() -> None:
             INOTIFY_INSTANCES.write_text(str(inotify_before))
 
 
-def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str) -> None:
+def report(
+    results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str, kueue: bool
+) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
@@ -521,8 +599,13 @@ def report(results: list[tuple[Result, Result]], runs: int, workers: int, nodes:
     print(
         f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "
         f"{which}; medians of {len(results)} ({os.cpu_count()}-core machine, whole control plane on it)"
+        + ("; every job through a Kueue LocalQueue" if kueue else "")
     )
     print(f"{'':38} {'direct ' + backend + 's':>18} {'TrainingRuns':>13} {'ratio':>7}")
+    if kueue:
+        direct_admitted = median([direct.admitted_s or 0.0 for direct, _ in results])
+        admitted = median([through.admitted_s or 0.0 for _, through in results])
+        print(f"{'every Workload admitted by Kueue (s)':38} {direct_admitted:18.1f} {admitted:13.1f} {admitted / direct_admitted:7.2f}")
     print(f"{'every pod Running (s)':38} {direct_pods:18.1f} {pods:13.1f} {pods / direct_pods:7.2f}")
     print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
     print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")

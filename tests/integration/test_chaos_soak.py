@@ -188,17 +188,23 @@ def operator_pair(kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
         process.assert_no_traceback()
 
 
-def retrying(what: str, action: Callable[[], Any], timeout: float = 180) -> None:
-    """ACTION until it succeeds (the API server may be down when a fault or a cancel is due)."""
+def retrying(what: str, action: Callable[[], Any], timeout: float = 420) -> None:
+    """ACTION until it succeeds (the API server may be down when a fault or a cancel is due, and take minutes to
+    come back on a loaded machine); fails with its last error."""
+    errors: list[str] = []
 
     def done() -> bool:
         try:
             action()
-        except (ClusterError, subprocess.SubprocessError):
+        except (ClusterError, subprocess.SubprocessError) as error:
+            errors.append(str(error).strip()[-500:])
             return False
         return True
 
-    wait_until(done, timeout=timeout, what=what, interval=2)
+    try:
+        wait_until(done, timeout=timeout, what=what, interval=2)
+    except ClusterError as error:
+        raise AssertionError(f"{error}; the last error: {errors[-1] if errors else None}") from None
 
 
 def node_document(name: str) -> dict[str, Any]:
@@ -255,16 +261,24 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
     faults: list[Fault] = []
     outage: list[ApiServerOutage] = []
 
+    processes = threading.Lock()  # kills and starts of the operator's processes, one at a time
+
     def kill_leader() -> None:
-        alive = [process for process in operator_pair if process.running()]
-        if not alive:  # both down at this moment: the next kill finds one
-            return
-        leaders = [process for process in alive if process.is_leader()]
-        victim = leaders[0] if leaders else chance.choice(alive)
-        victim.kill()
+        with processes:
+            alive = [process for process in operator_pair if process.running()]
+            if not alive:  # both down at this moment: the next kill finds one
+                return
+            leaders = [process for process in alive if process.is_leader()]
+            victim = leaders[0] if leaders else chance.choice(alive)
+            victim.kill()
         tally.faults.append(f"SIGKILL {victim.identity}{'' if leaders else ' (leader unknown)'}")
         restart_at = time.monotonic() + chance.uniform(2, 8)
-        faults.append(Fault(restart_at - started, f"start {victim.identity}", victim.start))
+        faults.append(Fault(restart_at - started, f"start {victim.identity}", lambda: start_again(victim)))
+
+    def start_again(process: OperatorProcess) -> None:
+        with processes:
+            if not process.running():
+                process.start()
 
     def api_down() -> None:
         outage.append(ApiServerOutage(kube_cluster))
