@@ -156,8 +156,15 @@ CASES = [
         ["apply Job"],
         Phase.UPLOADING,
         event="Uploading",
-        storage=["seal"],
-        logs="finish",
+        logs="follow",  # the uploader's pod is followed too: the seal waits for it to end
+    ),
+    Case(
+        "the uploader copies: its log is followed, the seal waits",
+        with_output(previous(Phase.UPLOADING)),
+        Observed(job=job(output={"uri": "s3://models/run/"}).succeeded().started(), uploader=uploader_job(), claim_present=True),
+        [],
+        Phase.UPLOADING,
+        logs="follow",
     ),
     Case(
         "the uploader succeeded, the logs not composed yet: seal them first, the manifest waits",

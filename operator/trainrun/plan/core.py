@@ -288,7 +288,11 @@ def plan(
         cleaning, wait = _clean_up(run, backend, job, observed.pods, moment)
         actions += cleaning
         waits.append(wait)
-    done_with_logs = status.phase is not None and (status.phase.finished or status.phase == Phase.UPLOADING)
+    # The uploader's pod is one of the run's logs too: the archive is sealed once it has ended, so its lines are
+    # always in it (sealed as training ended, they were there or not by how soon its pod started).
+    done_with_logs = status.phase is not None and (
+        status.phase.finished or (status.phase == Phase.UPLOADING and _uploader_ended(observed))
+    )
     seal = archive is not None and not logs_sealed and done_with_logs
     if seal and archive is not None:
         seal_due, wait = due(observed.seal, moment)
@@ -515,6 +519,11 @@ def _copied(run: TrainingRun, observed: Observed) -> bool:
     """Whether the uploader Job copied the outputs (its manifest is then read as the run's artifacts)."""
     upload = observe_uploader(observed.uploader, [])
     return run.spec.output.uri is not None and upload is not None and upload.state is UploadState.SUCCEEDED
+
+
+def _uploader_ended(observed: Observed) -> bool:
+    upload = observe_uploader(observed.uploader, [])
+    return upload is not None and upload.state is not UploadState.ACTIVE
 
 
 def _volume_released(run: TrainingRun, status: TrainingRunStatus) -> bool:
