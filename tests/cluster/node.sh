@@ -175,10 +175,13 @@ podCIDR: $SUBNET
 podLogsDir: $NODE_DIR/pod-logs
 volumePluginDir: $NODE_DIR/kubelet/volume-plugins
 staticPodPath: ""
-# Images are imported, never pulled: none may be collected.
+# Images are imported, never pulled: none may be collected. Nor does the disk evict ("0%": no threshold):
+# the eviction manager's reclaim deletes every image no running pod uses, whatever the GC thresholds say,
+# and on a machine whose disk others fill too, a dip under 1% free took the node's 6 GB of images away
+# (and tainted it DiskPressure, so the next run's pods stayed Pending).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%"}
 registerWithTaints:
 - {key: trainrun.dev/real-node, value: "true", effect: NoSchedule}
 containerRuntimeEndpoint: unix://$NODE_DIR/containerd.sock
