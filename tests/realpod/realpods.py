@@ -155,7 +155,8 @@ def first_metric_at(cluster: KubeCluster, namespace: str, pod: str) -> float:
 @dataclass
 class Quickstart:
     """The quick start sample trained in real pods: the run when it ended, its pods by replica, and the
-    seconds from `trainrun submit` to the Master's first training step and to the run's Completed."""
+    seconds from `trainrun submit` to the Master's first training steps (its first metric line: step 8, as
+    the sample prints every 8 steps) and to the run's Completed."""
 
     run: dict[str, Any]
     pods: dict[str, dict[str, Any]]
