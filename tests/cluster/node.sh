@@ -175,10 +175,13 @@ podCIDR: $SUBNET
 podLogsDir: $NODE_DIR/pod-logs
 volumePluginDir: $NODE_DIR/kubelet/volume-plugins
 staticPodPath: ""
-# Images are imported, never pulled: none may be collected.
+# Images are imported, never pulled: none may be collected. Nor does the disk evict ("0%": no threshold):
+# the eviction manager's reclaim deletes every image no running pod uses, whatever the GC thresholds say,
+# and on a machine whose disk others fill too, a dip under 1% free took the node's 6 GB of images away
+# (and tainted it DiskPressure, so the next run's pods stayed Pending).
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", imagefs.available: "0%", nodefs.inodesFree: "0%"}
 registerWithTaints:
 - {key: trainrun.dev/real-node, value: "true", effect: NoSchedule}
 containerRuntimeEndpoint: unix://$NODE_DIR/containerd.sock
@@ -227,11 +230,20 @@ start_containerd() {
 
 # Imports the image of an OCI layout, sending only the blobs this containerd does not hold yet:
 # the index and, after a package change, the trainer's top layer, not its 5.5 GB PyTorch layer.
+# Each of them is first hard-linked into containerd's content store (the layout is on the same
+# filesystem): containerd still receives the data (`ctr images import` names no digest ahead), but
+# finding the blob in its store it drops what it received, so a first import keeps the unpacked
+# layers only (about 6 GB) and not a second copy of the layers beside them (12 GB in all, more than a
+# test machine may have free). Where no link can be made, containerd keeps its copy as before.
 import_layout() {
-  local layout="$1" blobs size=0
+  local layout="$1" blobs blob size=0 store="$CONTAINERD_ROOT/io.containerd.content.v1.content/blobs/sha256"
   [[ -s "$layout/index.json" ]] || { echo "node.sh: $layout is not an OCI image layout (images.sh writes them)" >&2; return 1; }
   mapfile -t blobs < <(ctr_k8s content ls -q | python3 "$SCRIPT_DIR/oci_layout.py" missing "$layout")
   ((${#blobs[@]} == 0)) || size="$(cd "$layout" && du -ch "${blobs[@]}" | tail -n1 | cut -f1)"
+  mkdir -p "$store"
+  for blob in "${blobs[@]}"; do
+    [[ "$blob" == blobs/sha256/* ]] && ln "$layout/$blob" "$store/${blob##*/}" 2>/dev/null || true
+  done
   say "importing $(basename "$layout"): ${#blobs[@]} blobs ($size) it lacks"
   tar -C "$layout" -cf - oci-layout index.json "${blobs[@]}" 8>&- | ctr_k8s images import - >/dev/null
 }

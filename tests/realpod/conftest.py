@@ -3,8 +3,10 @@
 pytest loads this for every test under tests/realpod/ (each marked ``realpod``). The session's cluster is
 the one of tests/integration plus a real node (tests/cluster/node.sh: kubelet, containerd, runc, a
 bridge, CoreDNS) that has imported the images tests/cluster/images.sh builds from images/*/Dockerfile
-(built here when missing, cached under ~/.cache/trainrun/images). Pods there run for real: torchrun,
-the built-in trainer, the stage-in init container and the uploader Job. The SeaweedFS S3 server
+(built here when missing, cached under ~/.cache/trainrun/images), and the add-on ``trainer`` (JobSet and
+Kubeflow Trainer v2 beside the training-operator, so one real node serves both backends: a second one
+may not fit beside it on a 2-core machine). Pods there run for real: torchrun, the built-in trainer,
+the stage-in init container and the uploader Job. The SeaweedFS S3 server
 listens on 127.0.0.1; a forwarder makes it reachable from pods at the node's IP. Needs root (the
 node changes the host's network and cgroups); TRAINRUN_SKIP_CLUSTER=1 skips these tests too.
 """
@@ -23,7 +25,7 @@ for folder in (TESTS_DIR, TESTS_DIR / "integration", TESTS_DIR / "storage", Path
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-from cluster.harness import KubeCluster, node_images, session_cluster, wait_until  # noqa: E402
+from cluster.harness import Addon, KubeCluster, node_images, session_cluster, wait_until  # noqa: E402
 from realpods import PodReachableS3, node_ip, require_real_node  # noqa: E402
 from runs import operator  # noqa: E402
 from seaweedfs import start_seaweedfs  # noqa: E402
@@ -34,9 +36,10 @@ __all__ = ["operator"]  # a fixture of tests/integration/runs.py, used by name
 
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
-    """A running cluster with the real node real-0 and the operator configuration naming its pool."""
+    """A running cluster with the real node real-0, JobSet and Trainer v2, and the operator configuration
+    naming the node's pool."""
     require_real_node()
-    with session_cluster(real_node_images=node_images()) as cluster:
+    with session_cluster(real_node_images=node_images(), addons=(Addon.TRAINER,)) as cluster:
         cluster.kubectl("apply", "-f", str(OVERLAY / "config.yaml"))
         yield cluster
 
