@@ -1,0 +1,142 @@
+"""Start and stop a real MLflow tracking server (``mlflow server``, sqlite store) for the registry tests.
+
+The server runs from its own virtualenv, ``$TRAINRUN_CACHE/mlflow-venv`` (``TRAINRUN_MLFLOW_VENV``
+picks another), which tests/run.sh installs (PyPI ``mlflow==3.17.2``): the package under test never
+imports mlflow, so its own virtualenv stays without it. The tests read back what the operator wrote with
+mlflow's own client (:func:`mlflow_client` runs a script in that virtualenv and returns its JSON).
+Artifacts (none are written through MLflow by trainrun) go to the test S3 server when one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+MLFLOW_VERSION = "3.17.2"
+START_SECONDS = 180.0  # a cold start imports a great deal of Python; on a loaded 2-core machine it takes a while
+
+
+def mlflow_venv() -> Path:
+    cache = Path(os.environ.get("TRAINRUN_CACHE", Path.home() / ".cache" / "trainrun"))
+    return Path(os.environ.get("TRAINRUN_MLFLOW_VENV", cache / "mlflow-venv"))
+
+
+def mlflow_missing() -> str | None:
+    """Why no MLflow server can be started here (None: it can)."""
+    binary = mlflow_venv() / "bin" / "mlflow"
+    if not binary.exists():
+        return (
+            f"no MLflow server: {binary} is missing (tests/run.sh installs mlflow=={MLFLOW_VERSION} there; "
+            f"or: python3 -m venv {mlflow_venv()} && {mlflow_venv()}/bin/pip install mlflow=={MLFLOW_VERSION} boto3)"
+        )
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class MlflowServer:
+    """A running ``mlflow server`` on 127.0.0.1; stop() and start() again keep its store (a registry that
+    goes down and comes back)."""
+
+    folder: Path
+    port: int = field(default_factory=free_port)
+    env: dict[str, str] = field(default_factory=dict)
+    artifacts: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(mlflow_venv() / "bin" / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        if self.artifacts is not None:
+            command += ["--artifacts-destination", self.artifacts]
+        with (self.folder / "server.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                command, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + START_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer /health within {START_SECONDS:.0f} s:\n{self.log_tail()}")
+
+    def healthy(self) -> bool:
+        try:
+            with urlopen(f"{self.uri}/health", timeout=2) as answer:
+                return bool(answer.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)  # uvicorn's workers are in its process group
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        path = self.folder / "server.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def start_mlflow(folder: Path, *, env: dict[str, str] | None = None, artifacts: str | None = None) -> MlflowServer:
+    server = MlflowServer(folder, env=dict(env or {}), artifacts=artifacts)
+    server.start()
+    return server
+
+
+def mlflow_client(server: MlflowServer, script: str, **values: Any) -> Any:
+    """Run ``script`` with mlflow's own client in its virtualenv (``client`` is an ``MlflowClient`` of the
+    server, ``values`` its keyword arguments as globals); what it assigns to ``result``, as JSON."""
+    program = (
+        "import json, sys\n"
+        "from mlflow import MlflowClient\n"
+        f"client = MlflowClient(tracking_uri={server.uri!r}, registry_uri={server.uri!r})\n"
+        "globals().update(json.loads(sys.argv[1]))\n"
+        f"{script}\n"
+        "print(json.dumps(result, default=str))\n"
+    )
+    done = subprocess.run(
+        [str(mlflow_venv() / "bin" / "python"), "-c", program, json.dumps(values)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MLFLOW_TRACKING_URI": server.uri},
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"mlflow's client failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
