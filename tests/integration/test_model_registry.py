@@ -110,6 +110,7 @@ def start_run(
 ) -> str:
     """A run whose Master prints MASTER_LOG and succeeds; its output URI."""
     uri = uri or f"s3://{BUCKET}/models/{uuid.uuid4().hex[:8]}/{name}"
+    (folder / name).mkdir(parents=True, exist_ok=True)
     volume_for_claim(cluster, namespace, f"{name}-outputs", folder / name / "volume", create_claim=False)
     cluster.serve_pod_log(namespace, f"{name}-master-0", write_cri_log(folder / name / "master.log", MASTER_LOG))
     document = training_run(
