@@ -140,3 +140,62 @@ def mlflow_client(server: MlflowServer, script: str, **values: Any) -> Any:
     if done.returncode != 0:
         raise AssertionError(f"mlflow's client failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class CallProxy:
+    """An HTTP proxy in front of a registry that calls ``on_call(path)`` when a request whose path ends with
+    one of ``watched`` has been carried out by the server, before its answer goes back: a test kills the
+    operator there, between the registry's call and the operator's status write. Runs in threads."""
+
+    def __init__(self, target: str, watched: tuple[str, ...], on_call: Any) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.error import HTTPError
+        from urllib.request import Request
+
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                request = Request(target + self.path, data=body, method=self.command)
+                if self.headers.get("Content-Type"):
+                    request.add_header("Content-Type", self.headers["Content-Type"])
+                try:
+                    with urlopen(request, timeout=60) as answer:
+                        status, data = answer.status, answer.read()
+                except HTTPError as error:
+                    status, data = error.code, error.read()
+                if self.path.split("?")[0].endswith(proxy.watched):
+                    proxy.calls += 1
+                    on_call(self.path)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller was killed meanwhile: what the test wanted
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _forward  # noqa: N815 - http.server's names
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.watched = watched
+        self.calls = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        import threading
+
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

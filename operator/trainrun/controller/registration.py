@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
 from dataclasses import replace
 
 from trainrun.base.registry import DIGEST_TAG, RegistryRefused, RegistryUnavailable
@@ -26,6 +27,8 @@ from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion
 from trainrun.storage import StorageError, read_manifest
 from trainrun.storage.manifest import Manifest
+
+logger = logging.getLogger(__name__)
 
 
 def path_problem(manifest: Manifest, path: str | None, where: str) -> str | None:
@@ -77,9 +80,17 @@ class Registrar:
         env = await registry_env(self.kube, self.operator_namespace, work.registry, registry)
         async with client_for(registry, env) as client:
             try:
-                version = await client.register(request)
+                version, created = await client.register(request)
             except RegistryRefused as error:
                 return Registration(refused=str(error))
+        logger.info(
+            "%s model %s version %s for run %s/%s",
+            "registered" if created else "found the version registered before of",
+            version.name,
+            version.version,
+            run.metadata.namespace,
+            run.metadata.name,
+        )
         return Registration(model=ModelVersion(registry=work.registry, name=version.name, version=version.version, uri=version.source))
 
 

@@ -263,14 +263,14 @@ class MlflowClient:
                 break
         return sorted(found, key=lambda item: (item.name, int(item.version) if item.version.isdigit() else 0))
 
-    async def register(self, request: VersionRequest) -> VersionInfo:
-        """The run's version of the model: the one it registered before, else a new one (exactly once)."""
+    async def register(self, request: VersionRequest) -> tuple[VersionInfo, bool]:
+        """The run's version of the model: the one it registered before (False), else a new one (True)."""
         await self.ensure_model(request.name)
         earlier = await self.search_versions(request.name, request.run_uid)
         if earlier:
-            return earlier[0]
+            return earlier[0], False
         answer = await self.call("POST", "model-versions/create", body=create_version_body(request))
-        return version_info(answer.get("model_version") or {})
+        return version_info(answer.get("model_version") or {}), True
 
     async def get_version(self, name: str, version: str) -> VersionInfo:
         answer = await self.call("GET", "model-versions/get", params={"name": name, "version": version})
