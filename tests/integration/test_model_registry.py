@@ -9,7 +9,6 @@ command (``trainrun upload``) itself. The operator configuration (its ConfigMap)
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -336,4 +335,4 @@ def test_bad_registration_input(
     assert registered["status"] == "False"
     assert "refused model-versions/create: INVALID_PARAMETER_VALUE: Invalid model version source" in registered["message"]
     assert "the model was not registered: MLflow at" in run["status"]["message"]
-    print(json.dumps(run["status"]["conditions"], indent=1))
+
