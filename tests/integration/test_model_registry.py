@@ -184,12 +184,25 @@ def test_runs_register_versions_one_and_two(
         assert tags["metric.val_loss"] == "0.75" and tags["metric.train_loss"] == "1.25"
         assert tags["param.epochs"] == "1" and tags["team"] == "vision"
         assert item["run_id"], "a tracked run's version is linked to its MLflow run"
-    # The manifest's digest is the sha256 of the manifest in the bucket.
-    listed = subprocess.run(
-        [TRAINRUN, "-n", namespace, "artifacts", "birds-a", "-o", "json"], env={**kube_cluster.env(), **storage},
-        capture_output=True, text=True, timeout=60,
-    )
+    # The CLI, with the registry the cluster's operator configuration names: the versions, and one downloaded.
+    env = {**kube_cluster.env(), **storage}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    listed = subprocess.run([TRAINRUN, "models", model], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
+    print(listed.stdout)
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["REGISTRY", "NAME", "VERSION", "RUN", "METRICS", "CREATED"]
+    assert lines[1].split()[:6] == ["mlflow", model, "1", f"{namespace}/birds-a", "train_loss=1.25", "val_loss=0.75"]
+    assert lines[2].split()[:4] == ["mlflow", model, "2", f"{namespace}/birds-b"]
+    fetched = subprocess.run(
+        [TRAINRUN, "models", "download", f"{model}:1", str(tmp_path / "fetched")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert f"verified against {uris[0]}/manifest.json" in fetched.stdout
+    assert (tmp_path / "fetched" / "model.pt").read_bytes() == b"weights" * 100
+    wide = subprocess.run([TRAINRUN, "-n", namespace, "get", "-o", "wide"], env=env, capture_output=True, text=True, timeout=60)
+    assert wide.returncode == 0 and "MODEL" in wide.stdout.splitlines()[0] and f"{model}:2" in wide.stdout, wide.stdout
+    print(wide.stdout)
 
     # The tracked run: params, the metric series with its steps, the final status.
     tracked = mlflow_client(
