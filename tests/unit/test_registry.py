@@ -11,9 +11,7 @@ from typing import Any
 import pytest
 from factories import NOW, pytorchjob, uploader_job
 from run_factory import document, pools
-from trainrun.base.registry import RUN_UID_TAG, SENT_TAG, VersionRequest
-from trainrun.controller.registration import manifest_digest, path_problem
-from trainrun.controller.tracking import tracked_rows
+from trainrun.base.registry import RUN_UID_TAG, SENT_TAG, VersionRequest, manifest_digest, path_problem
 from trainrun.plan import Attempts, Observed, Register, Registration, SealedLogs, plan
 from trainrun.plan.registration import TrackingFacts
 from trainrun.registry.mlflow import (
@@ -22,6 +20,7 @@ from trainrun.registry.mlflow import (
     log_batch_bodies,
     metric_rows,
     quoted,
+    tracked_rows,
     version_filter,
     version_info,
 )
@@ -237,17 +236,19 @@ def test_a_tracked_run_links_its_version_to_the_tracked_run() -> None:
     assert work.request.run_id == "r9"
 
 
-# ---- the manifest check, done by the controller's task ----
+# ---- the manifest check, before a registry is asked ----
 
 
 def test_the_model_path_must_be_in_the_manifest() -> None:
     manifest = Manifest(files=(FileRecord("model.pt", 1, "a"), FileRecord("triton/m/1/model.pt", 1, "b")), created="t")
-    assert path_problem(manifest, None, "m") is None
-    assert path_problem(manifest, "model.pt", "m") is None and path_problem(manifest, "triton/m", "m") is None
-    problem = path_problem(manifest, "triton/mo", "s3://b/manifest.json")
+    paths = [record.path for record in manifest.files]
+    assert path_problem(paths, None, "m") is None
+    assert path_problem(paths, "model.pt", "m") is None and path_problem(paths, "triton/m", "m") is None
+    problem = path_problem(paths, "triton/mo", "s3://b/manifest.json")
     assert problem is not None and problem.startswith("spec.output.register.path: 'triton/mo' is not in the copied outputs")
     assert "s3://b/manifest.json lists: model.pt, triton" in problem
-    assert manifest_digest(manifest).startswith("sha256:") and len(manifest_digest(manifest)) == 71
+    digest = manifest_digest(manifest.to_json())
+    assert digest.startswith("sha256:") and len(digest) == 71
 
 
 # ---- MLflow request bodies ----

@@ -9,6 +9,8 @@ the client, the CLI and the tests read the same ones.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trainrun.base.redact import redact
@@ -67,3 +69,23 @@ class VersionInfo:
     run_id: str | None = None
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+
+
+def path_problem(paths: Sequence[str], path: str | None, where: str) -> str | None:
+    """Why ``path`` (spec.output.register.path) is not a model among the copied ``paths`` (a manifest's, which
+    ``where`` names), or None when it is: a file, or a folder with files."""
+    if path is None:
+        return None
+    if any(item == path or item.startswith(f"{path}/") for item in paths):
+        return None
+    listed = sorted({item.split("/")[0] for item in paths})
+    shown = ", ".join(listed[:12]) + (" ..." if len(listed) > 12 else "")
+    return (
+        f"spec.output.register.path: {path!r} is not in the copied outputs ({where} lists: {shown or 'nothing'}); "
+        "name a file or folder the program writes under $OUTPUT_DIR"
+    )
+
+
+def manifest_digest(manifest_json: bytes) -> str:
+    """A manifest's digest as a version's tag says it: ``sha256:<hex>`` of its bytes."""
+    return "sha256:" + hashlib.sha256(manifest_json).hexdigest()

@@ -13,41 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import logging
-from dataclasses import replace
 
-from trainrun.base.registry import DIGEST_TAG, RegistryRefused, RegistryUnavailable
+from trainrun.base.registry import RegistryUnavailable
 from trainrun.controller.artifacts import ArtifactReader
 from trainrun.kube.aioclient import SECRETS, ApiError, AsyncKube
 from trainrun.plan.work import Register, Registration
-from trainrun.registry import client_for
+from trainrun.registry import client_for, register_copy
 from trainrun.spec import OperatorConfig, TrainingRun
 from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion
 from trainrun.storage import StorageError, read_manifest
-from trainrun.storage.manifest import Manifest
 
 logger = logging.getLogger(__name__)
-
-
-def path_problem(manifest: Manifest, path: str | None, where: str) -> str | None:
-    """Why ``path`` (spec.output.register.path) is not a model in the copy, or None when it is."""
-    if path is None:
-        return None
-    if any(record.path == path or record.path.startswith(f"{path}/") for record in manifest.files):
-        return None
-    listed = sorted({record.path.split("/")[0] for record in manifest.files})
-    shown = ", ".join(listed[:12]) + (" ..." if len(listed) > 12 else "")
-    return (
-        f"spec.output.register.path: {path!r} is not in the copied outputs ({where} lists: {shown or 'nothing'}); "
-        "name a file or folder the program writes under $OUTPUT_DIR"
-    )
-
-
-def manifest_digest(manifest: Manifest) -> str:
-    """The manifest's sha256, as ``sha256:<hex>`` (of the bytes the uploader wrote: ``Manifest.to_json``)."""
-    return "sha256:" + hashlib.sha256(manifest.to_json()).hexdigest()
 
 
 class Registrar:
@@ -73,16 +51,19 @@ class Registrar:
             raise StorageError(f"cannot read {work.manifest_uri} to register the model: {error}") from None
         if manifest is None:
             raise StorageError(f"{work.manifest_uri} is gone: the copy cannot be registered")
-        problem = path_problem(manifest, work.path, work.manifest_uri)
-        if problem is not None:
-            return Registration(refused=problem)
-        request = replace(work.request, tags=(*work.request.tags, (DIGEST_TAG, manifest_digest(manifest))))
         env = await registry_env(self.kube, self.operator_namespace, work.registry, registry)
         async with client_for(registry, env) as client:
-            try:
-                version, created = await client.register(request)
-            except RegistryRefused as error:
-                return Registration(refused=str(error))
+            done = await register_copy(
+                client,
+                work.request,
+                manifest_paths=[record.path for record in manifest.files],
+                manifest_json=manifest.to_json(),
+                manifest_uri=work.manifest_uri,
+                path=work.path,
+            )
+        version, created = done.version, done.created
+        if version is None:
+            return Registration(refused=done.refused)
         logger.info(
             "%s model %s version %s for run %s/%s",
             "registered" if created else "found the version registered before of",

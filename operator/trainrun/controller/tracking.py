@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from trainrun.base.registry import SENT_TAG, RegistryError
-from trainrun.metrics import is_master
 from trainrun.plan.registration import Track, TrackingFacts
 from trainrun.plan.work import retry_delay
 from trainrun.registry import ModelRegistry
-from trainrun.registry.mlflow import BATCH_METRICS, BATCH_TAGS, metric_rows, run_tags
+from trainrun.registry.mlflow import BATCH_METRICS, BATCH_TAGS, run_tags, tracked_rows
 from trainrun.status.shapes import utc_now
 from trainrun.storage import StorageError
 from trainrun.storage.logarchive import METRICS_CHANNEL
@@ -42,20 +40,6 @@ logger = logging.getLogger(__name__)
 
 TRACK_SECONDS = 5.0  # what was read is sent this often
 ROWS_PER_REQUEST = BATCH_METRICS - BATCH_TAGS
-
-
-def tracked_rows(lines: list[str]) -> list[dict[str, Any]]:
-    """The MLflow metrics of metric records (JSON lines of the archive's metrics channel): the Master's, without
-    the final line (a repeat of the best epoch's numbers, as the built-in trainer prints it last)."""
-    records = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and is_master(str(record.get("replica") or "")) and not record.get("final"):
-            records.append(record)
-    return metric_rows(records)
 
 
 class RunTracker:

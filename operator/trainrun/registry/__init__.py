@@ -10,9 +10,19 @@ functions in :mod:`.mlflow`, unit-tested without a server.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 
-from trainrun.base.registry import RegistryError, RegistryRefused, RegistryUnavailable, VersionInfo, VersionRequest
+from trainrun.base.registry import (
+    DIGEST_TAG,
+    RegistryError,
+    RegistryRefused,
+    RegistryUnavailable,
+    VersionInfo,
+    VersionRequest,
+    manifest_digest,
+    path_problem,
+)
 from trainrun.registry.mlflow import MlflowClient, MlflowCredentials
 from trainrun.spec.config import Registry
 
@@ -24,7 +34,42 @@ def client_for(registry: Registry, env: Mapping[str, str]) -> ModelRegistry:
     return MlflowClient(registry.uri, MlflowCredentials.from_env(env))
 
 
+@dataclass(frozen=True)
+class Registered:
+    """What registering a verified copy brought: the version (``created`` False: found again by the run's
+    uid), or the refusal's words."""
+
+    version: VersionInfo | None = None
+    refused: str | None = None
+    created: bool = False
+
+
+async def register_copy(
+    client: ModelRegistry,
+    request: VersionRequest,
+    *,
+    manifest_paths: Sequence[str],
+    manifest_json: bytes,
+    manifest_uri: str,
+    path: str | None,
+) -> Registered:
+    """Register the run's model from its verified copy: the model's path must be in the manifest, whose digest
+    joins the version's tags. A registry that answers no is a refusal; one that cannot be reached raises
+    ``RegistryUnavailable`` (the caller tries again)."""
+    problem = path_problem(manifest_paths, path, manifest_uri)
+    if problem is not None:
+        return Registered(refused=problem)
+    tagged = replace(request, tags=(*request.tags, (DIGEST_TAG, manifest_digest(manifest_json))))
+    try:
+        version, created = await client.register(tagged)
+    except RegistryRefused as error:
+        return Registered(refused=str(error))
+    return Registered(version=version, created=created)
+
+
 __all__ = [
+    "Registered",
+    "register_copy",
     "ModelRegistry",
     "MlflowClient",
     "MlflowCredentials",

@@ -32,6 +32,7 @@ from trainrun.base.registry import (
     VersionInfo,
     VersionRequest,
 )
+from trainrun.metrics import is_master
 from trainrun.status.shapes import rfc3339, timestamp
 
 API = "/api/2.0/mlflow"
@@ -122,6 +123,21 @@ def metric_rows(records: Iterable[Mapping[str, Any]]) -> list[Object]:
             if isinstance(value, int | float):
                 rows.append({"key": key, "value": float(value), "timestamp": at, "step": int(step) if isinstance(step, int) else 0})
     return rows
+
+
+def tracked_rows(lines: Iterable[str]) -> list[Object]:
+    """The MLflow metrics of a tracked run from metric records (JSON lines of a run's metrics channel or
+    metrics.jsonl): the Master's, without the final line (a repeat of the best epoch's numbers, which the
+    built-in trainer prints last)."""
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and is_master(str(record.get("replica") or "")) and not record.get("final"):
+            records.append(record)
+    return metric_rows(records)
 
 
 def log_batch_bodies(
