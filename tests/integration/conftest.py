@@ -27,7 +27,7 @@ for folder in (TESTS_DIR, TESTS_DIR / "storage", TESTS_DIR / "registry"):
         sys.path.insert(0, str(folder))
 
 from cluster.harness import GPU_RESOURCE, POOL_LABEL, Addon, JsonObject, KubeCluster, session_cluster
-from mlflow_server import MlflowServer, mlflow_missing, start_mlflow
+from mlflow_server import MlflowServer, require_mlflow, start_mlflow
 from queues import KUEUE_POOL, QUEUE_GPUS, Queue
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs
 
@@ -74,11 +74,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
 def mlflow_server(s3_server: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A real MLflow tracking server and model registry (sqlite store; artifacts in the module's S3 server)
     on a free port. Skipped only where its virtualenv is missing and this is not CI (tests/run.sh installs it)."""
-    missing = mlflow_missing()
-    if missing is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing}; CI must install it (tests/run.sh does)")
-        pytest.skip(missing)
+    require_mlflow()
     env = {
         "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,

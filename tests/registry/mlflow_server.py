@@ -40,6 +40,17 @@ def mlflow_missing() -> str | None:
     return None
 
 
+def require_mlflow() -> None:
+    """Skip the test where no MLflow server can be started, but fail it in CI (tests/run.sh installs it)."""
+    import pytest
+
+    missing = mlflow_missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}; CI must install it (tests/run.sh does)")
+        pytest.skip(missing)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
