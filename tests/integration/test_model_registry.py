@@ -277,6 +277,17 @@ def test_operator_killed_around_registration_makes_one_version_per_run(
         assert run["status"]["model"]["uri"] == uris[name]  # no path: the whole output
         reasons = [event["reason"] for event in events_of(kube_cluster, name, namespace)]
         assert reasons.count("ModelRegistered") == 1, (name, reasons)
+    # Each run's tracked MLflow run went through the same restarts: its series holds every step once.
+    series = mlflow_client(
+        mlflow_server,
+        "runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=1000)\n"
+        "result = {r.data.tags.get('trainrun.run_uid'): [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, 'train_loss')]"
+        " for r in runs}",
+        experiment=EXPERIMENT,
+    )
+    for name in names:
+        uid = get_run(kube_cluster, name, namespace)["metadata"]["uid"]
+        assert sorted(map(tuple, series[uid])) == [(10, 2.0), (20, 1.5), (30, 1.25)], (name, series[uid])
     found_again = [line for line in registry_operator.output().splitlines() if "found the version registered before" in line]
     assert len(found_again) >= kills_wanted, "\n".join(found_again)
     print(f"{len(kills)} kills, each after a version was created; {len(found_again)} versions found again by the run's uid")
