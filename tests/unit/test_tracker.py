@@ -11,10 +11,13 @@ from typing import Any
 from trainrun.base.registry import SENT_TAG
 from trainrun.controller.tracking import RunTracker
 from trainrun.plan.registration import Track
+from trainrun.registry import MlflowClient
 
 
 class FakeMlflow:
-    """One experiment's runs in memory: what ``RunTracker`` calls of ``MlflowClient``."""
+    """One experiment's runs in memory: the calls of ``MlflowClient`` under what ``RunTracker`` uses."""
+
+    tracked_run = MlflowClient.tracked_run
 
     def __init__(self) -> None:
         self.runs: dict[str, dict[str, Any]] = {}

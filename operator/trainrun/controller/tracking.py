@@ -30,7 +30,7 @@ from trainrun.base.registry import SENT_TAG, RegistryError
 from trainrun.plan.registration import Track, TrackingFacts
 from trainrun.plan.work import retry_delay
 from trainrun.registry import ModelRegistry
-from trainrun.registry.mlflow import BATCH_METRICS, BATCH_TAGS, run_tags, tracked_rows
+from trainrun.registry.mlflow import BATCH_METRICS, BATCH_TAGS, tracked_rows
 from trainrun.status.shapes import utc_now
 from trainrun.storage import StorageError
 from trainrun.storage.logarchive import METRICS_CHANNEL
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 TRACK_SECONDS = 5.0  # what was read is sent this often
 ROWS_PER_REQUEST = BATCH_METRICS - BATCH_TAGS
+# Records held for a registry that cannot take them; past this the newer ones are left to the archive (read
+# back when their turn comes), so a registry that is down for days costs no memory.
+MAX_PENDING = 100_000
 
 
 class RunTracker:
@@ -85,7 +88,7 @@ class RunTracker:
         """Metric records of the archive's metrics channel, the first at index ``first`` (never waits)."""
         for offset, line in enumerate(lines):
             index = first + offset
-            if self.sent is None or index >= self.sent:
+            if (self.sent is None or index >= self.sent) and len(self.pending) < MAX_PENDING:
                 self.pending[index] = line
 
     async def stop(self) -> None:
@@ -125,15 +128,8 @@ class RunTracker:
             self._client = await self._client_for(track)
         client = self._client
         if self.run_id is None:
-            experiment = await client.experiment_id(track.experiment)
-            found = await client.find_run(experiment, track.run_uid)
-            if found is not None:
-                run_id = str(found["info"]["run_id"])
-                mark = run_tags(found).get(SENT_TAG, "0")
-                sent = int(mark) if mark.isdigit() else 0
-            else:
-                run_id = await client.create_run(experiment, name=track.run_name, start=track.start or utc_now(), tags=track.tags)
-                sent = 0
+            start = track.start or utc_now()
+            run_id, sent = await client.tracked_run(track.experiment, track.run_uid, name=track.run_name, start=start, tags=track.tags)
             await client.log_batch(run_id, params=track.params)
             self.run_id, self.sent = run_id, sent
             self.pending = {index: line for index, line in self.pending.items() if index >= sent}

@@ -21,7 +21,7 @@ from trainrun.base.registry import SENT_TAG, RegistryError, RegistryUnavailable,
 from trainrun.plan.registration import registration_work, tracking_plan
 from trainrun.plan.work import Attempts, Registration, failure_words, retry_delay
 from trainrun.registry import client_for, register_copy
-from trainrun.registry.mlflow import run_tags, tracked_rows
+from trainrun.registry.mlflow import tracked_rows
 from trainrun.spec import OperatorConfig, TrainingRun
 from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion, Tracked, TrainingRunStatus
@@ -126,15 +126,8 @@ class LocalRegistry:
 
         async def send() -> str:
             async with client_for(registry, self.env) as client:
-                experiment = await client.experiment_id(track.experiment)
-                found = await client.find_run(experiment, track.run_uid)
-                if found is not None:
-                    run_id = str(found["info"]["run_id"])
-                    mark = run_tags(found).get(SENT_TAG, "0")
-                    sent = int(mark) if mark.isdigit() else 0
-                else:
-                    run_id = await client.create_run(experiment, name=track.run_name, start=track.start or utc_now(), tags=track.tags)
-                    sent = 0
+                start = track.start or utc_now()
+                run_id, sent = await client.tracked_run(track.experiment, track.run_uid, name=track.run_name, start=start, tags=track.tags)
                 await client.log_batch(run_id, params=track.params)
                 await client.log_batch(run_id, metrics=tracked_rows(lines[sent:]), tags=[*track.tags, (SENT_TAG, str(len(lines)))])
                 if track.final is not None:

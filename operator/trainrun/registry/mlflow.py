@@ -27,6 +27,7 @@ import aiohttp
 
 from trainrun.base.registry import (
     RUN_UID_TAG,
+    SENT_TAG,
     RegistryRefused,
     RegistryUnavailable,
     VersionInfo,
@@ -320,6 +321,18 @@ class MlflowClient:
         )
         runs = answer.get("runs") or []
         return runs[0] if runs else None
+
+    async def tracked_run(
+        self, experiment: str, run_uid: str, *, name: str, start: str, tags: Sequence[tuple[str, str]]
+    ) -> tuple[str, int]:
+        """The tracked run of a TrainingRun in ``experiment`` (created unless one carries its uid), and the
+        metric records already sent to it (its high-water mark, ``SENT_TAG``)."""
+        experiment_id = await self.experiment_id(experiment)
+        found = await self.find_run(experiment_id, run_uid)
+        if found is None:
+            return await self.create_run(experiment_id, name=name, start=start, tags=tags), 0
+        mark = run_tags(found).get(SENT_TAG, "0")
+        return str(found["info"]["run_id"]), int(mark) if mark.isdigit() else 0
 
     async def create_run(self, experiment_id: str, *, name: str, start: str, tags: Sequence[tuple[str, str]]) -> str:
         answer = await self.call(
