@@ -29,6 +29,7 @@ from runs import (
     events_of,
     get_run,
     kubectl_apply,
+    operator,
     training_run,
     volume_for_claim,
     wait_for_phase,
@@ -37,6 +38,7 @@ from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 pytestmark = pytest.mark.cluster
+__all__ = ["operator"]  # a fixture, used by name
 TRAINRUN = str(Path(sys.executable).parent / "trainrun")
 EXPERIMENT = "registry-tests"
 # What the Master prints: a metric series with steps, then the final line.
@@ -81,16 +83,9 @@ def _write_config(cluster: KubeCluster, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def registry_operator(
-    kube_cluster: KubeCluster, registry_config: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(kube_cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-        process.assert_no_traceback()
+def registry_operator(operator: OperatorProcess, registry_config: dict[str, Any]) -> OperatorProcess:
+    """The operator (runs.py's, checked for tracebacks at the end) with the registries of these tests."""
+    return operator
 
 
 @pytest.fixture
