@@ -68,11 +68,11 @@ fi
 # their own (their cluster stops with it); in the third, pytest's folder order puts the other cluster tests
 # first, beside the real pods' training, and the local runs' training after them.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
-  tests/integration/test_artifacts.py)
+  tests/integration/test_artifacts.py tests/integration/test_chaos_soak.py)
 # The tests of the platform cluster (JobSet, Trainer v2, Kueue: a second control plane) beside the storage and
 # trainer tests, which start no cluster.
 platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py
-  tests/integration/test_replica_contract.py)
+  tests/integration/test_replica_contract.py tests/integration/test_kubeflow_sdk.py)
 # Model registration and tracking (a kwok cluster and an MLflow server of their own) beside them too.
 registry=(tests/integration/test_model_registry.py)
 lanes=(

@@ -19,6 +19,8 @@ source "$SCRIPT_DIR/common.sh"
 stop_cluster() {
   local name="$1" start=$SECONDS cluster_workdir file pid component
   cluster_paths "$name"
+  # The supervisor first, so that nothing is started again while the cluster stops.
+  stop_pid_file "$STATE_DIR/supervisor.pid"
   # The real node first (if any), while the API server still answers.
   "$SCRIPT_DIR/node.sh" down "$name"
   for component in "${ADDON_COMPONENTS[@]}"; do

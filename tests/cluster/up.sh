@@ -8,6 +8,7 @@
 # What runs, all as plain processes bound to 127.0.0.1 (ports picked free by kwokctl):
 #   etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok  (kwokctl, binary runtime)
 #   training-operator (PyTorchJob only)                                  (background process)
+#   supervise.py: starts the controllers again when they exit            (background process)
 #   only when TRAINRUN_CLUSTER_ADDONS asks (addons.sh):                  (background processes)
 #     trainer: JobSet and Kubeflow Trainer v2 controllers;  kueue: Kueue
 # What it creates: the PyTorchJob CRD, this repo's CRDs (crds/*.yaml), the simulated node pools
@@ -150,6 +151,9 @@ for component in "${ADDONS[@]}"; do
 done
 
 wait_for_all Ready node
+# The controllers are restarted when they exit (after an API-server outage), as a kubelet would (supervise.py).
+setsid python3 "$SCRIPT_DIR/supervise.py" "$STATE_DIR" >>"$STATE_DIR/supervisor.log" 2>&1 </dev/null &
+echo "$!" >"$STATE_DIR/supervisor.pid"
 say "ready: $(kubectl get nodes --no-headers | wc -l) nodes; controller logs $STATE_DIR/*.log"
 trap - EXIT
 echo "$KUBECONFIG_PATH"

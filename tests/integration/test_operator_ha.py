@@ -10,8 +10,9 @@ POD_NAME of its own for leader election) and checks their output for Python trac
 (b) two processes: the Lease names the leader; SIGKILL it, apply a run: it reaches Running within the
     Lease's 15 s (+ the 2 s retry) + the time a run takes to reach Running with a live leader;
 (c) kube-apiserver killed mid-run and started again 20 s later with its own command line: the operator
-    is the same process afterwards (no restart) and the run completes. kube-controller-manager and
-    kube-scheduler exit when they lose their own Leases meanwhile; the test restarts them as a kubelet would.
+    is the same process afterwards (no restart) and the run completes; one started during the outage
+    says it waits for the API server and becomes ready once it answers. kube-controller-manager and
+    kube-scheduler exit when they lose their own Leases meanwhile; the cluster's supervisor starts them again.
 
 The file sorts after test_operator.py; (c) runs last in it and leaves the API server running (it
 restores it even when it fails).
@@ -19,23 +20,25 @@ restores it even when it fails).
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import signal
-import socket
-import struct
-import subprocess
 import threading
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from faults import (
+    ApiServerOutage,
+    ObjectWatch,
+    api_ready,
+    control_plane_running,
+    duplicate_events,
+    supervisor_restarts,
+)
 from runs import (
     OperatorProcess,
     events_of,
@@ -80,66 +83,6 @@ def new_operator(
     return process
 
 
-class JobUids:
-    """Every uid each PyTorchJob name of a namespace had, and every deletion, from a watch in a thread."""
-
-    def __init__(self, kube_cluster: KubeCluster, namespace: str) -> None:
-        from kubernetes import client, config
-
-        api = config.new_client_from_config(config_file=str(kube_cluster.kubeconfig))
-        self.custom = client.CustomObjectsApi(api)
-        self.namespace = namespace
-        self.uids: dict[str, set[str]] = {}
-        self.deleted: list[tuple[str, str]] = []
-        self.errors: list[str] = []
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _see(self, item: dict[str, Any]) -> None:
-        self.uids.setdefault(item["metadata"]["name"], set()).add(item["metadata"]["uid"])
-
-    def _list(self, **kwargs: Any) -> Any:
-        return self.custom.list_namespaced_custom_object("kubeflow.org", "v1", self.namespace, "pytorchjobs", **kwargs)
-
-    def _loop(self) -> None:
-        from kubernetes import watch
-
-        while not self.stopped.is_set():
-            try:
-                listing = json.loads(self._list(_preload_content=False).data)
-                for item in listing["items"]:
-                    self._see(item)
-                stream = watch.Watch(return_type="object").stream(
-                    self._list, resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=60, deserialize=False
-                )
-                for event in stream:
-                    if self.stopped.is_set():
-                        return
-                    if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self._see(event["object"])
-                    if event["type"] == "DELETED":
-                        self.deleted.append((event["object"]["metadata"]["name"], event["object"]["metadata"]["uid"]))
-            except Exception as error:  # a dropped watch: list again (a job created and deleted in between is missed)
-                self.errors.append(str(error)[:200])
-                time.sleep(0.5)
-
-    def stop(self) -> None:
-        self.stopped.set()
-
-
-def duplicate_events(kube_cluster: KubeCluster, name: str, namespace: str) -> list[str]:
-    """The phase Events of a run posted more than once: the same reason and message twice, or a count over 1."""
-    events = events_of(kube_cluster, name, namespace)
-    seen = Counter((event.get("reason"), event.get("message")) for event in events)
-    twice = [f"{reason}: {message!r} x{times}" for (reason, message), times in seen.items() if times > 1]
-    for event in events:
-        count = max(event.get("count") or 1, (event.get("series") or {}).get("count") or 1)
-        if count > 1:
-            twice.append(f"{event.get('reason')}: {event.get('message')!r} count {count}")
-    return twice
-
-
 def phase_of(kube_cluster: KubeCluster, name: str, namespace: str) -> str | None:
     return get_run(kube_cluster, name, namespace).get("status", {}).get("phase")
 
@@ -172,7 +115,7 @@ def test_sigkilled_at_30_random_moments_every_run_ends_once_with_one_job(
         documents.append(
             training_run(name, namespace, runPolicy=NEVER_AGAIN, podMetadata={"annotations": annotations}, **shape)
         )
-    uids = JobUids(kube_cluster, namespace)
+    uids = ObjectWatch(kube_cluster, namespace, "pytorchjobs")
     operator = new_operator(kube_cluster, namespace, tmp_path, "chaos", operators)
     phases: dict[str, list[str]] = {name: [] for name in plan}
 
@@ -308,121 +251,6 @@ def test_the_standby_takes_over_when_the_leader_is_killed(
 # --- (c) ------------------------------------------------------------------------------------------
 
 
-class Component:
-    """A control-plane process as kwokctl's binary runtime runs it (a pid file, a log file), restartable with
-    the command line, environment and working folder recorded while it ran (the pid file updated, for down.sh)."""
-
-    def __init__(self, kube_cluster: KubeCluster, name: str) -> None:
-        workdir = kube_cluster.state_dir / "kwok" / "clusters" / kube_cluster.name
-        self.name = name
-        self.pid_file = workdir / "pids" / f"{name}.pid"
-        self.log_file = workdir / "logs" / f"{name}.log"
-        self.pid = int(self.pid_file.read_text().strip())
-        self.command = [part.decode() for part in Path(f"/proc/{self.pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
-        self.cwd = os.readlink(f"/proc/{self.pid}/cwd")
-        environ = Path(f"/proc/{self.pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
-        self.env = dict(item.decode(errors="replace").split("=", 1) for item in environ if b"=" in item)
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        wait_until(lambda: not self.alive(), timeout=10, what=f"{self.name} to die")
-
-    @property
-    def port(self) -> int:
-        return int(next(part for part in self.command if part.startswith("--secure-port=")).split("=", 1)[1])
-
-    def restart_with(self, *flags: str) -> None:
-        """Kills it and starts it again at once with FLAGS added to its command line."""
-        self.kill()
-        self.command += [flag for flag in flags if flag not in self.command]
-        self.start()
-
-    def start(self) -> None:
-        with self.log_file.open("ab") as log:
-            process = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.pid = process.pid
-        self.pid_file.write_text(f"{process.pid}\n")
-
-    def alive(self) -> bool:
-        return Path(f"/proc/{self.pid}").exists() and not _zombie(self.pid)
-
-
-class PortHolder:
-    """Holds a stopped server's port, resetting every connection (as a closed port refuses them): on this
-    machine other test sessions create clusters at any time, and kwokctl would hand a free port to one of them."""
-
-    def __init__(self, port: int) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the old connections' TIME_WAIT
-        # The killed server's threads may still be closing its sockets for a moment.
-        wait_until(lambda: self._bind(port), timeout=10, what=f"port {port} to be free", interval=0.02)
-        self.listener.listen(64)
-        self.listener.settimeout(0.2)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._reset_all, daemon=True)
-        self.thread.start()
-
-    def _bind(self, port: int) -> bool:
-        try:
-            self.listener.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-    def _reset_all(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            connection.close()
-
-    def release(self) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=5)
-        self.listener.close()
-
-
-# kube-controller-manager and kube-scheduler run with leader election (kwokctl's defaults): they would exit
-# when they cannot renew their Lease for 10 s. The test restarts them without it first (a kubelet would
-# restart them; nothing does here), and restarts whatever died afterwards, so later tests have a whole cluster.
-CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok-controller")
-
-
-def restart_the_dead(components: Iterable[Component]) -> list[str]:
-    restarted = []
-    for component in components:
-        if not component.alive():
-            component.start()
-            restarted.append(component.name)
-    return restarted
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def api_ready(kube_cluster: KubeCluster) -> bool:
-    """Whether the API server answers /readyz (an answer slower than 10 s, as a server starting on a loaded
-    machine may give, counts as not ready yet)."""
-    try:
-        return kube_cluster.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
 @pytest.mark.timeout(600)
 def test_the_api_server_gone_for_20_s_the_operator_carries_on(
     kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path, operators: list[OperatorProcess]
@@ -434,33 +262,28 @@ def test_the_api_server_gone_for_20_s_the_operator_carries_on(
     kubectl_apply(kube_cluster, training_run("steady", namespace, resources=SMALL, podMetadata={"annotations": annotations}))
     wait_for_phase(kube_cluster, operator, "steady", namespace, "Running", timeout=120)
     pid = operator.pid
-    components = {name: Component(kube_cluster, name) for name in CONTROL_PLANE}
-    for name in ("kube-controller-manager", "kube-scheduler"):
-        components[name].restart_with("--leader-elect=false")
-    time.sleep(5)  # past their start, which waits for a healthy API server (and exits after 10 s without one)
-    assert not restart_the_dead(components.values())
-    server = components["kube-apiserver"]
-    server.kill()
-    holder = PortHolder(server.port)
-    down_at = time.monotonic()
+    restarted_before = len(supervisor_restarts(kube_cluster))
+    outage = ApiServerOutage(kube_cluster)
     try:
         assert not api_ready(kube_cluster), "the API server still answers after its SIGKILL"
-        time.sleep(max(0.0, 20 - (time.monotonic() - down_at)))
+        time.sleep(max(0.0, 20 - (time.monotonic() - outage.began)))
         assert not api_ready(kube_cluster)
         assert operator.running(), f"the operator exited while the API server was down:\n{operator.log_tail(40)}"
+        # A process started meanwhile (a restarted pod) waits for the server, past kopf's own 54 s of retries.
+        late = new_operator(kube_cluster, namespace, tmp_path, "late", operators)
+        wait_until(
+            lambda: "waiting for the API server" in late.output(), timeout=30, what="the late process to say it waits"
+        )
     finally:
-        holder.release()
-        server.start()
-        try:
-            wait_until(lambda: api_ready(kube_cluster), timeout=120, what="kube-apiserver to be ready again", interval=1)
-        except ClusterError as error:
-            log = server.log_file.read_text(errors="replace").splitlines()[-30:]
-            raise AssertionError(f"{error}; the end of its log:\n" + "\n".join(log)) from None
-        print(f"API server down {time.monotonic() - down_at:.1f} s; restarted after it: {restart_the_dead(components.values())}")
+        print(f"API server down {outage.end():.1f} s")
+    wait_until(late.ready, timeout=90, what="the process started during the outage to be ready")
     run = wait_for_phase(kube_cluster, operator, "steady", namespace, "Completed", timeout=180)
     assert run["status"]["phase"] == "Completed"
     assert operator.running() and operator.pid == pid and operator.starts == 1, (
         f"the operator did not carry on as the same process:\n{operator.log_tail(40)}"
     )
     assert not duplicate_events(kube_cluster, "steady", namespace)
-    assert not restart_the_dead(components.values())
+    # kube-controller-manager and kube-scheduler exit when they cannot renew their Leases for 10 s; the cluster's
+    # supervisor starts them again, as a kubelet would.
+    wait_until(lambda: all(control_plane_running(kube_cluster).values()), timeout=60, what="every control-plane process")
+    print("the supervisor meanwhile:", supervisor_restarts(kube_cluster)[restarted_before:])

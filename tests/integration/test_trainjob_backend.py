@@ -159,3 +159,27 @@ def test_a_hung_run_is_restarted_as_a_new_trainjob_once_then_fails_at_its_limit(
     created = {uid for uid in uids if uid is not None}
     assert len(created) == 2, created  # the first TrainJob and the one the restart made
     assert any(event["reason"] == "Restarting" for event in events_of(cluster, "hung", namespace))
+
+
+def test_pods_the_cluster_refuses_are_named_with_its_words(
+    platform_cluster: KubeCluster, trainjob_operator: OperatorProcess, namespace: str, tmp_path: Path
+) -> None:
+    """A TrainJob's pods come from JobSet's Job: its FailedCreate Events are the run's status, as the
+    training-operator's are on a PyTorchJob (a quota of no pods here)."""
+    cluster = platform_cluster
+    cluster.apply(
+        {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods", "namespace": namespace}, "spec": {"hard": {"pods": "0"}}}
+    )
+    kubectl_apply(cluster, training_run("refused", namespace, distribution={"workers": 0}))
+
+    def refused() -> dict[str, Any] | None:
+        status = get_run(cluster, "refused", namespace).get("status") or {}
+        return status if status.get("reason") == "FailedCreatePod" else None
+
+    try:
+        status = wait_until(refused, timeout=120, what="the run to report the refusal")
+    except Exception as error:
+        raise AssertionError(f"{error}: {get_run(cluster, 'refused', namespace).get('status')}\n{trainjob_operator.log_tail()}") from None
+    assert status["phase"] == "Queued"
+    assert status["message"].startswith("JobSet's Job cannot create the pods: "), status["message"]
+    assert "exceeded quota: no-pods" in status["message"], status["message"]

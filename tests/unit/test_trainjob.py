@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from factories import NOW, pod
+from factories import NOW, event, pod
 from run_factory import pools, training_run
 from trainrun.plan import Apply, Delete, MergePatch, Observed, plan, projections
 from trainrun.render.backend import PYTORCHJOB, TRAINJOB
@@ -243,3 +243,35 @@ def test_a_cluster_without_trainer_says_what_to_install() -> None:
     decided = plan(document, trainjob_config(), Observed(job_kind_served=False), now=NOW)
     assert decided.actions == ()
     assert "does not serve TrainJob (trainer.kubeflow.org/v1alpha1): install Kubeflow Trainer v2" in (decided.status.message or "")
+
+
+@pytest.mark.parametrize(
+    ("message", "reason", "stalled"),
+    [
+        (
+            'Error creating: pods "run-node-0-0-x7k2p" is forbidden: violates PodSecurity "restricted:latest": '
+            'runAsNonRoot != true (pod or container "node" must set securityContext.runAsNonRoot=true)',
+            "PodSecurityViolation",
+            True,
+        ),
+        ('Error creating: pods "run-node-0-0-x7k2p" is forbidden: exceeded quota: gpus, requested: nvidia.com/gpu=1', "FailedCreatePod", False),
+    ],
+    ids=["pod-security", "quota"],
+)
+def test_a_refusal_of_a_trainjobs_pods_is_read_off_jobsets_job(message: str, reason: str, stalled: bool) -> None:
+    """A TrainJob's pods come from the Job JobSet makes of it (``<run>-node-0``): its FailedCreate Events say
+    why there are none, as the training-operator's do on a PyTorchJob."""
+    job = projections.trainjob(trainjob_as_trainer_reports_it("run"))
+    document = training_run().model_dump(mode="json", by_alias=True, exclude_none=True)
+    document["metadata"].update(name="run", namespace="default", uid="uid-1", generation=1)
+    document["status"] = {"phase": "Queued", "observedGeneration": 1}
+    refusal = projections.event(event("FailedCreate", message, name=TRAINJOB.pod_creator_objects("run")[0], kind="Job"))
+    decided = plan(document, trainjob_config(), Observed(job=job, events=[refusal]), now=NOW)
+    assert (decided.status.phase, decided.status.reason) == (Phase.QUEUED, reason)
+    assert (decided.status.message or "").startswith(f"JobSet's Job cannot create the pods: {message}")
+    stalled_condition = next(condition for condition in decided.status.conditions if condition.type == "Stalled")
+    assert stalled_condition.status == ("True" if stalled else "False")
+    # The uploader is a Job too: its refusals are about the copy, not the replicas.
+    uploader_refusal = projections.event(event("FailedCreate", message, name="run-upload", kind="Job"))
+    decided = plan(document, trainjob_config(), Observed(job=job, events=[uploader_refusal]), now=NOW)
+    assert decided.status.reason != reason

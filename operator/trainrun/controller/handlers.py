@@ -73,8 +73,33 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             stream_ssl=info.as_ssl_context() if secure else False,
             authorization=authorization,
         )
+        await _until_the_api_server_answers(_running.credentials)
         _running.logged_in.set()
     return info
+
+
+API_WAIT_SECONDS = 2.0
+API_WAIT_REPORT_SECONDS = 30.0
+
+
+async def _until_the_api_server_answers(credentials: Credentials) -> None:
+    """kopf lists the API's resources once, right after login, and gives up (the operator stops, with a
+    traceback) when the API server is gone for more than its retries' 54 s: an operator started during an
+    outage (a restarted pod, a new leader's node) waits here instead, saying so, until the server answers."""
+    kube = AsyncKube(lambda: credentials)
+    waited_since = asyncio.get_running_loop().time()
+    reported = -API_WAIT_REPORT_SECONDS
+    try:
+        while (why := await kube.unreachable()) is not None:
+            waited = asyncio.get_running_loop().time() - waited_since
+            if waited - reported >= API_WAIT_REPORT_SECONDS:
+                logger.warning("waiting for the API server (%.0f s so far; trying every %.0f s): %s", waited, API_WAIT_SECONDS, why)
+                reported = waited
+            await asyncio.sleep(API_WAIT_SECONDS)
+    finally:
+        await kube.close()
+    if reported >= 0:
+        logger.info("the API server answers after %.0f s", asyncio.get_running_loop().time() - waited_since)
 
 
 def _credentials() -> Credentials:

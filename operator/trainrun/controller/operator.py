@@ -68,7 +68,7 @@ from trainrun.plan.causes import worth_remembering
 from trainrun.plan.registration import Track
 from trainrun.registry import ModelRegistry, client_for
 from trainrun.render import FIELD_MANAGER
-from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_of
+from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_for, backend_of
 from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPONENT
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
@@ -371,9 +371,17 @@ class Controller:
             key = self._involved(new)
             events = [event for event in self.events_by_object.get(key, []) if event["metadata"] != new["metadata"]]
             self.events_by_object[key] = [*events, new][-EVENTS_PER_OBJECT:]
-            run = self.children.run_of_object.get(key)
+            run = self.children.run_of_object.get(key) or self._run_of_pod_creator(key)
             if run is not None:
                 self.queue.add(run, CHILD_COALESCE_SECONDS)
+
+    def _run_of_pod_creator(self, involved: Key) -> Key | None:
+        """The run whose pods the object (not a child the operator watches: JobSet's Job of a TrainJob) creates."""
+        namespace, name = involved
+        for key in self.runs:
+            if key[0] == namespace and name in backend_for(self.children.one(key, JOB), self.config).pod_creator_objects(key[1]):
+                return key
+        return None
 
     @staticmethod
     def _involved(event: Mapping[str, Any]) -> Key:
@@ -433,6 +441,7 @@ class Controller:
         uploader = self.children.one(key, UPLOADER)
         pods = self.children.of(key, POD)
         involved = [str(child["metadata"]["name"]) for child in (job, uploader, *pods) if child is not None]
+        involved += backend_for(job, self.config).pod_creator_objects(key[1])
         logs = memory.logs
         return Observed(
             job=job,

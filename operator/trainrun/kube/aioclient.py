@@ -224,6 +224,14 @@ class AsyncKube:
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ApiError(f"cannot reach the API server ({method} {path}): {_describe(error)}") from None
 
+    async def unreachable(self) -> str | None:
+        """Why the API server does not answer (``GET /version``), or None when it answers at all (any HTTP status)."""
+        try:
+            await self.request("GET", "/version", timeout=5.0)
+        except ApiError as error:
+            return None if error.status is not None else str(error)
+        return None
+
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Object | None:
         try:
             return await self.request("GET", resource.path(namespace, name))

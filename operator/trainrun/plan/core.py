@@ -43,7 +43,7 @@ from trainrun.plan.work import (
     failure_words,
     refusal_in_effect,
 )
-from trainrun.render.backend import BACKENDS, Backend, backend_of
+from trainrun.render.backend import Backend, backend_for
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import (
     canonical_spec,
@@ -271,6 +271,8 @@ def plan(
             uploader=observed.uploader,
             workload=observed.workload,
             job_kind=backend.kind,
+            pod_creator=backend.pod_creator,
+            pod_creator_objects=backend.pod_creator_objects(run.metadata.name),
             problems=problems,
             pending_changes=pending,
             pool=pool_name,
@@ -443,13 +445,6 @@ def _storage_trouble(status: TrainingRunStatus) -> str | None:
     if status.reason in STORAGE_REASONS and status.phase is Phase.UPLOADING:
         return status.message
     return status.logs.message if status.logs is not None and not status.logs.gaps else None
-
-
-def backend_for(job: Mapping[str, Any] | None, config: OperatorConfig) -> Backend:
-    """The backend of a run: its job's kind once it has one (a run keeps its backend when the configuration
-    changes), else the configuration's."""
-    kind = str((job or {}).get("kind") or "")
-    return BACKENDS.get(kind) or backend_of(config)
 
 
 def _gone_replicas(

@@ -25,6 +25,7 @@ from trainrun.render.trainjob import (
     MASTER_OUTPUTS,
     TRAINJOB_API_VERSION,
     TRAINJOB_KIND,
+    node_job_name,
     render_trainjob,
     trainjob_problems,
 )
@@ -47,6 +48,9 @@ class Backend:
     problems: Callable[[TrainingRun], list[FieldProblem]]  # what this kind cannot carry for the run
     shared_outputs: bool  # every replica mounts the output claim (in a folder of its own)
     master_outputs: str | None  # the Master's folder in the output claim (None: the claim's root)
+    pod_creator: str  # who creates the replica pods, in the status's words
+    pod_creator_objects: Callable[[str], tuple[str, ...]]  # run name -> the objects besides the job whose Events
+    # say why pods could not be created
 
     def render_claim(self, run: TrainingRun) -> Object | None:
         return render_volume_claim(run, shared=self.shared_outputs and run.spec.distribution.workers > 0)
@@ -86,6 +90,8 @@ PYTORCHJOB = Backend(
     problems=lambda run: [],
     shared_outputs=False,
     master_outputs=None,
+    pod_creator="the training-operator",
+    pod_creator_objects=lambda name: (),  # it creates them itself: its Events are the PyTorchJob's
 )
 TRAINJOB = Backend(
     kind=TRAINJOB_KIND,
@@ -96,6 +102,8 @@ TRAINJOB = Backend(
     problems=trainjob_problems,
     shared_outputs=True,
     master_outputs=MASTER_OUTPUTS,
+    pod_creator="JobSet's Job",
+    pod_creator_objects=lambda name: (node_job_name(name),),
 )
 BACKENDS = {backend.kind: backend for backend in (PYTORCHJOB, TRAINJOB)}
 
@@ -105,3 +113,8 @@ def backend_of(config: OperatorConfig) -> Backend:
     return BACKENDS[config.backend]
 
 
+def backend_for(job: Mapping[str, Any] | None, config: OperatorConfig) -> Backend:
+    """The backend of a run: its job's kind once it has one (a run keeps its backend when the configuration
+    changes), else the configuration's."""
+    kind = str((job or {}).get("kind") or "")
+    return BACKENDS.get(kind) or backend_of(config)

@@ -57,6 +57,12 @@ RUNTIME_BACKOFF_LIMIT = 3
 RUNTIME_IMAGE_PULL_POLICY = "IfNotPresent"
 
 
+
+def node_job_name(run_name: str) -> str:
+    """The Job JobSet makes of the runtime's replicated job (``<jobset>-<replicatedJob>-<index>``): it creates the
+    nodes' pods, and its ``FailedCreate`` Events say why it cannot."""
+    return f"{run_name}-{TRAINER_CONTAINER}-0"
+
 def outputs_folder(rank: str) -> str:
     """The folder of the output claim a node mounts as $OUTPUT_DIR (``$(RANK)`` in the pods: its node rank)."""
     return f"node-{rank}"

@@ -63,6 +63,8 @@ class StatusInput:
     uploader: Mapping[str, Any] | None = None
     workload: Mapping[str, Any] | None = None  # Kueue's Workload of a queued run's job
     job_kind: str = DEFAULT_JOB_KIND  # what the run's job is, or will be (the backend's kind)
+    pod_creator: str = "the training-operator"  # who creates the replica pods (the backend's words)
+    pod_creator_objects: tuple[str, ...] = ()  # the Jobs that create them, when not the job itself
     problems: Sequence[str] = ()
     pending_changes: Sequence[str] = ()
     pool: str | None = None
@@ -164,6 +166,8 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
             previous_phase=earlier.phase,
             now=given.now,
             job_kind=job_view.kind if job_view is not None else given.job_kind,
+            pod_creator=given.pod_creator,
+            pod_creator_objects=given.pod_creator_objects,
             workload=observe_workload(given.workload),
         )
     )

@@ -102,6 +102,8 @@ class Views:
     previous_phase: Phase | None
     now: str
     job_kind: str = "PyTorchJob"  # what the run's job is (or will be): the word the messages use
+    pod_creator: str = "the training-operator"  # who creates the replica pods: the words the messages use
+    pod_creator_objects: tuple[str, ...] = ()  # the Jobs that create them (JobSet's, for a TrainJob)
     workload: WorkloadView | None = None  # Kueue's Workload of a queued run's job
 
 
@@ -352,16 +354,22 @@ def _restarting_message(observations: Views, run: TrainingRun, job: JobView) -> 
 
 def _queued(observations: Views, replicas: dict[str, PodView | None]) -> Verdict:
     missing = [name for name, pod in replicas.items() if pod is None]
-    failures = _create_failures(observations, None, "PyTorchJob")
+    # The training-operator's Events are about its PyTorchJob; a TrainJob's pods come from JobSet's Job.
+    failures = [
+        event
+        for event in _create_failures(observations, None, "PyTorchJob", "Job")
+        if event.object_kind != "Job" or event.object_name in observations.pod_creator_objects
+    ]
+    creator = observations.pod_creator
     refusal = None
     if missing and failures and len(missing) == len(replicas):
-        refusal = pod_refusal_cause(failures[-1].message, "the training-operator cannot create the pods")
+        refusal = pod_refusal_cause(failures[-1].message, f"{creator} cannot create the pods")
     # Some replicas exist: only a failure that names a missing one (pods "job-worker-0" is forbidden ...)
     # explains the wait; an older one about a replica created since does not.
     about_missing = [event for event in failures if any(name in event.message for name in missing)]
     if refusal is None and about_missing:
         refusal = pod_refusal_cause(
-            about_missing[-1].message, f"the training-operator cannot create replica {_names(missing)}"
+            about_missing[-1].message, f"{creator} cannot create replica {_names(missing)}"
         )
     if refusal is not None:
         return Verdict(Phase.QUEUED, refusal.reason, refusal.message, stalled=refusal.stalled)
@@ -369,7 +377,7 @@ def _queued(observations: Views, replicas: dict[str, PodView | None]) -> Verdict
         return Verdict(
             Phase.QUEUED,
             "WaitingForPods",
-            f"waiting for the training-operator to create replica {_names(missing)}",
+            f"waiting for {creator} to create replica {_names(missing)}",
         )
     unplaced = [pod for pod in replicas.values() if pod is not None and pod.state is ReplicaState.UNSCHEDULED]
     wait = waited(earliest([pod.created for pod in unplaced]), observations.now)

@@ -1,0 +1,429 @@
+"""A chaos soak: 50 runs of mixed outcomes while the cluster and the operator fail at random.
+
+Real parts: the kwok control plane and training-operator, SeaweedFS, the operator as two processes (a leader
+and a standby, each SIGKILLed and started again). While the runs go (30 succeed, some of them with
+``cleanPodPolicy: All`` and a TTL the operator applies itself; 10 fail; 10 run until they are cancelled), at
+random moments (``TRAINRUN_CHAOS_SEED`` repeats a schedule):
+
+- the leader is SIGKILLed 4 times (started again a few seconds later; the standby takes over meanwhile);
+- kube-apiserver is SIGKILLed and started again 20 s later (the cluster's supervisor restarts the
+  controllers that exit meanwhile);
+- the object store is stopped (SIGKILL) for 30 s;
+- a node of the runs' pool is deleted and comes back 90 s later (PodGC deletes its pods meanwhile: a
+  whole-run restart of cause NodeLost, as ``restartOn`` says by default).
+
+Then every run must be terminal with the phase its pods' outcome gives, with exactly one PyTorchJob per
+attempt (uids seen by a watch, against ``status.restarts``), its log archive sealed, and in it each
+container start's lines exactly once and in order (every replica serves the same 200 numbered lines), or
+the gap declared (a marker line in the archive, ``status.logs.complete: false`` naming the replica); every
+Completed run's manifest verifies (``trainrun download``). The figures are printed for tests/bench/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from faults import ApiServerOutage, ObjectWatch, control_plane_running, supervisor_restarts
+from runs import REPO, OperatorProcess, kubectl_apply, training_run, volume_for_claim
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+TRAINRUN = str(Path(sys.executable).parent / "trainrun")
+RUNS = 50
+LINES = 200
+SMALL = {"pool": "cpu", "cpu": "100m", "memory": "64Mi"}
+NODE = "cpu-1"
+GAP_MARKER = "[trainrun]"
+TERMINAL = ("Completed", "Failed", "Cancelled")
+
+
+@dataclass
+class Planned:
+    """One run of the soak: its document, the phase its pods' outcome gives, when it is applied and cancelled."""
+
+    name: str
+    document: dict[str, Any]
+    expected: str
+    uri: str
+    apply_at: float
+    cancel_at: float | None = None
+
+
+@dataclass
+class Fault:
+    at: float
+    what: str
+    action: Callable[[], None]
+
+
+@dataclass
+class Tally:
+    """What the soak injected and found, for the figures."""
+
+    faults: list[str] = field(default_factory=list)
+    lines_written: int = 0
+    lines_archived: int = 0
+    lines_declared_lost: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+
+
+def plan_runs(namespace: str, chance: random.Random) -> list[Planned]:
+    planned = []
+    for index in range(RUNS):
+        name = f"soak-{index:02d}"
+        uri = f"s3://{BUCKET}/soak/{uuid.uuid4().hex[:8]}/{name}"
+        output = {"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}}
+        kind = index % 10
+        spec: dict[str, Any] = {"resources": SMALL, "output": output, "distribution": {"workers": index % 2}}
+        cancel_at = None
+        if kind <= 5:  # succeeds, default policy (whole-run restarts on NodeLost)
+            outcome, after, expected = Outcome.SUCCEED, f"{chance.randint(20, 70)}s", "Completed"
+        elif kind == 6:  # succeeds; the operator deletes its pods and its job once the logs are sealed
+            outcome, after, expected = Outcome.SUCCEED, f"{chance.randint(20, 50)}s", "Completed"
+            spec["runPolicy"] = {"cleanPodPolicy": "All", "ttlSecondsAfterFinished": 20}
+        elif kind in (7, 8):
+            outcome, after, expected = Outcome.FAIL, f"{chance.randint(5, 40)}s", "Failed"
+            spec["runPolicy"] = {"restartPolicy": "Never", "backoffLimit": 0}
+        else:
+            outcome, after, expected = Outcome.RUN, None, "Cancelled"
+        apply_at = 0.0 if index < RUNS // 2 else 60.0
+        if outcome is Outcome.RUN:
+            cancel_at = apply_at + chance.uniform(30, 150)
+        annotations = {**pod_behaviour(outcome, after=after), "kwok.trainrun.dev/start-after": "2s"}
+        document = training_run(name, namespace, podMetadata={"annotations": annotations}, **spec)
+        planned.append(Planned(name, document, expected, uri, apply_at, cancel_at))
+    return planned
+
+
+class PodStarts:
+    """Container starts per replica (``master-0``, ``worker-0``; the uploader's pod by its name) of each run,
+    from a watch of the pods: the pod uids whose first container ran, with their highest restart count."""
+
+    def __init__(self) -> None:
+        self.starts: dict[tuple[str, str], dict[str, int]] = {}
+        self.lock = threading.Lock()
+
+    def see(self, pod: dict[str, Any]) -> None:
+        labels = pod["metadata"].get("labels") or {}
+        kind, index = labels.get("training.kubeflow.org/replica-type"), labels.get("training.kubeflow.org/replica-index")
+        run = labels.get("trainrun.dev/run")
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if run is None or not statuses:
+            return
+        # A replica's log is archived under its name; another pod's of the run (the uploader's) under the pod's.
+        replica = pod["metadata"]["name"] if kind is None or index is None else f"{str(kind).lower()}-{index}"
+        first = statuses[0]
+        started = first.get("restartCount", 0) + (1 if ("running" in (first.get("state") or {}) or "terminated" in (first.get("state") or {})) else 0)
+        if started == 0:
+            return
+        with self.lock:
+            by_uid = self.starts.setdefault((str(run), replica), {})
+            by_uid[pod["metadata"]["uid"]] = max(by_uid.get(pod["metadata"]["uid"], 0), started)
+
+    def of(self, run: str) -> dict[str, int]:
+        with self.lock:
+            return {replica: sum(by_uid.values()) for (name, replica), by_uid in self.starts.items() if name == run}
+
+
+def pieces(lines: list[str]) -> list[tuple[list[int], bool]]:
+    """A replica's archived log cut into container starts: the numbers of each start's lines (a start begins
+    at line 1) and whether a gap marker ends it."""
+    found: list[tuple[list[int], bool]] = []
+    current: list[int] = []
+    for line in lines:
+        if line.startswith(GAP_MARKER):
+            found.append((current, True))
+            current = []
+            continue
+        number = int(line.removeprefix("line "))
+        if number == 1 and current:
+            found.append((current, False))
+            current = []
+        current.append(number)
+    if current:
+        found.append((current, False))
+    return found
+
+
+@pytest.fixture
+def s3_env(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS) -> dict[str, str]:
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    kube_cluster.kubectl(
+        "create", "secret", "generic", "s3-creds", "-n", kube_namespace, *[f"--from-literal={k}={v}" for k, v in env.items()]
+    )
+    return env
+
+
+@pytest.fixture
+def operator_pair(kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path) -> Iterator[list[OperatorProcess]]:
+    pair = [
+        OperatorProcess(
+            kube_cluster, tmp_path / f"operator-{letter}.log", args=["--namespace", kube_namespace], identity=f"soak-{letter}-{kube_namespace}"
+        )
+        for letter in "ab"
+    ]
+    for process in pair:
+        process.start()
+    yield pair
+    for process in pair:
+        process.stop()
+    for process in pair:
+        process.assert_no_traceback()
+
+
+def retrying(what: str, action: Callable[[], Any], timeout: float = 180) -> None:
+    """ACTION until it succeeds (the API server may be down when a fault or a cancel is due)."""
+
+    def done() -> bool:
+        try:
+            action()
+        except (ClusterError, subprocess.SubprocessError):
+            return False
+        return True
+
+    wait_until(done, timeout=timeout, what=what, interval=2)
+
+
+def node_document(name: str) -> dict[str, Any]:
+    documents = yaml.safe_load_all((REPO / "tests" / "cluster" / "nodes.yaml").read_text())
+    return next(document for document in documents if document and document["metadata"]["name"] == name)
+
+
+def archived_logs(uri: str, env: dict[str, str]) -> dict[str, list[str]]:
+    code = (
+        "import json, os, sys\n"
+        "from trainrun.storage import StorageOptions\n"
+        "from trainrun.storage.logstore import read_archived_logs\n"
+        "print(json.dumps(read_archived_logs(sys.argv[1], StorageOptions.from_env(os.environ))))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, f"{uri}/logs"], env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.timeout(2400)
+def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
+    kube_cluster: KubeCluster,
+    kube_namespace: str,
+    s3_server: SeaweedFS,
+    s3_env: dict[str, str],
+    operator_pair: list[OperatorProcess],
+    tmp_path: Path,
+) -> None:
+    namespace = kube_namespace
+    seed = int(os.environ.get("TRAINRUN_CHAOS_SEED") or time.time())
+    chance = random.Random(seed)
+    tally = Tally()
+    numbered = [f"line {number:04d}" for number in range(1, LINES + 1)]
+    kube_cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "replica.log", numbered))
+    planned = plan_runs(namespace, chance)
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "model.pt").write_bytes(os.urandom(4096))
+    (outputs / "config.json").write_text('{"layers": 2}')
+
+    def prepare(run: Planned) -> None:
+        volume_for_claim(kube_cluster, namespace, f"{run.name}-outputs", tmp_path / "volumes" / run.name, create_claim=False)
+        if run.expected == "Completed":  # the uploader pod only pretends: the copy its pod would make
+            upload = subprocess.run(
+                [TRAINRUN, "upload", str(outputs), run.uri], env={**os.environ, **s3_env}, capture_output=True, text=True, timeout=120
+            )
+            assert upload.returncode == 0, upload.stderr
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(prepare, planned))
+
+    leader_kills = 4
+    node = node_document(NODE)
+    faults: list[Fault] = []
+    outage: list[ApiServerOutage] = []
+
+    def kill_leader() -> None:
+        alive = [process for process in operator_pair if process.running()]
+        if not alive:  # both down at this moment: the next kill finds one
+            return
+        leaders = [process for process in alive if process.is_leader()]
+        victim = leaders[0] if leaders else chance.choice(alive)
+        victim.kill()
+        tally.faults.append(f"SIGKILL {victim.identity}{'' if leaders else ' (leader unknown)'}")
+        restart_at = time.monotonic() + chance.uniform(2, 8)
+        faults.append(Fault(restart_at - started, f"start {victim.identity}", victim.start))
+
+    def api_down() -> None:
+        outage.append(ApiServerOutage(kube_cluster))
+        tally.faults.append("kube-apiserver SIGKILLed")
+        faults.append(Fault(time.monotonic() - started + 20, "kube-apiserver started", api_up))
+
+    def api_up() -> None:
+        tally.faults.append(f"kube-apiserver back after {outage.pop().end():.0f} s")
+
+    def store_down() -> None:
+        s3_server.stop(hard=True)
+        tally.faults.append("object store SIGKILLed")
+        faults.append(Fault(time.monotonic() - started + 30, "object store started", store_up))
+
+    def store_up() -> None:
+        s3_server.start()
+        tally.faults.append("object store back")
+
+    def delete_node() -> None:
+        retrying(f"deleting node {NODE}", lambda: kube_cluster.kubectl("delete", "node", NODE, "--wait=false"))
+        tally.faults.append(f"node {NODE} deleted")
+        faults.append(Fault(time.monotonic() - started + 90, f"node {NODE} back", node_back))
+
+    def node_back() -> None:
+        retrying(f"node {NODE} back", lambda: kube_cluster.apply(node))
+        tally.faults.append(f"node {NODE} back")
+
+    for _ in range(leader_kills):
+        faults.append(Fault(chance.uniform(10, 220), "kill the leader", kill_leader))
+    faults.append(Fault(chance.uniform(30, 180), "API server down", api_down))
+    faults.append(Fault(chance.uniform(20, 180), "object store down", store_down))
+    faults.append(Fault(chance.uniform(20, 120), f"delete node {NODE}", delete_node))
+    for run in planned:
+        faults.append(Fault(run.apply_at, f"apply {run.name}", lambda run=run: retrying(f"applying {run.name}", lambda: kubectl_apply(kube_cluster, run.document))))
+        if run.cancel_at is not None:
+            patch = json.dumps({"spec": {"cancel": True}})
+            faults.append(
+                Fault(
+                    run.cancel_at,
+                    f"cancel {run.name}",
+                    lambda run=run, patch=patch: retrying(
+                        f"cancelling {run.name}",
+                        lambda: kube_cluster.kubectl("patch", "trainingrun", run.name, "-n", namespace, "--type", "merge", "-p", patch),
+                    ),
+                )
+            )
+
+    jobs = ObjectWatch(kube_cluster, namespace, "pytorchjobs")
+    starts = PodStarts()
+    pods = ObjectWatch(kube_cluster, namespace, "pods", see=starts.see)
+    restarted_before = len(supervisor_restarts(kube_cluster))
+    started = time.monotonic()
+    submitted: set[int] = set()
+    actions: list[Future[None]] = []
+    # Each action in a thread of its own: one that waits for the API server (a cancel due during the outage)
+    # must not hold back the one that ends the outage.
+    acting = ThreadPoolExecutor(16)
+    try:
+        # The schedule grows as faults schedule their own ends.
+        while len(submitted) < len(faults) or not all(action.done() for action in actions):
+            due = [(index, fault) for index, fault in enumerate(faults) if index not in submitted]
+            if not due:
+                time.sleep(0.2)
+                continue
+            index, fault = min(due, key=lambda item: item[1].at)
+            if fault.at > time.monotonic() - started:
+                time.sleep(min(0.2, fault.at - (time.monotonic() - started)))
+                continue
+            submitted.add(index)
+            actions.append(acting.submit(fault.action))
+        for action in actions:
+            action.result()  # an action that failed fails the test
+
+        def all_sealed() -> bool:
+            runs = kube_cluster.list_objects("trainingruns", namespace)
+            return len(runs) == RUNS and all(
+                (run.get("status") or {}).get("phase") in TERMINAL and ((run.get("status") or {}).get("logs") or {}).get("sealed")
+                for run in runs
+            )
+
+        try:
+            wait_until(all_sealed, timeout=900, what="every run terminal with its log archive sealed", interval=3)
+        except ClusterError as error:
+            states = {
+                run["metadata"]["name"]: ((run.get("status") or {}).get("phase"), (run.get("status") or {}).get("message"))
+                for run in kube_cluster.list_objects("trainingruns", namespace)
+            }
+            raise AssertionError(f"{error} (seed {seed}; faults {tally.faults}): {states}") from None
+    finally:
+        acting.shutdown(wait=True)
+        jobs.stop()
+        pods.stop()
+        while outage:
+            outage.pop().end()
+        if s3_server.process is None:
+            s3_server.start()
+        if kube_cluster.get("node", NODE) is None:
+            kube_cluster.apply(node)
+    took = time.monotonic() - started
+    context = f"(seed {seed}; faults: {tally.faults})"
+    runs = {run["metadata"]["name"]: run for run in kube_cluster.list_objects("trainingruns", namespace)}
+
+    wrong = {run.name: runs[run.name]["status"]["phase"] for run in planned if runs[run.name]["status"]["phase"] != run.expected}
+    assert not wrong, f"runs ended otherwise than their pods' outcome {context}: {wrong}"
+
+    extra_jobs = {}
+    for run in planned:
+        attempts = 1 + len(runs[run.name]["status"].get("restarts") or [])
+        seen = jobs.uids.get(run.name, set())
+        if len(seen) != attempts:
+            extra_jobs[run.name] = f"{len(seen)} PyTorchJobs for {attempts} attempts"
+    assert not extra_jobs, f"not one child per attempt {context}: {extra_jobs}"
+
+    problems: list[str] = []
+    for run in planned:
+        status = runs[run.name]["status"]
+        logs = status["logs"]
+        declared = {gap["replica"] for gap in logs.get("gaps") or []}
+        archive = archived_logs(run.uri, s3_env)
+        container_starts = starts.of(run.name)
+        for replica, lines in sorted(archive.items()):
+            cut = pieces(lines)
+            tally.lines_archived += sum(len(numbers) for numbers, _ in cut)
+            for numbers, gap in cut:
+                if numbers != list(range(1, len(numbers) + 1)):
+                    tally.duplicates += len(numbers) - len(set(numbers))
+                    problems.append(f"{run.name}/{replica}: lines out of order or repeated: {numbers[:12]}...")
+                if gap:
+                    tally.gaps += 1
+                    tally.lines_declared_lost += LINES - len(numbers)
+                    if replica not in declared or logs.get("complete"):
+                        problems.append(f"{run.name}/{replica}: a gap marker, but the status does not declare it: {logs}")
+                elif len(numbers) != LINES:
+                    problems.append(f"{run.name}/{replica}: {len(numbers)} of {LINES} lines and no gap declared")
+            if len(cut) > container_starts.get(replica, 0):
+                problems.append(f"{run.name}/{replica}: {len(cut)} starts in the archive, {container_starts.get(replica, 0)} seen")
+        for replica, count in container_starts.items():
+            tally.lines_written += count * LINES
+            if len(pieces(archive.get(replica, []))) < count:
+                problems.append(f"{run.name}/{replica}: {count} container starts, {len(pieces(archive.get(replica, [])))} in the archive")
+        if declared and logs.get("complete"):
+            problems.append(f"{run.name}: gaps {sorted(declared)} yet logs.complete is true")
+        if run.expected == "Completed":
+            download = subprocess.run(
+                [TRAINRUN, "download", run.uri, str(tmp_path / "check" / run.name)],
+                env={**os.environ, **s3_env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            if download.returncode != 0:
+                problems.append(f"{run.name}: the manifest does not verify: {download.stderr.strip()[-300:]}")
+    assert not problems, f"{len(problems)} problems {context}:\n" + "\n".join(problems[:40])
+    assert wait_until(lambda: all(control_plane_running(kube_cluster).values()), timeout=60, what="every control-plane process")
+    restarts = sum(len(runs[run.name]["status"].get("restarts") or []) for run in planned)
+    print(
+        f"\nchaos soak, seed {seed}: {RUNS} runs in {took:.0f} s; faults: {len(tally.faults)} ({'; '.join(tally.faults)}); "
+        f"whole-run restarts {restarts}; PyTorchJobs {sum(len(uids) for uids in jobs.uids.values())}; "
+        f"lines written {tally.lines_written}, archived {tally.lines_archived}, declared lost {tally.lines_declared_lost} "
+        f"in {tally.gaps} declared gaps, duplicates {tally.duplicates}; "
+        f"the supervisor restarted: {supervisor_restarts(kube_cluster)[restarted_before:]}; watch errors {len(jobs.errors) + len(pods.errors)}"
+    )
