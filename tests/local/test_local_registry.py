@@ -6,6 +6,7 @@ run with its params and metric series; without a server it completes with Regist
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localrun import REPO, cli_env, run_local, write_run
+from localrun import REPO, TRAINRUN, cli_env, run_local, write_run
 
 sys.path.insert(0, str(REPO / "tests" / "storage"))
 sys.path.insert(0, str(REPO / "tests" / "registry"))
@@ -89,6 +90,15 @@ def test_a_local_run_registers_and_is_tracked(s3_server: SeaweedFS, mlflow_serve
     assert read["params"] == {"steps": "3"}
     assert sorted(map(tuple, read["loss"])) == [(1, 2.0), (2, 1.0), (3, 0.5)]
     assert read["status"] == "FINISHED"
+    # Read back with the CLI, from the same server (MLFLOW_TRACKING_URI), and fetched from the bucket.
+    listed = subprocess.run([*TRAINRUN, "models", model], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[:5] == [mlflow_server.uri, model, "1", "default/reg", "loss=0.5"]
+    fetched = subprocess.run(
+        [*TRAINRUN, "models", "download", model, str(tmp_path / "model")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "model" / "model.pt").read_bytes() == b"weights"
 
 
 def test_a_local_run_without_a_registry_says_so(s3_server: SeaweedFS, tmp_path: Path) -> None:

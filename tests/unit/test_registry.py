@@ -230,6 +230,13 @@ def test_a_run_finished_before_tracking_was_configured_is_not_tracked() -> None:
 
 def test_a_tracked_run_links_its_version_to_the_tracked_run() -> None:
     tracked = config(tracking={})
+    # The tracker has not created the MLflow run yet: the version waits for it (the tracker requeues the run).
+    waiting = plan(body(UPLOADING, register={"name": "birds"}), tracked, copied(tracking=TrackingFacts()), now=NOW)
+    assert waiting.status.reason == "Registering" and not [item for item in waiting.storage if isinstance(item, Register)]
+    # A tracker in trouble does not hold the registration: the version goes unlinked.
+    failing = plan(body(UPLOADING, register={"name": "birds"}), tracked, copied(tracking=TrackingFacts(problem="down")), now=NOW)
+    [work] = [item for item in failing.storage if isinstance(item, Register)]
+    assert work.request.run_id is None
     status = {**UPLOADING, "tracking": {"registry": "mlflow", "experiment": "team-a", "runId": "r9"}}
     decided = plan(body(status, register={"name": "birds"}), tracked, copied(), now=NOW)
     [work] = [item for item in decided.storage if isinstance(item, Register)]

@@ -300,11 +300,13 @@ def plan(
     )
     if manifest_due:
         storage.append(ReadManifest(archive))
-    if registering(status):
+    # A tracked run's version links to its MLflow run: registered once the tracker has it (or cannot get it).
+    tracked = status.tracking if status.tracking is not None and status.tracking.registry == registry_key(run, config) else None
+    awaiting_link = tracked is not None and tracked.run_id is None and tracked.message is None
+    if registering(status) and not awaiting_link:
         register_due, wait = due(observed.registration, moment)
         waits.append(wait)
-        tracked_id = status.tracking.run_id if status.tracking is not None and status.tracking.registry == registry_key(run, config) else None
-        work = registration_work(run, config, status, run_id=tracked_id)
+        work = registration_work(run, config, status, run_id=tracked.run_id if tracked is not None else None)
         if register_due and work is not None:
             storage.append(work)
     if _volume_released(run, status) and observed.claim_present:
