@@ -8,6 +8,7 @@ versions as data.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -52,7 +53,9 @@ def models_command(
     """List registered model versions (REGISTRY NAME VERSION RUN METRICS CREATED), or download one and check
     it against the manifest of the copy it was registered from. The registry: MLFLOW_TRACKING_URI, else the
     operator configuration's (--config FILE, else the cluster's ConfigMap)."""
-    client = client_for(context, local=local, config=config)
+    # The cluster is asked only for its operator configuration: not when the registry is named otherwise.
+    elsewhere = config is not None or (registry is None and bool(os.environ.get("MLFLOW_TRACKING_URI")))
+    client = client_for(context, local=local or elsewhere, config=config)
     given = list(words or [])
     if given[:1] == ["download"]:
         if len(given) != 3:
