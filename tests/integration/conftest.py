@@ -1,7 +1,8 @@
 """Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster), a fresh namespace
 (kube_namespace), a second cluster with the platform add-ons (platform_cluster: JobSet, Trainer v2,
 Kueue) with a namespace of its own per test (platform_namespace) and a Kueue queue of 8 GPUs with two
-priorities (kueue_queue), and an S3 server (s3_server, SeaweedFS, one per test module).
+priorities (kueue_queue), an S3 server (s3_server, SeaweedFS, one per test module) and an MLflow server
+beside it (mlflow_server, one per test module).
 
 pytest loads this for every test under tests/integration/. Each cluster is started once per test
 session, on first use, by tests/cluster/up.sh (building the binaries first with build.sh when
@@ -21,13 +22,14 @@ import pytest
 
 # tests/cluster/harness.py is imported as cluster.harness (tests/ is not a package).
 TESTS_DIR = Path(__file__).resolve().parents[1]
-for folder in (TESTS_DIR, TESTS_DIR / "storage"):
+for folder in (TESTS_DIR, TESTS_DIR / "storage", TESTS_DIR / "registry"):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
 from cluster.harness import GPU_RESOURCE, POOL_LABEL, Addon, JsonObject, KubeCluster, session_cluster
+from mlflow_server import MlflowServer, require_mlflow, start_mlflow
 from queues import KUEUE_POOL, QUEUE_GPUS, Queue
-from seaweedfs import SeaweedFS, start_seaweedfs
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs
 
 
 def skip_without_clusters() -> None:
@@ -62,6 +64,23 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(s3_server: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server and model registry (sqlite store; artifacts in the module's S3 server)
+    on a free port. Skipped only where its virtualenv is missing and this is not CI (tests/run.sh installs it)."""
+    require_mlflow()
+    env = {
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+    }
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), env=env, artifacts=f"s3://{BUCKET}/mlflow-artifacts")
     try:
         yield server
     finally:

@@ -280,7 +280,7 @@ def test_kubectl_explain_and_wide_output(kube_cluster: KubeCluster, kube_namespa
     assert "Node pool by name" in kube_cluster.kubectl("explain", "trainingrun.spec.resources.pool").stdout
     kubectl_apply(kube_cluster, training_run("wide", namespace, runPolicy={"suspend": True}))
     wide = kube_cluster.kubectl("get", "tr", "-n", namespace, "-o", "wide").stdout
-    assert wide.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE", "JOB", "MESSAGE"]
+    assert wide.split("\n")[0].split() == ["NAME", "PHASE", "POOL", "WORKERS", "GPUS", "METRIC", "PROGRESS", "ETA", "AGE", "JOB", "MODEL", "VERSION", "MESSAGE"]
 
 
 def test_readme_install_command_applies_the_manifests(kube_cluster: KubeCluster) -> None:

@@ -62,5 +62,5 @@ def test_printer_columns_and_names() -> None:
     crd = training_run_crd()
     assert crd["spec"]["names"]["shortNames"] == ["tr"]
     columns = [column["name"] for column in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert columns == ["Phase", "Pool", "Workers", "GPUs", "Metric", "Progress", "ETA", "Age", "Job", "Message"]
+    assert columns == ["Phase", "Pool", "Workers", "GPUs", "Metric", "Progress", "ETA", "Age", "Job", "Model", "Version", "Message"]
     assert crd["spec"]["versions"][0]["subresources"] == {"status": {}}

@@ -62,7 +62,8 @@ def run_row(run: Object, *, wide: bool, with_namespace: bool, now: datetime) -> 
         row.insert(0, str(metadata.get("namespace", "default")))
     if wide:
         nproc = distribution.get("nprocPerNode")
-        row.extend([str(nproc or max(gpus, 1)), str(spec.get("image", "")), status.message or ""])
+        model = f"{status.model.name}:{status.model.version}" if status.model is not None else "-"
+        row.extend([str(nproc or max(gpus, 1)), str(spec.get("image", "")), model, status.message or ""])
     return row
 
 
@@ -72,7 +73,7 @@ def runs_table(runs: Sequence[Object], *, wide: bool = False, with_namespace: bo
     if with_namespace:
         headers.insert(0, "NAMESPACE")
     if wide:
-        headers.extend(["NPROC", "IMAGE", "MESSAGE"])
+        headers.extend(["NPROC", "IMAGE", "MODEL", "MESSAGE"])
     table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     for header in headers:
         table.add_column(header, no_wrap=header != "MESSAGE")

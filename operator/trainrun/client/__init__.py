@@ -64,6 +64,8 @@ class Backend(Protocol):
 
     def delete(self, name: str) -> bool: ...
 
+    def operator_config(self) -> OperatorConfig | None: ...
+
 
 class Client:
     """Create, watch and inspect TrainingRuns on a cluster or on this machine."""
@@ -246,6 +248,28 @@ class Client:
         target = Path(destination)
         download(self.output_uri(name), target, options=StorageOptions.from_env(os.environ))
         return target
+
+    # -- registered models ----------------------------------------------------------------------------
+
+    def models(self, name: str | None = None, *, registry: str | None = None) -> Objects:
+        """The versions of model ``name`` (of every model without one) in a registry, oldest first: each
+        {registry, name, version, source, run, metrics, created, manifest, runId, tags}."""
+        from trainrun.client.models import list_versions
+
+        return list_versions(self._registry_config(registry), name, registry=registry)
+
+    def download_model(self, reference: str, destination: str | Path, *, registry: str | None = None) -> Object:
+        """Fetch version ``NAME[:VERSION]`` (the latest without one) into destination, every file checked
+        against the manifest of the copy it was registered from; the version."""
+        from trainrun.client.models import download_version
+
+        return download_version(self._registry_config(registry), reference, Path(destination), registry=registry)
+
+    def _registry_config(self, registry: str | None) -> OperatorConfig | None:
+        """The operator configuration that names the registries: the client's own, else the backend's."""
+        if self.config is not None or (registry is None and os.environ.get("MLFLOW_TRACKING_URI")):
+            return self.config
+        return self.backend.operator_config()
 
     # -- changing ----------------------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from trainrun.client.errors import ClientError, RunNotFound
 from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import ReplicaLogStreams, replica_pods
@@ -23,7 +25,8 @@ from trainrun.kube.streams import training_container_name
 from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, metric_record
 from trainrun.render import job_name
-from trainrun.spec import validate_training_run
+from trainrun.spec import OperatorConfig, parse_operator_config, validate_training_run
+from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import TrainingRunStatus
 from trainrun.status.observe import replica_sort_key
@@ -240,6 +243,21 @@ class ClusterBackend:
 
     def delete(self, name: str) -> bool:
         return self.api.delete(API_VERSION, KIND, name, self._namespace())
+
+    def operator_config(self) -> OperatorConfig | None:
+        """The operator's configuration, from its ConfigMap (in ``TRAINRUN_OPERATOR_NAMESPACE``, else
+        trainrun-system); a user without the right to read it gets an error saying what to do instead."""
+        namespace = os.environ.get("TRAINRUN_OPERATOR_NAMESPACE", "trainrun-system")
+        try:
+            found = self.api.get("v1", "ConfigMap", CONFIG_MAP_NAME, namespace)
+        except Exception as error:  # noqa: BLE001 - forbidden, unreachable: one line that says what else works
+            raise ClientError(
+                f"cannot read the operator configuration (ConfigMap {namespace}/{CONFIG_MAP_NAME}): {error}; "
+                "set MLFLOW_TRACKING_URI or give the configuration with --config FILE"
+            ) from None
+        if found is None:
+            return None
+        return parse_operator_config(yaml.safe_load((found.get("data") or {}).get(CONFIG_MAP_KEY) or "") or {})
 
     def _namespace(self) -> str:
         return self.namespace or "default"

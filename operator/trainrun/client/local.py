@@ -30,6 +30,7 @@ from trainrun.local import (
     run_folders,
 )
 from trainrun.metrics.observer import RunObserver
+from trainrun.spec import OperatorConfig
 from trainrun.spec.annotations import RUN_DIR_ANNOTATION
 from trainrun.spec.status import Phase, TrainingRunStatus
 from trainrun.status.observe import replica_sort_key
@@ -151,6 +152,10 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
         return run_object(folder)
+
+    def operator_config(self) -> OperatorConfig | None:
+        """This machine has no operator: registries come from MLFLOW_TRACKING_URI or the client's config."""
+        return None
 
     def delete(self, name: str) -> bool:
         """Cancel the run if it is active, then remove its folder."""

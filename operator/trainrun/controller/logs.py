@@ -120,6 +120,7 @@ class RunLogs:
         archive: LogArchive | None,
         *,
         on_metrics: Callable[[], None],
+        on_records: Callable[[int, list[str]], None] | None = None,
         flush_seconds: float = FLUSH_SECONDS,
         flush_bytes: int = FLUSH_BYTES,
     ) -> None:
@@ -127,6 +128,10 @@ class RunLogs:
         self.run = run
         self.archive = archive
         self.on_metrics = on_metrics
+        # Told of the metric records in the order of the archive's metrics channel, with the index of the first
+        # (the experiment tracker's feed): once they are shipped, or at once without an archive.
+        self.on_records = on_records
+        self._unarchived_records = 0
         self.flush_seconds = flush_seconds
         self.flush_bytes = flush_bytes
         self.parser = MetricParser.from_definitions(run.spec.metrics)
@@ -360,6 +365,9 @@ class RunLogs:
                 changed |= self.summary.add(samples, from_master=is_master(replica))
                 record = json.dumps(metric_record(replica, samples, at=_stamp_text(last)))
                 self._queue(METRICS_CHANNEL, [record], len(record) + 1)
+                if self.archive is None and self.on_records is not None:
+                    self.on_records(self._unarchived_records, [record])
+                    self._unarchived_records += 1
         if last_taken is not texts[-1]:
             changed |= progress.take(replica, texts[-1], [], at)
         self._queue(replica, texts, len(joined) + 1)
@@ -462,6 +470,9 @@ class RunLogs:
         self.sequence += 1
         if self._pending_bytes < PENDING_LIMIT_BYTES:
             self._room.set()
+        records = blocks.get(METRICS_CHANNEL)
+        if records and self.on_records is not None:
+            self.on_records(self.shipped[METRICS_CHANNEL] - len(records), records)
 
 
 def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> tuple[list[str], LogTime | None]:

@@ -24,11 +24,15 @@ from typing import Any
 
 import yaml
 
+from trainrun.base.redact import redact
+from trainrun.base.registry import RegistryUnavailable
 from trainrun.controller import telemetry
 from trainrun.controller.artifacts import ArtifactReader
 from trainrun.controller.informers import Informer, Key
 from trainrun.controller.logs import RunLogs
 from trainrun.controller.queue import WorkQueue
+from trainrun.controller.registration import Registrar, registry_env
+from trainrun.controller.tracking import RunTracker
 from trainrun.kube.aioclient import (
     CLAIMS,
     CONFIG_MAPS,
@@ -53,12 +57,16 @@ from trainrun.plan import (
     Observed,
     Plan,
     Refusal,
+    Register,
     SealedLogs,
     SealLogs,
+    StorageWork,
     plan,
     projections,
 )
 from trainrun.plan.causes import worth_remembering
+from trainrun.plan.registration import Track
+from trainrun.registry import ModelRegistry, client_for
 from trainrun.render import FIELD_MANAGER
 from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_for, backend_of
 from trainrun.render.children import COMPONENT_LABEL, RUN_LABEL, UPLOADER_COMPONENT
@@ -85,7 +93,7 @@ CHILD_COALESCE_SECONDS = 1.0
 WRITTEN_STATUS_SECONDS = 30.0
 # The kinds of children in the index, and the background work of a run by name.
 JOB, UPLOADER, CLAIM, POD = "job", "uploader", "claim", "pod"
-SEAL, MANIFEST, FOLLOW = "seal", "manifest", "follow"
+SEAL, MANIFEST, REGISTER, FOLLOW = "seal", "manifest", "register", "follow"
 
 
 @dataclass
@@ -99,6 +107,7 @@ class RunMemory:
     archive_problem: str | None = None  # the log archive could not be opened for following: why
     refusal: Refusal | None = None
     posted: set[str] = field(default_factory=set)
+    tracker: RunTracker | None = None  # the run's tracked run in an experiment tracker (plan.tracking)
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,7 @@ class Controller:
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self.recorder = EventRecorder(kube, instance=instance)
         self.artifacts = ArtifactReader(kube)
+        self.registrar = Registrar(kube, self.artifacts, operator_namespace=operator_namespace)
         self.config = OperatorConfig()
         self.config_problems: list[str] = []
         self.children = ChildIndex()
@@ -387,7 +397,7 @@ class Controller:
             try:
                 config = parse_operator_config(yaml.safe_load(text))
             except (yaml.YAMLError, ValueError) as error:
-                problems.append(f"the operator configuration ({where}) is invalid: {error}")
+                problems.append(redact(f"the operator configuration ({where}) is invalid: {error}"))
         self.config, self.config_problems = config, problems
         self.requeue_all()
 
@@ -449,6 +459,8 @@ class Controller:
             progress=logs.progress.snapshot() if logs is not None else None,
             seal=memory.attempts.get(SEAL, Attempts()),
             manifest=memory.attempts.get(MANIFEST, Attempts()),
+            registration=memory.attempts.get(REGISTER, Attempts()),
+            tracking=memory.tracker.facts if memory.tracker is not None else None,
             refusal=memory.refusal,
             archive_problem=memory.archive_problem,
         )
@@ -490,6 +502,7 @@ class Controller:
         if decided.status_patch:
             await self._write_status(key, decided)
         self._follow(key, memory, decided)
+        self._track(key, memory, decided)
         return decided.requeue_after
 
     async def _act(self, decided: Plan) -> str | None:
@@ -537,16 +550,18 @@ class Controller:
         if run is None:
             return
         for work in decided.storage:
-            step = SEAL if isinstance(work, SealLogs) else MANIFEST
+            step = _step(work)
             if step in memory.tasks:
                 continue
             attempts = memory.attempts.get(step, Attempts())
             memory.attempts[step] = replace(attempts, running=True)
-            doing: Awaitable[Any] = (
-                self._seal(key, memory, run, work.archive)
-                if isinstance(work, SealLogs)
-                else self.artifacts.read_manifest(run, work.archive)
-            )
+            doing: Awaitable[Any]
+            if isinstance(work, SealLogs):
+                doing = self._seal(key, memory, run, work.archive)
+            elif isinstance(work, Register):
+                doing = self.registrar.register(run, work, self.config)
+            else:
+                doing = self.artifacts.read_manifest(run, work.archive)
             memory.tasks[step] = self._spawn(self._attempt(key, memory, step, doing), name=f"{step} {key[1]}")
 
     async def _attempt(self, key: Key, memory: RunMemory, step: str, doing: Awaitable[Any]) -> None:
@@ -555,7 +570,7 @@ class Controller:
         try:
             result = await doing
             after: Attempts[Any] = Attempts(result=result, failures=before.failures)
-        except (StorageError, ApiError) as error:
+        except (StorageError, ApiError, RegistryUnavailable) as error:
             logger.warning("%s of %s failed (tried again later): %s", step, key[1], error)
             after = Attempts(failures=before.failures + 1, error=str(error), failed_at=utc_now())
         finally:
@@ -612,12 +627,43 @@ class Controller:
             memory.logs = await self._follower(key, run, archive)
         self.queue.add(key)
 
+    def _track(self, key: Key, memory: RunMemory, decided: Plan) -> None:
+        """Keep a tracker while the plan tracks the run; one that ended, or is no longer wanted, goes."""
+        track, run = decided.tracking, decided.run
+        if track is None or run is None:
+            if memory.tracker is not None:
+                tracker, memory.tracker = memory.tracker, None
+                self._spawn(tracker.stop(), name=f"stop tracking {key[1]}")
+            return
+        if memory.tracker is None:
+            archive_uri = decided.log_archive
+
+            async def archive() -> LogArchive | None:
+                return await self._open_archive(run, archive_uri) if archive_uri is not None else None
+
+            memory.tracker = RunTracker(
+                key[1], client=self._registry_client, archive=archive, on_change=lambda: self.queue.add(key)
+            )
+        memory.tracker.want(track)
+
+    async def _registry_client(self, track: Track) -> ModelRegistry:
+        registry = self.config.registries.get(track.registry)
+        if registry is None:
+            raise RegistryUnavailable(f"registry {track.registry!r} is not in the operator configuration (registries)")
+        return client_for(registry, await registry_env(self.kube, self.operator_namespace, track.registry, registry))
+
+    def _feed_tracker(self, key: Key, first: int, lines: list[str]) -> None:
+        memory = self.memory.get(key)
+        if memory is not None and memory.tracker is not None:
+            memory.tracker.feed(first, lines)
+
     async def _follower(self, key: Key, run: TrainingRun, archive: LogArchive | None) -> RunLogs:
         logs = RunLogs(
             self.kube,
             run,
             archive,
             on_metrics=lambda: self.queue.add(key, METRICS_WRITE_SECONDS),
+            on_records=lambda first, lines: self._feed_tracker(key, first, lines),
             flush_seconds=self.config.logs.flush_seconds,
         )
         logs.start()
@@ -638,6 +684,9 @@ class Controller:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._drop_follower(memory)
+        if memory.tracker is not None:
+            tracker, memory.tracker = memory.tracker, None
+            await tracker.stop()
 
     def _spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -665,6 +714,11 @@ class Controller:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _step(work: StorageWork) -> str:
+    """The name of a work item's step (its attempts and its task are kept by it)."""
+    return SEAL if isinstance(work, SealLogs) else REGISTER if isinstance(work, Register) else MANIFEST
 
 
 def _version(obj: Mapping[str, Any]) -> str:

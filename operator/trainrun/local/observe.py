@@ -38,9 +38,10 @@ from trainrun.render.children import (
     uploader_job_name,
 )
 from trainrun.spec.model import TrainingRun
-from trainrun.spec.status import Artifacts, ReplicaCounts, TrainingRunStatus
+from trainrun.spec.status import Artifacts, ReplicaCounts, Tracked, TrainingRunStatus
 from trainrun.status import StatusInput, build_status, count_replicas
 from trainrun.status.observe import ReplicaState
+from trainrun.status.registration import RegistrationState
 
 Object = dict[str, Any]
 # The container runtime reports a process killed by signal N as exit code 128 + N.
@@ -135,6 +136,8 @@ class LocalWorld:
     progress: ProgressSnapshot | None = None  # what the replicas' logs said of their steps
     metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none yet)
     key_metric: str | None = None
+    registration: RegistrationState | None = None  # spec.output.register, once the copy is verified
+    tracking: Tracked | None = None  # the MLflow run of a tracked run, once it was sent
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,8 @@ def assess(world: LocalWorld, *, previous: TrainingRunStatus, now: str) -> Asses
             metrics=world.metrics,
             key_metric=world.key_metric,
             progress=world.progress,
+            registration=world.registration,
+            tracking=world.tracking,
             children_named=False,
         )
     )

@@ -55,13 +55,15 @@ from trainrun.local.observe import (
     assess,
     training_outcome,
 )
+from trainrun.local.registry import LocalRegistry
 from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec import TrainingRun, validate_training_run
-from trainrun.spec.status import Artifacts, Phase, TrainingRunStatus
+from trainrun.spec.status import Artifacts, Phase, Tracked, TrainingRunStatus
 from trainrun.status import PhaseEvent, phase_event
 from trainrun.status.failure import error_line
+from trainrun.status.registration import RegistrationState
 from trainrun.status.shapes import utc_now
 
 STOP_GRACE_SECONDS = 5.0
@@ -131,6 +133,8 @@ class LocalRunner:
         # What is observed: the current job (its staging and replica processes) and the copy once it started.
         self._job: LocalJob | None = None
         self._copy: ArtifactCopy | None = None
+        self._registration: RegistrationState | None = None
+        self._tracked: Tracked | None = None
         # The run as supervision sees it: locally the copy always happens, without spec.output.uri into the
         # run folder's artifacts/; spec.cancel once it was cancelled.
         output = self.run_spec.spec.output.model_copy(update={"uri": self.output_uri})
@@ -153,7 +157,10 @@ class LocalRunner:
                     self._train(*staged)
                 if self.status.phase is Phase.UPLOADING:
                     self._copy_outputs()
+                    self._track()  # the MLflow run with its series first: the version links to it
+                    self._register()
                 self._observe(force=True)
+                self._track()
                 return self.status
         finally:
             self.folder.pid_path.unlink(missing_ok=True)
@@ -338,6 +345,41 @@ class LocalRunner:
         except Exception as error:  # noqa: BLE001 - any storage error fails the run with its message
             self._copy = replace(self._copy, state=CopyState.FAILED, finished_at=datetime.now(UTC), error=str(error))
 
+    def _register(self) -> None:
+        """Register the verified copy (spec.output.register) before the run is Completed."""
+        if self.run_spec.spec.output.registration is None or self._copy is None or self._copy.artifacts is None:
+            return
+        registry = self._registry()
+        register = self.run_spec.spec.output.registration
+        self._registration = RegistrationState(registry.key, register.name)  # Registering, until it answers
+        status = self._observe().status
+
+        def failed_try(state: RegistrationState) -> None:
+            self._registration = state
+            self._observe()
+
+        self._registration = registry.register(status, failed_try)
+
+    def _registry(self) -> LocalRegistry:
+        """The run's registry side; a local run's uid (which finds its version and MLflow run again) names
+        this machine and its run folder."""
+        run = self._observed_run
+        if run.metadata.uid is None:
+            uid = f"local:{socket.gethostname()}:{self.folder.path.name}"
+            run = run.model_copy(update={"metadata": run.metadata.model_copy(update={"uid": uid})})
+        return LocalRegistry(run)
+
+    def _track(self) -> None:
+        """The run as an MLflow run, when it is tracked (spec.tracking and MLFLOW_TRACKING_URI): its params and
+        metric series, and once it has finished its final status (found again by its uid: nothing twice)."""
+        if self.run_spec.spec.tracking is None or self.status.phase is None:
+            return
+        created = self.folder.read_manifest().get("metadata", {}).get("creationTimestamp")
+        tracked = self._registry().track(self.status, self.folder.metrics_path, created=created)
+        if tracked is not None:
+            self._tracked = tracked
+            self._observe(force=True)
+
     # -- status ----------------------------------------------------------------------------------------
 
     def _world(self) -> LocalWorld:
@@ -351,6 +393,8 @@ class LocalRunner:
             progress=self.progress.snapshot(),
             metrics=dict(self.summary.latest) if self.summary.latest else None,
             key_metric=self.summary.key_metric(),
+            registration=self._registration,
+            tracking=self._tracked,
         )
 
     def _observe(self, *, force: bool = False) -> Assessment:

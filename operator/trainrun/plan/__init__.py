@@ -21,7 +21,16 @@ from trainrun.plan.core import (
     previous_status,
     status_patch,
 )
-from trainrun.plan.work import Attempts, ReadManifest, Refusal, SealedLogs, SealLogs, StorageWork
+from trainrun.plan.work import (
+    Attempts,
+    ReadManifest,
+    Refusal,
+    Register,
+    Registration,
+    SealedLogs,
+    SealLogs,
+    StorageWork,
+)
 
 __all__ = [
     "EVENT_REASONS",
@@ -34,6 +43,8 @@ __all__ = [
     "Plan",
     "ReadManifest",
     "Refusal",
+    "Register",
+    "Registration",
     "SealLogs",
     "SealedLogs",
     "StorageWork",

@@ -20,11 +20,22 @@ from typing import Any, Literal
 
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.plan.causes import EVENTS as CAUSE_EVENTS
+from trainrun.plan.registration import (
+    Track,
+    TrackingFacts,
+    registering,
+    registration_state,
+    registration_work,
+    registry_key,
+    tracked_status,
+    tracking_plan,
+)
 from trainrun.plan.restarts import Supervised, supervise
 from trainrun.plan.work import (
     Attempts,
     ReadManifest,
     Refusal,
+    Registration,
     SealedLogs,
     SealLogs,
     StorageWork,
@@ -53,6 +64,7 @@ from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingR
 from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
 from trainrun.status.failure import Cause
 from trainrun.status.observe import ReplicaState, UploadState, observe_job, observe_pods, observe_uploader
+from trainrun.status.registration import REGISTERED, REGISTRATION_REFUSED, REGISTRY_UNAVAILABLE
 from trainrun.status.shapes import timestamp
 
 Object = dict[str, Any]
@@ -71,6 +83,7 @@ STORAGE_REASONS = (UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE)
 STORAGE_FAILING, STORAGE_RECOVERED = "StorageFailing", "StorageRecovered"
 LOGS_INCOMPLETE = "LogsIncomplete"
 SUSPICIOUS_VALUE = "SuspiciousValue"
+MODEL_REGISTERED, REGISTRY_FAILING = "ModelRegistered", "RegistryFailing"
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,8 @@ class Observed:
     progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
     seal: Attempts[SealedLogs] = field(default_factory=Attempts)
     manifest: Attempts[Artifacts] = field(default_factory=Attempts)
+    registration: Attempts[Registration] = field(default_factory=Attempts)
+    tracking: TrackingFacts | None = None  # what the run's tracker knows (None: no tracker in this process)
     refusal: Refusal | None = None
     archive_problem: str | None = None  # the log archive could not be opened for following: why
 
@@ -143,6 +158,7 @@ class Plan:
     storage: tuple[StorageWork, ...] = ()  # start these (unless under way); their results come back as facts
     logs: LogsMode = "stop"
     log_archive: str | None = None  # where the follower ships the run's logs (None: not archived)
+    tracking: Track | None = None  # the run's tracked run as it should be (None: not tracked, or ended)
     requeue_after: float | None = None
     run: TrainingRun | None = field(default=None, compare=False)
 
@@ -278,10 +294,21 @@ def plan(
                 else None
             ),
             storage_problem=storage_problem,
+            registration=registration_state(run, config, previous, observed.registration),
+            tracking=tracked_status(run, config, previous, observed.tracking),
         )
     )
     if manifest_due:
         storage.append(ReadManifest(archive))
+    # A tracked run's version links to its MLflow run: registered once the tracker has it (or cannot get it).
+    tracked = status.tracking if status.tracking is not None and status.tracking.registry == registry_key(run, config) else None
+    awaiting_link = tracked is not None and tracked.run_id is None and tracked.message is None
+    if registering(status) and not awaiting_link:
+        register_due, wait = due(observed.registration, moment)
+        waits.append(wait)
+        work = registration_work(run, config, status, run_id=tracked.run_id if tracked is not None else None)
+        if register_due and work is not None:
+            storage.append(work)
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
     if status.phase is not None and status.phase.finished and (archive is None or logs_sealed):
@@ -306,7 +333,10 @@ def plan(
         *((supervised.event,) if supervised.event is not None else ()),
         *_storage_events(previous, status),
         *_gap_events(previous, status),
+        *registration_events(previous, status),
     ]
+    created = (body.get("metadata") or {}).get("creationTimestamp")
+    tracking = tracking_plan(run, config, previous, status, logs_done=archive is None or logs_sealed, created=created)
     return _finish(
         previous,
         status,
@@ -317,6 +347,7 @@ def plan(
         run=run,
         events=events,
         waits=waits,
+        tracking=tracking,
     )
 
 
@@ -341,6 +372,7 @@ def _finish(
     log_archive: str | None = None,
     run: TrainingRun | None = None,
     events: Sequence[PhaseEvent] = (),
+    tracking: Track | None = None,
 ) -> Plan:
     """The plan, with the phase change's Event first and the requeue at the soonest of ``waits``."""
     change = phase_event(previous, status)
@@ -360,6 +392,7 @@ def _finish(
         log_archive=log_archive,
         requeue_after=requeue,
         run=run,
+        tracking=tracking,
     )
 
 
@@ -379,6 +412,24 @@ def _warnings(run: TrainingRun, previous: TrainingRunStatus) -> list[PhaseEvent]
     if previous.observed_generation == run.metadata.generation:
         return []
     return [PhaseEvent("Warning", SUSPICIOUS_VALUE, str(problem)) for problem in suspicious_values(run)]
+
+
+def registration_events(previous: TrainingRunStatus, status: TrainingRunStatus) -> list[PhaseEvent]:
+    """Events of the registration's transitions: the version registered, the registry's refusal, the
+    registry failing (tried again). Transitions of the status, so a plan made twice posts nothing twice."""
+    events: list[PhaseEvent] = []
+    if status.model is not None and previous.model is None:
+        model = status.model
+        events.append(
+            PhaseEvent("Normal", MODEL_REGISTERED, f"registered model {model.name} version {model.version} in registry {model.registry}: {model.uri}")
+        )
+    refused = next((item for item in status.conditions if item.type == REGISTERED and item.status == "False"), None)
+    refused_before = any(item.type == REGISTERED and item.status == "False" for item in previous.conditions)
+    if refused is not None and not refused_before:
+        events.append(PhaseEvent("Warning", REGISTRATION_REFUSED, refused.message))
+    if status.reason == REGISTRY_UNAVAILABLE and previous.reason != REGISTRY_UNAVAILABLE and status.message:
+        events.append(PhaseEvent("Warning", REGISTRY_FAILING, status.message))
+    return events
 
 
 def _gap_words(gaps: Sequence[LogGap]) -> str | None:

@@ -1,6 +1,7 @@
 """Slow work done outside the reconcile, its results as facts, and when a failed step is tried again.
 
-The plan (``trainrun.plan.core``) asks for storage work (:class:`SealLogs`, :class:`ReadManifest`); the
+The plan (``trainrun.plan.core``) asks for storage work (:class:`SealLogs`, :class:`ReadManifest`) and
+registry work (:class:`Register`); the
 controller (``trainrun.controller.operator``) runs each as a task and keeps what it brought as
 :class:`Attempts`, which the next reconcile hands back to the plan in ``Observed``: a reconcile never
 waits for an object store. The same goes for a child the API server refused (:class:`Refusal`). Every
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
-from trainrun.spec.status import LogGap
+from trainrun.base.registry import VersionRequest
+from trainrun.spec.status import LogGap, ModelVersion
 from trainrun.status.shapes import rfc3339, timestamp
 
 Result = TypeVar("Result")
@@ -70,7 +72,27 @@ class ReadManifest:
     archive: str | None
 
 
-StorageWork = SealLogs | ReadManifest
+@dataclass(frozen=True)
+class Register:
+    """Register the run's model in the registry ``registry`` (a key of the configuration): check that the
+    model's ``path`` is in the manifest at ``manifest_uri``, add the manifest's digest to the tags, then find
+    the version by the run's uid, or create it (``trainrun.registry``)."""
+
+    registry: str
+    request: VersionRequest
+    manifest_uri: str
+    path: str | None
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What registering brought: the version, or the registry's (or the manifest's) refusal, never tried again."""
+
+    model: ModelVersion | None = None
+    refused: str | None = None
+
+
+StorageWork = SealLogs | ReadManifest | Register
 
 
 def retry_delay(failures: int) -> float:

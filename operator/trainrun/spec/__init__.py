@@ -50,15 +50,67 @@ def _image_hint(problem: FieldProblem) -> FieldProblem:
     return problem
 
 
-def problems_with_config(run: TrainingRun, config: OperatorConfig) -> list[FieldProblem]:
+def problems_with_config(run: TrainingRun, config: OperatorConfig, *, local: bool = False) -> list[FieldProblem]:
     """What stops this run from being placed with this operator configuration: an unknown pool, too many
     GPUs, or a pool or output URI its namespace may not use (``namespaces`` in the config)."""
+    registry_problems = problems_with_registries(run, config, local=local)
     policy = config.namespaces.get(run.metadata.namespace)
     if policy is not None:
         problems = _problems_with_namespace_policy(run, config, policy)
         if problems:
-            return problems
-    return _problems_with_pool(run, config)
+            return [*problems, *registry_problems]
+    return [*_problems_with_pool(run, config), *registry_problems]
+
+
+def problems_with_registries(run: TrainingRun, config: OperatorConfig, *, local: bool = False) -> list[FieldProblem]:
+    """A registry the run names (spec.output.register, spec.tracking) that the configuration does not have,
+    or a registration with nothing to register (no spec.output.uri on a cluster: no verified copy)."""
+    problems: list[FieldProblem] = []
+    known = ", ".join(sorted(config.registries)) or "none are configured"
+    register = run.spec.output.registration
+    if register is not None:
+        key, registry = config.registry_named(register.registry)
+        where = "spec.output.register.registry"
+        if key is None:
+            problems.append(
+                FieldProblem(where, f"names no registry and the operator configuration has no defaultRegistry; name one of: {known}")
+            )
+        elif registry is None:
+            problems.append(FieldProblem(where, f"unknown registry {key!r}; the operator knows: {known} (ConfigMap trainrun-operator-config, registries)"))
+        if run.spec.output.uri is None and not local:
+            problems.append(
+                FieldProblem(
+                    "spec.output.register",
+                    "needs spec.output.uri: the version points to the verified copy of the outputs; set spec.output.uri "
+                    "(and secretName), or leave spec.output.register out",
+                )
+            )
+    tracking = run.spec.tracking
+    if tracking is not None and tracking.enabled and tracking.registry is not None and tracking.registry not in config.registries:
+        problems.append(
+            FieldProblem("spec.tracking.registry", f"unknown registry {tracking.registry!r}; the operator knows: {known} (ConfigMap trainrun-operator-config, registries)")
+        )
+    elif tracking is not None and tracking.enabled and tracking_registry(run, config) is None:
+        problems.append(
+            FieldProblem("spec.tracking", f"names no registry and the operator configuration has no default; name one of: {known}")
+        )
+    return problems
+
+
+def tracking_registry(run: TrainingRun, config: OperatorConfig) -> tuple[str, str] | None:
+    """(registry key, experiment) where this run is tracked, or None when it is not: spec.tracking, else the
+    configuration's tracking; an experiment defaults to the run's namespace."""
+    own = run.spec.tracking
+    if own is not None and not own.enabled:
+        return None
+    platform = config.tracking
+    if own is None and platform is None:
+        return None
+    key = (own.registry if own is not None else None) or (platform.registry if platform is not None else None) or config.default_registry
+    if key is None or key not in config.registries:
+        return None
+    experiment = (own.experiment if own is not None else None) or (platform.experiment if platform is not None else None)
+    return key, experiment or run.metadata.namespace
 
 
 def _problems_with_namespace_policy(run: TrainingRun, config: OperatorConfig, policy: NamespacePolicy) -> list[FieldProblem]:
@@ -122,7 +174,7 @@ def validate_training_run(
     for this machine (see :func:`load_training_run`)."""
     run = load_training_run(document, local=local)
     if config is not None:
-        problems = problems_with_config(run, config)
+        problems = problems_with_config(run, config, local=local)
         if problems:
             raise InvalidTrainingRun(problems)
     return run
@@ -140,6 +192,8 @@ __all__ = [
     "load_training_run",
     "parse_operator_config",
     "problems_with_config",
+    "problems_with_registries",
+    "tracking_registry",
     "suspicious_values",
     "validate_training_run",
 ]

@@ -8,10 +8,12 @@ local runner read the same YAML from a file. Pure: parsing and checks only.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, model_validator
 
+from trainrun.base.redact import redact
 from trainrun.spec.model import (
     ApiModel,
     FreeFormObject,
@@ -80,6 +82,44 @@ class NamespacePolicy(ApiModel):
     pools: list[str] | None = Field(default=None, description="Pools the runs may land on (the default pool included).")
 
 
+def _checked_registry_uri(uri: str) -> str:
+    """An http(s) URL without credentials in it: those go in the registry's Secret."""
+    parsed = urlsplit(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(f"{redact(uri)!r} is not an http(s) URL of a registry server, e.g. http://mlflow.mlflow:5000")
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError(
+            f"{redact(uri)!r} carries credentials: put them in the Secret named by secretName "
+            "(MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN)"
+        )
+    return uri.rstrip("/")
+
+
+class Registry(ApiModel):
+    """A model registry and experiment tracker the platform runs, which runs name by its key.
+
+    The type is the seam of ``trainrun.registry``: mlflow (its REST API 2.0) is the one there is."""
+
+    type: Literal["mlflow"] = Field(description="The kind of server: mlflow (an MLflow tracking server with its model registry).")
+    uri: Annotated[str, AfterValidator(_checked_registry_uri)] = Field(
+        description="The server's base URL, e.g. http://mlflow.mlflow:5000 (no credentials in it)."
+    )
+    secret_name: ObjectName | None = Field(
+        default=None,
+        description="Secret in the operator's namespace with the credentials as env keys: MLFLOW_TRACKING_TOKEN, "
+        "or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.",
+    )
+
+
+class TrackingSettings(ApiModel):
+    """Every TrainingRun as a run of an experiment tracker (a run may opt out, or choose another experiment)."""
+
+    registry: str | None = Field(default=None, description="The registry (by key) that tracks; default: defaultRegistry.")
+    experiment: str | None = Field(
+        default=None, min_length=1, max_length=500, description="Experiment of the runs; default: the run's namespace."
+    )
+
+
 class OperatorConfig(ApiModel):
     """Everything the platform team configures for the operator."""
 
@@ -116,6 +156,32 @@ class OperatorConfig(ApiModel):
     logs: LogArchiveSettings = Field(
         default_factory=LogArchiveSettings, description="Where and how often replica logs are archived."
     )
+
+    registries: dict[str, Registry] = Field(
+        default_factory=dict, description="Model registries and experiment trackers by key (spec.output.register.registry)."
+    )
+    default_registry: str | None = Field(default=None, description="The registry of runs that name none.")
+    tracking: TrackingSettings | None = Field(
+        default=None, description="Track every run in this registry's experiment tracker (unset: only runs with spec.tracking)."
+    )
+
+    @model_validator(mode="after")
+    def _registries_known(self) -> OperatorConfig:
+        known = ", ".join(sorted(self.registries)) or "none are configured"
+        named = [("defaultRegistry", self.default_registry)]
+        if self.tracking is not None:
+            named.append(("tracking.registry", self.tracking.registry))
+        for where, key in named:
+            if key is not None and key not in self.registries:
+                raise ValueError(f"{where}: unknown registry {key!r}; registries has: {known}")
+        return self
+
+    def registry_named(self, key: str | None) -> tuple[str | None, Registry | None]:
+        """The registry a run uses (its own key, else the default) and its settings; (key, None) for an unknown one."""
+        chosen = key or self.default_registry
+        if chosen is None:
+            return None, None
+        return chosen, self.registries.get(chosen)
 
     def pool_named(self, name: str | None) -> tuple[str | None, Pool | None]:
         """The pool a run lands on (its own, else the default) and its settings; (None, None) when none applies."""

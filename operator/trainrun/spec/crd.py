@@ -48,6 +48,8 @@ PRINTER_COLUMNS = [
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "When training should end."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1, "description": "The PyTorchJob."},
+    {"name": "Model", "type": "string", "jsonPath": ".status.model.name", "priority": 1, "description": "The registered model."},
+    {"name": "Version", "type": "string", "jsonPath": ".status.model.version", "priority": 1, "description": "Its version from this run."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What is happening."},
 ]
 

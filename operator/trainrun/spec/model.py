@@ -455,6 +455,84 @@ class OutputVolume(ApiModel):
     )
 
 
+# A registered model's name: letters, digits, '-', '_' and '.', as every model registry accepts them
+# (MLflow's names are freer; these are also safe in a URL path and a filter string).
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# A registry or tracking key of the operator configuration (``registries``).
+REGISTRY_KEY_PATTERN = DNS_LABEL_PATTERN
+TAG_KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$"
+
+
+def _checked_model_path(path: str) -> str:
+    """A path inside the copied outputs: relative, '/'-separated, no '.' or '..' and no empty part."""
+    parts = path.rstrip("/").split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(
+            f"{path!r} is not a path inside the outputs: write it relative to $OUTPUT_DIR, '/'-separated, "
+            "without '.' or '..', e.g. model.pt or triton/quickstart"
+        )
+    return path.rstrip("/")
+
+
+class Registration(ApiModel):
+    """The trained model, registered as a new version of a named model once its copy is verified."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=200,
+        pattern=MODEL_NAME_PATTERN,
+        description="Registered model name, e.g. pytorch-birds: each completed run adds a version of it.",
+    )
+    registry: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=REGISTRY_KEY_PATTERN,
+        description="A registry of the operator configuration (registries), by key. Default: its defaultRegistry.",
+    )
+    path: Annotated[str, AfterValidator(_checked_model_path)] | None = Field(
+        default=None,
+        max_length=1024,
+        json_schema_extra={"pattern": r"^[^/]"},
+        description="The file or folder inside the outputs that is the model, e.g. model.pt or triton/quickstart. "
+        "Default: the whole output. It must be in the copy's manifest.",
+    )
+    description: str | None = Field(default=None, max_length=5000, description="The new version's description.")
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Tags of the new version, beside the ones the operator sets (trainrun.*: run, image, digest, metrics).",
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, tags: dict[str, str]) -> dict[str, str]:
+        for key in tags:
+            if not re.fullmatch(TAG_KEY_PATTERN, key) or len(key) > 250:
+                raise ValueError(f"tag key {key!r} is not valid: letters, digits, '_', '.', '/' and '-', at most 250, e.g. team")
+            if key.startswith("trainrun."):
+                raise ValueError(f"tag key {key!r}: keys starting with trainrun. are the operator's own; choose another")
+        return tags
+
+
+class Tracking(ApiModel):
+    """This run in an experiment tracker: params, the metric series and its final status (see the README)."""
+
+    registry: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=REGISTRY_KEY_PATTERN,
+        description="A registry of the operator configuration (registries), by key. Default: the configuration's "
+        "tracking.registry, else its defaultRegistry.",
+    )
+    experiment: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Experiment name. Default: the configuration's tracking.experiment, else the run's namespace.",
+    )
+    enabled: bool = Field(default=True, description="false: this run is not tracked, even when the configuration tracks every run.")
+
+
 class Output(ApiModel):
     """Where the model artifacts and logs go."""
 
@@ -470,6 +548,12 @@ class Output(ApiModel):
     copy_on_failure: bool = Field(default=False, description="Also copy $OUTPUT_DIR when training fails (checkpoints).")
     keep_volume: bool = Field(default=False, description="Keep the output volume after a verified copy.")
     volume: OutputVolume = Field(default_factory=OutputVolume, description="The output volume.")
+    registration: Registration | None = Field(
+        default=None,
+        alias="register",
+        description="Register the model in a model registry once its copy is verified, before the run is Completed "
+        "(status.model says which version).",
+    )
 
 
 class MetricDefinition(ApiModel):
@@ -565,6 +649,11 @@ class TrainingRunSpec(ApiModel):
         description="Metrics read from the logs by regular expression, beside the trainrun:metric lines.",
     )
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata, description="Labels and annotations of replica pods.")
+    tracking: Tracking | None = Field(
+        default=None,
+        description="Track this run in an experiment tracker (an MLflow run): where, or enabled: false to opt out "
+        "of the configuration's tracking.",
+    )
     cancel: bool = Field(
         default=False,
         description="Stop the run for good: replicas are stopped, logs archived, and the phase becomes Cancelled.",

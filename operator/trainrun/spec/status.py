@@ -64,6 +64,25 @@ class Artifacts(StatusModel):
     bytes: int = Field(description="Bytes copied.")
 
 
+class ModelVersion(StatusModel):
+    """The model version registered for this run (spec.output.register)."""
+
+    registry: str = Field(description="The registry's key in the operator configuration.")
+    name: str = Field(description="The registered model's name.")
+    version: str = Field(description="The version this run registered.")
+    uri: str = Field(description="What the version points to: the verified copy of the model in object storage.")
+
+
+class Tracked(StatusModel):
+    """The experiment tracker's run that mirrors this run (params, the metric series, the final status)."""
+
+    registry: str = Field(description="The registry's key in the operator configuration.")
+    experiment: str = Field(description="The experiment's name.")
+    run_id: str | None = Field(default=None, description="The tracker's run id (none until it is created).")
+    message: str | None = Field(default=None, description="Why the tracker is not up to date: its words and when it is tried again.")
+    ended: bool = Field(default=False, description="The tracker's run was ended with the run's final status: nothing more is sent.")
+
+
 class LogGap(StatusModel):
     """A replica log that could not be read to its end: its pod went before the operator read it."""
 
@@ -131,6 +150,8 @@ class TrainingRunStatus(StatusModel):
     key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
     artifacts: Artifacts | None = Field(default=None, description="What was copied to object storage.")
     logs: LogsStatus | None = Field(default=None, description="Where the replicas' logs are archived (none: not archived).")
+    model: ModelVersion | None = Field(default=None, description="The model version registered for this run (spec.output.register).")
+    tracking: Tracked | None = Field(default=None, description="The experiment tracker's run of this run (tracking).")
     progress: Progress | None = Field(default=None, description="Epoch, step, percent done, pace and ETA, from the metric lines.")
     restarts: list[Restart] = Field(
         default_factory=list, description="Whole-run restarts, oldest first (spec.runPolicy.restartOn, onHang: Restart)."

@@ -21,7 +21,7 @@ from typing import Any
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.render.children import master_pod_name, uploader_job_name
 from trainrun.spec.model import TrainingRun
-from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Restart, TrainingRunStatus
+from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Restart, Tracked, TrainingRunStatus
 from trainrun.status.conditions import LOGS_COMPLETE, kstatus_conditions, logs_condition
 from trainrun.status.failure import Cause
 from trainrun.status.observe import (
@@ -37,6 +37,7 @@ from trainrun.status.observe import (
 )
 from trainrun.status.phase import Supervision, Verdict, Views, current_replicas, phase_verdict
 from trainrun.status.progress import progress_status, spec_epochs
+from trainrun.status.registration import REGISTERED, RegistrationState, registered_condition, registration_verdict
 from trainrun.status.shapes import as_list, as_text, earliest
 
 
@@ -75,6 +76,8 @@ class StatusInput:
     progress: ProgressSnapshot | None = None
     logs: LogsStatus | None = None
     storage_problem: Cause | None = None  # a storage step failed and is tried again: what and when
+    registration: RegistrationState | None = None  # spec.output.register: where the model's registration stands
+    tracking: Tracked | None = None  # the experiment tracker's run of this run (else what ``previous`` recorded)
     children_named: bool = True  # False for the local runner: its replicas are processes, not named objects
 
 
@@ -99,6 +102,19 @@ def build_status(given: StatusInput) -> TrainingRunStatus:
         )
         kept = [item for item in status.conditions if item.type != LOGS_COMPLETE]
         updates["conditions"] = [*kept, logs] if logs is not None else kept
+    if given.tracking is not None:
+        updates["tracking"] = given.tracking
+    if given.registration is not None and given.registration.model is not None:
+        updates["model"] = given.registration.model
+    registered = registered_condition(
+        given.registration,
+        previous=given.previous.conditions,
+        generation=status.observed_generation,
+        now=given.now,
+    )
+    if registered is not None:
+        kept = [item for item in updates.get("conditions", status.conditions) if item.type != REGISTERED]
+        updates["conditions"] = [*kept, registered]
     if not given.children_named:
         updates.update(job_name=None, master_pod=None)
     return status.model_copy(update=updates) if updates else status
@@ -159,6 +175,7 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
         verdict = given.supervision.applied_to(verdict, now=given.now)
     if given.storage_problem is not None and verdict.phase is Phase.UPLOADING:
         verdict = Verdict(Phase.UPLOADING, given.storage_problem.reason, given.storage_problem.message)
+    verdict = registration_verdict(verdict, given.registration)
     live_replicas = current_replicas(job_view, run, replica_pods) if job_view is not None and run is not None else {}
     master = live_replicas.get("master-0")
     if job_view is not None and run is not None:
@@ -190,6 +207,8 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
         key_metric=earlier.key_metric,
         artifacts=earlier.artifacts,
         logs=earlier.logs,
+        model=earlier.model,
+        tracking=earlier.tracking,
         progress=earlier.progress,
         restarts=list(earlier.restarts),
         pending_changes=changes,

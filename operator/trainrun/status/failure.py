@@ -322,7 +322,7 @@ def problems_cause(problems: Sequence[str]) -> Cause:
     """Configuration problems found by the operator (its ConfigMap, the spec vs the pools, the cluster).
 
     The reason is read from the first problem: a ``spec.resources.pool`` problem (as
-    ``trainrun.spec.problems_with_config`` words it) is PoolNotFound; one saying the cluster lacks the
+    ``trainrun.spec.problems_with_config`` words it) is PoolNotFound, an unknown registry RegistryNotFound; one saying the cluster lacks the
     backend's kind, Kueue or the run's LocalQueue is TrainingOperatorMissing, TrainerMissing, KueueMissing
     or LocalQueueNotFound; anything else InvalidConfiguration.
     """
@@ -331,6 +331,8 @@ def problems_cause(problems: Sequence[str]) -> Cause:
     missing = next((reason for marker, reason in MISSING_PARTS if marker in first), None)
     if first.startswith(POOL_FIELD.lower()) and "unknown pool" in first:
         reason = "PoolNotFound"
+    elif "registry" in first.split(":")[0] and "unknown registry" in first:
+        reason = "RegistryNotFound"
     elif missing is not None:
         reason = missing
     else:
