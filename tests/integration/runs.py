@@ -305,6 +305,21 @@ def operator(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory
         process.assert_no_traceback()
 
 
+BUCKET_SECRET = "s3-creds"
+
+
+def bucket_secret(cluster: KubeCluster, namespace: str, endpoint: str) -> dict[str, str]:
+    """The Secret ``s3-creds`` in NAMESPACE with the test S3 server's credentials and ENDPOINT, as a run's
+    ``output.secretName`` names it; the environment it holds (for the CLI and boto3 on this side)."""
+    from seaweedfs import ACCESS_KEY, SECRET_KEY
+
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": endpoint}
+    cluster.kubectl(
+        "create", "secret", "generic", BUCKET_SECRET, "-n", namespace, *[f"--from-literal={key}={value}" for key, value in env.items()]
+    )
+    return env
+
+
 def volume_for_claim(cluster: KubeCluster, namespace: str, claim: str, host_path: Path, *, create_claim: bool) -> None:
     """A PersistentVolume reserved for a claim (the test cluster has no provisioner), and the claim itself
     when the run brings its own; otherwise the operator's per-run claim binds to it (ReadWriteOnce, or

@@ -20,6 +20,7 @@ import pytest
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import (
     OperatorProcess,
+    bucket_secret,
     get_run,
     kubectl_apply,
     operator_with_shipped_rbac,
@@ -49,10 +50,7 @@ def test_succeeded_training_is_uploaded_and_recorded(
     operator = operator_with_shipped_rbac
     namespace = kube_namespace
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/art"
-    secret_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    kube_cluster.kubectl(
-        "create", "secret", "generic", "s3-creds", "-n", namespace, *[f"--from-literal={key}={value}" for key, value in secret_env.items()]
-    )
+    secret_env = bucket_secret(kube_cluster, namespace, s3_server.endpoint)
     volume_for_claim(kube_cluster, namespace, "art-outputs", tmp_path / "volume", create_claim=own_claim)
     kube_cluster.serve_pod_log(namespace, "art-master-0", write_cri_log(tmp_path / "master.log", ["epoch 1 done", 'trainrun:metric {"val_loss": 0.2}']))
     document = training_run(

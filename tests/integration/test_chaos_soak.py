@@ -39,8 +39,8 @@ import pytest
 import yaml
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from faults import ApiServerOutage, ObjectWatch, control_plane_running, supervisor_restarts
-from runs import REPO, OperatorProcess, kubectl_apply, training_run, volume_for_claim
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
+from runs import REPO, OperatorProcess, bucket_secret, kubectl_apply, training_run, volume_for_claim
+from seaweedfs import BUCKET, SeaweedFS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -164,11 +164,7 @@ def pieces(lines: list[str]) -> list[tuple[list[int], bool]]:
 
 @pytest.fixture
 def s3_env(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS) -> dict[str, str]:
-    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    kube_cluster.kubectl(
-        "create", "secret", "generic", "s3-creds", "-n", kube_namespace, *[f"--from-literal={k}={v}" for k, v in env.items()]
-    )
-    return env
+    return bucket_secret(kube_cluster, kube_namespace, s3_server.endpoint)
 
 
 @pytest.fixture

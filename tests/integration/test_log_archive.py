@@ -34,6 +34,7 @@ import pytest
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import (
     OperatorProcess,
+    bucket_secret,
     condition,
     events_of,
     get_run,
@@ -42,7 +43,7 @@ from runs import (
     volume_for_claim,
     wait_for_phase,
 )
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
+from seaweedfs import BUCKET, SeaweedFS, boto3_client_for
 
 pytestmark = pytest.mark.cluster
 
@@ -75,11 +76,7 @@ class NumberedLog:
 @pytest.fixture
 def storage(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS) -> Iterator[dict[str, str]]:
     """The namespace's Secret for the bucket; yields the environment that reads it."""
-    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    kube_cluster.kubectl(
-        "create", "secret", "generic", "s3-creds", "-n", kube_namespace, *[f"--from-literal={k}={v}" for k, v in env.items()]
-    )
-    yield env
+    yield bucket_secret(kube_cluster, kube_namespace, s3_server.endpoint)
 
 
 @pytest.fixture

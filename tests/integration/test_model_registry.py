@@ -25,6 +25,7 @@ from mlflow_server import CallProxy, MlflowServer, free_port, mlflow_client
 from runs import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    bucket_secret,
     condition,
     events_of,
     get_run,
@@ -34,7 +35,7 @@ from runs import (
     volume_for_claim,
     wait_for_phase,
 )
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS
+from seaweedfs import BUCKET, SeaweedFS
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 pytestmark = pytest.mark.cluster
@@ -91,11 +92,7 @@ def registry_operator(operator: OperatorProcess, registry_config: dict[str, Any]
 @pytest.fixture
 def storage(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS) -> dict[str, str]:
     """The S3 server's settings, as the Secret s3-creds of the test's namespace holds them."""
-    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    kube_cluster.kubectl(
-        "create", "secret", "generic", "s3-creds", "-n", kube_namespace, *[f"--from-literal={key}={value}" for key, value in env.items()]
-    )
-    return env
+    return bucket_secret(kube_cluster, kube_namespace, s3_server.endpoint)
 
 
 def start_run(

@@ -24,6 +24,7 @@ import pytest
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from runs import (
     OperatorProcess,
+    bucket_secret,
     events_of,
     get_run,
     kubectl_apply,
@@ -32,7 +33,7 @@ from runs import (
     volume_for_claim,
     wait_for_phase,
 )
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
+from seaweedfs import BUCKET, SeaweedFS, boto3_client_for
 
 pytestmark = pytest.mark.cluster
 
@@ -69,8 +70,7 @@ def test_a_run_completes_as_a_trainjob_with_its_logs_archived_and_its_copy_verif
 ) -> None:
     cluster, operator = platform_cluster, trainjob_operator
     uri = f"s3://{BUCKET}/runs/{uuid.uuid4().hex[:8]}/tj"
-    secret_env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    cluster.kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, *[f"--from-literal={k}={v}" for k, v in secret_env.items()])
+    secret_env = bucket_secret(cluster, namespace, s3_server.endpoint)
     volume_for_claim(cluster, namespace, "tj-outputs", tmp_path / "volume", create_claim=False)
     cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "node.log", ["node up", 'trainrun:metric {"val_loss": 0.2}']))
     annotations = {**pod_behaviour(Outcome.SUCCEED, after="6s"), "kwok.trainrun.dev/start-after": "2s"}
