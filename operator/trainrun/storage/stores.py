@@ -13,6 +13,7 @@ client's CPU on a large upload.
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 from datetime import timedelta
@@ -60,6 +61,13 @@ _S3_ERROR_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
 _CONNECT_FAILURE = ("error sending request", "connection refused", "dns error", "timed out")
 _TLS_FAILURE = re.compile(r"InvalidCertificate\(\s*(\w+)|invalid peer certificate: (\w+)")
 _PEM_MARKER = "-----BEGIN"
+_AZURE_NO_ACCOUNT = "Account must be specified"  # obstore's words for an Azure store with no account
+_ENDPOINT_HINT = {
+    "s3": "AWS_ENDPOINT_URL / --endpoint-url",
+    "gs": "GOOGLE_BASE_URL / STORAGE_EMULATOR_HOST",
+    "az": "AZURE_STORAGE_ENDPOINT / the connection string's BlobEndpoint",
+}
+_SERVICE = {"s3": "S3 service", "gs": "GCS service", "az": "Azure Blob service", "file": "local disk"}
 
 
 def open_store(location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False) -> ObjectStore:
@@ -71,10 +79,9 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
     prefix = location.prefix or None
     if location.scheme == "file":
         return LocalStore(location.prefix, mkdir=create_local_dir)
-    endpoint = {"s3": options.endpoint_url, "az": options.azure_endpoint}.get(location.scheme)
-    client = _client_config(options, endpoint)
     if location.scheme == "s3":
         # S3-compatible servers ignore the region but request signing needs one.
+        endpoint = options.endpoint_url
         s3 = cast(
             "S3Config",
             {
@@ -88,31 +95,77 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
                 ),
             },
         )
+        client = _client_config(options, endpoint)
         return S3Store(location.bucket, prefix=prefix, config=s3, client_options=client, retry_config=_REQUEST_RETRIES)
     if location.scheme == "gs":
-        gcs = cast(
-            "GCSConfig",
-            _given(
-                service_account=options.google_service_account_path,
-                service_account_key=options.google_service_account_key,
-                application_credentials=options.google_application_credentials,
-            ),
-        )
         return GCSStore(
-            location.bucket, prefix=prefix, config=gcs, client_options=client, retry_config=_REQUEST_RETRIES
+            location.bucket,
+            prefix=prefix,
+            config=_gcs_config(options),
+            client_options=_client_config(options, google_endpoint(options)),
+            retry_config=_REQUEST_RETRIES,
         )
+    try:
+        settings = options.azure(location.account)
+    except ValueError as error:
+        raise StorageError(f"{location.uri}: {error}") from None
     azure = cast(
         "AzureConfig",
-        _given(
-            account_name=location.account or options.azure_account_name,
-            account_key=options.azure_account_key,
-            sas_key=options.azure_sas_token,
-            endpoint=options.azure_endpoint,
-        ),
+        _given(account_name=settings.account, account_key=settings.key, sas_key=settings.sas, endpoint=settings.endpoint),
     )
     return AzureStore(
-        location.bucket, prefix=prefix, config=azure, client_options=client, retry_config=_REQUEST_RETRIES
+        location.bucket,
+        prefix=prefix,
+        config=azure,
+        client_options=_client_config(options, settings.endpoint),
+        retry_config=_REQUEST_RETRIES,
     )
+
+
+def _gcs_config(options: StorageOptions) -> GCSConfig:
+    """A service account's JSON given as text (in any of the three variables: a Secret's key holds the text,
+    a mounted file its path), the endpoint, and no signature for an emulator reached without credentials."""
+    config: dict[str, str | bool] = {}
+    sources = (
+        ("service_account", options.google_service_account_key),
+        ("service_account", options.google_service_account_path),
+        ("application_credentials", options.google_application_credentials),
+    )
+    for path_key, value in sources:
+        if value:
+            config.setdefault("service_account_key" if _is_json(value) else path_key, value)
+    base_url = options.google_base_url.rstrip("/") if options.google_base_url else None
+    if options.storage_emulator_host and not base_url:
+        base_url = google_endpoint(options)
+        if not options.google_credentials_given:
+            config["skip_signature"] = True  # as Google's own clients talk to STORAGE_EMULATOR_HOST: anonymously
+    if base_url:
+        config["base_url"] = base_url
+    return cast("GCSConfig", config)
+
+
+def google_endpoint(options: StorageOptions) -> str | None:
+    """Where GCS requests go when not to Google: the options' endpoint, else a service account's
+    ``gcs_base_url`` (how object_store's own tests point a key at fake-gcs-server)."""
+    endpoint = options.google_endpoint()
+    if endpoint:
+        return endpoint
+    for value in (options.google_service_account_key, options.google_service_account_path, options.google_application_credentials):
+        if not value:
+            continue
+        try:
+            text = value if _is_json(value) else Path(value).expanduser().read_text()
+            document = json.loads(text)
+        except (OSError, ValueError):
+            return None  # obstore reads it again and says what is wrong with it
+        url = document.get("gcs_base_url") if isinstance(document, dict) else None
+        return str(url).rstrip("/") if url else None
+    return None
+
+
+def _is_json(value: str) -> bool:
+    """Whether a credentials variable holds the JSON itself rather than the path of a file with it."""
+    return value.lstrip().startswith("{")
 
 
 def _given(**settings: str | None) -> dict[str, str]:
@@ -181,7 +234,7 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     """One line naming the URI, the cause and the fix; never includes credentials."""
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    endpoint = options.endpoint_url or f"the {location.scheme} service"
+    endpoint = _endpoint(location, options) or f"the {_SERVICE[location.scheme]}"
     code_match = _S3_ERROR_CODE.search(text)
     code = code_match.group(1) if code_match else None
     status_match = _HTTP_STATUS.search(text)
@@ -191,6 +244,12 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     ):
         return (
             f"{location.uri}: bucket {location.bucket!r} does not exist at {endpoint}; create it first or fix the URI"
+        )
+    if _AZURE_NO_ACCOUNT in text:
+        return (
+            f"{location.uri}: no Azure storage account is named: write it in the URI "
+            f"(az://{location.bucket}@ACCOUNT.blob.core.windows.net/...) or set AZURE_STORAGE_ACCOUNT_NAME "
+            "(or AZURE_STORAGE_CONNECTION_STRING)"
         )
     if location.scheme == "file" and "canonicalize" in text:
         return f"{location.uri}: no such local directory"
@@ -216,7 +275,7 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     if isinstance(error, BaseError) and any(marker in text.lower() for marker in _CONNECT_FAILURE):
         return (
             f"{location.uri}: cannot reach {endpoint} (connection failed after retries); "
-            "check the endpoint URL (AWS_ENDPOINT_URL / --endpoint-url) and that the server is up"
+            f"check the endpoint URL ({_ENDPOINT_HINT.get(location.scheme, 'the URI')}) and that the server is up"
         )
     if code:
         # The server's own words (e.g. InternalError: disk full), not the XML the first line cuts.
@@ -226,10 +285,24 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     return f"{location.uri}: {first_line}"
 
 
+def _endpoint(location: StorageLocation, options: StorageOptions) -> str | None:
+    """The endpoint a store's requests go to, when the options name one (for messages)."""
+    if location.scheme == "s3":
+        return options.endpoint_url
+    if location.scheme == "gs":
+        return google_endpoint(options)
+    if location.scheme == "az":
+        try:
+            return options.azure(location.account).endpoint
+        except ValueError:
+            return None
+    return None
+
+
 def _credential_hint(location: StorageLocation) -> str:
     return {
         "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-        "gs": "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS",
-        "az": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN",
+        "gs": "GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS",
+        "az": "AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN / AZURE_STORAGE_CONNECTION_STRING",
         "file": "file permissions",
     }[location.scheme]

@@ -438,6 +438,8 @@ def _upload_with_retries(
                 raise
             continue
         except OSError as error:
+            if error.filename is None and isinstance(error, FileNotFoundError):
+                raise  # the store's "not found" (obstore raises it as FileNotFoundError): a missing bucket
             raise UploadError(f"cannot read {str(local.path)!r}: {error}") from error
         state.add(files=1)
         return record
