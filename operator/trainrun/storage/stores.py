@@ -54,7 +54,7 @@ _REQUEST_RETRIES: RetryConfig = {
     },
     "retry_timeout": timedelta(seconds=30),
 }
-_HTTP_STATUS = re.compile(r"status code: (\d{3})")
+_HTTP_STATUS = re.compile(r"status code: (\d{3})|\(code: (\d{3})\)")  # a request's, or a bulk delete's
 _S3_ERROR_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _METADATA_HOST = "169.254.169.254"
 _S3_ERROR_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
@@ -68,6 +68,11 @@ _ENDPOINT_HINT = {
     "az": "AZURE_STORAGE_ENDPOINT / the connection string's BlobEndpoint",
 }
 _SERVICE = {"s3": "S3 service", "gs": "GCS service", "az": "Azure Blob service", "file": "local disk"}
+
+
+class UnusableSettings(StorageError):
+    """The settings cannot open the store (a CA bundle with no certificate, a connection string that does not
+    read): ``store_errors`` says so as it says the store's own errors."""
 
 
 def open_store(location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False) -> ObjectStore:
@@ -108,7 +113,7 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
     try:
         settings = options.azure(location.account)
     except ValueError as error:
-        raise StorageError(f"{location.uri}: {error}") from None
+        raise UnusableSettings(f"{location.uri}: {error}") from None
     azure = cast(
         "AzureConfig",
         _given(account_name=settings.account, account_key=settings.key, sas_key=settings.sas, endpoint=settings.endpoint),
@@ -132,15 +137,25 @@ def _gcs_config(options: StorageOptions) -> GCSConfig:
         ("application_credentials", options.google_application_credentials),
     )
     for path_key, value in sources:
-        if value:
-            config.setdefault("service_account_key" if _is_json(value) else path_key, value)
-    base_url = options.google_base_url.rstrip("/") if options.google_base_url else None
-    if options.storage_emulator_host and not base_url:
-        base_url = google_endpoint(options)
+        if not value:
+            continue
+        if _is_json(value):
+            config.setdefault("service_account_key", value)
+        elif path_key == "application_credentials" and _key_type(value) == "service_account":
+            # A service account's key: signed here (a self-signed JWT, as for GOOGLE_SERVICE_ACCOUNT) rather than
+            # traded for a token at Google's OAuth endpoint, which an emulator (or a closed network) lacks.
+            config.setdefault("service_account", value)
+        else:
+            config.setdefault(path_key, value)
+    if options.google_base_url:
+        config["base_url"] = options.google_base_url.rstrip("/")
+    elif options.storage_emulator_host:
+        config["base_url"] = endpoint = google_endpoint(options) or ""
         if not options.google_credentials_given:
-            config["skip_signature"] = True  # as Google's own clients talk to STORAGE_EMULATOR_HOST: anonymously
-    if base_url:
-        config["base_url"] = base_url
+            # Anonymous, as Google's own clients talk to STORAGE_EMULATOR_HOST: object_store's emulator key.
+            config["service_account_key"] = json.dumps(
+                {"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""}
+            )
     return cast("GCSConfig", config)
 
 
@@ -161,6 +176,15 @@ def google_endpoint(options: StorageOptions) -> str | None:
         url = document.get("gcs_base_url") if isinstance(document, dict) else None
         return str(url).rstrip("/") if url else None
     return None
+
+
+def _key_type(path: str) -> str | None:
+    """The ``type`` of the credentials file at ``path`` (service_account, authorized_user...), if readable."""
+    try:
+        document = json.loads(Path(path).expanduser().read_text())
+    except (OSError, ValueError):
+        return None
+    return str(document.get("type")) if isinstance(document, dict) else None
 
 
 def _is_json(value: str) -> bool:
@@ -204,14 +228,14 @@ def _read_ca_bundle(value: str) -> str:
             text = Path(value).expanduser().read_text()
         except (OSError, UnicodeDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise StorageError(
+            raise UnusableSettings(
                 f"AWS_CA_BUNDLE: cannot read {value!r} ({reason}); set it to the path of the CA's PEM file "
                 "or to the PEM text itself"
             ) from error
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
     except (ssl.SSLError, ValueError) as error:
-        raise StorageError(
+        raise UnusableSettings(
             f"AWS_CA_BUNDLE holds no usable CA certificate ({source}: {error}); give the CA's certificate "
             "in PEM form (-----BEGIN CERTIFICATE----- ...)"
         ) from error
@@ -226,8 +250,8 @@ def is_transient(error: BaseException) -> bool:
         return False  # a certificate that is not trusted now will not be trusted on retry
     if "LocalFileSystem" in str(error):
         return False  # a local target: a folder in the way or no permission stays so
-    status = _HTTP_STATUS.search(str(error))
-    return status is None or not status.group(1).startswith("4") or status.group(1) in ("408", "429")
+    status = _http_status(str(error))
+    return status is None or not status.startswith("4") or status in ("408", "429")
 
 
 def describe_error(error: BaseException, *, location: StorageLocation, options: StorageOptions) -> str:
@@ -237,8 +261,7 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     endpoint = _endpoint(location, options) or f"the {_SERVICE[location.scheme]}"
     code_match = _S3_ERROR_CODE.search(text)
     code = code_match.group(1) if code_match else None
-    status_match = _HTTP_STATUS.search(text)
-    status = status_match.group(1) if status_match else None
+    status = _http_status(text)
     if code in ("NoSuchBucket", "ContainerNotFound") or (
         location.scheme != "file" and "bucket" in text.lower() and status == "404"
     ):
@@ -247,9 +270,9 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
         )
     if _AZURE_NO_ACCOUNT in text:
         return (
-            f"{location.uri}: no Azure storage account is named: write it in the URI "
-            f"(az://{location.bucket}@ACCOUNT.blob.core.windows.net/...) or set AZURE_STORAGE_ACCOUNT_NAME "
-            "(or AZURE_STORAGE_CONNECTION_STRING)"
+            f"{location.uri}: no Azure storage account is named: set AZURE_STORAGE_ACCOUNT_NAME (or "
+            f"AZURE_STORAGE_CONNECTION_STRING), or name it in the URI: {location.bucket}@ACCOUNT.blob.core.windows.net "
+            f"in place of {location.bucket!r}"
         )
     if location.scheme == "file" and "canonicalize" in text:
         return f"{location.uri}: no such local directory"
@@ -283,6 +306,11 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
         said = f"{code}: {message_match.group(1).strip()}" if message_match else code
         return f"{location.uri}: {first_line.split('<?xml')[0].rstrip(' :')}; the server said {said}"
     return f"{location.uri}: {first_line}"
+
+
+def _http_status(text: str) -> str | None:
+    match = _HTTP_STATUS.search(text)
+    return (match.group(1) or match.group(2)) if match else None
 
 
 def _endpoint(location: StorageLocation, options: StorageOptions) -> str | None:
