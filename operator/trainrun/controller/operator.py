@@ -96,7 +96,7 @@ class RunMemory:
     logs: RunLogs | None = None
     attempts: dict[str, Attempts[Any]] = field(default_factory=dict)  # by storage step: "seal", "manifest"
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # work under way, by step or "follow"
-    archive_problem: str | None = None  # the log archive could not be opened for following: why
+    archive_problem: str | None = None  # the log archive could not be opened for following: the store's words
     refusal: Refusal | None = None
     posted: set[str] = field(default_factory=set)
 
@@ -441,7 +441,7 @@ class Controller:
             seal=memory.attempts.get(SEAL, Attempts()),
             manifest=memory.attempts.get(MANIFEST, Attempts()),
             refusal=memory.refusal,
-            archive_problem=memory.archive_problem,
+            archive_problem=memory.archive_problem or (logs.problem if logs is not None else None),
         )
 
     def _queue_present(self, namespace: str, body: Mapping[str, Any]) -> bool:
@@ -595,7 +595,7 @@ class Controller:
                 archive = await self._open_archive(run, archive_uri)
             memory.archive_problem = None
         except StorageError as error:
-            memory.archive_problem = f"cannot open the log archive: {error}"
+            memory.archive_problem = str(error)
             logger.warning("the logs of %s cannot be archived to %s: %s", run.metadata.name, archive_uri, error)
         finally:
             memory.tasks.pop(FOLLOW, None)
