@@ -261,3 +261,48 @@ def test_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path, uri: str, env
     assert "Traceback" not in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
     with pytest.raises(StorageError, match="cannot open the log archive"):
         LogArchive(f"{uri}/logs", StorageOptions.from_env(env))
+
+
+@pytest.mark.parametrize(
+    ("uri", "env", "hint"),
+    [
+        ("gs://trainrun-test/run", {"STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"}, "GOOGLE_BASE_URL / STORAGE_EMULATOR_HOST"),
+        (
+            "az://trainrun-test/run",
+            {"AZURE_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:9/a"},
+            "AZURE_STORAGE_ENDPOINT / the connection string's BlobEndpoint",
+        ),
+    ],
+    ids=["gcs", "azure"],
+)
+def test_an_unreachable_store_names_its_endpoint_and_the_variable(uri: str, env: dict[str, str], hint: str) -> None:
+    with pytest.raises(StorageError) as caught:
+        download(uri, "/nonexistent-destination", options=StorageOptions.from_env(env))
+    message = str(caught.value)
+    assert "cannot reach http://127.0.0.1:9" in message and hint in message, message
+    assert "a2V5" not in message
+
+
+def test_azure_over_https_behind_a_private_ca(tmp_path: Path) -> None:
+    """Azurite with a certificate of a throwaway CA: trusted with AWS_CA_BUNDLE (as PEM text, as a Secret
+    holds it), refused and named without it, not retried."""
+    from emulators import start_azurite
+    from seaweedfs import make_tls_files
+
+    tls = make_tls_files(tmp_path / "tls")
+    server = start_azurite(tmp_path / "azurite", tls=tls)
+    try:
+        store = AzureUnderTest(server)
+        uri = store.uri("https")
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / "model.pt").write_bytes(os.urandom(9 * 1024 * 1024))
+        trusted = {**store.env, "AWS_CA_BUNDLE": tls.ca.read_text()}
+        uploaded = run_cli("upload", str(tmp_path / "out"), uri, env=trusted)
+        assert uploaded.returncode == 0, uploaded.stderr
+        assert store.get(uri, "model.pt") == (tmp_path / "out" / "model.pt").read_bytes()
+        untrusted = {key: value for key, value in store.env.items() if key != "AWS_CA_BUNDLE"}
+        refused = run_cli("download", uri, str(tmp_path / "back"), env=untrusted)
+        assert refused.returncode == 1
+        assert f"the TLS certificate of {server.endpoint} is not trusted (UnknownIssuer)" in refused.stderr
+    finally:
+        server.stop()
