@@ -89,6 +89,7 @@ def main() -> None:
                     sample = run_in_subprocess(method, source, uri, env)
                     sample["server_cpu_s"] = cpu_seconds(server.process.pid) - server_cpu_before
                     samples.setdefault((protocol, workload, method), []).append(sample)
+                    servers[protocol] = keep_disk_flat(arguments.store, server, env, uri, big=workload == "big")
                     print(
                         f"  repeat {repeat + 1}: {protocol:5} {workload:5} {method:20} {describe(sample)}",
                         flush=True,
@@ -106,6 +107,26 @@ def main() -> None:
         for server, _ in servers.values():
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def keep_disk_flat(store: str, server: Any, env: dict[str, str], uri: str, *, big: bool) -> tuple[Any, dict[str, str]]:
+    """Delete what a sample uploaded (a 2 GB file per sample fills a small disk over the repeats); Azurite frees
+    deleted blobs' space only every 10 minutes, so after a big file it starts again on an empty folder."""
+    import obstore
+    from trainrun.storage import StorageOptions, parse_uri
+    from trainrun.storage.stores import open_store
+
+    if store == "azure" and big:
+        server.stop()
+        shutil.rmtree(server.data_dir)
+        server.data_dir.mkdir()
+        server.start()
+        return server, env
+    bucket = open_store(parse_uri(uri), StorageOptions.from_env(env))
+    paths = [str(meta["path"]) for batch in obstore.list(bucket, chunk_size=1000) for meta in batch]
+    for start in range(0, len(paths), 500):
+        obstore.delete(bucket, paths[start : start + 500])
+    return server, env
 
 
 def start_server(store: str, folder: Path, tls: TlsFiles | None) -> tuple[Any, dict[str, str]]:

@@ -355,6 +355,10 @@ func (g *gateway) complete(w http.ResponseWriter, r *http.Request, query url.Val
 			_, err = io.Copy(sink, source)
 			source.Close()
 		}
+		if err == nil { // each part goes once copied: a big object needs its size on disk once, not twice
+			os.Remove(name)
+			delete(up.parts, part.Number)
+		}
 		if err != nil {
 			up.mu.Unlock()
 			whole.Close()
