@@ -1,5 +1,9 @@
 """Open obstore stores for a :class:`StorageLocation` and explain their errors.
 
+Each cloud's settings as :class:`StorageOptions` carries them: S3 keys and endpoint; a Google service
+account's key (its JSON text or a file's path) or an emulator (``STORAGE_EMULATOR_HOST``, anonymous); an
+Azure account with a key, a SAS token or a connection string (:meth:`StorageOptions.azure`).
+
 Used by :mod:`trainrun.storage.transfer` only. obstore's own retries (a few quick ones per
 request) sit under the file-level retries of the transfer code; errors are turned into one-line
 messages that name the URI and the likely fix (credentials, bucket, endpoint, CA certificate).
@@ -129,7 +133,8 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
 
 def _gcs_config(options: StorageOptions) -> GCSConfig:
     """A service account's JSON given as text (in any of the three variables: a Secret's key holds the text,
-    a mounted file its path), the endpoint, and no signature for an emulator reached without credentials."""
+    a mounted file its path), the endpoint, and for an emulator reached without credentials object_store's
+    emulator key (no OAuth, no signature)."""
     config: dict[str, str | bool] = {}
     sources = (
         ("service_account", options.google_service_account_key),
@@ -166,25 +171,26 @@ def google_endpoint(options: StorageOptions) -> str | None:
     if endpoint:
         return endpoint
     for value in (options.google_service_account_key, options.google_service_account_path, options.google_application_credentials):
-        if not value:
-            continue
-        try:
-            text = value if _is_json(value) else Path(value).expanduser().read_text()
-            document = json.loads(text)
-        except (OSError, ValueError):
-            return None  # obstore reads it again and says what is wrong with it
-        url = document.get("gcs_base_url") if isinstance(document, dict) else None
-        return str(url).rstrip("/") if url else None
+        if value:
+            url = (_credentials_document(value) or {}).get("gcs_base_url")
+            return str(url).rstrip("/") if url else None
     return None
 
 
-def _key_type(path: str) -> str | None:
-    """The ``type`` of the credentials file at ``path`` (service_account, authorized_user...), if readable."""
+def _key_type(value: str) -> str | None:
+    """The ``type`` of the credentials in ``value`` (service_account, authorized_user...), if readable."""
+    kind = (_credentials_document(value) or {}).get("type")
+    return str(kind) if kind else None
+
+
+def _credentials_document(value: str) -> dict[str, object] | None:
+    """The JSON of a credentials variable: its text, or the file it names; None when unreadable (obstore reads
+    it again and says what is wrong with it)."""
     try:
-        document = json.loads(Path(path).expanduser().read_text())
+        document = json.loads(value if _is_json(value) else Path(value).expanduser().read_text())
     except (OSError, ValueError):
         return None
-    return str(document.get("type")) if isinstance(document, dict) else None
+    return document if isinstance(document, dict) else None
 
 
 def _is_json(value: str) -> bool:
