@@ -16,7 +16,9 @@ last flush go to the run's archive as one segment (``trainrun.storage.logarchive
 position every container was read to, the metric summary and the metric series; a follower that starts
 (after a crash, or a newly elected leader) resumes every stream exactly where the newest segment says:
 no line lost while the pod lives, none written twice. Lines waiting for a flush are bounded: past
-``PENDING_LIMIT_BYTES`` the streams wait (the kubelet keeps the log meanwhile).
+``PENDING_LIMIT_BYTES`` the streams wait (the kubelet keeps the log meanwhile). While the archive's store
+refuses (a missing bucket, wrong keys, an unreachable endpoint) :attr:`RunLogs.problem` holds its words,
+which the controller hands to the plan: the run's status says so, never only a log line.
 """
 
 from __future__ import annotations
