@@ -47,6 +47,13 @@ fi
 step "real node images (buildah from images/*/Dockerfile on local Debian bases, cached by content)"
 bash tests/cluster/images.sh >/dev/null
 
+step "object-store emulators (fake-gcs-server from Go modules, Azurite from npm; cached; tests/storage and the cloud-store cluster tests)"
+if ! command -v npm >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+bash tests/storage/emulators.sh >/dev/null
+
 step "manifest linter (kube-score, from Go modules, cached; tests/lint checks manifests/ and rendered runs with it)"
 bash tests/lint/build.sh
 
@@ -73,13 +80,15 @@ sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha
 # trainer tests, which start no cluster.
 platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py
   tests/integration/test_replica_contract.py tests/integration/test_kubeflow_sdk.py)
-# Model registration and tracking (a kwok cluster and an MLflow server of their own) beside them too.
-registry=(tests/integration/test_model_registry.py)
+# The storage lane: every store (SeaweedFS, fake-gcs-server, Azurite) and the operator's storage path on GCS and
+# Azure on a cluster of its own. Model registration and tracking (test_model_registry.py, an MLflow server of its
+# own) runs with the other cluster tests, on their cluster.
+stores=(tests/integration/test_cloud_stores.py)
 lanes=(
   "${sleepy[*]}"
   "tests/realpod"
-  "tests ${sleepy[*]/#/--ignore=} ${platform[*]/#/--ignore=} ${registry[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
-  "tests/storage tests/training ${platform[*]} ${registry[*]}"
+  "tests ${sleepy[*]/#/--ignore=} ${platform[*]/#/--ignore=} ${stores[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "tests/storage tests/training ${stores[*]} ${platform[*]}"
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT

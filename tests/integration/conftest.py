@@ -1,8 +1,9 @@
 """Fixtures of the integration tests: the local Kubernetes cluster (kube_cluster), a fresh namespace
 (kube_namespace), a second cluster with the platform add-ons (platform_cluster: JobSet, Trainer v2,
 Kueue) with a namespace of its own per test (platform_namespace) and a Kueue queue of 8 GPUs with two
-priorities (kueue_queue), an S3 server (s3_server, SeaweedFS, one per test module) and an MLflow server
-beside it (mlflow_server, one per test module).
+priorities (kueue_queue), object stores, one per test module: S3 (s3_server, SeaweedFS), GCS
+(gcs_server, fake-gcs-server) and Azure Blob (azure_server, Azurite), and an MLflow server beside the S3 one
+(mlflow_server, one per test module).
 
 pytest loads this for every test under tests/integration/. Each cluster is started once per test
 session, on first use, by tests/cluster/up.sh (building the binaries first with build.sh when
@@ -27,9 +28,10 @@ for folder in (TESTS_DIR, TESTS_DIR / "storage", TESTS_DIR / "registry"):
         sys.path.insert(0, str(folder))
 
 from cluster.harness import GPU_RESOURCE, POOL_LABEL, Addon, JsonObject, KubeCluster, session_cluster
+from emulators import Azurite, FakeGcs, start_azurite, start_fake_gcs
 from mlflow_server import MlflowServer, require_mlflow, start_mlflow
 from queues import KUEUE_POOL, QUEUE_GPUS, Queue
-from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, start_seaweedfs
+from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, make_tls_files, start_seaweedfs
 
 
 def skip_without_clusters() -> None:
@@ -81,6 +83,27 @@ def mlflow_server(s3_server: SeaweedFS, tmp_path_factory: pytest.TempPathFactory
         "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
     }
     server = start_mlflow(tmp_path_factory.mktemp("mlflow"), env=env, artifacts=f"s3://{BUCKET}/mlflow-artifacts")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    """fake-gcs-server over https behind a throwaway CA (tests/storage/emulators.py), one per test module."""
+    data_dir = tmp_path_factory.mktemp("fake-gcs")
+    server = start_fake_gcs(data_dir, tls=make_tls_files(data_dir / "tls"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def azure_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite (Blob), one per test module."""
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
     try:
         yield server
     finally:

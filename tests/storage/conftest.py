@@ -1,6 +1,7 @@
-"""Fixtures for the storage tests: a real SeaweedFS S3 server for the whole session.
+"""Fixtures for the storage tests: a real SeaweedFS S3 server, fake-gcs-server and Azurite for the session.
 
-The server is started once (``weed mini`` on free 127.0.0.1 ports, bucket ``trainrun-test``;
+``store`` runs a test against each of the three (tests/storage/stores_under_test.py), each server started on
+first use. The S3 server is started once (``weed mini`` on free 127.0.0.1 ports, bucket ``trainrun-test``;
 http, and https with a certificate from a throwaway CA) and killed at the end of the session,
 with a check that its process is gone. Tests get a fresh
 prefix each, client options for our code and an independent boto3 client to check results.
@@ -19,7 +20,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from emulators import Azurite, FakeGcs, start_azurite, start_fake_gcs  # noqa: E402
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for, make_tls_files, start_seaweedfs  # noqa: E402
+from stores_under_test import STORES, AzureUnderTest, GcsUnderTest, S3UnderTest, StoreUnderTest  # noqa: E402
 from trainrun.storage import StorageOptions  # noqa: E402
 
 
@@ -53,3 +56,35 @@ def s3_uri(request: pytest.FixtureRequest, seaweedfs: SeaweedFS) -> str:
 @pytest.fixture
 def boto3_client(seaweedfs: SeaweedFS) -> Any:
     return boto3_client_for(seaweedfs.endpoint)
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcs]:
+    """fake-gcs-server over https (a certificate of a throwaway CA, as GCS is https-only), for the session."""
+    data_dir = tmp_path_factory.mktemp("fake-gcs")
+    server = start_fake_gcs(data_dir, tls=make_tls_files(data_dir / "tls"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite over http (how users run it), for the session."""
+    server = start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> StoreUnderTest:
+    """Each store in turn (its server started on first use): S3, GCS, Azure Blob."""
+    if request.param == "s3":
+        return S3UnderTest(request.getfixturevalue("seaweedfs"))
+    if request.param == "gcs":
+        return GcsUnderTest(request.getfixturevalue("fake_gcs"))
+    return AzureUnderTest(request.getfixturevalue("azurite"))
+
+
+@pytest.fixture
+def store_uri(request: pytest.FixtureRequest, store: StoreUnderTest) -> str:
+    return store.uri(request.node.name.split("[")[0])

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedFS, boto3_client_for
 from test_storage_cli import CLI_SCRIPT
-from test_storage_s3 import get_object, has_object, make_tree
+from test_stores import get_object, has_object, make_tree
 from trainrun.storage import (
     DownloadError,
     StorageError,

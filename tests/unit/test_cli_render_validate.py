@@ -289,3 +289,28 @@ def test_invalid_yaml_names_file_line_and_column_with_a_caret(tmp_path: Path, te
         result = runner.invoke(app, [verb, str(path)])
         assert result.exit_code == 1
         assert result.output.splitlines() == [line.format(path=path) for line in expected], verb
+
+
+@pytest.mark.parametrize(
+    ("output", "inputs", "local", "refused"),
+    [
+        ({"uri": "az://models/run"}, [], False, ["spec.output.uri: az://models/run names no Azure storage account"]),
+        ({"uri": "s3://models/run"}, [{"name": "data", "uri": "az://datasets/mnist"}], False, ["spec.inputs[0].uri: az://datasets/mnist"]),
+        ({"uri": "az://models/run", "secretName": "azure-creds"}, [], False, []),
+        ({"uri": "az://models@acct.blob.core.windows.net/run"}, [], False, []),
+        ({"uri": "az://models/run"}, [], True, []),
+    ],
+    ids=["no-account-no-secret", "an-input-too", "a-secret-may-name-it", "account-in-the-uri", "local-uses-the-shell"],
+)
+def test_an_azure_uri_no_one_can_name_an_account_for_is_refused(
+    tmp_path: Path, output: dict[str, Any], inputs: list[dict[str, Any]], local: bool, refused: list[str]
+) -> None:
+    document = changed("spec.output", output)
+    document["spec"]["inputs"] = inputs
+    result = runner.invoke(app, ["validate", str(write(tmp_path, document)), *(["--local"] if local else [])])
+    assert result.exit_code == (1 if refused else 0), result.output
+    for words in refused:
+        assert words in result.stdout
+    if refused:
+        assert "models@ACCOUNT.blob.core.windows.net in place of 'models'" in result.stdout or "datasets@ACCOUNT" in result.stdout
+        assert "spec.output.secretName" in result.stdout

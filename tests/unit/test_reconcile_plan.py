@@ -434,7 +434,10 @@ RETRIES = [
     Retry(
         "a seal that failed is not tried again before its back-off (5 s after the first failure)",
         with_output(previous(Phase.UPLOADING)), uploading(seal=failed(1)), shifted(3), [], [], 2.0,
-        ["sealing the log archive at s3://models/run/logs: connection refused (attempt 1)", "in 5 s, at 2026-01-01T12:00:05Z"],
+        [
+            "spec.output.uri: sealing the log archive at s3://models/run/logs: connection refused (attempt 1)",
+            "in 5 s, at 2026-01-01T12:00:05Z",
+        ],
     ),
     Retry(
         "... and is tried again once it is over",
@@ -550,3 +553,44 @@ def test_the_operator_ends_a_finished_runs_pods_after_their_logs(
     decided = plan(run, pools(), observed, now=now)
     assert [f"{describe(action)} {action.name}" for action in decided.actions if isinstance(action, Delete)] == actions
     assert decided.requeue_after == requeue_after
+
+
+@pytest.mark.parametrize(
+    ("spec", "default_uri", "field"),
+    [
+        ({"output": {"uri": "az://models/run/"}}, None, "spec.output.uri"),
+        ({}, "az://logs/all", "logs.defaultUri (operator configuration)"),
+    ],
+    ids=["beside-the-outputs", "default-location"],
+)
+def test_a_log_archive_the_store_refuses_is_the_runs_status_naming_the_field(
+    spec: dict[str, Any], default_uri: str | None, field: str
+) -> None:
+    """A store that cannot be opened, read or written while the run trains (no account, no bucket, wrong keys):
+    status.logs says so naming the setting, LogsComplete is False, a Warning Event once; never only a log line,
+    and nothing is reported as kept. When the store works again, all of it goes."""
+    config = pools().model_copy(update={"logs": LogArchiveSettings(default_uri=default_uri)})
+    words = "cannot open the log archive at az://models/run/logs: az://models/run/logs: no Azure storage account is named"
+    observed = Observed(job=job(**spec).running().started(), pods=running_pods(), archive_problem=words)
+    run = body(previous(Phase.RUNNING), **spec)
+    failing = plan(run, config, observed, now=NOW)
+    assert failing.status.phase is Phase.RUNNING and failing.logs == "follow"
+    logs = failing.status.logs
+    assert logs is not None and (logs.sealed, logs.complete) == (False, False)
+    assert logs.message == f"{field}: the replicas' logs are not being archived: {words}"
+    condition = next(item for item in failing.status.conditions if item.type == "LogsComplete")
+    assert (condition.status, condition.reason, condition.message) == ("False", "ArchiveFailing", logs.message)
+    assert [(event.type, event.reason, event.message) for event in failing.events] == [("Warning", "StorageFailing", logs.message)]
+    written = copy.deepcopy(run)
+    written["status"] = failing.status.to_patch()
+    assert plan(written, config, observed, now=shifted(5)).events == ()
+    working = plan(written, config, replace(observed, archive_problem=None), now=shifted(10))
+    assert working.status.logs is not None and working.status.logs.message is None
+    assert not [item for item in working.status.conditions if item.type == "LogsComplete"]
+    assert [(event.type, event.reason) for event in working.events] == [("Normal", "StorageRecovered")]
+
+
+def test_an_azure_output_no_one_can_name_an_account_for_stops_the_run_naming_the_field() -> None:
+    decided = plan(body(output={"uri": "az://models/run"}), pools(), Observed(), now=NOW)
+    assert decided.actions == () and decided.status.phase is Phase.QUEUED
+    assert (decided.status.message or "").startswith("spec.output.uri: az://models/run names no Azure storage account")

@@ -24,6 +24,11 @@ from trainrun.status.observe import observe_pod, observe_uploader
         ("https://acct.blob.core.windows.net/c/b?sv=2024&sig=abc%2Fdef&se=x", "https://acct.blob.core.windows.net/c/b?sv=2024&sig=***&se=x"),
         ("https://s3/b/k?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=f00d", "https://s3/b/k?X-Amz-Credential=***&X-Amz-Signature=***"),
         ("https://h/p?X-Amz-Security-Token=IQo", "https://h/p?X-Amz-Security-Token=***"),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5PT0=;EndpointSuffix=core.windows.net",
+            "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=***;EndpointSuffix=core.windows.net",
+        ),
+        ("BlobEndpoint=https://a.blob;SharedAccessSignature=sv=2024&sig=c2ln", "BlobEndpoint=https://a.blob;SharedAccessSignature=***&sig=***"),
         # Left as they are: no credentials in them.
         ("s3://bucket/key@v2/model.pt", "s3://bucket/key@v2/model.pt"),
         ("http://host:9000/bucket", "http://host:9000/bucket"),

@@ -21,7 +21,7 @@ from factories import pod
 from run_factory import training_run
 from trainrun.controller.logs import RunLogs
 from trainrun.kube.aioclient import ApiError
-from trainrun.storage import StorageOptions
+from trainrun.storage import StorageError, StorageOptions
 from trainrun.storage.logarchive import ArchiveState, Segment
 from trainrun.storage.logstore import LogArchive, add_to_manifest, read_archived_logs
 from trainrun.storage.manifest import FileRecord, Manifest
@@ -280,3 +280,36 @@ def test_a_log_whose_pod_went_before_it_was_read_to_its_end_is_a_declared_gap(tm
     archived = (tmp_path / "logs" / "master-0.log").read_text().splitlines()
     assert archived[:10] == [f"line {n}" for n in range(1, 11)]
     assert len(archived) == 11 and archived[10].startswith("[trainrun] master-0: the lines after ")
+
+
+def test_a_store_that_fails_is_the_followers_problem_until_it_works(tmp_path: Path) -> None:
+    """The archive's store refuses (a missing bucket, wrong keys): the follower keeps the store's words for
+    the run's status and asks for a reconcile; when the store works again the words go."""
+    kube = FakeLogs()
+    kube.write("run-master-0", "line 1")
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+    offered: list[int] = []
+
+    class Refusing(LogArchive):
+        refusals = 2
+
+        async def load(self) -> Any:
+            if self.refusals:
+                self.refusals -= 1
+                raise StorageError("cannot list the log archive at gs://no-such-bucket/run/logs: bucket 'no-such-bucket' does not exist")
+            return await super().load()
+
+    async def scenario() -> list[str | None]:
+        logs = follower(kube, Refusing((tmp_path / "logs").as_uri(), StorageOptions()), offered)
+        seen: list[str | None] = []
+        logs.on_metrics = lambda: seen.append(logs.problem)
+        logs.start()
+        logs.update([running])
+        await until(lambda: logs.sequence >= 1, timeout=10)
+        await logs.stop()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] is not None and "bucket 'no-such-bucket' does not exist" in seen[0]
+    assert None in seen[1:]  # loaded at the third try: the problem is gone

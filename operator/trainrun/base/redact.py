@@ -4,7 +4,8 @@ One pure function (standard library only) that every place printing a URL it did
 calls: storage errors and their retry warnings (``trainrun.storage``), status messages built from pods,
 Jobs and Events (``trainrun.status.observe``), ``trainrun describe`` and ``trainrun render``. A password
 can reach such text through ``AWS_ENDPOINT_URL=http://user:pass@host`` (the object store's client quotes
-the URL in its errors) or a pre-signed URL (``?X-Amz-Signature=...``, an Azure SAS ``?sig=...``).
+the URL in its errors), a pre-signed URL (``?X-Amz-Signature=...``, an Azure SAS ``?sig=...``) or an Azure
+connection string (``;AccountKey=...;SharedAccessSignature=...``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ _SECRET_PARAMETERS = (
     "secret",
     "api_key",
     "apikey",
+    "accountkey",  # Azure connection strings: AccountKey=...;SharedAccessSignature=...
+    "sharedaccesssignature",
 )
 _QUERY_SECRET = re.compile(
     r"(?P<name>[?&;](?:" + "|".join(re.escape(name) for name in _SECRET_PARAMETERS) + r")=)[^&;\s'\"#<>]+",

@@ -16,7 +16,9 @@ last flush go to the run's archive as one segment (``trainrun.storage.logarchive
 position every container was read to, the metric summary and the metric series; a follower that starts
 (after a crash, or a newly elected leader) resumes every stream exactly where the newest segment says:
 no line lost while the pod lives, none written twice. Lines waiting for a flush are bounded: past
-``PENDING_LIMIT_BYTES`` the streams wait (the kubelet keeps the log meanwhile).
+``PENDING_LIMIT_BYTES`` the streams wait (the kubelet keeps the log meanwhile). While the archive's store
+refuses (a missing bucket, wrong keys, an unreachable endpoint) :attr:`RunLogs.problem` holds its words,
+which the controller hands to the plan: the run's status says so, never only a log line.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class RunLogs:
         self.shipped: dict[str, int] = {}
         self.sequence = 0
         self.sealed_files: tuple[FileRecord, ...] | None = None
+        # Why the archive cannot be read or written now (the store's words), for the run's status; None while it works.
+        self.problem: str | None = None
         self._pending: dict[str, list[str]] = {}
         self._pending_bytes = 0
         self._dirty = False  # positions moved since the last segment
@@ -404,8 +408,10 @@ class RunLogs:
                 break
             except (StorageError, ValueError) as error:
                 failures += 1
+                self._trouble(str(error))
                 logger.warning("cannot read the log archive of %s yet: %s", self.run.metadata.name, error)
                 await asyncio.sleep(min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures))
+        self._trouble(None)
         self._restore(loaded.state)
         if loaded.sealed:
             self.sealed_files = loaded.files
@@ -421,13 +427,21 @@ class RunLogs:
             try:
                 await self._flush()
                 failures = 0
+                self._trouble(None)
             except ArchiveConflict as error:
                 logger.warning("stopped following the logs of %s: %s", self.run.metadata.name, error)
                 await self._stop_reading()
                 return
             except StorageError as error:
                 failures = min(failures + 1, 5)
+                self._trouble(f"{error} (the lines are kept and sent again)")
                 logger.warning("could not ship the logs of %s (kept, tried again): %s", self.run.metadata.name, error)
+
+    def _trouble(self, problem: str | None) -> None:
+        """Keep why the archive fails (None: it works again) and have the status say so when that changes."""
+        if problem != self.problem:
+            self.problem = problem
+            self.on_metrics()
 
     def _restore(self, state: ArchiveState) -> None:
         self.sequence = state.sequence

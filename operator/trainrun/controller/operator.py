@@ -104,7 +104,7 @@ class RunMemory:
     logs: RunLogs | None = None
     attempts: dict[str, Attempts[Any]] = field(default_factory=dict)  # by storage step: "seal", "manifest"
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # work under way, by step or "follow"
-    archive_problem: str | None = None  # the log archive could not be opened for following: why
+    archive_problem: str | None = None  # the log archive could not be opened for following: the store's words
     refusal: Refusal | None = None
     posted: set[str] = field(default_factory=set)
     tracker: RunTracker | None = None  # the run's tracked run in an experiment tracker (plan.tracking)
@@ -462,7 +462,7 @@ class Controller:
             registration=memory.attempts.get(REGISTER, Attempts()),
             tracking=memory.tracker.facts if memory.tracker is not None else None,
             refusal=memory.refusal,
-            archive_problem=memory.archive_problem,
+            archive_problem=memory.archive_problem or (logs.problem if logs is not None else None),
         )
 
     def _queue_present(self, namespace: str, body: Mapping[str, Any]) -> bool:
@@ -619,7 +619,7 @@ class Controller:
                 archive = await self._open_archive(run, archive_uri)
             memory.archive_problem = None
         except StorageError as error:
-            memory.archive_problem = f"cannot open the log archive: {error}"
+            memory.archive_problem = str(error)
             logger.warning("the logs of %s cannot be archived to %s: %s", run.metadata.name, archive_uri, error)
         finally:
             memory.tasks.pop(FOLLOW, None)

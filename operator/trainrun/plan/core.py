@@ -58,6 +58,7 @@ from trainrun.spec import (
     TrainingRun,
     load_training_run,
     problems_with_config,
+    storage_problems,
     suspicious_values,
 )
 from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingRunStatus
@@ -109,7 +110,8 @@ class Observed:
     registration: Attempts[Registration] = field(default_factory=Attempts)
     tracking: TrackingFacts | None = None  # what the run's tracker knows (None: no tracker in this process)
     refusal: Refusal | None = None
-    archive_problem: str | None = None  # the log archive could not be opened for following: why
+    # The log archive could not be opened, read or written while following (the store's words; None: it works).
+    archive_problem: str | None = None
 
 
 # What to do with a run's log follower: keep reading, leave it to the seal (which finishes it), or stop it.
@@ -201,7 +203,7 @@ def plan(
     backend = backend_for(observed.job, config)
     problems = [
         *config_problems,
-        *(str(problem) for problem in (*problems_with_config(run, config), *backend.problems(run))),
+        *(str(problem) for problem in (*problems_with_config(run, config), *storage_problems(run), *backend.problems(run))),
     ]
     refusal, refusal_ends_in = refusal_in_effect(observed.refusal, generation, moment)
     if refusal is not None:
@@ -252,7 +254,13 @@ def plan(
                 manifest_due, wait = due(observed.manifest, moment)
                 waits.append(wait)
     manifest_problem = failure_words("reading the manifest of the copy", observed.manifest) if artifacts is None else None
-    seal_problem = failure_words(f"sealing the log archive at {archive}", observed.seal) if not logs_sealed else None
+    field = archive_field(run)
+    seal_problem = failure_words(f"{field}: sealing the log archive at {archive}", observed.seal) if not logs_sealed else None
+    archive_problem = (
+        f"{field}: the replicas' logs are not being archived: {observed.archive_problem}"
+        if observed.archive_problem is not None and not logs_sealed
+        else None
+    )
     storage_problem = (
         Cause(UPLOAD_NOT_VERIFIED, manifest_problem)
         if manifest_problem is not None
@@ -288,7 +296,7 @@ def plan(
                     sealed=logs_sealed,
                     complete=logs_sealed and not gaps,
                     gaps=gaps,
-                    message=seal_problem or observed.archive_problem or _gap_words(gaps),
+                    message=seal_problem or archive_problem or _gap_words(gaps),
                 )
                 if archive is not None
                 else None
@@ -359,6 +367,11 @@ def log_archive_uri(run: TrainingRun, config: OperatorConfig) -> str | None:
         return None
     folder = f"{run.metadata.namespace}/{run.metadata.name}-{(run.metadata.uid or 'no-uid')[:8]}"
     return f"{config.logs.default_uri.rstrip('/')}/{folder}"
+
+
+def archive_field(run: TrainingRun) -> str:
+    """The setting that says where a run's logs are archived, as a status message names it."""
+    return "spec.output.uri" if run.spec.output.uri is not None else "logs.defaultUri (operator configuration)"
 
 
 def _finish(

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trainrun.base.redact import redact
+from trainrun.base.uri import parse_uri
 from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
 from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
 from trainrun.spec.model import API_VERSION, KIND, LOCAL_IMAGE, TrainingRun, TrainingRunSpec
@@ -167,16 +168,43 @@ def _problems_with_pool(run: TrainingRun, config: OperatorConfig) -> list[FieldP
     return []
 
 
+def storage_problems(run: TrainingRun) -> list[FieldProblem]:
+    """Storage URIs a cluster run cannot use whatever the store says: an Azure URI that names no account when
+    the run names no Secret to give one (its uploader and stage-in containers get their variables from
+    spec.output.secretName alone, and Azure's workload identity names no account)."""
+    if run.spec.output.secret_name is not None:
+        return []
+    uris = [
+        ("spec.output.uri", run.spec.output.uri),
+        ("spec.code.uri", run.spec.code.uri if run.spec.code is not None else None),
+        *((f"spec.inputs[{index}].uri", item.uri) for index, item in enumerate(run.spec.inputs)),
+    ]
+    problems = []
+    for field, uri in uris:
+        location = parse_uri(uri) if uri is not None else None
+        if location is not None and location.scheme == "az" and location.account is None:
+            problems.append(
+                FieldProblem(
+                    field,
+                    f"{redact(location.uri)} names no Azure storage account and the run names no Secret that could: "
+                    f"write {location.bucket}@ACCOUNT.blob.core.windows.net in place of {location.bucket!r}, or set "
+                    "spec.output.secretName to a Secret with AZURE_STORAGE_ACCOUNT_NAME (or AZURE_STORAGE_CONNECTION_STRING)",
+                )
+            )
+    return problems
+
+
 def validate_training_run(
     document: Mapping[str, Any], config: OperatorConfig | None = None, *, local: bool = False
 ) -> TrainingRun:
     """Parse and check a TrainingRun; raise InvalidTrainingRun naming every field at fault. local: judged
     for this machine (see :func:`load_training_run`)."""
     run = load_training_run(document, local=local)
+    problems = [] if local else storage_problems(run)  # a local run's stores use the shell's own variables
     if config is not None:
-        problems = problems_with_config(run, config, local=local)
-        if problems:
-            raise InvalidTrainingRun(problems)
+        problems += problems_with_config(run, config, local=local)
+    if problems:
+        raise InvalidTrainingRun(problems)
     return run
 
 
@@ -193,6 +221,7 @@ __all__ = [
     "parse_operator_config",
     "problems_with_config",
     "problems_with_registries",
+    "storage_problems",
     "tracking_registry",
     "suspicious_values",
     "validate_training_run",

@@ -542,8 +542,10 @@ class Output(ApiModel):
     )
     secret_name: ObjectName | None = Field(
         default=None,
-        description="Secret in the same namespace holding storage credentials as env keys "
-        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...).",
+        description="Secret in the same namespace holding storage credentials as env keys: S3's "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL), GCS's (GOOGLE_SERVICE_ACCOUNT_KEY: a service "
+        "account's JSON) or Azure's (AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or "
+        "AZURE_STORAGE_SAS_TOKEN, or AZURE_STORAGE_CONNECTION_STRING); AWS_CA_BUNDLE for a private CA.",
     )
     copy_on_failure: bool = Field(default=False, description="Also copy $OUTPUT_DIR when training fails (checkpoints).")
     keep_volume: bool = Field(default=False, description="Keep the output volume after a verified copy.")

@@ -80,21 +80,26 @@ def kstatus_conditions(
     ]
 
 
+ARCHIVE_FAILING = "ArchiveFailing"  # the LogsComplete reason while the log archive's store cannot be used
+
+
 def logs_condition(
     logs: LogsStatus | None, *, previous: Sequence[Condition], generation: int | None, now: str
 ) -> Condition | None:
     """LogsComplete once the archive is sealed: True when every replica's log was read to its end, False
-    naming the logs that miss lines."""
-    if logs is None or not logs.sealed:
+    naming the logs that miss lines. Before the seal, False while the archive's store fails (the logs are not
+    being kept: ``logs.message`` names the setting and says the store's words); absent while it works."""
+    if logs is None or not (logs.sealed or logs.message):
         return None
-    text = "True" if logs.complete else "False"
+    text = "True" if logs.sealed and logs.complete else "False"
     before = next((item for item in previous if item.type == LOGS_COMPLETE), None)
     kept = before.last_transition_time if before is not None and before.status == text else None
+    reason = "Archived" if text == "True" else "LogGap" if logs.sealed else ARCHIVE_FAILING
     return Condition(
         type=LOGS_COMPLETE,
         status=text,
-        reason="Archived" if logs.complete else "LogGap",
-        message="every replica's log was read to its end and archived" if logs.complete else logs.message or "",
+        reason=reason,
+        message="every replica's log was read to its end and archived" if text == "True" else logs.message or "",
         observed_generation=generation,
         last_transition_time=kept or now,
     )

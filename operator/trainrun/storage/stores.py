@@ -1,5 +1,9 @@
 """Open obstore stores for a :class:`StorageLocation` and explain their errors.
 
+Each cloud's settings as :class:`StorageOptions` carries them: S3 keys and endpoint; a Google service
+account's key (its JSON text or a file's path) or an emulator (``STORAGE_EMULATOR_HOST``, anonymous); an
+Azure account with a key, a SAS token or a connection string (:meth:`StorageOptions.azure`).
+
 Used by :mod:`trainrun.storage.transfer` only. obstore's own retries (a few quick ones per
 request) sit under the file-level retries of the transfer code; errors are turned into one-line
 messages that name the URI and the likely fix (credentials, bucket, endpoint, CA certificate).
@@ -13,6 +17,7 @@ client's CPU on a large upload.
 
 from __future__ import annotations
 
+import json
 import re
 import ssl
 from datetime import timedelta
@@ -53,13 +58,25 @@ _REQUEST_RETRIES: RetryConfig = {
     },
     "retry_timeout": timedelta(seconds=30),
 }
-_HTTP_STATUS = re.compile(r"status code: (\d{3})")
+_HTTP_STATUS = re.compile(r"status code: (\d{3})|\(code: (\d{3})\)")  # a request's, or a bulk delete's
 _S3_ERROR_CODE = re.compile(r"<Code>([^<]+)</Code>")
 _METADATA_HOST = "169.254.169.254"
 _S3_ERROR_MESSAGE = re.compile(r"<Message>([^<]+)</Message>")
 _CONNECT_FAILURE = ("error sending request", "connection refused", "dns error", "timed out")
 _TLS_FAILURE = re.compile(r"InvalidCertificate\(\s*(\w+)|invalid peer certificate: (\w+)")
 _PEM_MARKER = "-----BEGIN"
+_AZURE_NO_ACCOUNT = "Account must be specified"  # obstore's words for an Azure store with no account
+_ENDPOINT_HINT = {
+    "s3": "AWS_ENDPOINT_URL / --endpoint-url",
+    "gs": "GOOGLE_BASE_URL / STORAGE_EMULATOR_HOST",
+    "az": "AZURE_STORAGE_ENDPOINT / the connection string's BlobEndpoint",
+}
+_SERVICE = {"s3": "S3 service", "gs": "GCS service", "az": "Azure Blob service", "file": "local disk"}
+
+
+class UnusableSettings(StorageError):
+    """The settings cannot open the store (a CA bundle with no certificate, a connection string that does not
+    read): ``store_errors`` says so as it says the store's own errors."""
 
 
 def open_store(location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False) -> ObjectStore:
@@ -71,10 +88,9 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
     prefix = location.prefix or None
     if location.scheme == "file":
         return LocalStore(location.prefix, mkdir=create_local_dir)
-    endpoint = {"s3": options.endpoint_url, "az": options.azure_endpoint}.get(location.scheme)
-    client = _client_config(options, endpoint)
     if location.scheme == "s3":
         # S3-compatible servers ignore the region but request signing needs one.
+        endpoint = options.endpoint_url
         s3 = cast(
             "S3Config",
             {
@@ -88,31 +104,98 @@ def open_store(location: StorageLocation, options: StorageOptions, *, create_loc
                 ),
             },
         )
+        client = _client_config(options, endpoint)
         return S3Store(location.bucket, prefix=prefix, config=s3, client_options=client, retry_config=_REQUEST_RETRIES)
     if location.scheme == "gs":
-        gcs = cast(
-            "GCSConfig",
-            _given(
-                service_account=options.google_service_account_path,
-                service_account_key=options.google_service_account_key,
-                application_credentials=options.google_application_credentials,
-            ),
-        )
         return GCSStore(
-            location.bucket, prefix=prefix, config=gcs, client_options=client, retry_config=_REQUEST_RETRIES
+            location.bucket,
+            prefix=prefix,
+            config=_gcs_config(options),
+            client_options=_client_config(options, google_endpoint(options)),
+            retry_config=_REQUEST_RETRIES,
         )
+    try:
+        settings = options.azure(location.account)
+    except ValueError as error:
+        raise UnusableSettings(f"{location.uri}: {error}") from None
     azure = cast(
         "AzureConfig",
-        _given(
-            account_name=location.account or options.azure_account_name,
-            account_key=options.azure_account_key,
-            sas_key=options.azure_sas_token,
-            endpoint=options.azure_endpoint,
-        ),
+        _given(account_name=settings.account, account_key=settings.key, sas_key=settings.sas, endpoint=settings.endpoint),
     )
     return AzureStore(
-        location.bucket, prefix=prefix, config=azure, client_options=client, retry_config=_REQUEST_RETRIES
+        location.bucket,
+        prefix=prefix,
+        config=azure,
+        client_options=_client_config(options, settings.endpoint),
+        retry_config=_REQUEST_RETRIES,
     )
+
+
+def _gcs_config(options: StorageOptions) -> GCSConfig:
+    """A service account's JSON given as text (in any of the three variables: a Secret's key holds the text,
+    a mounted file its path), the endpoint, and for an emulator reached without credentials object_store's
+    emulator key (no OAuth, no signature)."""
+    config: dict[str, str | bool] = {}
+    sources = (
+        ("service_account", options.google_service_account_key),
+        ("service_account", options.google_service_account_path),
+        ("application_credentials", options.google_application_credentials),
+    )
+    for path_key, value in sources:
+        if not value:
+            continue
+        if _is_json(value):
+            config.setdefault("service_account_key", value)
+        elif path_key == "application_credentials" and _key_type(value) == "service_account":
+            # A service account's key: signed here (a self-signed JWT, as for GOOGLE_SERVICE_ACCOUNT) rather than
+            # traded for a token at Google's OAuth endpoint, which an emulator (or a closed network) lacks.
+            config.setdefault("service_account", value)
+        else:
+            config.setdefault(path_key, value)
+    if options.google_base_url:
+        config["base_url"] = options.google_base_url.rstrip("/")
+    elif options.storage_emulator_host:
+        config["base_url"] = endpoint = google_endpoint(options) or ""
+        if not options.google_credentials_given:
+            # Anonymous, as Google's own clients talk to STORAGE_EMULATOR_HOST: object_store's emulator key.
+            config["service_account_key"] = json.dumps(
+                {"gcs_base_url": endpoint, "disable_oauth": True, "client_email": "", "private_key": "", "private_key_id": ""}
+            )
+    return cast("GCSConfig", config)
+
+
+def google_endpoint(options: StorageOptions) -> str | None:
+    """Where GCS requests go when not to Google: the options' endpoint, else a service account's
+    ``gcs_base_url`` (how object_store's own tests point a key at fake-gcs-server)."""
+    endpoint = options.google_endpoint()
+    if endpoint:
+        return endpoint
+    for value in (options.google_service_account_key, options.google_service_account_path, options.google_application_credentials):
+        if value:
+            url = (_credentials_document(value) or {}).get("gcs_base_url")
+            return str(url).rstrip("/") if url else None
+    return None
+
+
+def _key_type(value: str) -> str | None:
+    """The ``type`` of the credentials in ``value`` (service_account, authorized_user...), if readable."""
+    kind = (_credentials_document(value) or {}).get("type")
+    return str(kind) if kind else None
+
+
+def _credentials_document(value: str) -> dict[str, object] | None:
+    """The JSON of a credentials variable: its text, or the file it names; None when unreadable (obstore reads
+    it again and says what is wrong with it)."""
+    try:
+        document = json.loads(value if _is_json(value) else Path(value).expanduser().read_text())
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def _is_json(value: str) -> bool:
+    """Whether a credentials variable holds the JSON itself rather than the path of a file with it."""
+    return value.lstrip().startswith("{")
 
 
 def _given(**settings: str | None) -> dict[str, str]:
@@ -151,14 +234,14 @@ def _read_ca_bundle(value: str) -> str:
             text = Path(value).expanduser().read_text()
         except (OSError, UnicodeDecodeError) as error:
             reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-            raise StorageError(
+            raise UnusableSettings(
                 f"AWS_CA_BUNDLE: cannot read {value!r} ({reason}); set it to the path of the CA's PEM file "
                 "or to the PEM text itself"
             ) from error
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
     except (ssl.SSLError, ValueError) as error:
-        raise StorageError(
+        raise UnusableSettings(
             f"AWS_CA_BUNDLE holds no usable CA certificate ({source}: {error}); give the CA's certificate "
             "in PEM form (-----BEGIN CERTIFICATE----- ...)"
         ) from error
@@ -173,24 +256,29 @@ def is_transient(error: BaseException) -> bool:
         return False  # a certificate that is not trusted now will not be trusted on retry
     if "LocalFileSystem" in str(error):
         return False  # a local target: a folder in the way or no permission stays so
-    status = _HTTP_STATUS.search(str(error))
-    return status is None or not status.group(1).startswith("4") or status.group(1) in ("408", "429")
+    status = _http_status(str(error))
+    return status is None or not status.startswith("4") or status in ("408", "429")
 
 
 def describe_error(error: BaseException, *, location: StorageLocation, options: StorageOptions) -> str:
     """One line naming the URI, the cause and the fix; never includes credentials."""
     text = str(error)
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    endpoint = options.endpoint_url or f"the {location.scheme} service"
+    endpoint = _endpoint(location, options) or f"the {_SERVICE[location.scheme]}"
     code_match = _S3_ERROR_CODE.search(text)
     code = code_match.group(1) if code_match else None
-    status_match = _HTTP_STATUS.search(text)
-    status = status_match.group(1) if status_match else None
+    status = _http_status(text)
     if code in ("NoSuchBucket", "ContainerNotFound") or (
         location.scheme != "file" and "bucket" in text.lower() and status == "404"
     ):
         return (
             f"{location.uri}: bucket {location.bucket!r} does not exist at {endpoint}; create it first or fix the URI"
+        )
+    if _AZURE_NO_ACCOUNT in text:
+        return (
+            f"{location.uri}: no Azure storage account is named: set AZURE_STORAGE_ACCOUNT_NAME (or "
+            f"AZURE_STORAGE_CONNECTION_STRING), or name it in the URI: {location.bucket}@ACCOUNT.blob.core.windows.net "
+            f"in place of {location.bucket!r}"
         )
     if location.scheme == "file" and "canonicalize" in text:
         return f"{location.uri}: no such local directory"
@@ -216,7 +304,7 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     if isinstance(error, BaseError) and any(marker in text.lower() for marker in _CONNECT_FAILURE):
         return (
             f"{location.uri}: cannot reach {endpoint} (connection failed after retries); "
-            "check the endpoint URL (AWS_ENDPOINT_URL / --endpoint-url) and that the server is up"
+            f"check the endpoint URL ({_ENDPOINT_HINT.get(location.scheme, 'the URI')}) and that the server is up"
         )
     if code:
         # The server's own words (e.g. InternalError: disk full), not the XML the first line cuts.
@@ -226,10 +314,29 @@ def describe_error(error: BaseException, *, location: StorageLocation, options: 
     return f"{location.uri}: {first_line}"
 
 
+def _http_status(text: str) -> str | None:
+    match = _HTTP_STATUS.search(text)
+    return (match.group(1) or match.group(2)) if match else None
+
+
+def _endpoint(location: StorageLocation, options: StorageOptions) -> str | None:
+    """The endpoint a store's requests go to, when the options name one (for messages)."""
+    if location.scheme == "s3":
+        return options.endpoint_url
+    if location.scheme == "gs":
+        return google_endpoint(options)
+    if location.scheme == "az":
+        try:
+            return options.azure(location.account).endpoint
+        except ValueError:
+            return None
+    return None
+
+
 def _credential_hint(location: StorageLocation) -> str:
     return {
         "s3": "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
-        "gs": "GOOGLE_SERVICE_ACCOUNT / GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_APPLICATION_CREDENTIALS",
-        "az": "AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN",
+        "gs": "GOOGLE_SERVICE_ACCOUNT_KEY / GOOGLE_SERVICE_ACCOUNT / GOOGLE_APPLICATION_CREDENTIALS",
+        "az": "AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_SAS_TOKEN / AZURE_STORAGE_CONNECTION_STRING",
         "file": "file permissions",
     }[location.scheme]

@@ -49,7 +49,7 @@ from trainrun.base.uri import StorageLocation, normalise_key, parse_uri
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES, IGNORE_FILE, IgnoreRules
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
-from trainrun.storage.stores import describe_error, is_transient, open_store
+from trainrun.storage.stores import UnusableSettings, describe_error, is_transient, open_store
 
 if TYPE_CHECKING:
     from obstore.store import ObjectStore
@@ -438,6 +438,8 @@ def _upload_with_retries(
                 raise
             continue
         except OSError as error:
+            if error.filename is None and isinstance(error, FileNotFoundError):
+                raise  # the store's "not found" (obstore raises it as FileNotFoundError): a missing bucket
             raise UploadError(f"cannot read {str(local.path)!r}: {error}") from error
         state.add(files=1)
         return record
@@ -563,6 +565,8 @@ class store_errors:
         return None
 
     def __exit__(self, exc_type: type[BaseException] | None, error: BaseException | None, _tb: object) -> None:
+        if isinstance(error, UnusableSettings):
+            raise self.error_type(f"cannot {self.action} {error}") from error
         if error is None or isinstance(error, StorageError):
             return
         if isinstance(error, (BaseError, FileNotFoundError)):

@@ -1,6 +1,8 @@
-"""trainrun.storage against a real SeaweedFS S3 server (and file:// targets).
+"""trainrun.storage against each store: SeaweedFS (S3), fake-gcs-server (GCS), Azurite (Azure Blob); file://.
 
-Results are checked with an independent client (boto3), not only with our own download.
+The tests that take ``store`` run on all three (tests/storage/stores_under_test.py); results are checked
+with each store's own client (boto3, fake-gcs-server's JSON API, azure-storage-blob), not only with our own
+download. The server-killing tests run on private SeaweedFS servers (the retry code is the same for every store).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 from seaweedfs import BUCKET, SeaweedFS, start_seaweedfs
+from stores_under_test import StoreUnderTest
 from trainrun.storage import (
     ChecksumMismatchError,
     DownloadError,
@@ -31,9 +34,10 @@ from trainrun.storage import (
     upload_file,
 )
 
-pytestmark = pytest.mark.s3  # every test here talks to the SeaweedFS session server
+pytestmark = pytest.mark.s3  # every test here talks to the session's object-store servers
 
 SPARSE_SIZE = 3 * 1024**3  # 3 GiB: ~25 s up and ~15 s down on the 2-core CI machine
+EMULATOR_SPARSE_SIZE = 1024**3  # the emulators write every byte to disk twice (parts, then the object)
 
 
 def make_tree(root: Path) -> dict[str, bytes]:
@@ -72,8 +76,8 @@ def has_object(client: Any, uri: str, relative: str) -> bool:
     return "Contents" in client.list_objects_v2(Bucket=bucket, Prefix=key)
 
 
-def test_round_trip_with_nested_empty_files_and_manifest_checked_by_boto3(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions, boto3_client: Any
+def test_round_trip_with_nested_empty_files_and_manifest_checked_by_the_stores_client(
+    tmp_path: Path, store: StoreUnderTest, store_uri: str
 ) -> None:
     contents = make_tree(tmp_path / "out")
     (tmp_path / "out" / "broken-link").symlink_to(tmp_path / "missing")
@@ -81,7 +85,7 @@ def test_round_trip_with_nested_empty_files_and_manifest_checked_by_boto3(
     (tmp_path / "out" / "link-to-file").symlink_to(tmp_path / "linked.bin")
     seen: list[TransferProgress] = []
 
-    result = upload_directory(tmp_path / "out", s3_uri, options=s3_options, progress=seen.append)
+    result = upload_directory(tmp_path / "out", store_uri, options=store.options, progress=seen.append)
 
     expected = {**contents, "link-to-file": b"through a link"}
     assert result.skipped == ("broken-link",)
@@ -90,106 +94,121 @@ def test_round_trip_with_nested_empty_files_and_manifest_checked_by_boto3(
     }
     assert seen[-1].files_done == seen[-1].files_total == len(expected)
     assert seen[-1].bytes_done == seen[-1].bytes_total == sum(map(len, expected.values()))
-    # The manifest in the bucket lists every file with the sha256 of what boto3 reads back.
-    manifest = json.loads(get_object(boto3_client, s3_uri, "manifest.json"))
+    # The manifest in the bucket lists every file with the sha256 of what the store's own client reads back.
+    manifest = json.loads(store.get(store_uri, "manifest.json"))
     assert manifest["file_count"] == len(expected)
     assert manifest["total_bytes"] == sum(map(len, expected.values()))
     for entry in manifest["files"]:
-        stored = get_object(boto3_client, s3_uri, entry["path"])
+        stored = store.get(store_uri, entry["path"])
         assert entry["sha256"] == sha256_hex(stored) == sha256_hex(expected[entry["path"]])
         assert entry["size"] == len(stored)
     # Written last: no object is newer than the manifest.
-    bucket, prefix = bucket_and_key(s3_uri, "")
-    listing = boto3_client.list_objects_v2(Bucket=bucket, Prefix=prefix + "/")["Contents"]
-    times = {item["Key"].rsplit("/", 1)[-1]: item["LastModified"] for item in listing}
-    assert times["manifest.json"] == max(times.values())
+    listing = store.listing(store_uri)
+    assert set(listing) == {*expected, "manifest.json"}
+    assert listing["manifest.json"].modified == max(item.modified for item in listing.values())
 
-    downloaded = download(s3_uri, tmp_path / "back", options=s3_options)
+    downloaded = download(store_uri, tmp_path / "back", options=store.options)
 
     assert downloaded.verified and downloaded.unverified_paths == ()
     for key, data in expected.items():
         assert (tmp_path / "back" / key).read_bytes() == data
     assert not (tmp_path / "back" / "manifest.json").exists()
-    assert read_manifest(s3_uri, options=s3_options) == result.manifest
+    assert read_manifest(store_uri, options=store.options) == result.manifest
 
 
 @pytest.mark.slow
-def test_multi_gigabyte_sparse_file_round_trip(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
+def test_multi_gigabyte_sparse_file_round_trip(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
+    size = SPARSE_SIZE if store.name == "s3" else EMULATOR_SPARSE_SIZE
     source = tmp_path / "out"
     source.mkdir()
     with (source / "weights.bin").open("wb") as sparse:
-        sparse.truncate(SPARSE_SIZE)
+        sparse.truncate(size)
     (source / "tail.txt").write_bytes(b"after the big one")
     zeros_sha256 = hashlib.sha256()
     block = bytes(64 * 1024 * 1024)
-    for _ in range(SPARSE_SIZE // len(block)):
+    for _ in range(size // len(block)):
         zeros_sha256.update(block)
 
-    result = upload_directory(source, s3_uri, options=s3_options)
+    result = upload_directory(source, store_uri, options=store.options)
     records = {record.path: record for record in result.manifest.files}
-    assert records["weights.bin"].size == SPARSE_SIZE
+    assert records["weights.bin"].size == size
     assert records["weights.bin"].sha256 == zeros_sha256.hexdigest()
+    assert store.listing(store_uri)["weights.bin"].size == size
 
     try:
-        downloaded = download(s3_uri, tmp_path / "back", options=s3_options)
+        downloaded = download(store_uri, tmp_path / "back", options=store.options)
         assert downloaded.verified
-        assert (tmp_path / "back" / "weights.bin").stat().st_size == SPARSE_SIZE
+        assert (tmp_path / "back" / "weights.bin").stat().st_size == size
         assert (tmp_path / "back" / "tail.txt").read_bytes() == b"after the big one"
     finally:
-        shutil.rmtree(tmp_path / "back", ignore_errors=True)  # 3 GiB of real zeros on disk
+        shutil.rmtree(tmp_path / "back", ignore_errors=True)  # gigabytes of real zeros on disk
 
 
-def test_tampered_object_is_detected_on_download(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions, boto3_client: Any
-) -> None:
+def test_many_small_files_round_trip(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
+    """More files than one listing page (1,000) holds: every one uploaded, listed and verified."""
+    source = tmp_path / "out"
+    for index in range(1_200):
+        path = source / f"shard-{index // 100:02d}" / f"{index:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(2_000 + index))
+    result = upload_directory(source, store_uri, options=store.options)
+    assert result.manifest.file_count == 1_200
+    assert len(store.listing(store_uri)) == 1_201  # and the manifest
+    downloaded = download(store_uri, tmp_path / "back", options=store.options)
+    assert downloaded.verified and len(downloaded.files) == 1_200
+    assert (tmp_path / "back" / "shard-11" / "1199.bin").read_bytes() == (source / "shard-11" / "1199.bin").read_bytes()
+
+
+def test_tampered_object_is_detected_on_download(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
     make_tree(tmp_path / "out")
-    upload_directory(tmp_path / "out", s3_uri, options=s3_options)
-    original = get_object(boto3_client, s3_uri, "model.pt")
+    upload_directory(tmp_path / "out", store_uri, options=store.options)
+    original = store.get(store_uri, "model.pt")
     tampered = bytes([original[0] ^ 0xFF]) + original[1:]  # same size, one byte flipped
-    boto3_client.put_object(Bucket=BUCKET, Body=tampered, Key=bucket_and_key(s3_uri, "model.pt")[1])
+    store.put(store_uri, "model.pt", tampered)
 
     with pytest.raises(ChecksumMismatchError) as caught:
-        download(s3_uri, tmp_path / "back", options=s3_options)
+        download(store_uri, tmp_path / "back", options=store.options)
 
     assert caught.value.path == "model.pt"
     assert "model.pt" in str(caught.value) and caught.value.actual == sha256_hex(tampered)
     assert not (tmp_path / "back" / "model.pt").exists()
     assert not list((tmp_path / "back").glob(".*.partial"))
     # Without verification the tampered bytes come down as they are.
-    download(s3_uri, tmp_path / "unchecked", options=s3_options, verify=False)
+    download(store_uri, tmp_path / "unchecked", options=store.options, verify=False)
     assert (tmp_path / "unchecked" / "model.pt").read_bytes() == tampered
 
 
-def test_object_missing_from_bucket_is_reported(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions, boto3_client: Any
-) -> None:
+def test_object_missing_from_bucket_is_reported(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
     make_tree(tmp_path / "out")
-    upload_directory(tmp_path / "out", s3_uri, options=s3_options)
-    boto3_client.delete_object(Bucket=BUCKET, Key=bucket_and_key(s3_uri, "run.json")[1])
+    upload_directory(tmp_path / "out", store_uri, options=store.options)
+    store.delete(store_uri, "run.json")
 
     with pytest.raises(DownloadError, match=r"'run.json' is listed in the manifest .* missing"):
-        download(s3_uri, tmp_path / "back", options=s3_options)
+        download(store_uri, tmp_path / "back", options=store.options)
 
 
 def test_wrong_credentials_give_a_clear_error_and_no_manifest(
-    tmp_path: Path, s3_uri: str, seaweedfs: SeaweedFS, boto3_client: Any
+    tmp_path: Path, store: StoreUnderTest, store_uri: str
 ) -> None:
     make_tree(tmp_path / "out")
-    wrong = StorageOptions(endpoint_url=seaweedfs.endpoint, access_key_id="nobody", secret_access_key="s3cr3t-xyz")
     with pytest.raises(UploadError) as caught:
-        upload_directory(tmp_path / "out", s3_uri, options=wrong)
+        upload_directory(tmp_path / "out", store_uri, options=StorageOptions.from_env(store.wrong_env))
     message = str(caught.value)
-    assert s3_uri in message and "access denied" in message and "AWS_ACCESS_KEY_ID" in message
-    assert "s3cr3t-xyz" not in message
-    assert not has_object(boto3_client, s3_uri, "")
+    hint = {"s3": "AWS_ACCESS_KEY_ID", "gcs": "GOOGLE_SERVICE_ACCOUNT_KEY", "azure": "AZURE_STORAGE_ACCOUNT_KEY"}[store.name]
+    assert store_uri in message and "access denied" in message and hint in message, message
+    assert not any(secret in message for secret in store.secrets)
+    assert store.listing(store_uri) == {}
 
 
-def test_missing_bucket_gives_a_clear_error(tmp_path: Path, s3_options: StorageOptions) -> None:
+def test_missing_bucket_gives_a_clear_error(tmp_path: Path, store: StoreUnderTest) -> None:
     make_tree(tmp_path / "out")
+    uri = store.missing_bucket_uri()
     with pytest.raises(UploadError, match=r"bucket 'no-such-bucket' does not exist"):
-        upload_directory(tmp_path / "out", "s3://no-such-bucket/run", options=s3_options)
+        upload_directory(tmp_path / "out", uri, options=store.options)
     with pytest.raises(DownloadError, match=r"bucket 'no-such-bucket' does not exist"):
-        download("s3://no-such-bucket/run", tmp_path / "back", options=s3_options)
+        download(uri, tmp_path / "back", options=store.options)
+    with pytest.raises(UploadError, match=r"bucket 'no-such-bucket' does not exist"):
+        upload_file(tmp_path / "out" / "model.pt", f"{uri}/model.pt", options=store.options)
 
 
 def test_unreachable_endpoint_gives_a_clear_error(tmp_path: Path) -> None:
@@ -199,25 +218,23 @@ def test_unreachable_endpoint_gives_a_clear_error(tmp_path: Path) -> None:
         upload_directory(tmp_path / "out", "s3://bucket/run", options=closed)
 
 
-def test_nothing_at_uri_is_an_error(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
+def test_nothing_at_uri_is_an_error(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
     with pytest.raises(DownloadError, match="no object or prefix with this name exists"):
-        download(s3_uri, tmp_path / "back", options=s3_options)
-    assert read_manifest(s3_uri, options=s3_options) is None
+        download(store_uri, tmp_path / "back", options=store.options)
+    assert read_manifest(store_uri, options=store.options) is None
 
 
-def test_upload_file_and_download_single_object(
-    tmp_path: Path, s3_uri: str, s3_options: StorageOptions, boto3_client: Any
-) -> None:
+def test_upload_file_and_download_single_object(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
     log = tmp_path / "master-0.log"
     log.write_bytes(b"line\n" * 1000)
     seen: list[TransferProgress] = []
-    record = upload_file(log, f"{s3_uri}/logs/master-0.log", options=s3_options, progress=seen.append)
-    assert record.path == f"{s3_uri}/logs/master-0.log"
+    record = upload_file(log, f"{store_uri}/logs/master-0.log", options=store.options, progress=seen.append)
+    assert record.path == f"{store_uri}/logs/master-0.log"
     assert record.sha256 == sha256_hex(log.read_bytes())
     assert seen[-1] == TransferProgress(files_done=1, files_total=1, bytes_done=record.size, bytes_total=record.size)
-    assert get_object(boto3_client, s3_uri, "logs/master-0.log") == log.read_bytes()
+    assert store.get(store_uri, "logs/master-0.log") == log.read_bytes()
 
-    result = download(f"{s3_uri}/logs/master-0.log", tmp_path / "back", options=s3_options)
+    result = download(f"{store_uri}/logs/master-0.log", tmp_path / "back", options=store.options)
     assert (tmp_path / "back" / "master-0.log").read_bytes() == log.read_bytes()
     assert not result.verified
 
@@ -250,14 +267,25 @@ def test_a_file_uploaded_into_a_folder_keeps_its_name(
         download(f"{s3_uri}/models/", model, options=s3_options)
 
 
-def test_extra_files_are_listed_in_the_manifest(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
+def test_extra_files_are_listed_in_the_manifest(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
     make_tree(tmp_path / "out")
     log = tmp_path / "worker-0.log"
     log.write_text("hello\n")
-    result = upload_directory(tmp_path / "out", s3_uri, options=s3_options, extra_files={"logs/worker-0.log": log})
+    result = upload_directory(tmp_path / "out", store_uri, options=store.options, extra_files={"logs/worker-0.log": log})
     assert "logs/worker-0.log" in {record.path for record in result.manifest.files}
-    download(s3_uri, tmp_path / "back", options=s3_options)
+    download(store_uri, tmp_path / "back", options=store.options)
     assert (tmp_path / "back" / "logs" / "worker-0.log").read_text() == "hello\n"
+
+
+def test_a_second_upload_replaces_the_manifest_last(tmp_path: Path, store: StoreUnderTest, store_uri: str) -> None:
+    """An earlier manifest is deleted first, so it never describes a folder half replaced."""
+    make_tree(tmp_path / "out")
+    upload_directory(tmp_path / "out", store_uri, options=store.options)
+    (tmp_path / "out" / "model.pt").write_bytes(b"retrained")
+    result = upload_directory(tmp_path / "out", store_uri, options=store.options)
+    assert json.loads(store.get(store_uri, "manifest.json")) == json.loads(result.manifest.to_json())
+    assert download(store_uri, tmp_path / "back", options=store.options).verified
+    assert (tmp_path / "back" / "model.pt").read_bytes() == b"retrained"
 
 
 def test_reserved_manifest_name_is_refused(tmp_path: Path, s3_uri: str, s3_options: StorageOptions) -> None:
