@@ -480,4 +480,4 @@ def test_a_cluster_that_asks_for_no_add_ons_runs_none(kube_cluster: KubeCluster)
     fixture of test_platform.py): this cluster serves none of their APIs and runs none of their processes."""
     versions = kube_cluster.kubectl("api-versions").stdout.split()
     assert [version for version in versions if version.split("/")[0] in ADD_ON_GROUPS] == []
-    assert sorted(path.name for path in kube_cluster.state_dir.glob("*.pid")) == ["owner.pid", "training-operator.pid"]
+    assert sorted(path.name for path in kube_cluster.state_dir.glob("*.pid")) == ["owner.pid", "supervisor.pid", "training-operator.pid"]

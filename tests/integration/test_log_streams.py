@@ -23,7 +23,7 @@ from runs import OperatorProcess, kubectl_apply, operator, training_run
 from trainrun import Client
 from trainrun.kube.api import KubeApi
 from trainrun.kube.logs import LogLine, ReplicaLogStreams
-from trainrun.render.children import CONTAINER_NAME, JOB_NAME_LABEL
+from trainrun.render.children import COMPONENT_LABEL, CONTAINER_NAME, JOB_NAME_LABEL, REPLICA_COMPONENT, RUN_LABEL
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator"]  # a fixture, used by name
@@ -32,7 +32,8 @@ START_AFTER_ANNOTATION = "kwok.trainrun.dev/start-after"
 
 
 def replica_pod(job: str, namespace: str, replica: str, annotations: dict[str, str], *, restart: str = "Never") -> dict[str, Any]:
-    """A pod labelled as the training-operator labels replica REPLICA ("worker-1") of JOB."""
+    """A pod labelled as the training-operator labels replica REPLICA ("worker-1") of JOB, with the labels the
+    operator renders on every replica pod of run JOB (what the streams select by, on either backend)."""
     kind, index = replica.split("-")
     return {
         "apiVersion": "v1",
@@ -42,6 +43,8 @@ def replica_pod(job: str, namespace: str, replica: str, annotations: dict[str, s
             "namespace": namespace,
             "labels": {
                 JOB_NAME_LABEL: job,
+                RUN_LABEL: job,
+                COMPONENT_LABEL: REPLICA_COMPONENT,
                 "training.kubeflow.org/replica-type": kind,
                 "training.kubeflow.org/replica-index": index,
             },

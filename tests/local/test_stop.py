@@ -99,7 +99,8 @@ def test_a_stop_shows_one_line_per_replica_and_keeps_the_rest_in_the_logs(tmp_pa
     folder = run_folder(runs_dir)
     replica_lines = [line for line in after if line.startswith("[")]
     assert sorted(line.split("]")[0] for line in replica_lines) == ["[master-0", "[worker-0"], after  # one each
-    assert after[-2:] == ["sleeper: Cancelled  stopped by a signal or by trainrun cancel", f"run folder: {folder}"]
+    assert after[-2][: len("sleeper: Cancelled  cancelled")] == "sleeper: Cancelled  cancelled", after
+    assert after[-1] == f"run folder: {folder}"
     assert len(after) == 4, after
     for line in replica_lines:
         replica = line[1:].split("]")[0]

@@ -130,6 +130,10 @@ class LocalRunner:
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
         self._last_status_write = 0.0
         self._events_recorded: set[PhaseEvent] = set()
+        # The phase the observer was last shown; a finished phase waits until the replicas have stopped, so
+        # that what they print while stopping is summed up before it (RunObserver.stopping).
+        self._shown_phase: Phase | None = None
+        self._running: Sequence[_Replica] = ()
         # What is observed: the current job (its staging and replica processes) and the copy once it started.
         self._job: LocalJob | None = None
         self._copy: ArtifactCopy | None = None
@@ -149,6 +153,7 @@ class LocalRunner:
     def run(self) -> TrainingRunStatus:
         """Stage, start the replicas, follow them to the end (through restarts), copy the outputs; the final status."""
         self.folder.pid_path.write_text(f"{os.getpid()}\n")
+        self._shown_phase = self.status.phase
         self.observer.phase(self.status.model_copy(deep=True))  # where the run starts from (its folder's status)
         try:
             with self._signals_cancel():
@@ -274,6 +279,7 @@ class LocalRunner:
         """Follow the replicas until the run has trained, failed or was cancelled (False), or supervision
         stops them for a whole-run restart (True)."""
         master_done_at: float | None = None
+        self._running = replicas
         try:
             while True:
                 self._drain(timeout=POLL_SECONDS)
@@ -299,6 +305,8 @@ class LocalRunner:
             stop_replicas([item.process for item in replicas], grace_seconds=STOP_GRACE_SECONDS)
             self._drain_until_closed(replicas)
             self._see_exits(replicas, read_logs=False)
+            self._running = ()
+            self._show_phase()
 
     def _await_new_job(self) -> bool:
         """After a restart stopped the replicas (their job is gone): wait until supervision's back-off is over,
@@ -417,11 +425,20 @@ class LocalRunner:
         if force or changed or events or time.monotonic() - self._last_status_write > STATUS_WRITE_INTERVAL_SECONDS:
             record_status(self.folder, previous, status, events=events, run_name=self.run_spec.metadata.name, at=utc_now())
             self._last_status_write = time.monotonic()
-        if status.phase != previous.phase:
-            self.observer.phase(status.model_copy(deep=True))
-        elif status.reason == "Hung" and previous.reason != "Hung" and status.message:
+        if status.phase == previous.phase and status.reason == "Hung" and previous.reason != "Hung" and status.message:
             self.observer.notice(status.message)
+        self._show_phase()
         return assessment
+
+    def _show_phase(self) -> None:
+        """Show the observer a phase it has not seen; a finished one once no replica is still stopping."""
+        phase = self.status.phase
+        if phase == self._shown_phase:
+            return
+        if phase is not None and phase.finished and any(item.process.poll() is None for item in self._running):
+            return
+        self._shown_phase = phase
+        self.observer.phase(self.status.model_copy(deep=True))
 
     # -- output ----------------------------------------------------------------------------------------
 
