@@ -304,17 +304,19 @@ def test_a_runtime_patch_cannot_add_a_working_init_container(
     an init container there has no image or command. Trainer's webhook checks the template with the patches
     applied, so a new init container of a name alone passes it, and the JobSet cannot create its Job."""
     cluster, namespace, name = platform_cluster, platform_namespace, "tj-init"
-    stage_in = {"name": "stage-in", "image": IMAGE, "command": ["true"]}
-    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [stage_in]})
+    warm_cache = {"name": "warm-cache", "image": IMAGE, "command": ["true"]}
+    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [warm_cache]})
     refused = cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(job), check=False)
     assert refused.returncode != 0
     field = "spec.runtimePatches[0].trainingRuntimeSpec.template.spec.replicatedJobs[0].template.spec.template.spec"
     assert f'strict decoding error: unknown field "{field}.initContainers[0].command"' in refused.stderr
 
-    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [{"name": "stage-in"}]})
+    # trainrun-torch has an init container of its own (stage-in): a patch of that name merges into it, a new one
+    # comes first, with a name and nothing else.
+    job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [{"name": "warm-cache"}]})
     cluster.apply({**job, "metadata": {**job["metadata"], "namespace": namespace}})
     failure = wait_until(
-        lambda: [message for _, reason, message in events_of(cluster, namespace, name) if reason == "JobCreationFailed"],
+        lambda: [message for _, reason, message in events_of(cluster, namespace, name) if reason == "JobCreationFailed"] or None,
         timeout=60, what="the JobSet's JobCreationFailed event",
     )
     assert f'Job.batch "{name}-node-0" is invalid: spec.template.spec.initContainers[0].image: Required value' in failure[0]

@@ -109,10 +109,14 @@ def test_a_run_completes_as_a_trainjob_with_its_logs_archived_and_its_copy_verif
     assert status["metrics"] == {"val_loss": 0.2}
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
     manifest = json.loads(boto3_client_for(s3_server.endpoint).get_object(Bucket=BUCKET, Key=f"{prefix}/manifest.json")["Body"].read())
-    assert [entry["path"] for entry in manifest["files"]] == ["logs/master-0.log", "logs/metrics.jsonl", "logs/worker-0.log", "model.pt"]
-    assert status["artifacts"]["fileCount"] == 4
+    # The uploader pod's log is archived too, under its pod's name.
+    paths = [entry["path"] for entry in manifest["files"]]
+    uploader_logs = [path for path in paths if path.startswith("logs/tj-upload-")]
+    assert len(uploader_logs) == 1, paths
+    assert paths == sorted(["logs/master-0.log", "logs/metrics.jsonl", *uploader_logs, "logs/worker-0.log", "model.pt"])
+    assert status["artifacts"]["fileCount"] == 5
     messages = [event["message"] for event in events_of(cluster, "tj", namespace)]
-    assert any(message.startswith("Uploading -> Completed: training succeeded; 4 files") for message in messages), messages
+    assert any(message.startswith("Uploading -> Completed: training succeeded; 5 files") for message in messages), messages
     # `trainrun logs` finds either backend's pods (by the run's labels) and names them as replicas.
     printed = subprocess.run([TRAINRUN, "-n", namespace, "logs", "tj"], env={**cluster.env(), **secret_env}, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
