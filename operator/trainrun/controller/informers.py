@@ -47,8 +47,12 @@ class Informer:
         params: Mapping[str, str] | None = None,
         keep: Callable[[Mapping[str, Any]], bool] | None = None,
         watch_seconds: int = 300,
+        when_absent: str | None = None,
     ) -> None:
         self.kube = kube
+        # What it means for the runs that the cluster does not serve the kind (an add-on not installed): said
+        # once, at INFO, where the kind is optional; a kind the operator needs gets a warning.
+        self.when_absent = when_absent
         self.resource = resource
         self.namespace = namespace
         self.project = project
@@ -95,7 +99,12 @@ class Informer:
     def _set_served(self, served: bool) -> None:
         if served != self.served:
             self.served = served
-            if not served:
+            if not served and self.when_absent is not None:
+                logger.info(
+                    "the cluster does not serve %s: %s; looking again every %.0f s",
+                    self.resource.plural, self.when_absent, NOT_SERVED_RETRY_SECONDS,
+                )
+            elif not served:
                 logger.warning("the API server does not serve %s; retrying", self.resource.plural)
                 for obj in list(self.store.values()):
                     self._remove(obj)

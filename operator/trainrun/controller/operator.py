@@ -254,13 +254,19 @@ class Controller:
                 (TRAINJOB.kind, TRAINJOBS, projections.trainjob),
             ):
                 job_informer = Informer(
-                    kube, resource, namespace, project=project, on_change=self._on_child(JOB), params=by_label
+                    kube, resource, namespace, project=project, on_change=self._on_child(JOB), params=by_label,
+                    when_absent=f"a run whose job is a {kind} waits until it is (the status says what to install)",
                 )
                 job_informer.on_served_change = self._on_job_kind_served
                 self.jobs[kind].append(job_informer)
                 self.informers.append(job_informer)
-            workload_informer = Informer(kube, WORKLOADS, namespace, project=projections.workload, on_change=self._on_workload)
-            queue_informer = Informer(kube, LOCAL_QUEUES, namespace, project=projections.identity, on_change=self._on_local_queue)
+            no_kueue = "Kueue is not installed; a run that names spec.resources.queue waits until it is"
+            workload_informer = Informer(
+                kube, WORKLOADS, namespace, project=projections.workload, on_change=self._on_workload, when_absent=no_kueue
+            )
+            queue_informer = Informer(
+                kube, LOCAL_QUEUES, namespace, project=projections.identity, on_change=self._on_local_queue, when_absent=no_kueue
+            )
             for informer in (workload_informer, queue_informer):
                 informer.on_served_change = self._on_job_kind_served
             self.kueue.append(workload_informer)
