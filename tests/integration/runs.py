@@ -157,10 +157,16 @@ def lease_holder(cluster: KubeCluster) -> str:
 
 def set_backend(cluster: KubeCluster, backend: str) -> None:
     """Choose the operator configuration's backend (PyTorchJob or TrainJob) in the cluster's ConfigMap."""
+    edit_operator_config(cluster, backend=backend)
+
+
+def edit_operator_config(cluster: KubeCluster, **entries: Any) -> None:
+    """Set ENTRIES (top-level keys: backend, registries...) in the operator configuration of the cluster's
+    ConfigMap, keeping the rest; the running operator reads it again."""
     found = cluster.get("configmap", CONFIG_MAP_NAME, OPERATOR_NAMESPACE)
     assert found is not None, "up.sh installs the operator's ConfigMap"
     config = yaml.safe_load(found["data"][CONFIG_MAP_KEY]) or {}
-    config["backend"] = backend
+    config.update(entries)
     cluster.apply(
         {
             "apiVersion": "v1",

@@ -315,11 +315,17 @@ def test_a_runtime_patch_cannot_add_a_working_init_container(
     # comes first, with a name and nothing else.
     job = trainjob(name, nodes=1, gpus=1, annotations={}, pod_spec={"initContainers": [{"name": "warm-cache"}]})
     cluster.apply({**job, "metadata": {**job["metadata"], "namespace": namespace}})
-    failure = wait_until(
+    # JobSet may first be refused by its own webhook while its cache lacks the new JobSet ("JobSet ... not found"):
+    # a JobCreationFailed Event too. Wait for the one about the init container.
+    invalid = f'Job.batch "{name}-node-0" is invalid: spec.template.spec.initContainers[0].image: Required value'
+    failures = wait_until(
         lambda: [message for _, reason, message in events_of(cluster, namespace, name) if reason == "JobCreationFailed"] or None,
         timeout=60, what="the JobSet's JobCreationFailed event",
     )
-    assert f'Job.batch "{name}-node-0" is invalid: spec.template.spec.initContainers[0].image: Required value' in failure[0]
+    wait_until(
+        lambda: any(invalid in message for _, reason, message in events_of(cluster, namespace, name) if reason == "JobCreationFailed"),
+        timeout=60, what=f"a JobCreationFailed event saying {invalid!r}; the first said {failures[0]!r}",
+    )
 
 
 def test_suspending_a_trainjob_deletes_its_pods_and_resuming_creates_them_again(

@@ -21,14 +21,15 @@ from pathlib import Path
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-for folder in (TESTS_DIR, TESTS_DIR / "integration", TESTS_DIR / "storage", Path(__file__).resolve().parent):
+for folder in (TESTS_DIR, TESTS_DIR / "integration", TESTS_DIR / "storage", TESTS_DIR / "registry", Path(__file__).resolve().parent):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
 from cluster.harness import Addon, KubeCluster, node_images, session_cluster, wait_until  # noqa: E402
+from mlflow_server import MlflowServer, require_mlflow, start_mlflow  # noqa: E402
 from realpods import PodReachableS3, node_ip, require_real_node  # noqa: E402
-from runs import operator  # noqa: E402
-from seaweedfs import start_seaweedfs  # noqa: E402
+from runs import edit_operator_config, operator  # noqa: E402
+from seaweedfs import BUCKET, start_seaweedfs  # noqa: E402
 
 OVERLAY = Path(__file__).resolve().parent / "operator-overlay"
 __all__ = ["operator"]  # a fixture of tests/integration/runs.py, used by name
@@ -68,4 +69,19 @@ def s3(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> I
     finally:
         forwarder.terminate()
         forwarder.wait(timeout=10)
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_registry(kube_cluster: KubeCluster, s3: PodReachableS3, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow server (its artifacts in the session's S3 server), named ``mlflow`` and the default registry
+    in the operator configuration: a run with ``spec.output.register`` is registered there."""
+    require_mlflow()
+    env = {**s3.server.env, "MLFLOW_S3_ENDPOINT_URL": s3.server.endpoint}
+    server = start_mlflow(tmp_path_factory.mktemp("mlflow"), env=env, artifacts=f"s3://{BUCKET}/mlflow-artifacts")
+    try:
+        edit_operator_config(kube_cluster, registries={"mlflow": {"type": "mlflow", "uri": server.uri}}, defaultRegistry="mlflow")
+        yield server
+    finally:
+        edit_operator_config(kube_cluster, registries={}, defaultRegistry=None)
         server.stop()

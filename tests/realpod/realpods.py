@@ -165,16 +165,21 @@ class Quickstart:
 
 
 def train_quickstart(
-    cluster: KubeCluster, operator: OperatorProcess, namespace: str, s3: PodReachableS3, tmp_path: Path
+    cluster: KubeCluster, operator: OperatorProcess, namespace: str, s3: PodReachableS3, tmp_path: Path, *, register: str | None = None
 ) -> Quickstart:
     """Submits the quick start sample as shipped (only where its outputs go is added) to the operator's
     backend, and checks what either backend must give: Completed, both replicas' lines in `trainrun logs
-    -f` while they trained, the images of the node, the artifacts, and a model that loads and learned."""
+    -f` while they trained, the images of the node, the artifacts, and a model that loads and learned.
+    With REGISTER, the run registers its outputs as that model in the operator's default registry, and
+    version 1 downloaded with `trainrun models download` matches its manifest and loads."""
     secret = s3.create_secret(cluster, namespace)
     uri = s3.uri("quickstart")
     output_volume(cluster, namespace, "quickstart-outputs", tmp_path / "volume")
     applied, applied_at = time.monotonic(), time.time()
-    trainrun(cluster, "submit", str(QUICKSTART), "-n", namespace, "--set", f"output.uri={uri}", "--set", f"output.secretName={secret}")
+    settings = ["--set", f"output.uri={uri}", "--set", f"output.secretName={secret}"]
+    if register is not None:
+        settings += ["--set", f"output.register.name={register}"]
+    trainrun(cluster, "submit", str(QUICKSTART), "-n", namespace, *settings)
     follower = LogFollower(cluster, "quickstart", namespace)
     # 4-6 minutes at load 7-10 on the 2-core machine (other test sessions); 10 minutes at load 11.
     run, seen = phases_until(cluster, operator, "quickstart", namespace, timeout=1200)
@@ -205,6 +210,14 @@ def train_quickstart(
     with torch.no_grad():
         logits = model(torch.rand(4, 1, 28, 28))
     assert tuple(logits.shape) == (4, 10)
+    if register is not None:
+        assert run["status"]["model"] == {"registry": "mlflow", "name": register, "version": "1", "uri": uri}, run["status"]
+        registered = tmp_path / "registered"
+        fetched = trainrun(cluster, "models", "download", f"{register}:1", str(registered), env=s3_client_env(s3), timeout=300)
+        assert f"verified against {uri}/manifest.json" in fetched.stdout, fetched.stdout
+        assert (registered / "model.ts").read_bytes() == (downloaded / "model.ts").read_bytes()
+        with torch.no_grad():
+            assert torch.equal(torch.jit.load(str(registered / "model.ts"))(torch.ones(1, 1, 28, 28)), model(torch.ones(1, 1, 28, 28)))
     losses = [record["train_loss"] for record in map(json.loads, (downloaded / "metrics.jsonl").read_text().splitlines()) if "train_loss" in record]
     assert len(losses) >= 3 and losses[-1] < losses[0] / 2, losses
     return Quickstart(run=run, pods=pods, first_step_seconds=first_step, completed_seconds=seen["Completed"] - applied)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster.harness import KubeCluster
+from mlflow_server import MlflowServer
 from realpods import (
     REALPOD_TIMEOUT,
     PodReachableS3,
@@ -32,10 +33,15 @@ from runs import OperatorProcess, wait_for_phase
 pytestmark = [pytest.mark.realpod, pytest.mark.timeout(REALPOD_TIMEOUT), pytest.mark.cluster, pytest.mark.s3]
 
 
-def test_quickstart_trains_in_real_pods_and_its_model_is_uploaded(
-    kube_cluster: KubeCluster, operator: OperatorProcess, kube_namespace: str, s3: PodReachableS3, tmp_path: Path
+def test_quickstart_trains_in_real_pods_and_its_model_is_uploaded_and_registered(
+    kube_cluster: KubeCluster,
+    operator: OperatorProcess,
+    kube_namespace: str,
+    s3: PodReachableS3,
+    mlflow_registry: MlflowServer,
+    tmp_path: Path,
 ) -> None:
-    done = train_quickstart(kube_cluster, operator, kube_namespace, s3, tmp_path)
+    done = train_quickstart(kube_cluster, operator, kube_namespace, s3, tmp_path, register="quickstart")
     assert kube_cluster.get("pytorchjob", "quickstart", kube_namespace) is not None
     # The Worker's init container (the training-operator's) waited for the Master's name, then exited.
     worker = done.pods["worker-0"]
