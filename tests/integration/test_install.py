@@ -57,9 +57,10 @@ RUN_RIGHTS: set[Right] = {
     *(("events", "", verb) for verb in ("list", "watch", "create")),
     ("secrets", "", "get"),
 }
-# And in its own namespace: its configuration and the leader-election Lease.
+# And in its own namespace: its configuration, the registries' Secrets and the leader-election Lease.
 OWN_NAMESPACE_RIGHTS: set[Right] = {
     *(("configmaps", "trainrun-operator-config", verb) for verb in ("get", "list", "watch")),
+    ("secrets", "", "get"),
     ("leases.coordination.k8s.io", "", "create"),
     ("leases.coordination.k8s.io", "trainrun-operator", "get"),
     ("leases.coordination.k8s.io", "trainrun-operator", "update"),
