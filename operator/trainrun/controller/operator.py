@@ -456,6 +456,7 @@ class Controller:
             gone_pods=list(self.gone_pods.get(key, {}).values()),
             metrics=logs.metrics if logs is not None else None,
             key_metric=logs.key_metric if logs is not None else None,
+            series=logs.summary.series if logs is not None else (),
             progress=logs.progress.snapshot() if logs is not None else None,
             seal=memory.attempts.get(SEAL, Attempts()),
             manifest=memory.attempts.get(MANIFEST, Attempts()),
