@@ -28,6 +28,13 @@ from trainrun.spec.sweepstatus import TrialState
 from trainrun.sweep.study import Suggestion, TrialView
 
 Object = dict[str, Any]
+SWEEP_ANNOTATIONS = (
+    TRIAL_NUMBER_ANNOTATION,
+    PARAMETERS_ANNOTATION,
+    SAMPLER_NOTES_ANNOTATION,
+    PRUNED_ANNOTATION,
+    SERIES_ANNOTATION,
+)
 # Optuna's notes larger than this are not kept on a trial (an annotation's room is 256 KiB in all).
 MAX_NOTES_BYTES = 64 * 1024
 
@@ -62,8 +69,7 @@ def trial_object(sweep: TrainingSweep, template: Mapping[str, Any], suggestion: 
                     "kind": SWEEP_KIND,
                     "name": metadata.name,
                     "uid": metadata.uid,
-                    "controller": True,
-                    "blockOwnerDeletion": True,
+                    "controller": True,  # no blockOwnerDeletion: that needs update on the sweep's finalizers
                 }
             ],
         },
@@ -89,6 +95,22 @@ def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
     """Whether the sweep with this uid owns the object (a trial of an older sweep of the same name does not count)."""
     owners = (obj.get("metadata") or {}).get("ownerReferences") or []
     return uid is None or any(owner.get("uid") == uid for owner in owners)
+
+
+def projected(raw: Mapping[str, Any]) -> Object:
+    """A trial as the sweep controller keeps it: the fields the plan reads (its marks, spec.cancel, and the
+    phase, message, metrics and series of its status), not the whole TrainingRun."""
+    metadata = raw.get("metadata") or {}
+    status = raw.get("status") or {}
+    annotations = metadata.get("annotations") or {}
+    return {
+        "metadata": {
+            **{key: metadata[key] for key in ("name", "namespace", "uid", "labels", "ownerReferences") if key in metadata},
+            "annotations": {key: value for key, value in annotations.items() if key in SWEEP_ANNOTATIONS},
+        },
+        "spec": {"cancel": bool((raw.get("spec") or {}).get("cancel"))},
+        "status": {key: status[key] for key in ("phase", "message", "metrics", "series") if key in status},
+    }
 
 
 def trial_view(obj: Mapping[str, Any], *, metric: str, by: str) -> TrialView | None:
