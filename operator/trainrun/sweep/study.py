@@ -24,8 +24,6 @@ from trainrun.spec.sweep import Parameter, Scalar, TrainingSweepSpec
 from trainrun.spec.sweepstatus import TrialState as SweepTrialState
 
 optuna.logging.set_verbosity(logging.WARNING)
-# TPE's constant liar (running trials count as bad ones, so parallel trials spread out) is marked experimental.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 # Optuna's notes it would unpickle when it reads them back (CMA-ES's optimizer): never taken from an object
 # anyone who may annotate a TrainingRun can write. CMA-ES then starts its search distribution afresh.
 UNSAFE_NOTES = ("cma:optimizer",)
@@ -83,7 +81,10 @@ def sampler(spec: TrainingSweepSpec, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.GridSampler(space, seed=seed)
     if spec.algorithm == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=spec.parallelism > 1)
+    with warnings.catch_warnings():
+        # The constant liar (running trials count as bad ones, so parallel trials spread out) is marked experimental.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=spec.parallelism > 1)
 
 
 def pruner(spec: TrainingSweepSpec) -> optuna.pruners.BasePruner:
