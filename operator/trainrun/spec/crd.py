@@ -98,8 +98,9 @@ def structural_schema(schema: JsonSchema, definitions: dict[str, JsonSchema]) ->
         raise ValueError("no structural form for patternProperties: check a map's keys with x-kubernetes-validations")
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if "exclusiveMinimum" in node:
-        # JSON Schema 2020 writes a number; OpenAPI v3 (Kubernetes) writes minimum + a boolean.
+    if not isinstance(node.get("exclusiveMinimum", True), bool):
+        # JSON Schema 2020 writes a number; OpenAPI v3 (Kubernetes) writes minimum + a boolean (an optional
+        # field's node comes here converted already).
         node["minimum"] = node.pop("exclusiveMinimum")
         node["exclusiveMinimum"] = True
     converted: JsonSchema = {key: value for key, value in node.items() if key in _KEPT_KEYWORDS}
