@@ -41,6 +41,7 @@ from trainrun.sweep.trials import (
     owned_by,
     pruned_patch,
     reported_metrics,
+    run_finished,
     stopping,
     trial_object,
     trial_view,
@@ -129,9 +130,7 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
         return done(Verdict(Phase.FAILED, "MetricNotReported", unreported, stalled=True), cancel_running=True)
     target_reached = best is not None and objective.target is not None and _better_or_equal(sweep, best.value, objective.target)
     running = [view for view in views if view.state is TrialState.RUNNING]
-    occupied = sum(1 for _, trial in by_view.values() if stopping(trial)) + sum(
-        1 for view, trial in by_view.values() if view.state is TrialState.RUNNING and not stopping(trial)
-    )
+    occupied = sum(1 for _, trial in by_view.values() if not run_finished(trial))  # a trial told to stop, too
     free = [number for number in range(limit) if number not in by_view]
     if not running and not occupied and (target_reached or not free):
         if target_reached:
@@ -152,7 +151,7 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
             words = f"{objective.metric}={value:.4g} at {_by(sweep)} {position} is worse than the other trials'"
             patches.append(TrialPatch(view.name, pruned_patch(position=position, value=value, message=words)))
             events.append(PhaseEvent("Normal", TRIAL_PRUNED, f"{view.name} pruned: {words}"))
-            occupied -= 1
+            # It keeps its place until its run has stopped: parallelism counts what runs, not what was decided.
         elif dict(decision.notes) != dict(view.notes) and spec.early_stopping is not None:
             patches.append(TrialPatch(view.name, notes_patch(decision.notes)))
     creates: list[Object] = []

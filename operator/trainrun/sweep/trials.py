@@ -190,7 +190,11 @@ def _json_object(text: object) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
+def run_finished(obj: Mapping[str, Any]) -> bool:
+    """Whether a trial's run has finished (its phase says so): until then it takes its place in parallelism."""
+    return (obj.get("status") or {}).get("phase") in (Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED)
+
+
 def stopping(obj: Mapping[str, Any]) -> bool:
-    """A trial asked to stop whose run has not finished yet: it still takes its place in parallelism."""
-    phase = (obj.get("status") or {}).get("phase")
-    return bool((obj.get("spec") or {}).get("cancel")) and phase not in (Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED)
+    """A trial told to stop whose run has not finished yet."""
+    return bool((obj.get("spec") or {}).get("cancel")) and not run_finished(obj)
