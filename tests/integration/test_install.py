@@ -36,7 +36,7 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-SAMPLES = sorted((MANIFESTS / "samples").glob("*.yaml"))
+SAMPLES = sorted(path for path in (MANIFESTS / "samples").glob("*.yaml") if "\nkind: TrainingRun\n" in path.read_text())
 OPERATOR = "system:serviceaccount:trainrun-system:trainrun-operator"
 NAMESPACED_OVERLAY = MANIFESTS / "overlays" / "namespaced"
 WATCHED = ("team-a", "team-b")  # the namespaces overlays/namespaced lists

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainrun.client.errors import RunNotFound
+from trainrun.client.errors import ClientError, RunNotFound
 from trainrun.local import (
     DEFAULT_RUNS_DIR,
     LocalRunner,
@@ -37,6 +37,11 @@ from trainrun.status.observe import replica_sort_key
 
 Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
+# A local sweep is no object kept anywhere: it runs in the foreground, its trials are local runs.
+LOCAL_SWEEP_WORDS = (
+    "a sweep on this machine runs in the foreground (trainrun sweep FILE --local) and keeps no sweep object; "
+    "its trials are local runs: trainrun get --local"
+)
 FOLLOW_POLL_SECONDS = 0.2
 # A run folder whose runner never wrote its pid this long after the last status is taken as abandoned.
 ABANDONED_AFTER_SECONDS = 30.0
@@ -152,6 +157,15 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
         return run_object(folder)
+
+    def create_sweep(self, document: Object) -> Object:
+        raise ClientError(LOCAL_SWEEP_WORDS)
+
+    def get_sweep(self, name: str) -> Object:
+        raise ClientError(LOCAL_SWEEP_WORDS)
+
+    def list_sweeps(self, *, all_namespaces: bool = False) -> Objects:
+        raise ClientError(LOCAL_SWEEP_WORDS)
 
     def operator_config(self) -> OperatorConfig | None:
         """This machine has no operator: registries come from MLFLOW_TRACKING_URI or the client's config."""
