@@ -97,7 +97,7 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
     views = [view for view, _ in sorted(by_view.values(), key=lambda item: item[0].number)]
     limit = min(spec.max_trials, grid_size(spec.parameters)) if spec.algorithm == "grid" else spec.max_trials
     best = _best(sweep, views)
-    events = _trial_events(sweep, views, best)
+    events = _trial_events(views, best)
 
     def done(verdict: Verdict, *, cancel_running: bool = False) -> SweepPlan:
         patches = [
@@ -129,10 +129,9 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
     if unreported is not None:
         return done(Verdict(Phase.FAILED, "MetricNotReported", unreported, stalled=True), cancel_running=True)
     target_reached = best is not None and objective.target is not None and _better_or_equal(sweep, best.value, objective.target)
-    running = [view for view in views if view.state is TrialState.RUNNING]
     occupied = sum(1 for _, trial in by_view.values() if not run_finished(trial))  # a trial told to stop, too
     free = [number for number in range(limit) if number not in by_view]
-    if not running and not occupied and (target_reached or not free):
+    if not occupied and (target_reached or not free):
         if target_reached:
             assert best is not None and objective.target is not None
             return done(_ended(best, "TargetReached", f"{best.trial} reached the target {objective.metric}={objective.target:g}"))
@@ -140,9 +139,9 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
 
     study = SweepStudy(spec, views, uid=sweep.metadata.uid or sweep.metadata.name)
     patches: list[TrialPatch] = []
-    for view in running:
+    for view in views:
         trial = by_view[view.number][1]
-        if stopping(trial):
+        if view.state is not TrialState.RUNNING or stopping(trial):
             continue
         decision = study.should_prune(view)
         if decision.prune:
@@ -163,7 +162,7 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
             creates.append(created)
             shown = ", ".join(f"{name}={value}" for name, value in sorted(suggestion.parameters.items()))
             events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
-    verdict = Verdict(Phase.RUNNING, "Searching", _running_words(sweep, counts, len(creates), best, target_reached))
+    verdict = Verdict(Phase.RUNNING, "Searching", _running_words(counts, len(creates), best, target_reached))
     status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
     requeue = (deadline - clock).total_seconds() if deadline is not None and clock is not None else None
     return SweepPlan(sweep, status, creates=creates, patches=patches, events=events, requeue_after=requeue)
@@ -235,7 +234,7 @@ def _counts(views: Sequence[TrialView]) -> TrialCounts:
     )
 
 
-def _running_words(sweep: TrainingSweep, counts: TrialCounts, creating: int, best: BestTrial | None, target: bool) -> str:
+def _running_words(counts: TrialCounts, creating: int, best: BestTrial | None, target: bool) -> str:
     words = f"{counts.running + creating} running, {counts.completed} completed, {counts.pruned} pruned, {counts.failed} failed"
     if best is not None:
         words += f"; best so far: {best.trial} {best.metric}={best.value:.4g}"
@@ -244,7 +243,7 @@ def _running_words(sweep: TrainingSweep, counts: TrialCounts, creating: int, bes
     return words
 
 
-def _trial_events(sweep: TrainingSweep, views: Sequence[TrialView], best: BestTrial | None) -> list[PhaseEvent]:
+def _trial_events(views: Sequence[TrialView], best: BestTrial | None) -> list[PhaseEvent]:
     """An Event for every failed trial and for the best trial (posted once each: the recorder's names say what
     they say)."""
     events = [
