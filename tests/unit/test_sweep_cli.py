@@ -11,6 +11,8 @@ import pytest
 import yaml
 from test_sweep import NOW, run_sweep, scripted, sweep_doc
 from trainrun.cli import get as get_module
+from trainrun.cli import logs as logs_module
+from trainrun.cli.sweepplots import sweep_views
 from trainrun.cli.main import app
 from trainrun.spec import load_training_sweep
 from typer.testing import CliRunner
@@ -19,15 +21,21 @@ REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 
 
-def finished_sweep() -> dict[str, Any]:
+def finished_sweep() -> tuple[dict[str, Any], list[dict[str, Any]]]:
     document = sweep_doc(maxTrials=6, parallelism=2, earlyStopping={"type": "median", "startupTrials": 2}, algorithm="random")
-    _, plans = run_sweep(document, scripted({3, 4}), rounds=40)
-    return {**document, "metadata": {**document["metadata"], "creationTimestamp": NOW}, "status": plans[-1].status_patch}
+    trials, plans = run_sweep(document, scripted({3, 4}), rounds=40)
+    sweep = {**document, "metadata": {**document["metadata"], "creationTimestamp": NOW}, "status": plans[-1].status_patch}
+    return sweep, list(trials.values())
 
 
 class OneSweepClient:
-    def __init__(self, sweep: dict[str, Any]) -> None:
+    def __init__(self, sweep: dict[str, Any], trials: list[dict[str, Any]]) -> None:
         self.sweep = sweep
+        self.trial_objects = trials
+
+    def trials(self, name: str) -> list[dict[str, Any]]:
+        assert name == "tune"
+        return self.trial_objects
 
     def get_sweep(self, name: str) -> dict[str, Any]:
         assert name == "tune"
@@ -39,8 +47,9 @@ class OneSweepClient:
 
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    sweep = finished_sweep()
-    monkeypatch.setattr(get_module, "client_for", lambda *args, **kwargs: OneSweepClient(sweep))
+    sweep, trials = finished_sweep()
+    for module in (get_module, logs_module):
+        monkeypatch.setattr(module, "client_for", lambda *args, **kwargs: OneSweepClient(sweep, trials))
     return sweep
 
 
@@ -85,3 +94,22 @@ def test_describe_sweep_lists_the_trials_best_first(cluster: dict[str, Any]) -> 
 def test_a_run_name_after_a_run_name_is_refused() -> None:
     result = runner.invoke(app, ["get", "quickstart", "tune"])
     assert result.exit_code == 1 and "trainrun get trs tune" in result.output
+
+
+def test_metrics_sweep_draws_every_trial_and_each_parameter(cluster: dict[str, Any], tmp_path: Path) -> None:
+    image = tmp_path / "sweep.png"
+    result = runner.invoke(app, ["metrics", "sweep", "tune", "--plot", str(image)])
+    assert result.exit_code == 0, result.output
+    assert image.stat().st_size > 10_000
+    assert "val_loss by epoch" in result.output and "learningRate vs val_loss" in result.output
+
+
+def test_the_sweep_views_highlight_the_best_and_mark_the_pruned(cluster: dict[str, Any]) -> None:
+    sweep, trials = finished_sweep()
+    views = sweep_views(sweep, trials)
+    assert [curve.name for curve in views.curves if curve.best] == [sweep["status"]["best"]["trial"]]
+    assert {curve.name for curve in views.curves if curve.pruned} <= {"tune-3", "tune-4"}
+    assert [view.name for view in views.parameters] == ["learningRate", "batchSize"]
+    learning_rate, batch_size = views.parameters
+    assert learning_rate.numeric and learning_rate.log_scale and batch_size.numeric and not batch_size.log_scale
+    assert sum(point.best for point in learning_rate.points) == 1
