@@ -12,8 +12,8 @@ import yaml
 from test_sweep import NOW, run_sweep, scripted, sweep_doc
 from trainrun.cli import get as get_module
 from trainrun.cli import logs as logs_module
-from trainrun.cli.sweepplots import sweep_views
 from trainrun.cli.main import app
+from trainrun.cli.sweepplots import sweep_views
 from trainrun.spec import load_training_sweep
 from typer.testing import CliRunner
 

@@ -109,6 +109,7 @@ def plot_sweep(sweep: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], pa
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as pyplot
+        from matplotlib.ticker import MaxNLocator
     except ImportError as error:
         raise PlotUnavailable("--plot needs matplotlib: pip install 'trainrun[plot]'") from error
     titles = [f"{views.metric} by {views.by}", *(f"{view.name} vs {views.metric}" for view in views.parameters)]
@@ -141,6 +142,7 @@ def plot_sweep(sweep: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], pa
             panel.tick_params(labelsize=8)
             panel.grid(alpha=0.3, which="both")
         axes[0].set_xlabel(views.by + "  (dashed: pruned)", fontsize=8)
+        axes[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs and steps are whole
         if any(curve.best for curve in views.curves):
             axes[0].legend(fontsize=7, loc="best")
         figure.suptitle(str((sweep.get("metadata") or {}).get("name")))

@@ -65,6 +65,8 @@ class Backend(Protocol):
 
     def cancel(self, name: str) -> Object: ...
 
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object: ...
+
     def delete(self, name: str) -> bool: ...
 
     def operator_config(self) -> OperatorConfig | None: ...
@@ -208,16 +210,15 @@ class Client:
         metadata = {**(document.get("metadata") or {}), "uid": str(uuid.uuid4()), "generation": 1}
         metadata.setdefault("namespace", sweep.metadata.namespace)
         body: Object = {**document, "metadata": metadata}
-        marks: dict[str, Object] = {}  # the plan's patches of each trial (a run folder keeps no annotations)
         try:
             while True:
-                trials = [_patched(run, marks.get(_name_of(run), {})) for run in self.trials(sweep.metadata.name)]
-                decided = plan_sweep(body, trials, now=utc_now())
+                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now())
                 for trial in decided.creates:
                     self.backend.create(trial)
                 for patch in decided.patches:
-                    marks[patch.name] = _merged(marks.get(patch.name, {}), patch.patch)
-                    if (patch.patch.get("spec") or {}).get("cancel"):
+                    if patch.annotations:
+                        self.backend.annotate(patch.name, patch.annotations)
+                    if patch.cancel:
                         self.backend.cancel(patch.name)
                 body["status"] = decided.status_patch
                 if on_plan is not None:
@@ -387,24 +388,6 @@ def _manifest_dict(manifest: Manifest) -> Object:
 
 def _name_of(run: Object) -> str:
     return str(run["metadata"]["name"])
-
-
-def _merged(base: Mapping[str, Any], patch: Mapping[str, Any]) -> Object:
-    """A JSON merge patch applied to base (RFC 7386: a mapping merges key by key, anything else replaces)."""
-    merged = dict(base)
-    for key, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merged(merged[key], value)
-        elif value is None:
-            merged.pop(key, None)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _patched(run: Object, patch: Mapping[str, Any]) -> Object:
-    """The run with a sweep's patches applied (a local run is not patched in place: the sweep keeps them)."""
-    return _merged(run, patch) if patch else run
 
 
 __all__ = [

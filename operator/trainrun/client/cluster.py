@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +254,9 @@ class ClusterBackend:
     def cancel(self, name: str) -> Object:
         self.get(name)
         return self.api.patch_merge(API_VERSION, KIND, name, self._namespace(), {"spec": {"cancel": True}})
+
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object:
+        return self.api.patch_merge(API_VERSION, KIND, name, self._namespace(), {"metadata": {"annotations": dict(annotations)}})
 
     def delete(self, name: str) -> bool:
         return self.api.delete(API_VERSION, KIND, name, self._namespace())

@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -147,9 +147,22 @@ class LocalBackend:
         outputs/, which holds no manifest)."""
         return RunFolder(Path(run["metadata"]["annotations"][RUN_DIR_ANNOTATION])).default_artifacts_uri
 
-    def cancel(self, name: str) -> Object:
-        """SIGTERM to the supervising process: it stops the replicas and writes Cancelled."""
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object:
+        """Add annotations to the run as kept in its folder (a sweep's marks on its trial)."""
         folder = self._folder(name)
+        document = folder.read_manifest()
+        document.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+        folder.write_manifest(document)
+        return run_object(folder)
+
+    def cancel(self, name: str) -> Object:
+        """SIGTERM to the supervising process: it stops the replicas and writes Cancelled. The run as kept in its
+        folder says spec.cancel: true from now on, as a cancelled run on a cluster does."""
+        folder = self._folder(name)
+        document = folder.read_manifest()
+        if not (document.get("spec") or {}).get("cancel"):
+            document.setdefault("spec", {})["cancel"] = True
+            folder.write_manifest(document)
         pid = folder.read_pid()
         if pid is not None and not _phase_of(run_object(folder)).finished:
             try:

@@ -36,10 +36,9 @@ from trainrun.status.shapes import timestamp
 from trainrun.status.transitions import PhaseEvent
 from trainrun.sweep.study import SweepStudy, TrialView
 from trainrun.sweep.trials import (
-    CANCEL_PATCH,
-    notes_patch,
+    notes_annotation,
     owned_by,
-    pruned_patch,
+    pruned_mark,
     reported_metrics,
     run_finished,
     stopping,
@@ -54,10 +53,19 @@ TRIAL_STARTED, TRIAL_PRUNED, TRIAL_FAILED, NEW_BEST = "TrialStarted", "TrialPrun
 
 @dataclass(frozen=True)
 class TrialPatch:
-    """A merge patch of one trial (stop it, or keep Optuna's notes on it)."""
+    """What to change on one trial: annotations to add (the pruned mark, Optuna's notes), and whether to stop it."""
 
     name: str
-    patch: Object
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    cancel: bool = False
+
+    @property
+    def patch(self) -> Object:
+        """The change as a JSON merge patch of the TrainingRun."""
+        patch: Object = {"metadata": {"annotations": dict(self.annotations)}} if self.annotations else {}
+        if self.cancel:
+            patch["spec"] = {"cancel": True}
+        return patch
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
 
     def done(verdict: Verdict, *, cancel_running: bool = False) -> SweepPlan:
         patches = [
-            TrialPatch(view.name, CANCEL_PATCH)
+            TrialPatch(view.name, cancel=True)
             for view, trial in by_view.values()
             if cancel_running and view.state is TrialState.RUNNING and not stopping(trial)
         ]
@@ -148,11 +156,11 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
             position = max(view.intermediate)
             value = view.intermediate[position]
             words = f"{objective.metric}={value:.4g} at {_by(sweep)} {position} is worse than the other trials'"
-            patches.append(TrialPatch(view.name, pruned_patch(position=position, value=value, message=words)))
+            patches.append(TrialPatch(view.name, pruned_mark(position=position, value=value, message=words), cancel=True))
             events.append(PhaseEvent("Normal", TRIAL_PRUNED, f"{view.name} pruned: {words}"))
             # It keeps its place until its run has stopped: parallelism counts what runs, not what was decided.
         elif dict(decision.notes) != dict(view.notes) and spec.early_stopping is not None:
-            patches.append(TrialPatch(view.name, notes_patch(decision.notes)))
+            patches.append(TrialPatch(view.name, notes_annotation(decision.notes)))
     creates: list[Object] = []
     template = (body.get("spec") or {}).get("template") or {}
     if not target_reached:

@@ -77,18 +77,15 @@ def trial_object(sweep: TrainingSweep, template: Mapping[str, Any], suggestion: 
     }
 
 
-def pruned_patch(*, position: int, value: float, message: str) -> Object:
-    """The merge patch that stops a losing trial and records why (the mark survives the operator)."""
+def pruned_mark(*, position: int, value: float, message: str) -> dict[str, str]:
+    """The annotation that records why a trial was stopped (it survives the operator, and says Pruned)."""
     mark = {"position": position, "value": value, "message": message}
-    return {"metadata": {"annotations": {PRUNED_ANNOTATION: json.dumps(mark, sort_keys=True)}}, "spec": {"cancel": True}}
+    return {PRUNED_ANNOTATION: json.dumps(mark, sort_keys=True)}
 
 
-def notes_patch(notes: Mapping[str, Any]) -> Object:
-    """The merge patch that keeps Optuna's notes on a trial (the pruner's, after it decided)."""
-    return {"metadata": {"annotations": {SAMPLER_NOTES_ANNOTATION: json.dumps(notes, sort_keys=True)}}}
-
-
-CANCEL_PATCH: Object = {"spec": {"cancel": True}}
+def notes_annotation(notes: Mapping[str, Any]) -> dict[str, str]:
+    """The annotation that keeps Optuna's notes on a trial (the pruner's, after it decided)."""
+    return {SAMPLER_NOTES_ANNOTATION: json.dumps(notes, sort_keys=True)}
 
 
 def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
