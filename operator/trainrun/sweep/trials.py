@@ -1,10 +1,12 @@
 """A sweep's trials as TrainingRun objects: made from the template (``trial_object``) and read back
 (``trial_view``), with the marks the sweep puts on them (``trainrun.spec.annotations``).
 
-Called by the sweep planner (``trainrun.sweep.plan``). A trial's parameters and Optuna's notes are in its
-annotations, its objective's values by position in its status (``status.series``, kept by the TrainingRun's
-status builder for the metric the trial's ``trainrun.dev/series`` annotation names): everything the study
-is rebuilt from is on the trial object. Pure.
+Called by the sweep planner (``trainrun.sweep.plan``), by the operator's sweep controller (``projected``:
+what its trials' watch keeps) and by the CLI's sweep plot (``positions``). A trial's parameters and
+Optuna's notes are in its annotations, its objective's values by position in its status
+(``status.series``, kept by the TrainingRun's status builder for the metric the trial's
+``trainrun.dev/series`` annotation names): everything the study is rebuilt from is on the trial object.
+Pure.
 """
 
 from __future__ import annotations
