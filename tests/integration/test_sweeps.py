@@ -6,19 +6,24 @@ a CRI log file the test writes as the trial goes (one ``trainrun:metric`` line o
 best (half the loss), each other one a little better than the one before (never worse than the median). While the operator is killed and started again 10 times during the sweep, a watch of
 the trials records every version: never more than 3 unfinished at once, one uid per name. At the end:
 exactly 12 trials, the median pruner stopped some of the worse ones before their pods ended (Cancelled,
-marked pruned, fewer epochs than the others), none of the good ones, and the best is trial 8.
+marked pruned, fewer epochs than the others), none of the good ones, and the best is trial 8. The sweep is
+created with ``trainrun sweep`` and read back with ``trainrun get trs``, ``describe sweep`` (trial 8 first)
+and ``metrics sweep --plot``.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from faults import ObjectWatch
 from runs import TRAINER_IMAGE, OperatorProcess
@@ -31,6 +36,11 @@ BEST = 8
 SECONDS_PER_EPOCH = 2.0
 KILLS = 10
 FINISHED = ("Completed", "Failed", "Cancelled")
+
+
+def trainrun(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI of this checkout (``python -m trainrun.cli``) against the test cluster."""
+    return subprocess.run([sys.executable, "-m", "trainrun.cli", *args], env=cluster.env(), capture_output=True, text=True, timeout=120)
 
 
 def val_loss(number: int, epoch: int) -> float:
@@ -120,7 +130,10 @@ def test_a_sweep_of_12_trials_survives_10_sigkills_prunes_losers_and_finds_the_b
     chance = random.Random(26)
     delays: list[float] = []
     try:
-        kube_cluster.apply(sweep(namespace))
+        path = tmp_path / "sweep.yaml"
+        path.write_text(yaml.safe_dump(sweep(namespace)))
+        created = trainrun(kube_cluster, "sweep", str(path), "-n", namespace)
+        assert created.returncode == 0 and "trainingsweep.trainrun.dev/tune created" in created.stdout, created.stderr
         for _ in range(KILLS):  # spread over the sweep's first minute or so
             delays.append(round(chance.uniform(3.0, 8.0), 1))
             time.sleep(delays[-1])
@@ -163,6 +176,13 @@ def test_a_sweep_of_12_trials_survives_10_sigkills_prunes_losers_and_finds_the_b
     assert status["trialsSummary"] == f"{len(completed)}/0/{len(pruned)}/0 of {TRIALS}"
     columns = kube_cluster.kubectl("get", "trs", "tune", "-n", namespace).stdout.splitlines()[0].split()
     assert columns == ["NAME", "PHASE", "TRIALS", "BEST", "PROGRESS", "AGE"]
+    header, row = trainrun(kube_cluster, "get", "trs", "-n", namespace).stdout.strip().splitlines()
+    assert header.split() == columns and row.split()[:3] == ["tune", "Completed", status["trialsSummary"].split()[0]]
+    described = trainrun(kube_cluster, "describe", "sweep", "tune", "-n", namespace).stdout
+    trial_rows = [line.split() for line in described.splitlines() if line.strip().startswith("tune-")]
+    assert trial_rows[0][:2] == [f"tune-{BEST}", "Completed"] and len(trial_rows) == TRIALS, described
+    plotted = trainrun(kube_cluster, "metrics", "sweep", "tune", "-n", namespace, "--plot", str(tmp_path / "tune.png"))
+    assert plotted.returncode == 0 and (tmp_path / "tune.png").stat().st_size > 10_000, plotted.stderr
     operator.assert_no_traceback()
     assert operator.starts == KILLS + 1
     print(
