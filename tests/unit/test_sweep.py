@@ -419,3 +419,12 @@ def test_a_run_without_the_annotation_keeps_no_series() -> None:
     run = load_training_run(plan_sweep(sweep_doc(), [], now=NOW).creates[0])
     run.metadata.annotations.pop(SERIES_ANNOTATION)
     assert series_status(run, None, [MetricSample("val_loss", 0.9, epoch=1)]) is None
+
+
+def test_a_trial_whose_value_the_space_no_longer_holds_is_rebuilt_without_it() -> None:
+    """The sweep's bounds changed after the trial was made: the study is still rebuilt, and asks on."""
+    sweep = load_training_sweep(sweep_doc(maxTrials=10)).spec
+    old = TrialView(number=0, name="tune-0", parameters={"learningRate": 0.5, "batchSize": 256}, state=TrialState.COMPLETED, value=0.3)
+    study = SweepStudy(sweep, [old], uid="uid-1")
+    assert study.study.trials[0].params == {}
+    assert set(study.suggest(1).parameters) == {"learningRate", "batchSize"}

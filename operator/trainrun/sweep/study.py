@@ -110,7 +110,10 @@ def frozen(trial: TrialView, spaces: Mapping[str, BaseDistribution]) -> FrozenTr
     """The trial as Optuna records it."""
     state = _STATES[trial.state]
     value = trial.value if state is TrialState.COMPLETE else None
-    parameters = {name: trial.parameters[name] for name in spaces if name in trial.parameters}
+    # A value the space no longer holds (the sweep's bounds or values changed since) is left out, not refused.
+    parameters = {
+        name: trial.parameters[name] for name in spaces if name in trial.parameters and _holds(spaces[name], trial.parameters[name])
+    }
     return optuna.trial.create_trial(
         state=state,
         value=value,
@@ -119,6 +122,14 @@ def frozen(trial: TrialView, spaces: Mapping[str, BaseDistribution]) -> FrozenTr
         system_attrs=safe_notes(trial.notes),
         intermediate_values=dict(trial.intermediate) if state is not TrialState.FAIL else None,
     )
+
+
+def _holds(space: BaseDistribution, value: Scalar) -> bool:
+    """Whether the distribution can have given the value."""
+    try:
+        return bool(space._contains(space.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
 
 
 def safe_notes(notes: Mapping[str, Any]) -> dict[str, Any]:
