@@ -9,6 +9,9 @@ exactly 12 trials, the median pruner stopped some of the worse ones before their
 marked pruned, fewer epochs than the others), none of the good ones, and the best is trial 8. The sweep is
 created with ``trainrun sweep`` and read back with ``trainrun get trs``, ``describe sweep`` (trial 8 first)
 and ``metrics sweep --plot``.
+
+A sweep whose objective no trial reports fails (Stalled, MetricNotReported, naming the metrics the trial does
+report) as soon as its first trial completes, and starts no trial after it.
 """
 
 from __future__ import annotations
@@ -189,3 +192,33 @@ def test_a_sweep_of_12_trials_survives_10_sigkills_prunes_losers_and_finds_the_b
         f"sweep: {status['trialsSummary']}, best {status['bestSummary']}, pruned {sorted(pruned)}, at most "
         f"{most_unfinished[0]} unfinished at once, {operator.starts} operator starts {context}"
     )
+
+
+@pytest.mark.timeout(300)
+def test_an_objective_no_trial_reports_fails_the_sweep_once_the_first_trial_ends(
+    kube_cluster: KubeCluster, kube_namespace: str, tmp_path: Path
+) -> None:
+    namespace = kube_namespace
+    line = 'trainrun:metric {"epoch": 1, "step": 10, "val_loss": 0.5}'
+    kube_cluster.serve_namespace_logs(namespace, write_cri_log(tmp_path / "replica.log", [line]))
+    document = sweep(namespace)
+    document["spec"].update(objective={"metric": "val_accuracy", "goal": "maximize"}, maxTrials=4, parallelism=2, earlyStopping=None)
+    document["spec"]["template"]["podMetadata"]["annotations"] = pod_behaviour(Outcome.SUCCEED, after="3s")
+    operator = OperatorProcess(kube_cluster, tmp_path / "operator.log", args=["--namespace", namespace])
+    operator.start()
+    try:
+        kube_cluster.apply(document)
+
+        def failed() -> dict[str, Any] | None:
+            found = kube_cluster.get("trainingsweep", "tune", namespace) or {}
+            return found if (found.get("status") or {}).get("phase") == "Failed" else None
+
+        status = wait_until(failed, timeout=180, what="the sweep to fail", interval=1)["status"]
+    finally:
+        operator.stop()
+    assert status["reason"] == "MetricNotReported", status
+    assert "completed without reporting val_accuracy (it reports: val_loss)" in status["message"], status["message"]
+    assert next(item for item in status["conditions"] if item["type"] == "Stalled")["status"] == "True"
+    trials = kube_cluster.list_objects("trainingruns", namespace)
+    assert len(trials) == 2, "no trial started after the first one ended without the metric"
+    operator.assert_no_traceback()
