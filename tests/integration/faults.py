@@ -172,6 +172,9 @@ class ObjectWatch:
         namespace: str,
         kind: str,
         see: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        group: str = "kubeflow.org",
+        version: str = "v1",
     ) -> None:
         from kubernetes import client, config
 
@@ -181,7 +184,7 @@ class ObjectWatch:
             self._list: Callable[..., Any] = lambda **kwargs: core.list_namespaced_pod(namespace, **kwargs)
         else:
             custom = client.CustomObjectsApi(api)
-            self._list = lambda **kwargs: custom.list_namespaced_custom_object("kubeflow.org", "v1", namespace, kind, **kwargs)
+            self._list = lambda **kwargs: custom.list_namespaced_custom_object(group, version, namespace, kind, **kwargs)
         self.see = see
         self.uids: dict[str, set[str]] = {}
         self.deleted: list[tuple[str, str]] = []

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-SAMPLES = sorted((MANIFESTS / "samples").glob("*.yaml"))
+SAMPLES = sorted(path for path in (MANIFESTS / "samples").glob("*.yaml") if "\nkind: TrainingRun\n" in path.read_text())
 OPERATOR = "system:serviceaccount:trainrun-system:trainrun-operator"
 NAMESPACED_OVERLAY = MANIFESTS / "overlays" / "namespaced"
 WATCHED = ("team-a", "team-b")  # the namespaces overlays/namespaced lists
@@ -45,8 +45,10 @@ Right = tuple[str, str, str]  # (resource, resource names, verb)
 
 # What the operator does in a namespace it serves (overlays/cluster-wide/cluster-role.yaml).
 RUN_RIGHTS: set[Right] = {
-    *(("trainingruns.trainrun.dev", "", verb) for verb in ("list", "watch")),
+    *(("trainingruns.trainrun.dev", "", verb) for verb in ("list", "watch", "create", "patch")),
     ("trainingruns.trainrun.dev/status", "", "patch"),
+    *(("trainingsweeps.trainrun.dev", "", verb) for verb in ("list", "watch")),
+    ("trainingsweeps.trainrun.dev/status", "", "patch"),
     *(("pytorchjobs.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *(("trainjobs.trainer.kubeflow.org", "", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     *((f"{kind}.kueue.x-k8s.io", "", verb) for kind in ("workloads", "localqueues") for verb in ("list", "watch")),

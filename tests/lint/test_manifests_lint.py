@@ -24,7 +24,7 @@ from cluster.harness import find_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
-SAMPLES = sorted((MANIFESTS / "samples").glob("*.yaml"))
+SAMPLES = sorted(path for path in (MANIFESTS / "samples").glob("*.yaml") if "\nkind: TrainingRun\n" in path.read_text())
 OVERLAYS = {
     "default": MANIFESTS,
     "cluster-wide": MANIFESTS / "overlays" / "cluster-wide",

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 VERBS = ["", "run", "submit", "get", "list", "describe", "logs", "metrics", "cancel", "delete", "wait", "validate",
-         "render", "crd", "upload", "download", "artifacts"]
+         "render", "crd", "upload", "download", "artifacts", "sweep"]
 
 
 def help_text(verb: str) -> str:

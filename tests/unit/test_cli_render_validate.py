@@ -13,7 +13,7 @@ from trainrun.cli.main import app
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = sorted((REPO / "manifests" / "samples").glob("*.yaml"))
+SAMPLES = sorted(path for path in (REPO / "manifests" / "samples").glob("*.yaml") if "\nkind: TrainingRun\n" in path.read_text())
 POOLS = REPO / "manifests" / "base" / "config.yaml"
 runner = CliRunner()
 

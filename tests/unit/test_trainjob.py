@@ -29,7 +29,7 @@ from trainrun.spec.status import Phase
 from trainrun.status import replica_name
 
 SAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "samples"
-SAMPLE_FILES = sorted(path.name for path in SAMPLES.glob("*.yaml"))
+SAMPLE_FILES = sorted(path.name for path in SAMPLES.glob("*.yaml") if "\nkind: TrainingRun\n" in path.read_text())
 
 
 def trainjob_config() -> OperatorConfig:

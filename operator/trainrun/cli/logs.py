@@ -2,7 +2,8 @@
 
 Fetches through ``trainrun.Client`` (pod logs on a cluster, log files of the run folder locally); ``logs``
 shows metric and progress lines in words (``trainrun.cli.lines``) unless ``--raw``;
-``metrics --plot`` draws the history with ``trainrun.cli.plots``.
+``metrics --plot`` draws the history with ``trainrun.cli.plots``; ``metrics sweep NAME [--plot]`` a sweep's
+trials (``trainrun.cli.sweepplots``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +24,7 @@ from trainrun.cli.common import (
     client_for,
     fail,
 )
+from trainrun.cli.sweeps import SWEEP_KINDS
 
 
 def register(app: typer.Typer) -> None:
@@ -68,6 +70,7 @@ def logs_command(
 def metrics_command(
     context: typer.Context,
     name: NameArgument,
+    sweep: Annotated[str | None, typer.Argument(metavar="[SWEEP]", help="After sweep: the sweep's name.")] = None,
     history: Annotated[bool, typer.Option("--history", help="Every metric line, not only the latest values.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (latest, key and history).")] = False,
     plot: Annotated[
@@ -82,8 +85,16 @@ def metrics_command(
     local: LocalOption = False,
     runs_dir: RunsDirOption = None,
 ) -> None:
-    """The run's metrics: the latest value of each, or (--history) every metric line."""
+    """The run's metrics: the latest value of each, or (--history) every metric line. `metrics sweep NAME`: the
+    sweep's trials, best first; with --plot, every trial's objective by epoch and each parameter against it."""
     client = client_for(context, local=local, runs_dir=runs_dir, namespace=namespace)
+    if name in SWEEP_KINDS:
+        if sweep is None:
+            fail(f"metrics {name} needs the sweep's name: trainrun metrics sweep NAME")
+        sweep_metrics(client.get_sweep(sweep), client.trials(sweep), plot=plot)
+        return
+    if sweep is not None:
+        fail(f"metrics takes one run's name; for a sweep: trainrun metrics sweep {sweep}")
     metrics = client.metrics(name)
     if plot is not None:
         from trainrun.cli.plots import plot_metrics
@@ -103,3 +114,22 @@ def metrics_command(
         show(metrics_table(metrics["latest"]))
     else:
         print(f"{name} has reported no metrics yet.")
+
+
+def sweep_metrics(sweep: dict[str, Any], trials: list[dict[str, Any]], *, plot: Path | None) -> None:
+    """A sweep's trials, best first; drawn into the image at plot when given."""
+    from trainrun.cli.sweepviews import trials_table
+    from trainrun.cli.views import show
+    from trainrun.spec.sweepstatus import TrainingSweepStatus
+
+    name = str(sweep["metadata"]["name"])
+    if plot is not None:
+        from trainrun.cli.sweepplots import plot_sweep
+
+        drawn = plot_sweep(sweep, trials, plot)
+        if not drawn:
+            fail(f"sweep {name} has no trial with values to plot yet")
+        print(f"wrote {plot} ({', '.join(drawn)})", file=sys.stderr)
+    status = TrainingSweepStatus.model_validate(sweep.get("status") or {})
+    maximize = ((sweep.get("spec") or {}).get("objective") or {}).get("goal") == "maximize"
+    show(trials_table(status.trials, maximize=maximize))

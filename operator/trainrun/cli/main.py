@@ -1,7 +1,7 @@
 """The ``trainrun`` command: typer app, global options, verb registration, one-line errors.
 
 ``trainrun = "trainrun.cli.main:run"`` is the console script. Each verb group lives in its own module
-(``runs``, ``get``, ``logs``, ``lifecycle``, ``manifests``, the storage verbs of ``transfer``, ``models``) and
+(``runs``, ``sweeps``, ``get``, ``logs``, ``lifecycle``, ``manifests``, the storage verbs of ``transfer``, ``models``) and
 sits on ``trainrun.Client``. Any error is printed as one line on stderr with exit code 1
 (``TRAINRUN_DEBUG=1`` shows the traceback); a usage error (a typo'd verb) is one line too, exit code 2.
 """
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from typer._click import exceptions as usage_errors
 
-from trainrun.cli import get, lifecycle, logs, manifests, models, runs, transfer
+from trainrun.cli import get, lifecycle, logs, manifests, models, runs, sweeps, transfer
 from trainrun.cli.common import GlobalOptions
 
 app = typer.Typer(
@@ -46,7 +46,7 @@ def main(
     context.obj = GlobalOptions(kubeconfig=kubeconfig, context=kube_context, namespace=namespace)
 
 
-for module in (runs, get, logs, lifecycle, manifests, transfer, models):
+for module in (runs, sweeps, get, logs, lifecycle, manifests, transfer, models):
     module.register(app)
 
 

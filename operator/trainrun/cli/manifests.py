@@ -90,8 +90,10 @@ def render_command(file: FileArgument, config: ConfigOption = None, overrides: S
     print(note + redact(dump_yaml(children)), end="")
 
 
-def crd_command() -> None:
-    """Print the TrainingRun CustomResourceDefinition (kubectl apply -f - installs it)."""
-    from trainrun.spec.crd import training_run_crd
+def crd_command(
+    sweep: Annotated[bool, typer.Option("--sweep", help="The TrainingSweep's CRD instead of the TrainingRun's.")] = False,
+) -> None:
+    """Print the TrainingRun CustomResourceDefinition, or the TrainingSweep's (kubectl apply -f - installs it)."""
+    from trainrun.spec.crd import training_run_crd, training_sweep_crd
 
-    print(dump_yaml([training_run_crd()]), end="")
+    print(dump_yaml([training_sweep_crd() if sweep else training_run_crd()]), end="")

@@ -146,7 +146,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         *progress_fields(status),
         ("Run folder", run_dir),
     ]
-    parts: list[RenderableType] = [_fields(fields)]
+    parts: list[RenderableType] = [fields_table(fields)]
     if status.conditions:
         conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold", title_justify="left")
         for condition in status.conditions:
@@ -169,7 +169,7 @@ def describe(run: Object, *, events: Sequence[Object], run_dir: str | None) -> R
         parts.extend(
             [
                 Text("\nArtifacts:", style="bold"),
-                _fields(
+                fields_table(
                     [
                         ("URI", artifacts.uri),
                         ("Manifest", artifacts.manifest_uri),
@@ -235,18 +235,18 @@ def history_table(history: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(*[key.upper() for key in positions], *names, box=None, header_style="bold")
     for record in history:
         cells = [str(record.get(key, "")) for key in positions]
-        cells.extend(_cell(record.get(name)) for name in names)
+        cells.extend(cell(record.get(name)) for name in names)
         table.add_row(*cells)
     return table
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     if value is None:
         return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _fields(fields: Sequence[tuple[str, object]]) -> Table:
+def fields_table(fields: Sequence[tuple[str, object]]) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from trainrun.client.documents import Source, single_training_run, training_run_documents
+from trainrun.client.documents import Source, single_training_run, single_training_sweep, training_run_documents
 from trainrun.client.errors import ClientError, RunNotFound, WaitTimeout
 from trainrun.metrics.observer import RunObserver, distinct_records
-from trainrun.spec import OperatorConfig, validate_training_run
-from trainrun.spec.annotations import RUN_DIR_ANNOTATION
+from trainrun.spec import OperatorConfig, load_training_sweep, validate_training_run
+from trainrun.spec.annotations import RUN_DIR_ANNOTATION, SWEEP_LABEL
 from trainrun.spec.status import Phase, TrainingRunStatus
+from trainrun.status.shapes import utc_now
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
+from trainrun.sweep import SweepPlan, plan_sweep
 
 if TYPE_CHECKING:
     from trainrun.storage.manifest import Manifest
@@ -62,9 +65,17 @@ class Backend(Protocol):
 
     def cancel(self, name: str) -> Object: ...
 
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object: ...
+
     def delete(self, name: str) -> bool: ...
 
     def operator_config(self) -> OperatorConfig | None: ...
+
+    def create_sweep(self, document: Object) -> Object: ...
+
+    def get_sweep(self, name: str) -> Object: ...
+
+    def list_sweeps(self, *, all_namespaces: bool = False) -> Objects: ...
 
 
 class Client:
@@ -161,6 +172,66 @@ class Client:
             spec["code"] = {**(spec.get("code") or {}), "uri": self.backend.stage_code(document, directory, code_uri, code_limit_bytes)}
             validate_training_run(document, self.config, local=self.local)
         return document
+
+    # -- sweeps ------------------------------------------------------------------------------------------
+
+    def create_sweep(self, source: str | Path | Mapping[str, Any]) -> Object:
+        """Create the TrainingSweep of source on the cluster (checked as the operator checks it); its trials
+        are the operator's to run."""
+        document = single_training_sweep(source)
+        load_training_sweep(document, local=self.local)
+        return self.backend.create_sweep(document)
+
+    def get_sweep(self, name: str) -> Object:
+        """The TrainingSweep with its status (raises RunNotFound)."""
+        return self.backend.get_sweep(name)
+
+    def list_sweeps(self, *, all_namespaces: bool = False) -> Objects:
+        """Every TrainingSweep of the namespace (or of all namespaces)."""
+        return self.backend.list_sweeps(all_namespaces=all_namespaces)
+
+    def trials(self, sweep: str) -> Objects:
+        """The trials of a sweep: its TrainingRuns (labelled with its name)."""
+        return [run for run in self.list() if ((run.get("metadata") or {}).get("labels") or {}).get(SWEEP_LABEL) == sweep]
+
+    def run_sweep(
+        self,
+        source: str | Path | Mapping[str, Any],
+        *,
+        on_plan: Callable[[SweepPlan], None] | None = None,
+        poll_seconds: float = WAIT_POLL_SECONDS,
+    ) -> Object:
+        """Run a sweep from this process to its end, on the same plan as the operator's: trials are this
+        backend's runs (locally: ``parallelism`` local runs at a time), created, stopped and judged by
+        ``trainrun.sweep.plan_sweep`` every ``poll_seconds``; on_plan sees each plan. The sweep, with its
+        final status. Ctrl-C (KeyboardInterrupt) cancels the trials still running."""
+        document = single_training_sweep(source)
+        sweep = load_training_sweep(document, local=self.local)
+        metadata = {**(document.get("metadata") or {}), "uid": str(uuid.uuid4()), "generation": 1}
+        metadata.setdefault("namespace", sweep.metadata.namespace)
+        body: Object = {**document, "metadata": metadata}
+        try:
+            while True:
+                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now())
+                for trial in decided.creates:
+                    self.backend.create(trial)
+                for patch in decided.patches:
+                    if patch.annotations:
+                        self.backend.annotate(patch.name, patch.annotations)
+                    if patch.cancel:
+                        self.backend.cancel(patch.name)
+                body["status"] = decided.status_patch
+                if on_plan is not None:
+                    on_plan(decided)
+                if decided.status.phase is not None and decided.status.phase.finished:
+                    return body
+                time.sleep(poll_seconds)
+        except KeyboardInterrupt:
+            for run in self.trials(sweep.metadata.name):
+                phase = status_of(run).phase
+                if phase is None or not phase.finished:
+                    self.backend.cancel(_name_of(run))
+            raise
 
     # -- reading -----------------------------------------------------------------------------------------
 

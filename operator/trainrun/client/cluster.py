@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from trainrun.spec import OperatorConfig, parse_operator_config, validate_traini
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import TrainingRunStatus
+from trainrun.spec.sweep import SWEEP_KIND
 from trainrun.status.observe import replica_sort_key
 from trainrun.storage.logarchive import METRICS_CHANNEL
 
@@ -109,6 +110,19 @@ class ClusterBackend:
 
     def list(self, *, all_namespaces: bool = False) -> Objects:
         return self.api.list(API_VERSION, KIND, None if all_namespaces else self._namespace())
+
+    def create_sweep(self, document: Object) -> Object:
+        """Apply the TrainingSweep; the operator runs its trials."""
+        return self.create(document)
+
+    def get_sweep(self, name: str) -> Object:
+        found = self.api.get(API_VERSION, SWEEP_KIND, name, self._namespace())
+        if found is None:
+            raise RunNotFound(f"no TrainingSweep {name!r} in namespace {self._namespace()!r}")
+        return found
+
+    def list_sweeps(self, *, all_namespaces: bool = False) -> Objects:
+        return self.api.list(API_VERSION, SWEEP_KIND, None if all_namespaces else self._namespace())
 
     def where(self, *, all_namespaces: bool = False) -> str:
         """Where runs were looked for, as kubectl says it: ``in namespace 'team-a'``."""
@@ -240,6 +254,9 @@ class ClusterBackend:
     def cancel(self, name: str) -> Object:
         self.get(name)
         return self.api.patch_merge(API_VERSION, KIND, name, self._namespace(), {"spec": {"cancel": True}})
+
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object:
+        return self.api.patch_merge(API_VERSION, KIND, name, self._namespace(), {"metadata": {"annotations": dict(annotations)}})
 
     def delete(self, name: str) -> bool:
         return self.api.delete(API_VERSION, KIND, name, self._namespace())

@@ -1,4 +1,4 @@
-"""Reading TrainingRuns and operator configurations from what a user hands over.
+"""Reading TrainingRuns, TrainingSweeps and operator configurations from what a user hands over.
 
 A TrainingRun may come as a dict, a YAML string, a path (``-`` is stdin), an open stream or a parsed
 ``TrainingRun``; a file may hold several YAML documents, of which the TrainingRun ones are used. The
@@ -21,6 +21,7 @@ import yaml
 from trainrun.spec import OperatorConfig, TrainingRun, parse_operator_config
 from trainrun.spec.config import CONFIG_MAP_KEY
 from trainrun.spec.model import KIND
+from trainrun.spec.sweep import SWEEP_KIND
 
 Document = dict[str, Any]
 Source = Mapping[str, Any] | str | Path | TrainingRun | TextIO
@@ -181,6 +182,19 @@ def single_training_run(source: Source, overrides: Sequence[str] = ()) -> Docume
         names = ", ".join(str(run.get("metadata", {}).get("name")) for run in runs)
         raise DocumentError(f"{_describe(source)} holds {len(runs)} TrainingRuns ({names}); this takes one")
     return runs[0]
+
+
+def single_training_sweep(source: str | Path | TextIO | Mapping[str, Any]) -> Document:
+    """The one TrainingSweep of source, a dict or YAML (not yet validated)."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    documents = read_yaml_documents(source)
+    sweeps = [dict(item) for item in documents if isinstance(item, Mapping) and item.get("kind") == SWEEP_KIND]
+    if len(sweeps) != 1:
+        kinds = sorted({str(item.get("kind")) for item in documents if isinstance(item, Mapping)})
+        found = f" (kinds found: {', '.join(kinds)})" if kinds else ""
+        raise DocumentError(f"{_describe(source)} holds {len(sweeps)} {SWEEP_KIND} documents{found}; this takes one")
+    return sweeps[0]
 
 
 def load_operator_config(path: str | Path | None) -> OperatorConfig | None:

@@ -15,11 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainrun.client.errors import RunNotFound
+from trainrun.client.errors import ClientError, RunNotFound
 from trainrun.local import (
     DEFAULT_RUNS_DIR,
     LocalRunner,
@@ -37,6 +37,11 @@ from trainrun.status.observe import replica_sort_key
 
 Object = dict[str, Any]
 Objects = list[Object]  # spelled out: inside the classes, ``list`` is the method
+# A local sweep is no object kept anywhere: it runs in the foreground, its trials are local runs.
+LOCAL_SWEEP_WORDS = (
+    "a sweep on this machine runs in the foreground (trainrun sweep FILE --local) and keeps no sweep object; "
+    "its trials are local runs: trainrun get --local"
+)
 FOLLOW_POLL_SECONDS = 0.2
 # A run folder whose runner never wrote its pid this long after the last status is taken as abandoned.
 ABANDONED_AFTER_SECONDS = 30.0
@@ -142,9 +147,22 @@ class LocalBackend:
         outputs/, which holds no manifest)."""
         return RunFolder(Path(run["metadata"]["annotations"][RUN_DIR_ANNOTATION])).default_artifacts_uri
 
-    def cancel(self, name: str) -> Object:
-        """SIGTERM to the supervising process: it stops the replicas and writes Cancelled."""
+    def annotate(self, name: str, annotations: Mapping[str, str]) -> Object:
+        """Add annotations to the run as kept in its folder (a sweep's marks on its trial)."""
         folder = self._folder(name)
+        document = folder.read_manifest()
+        document.setdefault("metadata", {}).setdefault("annotations", {}).update(annotations)
+        folder.write_manifest(document)
+        return run_object(folder)
+
+    def cancel(self, name: str) -> Object:
+        """SIGTERM to the supervising process: it stops the replicas and writes Cancelled. The run as kept in its
+        folder says spec.cancel: true from now on, as a cancelled run on a cluster does."""
+        folder = self._folder(name)
+        document = folder.read_manifest()
+        if not (document.get("spec") or {}).get("cancel"):
+            document.setdefault("spec", {})["cancel"] = True
+            folder.write_manifest(document)
         pid = folder.read_pid()
         if pid is not None and not _phase_of(run_object(folder)).finished:
             try:
@@ -152,6 +170,15 @@ class LocalBackend:
             except ProcessLookupError:
                 pass
         return run_object(folder)
+
+    def create_sweep(self, document: Object) -> Object:
+        raise ClientError(LOCAL_SWEEP_WORDS)
+
+    def get_sweep(self, name: str) -> Object:
+        raise ClientError(LOCAL_SWEEP_WORDS)
+
+    def list_sweeps(self, *, all_namespaces: bool = False) -> Objects:
+        raise ClientError(LOCAL_SWEEP_WORDS)
 
     def operator_config(self) -> OperatorConfig | None:
         """This machine has no operator: registries come from MLFLOW_TRACKING_URI or the client's config."""

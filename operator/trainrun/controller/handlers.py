@@ -1,10 +1,12 @@
-"""The kopf wiring of the operator: login, start-up, the TrainingRun watch, clean-up.
+"""The kopf wiring of the operator: login, start-up, the TrainingRun and TrainingSweep watches, clean-up.
 
 Loaded by ``trainrun.controller.__main__`` (``trainrun-operator``, what the Deployment runs), which sets
 :data:`options` first. kopf watches the TrainingRuns and hands every event to the
-:class:`~trainrun.controller.operator.Controller`; everything else (the children's watch caches, the work
-queue, leader election, log followers, the metrics and probe server) runs as tasks on kopf's event loop,
-started here at start-up and stopped at clean-up. Handlers only watch: kopf writes nothing to the runs.
+:class:`~trainrun.controller.operator.Controller`, and the TrainingSweeps to the
+:class:`~trainrun.controller.sweeps.SweepController`; everything else (the children's and trials' watch
+caches, the work queues, leader election, log followers, the metrics and probe server) runs as tasks on
+kopf's event loop, started here at start-up and stopped at clean-up. One Lease makes one leader of both
+controllers. Handlers only watch: kopf writes nothing to the runs or the sweeps.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import kopf
 from trainrun.controller import telemetry
 from trainrun.controller.leader import LeaderElector
 from trainrun.controller.operator import Controller
+from trainrun.controller.sweeps import SweepController
 from trainrun.kube.aioclient import AsyncKube, Credentials
 from trainrun.spec.model import GROUP, PLURAL, VERSION
+from trainrun.spec.sweep import SWEEP_PLURAL
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class Options:
 class _Running:
     credentials: Credentials | None = None
     controller: Controller | None = None
+    sweeps: SweepController | None = None
     elector: LeaderElector | None = None
     kube: AsyncKube | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -119,13 +124,16 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     controller = Controller(
         kube, operator_namespace=options.operator_namespace, namespaces=watched, instance=options.identity
     )
-    _running.kube, _running.controller = kube, controller
+    sweeps = SweepController(kube, namespaces=watched, recorder=controller.recorder)
+    _running.kube, _running.controller, _running.sweeps = kube, controller, sweeps
 
     def leading(leading: bool) -> None:
         telemetry.LEADER.set(1 if leading else 0)
         controller.leading(leading)
+        sweeps.leading(leading)
 
     _running.tasks.append(asyncio.create_task(_after_login(controller.run()), name="controller"))
+    _running.tasks.append(asyncio.create_task(_after_login(sweeps.run()), name="sweep controller"))
     if options.leader_election:
         elector = LeaderElector(
             kube, namespace=options.operator_namespace, identity=options.identity, on_change=leading
@@ -136,7 +144,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         leading(True)
     port = telemetry.port_from_env()
     if port is not None:
-        _running.server = await telemetry.serve(port, ready=lambda: controller.synced)
+        _running.server = await telemetry.serve(port, ready=lambda: controller.synced and sweeps.synced)
         logger.info("serving /metrics, /healthz and /readyz on :%d", port)
 
 
@@ -153,11 +161,20 @@ async def on_run_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         _running.controller.run_changed(event.get("type"), body)
 
 
+@kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)
+async def on_sweep_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
+    """Every TrainingSweep event (the initial listing too) goes to the sweep controller's cache and queue."""
+    if _running.sweeps is not None:
+        _running.sweeps.sweep_changed(event.get("type"), body)
+
+
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
     """Give the Lease up for the standby, stop following logs (nothing half-archived), close everything."""
     if _running.elector is not None:
         await _running.elector.release()
+    if _running.sweeps is not None:
+        _running.sweeps.queue.active.clear()
     if _running.controller is not None:
         _running.controller.queue.active.clear()
         await _running.controller.stop_followers()

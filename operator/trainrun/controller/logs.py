@@ -45,6 +45,7 @@ from trainrun.metrics import METRIC_PREFIX, MetricParser, MetricSummary, is_mast
 from trainrun.metrics.observer import metric_record
 from trainrun.metrics.progress import PROGRESS_PREFIX, ProgressTracker
 from trainrun.metrics.signals import log_signal, mentions_failure
+from trainrun.spec.annotations import SERIES_ANNOTATION
 from trainrun.spec.model import TrainingRun
 from trainrun.status import replica_name
 from trainrun.storage import StorageError
@@ -137,7 +138,7 @@ class RunLogs:
         self.flush_seconds = flush_seconds
         self.flush_bytes = flush_bytes
         self.parser = MetricParser.from_definitions(run.spec.metrics)
-        self.summary = MetricSummary()
+        self.summary = MetricSummary(series_metric=run.metadata.annotations.get(SERIES_ANNOTATION))
         self.progress = ProgressTracker(since=datetime.now(UTC))  # steps and silences (trainrun.plan's hangs)
         self.containers: dict[str, ContainerLog] = {}
         self.shipped: dict[str, int] = {}
@@ -448,7 +449,9 @@ class RunLogs:
         self.containers = {key: ContainerLog.from_json(value) for key, value in state.positions.items()}
         self.shipped = dict(state.shipped)
         self.summary = MetricSummary(
-            latest=dict(state.metrics.get("latest", {})), master=dict(state.metrics.get("master", {}))
+            latest=dict(state.metrics.get("latest", {})),
+            master=dict(state.metrics.get("master", {})),
+            series_metric=self.summary.series_metric,  # its earlier values are in the run's status.series
         )
         if self.summary.latest:
             self.on_metrics()

@@ -119,6 +119,34 @@ class WrittenStatus:
     until: float  # loop time: after this the watch's bodies are taken as they are
 
 
+class WrittenStatuses(dict[Key, WrittenStatus]):
+    """The statuses this process wrote, by object: each stands in for the watch's older bodies of its object
+    until the watch brings the version the write made (the TrainingRun and TrainingSweep controllers)."""
+
+    def stand_in(self, key: Key, body: Object) -> None:
+        """A body from the watch: events come in order, so until the watch brings the version this process
+        wrote, every body is from before that write, and the status written replaces its older one (kopf
+        waits for the version it patched in the same way). resourceVersions are only compared for equality:
+        Kubernetes says they are opaque."""
+        written = self.get(key)
+        if written is None:
+            return
+        if _version(body) == written.version or asyncio.get_running_loop().time() > written.until:
+            del self[key]
+        else:
+            body["status"] = written.status
+
+    def wrote(self, key: Key, patched: Mapping[str, Any], current: Object | None) -> None:
+        """The API server's answer to a status write; ``current`` (the cached body) takes its status at once: the
+        watch brings it soon, and meanwhile the next reconcile must not decide from the old one."""
+        written = WrittenStatus(
+            _version(patched), patched.get("status") or {}, until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS
+        )
+        self[key] = written
+        if current is not None and _version(current) != written.version:
+            current["status"] = written.status
+
+
 class ChildIndex:
     """The runs' children from the watch caches, by the run label they carry: jobs, uploaders, claims, pods;
     and which run an object name belongs to (for the Events about it)."""
@@ -160,8 +188,8 @@ class ChildIndex:
 
 
 class EventRecorder:
-    """Posts a run's phase Events once: the Event's name is derived from what it says, so a second
-    replica or a restarted operator posting the same transition gets 409 AlreadyExists."""
+    """Posts an object's Events once (a run's phase changes, a sweep's trials): the Event's name is derived
+    from what it says, so a second replica or a restarted operator posting the same one gets 409 AlreadyExists."""
 
     def __init__(self, kube: AsyncKube, *, instance: str) -> None:
         self.kube = kube
@@ -187,7 +215,7 @@ class EventRecorder:
             "metadata": {"name": name, "namespace": metadata["namespace"]},
             "involvedObject": {
                 "apiVersion": API_VERSION,
-                "kind": KIND,
+                "kind": run.get("kind") or KIND,  # a TrainingRun's, or a TrainingSweep's
                 "name": metadata["name"],
                 "namespace": metadata["namespace"],
                 "uid": metadata.get("uid"),
@@ -226,7 +254,7 @@ class Controller:
         self.kube = kube
         self.operator_namespace = operator_namespace
         self.runs: dict[Key, Object] = {}
-        self.written: dict[Key, WrittenStatus] = {}
+        self.written = WrittenStatuses()
         self.memory: dict[Key, RunMemory] = {}
         self.queue = WorkQueue(self._reconcile_key, workers=workers)
         self.recorder = EventRecorder(kube, instance=instance)
@@ -314,16 +342,7 @@ class Controller:
             self.runs.pop(key, None)
             self.written.pop(key, None)
         else:
-            written = self.written.get(key)
-            if written is not None:
-                # Events come in order: until the watch brings the version this process wrote, every body
-                # is from before that write, so the status written replaces its older one (kopf waits
-                # for the version it patched in the same way). resourceVersions are only compared for
-                # equality: Kubernetes says they are opaque.
-                if _version(projected) == written.version or asyncio.get_running_loop().time() > written.until:
-                    del self.written[key]
-                else:
-                    projected["status"] = written.status
+            self.written.stand_in(key, projected)
             self.runs[key] = projected
         self.queue.add(key)
 
@@ -462,6 +481,7 @@ class Controller:
             gone_pods=list(self.gone_pods.get(key, {}).values()),
             metrics=logs.metrics if logs is not None else None,
             key_metric=logs.key_metric if logs is not None else None,
+            series=logs.summary.series if logs is not None else (),
             progress=logs.progress.snapshot() if logs is not None else None,
             seal=memory.attempts.get(SEAL, Attempts()),
             manifest=memory.attempts.get(MANIFEST, Attempts()),
@@ -536,17 +556,7 @@ class Controller:
         )
         if "phase" in decided.status_patch and decided.status.phase is not None:
             telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
-        # The watch brings the new status soon; meanwhile the next reconcile must not decide from the old one
-        # (kopf may even deliver events from before this write after it).
-        written = WrittenStatus(
-            str(patched["metadata"].get("resourceVersion")),
-            patched.get("status") or {},
-            until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS,
-        )
-        self.written[key] = written
-        current = self.runs.get(key)
-        if current is not None and _version(current) != written.version:
-            current["status"] = written.status
+        self.written.wrote(key, patched, self.runs.get(key))  # kopf may deliver events from before this write after it
 
     # ---- background work: storage steps and log followers, whose results come back as facts ----
 

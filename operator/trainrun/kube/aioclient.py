@@ -78,6 +78,7 @@ TRAINJOBS = Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs")
 WORKLOADS = Resource("kueue.x-k8s.io", "v1beta2", "workloads")
 LOCAL_QUEUES = Resource("kueue.x-k8s.io", "v1beta2", "localqueues")
 TRAINING_RUNS = Resource("trainrun.dev", "v1alpha1", "trainingruns")
+TRAINING_SWEEPS = Resource("trainrun.dev", "v1alpha1", "trainingsweeps")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
 
 _BY_KIND = {

@@ -109,7 +109,9 @@ class RunFolder:
         metadata = document.setdefault("metadata", {})
         metadata.setdefault("creationTimestamp", utc_now())
         metadata.setdefault("annotations", {})[RUN_DIR_ANNOTATION] = str(self.path)
-        self.manifest_path.write_text(yaml.safe_dump(document, sort_keys=False))
+        written = self.manifest_path.with_suffix(".writing")
+        written.write_text(yaml.safe_dump(document, sort_keys=False))
+        written.replace(self.manifest_path)  # a reader never sees half of it (a sweep marks a running trial)
 
     def read_manifest(self) -> dict[str, Any]:
         loaded = yaml.safe_load(self.manifest_path.read_text())

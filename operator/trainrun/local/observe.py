@@ -18,13 +18,13 @@ part. Pure: the runner gives the times and what it read from the logs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from trainrun.metrics import is_master
+from trainrun.metrics import MetricSample, is_master
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.plan.restarts import Supervised, supervise
 from trainrun.render.children import (
@@ -136,6 +136,7 @@ class LocalWorld:
     progress: ProgressSnapshot | None = None  # what the replicas' logs said of their steps
     metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none yet)
     key_metric: str | None = None
+    series: Sequence[MetricSample] = ()  # the series metric's values (a sweep trial's objective: status.series)
     registration: RegistrationState | None = None  # spec.output.register, once the copy is verified
     tracking: Tracked | None = None  # the MLflow run of a tracked run, once it was sent
 
@@ -184,6 +185,7 @@ def assess(world: LocalWorld, *, previous: TrainingRunStatus, now: str) -> Asses
             restart=supervised.restart,
             metrics=world.metrics,
             key_metric=world.key_metric,
+            series=world.series,
             progress=world.progress,
             registration=world.registration,
             tracking=world.tracking,

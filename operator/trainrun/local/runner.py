@@ -60,6 +60,7 @@ from trainrun.metrics import MetricParser, MetricSummary, is_master
 from trainrun.metrics.observer import RunObserver, SilentObserver, metric_record
 from trainrun.metrics.progress import ProgressTracker
 from trainrun.spec import TrainingRun, validate_training_run
+from trainrun.spec.annotations import SERIES_ANNOTATION
 from trainrun.spec.status import Artifacts, Phase, Tracked, TrainingRunStatus
 from trainrun.status import PhaseEvent, phase_event
 from trainrun.status.failure import error_line
@@ -124,7 +125,7 @@ class LocalRunner:
         self.run_spec: TrainingRun = validate_training_run(folder.read_manifest(), local=True)
         self.status = folder.read_status()
         self.parser = MetricParser.from_definitions(self.run_spec.spec.metrics)
-        self.summary = MetricSummary()
+        self.summary = MetricSummary(series_metric=self.run_spec.metadata.annotations.get(SERIES_ANNOTATION))
         self.progress = ProgressTracker(since=datetime.now(UTC))  # steps and silences: progress, ETA, hangs
         self._cancel = threading.Event()
         self._lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
@@ -401,6 +402,7 @@ class LocalRunner:
             progress=self.progress.snapshot(),
             metrics=dict(self.summary.latest) if self.summary.latest else None,
             key_metric=self.summary.key_metric(),
+            series=self.summary.series,
             registration=self._registration,
             tracking=self._tracked,
         )

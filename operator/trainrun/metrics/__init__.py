@@ -18,6 +18,8 @@ METRIC_PREFIX = "trainrun:metric "
 POSITION_KEYS = ("epoch", "step")
 # Shown in `kubectl get tr`, the first one a run has reported wins.
 KEY_METRIC_PREFERENCE = ("val_loss", "train_loss", "val_accuracy", "loss")
+# The points of a run's series metric kept (in memory and in status.series): the latest ones.
+SERIES_POINTS = 100
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,20 @@ class MetricSummary:
 
     latest: dict[str, float] = field(default_factory=dict)
     master: dict[str, float] = field(default_factory=dict)
+    # The Master's samples of one metric at a position (a sweep trial's objective, for early stopping), in
+    # the order they came; the status keeps the latest of them (``trainrun.status.series``).
+    series_metric: str | None = None
+    series: list[MetricSample] = field(default_factory=list)
 
     def add(self, samples: Iterable[MetricSample], *, from_master: bool = True) -> bool:
-        """Record samples of one replica; True when a value in ``latest`` changed."""
+        """Record samples of one replica; True when a value in ``latest`` changed or the series grew."""
         changed = False
         for sample in samples:
             if from_master:
                 self.master[sample.name] = sample.value
+                if sample.name == self.series_metric and (sample.epoch is not None or sample.step is not None):
+                    self.series = [*self.series[-SERIES_POINTS + 1 :], sample]
+                    changed = True
             elif sample.name in self.master:
                 continue
             if self.latest.get(sample.name) != sample.value:
@@ -143,6 +152,7 @@ def _position(raw: object) -> int | None:
 
 __all__ = [
     "METRIC_PREFIX",
+    "SERIES_POINTS",
     "MetricParser",
     "MetricSample",
     "MetricSummary",

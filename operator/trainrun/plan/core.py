@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from trainrun.metrics import MetricSample
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.plan.causes import EVENTS as CAUSE_EVENTS
 from trainrun.plan.registration import (
@@ -104,6 +105,7 @@ class Observed:
     gone_pods: Sequence[Mapping[str, Any]] = ()  # deleted replica pods that tell why: taken away, or failed
     metrics: Mapping[str, float] | None = None  # latest values the log follower read (None: none yet)
     key_metric: str | None = None
+    series: Sequence[MetricSample] = ()  # the series metric's values the log follower read (status.series)
     progress: ProgressSnapshot | None = None  # what the log follower read of steps and silences
     seal: Attempts[SealedLogs] = field(default_factory=Attempts)
     manifest: Attempts[Artifacts] = field(default_factory=Attempts)
@@ -289,6 +291,7 @@ def plan(
             restart=supervised.restart,
             metrics=sealed.metrics if sealed is not None else observed.metrics,
             key_metric=sealed.key_metric if sealed is not None else observed.key_metric,
+            series=observed.series,
             progress=observed.progress,
             logs=(
                 LogsStatus(

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION
+from trainrun.spec.annotations import SERIES_ANNOTATION
 
 Object = dict[str, Any]
 _METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
@@ -158,8 +159,11 @@ def config_map(raw: Mapping[str, Any]) -> Object:
 
 
 def training_run(raw: Mapping[str, Any]) -> Object:
-    """A TrainingRun without its managed fields and kopf's annotations: what ``plan`` reads."""
+    """A TrainingRun without its managed fields and annotations but the series one: what ``plan`` reads."""
     metadata = _pick(raw.get("metadata"), (*_METADATA, "generation", "resourceVersion"))
+    series = ((raw.get("metadata") or {}).get("annotations") or {}).get(SERIES_ANNOTATION)
+    if series is not None:
+        metadata["annotations"] = {SERIES_ANNOTATION: series}  # the one annotation the plan reads (a sweep's trial)
     return {
         "apiVersion": raw.get("apiVersion"),
         "kind": raw.get("kind"),

@@ -1,5 +1,5 @@
-"""The TrainingRun API: parse a document, apply defaults, validate it against the operator's pools, and
-name the legal values that are probably slips (``suspicious_values``: warnings).
+"""The TrainingRun and TrainingSweep APIs: parse a document, apply defaults, validate it against the
+operator's pools, and name the legal values that are probably slips (``suspicious_values``: warnings).
 
 The one entry point every caller uses (operator, ``trainrun validate``, ``trainrun render``, the local
 runner), so a file is judged the same way everywhere. Pure.
@@ -15,9 +15,10 @@ from pydantic import ValidationError
 from trainrun.base.redact import redact
 from trainrun.base.uri import parse_uri
 from trainrun.spec.config import NamespacePolicy, OperatorConfig, Pool, parse_operator_config
-from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, problems_from_validation_error
+from trainrun.spec.errors import FieldProblem, InvalidTrainingRun, InvalidTrainingSweep, problems_from_validation_error
 from trainrun.spec.model import API_VERSION, KIND, LOCAL_IMAGE, TrainingRun, TrainingRunSpec
 from trainrun.spec.suspicious import suspicious_values
+from trainrun.spec.sweep import SWEEP_KIND, TrainingSweep, sweep_problems
 
 
 def load_training_run(document: Mapping[str, Any], *, local: bool = False) -> TrainingRun:
@@ -44,9 +45,41 @@ def load_training_run(document: Mapping[str, Any], *, local: bool = False) -> Tr
         raise InvalidTrainingRun([_image_hint(problem) for problem in problems_from_validation_error(error)]) from None
 
 
-def _image_hint(problem: FieldProblem) -> FieldProblem:
+def load_training_sweep(document: Mapping[str, Any], *, local: bool = False) -> TrainingSweep:
+    """Parse and check a TrainingSweep (apiVersion, kind, metadata, spec): its fields, then the rules across
+    them (``trainrun.spec.sweep.sweep_problems``); raise InvalidTrainingSweep naming every field at fault.
+    local: trials run on this machine, where the template needs no image (see :func:`load_training_run`)."""
+    if not isinstance(document, Mapping):
+        raise InvalidTrainingSweep([FieldProblem("<root>", "a TrainingSweep must be a YAML mapping with apiVersion, kind, metadata and spec")])
+    problems = []
+    if document.get("apiVersion") != API_VERSION:
+        problems.append(FieldProblem("apiVersion", f"must be {API_VERSION}; got {document.get('apiVersion')!r}"))
+    if document.get("kind") != SWEEP_KIND:
+        problems.append(FieldProblem("kind", f"must be {SWEEP_KIND}; got {document.get('kind')!r}"))
+    if problems:
+        raise InvalidTrainingSweep(problems)
+    body = {key: document[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in document}
+    spec = body.get("spec")
+    template = spec.get("template") if isinstance(spec, Mapping) else None
+    if local and isinstance(spec, Mapping) and isinstance(template, Mapping) and "image" not in template:
+        template = {**template, "image": LOCAL_IMAGE}
+        body["spec"] = {**spec, "template": template}
+    try:
+        sweep = TrainingSweep.model_validate(body)
+    except ValidationError as error:
+        raise InvalidTrainingSweep(
+            [_image_hint(problem, "spec.template.image") for problem in problems_from_validation_error(error)]
+        ) from None
+    assert isinstance(template, Mapping)  # the model took it: a mapping
+    found = [FieldProblem(field, message) for field, message in sweep_problems(sweep, template)]
+    if found:
+        raise InvalidTrainingSweep(found)
+    return sweep
+
+
+def _image_hint(problem: FieldProblem, field: str = "spec.image") -> FieldProblem:
     """A missing spec.image says where it is needed: a run on this machine goes without."""
-    if problem.field == "spec.image" and problem.message == "is required":
+    if problem.field == field and problem.message == "is required":
         return FieldProblem(problem.field, "is required on a cluster (trainrun run --local needs none)")
     return problem
 
@@ -211,13 +244,16 @@ def validate_training_run(
 __all__ = [
     "FieldProblem",
     "InvalidTrainingRun",
+    "InvalidTrainingSweep",
     "LOCAL_IMAGE",
     "NamespacePolicy",
     "OperatorConfig",
     "Pool",
     "TrainingRun",
     "TrainingRunSpec",
+    "TrainingSweep",
     "load_training_run",
+    "load_training_sweep",
     "parse_operator_config",
     "problems_with_config",
     "problems_with_registries",

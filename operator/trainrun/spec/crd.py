@@ -1,8 +1,9 @@
-"""The TrainingRun CustomResourceDefinition, generated from the pydantic models.
+"""The TrainingRun and TrainingSweep CustomResourceDefinitions, generated from the pydantic models.
 
-``trainrun crd`` prints it and ``crds/trainrun.dev_trainingruns.yaml`` is its committed output (a test
-fails when they differ), so the schema, its descriptions (what ``kubectl explain`` shows), defaults,
-enums, minimums and CEL rules can never drift from the code that reads the spec. Pure.
+``trainrun crd`` prints them and ``crds/trainrun.dev_trainingruns.yaml`` and
+``crds/trainrun.dev_trainingsweeps.yaml`` are its committed output (a test fails when they differ), so the
+schema, its descriptions (what ``kubectl explain`` shows), defaults, enums, minimums and CEL rules can
+never drift from the code that reads the spec. Pure.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic import BaseModel
+
 from trainrun.spec.model import GROUP, KIND, PLURAL, SHORT_NAMES, VERSION, TrainingRunSpec
 from trainrun.spec.status import TrainingRunStatus
+from trainrun.spec.sweep import MAX_SWEEP_NAME, SWEEP_KIND, SWEEP_PLURAL, SWEEP_SHORT_NAMES, TrainingSweepSpec
+from trainrun.spec.sweepstatus import TrainingSweepStatus
 
 JsonSchema = dict[str, Any]
 
@@ -38,7 +43,7 @@ _KEPT_KEYWORDS = {
     "x-kubernetes-map-type",
 }
 
-PRINTER_COLUMNS = [
+PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the run stands."},
     {"name": "Pool", "type": "string", "jsonPath": ".status.pool", "description": "Node pool."},
     {"name": "Workers", "type": "integer", "jsonPath": ".spec.distribution.workers", "description": "Workers beside the Master."},
@@ -50,6 +55,17 @@ PRINTER_COLUMNS = [
     {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1, "description": "The PyTorchJob."},
     {"name": "Model", "type": "string", "jsonPath": ".status.model.name", "priority": 1, "description": "The registered model."},
     {"name": "Version", "type": "string", "jsonPath": ".status.model.version", "priority": 1, "description": "Its version from this run."},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What is happening."},
+]
+
+
+SWEEP_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the sweep stands."},
+    {"name": "Trials", "type": "string", "jsonPath": ".status.trialsSummary", "description": "done/running/pruned/failed of maxTrials."},
+    {"name": "Best", "type": "string", "jsonPath": ".status.bestSummary", "description": "The best trial: metric=value (trial)."},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Share of maxTrials finished."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.algorithm", "priority": 1, "description": "The sampler."},
     {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1, "description": "What is happening."},
 ]
 
@@ -82,8 +98,9 @@ def structural_schema(schema: JsonSchema, definitions: dict[str, JsonSchema]) ->
         raise ValueError("no structural form for patternProperties: check a map's keys with x-kubernetes-validations")
     if "const" in node:
         node["enum"] = [node.pop("const")]
-    if "exclusiveMinimum" in node:
-        # JSON Schema 2020 writes a number; OpenAPI v3 (Kubernetes) writes minimum + a boolean.
+    if not isinstance(node.get("exclusiveMinimum", True), bool):
+        # JSON Schema 2020 writes a number; OpenAPI v3 (Kubernetes) writes minimum + a boolean (an optional
+        # field's node comes here converted already).
         node["minimum"] = node.pop("exclusiveMinimum")
         node["exclusiveMinimum"] = True
     converted: JsonSchema = {key: value for key, value in node.items() if key in _KEPT_KEYWORDS}
@@ -107,7 +124,7 @@ def structural_schema(schema: JsonSchema, definitions: dict[str, JsonSchema]) ->
     return converted
 
 
-def model_schema(model: type[TrainingRunSpec] | type[TrainingRunStatus]) -> JsonSchema:
+def model_schema(model: type[BaseModel]) -> JsonSchema:
     """The structural schema of one pydantic model."""
     schema = model.model_json_schema(by_alias=True, mode="validation")
     definitions = schema.pop("$defs", {})
@@ -131,27 +148,70 @@ def without_defaults(schema: JsonSchema) -> JsonSchema:
 
 
 def training_run_crd() -> dict[str, Any]:
-    """The whole CRD object, ready for ``kubectl apply --server-side``."""
+    """The TrainingRun CRD object, ready for ``kubectl apply --server-side``."""
     spec_schema = model_schema(TrainingRunSpec)
-    hyperparameters = spec_schema["properties"]["hyperparameters"]
-    spec_schema["properties"]["hyperparameters"] = without_defaults(hyperparameters)
-    status_schema = model_schema(TrainingRunStatus)
+    spec_schema["properties"]["hyperparameters"] = without_defaults(spec_schema["properties"]["hyperparameters"])
+    return _crd(
+        kind=KIND,
+        plural=PLURAL,
+        short_names=SHORT_NAMES,
+        columns=PRINTER_COLUMNS,
+        description="A TrainingRun trains a PyTorch model as a Kubeflow PyTorchJob (one Master, N Workers) on a GPU "
+        "node pool, follows its logs and metrics, and copies the model artifacts to object storage when it succeeds.",
+        spec=spec_schema,
+        status=model_schema(TrainingRunStatus),
+        name_limit=(52, "children are named after it"),
+    )
+
+
+def training_sweep_crd() -> dict[str, Any]:
+    """The TrainingSweep CRD object, ready for ``kubectl apply --server-side``."""
+    spec_schema = model_schema(TrainingSweepSpec)
+    template = spec_schema["properties"]["template"]
+    template["properties"]["hyperparameters"] = without_defaults(template["properties"]["hyperparameters"])
+    return _crd(
+        kind=SWEEP_KIND,
+        plural=SWEEP_PLURAL,
+        short_names=SWEEP_SHORT_NAMES,
+        columns=SWEEP_PRINTER_COLUMNS,
+        description="A TrainingSweep tunes the hyperparameters of a TrainingRun template: it runs trials (TrainingRuns "
+        "named <sweep>-<n>) with the parameters an Optuna sampler suggests, stops losing trials early, and reports "
+        "the best.",
+        spec=spec_schema,
+        status=model_schema(TrainingSweepStatus),
+        name_limit=(MAX_SWEEP_NAME, "trials are named <sweep>-<n>"),
+    )
+
+
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    columns: list[dict[str, Any]],
+    description: str,
+    spec: JsonSchema,
+    status: JsonSchema,
+    name_limit: tuple[int, str],
+) -> dict[str, Any]:
+    """A CRD of this group with one served version, a status subresource and a limit on the name's length."""
+    most, why = name_limit
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{PLURAL}.{GROUP}",
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "trainrun", "app.kubernetes.io/part-of": "trainrun"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": short_names,
                 "categories": ["all", "kubeflow", "training"],
             },
             "versions": [
@@ -160,25 +220,23 @@ def training_run_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A TrainingRun trains a PyTorch model as a Kubeflow PyTorchJob "
-                            "(one Master, N Workers) on a GPU node pool, follows its logs and metrics, and copies "
-                            "the model artifacts to object storage when it succeeds.",
+                            "description": description,
                             "required": ["spec"],
                             "properties": {
                                 "apiVersion": {"type": "string", "description": "trainrun.dev/v1alpha1"},
-                                "kind": {"type": "string", "description": "TrainingRun"},
+                                "kind": {"type": "string", "description": kind},
                                 "metadata": {"type": "object"},
-                                "spec": spec_schema,
-                                "status": status_schema,
+                                "spec": spec,
+                                "status": status,
                             },
                             "x-kubernetes-validations": [
                                 {
-                                    "rule": "size(self.metadata.name) <= 52",
-                                    "message": "metadata.name must be at most 52 characters (children are named after it)",
+                                    "rule": f"size(self.metadata.name) <= {most}",
+                                    "message": f"metadata.name must be at most {most} characters ({why})",
                                 }
                             ],
                         }

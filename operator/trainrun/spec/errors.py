@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from trainrun.spec.config import OperatorConfig
 from trainrun.spec.kubevalidation import RESOURCE_NAME_PATTERN
 from trainrun.spec.model import DNS_LABEL_PATTERN, OBJECT_NAME_PATTERN, TrainingRun
+from trainrun.spec.sweep import TrainingSweep
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class InvalidTrainingRun(ValueError):
     def __init__(self, problems: list[FieldProblem]) -> None:
         self.problems = problems
         super().__init__("; ".join(str(problem) for problem in problems))
+
+
+class InvalidTrainingSweep(InvalidTrainingRun):
+    """A TrainingSweep that cannot run as written; ``problems`` lists every field at fault."""
 
 
 # Hints appended to pydantic's messages, by its error type: what to do, not only what is wrong.
@@ -84,7 +89,9 @@ def problems_from_validation_error(error: ValidationError, *, prefix: str = "") 
 
 
 # The models whose validation errors get a list of the fields they do have (by pydantic's error title).
-_VALIDATED_MODELS: dict[str, type[BaseModel]] = {model.__name__: model for model in (TrainingRun, OperatorConfig)}
+_VALIDATED_MODELS: dict[str, type[BaseModel]] = {
+    model.__name__: model for model in (TrainingRun, TrainingSweep, OperatorConfig)
+}
 
 
 def _unknown_field_message(model: type[BaseModel], location: Sequence[int | str]) -> str:

@@ -132,6 +132,21 @@ class Restart(StatusModel):
     time: str = Field(description="When the restart was decided (RFC 3339).")
 
 
+class SeriesPoint(StatusModel):
+    """One value of the series metric, at the position the program reported it."""
+
+    epoch: int | None = Field(default=None, description="The epoch of the value, if the program said.")
+    step: int | None = Field(default=None, description="The step of the value, if the program said.")
+    value: float = Field(description="The value.")
+
+
+class MetricSeries(StatusModel):
+    """The Master's values of one metric by position: what a sweep's early stopping compares trials by."""
+
+    metric: str = Field(description="The metric (the annotation trainrun.dev/series names it).")
+    points: list[SeriesPoint] = Field(default_factory=list, description="Its latest values by position (at most 100), oldest first.")
+
+
 class TrainingRunStatus(StatusModel):
     """Everything the operator reports about a run."""
 
@@ -148,6 +163,11 @@ class TrainingRunStatus(StatusModel):
     completion_time: str | None = Field(default=None, description="When the run finished.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of every metric read from the logs.")
     key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
+    series: MetricSeries | None = Field(
+        default=None,
+        description="The values of the metric the annotation trainrun.dev/series names, by position (a sweep "
+        "trial's objective, for early stopping).",
+    )
     artifacts: Artifacts | None = Field(default=None, description="What was copied to object storage.")
     logs: LogsStatus | None = Field(default=None, description="Where the replicas' logs are archived (none: not archived).")
     model: ModelVersion | None = Field(default=None, description="The model version registered for this run (spec.output.register).")

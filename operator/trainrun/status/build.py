@@ -18,10 +18,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainrun.metrics import SERIES_POINTS, MetricSample
 from trainrun.metrics.progress import ProgressSnapshot
 from trainrun.render.children import master_pod_name, uploader_job_name
+from trainrun.spec.annotations import SERIES_ANNOTATION
 from trainrun.spec.model import TrainingRun
-from trainrun.spec.status import Artifacts, LogsStatus, Phase, ReplicaCounts, Restart, Tracked, TrainingRunStatus
+from trainrun.spec.status import (
+    Artifacts,
+    LogsStatus,
+    MetricSeries,
+    Phase,
+    ReplicaCounts,
+    Restart,
+    SeriesPoint,
+    Tracked,
+    TrainingRunStatus,
+)
 from trainrun.status.conditions import LOGS_COMPLETE, kstatus_conditions, logs_condition
 from trainrun.status.failure import Cause
 from trainrun.status.observe import (
@@ -73,6 +85,7 @@ class StatusInput:
     restart: Restart | None = None  # decided now: appended to status.restarts
     metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none read)
     key_metric: str | None = None
+    series: Sequence[MetricSample] = ()  # new values of the series metric (the annotation trainrun.dev/series)
     progress: ProgressSnapshot | None = None
     logs: LogsStatus | None = None
     storage_problem: Cause | None = None  # a storage step failed and is tried again: what and when
@@ -87,6 +100,9 @@ def build_status(given: StatusInput) -> TrainingRunStatus:
     updates: dict[str, Any] = {}
     if given.metrics is not None:
         updates.update(metrics=dict(given.metrics), key_metric=given.key_metric)
+    series = series_status(given.run, status.series, given.series)
+    if series != status.series:
+        updates["series"] = series
     finished = status.phase is not None and status.phase.finished
     progress = progress_status(given.progress, epochs=spec_epochs(given.run)) if given.run is not None else None
     if progress is not None and not finished:
@@ -118,6 +134,26 @@ def build_status(given: StatusInput) -> TrainingRunStatus:
     if not given.children_named:
         updates.update(job_name=None, master_pod=None)
     return status.model_copy(update=updates) if updates else status
+
+
+def series_status(
+    run: TrainingRun | None, previous: MetricSeries | None, samples: Sequence[MetricSample]
+) -> MetricSeries | None:
+    """status.series: the values of the metric the run's annotation names, by position, the earlier ones kept
+    (a restarted operator reads a log again from where its archive says, or from the start): one value per
+    position, the latest for it, the last ``SERIES_POINTS`` positions. None when the run names no metric."""
+    metric = run.metadata.annotations.get(SERIES_ANNOTATION) if run is not None else None
+    if metric is None:
+        return None
+    by_position: dict[tuple[int, int], SeriesPoint] = {}
+    kept = previous.points if previous is not None and previous.metric == metric else []
+    new = [
+        SeriesPoint(epoch=sample.epoch, step=sample.step, value=sample.value) for sample in samples if sample.name == metric
+    ]
+    for point in [*kept, *new]:
+        by_position[(point.epoch if point.epoch is not None else -1, point.step if point.step is not None else -1)] = point
+    points = [by_position[position] for position in sorted(by_position)][-SERIES_POINTS:]
+    return MetricSeries(metric=metric, points=points)
 
 
 def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
@@ -205,6 +241,7 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
         completion_time=verdict.completion_time if verdict.phase.finished else None,
         metrics=dict(earlier.metrics),
         key_metric=earlier.key_metric,
+        series=earlier.series,
         artifacts=earlier.artifacts,
         logs=earlier.logs,
         model=earlier.model,

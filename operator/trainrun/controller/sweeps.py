@@ -1,0 +1,167 @@
+"""The sweep controller: TrainingSweeps and their trials in, ``plan_sweep`` in the middle, the writes out.
+
+Made by ``trainrun.controller.handlers`` at kopf's start-up beside the TrainingRun controller, and fed
+TrainingSweep events by its kopf handler. Its trials (TrainingRuns labelled with the sweep's name) come
+from a watch cache of its own (``informers``), kept as the projections the plan reads. A reconcile is one
+pass for one sweep: read it and its trials from memory -> ``trainrun.sweep.plan_sweep``, once (pure) ->
+create the trials it names (create-only: a name that exists is the trial already; 409 is success) ->
+patch the trials it stops -> post its Events through the shared deduplicating recorder -> patch status
+once, when it changed. The plan reads everything from the objects, so a crash between any two steps is
+repaired by the next pass of this process or of the next leader. Only the leader works the queue
+(``trainrun.controller.leader``); the standby keeps its caches warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from trainrun.controller.informers import Informer, Key
+from trainrun.controller.operator import EventRecorder, WrittenStatuses
+from trainrun.controller.queue import WorkQueue
+from trainrun.kube.aioclient import TRAINING_RUNS, TRAINING_SWEEPS, ApiError, AsyncKube
+from trainrun.spec.annotations import SWEEP_LABEL
+from trainrun.status.shapes import utc_now
+from trainrun.sweep import SweepPlan, plan_sweep
+from trainrun.sweep.trials import projected
+
+logger = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+SWEEP_WORKERS = 4
+# Changes of a sweep's trials within this window give one reconcile (a trial's status is written every few
+# seconds while it trains: the sweep needs a settled view, not every metric).
+TRIAL_COALESCE_SECONDS = 1.0
+
+
+class SweepController:
+    """Reconciles every TrainingSweep in the watched namespaces (None: all)."""
+
+    def __init__(
+        self, kube: AsyncKube, *, namespaces: list[str | None], recorder: EventRecorder, workers: int = SWEEP_WORKERS
+    ) -> None:
+        self.kube = kube
+        self.recorder = recorder
+        self.sweeps: dict[Key, Object] = {}
+        self.trials: dict[Key, dict[str, Object]] = {}  # by sweep, then by trial name
+        self.written = WrittenStatuses()
+        self.posted: dict[Key, set[str]] = {}  # Event names posted, by sweep
+        self.queue = WorkQueue(self._reconcile_key, workers=workers)
+        self.informers = [
+            Informer(
+                kube, TRAINING_RUNS, namespace, project=projected, on_change=self._on_trial, params={"labelSelector": SWEEP_LABEL}
+            )
+            for namespace in namespaces
+        ]
+
+    # ---- inputs: kopf's TrainingSweep events and the trials' watch cache ----
+
+    def sweep_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """A TrainingSweep event from kopf (type None: the initial listing)."""
+        metadata = dict(body.get("metadata") or {})
+        metadata.pop("managedFields", None)
+        sweep = {**dict(body), "metadata": metadata}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        if event_type == "DELETED":
+            self.sweeps.pop(key, None)
+            self.written.pop(key, None)
+            self.posted.pop(key, None)
+            self.queue.forget(key)
+            return
+        self.written.stand_in(key, sweep)
+        self.sweeps[key] = sweep
+        self.queue.add(key)
+
+    def _on_trial(self, old: Object | None, new: Object | None) -> None:
+        current = new if new is not None else old
+        if current is None:
+            return
+        metadata = current["metadata"]
+        key = (str(metadata.get("namespace")), str((metadata.get("labels") or {}).get(SWEEP_LABEL)))
+        trials = self.trials.setdefault(key, {})
+        if new is not None:
+            trials[str(metadata["name"])] = new
+        else:
+            trials.pop(str(metadata["name"]), None)
+            if not trials:
+                self.trials.pop(key, None)
+        self.queue.add(key, TRIAL_COALESCE_SECONDS)
+
+    @property
+    def synced(self) -> bool:
+        return all(informer.synced.is_set() for informer in self.informers)
+
+    # ---- leadership ----
+
+    def leading(self, leading: bool) -> None:
+        """Work the queue as leader (every sweep is looked at again), or stop."""
+        if leading:
+            self.queue.active.set()
+            for key in self.sweeps:
+                self.queue.add(key)
+        else:
+            self.queue.active.clear()
+
+    # ---- one reconcile: plan once, act, write status once ----
+
+    async def _reconcile_key(self, key: Hashable) -> float | None:
+        assert isinstance(key, tuple)
+        return await self.reconcile(key)
+
+    async def reconcile(self, key: Key) -> float | None:
+        """One pass for one sweep: plan once -> create trials -> stop trials -> Events -> one status write."""
+        body = self.sweeps.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        decided = plan_sweep(body, list(self.trials.get(key, {}).values()), now=utc_now())
+        existed = await self._create(key, decided)
+        await self._patch(key, decided)
+        posted = self.posted.setdefault(key, set())
+        for change in decided.events:
+            await self.recorder.record(body, change, decided.status.observed_generation, posted)
+        if decided.status_patch != (body.get("status") or {}):
+            patched = await self.kube.patch_merge(
+                TRAINING_SWEEPS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
+            )
+            self.written.wrote(key, patched, self.sweeps.get(key))
+        if existed:
+            # A trial this pass meant to create exists already (the watch has not brought it yet): decide
+            # again once it has, from the trial as it is.
+            return TRIAL_COALESCE_SECONDS
+        return decided.requeue_after
+
+    async def _create(self, key: Key, decided: SweepPlan) -> bool:
+        """Create the plan's trials; whether one of them existed already (create-only: never replaced)."""
+        existed = False
+        for trial in decided.creates:
+            try:
+                await self.kube.create(TRAINING_RUNS, key[0], trial)
+            except ApiError as error:
+                if error.status != 409:
+                    raise  # refused or unreachable: the queue tries again with back-off
+                existed = True
+        return existed
+
+    async def _patch(self, key: Key, decided: SweepPlan) -> None:
+        """Stop (or annotate) the trials the plan names; a trial deleted meanwhile needs nothing."""
+        for patch in decided.patches:
+            try:
+                await self.kube.patch_merge(TRAINING_RUNS, key[0], patch.name, patch.patch)
+            except ApiError as error:
+                if error.status != 404:
+                    raise
+
+    async def run(self) -> None:
+        """The trials' watches and the workers, until cancelled; the workers start once the trials are known
+        (a sweep decided before would try to create trials that exist)."""
+        tasks = [asyncio.create_task(informer.run(), name=f"watch {informer.what} (trials)") for informer in self.informers]
+        try:
+            await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+            logger.info("trial caches synced: %d sweeps known", len(self.sweeps))
+            await self.queue.run()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

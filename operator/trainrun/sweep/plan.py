@@ -1,0 +1,325 @@
+"""``plan_sweep``: a TrainingSweep and its trials as observed -> everything to do now, decided in one pass.
+
+Called by the operator's sweep controller (``trainrun.controller.sweeps``) on every reconcile; the
+controller only acts: it creates the trials the plan names (create-only: a name that exists is left as it
+is), patches the ones it stops, posts the Events and writes the status. The study is rebuilt from the trial
+objects each time (``trainrun.sweep.study``), so the plan is the same after a restart for the same trials.
+
+Rules, in order: a sweep that does not parse fails (Stalled) naming the field; a finished sweep stays
+finished; cancel, the deadline, too many failed trials, and an objective that no trial reports end it
+(running trials are cancelled); otherwise losing trials are pruned, and new trials are created up to
+``parallelism`` running and ``maxTrials`` in all (a grid: its combinations), until the target is reached.
+Pure: ``now`` is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from trainrun.spec import InvalidTrainingSweep, load_training_sweep
+from trainrun.spec.status import Phase
+from trainrun.spec.sweep import TrainingSweep, grid_size
+from trainrun.spec.sweepstatus import (
+    MAX_TRIAL_SUMMARIES,
+    BestTrial,
+    TrainingSweepStatus,
+    TrialCounts,
+    TrialState,
+    TrialSummary,
+)
+from trainrun.status.conditions import kstatus_conditions
+from trainrun.status.phase import Verdict
+from trainrun.status.shapes import timestamp
+from trainrun.status.transitions import PhaseEvent
+from trainrun.sweep.study import SweepStudy, TrialView
+from trainrun.sweep.trials import (
+    notes_annotation,
+    owned_by,
+    pruned_mark,
+    reported_metrics,
+    run_finished,
+    stopping,
+    trial_object,
+    trial_view,
+)
+
+Object = dict[str, Any]
+# Event reasons of a sweep.
+TRIAL_STARTED, TRIAL_PRUNED, TRIAL_FAILED, NEW_BEST = "TrialStarted", "TrialPruned", "TrialFailed", "NewBest"
+
+
+@dataclass(frozen=True)
+class TrialPatch:
+    """What to change on one trial: annotations to add (the pruned mark, Optuna's notes), and whether to stop it."""
+
+    name: str
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    cancel: bool = False
+
+    @property
+    def patch(self) -> Object:
+        """The change as a JSON merge patch of the TrainingRun."""
+        patch: Object = {"metadata": {"annotations": dict(self.annotations)}} if self.annotations else {}
+        if self.cancel:
+            patch["spec"] = {"cancel": True}
+        return patch
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What the controller does for one sweep now, in order: create, patch, post Events, write status."""
+
+    sweep: TrainingSweep | None
+    status: TrainingSweepStatus
+    creates: list[Object] = field(default_factory=list)
+    patches: list[TrialPatch] = field(default_factory=list)
+    events: list[PhaseEvent] = field(default_factory=list)
+    requeue_after: float | None = None
+
+    @property
+    def status_patch(self) -> dict[str, object]:
+        return self.status.to_patch()
+
+
+def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, now: str) -> SweepPlan:
+    """The plan for a sweep (its object as the API serves it) and the TrainingRuns labelled with its name."""
+    previous = TrainingSweepStatus.model_validate(body.get("status") or {})
+    generation = (body.get("metadata") or {}).get("generation")
+    try:
+        sweep = load_training_sweep(body)
+    except InvalidTrainingSweep as error:
+        verdict = Verdict(Phase.FAILED, "InvalidSpec", str(error), stalled=True)
+        return SweepPlan(None, _status(verdict, previous, generation, now, views=[], best=None, limit=0))
+    spec = sweep.spec
+    objective = spec.objective
+    maximize = objective.goal == "maximize"
+    owned = [trial for trial in trials if owned_by(trial, sweep.metadata.uid)]
+    by_view = {
+        view.number: (view, trial)
+        for trial in owned
+        if (view := trial_view(trial, metric=objective.metric, by=_by(sweep))) is not None
+    }
+    views = [view for view, _ in sorted(by_view.values(), key=lambda item: item[0].number)]
+    limit = min(spec.max_trials, grid_size(spec.parameters)) if spec.algorithm == "grid" else spec.max_trials
+    best = _best(sweep, views)
+    events = _trial_events(views, best)
+
+    def done(verdict: Verdict, *, cancel_running: bool = False) -> SweepPlan:
+        patches = [
+            TrialPatch(view.name, cancel=True)
+            for view, trial in by_view.values()
+            if cancel_running and view.state is TrialState.RUNNING and not stopping(trial)
+        ]
+        status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize)
+        return SweepPlan(sweep, status, patches=patches, events=events)
+
+    if previous.phase is not None and previous.phase.finished:
+        sticky = Verdict(previous.phase, previous.reason or previous.phase.value, previous.message or "")
+        return done(sticky, cancel_running=True)
+    counts = _counts(views)
+    started = previous.start_time or now
+    if spec.cancel:
+        return done(Verdict(Phase.CANCELLED, "Cancelled", "cancelled (spec.cancel)"), cancel_running=True)
+    deadline = _deadline(sweep, started)
+    clock = timestamp(now)
+    if deadline is not None and clock is not None and clock >= deadline:
+        words = f"spec.activeDeadlineSeconds ({spec.active_deadline_seconds}) passed"
+        verdict = _ended(best, "DeadlineExceeded", words)
+        return done(verdict, cancel_running=True)
+    if counts.failed >= spec.max_failed_trials:
+        failures = "; ".join(f"{view.name}: {view.message}" for view in views if view.state is TrialState.FAILED)
+        words = f"{counts.failed} trials failed (spec.maxFailedTrials is {spec.max_failed_trials}): {failures}"
+        return done(Verdict(Phase.FAILED, "TooManyFailedTrials", words, stalled=True), cancel_running=True)
+    unreported = _objective_unreported(sweep, views, by_view)
+    if unreported is not None:
+        return done(Verdict(Phase.FAILED, "MetricNotReported", unreported, stalled=True), cancel_running=True)
+    target_reached = best is not None and objective.target is not None and _better_or_equal(sweep, best.value, objective.target)
+    occupied = sum(1 for _, trial in by_view.values() if not run_finished(trial))  # a trial told to stop, too
+    free = [number for number in range(limit) if number not in by_view]
+    if not occupied and (target_reached or not free):
+        if target_reached:
+            assert best is not None and objective.target is not None
+            return done(_ended(best, "TargetReached", f"{best.trial} reached the target {objective.metric}={objective.target:g}"))
+        return done(_ended(best, "AllTrialsDone", f"all {len(views)} trials are done"))
+
+    study = SweepStudy(spec, views, uid=sweep.metadata.uid or sweep.metadata.name)
+    patches: list[TrialPatch] = []
+    for view in views:
+        trial = by_view[view.number][1]
+        if view.state is not TrialState.RUNNING or stopping(trial):
+            continue
+        decision = study.should_prune(view)
+        if decision.prune:
+            position = max(view.intermediate)
+            value = view.intermediate[position]
+            words = f"{objective.metric}={value:.4g} at {_by(sweep)} {position} is worse than the other trials'"
+            patches.append(TrialPatch(view.name, pruned_mark(position=position, value=value, message=words), cancel=True))
+            events.append(PhaseEvent("Normal", TRIAL_PRUNED, f"{view.name} pruned: {words}"))
+            # It keeps its place until its run has stopped: parallelism counts what runs, not what was decided.
+        elif dict(decision.notes) != dict(view.notes) and spec.early_stopping is not None:
+            patches.append(TrialPatch(view.name, notes_annotation(decision.notes)))
+    creates: list[Object] = []
+    template = (body.get("spec") or {}).get("template") or {}
+    if not target_reached:
+        for number in free[: max(0, spec.parallelism - occupied)]:
+            suggestion = study.suggest(number)
+            created = trial_object(sweep, template, suggestion)
+            creates.append(created)
+            shown = ", ".join(f"{name}={value}" for name, value in sorted(suggestion.parameters.items()))
+            events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
+    verdict = Verdict(Phase.RUNNING, "Searching", _running_words(counts, len(creates), best, target_reached))
+    status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
+    requeue = (deadline - clock).total_seconds() if deadline is not None and clock is not None else None
+    return SweepPlan(sweep, status, creates=creates, patches=patches, events=events, requeue_after=requeue)
+
+
+def _by(sweep: TrainingSweep) -> str:
+    stopping_rule = sweep.spec.early_stopping
+    return stopping_rule.by if stopping_rule is not None else "epoch"
+
+
+def _deadline(sweep: TrainingSweep, started: str) -> datetime | None:
+    seconds = sweep.spec.active_deadline_seconds
+    start = timestamp(started)
+    return start + timedelta(seconds=seconds) if seconds is not None and start is not None else None
+
+
+def _better_or_equal(sweep: TrainingSweep, value: float, than: float) -> bool:
+    return value >= than if sweep.spec.objective.goal == "maximize" else value <= than
+
+
+def _best(sweep: TrainingSweep, views: Sequence[TrialView]) -> BestTrial | None:
+    """The best completed trial (the lowest number among equals)."""
+    best: TrialView | None = None
+    for view in views:
+        if view.state is not TrialState.COMPLETED or view.value is None:
+            continue
+        if best is None or (best.value is not None and _better(sweep, view.value, best.value)):
+            best = view
+    if best is None or best.value is None:
+        return None
+    return BestTrial(trial=best.name, parameters=dict(best.parameters), metric=sweep.spec.objective.metric, value=best.value)
+
+
+def _better(sweep: TrainingSweep, value: float, than: float) -> bool:
+    return value > than if sweep.spec.objective.goal == "maximize" else value < than
+
+
+def _ended(best: BestTrial | None, reason: str, words: str) -> Verdict:
+    """Completed with a best trial; Failed without one (no trial completed)."""
+    if best is None:
+        return Verdict(Phase.FAILED, "NoTrialCompleted", f"{words}, and no trial completed", stalled=True)
+    return Verdict(Phase.COMPLETED, reason, f"{words}; best: {best.trial} {best.metric}={best.value:.4g}")
+
+
+def _objective_unreported(
+    sweep: TrainingSweep, views: Sequence[TrialView], by_view: Mapping[int, tuple[TrialView, Mapping[str, Any]]]
+) -> str | None:
+    """Words for a sweep whose finished trials never reported the objective (None: one did, or none finished)."""
+    metric = sweep.spec.objective.metric
+    unreported = [view for view in views if view.message == f"completed without reporting {metric}"]
+    if not unreported or any(view.value is not None or view.intermediate for view in views):
+        return None
+    first = unreported[0]
+    reports = ", ".join(reported_metrics(by_view[first.number][1])) or "no metrics"
+    return f"{first.name} completed without reporting {metric} (it reports: {reports}); set spec.objective.metric to one of them"
+
+
+def _counts(views: Sequence[TrialView]) -> TrialCounts:
+    def count(state: TrialState) -> int:
+        return sum(1 for view in views if view.state is state)
+
+    return TrialCounts(
+        created=len(views),
+        running=count(TrialState.RUNNING),
+        completed=count(TrialState.COMPLETED),
+        pruned=count(TrialState.PRUNED),
+        failed=count(TrialState.FAILED),
+        cancelled=count(TrialState.CANCELLED),
+    )
+
+
+def _running_words(counts: TrialCounts, creating: int, best: BestTrial | None, target: bool) -> str:
+    words = f"{counts.running + creating} running, {counts.completed} completed, {counts.pruned} pruned, {counts.failed} failed"
+    if best is not None:
+        words += f"; best so far: {best.trial} {best.metric}={best.value:.4g}"
+    if target:
+        words += "; the target is reached: waiting for the running trials"
+    return words
+
+
+def _trial_events(views: Sequence[TrialView], best: BestTrial | None) -> list[PhaseEvent]:
+    """An Event for every failed trial and for the best trial (posted once each: the recorder's names say what
+    they say)."""
+    events = [
+        PhaseEvent("Warning", TRIAL_FAILED, f"{view.name} failed: {view.message}")
+        for view in views
+        if view.state is TrialState.FAILED
+    ]
+    if best is not None:
+        events.append(PhaseEvent("Normal", NEW_BEST, f"new best: {best.trial} {best.metric}={best.value:.6g}"))
+    return events
+
+
+def _status(
+    verdict: Verdict,
+    previous: TrainingSweepStatus,
+    generation: int | None,
+    now: str,
+    *,
+    views: Sequence[TrialView],
+    best: BestTrial | None,
+    limit: int,
+    maximize: bool = False,
+    started: str | None = None,
+) -> TrainingSweepStatus:
+    counts = _counts(views)
+    finished = counts.completed + counts.pruned + counts.failed + counts.cancelled
+    conditions = kstatus_conditions(
+        verdict=verdict, previous=previous.conditions, generation=generation, now=now, pending_changes=()
+    )
+    completion = previous.completion_time or now if verdict.phase.finished else None
+    return TrainingSweepStatus(
+        phase=verdict.phase,
+        reason=verdict.reason,
+        message=verdict.message,
+        observed_generation=generation,
+        conditions=conditions,
+        counts=counts,
+        trials_summary=f"{counts.completed}/{counts.running}/{counts.pruned}/{counts.failed} of {limit}",
+        best=best,
+        best_summary=f"{best.metric}={best.value:.4g} ({best.trial})" if best is not None else None,
+        progress=f"{100 * finished // limit}%" if limit else None,
+        trials=_summaries(views, maximize=maximize),
+        start_time=previous.start_time or started or now,
+        completion_time=completion,
+    )
+
+
+def _summaries(views: Sequence[TrialView], *, maximize: bool) -> list[TrialSummary]:
+    """The trials by number, at most ``MAX_TRIAL_SUMMARIES``: the running ones, then the best finished ones."""
+    running = [view for view in views if view.state is TrialState.RUNNING]
+    sign = -1.0 if maximize else 1.0
+    finished = sorted(
+        (view for view in views if view.state is not TrialState.RUNNING),
+        key=lambda view: (view.state is not TrialState.COMPLETED, sign * (view.value or 0.0), view.number),
+    )
+    kept = sorted([*running, *finished][:MAX_TRIAL_SUMMARIES], key=lambda view: view.number)
+    return [
+        TrialSummary(
+            name=view.name,
+            number=view.number,
+            state=view.state,
+            value=view.value,
+            position=max(view.intermediate) if view.intermediate else None,
+            parameters=dict(view.parameters),
+            message=view.message,
+        )
+        for view in kept
+    ]
+
+
+__all__ = ["NEW_BEST", "TRIAL_FAILED", "TRIAL_PRUNED", "TRIAL_STARTED", "SweepPlan", "TrialPatch", "plan_sweep"]
