@@ -75,7 +75,9 @@ fi
 # their own (their cluster stops with it); in the third, pytest's folder order puts the other cluster tests
 # first, beside the real pods' training, and the local runs' training after them.
 sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
-  tests/integration/test_artifacts.py tests/integration/test_chaos_soak.py)
+  tests/integration/test_artifacts.py tests/integration/test_chaos_soak.py tests/integration/test_sweeps.py)
+# The real pods' lane, and a local sweep's training after them (its cores are free once the real pods are done).
+realpods=(tests/realpod tests/local/test_local_sweep.py)
 # The tests of the platform cluster (JobSet, Trainer v2, Kueue: a second control plane) beside the storage and
 # trainer tests, which start no cluster.
 platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py
@@ -86,8 +88,8 @@ platform=(tests/integration/test_platform.py tests/integration/test_trainjob_bac
 stores=(tests/integration/test_cloud_stores.py)
 lanes=(
   "${sleepy[*]}"
-  "tests/realpod"
-  "tests ${sleepy[*]/#/--ignore=} ${platform[*]/#/--ignore=} ${stores[*]/#/--ignore=} --ignore=tests/realpod --ignore=tests/training --ignore=tests/storage"
+  "${realpods[*]}"
+  "tests ${sleepy[*]/#/--ignore=} ${platform[*]/#/--ignore=} ${stores[*]/#/--ignore=} ${realpods[*]/#/--ignore=} --ignore=tests/training --ignore=tests/storage"
   "tests/storage tests/training ${stores[*]} ${platform[*]}"
 )
 logs=$(mktemp -d)
