@@ -245,7 +245,19 @@ import_layout() {
     [[ "$blob" == blobs/sha256/* ]] && ln "$layout/$blob" "$store/${blob##*/}" 2>/dev/null || true
   done
   say "importing $(basename "$layout"): ${#blobs[@]} blobs ($size) it lacks"
-  tar -C "$layout" -cf - oci-layout index.json "${blobs[@]}" 8>&- | ctr_k8s images import - >/dev/null
+  # containerd, finding a blob it has just received already in its store (the link above), links it
+  # anew: the layout's file is the same inode, so its ctime moves, and tar, seeing that after reading it,
+  # says "file changed as we read it" and exits 1. The bytes are the same (content-addressed, and checked
+  # by containerd against their digest), so that exit is not a failure; any other is.
+  local statuses
+  set +e
+  tar -C "$layout" --warning=no-file-changed -cf - oci-layout index.json "${blobs[@]}" 8>&- | ctr_k8s images import - >/dev/null
+  statuses=("${PIPESTATUS[@]}")
+  set -e
+  if ((statuses[0] > 1 || statuses[1] != 0)); then
+    echo "node.sh: importing $layout failed (tar exit ${statuses[0]}, ctr exit ${statuses[1]})" >&2
+    return 1
+  fi
 }
 
 # Kills and deletes every container and sandbox of this node's containerd (the shims exit with
