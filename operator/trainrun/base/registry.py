@@ -24,6 +24,11 @@ MANIFEST_TAG = "trainrun.manifest"
 DIGEST_TAG = "trainrun.manifest_sha256"
 PHASE_TAG = "trainrun.phase"
 POOL_TAG = "trainrun.pool"
+# A sweep's version (spec.register of a TrainingSweep) is found again by the sweep's uid, not the trial's.
+SWEEP_UID_TAG = "trainrun.sweep_uid"
+SWEEP_TAG = "trainrun.sweep"
+SWEEP_PARAMETERS_TAG = "trainrun.sweep.parameters"
+SWEEP_OBJECTIVE_TAG = "trainrun.sweep.objective"
 # The high-water mark of a tracked run: the time of the last metric record sent (written with the batch).
 SENT_TAG = "trainrun.metrics_sent_through"
 METRIC_TAG_PREFIX = "metric."
@@ -47,7 +52,8 @@ class RegistryRefused(RegistryError):
 
 @dataclass(frozen=True)
 class VersionRequest:
-    """One run's model version: registered at most once, found again by ``run_uid``."""
+    """One run's (or one sweep's) model version: registered at most once, found again by ``run_uid`` in the
+    tag ``uid_tag`` (a run's uid in ``RUN_UID_TAG``; a sweep's in ``SWEEP_UID_TAG``)."""
 
     name: str
     source: str  # the verified copy in object storage (the artifacts' URI, with the model's path)
@@ -55,6 +61,7 @@ class VersionRequest:
     tags: tuple[tuple[str, str], ...] = ()
     description: str | None = None
     run_id: str | None = None  # the tracker's run of the same TrainingRun, when it is tracked
+    uid_tag: str = RUN_UID_TAG  # the tag that carries ``run_uid`` and finds the version again
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ class VersionInfo:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def path_problem(paths: Sequence[str], path: str | None, where: str) -> str | None:
+def path_problem(paths: Sequence[str], path: str | None, where: str, *, field: str = "spec.output.register") -> str | None:
     """Why ``path`` (spec.output.register.path) is not a model among the copied ``paths`` (a manifest's, which
     ``where`` names), or None when it is: a file, or a folder with files."""
     if path is None:
@@ -81,7 +88,7 @@ def path_problem(paths: Sequence[str], path: str | None, where: str) -> str | No
     listed = sorted({item.split("/")[0] for item in paths})
     shown = ", ".join(listed[:12]) + (" ..." if len(listed) > 12 else "")
     return (
-        f"spec.output.register.path: {path!r} is not in the copied outputs ({where} lists: {shown or 'nothing'}); "
+        f"{field}.path: {path!r} is not in the copied outputs ({where} lists: {shown or 'nothing'}); "
         "name a file or folder the program writes under $OUTPUT_DIR"
     )
 

@@ -1,4 +1,4 @@
-"""The operator's side of model registration: one try of a :class:`~trainrun.plan.work.Register`.
+"""The operator's side of model registration: one try of a :class:`~trainrun.status.work.Register`.
 
 The plan asks for it once the copy is verified; the controller (``trainrun.controller.operator``) runs
 :meth:`Registrar.register` as a task on kopf's loop and keeps what it brings as a fact for the next
@@ -18,11 +18,11 @@ import logging
 from trainrun.base.registry import RegistryUnavailable
 from trainrun.controller.artifacts import ArtifactReader
 from trainrun.kube.aioclient import SECRETS, ApiError, AsyncKube
-from trainrun.plan.work import Register, Registration
 from trainrun.registry import client_for, register_copy
 from trainrun.spec import OperatorConfig, TrainingRun
 from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion
+from trainrun.status.work import Register, Registration
 from trainrun.storage import StorageError, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -40,10 +40,10 @@ class Registrar:
         registry = config.registries.get(work.registry)
         if registry is None:
             known = ", ".join(sorted(config.registries)) or "none are configured"
-            return Registration(refused=f"spec.output.register.registry: unknown registry {work.registry!r}; the operator knows: {known}")
+            return Registration(refused=f"{work.field}.registry: unknown registry {work.registry!r}; the operator knows: {known}")
         uri = run.spec.output.uri
         if uri is None:
-            return Registration(refused="spec.output.register: the run has no spec.output.uri, so there is no copy to register")
+            return Registration(refused=f"{work.field}: {run.metadata.name} has no spec.output.uri, so there is no copy to register")
         try:
             options = await self.artifacts.storage_options(run)
             manifest = await asyncio.to_thread(read_manifest, uri, options=options)
@@ -60,6 +60,7 @@ class Registrar:
                 manifest_json=manifest.to_json(),
                 manifest_uri=work.manifest_uri,
                 path=work.path,
+                field=work.field,
             )
         version, created = done.version, done.created
         if version is None:

@@ -14,7 +14,7 @@ each with its index in the archive's metrics channel). A task sends what changed
   sent twice, none is left out, and the log pipeline never waits: feeding is an append to a dict;
 - tags (phase, pool, image) when they change; at the end the run's final status (``runs/update``).
 
-A registry that cannot be reached is tried again with the plan's back-off (``trainrun.plan.work.retry_delay``)
+A registry that cannot be reached is tried again with the plan's back-off (``trainrun.status.work.retry_delay``)
 and said in ``status.tracking.message``; what it brings back is :class:`TrackingFacts` for the next plan.
 """
 
@@ -28,10 +28,10 @@ from typing import Any
 
 from trainrun.base.registry import SENT_TAG, RegistryError
 from trainrun.plan.registration import Track, TrackingFacts
-from trainrun.plan.work import retry_delay
 from trainrun.registry import ModelRegistry
 from trainrun.registry.mlflow import BATCH_METRICS, BATCH_TAGS, tracked_rows
 from trainrun.status.shapes import utc_now
+from trainrun.status.work import retry_delay
 from trainrun.storage import StorageError
 from trainrun.storage.logarchive import METRICS_CHANNEL
 from trainrun.storage.logstore import LogArchive

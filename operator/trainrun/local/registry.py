@@ -19,7 +19,6 @@ from pathlib import Path
 
 from trainrun.base.registry import SENT_TAG, RegistryError, RegistryUnavailable, VersionRequest
 from trainrun.plan.registration import registration_work, tracking_plan
-from trainrun.plan.work import Attempts, Registration, failure_words, retry_delay
 from trainrun.registry import client_for, register_copy
 from trainrun.registry.mlflow import tracked_rows
 from trainrun.spec import OperatorConfig, TrainingRun
@@ -27,6 +26,7 @@ from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion, Tracked, TrainingRunStatus
 from trainrun.status.registration import RegistrationState
 from trainrun.status.shapes import utc_now
+from trainrun.status.work import Attempts, Registration, failure_words, retry_delay
 
 LOCAL_TRIES = 3
 DEFAULT_KEY = "mlflow"

@@ -3,7 +3,8 @@ the children to apply, the storage work to start, the status to write, the Event
 again.
 
 ``plan`` is all the operator's reconcile decides (``trainrun.controller.operator`` only observes, plans
-once and acts); ``work`` holds the facts that slow work brings back and the retry windows; ``restarts``
+once and acts); ``trainrun.status.work`` holds the facts that slow work brings back and the retry windows
+(below the plan, so the sweep plan shares them); ``restarts``
 and ``causes`` the supervision of a run in trouble; ``projections`` trims watched objects to the fields
 the plan reads. No I/O here: unit-tested table-driven without a cluster (tests/unit/test_reconcile_plan.py,
 tests/unit/test_restarts.py).
@@ -21,7 +22,7 @@ from trainrun.plan.core import (
     previous_status,
     status_patch,
 )
-from trainrun.plan.work import (
+from trainrun.status.work import (
     Attempts,
     ReadManifest,
     Refusal,

@@ -32,18 +32,6 @@ from trainrun.plan.registration import (
     tracking_plan,
 )
 from trainrun.plan.restarts import Supervised, supervise
-from trainrun.plan.work import (
-    Attempts,
-    ReadManifest,
-    Refusal,
-    Registration,
-    SealedLogs,
-    SealLogs,
-    StorageWork,
-    due,
-    failure_words,
-    refusal_in_effect,
-)
 from trainrun.render.backend import Backend, backend_for
 from trainrun.render.changes import decode_applied_spec, pending_changes
 from trainrun.render.children import (
@@ -68,6 +56,18 @@ from trainrun.status.failure import Cause
 from trainrun.status.observe import ReplicaState, UploadState, observe_job, observe_pods, observe_uploader
 from trainrun.status.registration import REGISTERED, REGISTRATION_REFUSED, REGISTRY_UNAVAILABLE
 from trainrun.status.shapes import timestamp
+from trainrun.status.work import (
+    Attempts,
+    ReadManifest,
+    Refusal,
+    Registration,
+    SealedLogs,
+    SealLogs,
+    StorageWork,
+    due,
+    failure_words,
+    refusal_in_effect,
+)
 
 Object = dict[str, Any]
 # The reasons of the Events the status reads (pod creation refused, scheduling, image pulls) and the

@@ -8,11 +8,12 @@ which ``tracked_status`` turns into ``status.tracking``. A run that had finished
 not tracked afterwards.
 
 ``registration_state`` says where a run's registration stands from what the status recorded and what the
-last :class:`~trainrun.plan.work.Register` brought (``Attempts``); ``build_status`` turns it into the
+last :class:`~trainrun.status.work.Register` brought (``Attempts``); ``build_status`` turns it into the
 phase (Uploading until registered), ``status.model`` and the ``Registered`` condition
 (``trainrun.status.registration``). When the status says Registering, ``registration_work`` builds the
-request: the model's source is the verified copy (``status.artifacts``, never the claim), its tags the
-run's identity, image, manifest, final metrics and hyperparameters. Called by ``trainrun.plan.core`` and,
+request (``trainrun.status.registration.copy_registration``, shared with the sweep plan): the model's
+source is the verified copy (``status.artifacts``, never the claim), its tags the run's identity, image,
+manifest, final metrics and hyperparameters. Called by ``trainrun.plan.core`` and,
 for local runs, by ``trainrun.local.runner``; ``run_params`` also gives a tracked run's params.
 """
 
@@ -20,23 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainrun.base.registry import (
-    IMAGE_TAG,
-    MANIFEST_TAG,
-    METRIC_TAG_PREFIX,
-    NAMESPACE_TAG,
-    PARAM_TAG_PREFIX,
-    PHASE_TAG,
-    POOL_TAG,
-    RUN_TAG,
-    RUN_UID_TAG,
-    VersionRequest,
-)
-from trainrun.plan.work import Attempts, Register, Registration, failure_words
-from trainrun.render.replica import program_hyperparameters
+from trainrun.base.registry import PHASE_TAG, POOL_TAG, RUN_UID_TAG
 from trainrun.spec import OperatorConfig, TrainingRun, tracking_registry
 from trainrun.spec.status import Phase, Tracked, TrainingRunStatus
-from trainrun.status.registration import REGISTRATION_REASONS, RegistrationState
+from trainrun.status.registration import (
+    REGISTRATION_REASONS,
+    RegistrationState,
+    copy_registration,
+    identity_tags,
+    run_params,
+)
+from trainrun.status.work import Attempts, Register, Registration, failure_words
 
 
 def registry_key(run: TrainingRun, config: OperatorConfig) -> str | None:
@@ -68,45 +63,13 @@ def registering(status: TrainingRunStatus) -> bool:
     return status.phase is Phase.UPLOADING and status.reason in REGISTRATION_REASONS
 
 
-def run_params(run: TrainingRun) -> list[tuple[str, str]]:
-    """The run's hyperparameters as the program gets them, by flag name (``extra`` among them)."""
-    values = {**program_hyperparameters(run), **run.spec.hyperparameters.extra}
-    return sorted(values.items())
-
-
-def identity_tags(run: TrainingRun) -> list[tuple[str, str]]:
-    """The tags that say which TrainingRun made a version or a tracked run."""
-    return [(NAMESPACE_TAG, run.metadata.namespace), (RUN_TAG, run.metadata.name), (IMAGE_TAG, run.spec.image)]
-
-
 def registration_work(run: TrainingRun, config: OperatorConfig, status: TrainingRunStatus, *, run_id: str | None = None) -> Register | None:
     """The request that registers the run's model, from its verified copy (None while there is none)."""
     register = run.spec.output.registration
-    artifacts = status.artifacts
     key = registry_key(run, config)
-    if register is None or artifacts is None or key is None:
+    if register is None or key is None:
         return None
-    source = artifacts.uri.rstrip("/") + (f"/{register.path}" if register.path else "")
-    tags = [
-        *identity_tags(run),
-        (MANIFEST_TAG, artifacts.manifest_uri),
-        *((f"{METRIC_TAG_PREFIX}{name}", _number(value)) for name, value in sorted(status.metrics.items())),
-        *((f"{PARAM_TAG_PREFIX}{name}", value) for name, value in run_params(run)),
-        *sorted(register.tags.items()),
-    ]
-    request = VersionRequest(
-        name=register.name,
-        source=source,
-        run_uid=run.metadata.uid or f"{run.metadata.namespace}/{run.metadata.name}",
-        tags=tuple(tags),
-        description=register.description,
-        run_id=run_id,
-    )
-    return Register(registry=key, request=request, manifest_uri=artifacts.manifest_uri, path=register.path)
-
-
-def _number(value: float) -> str:
-    return f"{value:.6g}"
+    return copy_registration(run, status, register, key, run_id=run_id)
 
 
 # The MLflow status of a tracked run, by the run's final phase.
@@ -189,3 +152,18 @@ def _trackable(previous: TrainingRunStatus) -> bool:
     if previous.tracking is not None:
         return not previous.tracking.ended
     return previous.phase is None or not previous.phase.finished
+
+
+__all__ = [
+    "FINAL_STATUS",
+    "Track",
+    "TrackingFacts",
+    "identity_tags",
+    "registering",
+    "registration_state",
+    "registration_work",
+    "registry_key",
+    "run_params",
+    "tracked_status",
+    "tracking_plan",
+]

@@ -52,11 +52,12 @@ async def register_copy(
     manifest_json: bytes,
     manifest_uri: str,
     path: str | None,
+    field: str = "spec.output.register",
 ) -> Registered:
     """Register the run's model from its verified copy: the model's path must be in the manifest, whose digest
     joins the version's tags. A registry that answers no is a refusal; one that cannot be reached raises
     ``RegistryUnavailable`` (the caller tries again)."""
-    problem = path_problem(manifest_paths, path, manifest_uri)
+    problem = path_problem(manifest_paths, path, manifest_uri, field=field)
     if problem is not None:
         return Registered(refused=problem)
     tagged = replace(request, tags=(*request.tags, (DIGEST_TAG, manifest_digest(manifest_json))))

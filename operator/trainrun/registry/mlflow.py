@@ -54,11 +54,11 @@ def quoted(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def version_filter(name: str | None, run_uid: str | None = None) -> str:
-    """The ``model-versions/search`` filter for a model's versions, or the one of a run."""
+def version_filter(name: str | None, run_uid: str | None = None, *, tag: str = RUN_UID_TAG) -> str:
+    """The ``model-versions/search`` filter for a model's versions, or the one of a run (or sweep: ``tag``)."""
     clauses = [f"name = {quoted(name)}"] if name is not None else []
     if run_uid is not None:
-        clauses.append(f"tags.`{RUN_UID_TAG}` = {quoted(run_uid)}")
+        clauses.append(f"tags.`{tag}` = {quoted(run_uid)}")
     return " and ".join(clauses)
 
 
@@ -72,7 +72,7 @@ def create_version_body(request: VersionRequest) -> Object:
     body: Object = {
         "name": request.name,
         "source": request.source,
-        "tags": tag_list([*request.tags, (RUN_UID_TAG, request.run_uid)]),
+        "tags": tag_list([*request.tags, (request.uid_tag, request.run_uid)]),
     }
     if request.run_id is not None:
         body["run_id"] = request.run_id
@@ -262,13 +262,14 @@ class MlflowClient:
             if "RESOURCE_ALREADY_EXISTS" not in str(error):
                 raise
 
-    async def search_versions(self, name: str | None = None, run_uid: str | None = None) -> list[VersionInfo]:
-        """Every version of a model (or of every model), or the versions a run registered; oldest first."""
+    async def search_versions(self, name: str | None = None, run_uid: str | None = None, *, tag: str = RUN_UID_TAG) -> list[VersionInfo]:
+        """Every version of a model (or of every model), or the versions a run (a sweep: ``tag``) registered;
+        oldest first."""
         found: list[VersionInfo] = []
         token: str | None = None
         while True:
             params = {"max_results": str(SEARCH_PAGE)}
-            query = version_filter(name, run_uid)
+            query = version_filter(name, run_uid, tag=tag)
             if query:
                 params["filter"] = query
             if token:
@@ -283,7 +284,7 @@ class MlflowClient:
     async def register(self, request: VersionRequest) -> tuple[VersionInfo, bool]:
         """The run's version of the model: the one it registered before (False), else a new one (True)."""
         await self.ensure_model(request.name)
-        earlier = await self.search_versions(request.name, request.run_uid)
+        earlier = await self.search_versions(request.name, request.run_uid, tag=request.uid_tag)
         if earlier:
             return earlier[0], False
         answer = await self.call("POST", "model-versions/create", body=create_version_body(request))

@@ -7,7 +7,9 @@ words and the next try while the registry cannot be reached). A registry that re
 forbidden, a model path not in the copy) does not hold it back: the run is Completed with
 ``Registered=False`` and the refusal's words, its artifacts safe. Called by ``build_status``
 (``trainrun.status.build``), with a :class:`RegistrationState` the plan (``trainrun.plan.registration``)
-or the local runner fills in. Pure.
+or the local runner fills in. ``copy_registration`` builds the request from a run's verified copy, for the
+run's own registration (``trainrun.plan.registration``) and for a sweep's best trial
+(``trainrun.sweep.plan``). Pure.
 """
 
 from __future__ import annotations
@@ -15,8 +17,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from trainrun.spec.status import Condition, ModelVersion, Phase
+from trainrun.base.registry import (
+    IMAGE_TAG,
+    MANIFEST_TAG,
+    METRIC_TAG_PREFIX,
+    NAMESPACE_TAG,
+    PARAM_TAG_PREFIX,
+    RUN_TAG,
+    RUN_UID_TAG,
+    VersionRequest,
+)
+from trainrun.render.replica import program_hyperparameters
+from trainrun.spec import TrainingRun
+from trainrun.spec.model import Registration as RegistrationSpec
+from trainrun.spec.status import Condition, ModelVersion, Phase, TrainingRunStatus
 from trainrun.status.phase import Verdict
+from trainrun.status.work import Register
 
 REGISTERED = "Registered"  # the condition beside Ready, Reconciling and Stalled (kstatus ignores it)
 REGISTERING, REGISTRY_UNAVAILABLE = "Registering", "RegistryUnavailable"
@@ -76,3 +92,63 @@ def registered_condition(
         observed_generation=generation,
         last_transition_time=kept or now,
     )
+
+
+def run_params(run: TrainingRun) -> list[tuple[str, str]]:
+    """The run's hyperparameters as the program gets them, by flag name (``extra`` among them)."""
+    values = {**program_hyperparameters(run), **run.spec.hyperparameters.extra}
+    return sorted(values.items())
+
+
+def identity_tags(run: TrainingRun) -> list[tuple[str, str]]:
+    """The tags that say which TrainingRun made a version or a tracked run."""
+    return [(NAMESPACE_TAG, run.metadata.namespace), (RUN_TAG, run.metadata.name), (IMAGE_TAG, run.spec.image)]
+
+
+def copy_registration(
+    run: TrainingRun,
+    status: TrainingRunStatus,
+    register: RegistrationSpec,
+    key: str,
+    *,
+    run_id: str | None = None,
+    found_by: tuple[str, str] | None = None,
+    more_tags: Sequence[tuple[str, str]] = (),
+    field: str = "spec.output.register",
+) -> Register | None:
+    """The request that registers ``register``'s model from the run's verified copy (None while there is none):
+    the run's own registration, and a sweep's of its best trial (``trainrun.sweep.registration``), which finds
+    its version by ``found_by`` (tag, value: the sweep's uid) instead of the run's uid and adds ``more_tags``."""
+    artifacts = status.artifacts
+    if artifacts is None:
+        return None
+    source = artifacts.uri.rstrip("/") + (f"/{register.path}" if register.path else "")
+    run_uid = run.metadata.uid or f"{run.metadata.namespace}/{run.metadata.name}"
+    tags = [
+        *identity_tags(run),
+        *(((RUN_UID_TAG, run_uid),) if found_by is not None else ()),
+        (MANIFEST_TAG, artifacts.manifest_uri),
+        *((f"{METRIC_TAG_PREFIX}{name}", _number(value)) for name, value in sorted(status.metrics.items())),
+        *((f"{PARAM_TAG_PREFIX}{name}", value) for name, value in run_params(run)),
+        *more_tags,
+        *sorted(register.tags.items()),
+    ]
+    uid_tag, uid = found_by if found_by is not None else (RUN_UID_TAG, run_uid)
+    request = VersionRequest(
+        name=register.name,
+        source=source,
+        run_uid=uid,
+        tags=tuple(tags),
+        description=register.description,
+        run_id=run_id,
+        uid_tag=uid_tag,
+    )
+    return Register(registry=key, request=request, manifest_uri=artifacts.manifest_uri, path=register.path, field=field)
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def _number(value: float) -> str:
+    return f"{value:.6g}"

@@ -1,8 +1,8 @@
 """Slow work done outside the reconcile, its results as facts, and when a failed step is tried again.
 
 The plan (``trainrun.plan.core``) asks for storage work (:class:`SealLogs`, :class:`ReadManifest`) and
-registry work (:class:`Register`); the
-controller (``trainrun.controller.operator``) runs each as a task and keeps what it brought as
+registry work (:class:`Register`), and so does the sweep plan (``trainrun.sweep.plan``: the best
+trial's model); the controller (``trainrun.controller.operator``) runs each as a task and keeps what it brought as
 :class:`Attempts`, which the next reconcile hands back to the plan in ``Observed``: a reconcile never
 waits for an object store. The same goes for a child the API server refused (:class:`Refusal`). Every
 retry window is decided here, from the facts and their times, so it is table-tested with the plan.
@@ -82,6 +82,7 @@ class Register:
     request: VersionRequest
     manifest_uri: str
     path: str | None
+    field: str = "spec.output.register"  # the field the refusals name (a sweep's: spec.register)
 
 
 @dataclass(frozen=True)
