@@ -148,7 +148,3 @@ def copy_registration(
 
 def _number(value: float) -> str:
     return f"{value:.6g}"
-
-
-def _number(value: float) -> str:
-    return f"{value:.6g}"
