@@ -76,6 +76,13 @@ def describe_sweep(sweep: Object) -> RenderableType:
     objective = spec.get("objective") or {}
     status = TrainingSweepStatus.model_validate(sweep.get("status") or {})
     best = status.best
+    model = status.model
+    register = spec.get("register") or {}
+    registered = (
+        f"{model.name} version {model.version} in registry {model.registry}: {model.uri}"
+        if model is not None
+        else (f"{register.get('name')} (the best trial's, once the sweep is Completed)" if register.get("name") else None)
+    )
     fields: list[tuple[str, object]] = [
         ("Name", metadata.get("name")),
         ("Namespace", metadata.get("namespace", "default")),
@@ -88,6 +95,7 @@ def describe_sweep(sweep: Object) -> RenderableType:
         ("Trials", status.trials_summary),
         ("Best", status.best_summary),
         ("Best parameters", ", ".join(f"{key}={value}" for key, value in best.parameters.items()) if best else None),
+        ("Model", registered),
         ("Started", status.start_time),
         ("Finished", status.completion_time),
     ]

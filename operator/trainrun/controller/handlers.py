@@ -124,7 +124,13 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     controller = Controller(
         kube, operator_namespace=options.operator_namespace, namespaces=watched, instance=options.identity
     )
-    sweeps = SweepController(kube, namespaces=watched, recorder=controller.recorder)
+    sweeps = SweepController(
+        kube,
+        namespaces=watched,
+        recorder=controller.recorder,
+        registrar=controller.registrar,
+        config=lambda: controller.config,
+    )
     _running.kube, _running.controller, _running.sweeps = kube, controller, sweeps
 
     def leading(leading: bool) -> None:

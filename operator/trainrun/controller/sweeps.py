@@ -6,7 +6,10 @@ from a watch cache of its own (``informers``), kept as the projections the plan 
 pass for one sweep: read it and its trials from memory -> ``trainrun.sweep.plan_sweep``, once (pure) ->
 create the trials it names (create-only: a name that exists is the trial already; 409 is success) ->
 patch the trials it stops -> post its Events through the shared deduplicating recorder -> patch status
-once, when it changed. The plan reads everything from the objects, so a crash between any two steps is
+once, when it changed. A sweep with ``spec.register`` that the plan finds done has its best trial's model
+registered by a task (``_register``: the trial read from the API, the request built by the pure
+``best_trial_registration``, sent by the TrainingRun controller's ``Registrar``, found again by the sweep's
+uid so never twice); what it brings is the plan's fact on the next pass. The plan reads everything from the objects, so a crash between any two steps is
 repaired by the next pass of this process or of the next leader. Only the leader works the queue
 (``trainrun.controller.leader``); the standby keeps its caches warm.
 """
@@ -15,16 +18,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
+from trainrun.base.registry import RegistryUnavailable
 from trainrun.controller.informers import Informer, Key
 from trainrun.controller.operator import EventRecorder, WrittenStatuses
 from trainrun.controller.queue import WorkQueue
+from trainrun.controller.registration import Registrar
 from trainrun.kube.aioclient import TRAINING_RUNS, TRAINING_SWEEPS, ApiError, AsyncKube
+from trainrun.spec import OperatorConfig, load_training_run
 from trainrun.spec.annotations import SWEEP_LABEL
+from trainrun.spec.status import TrainingRunStatus
 from trainrun.status.shapes import utc_now
+from trainrun.status.work import Attempts, Registration
+from trainrun.storage import StorageError
 from trainrun.sweep import SweepPlan, plan_sweep
+from trainrun.sweep.plan import best_trial_registration
 from trainrun.sweep.trials import projected
 
 logger = logging.getLogger(__name__)
@@ -40,10 +50,22 @@ class SweepController:
     """Reconciles every TrainingSweep in the watched namespaces (None: all)."""
 
     def __init__(
-        self, kube: AsyncKube, *, namespaces: list[str | None], recorder: EventRecorder, workers: int = SWEEP_WORKERS
+        self,
+        kube: AsyncKube,
+        *,
+        namespaces: list[str | None],
+        recorder: EventRecorder,
+        workers: int = SWEEP_WORKERS,
+        registrar: Registrar | None = None,
+        config: Callable[[], OperatorConfig] = OperatorConfig,
     ) -> None:
         self.kube = kube
         self.recorder = recorder
+        self.registrar = registrar
+        self.config = config  # the operator configuration as the TrainingRun controller keeps it
+        # What the tries of registering each sweep's best model brought (facts for the plan), and the try under way.
+        self.registrations: dict[Key, Attempts[Registration]] = {}
+        self.registering: dict[Key, asyncio.Task[None]] = {}
         self.sweeps: dict[Key, Object] = {}
         self.trials: dict[Key, dict[str, Object]] = {}  # by sweep, then by trial name
         self.written = WrittenStatuses()
@@ -68,6 +90,7 @@ class SweepController:
             self.sweeps.pop(key, None)
             self.written.pop(key, None)
             self.posted.pop(key, None)
+            self.registrations.pop(key, None)
             self.queue.forget(key)
             return
         self.written.stand_in(key, sweep)
@@ -115,8 +138,12 @@ class SweepController:
         body = self.sweeps.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        decided = plan_sweep(body, list(self.trials.get(key, {}).values()), now=utc_now())
+        config = self.config()
+        trials = list(self.trials.get(key, {}).values())
+        decided = plan_sweep(body, trials, now=utc_now(), config=config, registration=self.registrations.get(key))
         existed = await self._create(key, decided)
+        if decided.register is not None:
+            self._start_registration(key, decided, config)
         await self._patch(key, decided)
         posted = self.posted.setdefault(key, set())
         for change in decided.events:
@@ -131,6 +158,51 @@ class SweepController:
             # again once it has, from the trial as it is.
             return TRIAL_COALESCE_SECONDS
         return decided.requeue_after
+
+    # ---- the best trial's model: registered by a task whose result is a fact of the next plan ----
+
+    def _start_registration(self, key: Key, decided: SweepPlan, config: OperatorConfig) -> None:
+        if key in self.registering or decided.register is None:
+            return
+        before = self.registrations.get(key, Attempts())
+        self.registrations[key] = Attempts(running=True, failures=before.failures, error=before.error, failed_at=before.failed_at)
+        task = asyncio.get_running_loop().create_task(
+            self._register(key, decided, decided.register, config), name=f"register the best model of {key[1]}"
+        )
+        self.registering[key] = task
+
+    async def _register(self, key: Key, decided: SweepPlan, trial_name: str, config: OperatorConfig) -> None:
+        """One try: read the best trial, build its request (pure) and register it with the run's registrar; a
+        registry, store or API server that cannot be reached is tried again after the plan's back-off."""
+        before = self.registrations.get(key, Attempts())
+        try:
+            result = await self._register_once(key, decided, trial_name, config)
+            after: Attempts[Registration] = Attempts(result=result, failures=before.failures)
+        except (StorageError, ApiError, RegistryUnavailable) as error:
+            logger.warning("registering the best model of sweep %s/%s failed (tried again later): %s", *key, error)
+            after = Attempts(failures=before.failures + 1, error=str(error), failed_at=utc_now())
+        except Exception as error:  # noqa: BLE001 - a bug must not leave the sweep Registering for ever unseen
+            logger.exception("registering the best model of sweep %s/%s failed", *key)
+            after = Attempts(failures=before.failures + 1, error=f"{type(error).__name__}: {error}", failed_at=utc_now())
+        finally:
+            self.registering.pop(key, None)
+        if key in self.sweeps:
+            self.registrations[key] = after
+            self.queue.add(key)
+
+    async def _register_once(self, key: Key, decided: SweepPlan, trial_name: str, config: OperatorConfig) -> Registration:
+        sweep, best = decided.sweep, decided.status.best
+        if sweep is None or best is None or best.trial != trial_name or self.registrar is None:
+            return Registration(refused="the sweep's best trial changed or no registrar runs")
+        obj = await self.kube.get(TRAINING_RUNS, key[0], trial_name)
+        if obj is None:
+            return Registration(refused=f"spec.register: the best trial {trial_name} is gone (deleted): its model cannot be registered")
+        trial = load_training_run(obj)
+        status = TrainingRunStatus.model_validate(obj.get("status") or {})
+        work = best_trial_registration(sweep, best, trial, status, config)
+        if isinstance(work, str):
+            return Registration(refused=work)
+        return await self.registrar.register(trial, work, config)
 
     async def _create(self, key: Key, decided: SweepPlan) -> bool:
         """Create the plan's trials; whether one of them existed already (create-only: never replaced)."""
@@ -162,6 +234,7 @@ class SweepController:
             logger.info("trial caches synced: %d sweeps known", len(self.sweeps))
             await self.queue.run()
         finally:
-            for task in tasks:
+            running = [*tasks, *self.registering.values()]
+            for task in running:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*running, return_exceptions=True)

@@ -3,7 +3,7 @@
 A sweep tunes the hyperparameters of a TrainingRun template: trials are TrainingRuns made from the
 template with the parameters a sampler suggests (``trainrun.sweep``). The rules that need more than one
 field (a parameter that names nothing in the template, a value the template refuses, a grid larger than
-``maxTrials``) are checked by :func:`sweep_problems`, called by ``trainrun.spec.load_training_sweep``.
+``maxTrials``, ``register`` without a copy to register) are checked by :func:`sweep_problems`, called by ``trainrun.spec.load_training_sweep``.
 The CRD's schema is generated from these models (``trainrun.spec.crd``). Pure.
 """
 
@@ -23,6 +23,7 @@ from trainrun.spec.model import (
     DNS_LABEL_PATTERN,
     ApiModel,
     Hyperparameters,
+    Registration,
     TrainingRunSpec,
 )
 
@@ -194,6 +195,12 @@ class TrainingSweepSpec(ApiModel):
         description="The sweep stops after this long: running trials are cancelled and the best so far stands.",
     )
     cancel: bool = Field(default=False, description="Stop the sweep: running trials are cancelled, no new ones start.")
+    registration: Registration | None = Field(
+        default=None,
+        alias="register",
+        description="Register the best trial's model (one version for the whole sweep) once the sweep is Completed, "
+        "from the best trial's verified copy (the template needs output.uri). status.model says which version.",
+    )
 
 
 def parameter_name_problem(name: str) -> str | None:
@@ -286,6 +293,31 @@ def _template_problem(template: Mapping[str, Any], name: str, parameter: Paramet
     return None
 
 
+def registration_problems(sweep: TrainingSweep) -> list[tuple[str, str]]:
+    """spec.register needs a verified copy of every trial (the template's output.uri), and the trials must not
+    register a model each (the template's output.register) beside the sweep's one."""
+    spec = sweep.spec
+    if spec.registration is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    if spec.template.output.uri is None:
+        problems.append(
+            (
+                "spec.register",
+                "needs spec.template.output.uri: a model is registered from a verified copy of the best trial's "
+                "outputs, e.g. output: {uri: s3://bucket/sweeps}",
+            )
+        )
+    if spec.template.output.registration is not None:
+        problems.append(
+            (
+                "spec.template.output.register",
+                "would register every trial's model; remove it: spec.register registers the best trial's only",
+            )
+        )
+    return problems
+
+
 def sweep_problems(sweep: TrainingSweep, template: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(field, message) for every rule across fields: each parameter's name and extremes as the template takes
     them, a grid that needs every parameter to list values and that fits in maxTrials, parallelism within
@@ -313,6 +345,7 @@ def sweep_problems(sweep: TrainingSweep, template: Mapping[str, Any]) -> list[tu
                     f"{size} (at most {MAX_TRIALS}) or list fewer values",
                 )
             )
+    problems += registration_problems(sweep)
     if spec.parallelism > spec.max_trials:
         problems.append(
             ("spec.parallelism", f"{spec.parallelism} is more than spec.maxTrials ({spec.max_trials}); lower it to at most {spec.max_trials}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from trainrun.spec.status import Condition, Phase, StatusModel
+from trainrun.spec.status import Condition, ModelVersion, Phase, StatusModel
 
 # The trials in status.trials, at most: the running ones and the best finished ones.
 MAX_TRIAL_SUMMARIES = 50
@@ -88,6 +88,9 @@ class TrainingSweepStatus(StatusModel):
     )
     start_time: str | None = Field(default=None, description="When the sweep was first reconciled.")
     completion_time: str | None = Field(default=None, description="When the sweep finished.")
+    model: ModelVersion | None = Field(
+        default=None, description="The best trial's model version the sweep registered (spec.register)."
+    )
 
     def to_patch(self) -> dict[str, object]:
         """The status as a JSON-ready dict for a merge patch (camelCase, no unset optionals)."""

@@ -9,18 +9,22 @@ Rules, in order: a sweep that does not parse fails (Stalled) naming the field; a
 finished; cancel, the deadline, too many failed trials, and an objective that no trial reports end it
 (running trials are cancelled); otherwise losing trials are pruned, and new trials are created up to
 ``parallelism`` running and ``maxTrials`` in all (a grid: its combinations), until the target is reached.
-Pure: ``now`` is given.
+A sweep with ``spec.register`` that would be Completed stays Running (reason Registering) until the best
+trial's model is registered or refused (``registration_step``): the controller reads that trial and runs the
+request ``best_trial_registration`` builds through the run's registrar. Pure: ``now`` is given.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from trainrun.spec import InvalidTrainingSweep, load_training_sweep
-from trainrun.spec.status import Phase
+from trainrun.base.registry import SWEEP_OBJECTIVE_TAG, SWEEP_PARAMETERS_TAG, SWEEP_TAG, SWEEP_UID_TAG
+from trainrun.spec import InvalidTrainingSweep, OperatorConfig, TrainingRun, load_training_sweep
+from trainrun.spec.status import Condition, ModelVersion, Phase, TrainingRunStatus
 from trainrun.spec.sweep import TrainingSweep, grid_size
 from trainrun.spec.sweepstatus import (
     MAX_TRIAL_SUMMARIES,
@@ -32,8 +36,15 @@ from trainrun.spec.sweepstatus import (
 )
 from trainrun.status.conditions import kstatus_conditions
 from trainrun.status.phase import Verdict
+from trainrun.status.registration import (
+    RegistrationState,
+    copy_registration,
+    registered_condition,
+    registration_verdict,
+)
 from trainrun.status.shapes import timestamp
 from trainrun.status.transitions import PhaseEvent
+from trainrun.status.work import Attempts, Register, Registration, due, failure_words
 from trainrun.sweep.study import SweepStudy, TrialView
 from trainrun.sweep.trials import (
     notes_annotation,
@@ -49,6 +60,8 @@ from trainrun.sweep.trials import (
 Object = dict[str, Any]
 # Event reasons of a sweep.
 TRIAL_STARTED, TRIAL_PRUNED, TRIAL_FAILED, NEW_BEST = "TrialStarted", "TrialPruned", "TrialFailed", "NewBest"
+MODEL_REGISTERED, REGISTRATION_REFUSED = "ModelRegistered", "RegistrationRefused"
+REGISTER_FIELD = "spec.register"
 
 
 @dataclass(frozen=True)
@@ -78,14 +91,25 @@ class SweepPlan:
     patches: list[TrialPatch] = field(default_factory=list)
     events: list[PhaseEvent] = field(default_factory=list)
     requeue_after: float | None = None
+    register: str | None = None  # register the model of this trial (the best): ``best_trial_registration``
 
     @property
     def status_patch(self) -> dict[str, object]:
         return self.status.to_patch()
 
 
-def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, now: str) -> SweepPlan:
-    """The plan for a sweep (its object as the API serves it) and the TrainingRuns labelled with its name."""
+def plan_sweep(
+    body: Mapping[str, Any],
+    trials: Sequence[Mapping[str, Any]],
+    *,
+    now: str,
+    config: OperatorConfig | None = None,
+    registration: Attempts[Registration] | None = None,
+) -> SweepPlan:
+    """The plan for a sweep (its object as the API serves it) and the TrainingRuns labelled with its name.
+
+    ``config``: the operator configuration (its default registry); ``registration``: what the tries of
+    registering the best trial's model brought (the controller's facts; none after a restart)."""
     previous = TrainingSweepStatus.model_validate(body.get("status") or {})
     generation = (body.get("metadata") or {}).get("generation")
     try:
@@ -107,18 +131,31 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
     best = _best(sweep, views)
     events = _trial_events(views, best)
 
-    def done(verdict: Verdict, *, cancel_running: bool = False) -> SweepPlan:
+    def done(verdict: Verdict, *, cancel_running: bool = False, sticky: bool = False) -> SweepPlan:
         patches = [
             TrialPatch(view.name, cancel=True)
             for view, trial in by_view.values()
             if cancel_running and view.state is TrialState.RUNNING and not stopping(trial)
         ]
-        status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize)
-        return SweepPlan(sweep, status, patches=patches, events=events)
+        step = None if sticky else registration_step(sweep, verdict, previous, best, owned, config, registration or Attempts(), now)
+        if step is not None:
+            verdict = step.verdict
+            events.extend(step.events)
+        status = _status(
+            verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, registration=step
+        )
+        return SweepPlan(
+            sweep,
+            status,
+            patches=patches,
+            events=events,
+            register=step.register if step is not None else None,
+            requeue_after=step.requeue_after if step is not None else None,
+        )
 
     if previous.phase is not None and previous.phase.finished:
         sticky = Verdict(previous.phase, previous.reason or previous.phase.value, previous.message or "")
-        return done(sticky, cancel_running=True)
+        return done(sticky, cancel_running=True, sticky=True)
     counts = _counts(views)
     started = previous.start_time or now
     if spec.cancel:
@@ -174,6 +211,96 @@ def plan_sweep(body: Mapping[str, Any], trials: Sequence[Mapping[str, Any]], *, 
     status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
     requeue = (deadline - clock).total_seconds() if deadline is not None and clock is not None else None
     return SweepPlan(sweep, status, creates=creates, patches=patches, events=events, requeue_after=requeue)
+
+
+@dataclass(frozen=True)
+class RegistrationStep:
+    """Where the registration of the best trial's model stands this pass: the sweep's verdict (Running,
+    reason Registering or RegistryUnavailable, until the version is known or refused), the state the status
+    shows (``status.model``, the Registered condition), the Events, and the work to start or when to look again."""
+
+    verdict: Verdict
+    state: RegistrationState
+    events: tuple[PhaseEvent, ...] = ()
+    register: str | None = None
+    requeue_after: float | None = None
+
+
+def registration_step(
+    sweep: TrainingSweep,
+    verdict: Verdict,
+    previous: TrainingSweepStatus,
+    best: BestTrial | None,
+    trials: Sequence[Mapping[str, Any]],
+    config: OperatorConfig | None,
+    attempts: Attempts[Registration],
+    now: str,
+) -> RegistrationStep | None:
+    """The best trial's model is registered once the sweep is Completed (none when it failed or was cancelled,
+    nor without spec.register): from its verified copy (``status.artifacts``), at most once (the recorded
+    ``status.model``; a restarted operator's try finds the version by the sweep's uid), again after a failure
+    once its back-off has passed; a refusal ends the sweep Completed with Registered=False."""
+    register = sweep.spec.registration
+    if register is None or best is None or verdict.phase is not Phase.COMPLETED:
+        return None
+    key = (config.registry_named(register.registry)[0] if config is not None else register.registry) or "(default)"
+    result = attempts.result
+    if previous.model is not None:
+        state = RegistrationState(previous.model.registry, register.name, model=previous.model)
+    elif result is not None:
+        state = RegistrationState(key, register.name, model=result.model, refused=result.refused)
+    elif not _verified(trials, best.trial):
+        words = f"{best.trial} has no verified copy of its outputs (status.artifacts): there is no model to register"
+        state = RegistrationState(key, register.name, refused=f"{REGISTER_FIELD}: {words}")
+    else:
+        what = f"registering model {register.name} of {best.trial} in registry {key}"
+        state = RegistrationState(key, register.name, problem=failure_words(what, attempts))
+        start, wait = due(attempts, timestamp(now) or datetime.min)
+        held = registration_verdict(verdict, state)  # Uploading for a run: a sweep says Running
+        running = Verdict(Phase.RUNNING, held.reason, held.message)
+        return RegistrationStep(running, state, register=best.trial if start else None, requeue_after=wait)
+    ended = registration_verdict(verdict, state)
+    events: tuple[PhaseEvent, ...] = ()
+    if state.model is not None and previous.model is None:
+        model = state.model
+        words = f"registered {best.trial}'s model as {model.name} version {model.version} in registry {model.registry}: {model.uri}"
+        events = (PhaseEvent("Normal", MODEL_REGISTERED, words),)
+    elif state.refused is not None:
+        events = (PhaseEvent("Warning", REGISTRATION_REFUSED, f"the model of {best.trial} was not registered: {state.refused}"),)
+    return RegistrationStep(ended, state, events=events)
+
+
+def _verified(trials: Sequence[Mapping[str, Any]], name: str) -> bool:
+    for trial in trials:
+        if (trial.get("metadata") or {}).get("name") == name:
+            artifacts = (trial.get("status") or {}).get("artifacts") or {}
+            return bool(artifacts.get("uri") and artifacts.get("manifestUri"))
+    return False
+
+
+def best_trial_registration(
+    sweep: TrainingSweep, best: BestTrial, trial: TrainingRun, status: TrainingRunStatus, config: OperatorConfig
+) -> Register | str:
+    """The request that registers the best trial's model (``spec.register``) from its verified copy, or why it
+    cannot be: the run's own request (``copy_registration``: its identity, run uid, manifest, metrics and
+    hyperparameters as tags) found again by the sweep's uid, with the sweep's name, the trial's parameters and
+    objective value as tags."""
+    register = sweep.spec.registration
+    if register is None:
+        return f"{REGISTER_FIELD} is not set"
+    key = config.registry_named(register.registry)[0]
+    if key is None:
+        return f"{REGISTER_FIELD}.registry: none is named and the operator configuration has no defaultRegistry"
+    uid = sweep.metadata.uid or f"{sweep.metadata.namespace}/{sweep.metadata.name}"
+    more = [
+        (SWEEP_TAG, sweep.metadata.name),
+        (SWEEP_PARAMETERS_TAG, json.dumps(best.parameters, sort_keys=True)),
+        (SWEEP_OBJECTIVE_TAG, f"{best.metric}={best.value:.6g}"),
+    ]
+    work = copy_registration(trial, status, register, key, found_by=(SWEEP_UID_TAG, uid), more_tags=more, field=REGISTER_FIELD)
+    if work is None:
+        return f"{REGISTER_FIELD}: {best.trial} has no verified copy of its outputs (status.artifacts)"
+    return work
 
 
 def _by(sweep: TrainingSweep) -> str:
@@ -275,12 +402,18 @@ def _status(
     limit: int,
     maximize: bool = False,
     started: str | None = None,
+    registration: RegistrationStep | None = None,
 ) -> TrainingSweepStatus:
     counts = _counts(views)
     finished = counts.completed + counts.pruned + counts.failed + counts.cancelled
     conditions = kstatus_conditions(
         verdict=verdict, previous=previous.conditions, generation=generation, now=now, pending_changes=()
     )
+    state = registration.state if registration is not None else None
+    registered: Condition | None = registered_condition(state, previous=previous.conditions, generation=generation, now=now)
+    if registered is not None:
+        conditions.append(registered)
+    model: ModelVersion | None = (state.model if state is not None else None) or previous.model
     completion = previous.completion_time or now if verdict.phase.finished else None
     return TrainingSweepStatus(
         phase=verdict.phase,
@@ -296,6 +429,7 @@ def _status(
         trials=_summaries(views, maximize=maximize),
         start_time=previous.start_time or started or now,
         completion_time=completion,
+        model=model,
     )
 
 
@@ -322,4 +456,10 @@ def _summaries(views: Sequence[TrialView], *, maximize: bool) -> list[TrialSumma
     ]
 
 
-__all__ = ["NEW_BEST", "TRIAL_FAILED", "TRIAL_PRUNED", "TRIAL_STARTED", "SweepPlan", "TrialPatch", "plan_sweep"]
+__all__ = [
+    "MODEL_REGISTERED",
+    "REGISTRATION_REFUSED",
+    "RegistrationStep",
+    "best_trial_registration",
+    "registration_step",
+    "NEW_BEST", "TRIAL_FAILED", "TRIAL_PRUNED", "TRIAL_STARTED", "SweepPlan", "TrialPatch", "plan_sweep"]

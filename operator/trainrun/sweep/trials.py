@@ -46,7 +46,8 @@ def trial_name(sweep: str, number: int) -> str:
 
 
 def trial_object(sweep: TrainingSweep, template: Mapping[str, Any], suggestion: Suggestion) -> Object:
-    """The TrainingRun of one trial: the template as written with the suggested parameters, owned by the
+    """The TrainingRun of one trial: the template as written with the suggested parameters (and its own output
+    folder, :func:`trial_output`), owned by the
     sweep (deleted with it), labelled with its name, its parameters and Optuna's notes in annotations."""
     metadata = sweep.metadata
     notes = json.dumps(suggestion.notes, sort_keys=True)
@@ -75,8 +76,18 @@ def trial_object(sweep: TrainingSweep, template: Mapping[str, Any], suggestion: 
                 }
             ],
         },
-        "spec": with_parameters(template, suggestion.parameters),
+        "spec": trial_output(with_parameters(template, suggestion.parameters), trial_name(metadata.name, suggestion.number)),
     }
+
+
+def trial_output(spec: Mapping[str, Any], name: str) -> Object:
+    """A trial's spec with its own folder under the template's output.uri (``<uri>/<trial>``): trials never copy
+    over each other, and the best trial's copy stays what its manifest says (``spec.register``)."""
+    output = spec.get("output") or {}
+    uri = output.get("uri")
+    if not isinstance(uri, str) or not uri:
+        return dict(spec)
+    return {**spec, "output": {**output, "uri": f"{uri.rstrip('/')}/{name}"}}
 
 
 def pruned_mark(*, position: int, value: float, message: str) -> dict[str, str]:
@@ -98,7 +109,7 @@ def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
 
 def projected(raw: Mapping[str, Any]) -> Object:
     """A trial as the sweep controller keeps it: the fields the plan reads (its marks, spec.cancel, and the
-    phase, message, metrics and series of its status), not the whole TrainingRun."""
+    phase, message, metrics, series and verified copy of its status), not the whole TrainingRun."""
     metadata = raw.get("metadata") or {}
     status = raw.get("status") or {}
     annotations = metadata.get("annotations") or {}
@@ -108,7 +119,7 @@ def projected(raw: Mapping[str, Any]) -> Object:
             "annotations": {key: value for key, value in annotations.items() if key in SWEEP_ANNOTATIONS},
         },
         "spec": {"cancel": bool((raw.get("spec") or {}).get("cancel"))},
-        "status": {key: status[key] for key in ("phase", "message", "metrics", "series") if key in status},
+        "status": {key: status[key] for key in ("phase", "message", "metrics", "series", "artifacts") if key in status},
     }
 
 
