@@ -130,6 +130,7 @@ async def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         recorder=controller.recorder,
         registrar=controller.registrar,
         config=lambda: controller.config,
+        config_synced=controller.wait_synced,
     )
     _running.kube, _running.controller, _running.sweeps = kube, controller, sweeps
 

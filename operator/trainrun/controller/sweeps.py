@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from trainrun.base.registry import RegistryUnavailable
@@ -58,11 +58,13 @@ class SweepController:
         workers: int = SWEEP_WORKERS,
         registrar: Registrar | None = None,
         config: Callable[[], OperatorConfig] = OperatorConfig,
+        config_synced: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.kube = kube
         self.recorder = recorder
         self.registrar = registrar
         self.config = config  # the operator configuration as the TrainingRun controller keeps it
+        self.config_synced = config_synced  # waited for before the first reconcile: a registry is never unknown for want of it
         # What the tries of registering each sweep's best model brought (facts for the plan), and the try under way.
         self.registrations: dict[Key, Attempts[Registration]] = {}
         self.registering: dict[Key, asyncio.Task[None]] = {}
@@ -231,6 +233,8 @@ class SweepController:
         tasks = [asyncio.create_task(informer.run(), name=f"watch {informer.what} (trials)") for informer in self.informers]
         try:
             await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
+            if self.config_synced is not None:
+                await self.config_synced()
             logger.info("trial caches synced: %d sweeps known", len(self.sweeps))
             await self.queue.run()
         finally:
