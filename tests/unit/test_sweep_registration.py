@@ -321,3 +321,54 @@ def test_the_controller_registers_through_the_registrar_retries_and_records_the_
         assert any(event["reason"] == "ModelRegistered" for event in server.events)
 
     asyncio.run(scenario())
+
+
+# ---- a local sweep (trainrun sweep --local): the same plan, the registration tried from this process ----
+
+
+class LocalTrials:
+    """A local backend whose runs complete as soon as they are created (tune-1 the best), with a verified copy."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+
+    def create(self, trial: dict[str, Any]) -> None:
+        self.runs[trial["metadata"]["name"]] = finished(copy.deepcopy(trial))
+
+    def list(self, *, all_namespaces: bool = False) -> list[dict[str, Any]]:
+        return list(self.runs.values())
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "phase", "model", "words"),
+    [
+        pytest.param(["down", "ok"], Phase.COMPLETED, True, "registered as model tuned version 3", id="down once, then registered"),
+        pytest.param(["down", "down", "down"], Phase.COMPLETED, False, "gave up after 3 tries", id="down: given up"),
+        pytest.param(["refused"], Phase.COMPLETED, False, "the model was not registered: no such name", id="refused"),
+    ],
+)
+def test_a_local_sweep_registers_its_best_model_from_this_process(
+    outcomes: list[str], phase: Phase, model: bool, words: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainrun.local.registry as local_registry
+    import trainrun.status.work as work
+    from trainrun.client import Client
+
+    tried: list[tuple[str, str]] = []
+
+    def register(sweep: Any, best: Any, trial: Any, status: TrainingRunStatus, env: Any = None) -> Registration:
+        outcome = outcomes[len(tried)]
+        tried.append((best.trial, status.artifacts.uri if status.artifacts else ""))
+        if outcome == "down":
+            raise RegistryUnavailable("MLflow at http://127.0.0.1:1 cannot be reached")
+        return Registration(model=MODEL) if outcome == "ok" else Registration(refused="no such name")
+
+    monkeypatch.setattr(local_registry, "register_sweep_model", register)
+    monkeypatch.setattr(work, "retry_delay", lambda failures: 0.0)
+    client = Client(backend="local", runs_dir=tmp_path / "runs")
+    client.backend = LocalTrials()  # type: ignore[assignment]
+    finished_sweep = client.run_sweep(registering_doc(), poll_seconds=0.01)
+    status = finished_sweep["status"]
+    assert status["phase"] == phase.value and words in status["message"], status["message"]
+    assert ("model" in status) is model
+    assert tried == [("tune-1", f"{OUTPUT}/tune-1")] * len(outcomes)

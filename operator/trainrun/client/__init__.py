@@ -26,6 +26,7 @@ from trainrun.spec import OperatorConfig, load_training_sweep, validate_training
 from trainrun.spec.annotations import RUN_DIR_ANNOTATION, SWEEP_LABEL
 from trainrun.spec.status import Phase, TrainingRunStatus
 from trainrun.status.shapes import utc_now
+from trainrun.status.work import Attempts, Registration
 from trainrun.storage.ignore import CODE_SNAPSHOT_LIMIT_BYTES
 from trainrun.sweep import SweepPlan, plan_sweep
 
@@ -210,9 +211,13 @@ class Client:
         metadata = {**(document.get("metadata") or {}), "uid": str(uuid.uuid4()), "generation": 1}
         metadata.setdefault("namespace", sweep.metadata.namespace)
         body: Object = {**document, "metadata": metadata}
+        registration: Attempts[Registration] = Attempts()
         try:
             while True:
-                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now())
+                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now(), registration=registration)
+                if decided.register is not None:
+                    registration = self._register_best(decided, registration)
+                    continue
                 for trial in decided.creates:
                     self.backend.create(trial)
                 for patch in decided.patches:
@@ -232,6 +237,33 @@ class Client:
                 if phase is None or not phase.finished:
                     self.backend.cancel(_name_of(run))
             raise
+
+    def _register_best(self, decided: SweepPlan, before: Attempts[Registration]) -> Attempts[Registration]:
+        """One try of registering the best trial's model of a sweep run from this process (locally: to the MLflow
+        server of MLFLOW_TRACKING_URI), given up after ``LOCAL_SWEEP_TRIES`` failures as a local run does."""
+        sweep, best = decided.sweep, decided.status.best
+        if sweep is None or best is None:
+            return Attempts(result=Registration(refused="the sweep has no best trial"))
+        if not self.local:
+            words = "spec.register: a sweep run from this process registers nothing on a cluster; create it for the operator (trainrun sweep FILE)"
+            return Attempts(result=Registration(refused=words))
+        from trainrun.base.registry import RegistryUnavailable
+        from trainrun.local.registry import LOCAL_TRIES, register_sweep_model
+        from trainrun.spec import load_training_run
+        from trainrun.sweep.trials import owned_by
+
+        trials = self.trials(sweep.metadata.name)
+        trial = next((run for run in trials if _name_of(run) == best.trial and owned_by(run, sweep.metadata.uid)), None)
+        if trial is None:
+            return Attempts(result=Registration(refused=f"spec.register: the best trial {best.trial} is gone"))
+        try:
+            return Attempts(result=register_sweep_model(sweep, best, load_training_run(trial, local=True), status_of(trial)))
+        except (RegistryUnavailable, OSError) as error:
+            failed = Attempts[Registration](failures=before.failures + 1, error=str(error), failed_at=utc_now())
+            if failed.failures >= LOCAL_TRIES:
+                words = f"{error} (gave up after {LOCAL_TRIES} tries: a local sweep does not wait for the registry)"
+                return Attempts(result=Registration(refused=words))
+            return failed
 
     # -- reading -----------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ before the run is Completed: the status says Registering meanwhile) and once the
 folder's metrics.jsonl and the final status, found again by the run's uid). The decisions and the bodies
 are the operator's (``trainrun.plan.registration``, ``trainrun.registry``); only the waiting differs: a
 local run tries a registry that cannot be reached ``LOCAL_TRIES`` times with the same back-off, then
-finishes with ``Registered=False`` saying so, rather than wait for it.
+finishes with ``Registered=False`` saying so, rather than wait for it. A local sweep's best model
+(``spec.register``) goes the same way (:func:`register_sweep_model`, called by ``trainrun.Client.run_sweep``).
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from trainrun.registry.mlflow import tracked_rows
 from trainrun.spec import OperatorConfig, TrainingRun
 from trainrun.spec.config import Registry
 from trainrun.spec.status import ModelVersion, Tracked, TrainingRunStatus
+from trainrun.spec.sweep import TrainingSweep
+from trainrun.spec.sweepstatus import BestTrial
 from trainrun.status.registration import RegistrationState
 from trainrun.status.shapes import utc_now
 from trainrun.status.work import Attempts, Registration, failure_words, retry_delay
+from trainrun.sweep.plan import best_trial_registration
 
 LOCAL_TRIES = 3
 DEFAULT_KEY = "mlflow"
@@ -90,28 +94,9 @@ class LocalRegistry:
         )
 
     async def _register(self, request: VersionRequest, manifest_uri: str, path: str | None) -> Registration:
-        from trainrun.storage import StorageOptions, read_manifest
-
         assert self.config is not None
         key = self.key
-        registry = self.config.registries[key]
-        root = manifest_uri.rsplit("/", 1)[0]
-        manifest = read_manifest(root, options=StorageOptions.from_env(self.env))
-        if manifest is None:
-            return Registration(refused=f"{manifest_uri} is missing: the copy cannot be registered")
-        async with client_for(registry, self.env) as client:
-            done = await register_copy(
-                client,
-                request,
-                manifest_paths=[record.path for record in manifest.files],
-                manifest_json=manifest.to_json(),
-                manifest_uri=manifest_uri,
-                path=path,
-            )
-        if done.version is None:
-            return Registration(refused=done.refused)
-        version = done.version
-        return Registration(model=ModelVersion(registry=key, name=version.name, version=version.version, uri=version.source))
+        return await _register_copy(key, self.config.registries[key], self.env, request, manifest_uri, path)
 
     def track(self, status: TrainingRunStatus, metrics_path: Path, *, created: str | None) -> Tracked | None:
         """The finished run as an MLflow run (None when it is not tracked: no spec.tracking, or no server)."""
@@ -139,3 +124,57 @@ class LocalRegistry:
         except (RegistryError, OSError) as error:
             return Tracked(registry=track.registry, experiment=track.experiment, message=str(error))
         return Tracked(registry=track.registry, experiment=track.experiment, run_id=run_id, ended=track.final is not None)
+
+
+async def _register_copy(
+    key: str,
+    registry: Registry,
+    env: Mapping[str, str],
+    request: VersionRequest,
+    manifest_uri: str,
+    path: str | None,
+    field: str = "spec.output.register",
+) -> Registration:
+    """One try: read the copy's manifest with the credentials of ``env``, then register through ``trainrun.registry``."""
+    from trainrun.storage import StorageOptions, read_manifest
+
+    root = manifest_uri.rsplit("/", 1)[0]
+    manifest = read_manifest(root, options=StorageOptions.from_env(env))
+    if manifest is None:
+        return Registration(refused=f"{manifest_uri} is missing: the copy cannot be registered")
+    async with client_for(registry, env) as client:
+        done = await register_copy(
+            client,
+            request,
+            manifest_paths=[record.path for record in manifest.files],
+            manifest_json=manifest.to_json(),
+            manifest_uri=manifest_uri,
+            path=path,
+            field=field,
+        )
+    if done.version is None:
+        return Registration(refused=done.refused)
+    version = done.version
+    return Registration(model=ModelVersion(registry=key, name=version.name, version=version.version, uri=version.source))
+
+
+def register_sweep_model(
+    sweep: TrainingSweep, best: BestTrial, trial: TrainingRun, status: TrainingRunStatus, env: Mapping[str, str] | None = None
+) -> Registration:
+    """One try of registering a local sweep's best model (``spec.register``) to the MLflow server of
+    ``MLFLOW_TRACKING_URI``, with the operator's request (``trainrun.sweep.plan.best_trial_registration``);
+    raises RegistryUnavailable (or OSError) while it cannot be reached: the sweep's plan says when to try again."""
+    environment = dict(os.environ if env is None else env)
+    register = sweep.spec.registration
+    if register is None:
+        return Registration(refused="spec.register is not set")
+    uri = environment.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return Registration(refused="spec.register: a local sweep registers to the MLflow server of MLFLOW_TRACKING_URI, which is not set")
+    key = register.registry or DEFAULT_KEY
+    config = OperatorConfig(registries={key: Registry(type="mlflow", uri=uri)}, default_registry=key)
+    work = best_trial_registration(sweep, best, trial, status, config)
+    if isinstance(work, str):
+        return Registration(refused=work)
+    registry = config.registries[key]
+    return asyncio.run(_register_copy(key, registry, environment, work.request, work.manifest_uri, work.path, work.field))
