@@ -148,6 +148,8 @@ def test_the_best_model_is_registered_once_the_sweep_is_done(
     assert plan.status.best is not None and plan.status.best.trial == "tune-1"
     if reason == "RegistryUnavailable" and register is None:
         assert plan.requeue_after == pytest.approx(2.0)
+    failing = [event.type for event in plan.events if event.reason == "RegistryFailing"]
+    assert failing == (["Warning"] if reason == "RegistryUnavailable" else [])
     ready = next(item for item in plan.status.conditions if item.type == "Ready")
     assert ready.status == ("True" if phase is Phase.COMPLETED else "False")
 

@@ -60,7 +60,7 @@ from trainrun.sweep.trials import (
 Object = dict[str, Any]
 # Event reasons of a sweep.
 TRIAL_STARTED, TRIAL_PRUNED, TRIAL_FAILED, NEW_BEST = "TrialStarted", "TrialPruned", "TrialFailed", "NewBest"
-MODEL_REGISTERED, REGISTRATION_REFUSED = "ModelRegistered", "RegistrationRefused"
+MODEL_REGISTERED, REGISTRATION_REFUSED, REGISTRY_FAILING = "ModelRegistered", "RegistrationRefused", "RegistryFailing"
 REGISTER_FIELD = "spec.register"
 
 
@@ -258,7 +258,9 @@ def registration_step(
         start, wait = due(attempts, timestamp(now) or datetime.min)
         held = registration_verdict(verdict, state)  # Uploading for a run: a sweep says Running
         running = Verdict(Phase.RUNNING, held.reason, held.message)
-        return RegistrationStep(running, state, register=best.trial if start else None, requeue_after=wait)
+        failing = state.problem is not None and previous.reason != running.reason
+        warned = (PhaseEvent("Warning", REGISTRY_FAILING, held.message),) if failing else ()
+        return RegistrationStep(running, state, events=warned, register=best.trial if start else None, requeue_after=wait)
     ended = registration_verdict(verdict, state)
     events: tuple[PhaseEvent, ...] = ()
     if state.model is not None and previous.model is None:
@@ -459,6 +461,7 @@ def _summaries(views: Sequence[TrialView], *, maximize: bool) -> list[TrialSumma
 __all__ = [
     "MODEL_REGISTERED",
     "REGISTRATION_REFUSED",
+    "REGISTRY_FAILING",
     "RegistrationStep",
     "best_trial_registration",
     "registration_step",
