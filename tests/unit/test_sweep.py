@@ -8,6 +8,7 @@ import copy
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -375,6 +376,29 @@ def test_the_deadline_cancels_running_trials_and_keeps_the_best() -> None:
     assert later.status.phase is Phase.COMPLETED and later.status.reason == "DeadlineExceeded"
     assert [patch.name for patch in later.patches] == ["tune-1"] and later.patches[0].patch == {"spec": {"cancel": True}}
     assert first.requeue_after == 600
+
+
+@pytest.mark.parametrize(
+    ("seconds_since_completed", "phase", "reason", "requeue"),
+    [
+        pytest.param(10, Phase.RUNNING, "Searching", 50.0, id="its objective may still come: looked at again in 50 s"),
+        pytest.param(61, Phase.FAILED, "MetricNotReported", None, id="settled without it: the sweep says so"),
+    ],
+)
+def test_a_trial_completed_before_its_objective_was_read_is_waited_for(
+    seconds_since_completed: int, phase: Phase, reason: str, requeue: float | None
+) -> None:
+    """A run is Completed when its job succeeded, while the operator may still be reading its log's end (it was
+    restarting, say): for a minute the sweep waits for the objective instead of failing the trial, and keeps
+    its place in parallelism."""
+    document = sweep_doc(parallelism=1, maxTrials=3)
+    first = plan_sweep(document, [], now=NOW)
+    completed = {**trial_with(first.creates[0], phase="Completed"), "status": {"phase": "Completed", "completionTime": NOW}}
+    now = (datetime(2026, 12, 5, 10, 0, 0, tzinfo=UTC) + timedelta(seconds=seconds_since_completed)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = plan_sweep({**document, "status": first.status_patch}, [completed], now=now)
+    assert (later.status.phase, later.status.reason) == (phase, reason), later.status.message
+    assert later.creates == []  # the waited-for trial keeps its place
+    assert later.requeue_after == requeue
 
 
 def test_an_invalid_sweep_is_stalled_naming_the_field() -> None:

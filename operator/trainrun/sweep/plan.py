@@ -47,6 +47,7 @@ from trainrun.status.transitions import PhaseEvent
 from trainrun.status.work import Attempts, Register, Registration, due, failure_words
 from trainrun.sweep.study import SweepStudy, TrialView
 from trainrun.sweep.trials import (
+    METRIC_SETTLE_SECONDS,
     notes_annotation,
     owned_by,
     pruned_mark,
@@ -124,7 +125,7 @@ def plan_sweep(
     by_view = {
         view.number: (view, trial)
         for trial in owned
-        if (view := trial_view(trial, metric=objective.metric, by=_by(sweep))) is not None
+        if (view := trial_view(trial, metric=objective.metric, by=_by(sweep), now=timestamp(now))) is not None
     }
     views = [view for view, _ in sorted(by_view.values(), key=lambda item: item[0].number)]
     limit = min(spec.max_trials, grid_size(spec.parameters)) if spec.algorithm == "grid" else spec.max_trials
@@ -174,7 +175,8 @@ def plan_sweep(
     if unreported is not None:
         return done(Verdict(Phase.FAILED, "MetricNotReported", unreported, stalled=True), cancel_running=True)
     target_reached = best is not None and objective.target is not None and _better_or_equal(sweep, best.value, objective.target)
-    occupied = sum(1 for _, trial in by_view.values() if not run_finished(trial))  # a trial told to stop, too
+    # A trial told to stop takes its place until its run has stopped; a Completed one until its objective is read.
+    occupied = sum(1 for view, trial in by_view.values() if not run_finished(trial) or view.state is TrialState.RUNNING)
     free = [number for number in range(limit) if number not in by_view]
     if not occupied and (target_reached or not free):
         if target_reached:
@@ -186,7 +188,7 @@ def plan_sweep(
     patches: list[TrialPatch] = []
     for view in views:
         trial = by_view[view.number][1]
-        if view.state is not TrialState.RUNNING or stopping(trial):
+        if view.state is not TrialState.RUNNING or stopping(trial) or run_finished(trial):
             continue
         decision = study.should_prune(view)
         if decision.prune:
@@ -209,7 +211,15 @@ def plan_sweep(
             events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
     verdict = Verdict(Phase.RUNNING, "Searching", _running_words(counts, len(creates), best, target_reached))
     status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
-    requeue = (deadline - clock).total_seconds() if deadline is not None and clock is not None else None
+    waits = [(deadline - clock).total_seconds()] if deadline is not None and clock is not None else []
+    # A trial whose objective is still being read is looked at again once its time to settle is over.
+    waits += [
+        METRIC_SETTLE_SECONDS - (clock - completed).total_seconds()
+        for view, trial in by_view.values()
+        if view.state is TrialState.RUNNING and run_finished(trial) and clock is not None
+        and (completed := timestamp((trial.get("status") or {}).get("completionTime"))) is not None
+    ]
+    requeue = max(0.0, min(waits)) if waits else None
     return SweepPlan(sweep, status, creates=creates, patches=patches, events=events, requeue_after=requeue)
 
 
