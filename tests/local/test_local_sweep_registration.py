@@ -49,8 +49,7 @@ def sweep(uri: str, model: str) -> dict[str, Any]:
         "kind": "TrainingSweep",
         "metadata": {"name": "tune"},
         "spec": {
-            "template": {
-                "image": "python:3.12-slim",  # not used locally, but a sweep from this process is judged as on a cluster
+            "template": {  # no image: a local sweep needs none
                 "launcher": "none",
                 "command": ["python", "-c", PROGRAM],
                 "distribution": {"workers": 0},

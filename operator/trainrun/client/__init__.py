@@ -214,7 +214,7 @@ class Client:
         registration: Attempts[Registration] = Attempts()
         try:
             while True:
-                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now(), registration=registration)
+                decided = plan_sweep(body, self.trials(sweep.metadata.name), now=utc_now(), registration=registration, local=self.local)
                 if decided.register is not None:
                     registration = self._register_best(decided, registration)
                     continue

@@ -106,15 +106,17 @@ def plan_sweep(
     now: str,
     config: OperatorConfig | None = None,
     registration: Attempts[Registration] | None = None,
+    local: bool = False,
 ) -> SweepPlan:
     """The plan for a sweep (its object as the API serves it) and the TrainingRuns labelled with its name.
 
     ``config``: the operator configuration (its default registry); ``registration``: what the tries of
-    registering the best trial's model brought (the controller's facts; none after a restart)."""
+    registering the best trial's model brought (the controller's facts; none after a restart); ``local``:
+    the trials are local runs (``trainrun sweep --local``: the template needs no image)."""
     previous = TrainingSweepStatus.model_validate(body.get("status") or {})
     generation = (body.get("metadata") or {}).get("generation")
     try:
-        sweep = load_training_sweep(body)
+        sweep = load_training_sweep(body, local=local)
     except InvalidTrainingSweep as error:
         verdict = Verdict(Phase.FAILED, "InvalidSpec", str(error), stalled=True)
         return SweepPlan(None, _status(verdict, previous, generation, now, views=[], best=None, limit=0))
