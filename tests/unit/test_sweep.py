@@ -342,6 +342,33 @@ def test_a_sweep_prunes_losers_never_runs_more_than_parallelism_and_finds_the_be
     assert {"TrialStarted", "TrialPruned", "NewBest"} <= reasons
 
 
+def test_a_trial_update_while_every_place_is_taken_rebuilds_no_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study's rebuild grows with the trials (bench_sweep_scale.py): it is made only when it decides something."""
+    import trainrun.sweep.plan as plan_module
+
+    built: list[int] = []
+    real = plan_module.SweepStudy
+
+    def counting(*args: Any, **kwargs: Any) -> SweepStudy:
+        built.append(len(args[1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(plan_module, "SweepStudy", counting)
+    document = sweep_doc(maxTrials=6, parallelism=2)
+    first = plan_sweep(document, [], now=NOW)
+    document = {**document, "status": first.status_patch}
+    running = [trial_with(created, phase="Running", values=[0.5]) for created in first.creates]
+    busy = plan_sweep(document, running, now=NOW)
+    assert built == [0], "no place free and no pruner: nothing for a study to decide"
+    assert not busy.creates and not busy.patches and busy.status.phase is Phase.RUNNING
+    assert busy.status.message == "2 running, 0 completed, 0 pruned, 0 failed"
+    freed = plan_sweep(document, [trial_with(first.creates[0], phase="Completed", values=[0.4]), running[1]], now=NOW)
+    assert built == [0, 2] and [trial["metadata"]["name"] for trial in freed.creates] == ["tune-2"]
+    pruning = changed("spec.earlyStopping", {"type": "median"}, document)
+    plan_sweep(pruning, running, now=NOW)
+    assert built == [0, 2, 2], "a pruner looks at the running trials on every pass"
+
+
 @pytest.mark.parametrize(
     ("outcome", "spec", "phase", "reason", "words"),
     [

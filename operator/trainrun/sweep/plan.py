@@ -186,12 +186,16 @@ def plan_sweep(
             return done(_ended(best, "TargetReached", f"{best.trial} reached the target {objective.metric}={objective.target:g}"))
         return done(_ended(best, "AllTrialsDone", f"all {len(views)} trials are done"))
 
-    study = SweepStudy(spec, views, uid=sweep.metadata.uid or sweep.metadata.name)
+    starting = [] if target_reached else free[: max(0, spec.parallelism - occupied)]
+    # The study is rebuilt (at a cost that grows with the trials) only when it has something to decide: a pruner's
+    # verdicts, or the parameters of new trials. A trial's status update while every place is taken needs neither.
+    deciding = spec.early_stopping is not None or bool(starting)
+    study = SweepStudy(spec, views, uid=sweep.metadata.uid or sweep.metadata.name) if deciding else None
     patches: list[TrialPatch] = []
     for view in views:
         trial = by_view[view.number][1]
-        if view.state is not TrialState.RUNNING or stopping(trial) or run_finished(trial):
-            continue
+        if study is None or spec.early_stopping is None or view.state is not TrialState.RUNNING or stopping(trial) or run_finished(trial):
+            continue  # without a pruner nothing is ever pruned; a finished run is not
         decision = study.should_prune(view)
         if decision.prune:
             position = max(view.intermediate)
@@ -204,13 +208,13 @@ def plan_sweep(
             patches.append(TrialPatch(view.name, notes_annotation(decision.notes)))
     creates: list[Object] = []
     template = (body.get("spec") or {}).get("template") or {}
-    if not target_reached:
-        for number in free[: max(0, spec.parallelism - occupied)]:
-            suggestion = study.suggest(number)
-            created = trial_object(sweep, template, suggestion)
-            creates.append(created)
-            shown = ", ".join(f"{name}={value}" for name, value in sorted(suggestion.parameters.items()))
-            events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
+    for number in starting:
+        assert study is not None
+        suggestion = study.suggest(number)
+        created = trial_object(sweep, template, suggestion)
+        creates.append(created)
+        shown = ", ".join(f"{name}={value}" for name, value in sorted(suggestion.parameters.items()))
+        events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
     verdict = Verdict(Phase.RUNNING, "Searching", _running_words(counts, len(creates), best, target_reached))
     status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
     waits = [(deadline - clock).total_seconds()] if deadline is not None and clock is not None else []
