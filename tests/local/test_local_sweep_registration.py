@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from localrun import REPO, TRAINRUN, cli_env, write_run
-
-sys.path.insert(0, str(REPO / "tests" / "storage"))
-sys.path.insert(0, str(REPO / "tests" / "registry"))
-from mlflow_server import MlflowServer, mlflow_client, require_mlflow, start_mlflow  # noqa: E402
-from seaweedfs import BUCKET, SeaweedFS, start_seaweedfs  # noqa: E402
+from localrun import TRAINRUN, cli_env, write_run
+from mlflow_server import MlflowServer, mlflow_client  # noqa: E402
+from seaweedfs import BUCKET, SeaweedFS  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
 PROGRAM = (
@@ -26,21 +21,6 @@ PROGRAM = (
     "print('trainrun:metric ' + json.dumps({'epoch': 1, 'step': 1, 'val_loss': float(os.environ['LOSS'])}), flush=True)\n"
     "pathlib.Path(os.environ['OUTPUT_DIR'], 'model.pt').write_bytes(b'weights')\n"
 )
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    require_mlflow()
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow"))
-    yield server
-    server.stop()
 
 
 def sweep(uri: str, model: str) -> dict[str, Any]:

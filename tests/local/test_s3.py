@@ -8,27 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from localrun import REPO, SAMPLES, cli_env, run_local, sample, write_run
+from localrun import SAMPLES, cli_env, run_local, sample, write_run
+from seaweedfs import BUCKET, SeaweedFS  # noqa: E402 - the storage tests' S3 server
 from trainrun import Client
 
-sys.path.insert(0, str(REPO / "tests" / "storage"))
-from seaweedfs import BUCKET, SeaweedFS, start_seaweedfs  # noqa: E402 - the storage tests' S3 server
-
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
-    yield server
-    server.stop()
 
 
 def test_artifacts_and_logs_go_to_s3_with_the_manifest(
