@@ -26,13 +26,7 @@ def load_training_run(document: Mapping[str, Any], *, local: bool = False) -> Tr
 
     local: the run is for this machine (``--local``), where spec.image is not used: a spec without one
     reads as ``LOCAL_IMAGE``. Elsewhere a missing image is a problem that says so."""
-    problems: list[FieldProblem] = []
-    if not isinstance(document, Mapping):
-        raise InvalidTrainingRun([FieldProblem("<root>", "a TrainingRun must be a YAML mapping with apiVersion, kind, metadata and spec")])
-    if document.get("apiVersion") != API_VERSION:
-        problems.append(FieldProblem("apiVersion", f"must be {API_VERSION}; got {document.get('apiVersion')!r}"))
-    if document.get("kind") != KIND:
-        problems.append(FieldProblem("kind", f"must be {KIND}; got {document.get('kind')!r}"))
+    problems = _header_problems(document, KIND)
     if problems:
         raise InvalidTrainingRun(problems)
     body = {key: document[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in document}
@@ -49,13 +43,7 @@ def load_training_sweep(document: Mapping[str, Any], *, local: bool = False) -> 
     """Parse and check a TrainingSweep (apiVersion, kind, metadata, spec): its fields, then the rules across
     them (``trainrun.spec.sweep.sweep_problems``); raise InvalidTrainingSweep naming every field at fault.
     local: trials run on this machine, where the template needs no image (see :func:`load_training_run`)."""
-    if not isinstance(document, Mapping):
-        raise InvalidTrainingSweep([FieldProblem("<root>", "a TrainingSweep must be a YAML mapping with apiVersion, kind, metadata and spec")])
-    problems = []
-    if document.get("apiVersion") != API_VERSION:
-        problems.append(FieldProblem("apiVersion", f"must be {API_VERSION}; got {document.get('apiVersion')!r}"))
-    if document.get("kind") != SWEEP_KIND:
-        problems.append(FieldProblem("kind", f"must be {SWEEP_KIND}; got {document.get('kind')!r}"))
+    problems = _header_problems(document, SWEEP_KIND)
     if problems:
         raise InvalidTrainingSweep(problems)
     body = {key: document[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in document}
@@ -75,6 +63,19 @@ def load_training_sweep(document: Mapping[str, Any], *, local: bool = False) -> 
     if found:
         raise InvalidTrainingSweep(found)
     return sweep
+
+
+def _header_problems(document: object, kind: str) -> list[FieldProblem]:
+    """What is wrong with a document of KIND before its fields are read: not a mapping, or another
+    apiVersion or kind (both said at once)."""
+    if not isinstance(document, Mapping):
+        return [FieldProblem("<root>", f"a {kind} must be a YAML mapping with apiVersion, kind, metadata and spec")]
+    problems = []
+    if document.get("apiVersion") != API_VERSION:
+        problems.append(FieldProblem("apiVersion", f"must be {API_VERSION}; got {document.get('apiVersion')!r}"))
+    if document.get("kind") != kind:
+        problems.append(FieldProblem("kind", f"must be {kind}; got {document.get('kind')!r}"))
+    return problems
 
 
 def _image_hint(problem: FieldProblem, field: str = "spec.image") -> FieldProblem:
