@@ -93,6 +93,11 @@ def changed(path: str, value: Any, document: dict[str, Any] | None = None) -> di
     ],
 )
 def test_bad_input_is_one_line_naming_the_field(document: dict[str, Any], field: str, words: str) -> None:
+    assert_one_line_naming(document, field, words)
+
+
+def assert_one_line_naming(document: dict[str, Any], field: str, words: str) -> None:
+    """Loading DOCUMENT fails with one problem, on FIELD, in one line that says WORDS."""
     with pytest.raises(InvalidTrainingSweep) as raised:
         load_training_sweep(document)
     problems = raised.value.problems
