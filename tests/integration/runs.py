@@ -27,6 +27,12 @@ from cluster.harness import ClusterError, KubeCluster, wait_until
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 REPO = Path(__file__).resolve().parents[2]
+TRAINRUN = str(Path(sys.executable).parent / "trainrun")  # the CLI of this virtualenv (this checkout's package)
+
+
+def trainrun_cli(cluster: KubeCluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``trainrun ARGS`` against CLUSTER (its kubeconfig in the environment); the caller checks the result."""
+    return subprocess.run([TRAINRUN, *args], env=cluster.env(), capture_output=True, text=True, timeout=timeout)
 TRAINER_IMAGE = "ghcr.io/trainrun/trainer:0.1.0"
 JOB_LABEL = "training.kubeflow.org/job-name"
 

@@ -7,23 +7,18 @@ process with KUBECONFIG pointing at the kwok control plane where the operator ru
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from runs import OperatorProcess, operator, training_run
+from runs import TRAINRUN, OperatorProcess, operator, training_run
+from runs import trainrun_cli as trainrun
 from trainrun import Client
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator"]  # a fixture, used by name
 
-TRAINRUN = str(Path(sys.executable).parent / "trainrun")
-
-
-def trainrun(cluster: KubeCluster, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRAINRUN, *args], env=cluster.env(), capture_output=True, text=True, timeout=timeout)
 
 
 def test_a_user_works_a_run_with_the_cli_and_the_client(

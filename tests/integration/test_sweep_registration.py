@@ -13,8 +13,6 @@ model in ``trainrun describe sweep``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,18 +24,14 @@ import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from mlflow_server import CallProxy, MlflowServer
 from runs import TRAINER_IMAGE, OperatorProcess, kubectl_apply, operator, volume_for_claim, wait_for_phase
+from runs import trainrun_cli as trainrun
 from seaweedfs import BUCKET
 from test_model_registry import _write_config, copy_outputs, registry_config, registry_operator, storage, versions
 
 pytestmark = pytest.mark.cluster
 __all__ = ["operator", "registry_config", "registry_operator", "storage"]  # fixtures, used by name
-TRAINRUN = str(Path(sys.executable).parent / "trainrun")
 VALUES = {0: 0.5, 1: 0.2, 2: 0.4}  # val_loss of each trial: trial 1 is the best
 BEST = "tune-1"
-
-
-def trainrun(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TRAINRUN, *args], env=cluster.env(), capture_output=True, text=True, timeout=120)
 
 
 def sweep(namespace: str, uri: str, model: str) -> dict[str, Any]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ import yaml
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from faults import ObjectWatch
 from runs import TRAINER_IMAGE, OperatorProcess
+from runs import trainrun_cli as trainrun
 
 pytestmark = pytest.mark.cluster
 
@@ -39,11 +38,6 @@ BEST = 8
 SECONDS_PER_EPOCH = 2.0
 KILLS = 10
 FINISHED = ("Completed", "Failed", "Cancelled")
-
-
-def trainrun(cluster: KubeCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI of this checkout (``python -m trainrun.cli``) against the test cluster."""
-    return subprocess.run([sys.executable, "-m", "trainrun.cli", *args], env=cluster.env(), capture_output=True, text=True, timeout=120)
 
 
 def val_loss(number: int, epoch: int) -> float:
