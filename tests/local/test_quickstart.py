@@ -21,6 +21,7 @@ def test_the_run_completes_with_exit_code_0(quickstart: FinishedRun) -> None:
         "Worker": {"active": 0, "succeeded": 1, "failed": 0},
     }
     assert status["startTime"] <= status["completionTime"]
+    assert status["metricsFinal"] is True and status["metrics"]["val_loss"] > 0  # every replica's output read to its end
     conditions = {condition["type"]: condition["status"] for condition in status["conditions"]}
     assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}
 

@@ -40,6 +40,7 @@ class RecordingKube:
         self.status_patches: list[Object] = []
         self.refuse: str | None = None
         self.version = 100
+        self.statuses: dict[str, Object] = {}  # each run's status as the server keeps it (the patches merged)
 
     async def apply(self, obj: Object, *, field_manager: str) -> Object:
         self.calls.append(f"apply {obj['kind']}")
@@ -52,7 +53,8 @@ class RecordingKube:
         self.version += 1
         if subresource == "status":
             self.status_patches.append(patch["status"])
-        return {"metadata": {"name": name, "resourceVersion": f"v{self.version}"}, "status": patch.get("status", {})}
+            self.statuses[name] = merged(self.statuses.get(name, {}), patch["status"])
+        return {"metadata": {"name": name, "resourceVersion": f"v{self.version}"}, "status": self.statuses.get(name, {})}
 
     async def delete(self, resource: Any, namespace: str, name: str) -> bool:
         self.calls.append(f"delete {resource.plural}")
@@ -61,6 +63,19 @@ class RecordingKube:
     async def create(self, resource: Any, namespace: str, body: Object) -> Object:
         self.calls.append(f"create {resource.plural}")
         return body
+
+
+def merged(target: Object, patch: Object) -> Object:
+    """A JSON merge patch (RFC 7386) applied to ``target``."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 class SlowStore:
@@ -151,7 +166,7 @@ def test_a_reconcile_plans_once_and_never_waits_for_the_store(monkeypatch: pytes
         assert plans == [1, 1, 1]
         assert kube.status_patches[-1]["phase"] == "Completed"
         assert kube.status_patches[-1]["artifacts"]["fileCount"] == 3
-        assert kube.status_patches[-1]["metrics"] == {"loss": 0.1}
+        assert kube.statuses["run"]["metrics"] == {"loss": 0.1}
 
     in_loop(scenario)
 
@@ -208,5 +223,36 @@ def test_the_written_status_stands_in_for_older_bodies_until_its_version_comes()
         assert controller.runs[KEY]["status"]["phase"] == written["phase"]
         controller.run_changed("MODIFIED", {**run_body(version=version), "status": {"phase": "Queued", "reason": "x"}})
         assert KEY not in controller.written and controller.runs[KEY]["status"]["reason"] == "x"
+
+    in_loop(scenario)
+
+
+def test_a_run_without_an_archive_has_its_logs_read_to_the_end_before_its_metrics_are_final(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A finished run whose logs are not archived is still read to the end (for the last metrics) before its
+    status says the metrics are final; what was read before stays when the new reader finds no pod left."""
+
+    async def scenario() -> None:
+        kube = RecordingKube()
+        controller, plans = controller_with(kube, monkeypatch)
+        body = run_body(phase="Running")
+        body["status"].update(metrics={"loss": 0.2, "accuracy": 0.9}, keyMetric="loss=0.2")
+        kube.statuses["run"] = copy.deepcopy(body["status"])
+        controller.run_changed(None, body)
+        controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
+        await controller.reconcile(KEY)
+        memory = controller.memory[KEY]
+        assert kube.status_patches[-1]["phase"] == "Completed" and "metricsFinal" not in kube.status_patches[-1]
+        assert "seal" in memory.tasks  # a follower without an archive, finishing
+        await asyncio.wait_for(memory.tasks["seal"], timeout=10)
+        assert memory.attempts["seal"].result is not None and KEY in controller.queue._queued
+        await controller.reconcile(KEY)
+        assert kube.status_patches[-1]["metricsFinal"] is True
+        kept = kube.statuses["run"]
+        assert (kept["metrics"], kept["keyMetric"]) == ({"loss": 0.2, "accuracy": 0.9}, "loss=0.2")  # no pod left to read
+        await controller.reconcile(KEY)
+        assert "seal" not in memory.tasks and memory.logs is None  # read once, never again
+        assert plans == [1, 1, 1]
 
     in_loop(scenario)

@@ -287,3 +287,19 @@ def test_the_processes_are_a_pytorchjob(
     assert written["status"]["startTime"] == "2026-01-01T10:00:00Z"
     if conditions[-1] != "Running":
         assert written["status"]["completionTime"] == "2026-01-01T10:00:09Z"
+
+
+@pytest.mark.parametrize(
+    ("copy", "logs_read", "final"),
+    [
+        pytest.param(copied(ARTIFACTS), True, True, id="completed with every replica's output read: the metrics are final"),
+        pytest.param(copied(ARTIFACTS), False, None, id="completed while a replica's output is still read: not yet"),
+        pytest.param(copying(), True, None, id="still copying: not finished, not final"),
+    ],
+)
+def test_the_metrics_are_final_once_the_run_finished_and_its_output_was_read(
+    copy: ArtifactCopy, logs_read: bool, final: bool | None
+) -> None:
+    run = make_run(workers=0, output_uri=URI, generation=None)
+    world = LocalWorld(run, job(exited("master-0", 0, after=5)), copy, metrics={"loss": 0.1}, logs_read=logs_read)
+    assert assess(world, previous=TrainingRunStatus(phase=Phase.RUNNING), now=NOW).status.metrics_final is final

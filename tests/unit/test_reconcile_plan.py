@@ -220,13 +220,29 @@ CASES = [
     ),
     Case(
         "job gone after it finished (TTL): never trained again",
-        body(previous(Phase.COMPLETED, reason="Succeeded", message="done")),
+        body(previous(Phase.COMPLETED, reason="Succeeded", message="done", metricsFinal=True)),
         Observed(),
         [],
         Phase.COMPLETED,
     ),
     Case(
-        "replica failed: Failed, the logs are archived (no longer followed)",
+        "finished while no operator ran, logs not archived: read to their end once, for the last metrics",
+        body(previous(Phase.COMPLETED, reason="Succeeded", message="done")),
+        Observed(job=job().succeeded().started(), pods=[pod("run-master-0").terminated(0, finished_at=at(19))]),
+        [],
+        Phase.COMPLETED,
+        storage=["seal"],
+        logs="finish",
+    ),
+    Case(
+        "logs not archived and read to their end: the metrics are final, nothing more",
+        body(previous(Phase.COMPLETED, reason="Succeeded", message="done")),
+        Observed(job=job().succeeded().started(), seal=Attempts(result=SEALED)),
+        [],
+        Phase.COMPLETED,
+    ),
+    Case(
+        "replica failed: Failed, its logs read to their end for the metrics (not archived)",
         body(previous(Phase.RUNNING)),
         Observed(
             job=job().failed().started(),
@@ -235,6 +251,8 @@ CASES = [
         [],
         Phase.FAILED,
         event="ReplicaFailed",
+        storage=["seal"],
+        logs="finish",
         message_has=["worker-0", "3"],
     ),
     Case(
@@ -286,12 +304,14 @@ CASES = [
         message_has=["h100"],
     ),
     Case(
-        "cancelled while running: the job is suspended through its run policy",
+        "cancelled while running: the job is suspended through its run policy, its logs read as its pods stop",
         body(previous(Phase.RUNNING), cancel=True),
         Observed(job=job().running().started(), pods=running_pods()),
         ["patch PyTorchJob"],
         Phase.CANCELLED,
         event="Cancelled",
+        storage=["seal"],
+        logs="finish",
     ),
 ]
 

@@ -151,6 +151,8 @@ def trial_with(created: dict[str, Any], *, phase: str | None = None, values: lis
     status: dict[str, Any] = {}
     if phase is not None:
         status["phase"] = phase
+    if phase in ("Completed", "Failed", "Cancelled"):
+        status["metricsFinal"] = True  # the operator read its logs to their end
     if values:
         status["series"] = {"metric": "val_loss", "points": [{"epoch": index + 1, "step": 10 * (index + 1), "value": value} for index, value in enumerate(values)]}
         status["metrics"] = {"val_loss": values[-1] if final is None else final}
@@ -379,7 +381,7 @@ def test_a_trial_update_while_every_place_is_taken_rebuilds_no_study(monkeypatch
     [
         pytest.param(lambda n, t: trial_with(t, phase="Failed"), {"maxFailedTrials": 2}, Phase.FAILED, "TooManyFailedTrials", "2 trials failed", id="too many failures"),
         pytest.param(
-            lambda n, t: {**t, "status": {"phase": "Completed", "metrics": {"loss": 0.1, "accuracy": 0.9}}},
+            lambda n, t: {**t, "status": {"phase": "Completed", "metricsFinal": True, "metrics": {"loss": 0.1, "accuracy": 0.9}}},
             {},
             Phase.FAILED,
             "MetricNotReported",
@@ -411,26 +413,25 @@ def test_the_deadline_cancels_running_trials_and_keeps_the_best() -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds_since_completed", "phase", "reason", "requeue"),
+    ("metrics_final", "phase", "reason"),
     [
-        pytest.param(10, Phase.RUNNING, "Searching", 50.0, id="its objective may still come: looked at again in 50 s"),
-        pytest.param(61, Phase.FAILED, "MetricNotReported", None, id="settled without it: the sweep says so"),
+        pytest.param(None, Phase.RUNNING, "Searching", id="its logs are still being read: its objective may still come"),
+        pytest.param(True, Phase.FAILED, "MetricNotReported", id="read to their end without it: the sweep says so"),
     ],
 )
-def test_a_trial_completed_before_its_objective_was_read_is_waited_for(
-    seconds_since_completed: int, phase: Phase, reason: str, requeue: float | None
-) -> None:
-    """A run is Completed when its job succeeded, while the operator may still be reading its log's end (it was
-    restarting, say): for a minute the sweep waits for the objective instead of failing the trial, and keeps
-    its place in parallelism."""
+def test_a_trial_completed_before_its_objective_was_read_is_waited_for(metrics_final: bool | None, phase: Phase, reason: str) -> None:
+    """A run is Completed when its job succeeded, while the operator may still be reading its logs' end (it was
+    away, say): until the trial's status says its metrics are final the sweep waits for the objective instead of
+    failing the trial, however long that takes, and the trial keeps its place in parallelism."""
     document = sweep_doc(parallelism=1, maxTrials=3)
     first = plan_sweep(document, [], now=NOW)
-    completed = {**trial_with(first.creates[0], phase="Completed"), "status": {"phase": "Completed", "completionTime": NOW}}
-    now = (datetime(2026, 12, 5, 10, 0, 0, tzinfo=UTC) + timedelta(seconds=seconds_since_completed)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    later = plan_sweep({**document, "status": first.status_patch}, [completed], now=now)
+    status = {"phase": "Completed", "completionTime": NOW, **({"metricsFinal": metrics_final} if metrics_final else {})}
+    completed = {**trial_with(first.creates[0]), "status": status}
+    a_day_later = (datetime(2026, 12, 5, 10, 0, 0, tzinfo=UTC) + timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    later = plan_sweep({**document, "status": first.status_patch}, [completed], now=a_day_later)
     assert (later.status.phase, later.status.reason) == (phase, reason), later.status.message
     assert later.creates == []  # the waited-for trial keeps its place
-    assert later.requeue_after == requeue
+    assert later.requeue_after is None  # its status's change comes through the trials' watch
 
 
 def test_an_invalid_sweep_is_stalled_naming_the_field() -> None:

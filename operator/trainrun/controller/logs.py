@@ -228,11 +228,11 @@ class RunLogs:
             return self.sealed_files
         self._closing = True
         await self._read_to_the_end(grace)
-        if self.archive is None:
-            return None
         for container in self.containers.values():
             if not container.done:  # its pod is gone (or it did not end in time): what it wrote after is not here
                 self._declare_gap(container, "its pod was gone before the operator read it to its end")
+        if self.archive is None:
+            return None
         if self._flusher is not None:
             # Never cancelled in the middle of a write (its lines would be neither shipped nor kept):
             # told to ship once more and stop.

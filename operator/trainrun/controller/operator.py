@@ -594,14 +594,16 @@ class Controller:
         memory.attempts[step] = after
         self.queue.add(key)
 
-    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str) -> SealedLogs:
-        """Finish the run's follower and seal its archive: one resuming from the archive where this process has
-        none (the run may have ended while no operator ran) or has one that could not open the archive."""
+    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> SealedLogs:
+        """Finish the run's follower (read every replica's log to its end) and seal its archive, if it has one: a
+        new follower where this process has none (the run may have ended while no operator ran; it resumes from
+        the archive) or has one that could not open the archive."""
         logs = memory.logs
-        if logs is None or logs.archive is None:
+        if logs is None or (archive_uri is not None and logs.archive is None):
             if logs is not None:
                 await self._drop_follower(memory)
-            logs = memory.logs = await self._follower(key, run, await self._open_archive(run, archive_uri))
+            archive = await self._open_archive(run, archive_uri) if archive_uri is not None else None
+            logs = memory.logs = await self._follower(key, run, archive)
         logs.update(self.children.of(key, POD))
         await logs.finish()
         await self._drop_follower(memory, stop=False)

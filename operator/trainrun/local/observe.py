@@ -136,6 +136,7 @@ class LocalWorld:
     progress: ProgressSnapshot | None = None  # what the replicas' logs said of their steps
     metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none yet)
     key_metric: str | None = None
+    logs_read: bool = False  # no replica's output is still being read (each one's was read to its end)
     series: Sequence[MetricSample] = ()  # the series metric's values (a sweep trial's objective: status.series)
     registration: RegistrationState | None = None  # spec.output.register, once the copy is verified
     tracking: Tracked | None = None  # the MLflow run of a tracked run, once it was sent
@@ -184,6 +185,7 @@ def assess(world: LocalWorld, *, previous: TrainingRunStatus, now: str) -> Asses
             supervision=supervised.supervision,
             restart=supervised.restart,
             metrics=world.metrics,
+            metrics_final=world.logs_read,
             key_metric=world.key_metric,
             series=world.series,
             progress=world.progress,

@@ -402,6 +402,7 @@ class LocalRunner:
             progress=self.progress.snapshot(),
             metrics=dict(self.summary.latest) if self.summary.latest else None,
             key_metric=self.summary.key_metric(),
+            logs_read=not self._running,  # the replicas followed were read to the end of their output
             series=self.summary.series,
             registration=self._registration,
             tracking=self._tracked,

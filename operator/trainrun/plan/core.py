@@ -242,6 +242,8 @@ def plan(
     known_logs = previous.logs if previous.logs is not None and previous.logs.uri == archive else None
     # "complete" alone meant sealed in statuses written before gaps were told apart.
     logs_sealed = sealed is not None or (known_logs is not None and (known_logs.sealed or known_logs.complete))
+    # Every replica's log read to its end: the archive sealed, or (not archived) read to the end for the metrics.
+    logs_final = logs_sealed if archive is not None else sealed is not None or bool(previous.metrics_final)
     gaps = list(sealed.gaps) if sealed is not None else list(known_logs.gaps) if known_logs is not None else []
     storage: list[StorageWork] = []
     waits: list[float | None] = [refusal_ends_in, supervised.check_again_in]
@@ -257,7 +259,11 @@ def plan(
                 waits.append(wait)
     manifest_problem = failure_words("reading the manifest of the copy", observed.manifest) if artifacts is None else None
     field = archive_field(run)
-    seal_problem = failure_words(f"{field}: sealing the log archive at {archive}", observed.seal) if not logs_sealed else None
+    seal_problem = (
+        failure_words(f"{field}: sealing the log archive at {archive}", observed.seal)
+        if archive is not None and not logs_sealed
+        else None
+    )
     archive_problem = (
         f"{field}: the replicas' logs are not being archived: {observed.archive_problem}"
         if observed.archive_problem is not None and not logs_sealed
@@ -290,6 +296,7 @@ def plan(
             supervision=supervised.supervision,
             restart=supervised.restart,
             metrics=sealed.metrics if sealed is not None else observed.metrics,
+            metrics_final=logs_final,
             key_metric=sealed.key_metric if sealed is not None else observed.key_metric,
             series=observed.series,
             progress=observed.progress,
@@ -322,7 +329,7 @@ def plan(
             storage.append(work)
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
-    if status.phase is not None and status.phase.finished and (archive is None or logs_sealed):
+    if status.phase is not None and status.phase.finished and logs_final:
         cleaning, wait = _clean_up(run, backend, job, observed.pods, moment)
         actions += cleaning
         waits.append(wait)
@@ -331,8 +338,8 @@ def plan(
     done_with_logs = status.phase is not None and (
         status.phase.finished or (status.phase == Phase.UPLOADING and _uploader_ended(observed))
     )
-    seal = archive is not None and not logs_sealed and done_with_logs
-    if seal and archive is not None:
+    seal = not logs_final and done_with_logs
+    if seal:
         seal_due, wait = due(observed.seal, moment)
         waits.append(wait)
         if seal_due:
@@ -347,13 +354,13 @@ def plan(
         *registration_events(previous, status),
     ]
     created = (body.get("metadata") or {}).get("creationTimestamp")
-    tracking = tracking_plan(run, config, previous, status, logs_done=archive is None or logs_sealed, created=created)
+    tracking = tracking_plan(run, config, previous, status, logs_done=logs_final, created=created)
     return _finish(
         previous,
         status,
         actions=actions,
         storage=storage,
-        logs="finish" if seal else "follow" if active and not logs_sealed else "stop",
+        logs="finish" if seal else "follow" if active and not logs_final else "stop",
         log_archive=archive,
         run=run,
         events=events,

@@ -162,6 +162,12 @@ class TrainingRunStatus(StatusModel):
     start_time: str | None = Field(default=None, description="When the first replica started running.")
     completion_time: str | None = Field(default=None, description="When the run finished.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Latest value of every metric read from the logs.")
+    metrics_final: bool | None = Field(
+        default=None,
+        description="True once the run has finished and every replica's log was read to its end (or as far as it "
+        "could be: status.logs.gaps): status.metrics will not change. What a sweep waits for before it reads a "
+        "trial's objective.",
+    )
     key_metric: str | None = Field(default=None, description="The metric shown by kubectl get, e.g. val_loss=0.312.")
     series: MetricSeries | None = Field(
         default=None,

@@ -84,6 +84,7 @@ class StatusInput:
     supervision: Supervision | None = None
     restart: Restart | None = None  # decided now: appended to status.restarts
     metrics: Mapping[str, float] | None = None  # the latest values read from the logs (None: none read)
+    metrics_final: bool = False  # every replica's log was read to its end (or as far as it could be)
     key_metric: str | None = None
     series: Sequence[MetricSample] = ()  # new values of the series metric (the annotation trainrun.dev/series)
     progress: ProgressSnapshot | None = None
@@ -99,11 +100,15 @@ def build_status(given: StatusInput) -> TrainingRunStatus:
     status = _phase_and_children(given)
     updates: dict[str, Any] = {}
     if given.metrics is not None:
-        updates.update(metrics=dict(given.metrics), key_metric=given.key_metric)
+        # Added to what is known: a reader that started after a replica's pod went (a restarted operator, no
+        # archive to resume from) does not take away the values read before.
+        updates.update(metrics={**status.metrics, **given.metrics}, key_metric=given.key_metric or status.key_metric)
     series = series_status(given.run, status.series, given.series)
     if series != status.series:
         updates["series"] = series
     finished = status.phase is not None and status.phase.finished
+    if finished and given.metrics_final:
+        updates["metrics_final"] = True
     progress = progress_status(given.progress, epochs=spec_epochs(given.run)) if given.run is not None else None
     if progress is not None and not finished:
         updates["progress"] = progress

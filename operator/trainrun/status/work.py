@@ -41,8 +41,8 @@ class Attempts(Generic[Result]):
 
 @dataclass(frozen=True)
 class SealedLogs:
-    """The log archive was sealed: the replicas' logs are composed, with the metrics read to the end and the
-    logs that could not be read to their end."""
+    """The replicas' logs were read to their end (and composed in the log archive, where the run has one): the
+    metrics read to the end and the logs that could not be read to their end."""
 
     metrics: dict[str, float]
     key_metric: str | None
@@ -60,9 +60,10 @@ class Refusal:
 
 @dataclass(frozen=True)
 class SealLogs:
-    """Finish following the run's logs and compose them in the archive at ``archive``."""
+    """Finish following the run's logs: read every replica's to its end, and compose them in the archive at
+    ``archive`` (None: the run's logs are not archived; read for the metrics only)."""
 
-    archive: str
+    archive: str | None
 
 
 @dataclass(frozen=True)

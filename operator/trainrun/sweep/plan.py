@@ -47,7 +47,6 @@ from trainrun.status.transitions import PhaseEvent
 from trainrun.status.work import Attempts, Register, Registration, due, failure_words
 from trainrun.sweep.study import SweepStudy, TrialView
 from trainrun.sweep.trials import (
-    METRIC_SETTLE_SECONDS,
     notes_annotation,
     owned_by,
     pruned_mark,
@@ -127,7 +126,7 @@ def plan_sweep(
     by_view = {
         view.number: (view, trial)
         for trial in owned
-        if (view := trial_view(trial, metric=objective.metric, by=_by(sweep), now=timestamp(now))) is not None
+        if (view := trial_view(trial, metric=objective.metric, by=_by(sweep))) is not None
     }
     views = [view for view, _ in sorted(by_view.values(), key=lambda item: item[0].number)]
     limit = min(spec.max_trials, grid_size(spec.parameters)) if spec.algorithm == "grid" else spec.max_trials
@@ -217,15 +216,8 @@ def plan_sweep(
         events.append(PhaseEvent("Normal", TRIAL_STARTED, f"{created['metadata']['name']} started: {shown}"))
     verdict = Verdict(Phase.RUNNING, "Searching", _running_words(counts, len(creates), best, target_reached))
     status = _status(verdict, previous, generation, now, views=views, best=best, limit=limit, maximize=maximize, started=started)
-    waits = [(deadline - clock).total_seconds()] if deadline is not None and clock is not None else []
-    # A trial whose objective is still being read is looked at again once its time to settle is over.
-    waits += [
-        METRIC_SETTLE_SECONDS - (clock - completed).total_seconds()
-        for view, trial in by_view.values()
-        if view.state is TrialState.RUNNING and run_finished(trial) and clock is not None
-        and (completed := timestamp((trial.get("status") or {}).get("completionTime"))) is not None
-    ]
-    requeue = max(0.0, min(waits)) if waits else None
+    # A trial whose objective is still being read comes back through the trials' watch once its status says so.
+    requeue = max(0.0, (deadline - clock).total_seconds()) if deadline is not None and clock is not None else None
     return SweepPlan(sweep, status, creates=creates, patches=patches, events=events, requeue_after=requeue)
 
 

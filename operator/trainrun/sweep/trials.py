@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
 
 from trainrun.spec.annotations import (
@@ -28,7 +27,6 @@ from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import Phase
 from trainrun.spec.sweep import SWEEP_KIND, TrainingSweep, with_parameters
 from trainrun.spec.sweepstatus import TrialState
-from trainrun.status.shapes import timestamp
 from trainrun.sweep.study import Suggestion, TrialView
 
 Object = dict[str, Any]
@@ -41,9 +39,6 @@ SWEEP_ANNOTATIONS = (
 )
 # Optuna's notes larger than this are not kept on a trial (an annotation's room is 256 KiB in all).
 MAX_NOTES_BYTES = 64 * 1024
-# How long after a trial's run is Completed its objective may still arrive (its log read to the end by the
-# operator, which may have been restarting when the job succeeded).
-METRIC_SETTLE_SECONDS = 60.0
 
 
 def trial_name(sweep: str, number: int) -> str:
@@ -124,16 +119,17 @@ def projected(raw: Mapping[str, Any]) -> Object:
             "annotations": {key: value for key, value in annotations.items() if key in SWEEP_ANNOTATIONS},
         },
         "spec": {"cancel": bool((raw.get("spec") or {}).get("cancel"))},
-        "status": {key: status[key] for key in ("phase", "message", "metrics", "series", "artifacts", "completionTime") if key in status},
+        "status": {key: status[key] for key in ("phase", "message", "metrics", "metricsFinal", "series", "artifacts") if key in status},
     }
 
 
-def trial_view(obj: Mapping[str, Any], *, metric: str, by: str, now: datetime | None = None) -> TrialView | None:
+def trial_view(obj: Mapping[str, Any], *, metric: str, by: str) -> TrialView | None:
     """What the study reads of a trial object (None: not a trial: no number).
 
-    A run is Completed once its job succeeded, while the operator may still be reading the end of its log (after
-    a restart, say): a trial Completed less than ``METRIC_SETTLE_SECONDS`` before ``now`` without the objective is
-    still running to the sweep (its value may come yet); after that, it completed without reporting it."""
+    A run is Completed once its job succeeded, while the operator may still be reading the end of its logs (it
+    may have been away when the job succeeded): a Completed trial without the objective is still running to the
+    sweep until its status says its metrics are final (``status.metricsFinal``); then it completed without
+    reporting it."""
     metadata = obj.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
     try:
@@ -153,7 +149,7 @@ def trial_view(obj: Mapping[str, Any], *, metric: str, by: str, now: datetime | 
         message = str(pruned.get("message") or "pruned") if pruned else message
         last = intermediate[max(intermediate)] if intermediate else None
         value = last if last is not None else value
-    if state is TrialState.COMPLETED and value is None and settling(status, now):
+    if state is TrialState.COMPLETED and value is None and status.get("metricsFinal") is not True:
         state, message = TrialState.RUNNING, f"completed; its {metric} is not read from its log yet"
     elif state is TrialState.COMPLETED and value is None:
         state, message = TrialState.FAILED, f"completed without reporting {metric}"
@@ -169,13 +165,6 @@ def trial_view(obj: Mapping[str, Any], *, metric: str, by: str, now: datetime | 
         notes=notes,
         message=message,
     )
-
-
-def settling(status: Mapping[str, Any], now: datetime | None) -> bool:
-    """Whether a Completed trial's status may still get its last metrics (completed less than
-    ``METRIC_SETTLE_SECONDS`` before ``now``)."""
-    completed = timestamp(status.get("completionTime"))
-    return now is not None and completed is not None and (now - completed).total_seconds() < METRIC_SETTLE_SECONDS
 
 
 def reported_metrics(obj: Mapping[str, Any]) -> list[str]:
