@@ -167,9 +167,13 @@ def test_pods_refused_by_a_resource_quota_are_explained(
     def status(name: str) -> dict[str, Any]:
         return dict(get_run(kube_cluster, name, namespace).get("status") or {})
 
-    def wait_for_reason(name: str, reason: str, what: str) -> dict[str, Any]:
+    def wait_for_reason(name: str, reason: str, what: str, message_starts: str = "") -> dict[str, Any]:
+        def said() -> dict[str, Any] | None:
+            now = status(name)
+            return now if now.get("reason") == reason and str(now.get("message")).startswith(message_starts) else None
+
         try:
-            return wait_until(lambda: status(name) if status(name).get("reason") == reason else None, timeout=120, what=what)
+            return wait_until(said, timeout=120, what=what)
         except ClusterError as error:
             events = kube_cluster.kubectl("get", "events", "-n", namespace).stdout
             raise AssertionError(f"{error}\nstatus: {status(name)}\nevents:\n{events}") from None
@@ -178,9 +182,14 @@ def test_pods_refused_by_a_resource_quota_are_explained(
     #    the quota and needs memory requests the run did not set: the Master starts, the Worker never exists.
     kubectl_apply(kube_cluster, training_run("no-memory", namespace, podMetadata={"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")}))
     #    No retry passes until the spec sets memory (or the quota changes): the run is stalled (issue 24).
-    refused = wait_for_reason("no-memory", "ResourcesRequired", "the run to say why its Worker has no pod")
+    #    (Until the watch lists the Master's pod the message speaks of "the pods": wait for the settled one.)
+    refused = wait_for_reason(
+        "no-memory",
+        "ResourcesRequired",
+        "the run to say why its Worker has no pod",
+        message_starts="the training-operator cannot create replica worker-0: ",
+    )
     assert refused["phase"] == "Queued"
-    assert refused["message"].startswith("the training-operator cannot create replica worker-0: ")
     assert "must specify requests.memory" in refused["message"]
     assert {item["type"]: item["status"] for item in refused["conditions"]}["Stalled"] == "True"
 
