@@ -32,8 +32,14 @@ can be admitted at once), and both sides' jobs carry its LocalQueue (the runs th
 Kueue suspends each job, admits it and lets it start; the bench also stops a clock when every job's Workload
 is admitted.
 
+With ``--finish-after S`` every replica succeeds S seconds after it starts, and the clocks run on until every
+job (direct) or every TrainingRun (trainrun) has finished: the operator's CPU then covers whole lives (apply to
+Completed, with the end of each run's logs read and its pods cleaned up). Either way the bench reports, per run,
+the lag from its last replica pod Running to the run reporting Running, and (with --finish-after) from its job's
+end to the run's final phase, as p50 / p99 / max; the times are when the bench's watches saw each change.
+
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
-         [--backend PyTorchJob|TrainJob] [--kueue]
+         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS]
          [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
 """
 
@@ -76,6 +82,7 @@ from cluster.harness import (  # noqa: E402
 from runs import OperatorProcess, set_backend, training_run  # noqa: E402
 from trainrun.client.documents import example_operator_config  # noqa: E402
 from trainrun.render.backend import BACKENDS  # noqa: E402
+from trainrun.render.children import RUN_LABEL  # noqa: E402
 from trainrun.spec import validate_training_run  # noqa: E402
 
 REPLICA_LABEL = "app.kubernetes.io/component=replica"  # the replica pods of either backend
@@ -131,7 +138,9 @@ def delete_nodes(cluster: KubeCluster) -> None:
     cluster.kubectl("delete", "nodes", "-l", BENCH_NODE_LABEL, "--wait=false", check=False, timeout=120)
 
 
-def run_documents(prefix: str, count: int, workers: int, queue: str | None = None) -> list[dict[str, Any]]:
+def run_documents(
+    prefix: str, count: int, workers: int, queue: str | None = None, finish_after: float | None = None
+) -> list[dict[str, Any]]:
     resources: dict[str, Any] = {"pool": POOL, "gpus": 1, "cpu": "1", "memory": "4Gi"}
     if queue is not None:
         resources["queue"] = queue
@@ -141,7 +150,11 @@ def run_documents(prefix: str, count: int, workers: int, queue: str | None = Non
             NAMESPACE,
             distribution={"workers": workers},
             resources=resources,
-            podMetadata={"annotations": pod_behaviour(Outcome.RUN)},
+            podMetadata={
+                "annotations": pod_behaviour(Outcome.RUN)
+                if finish_after is None
+                else pod_behaviour(Outcome.SUCCEED, after=f"{finish_after:g}s")
+            },
         )
         for index in range(count)
     ]
@@ -224,6 +237,8 @@ class Watched:
         self.summary = summary  # object -> "counts" (e.g. the pod is Running)
         self.key = key  # object -> the name its run's prefix is matched against
         self.state: dict[str, bool] = {}
+        self.became: dict[str, float] = {}  # key -> when (time.monotonic) the watch first saw it count
+        self.runs: dict[str, str] = {}  # key -> the run it belongs to (its trainrun.dev/run label, else the key)
         self.lock = threading.Lock()
         self.requests = 0  # LIST and WATCH requests this made (subtracted from the API server's count)
         self.stopped = threading.Event()
@@ -233,8 +248,17 @@ class Watched:
         self.thread.start()
 
     def count(self, prefix: str) -> int:
+        """How many objects of this prefix have counted (once counted, an object that ends or goes still does)."""
         with self.lock:
-            return sum(1 for name, counts in self.state.items() if counts and name.startswith(f"{prefix}-"))
+            return sum(1 for name in self.became if name.startswith(f"{prefix}-"))
+
+    def _see(self, item: dict[str, Any], at: float) -> None:
+        name = self.key(item)
+        counts = self.summary(item)
+        self.state[name] = counts
+        if counts:
+            self.became.setdefault(name, at)
+            self.runs[name] = str(((item["metadata"].get("labels") or {}).get(RUN_LABEL)) or name)
 
     def _loop(self) -> None:
         from kubernetes import watch
@@ -244,7 +268,9 @@ class Watched:
                 self.requests += 1
                 listing = json.loads(self.lister(NAMESPACE, _preload_content=False).data)
                 with self.lock:
-                    self.state = {self.key(item): self.summary(item) for item in listing["items"]}
+                    self.state = {}
+                    for item in listing["items"]:
+                        self._see(item, time.monotonic())
                 self.requests += 1
                 # Plain dicts, not the client's model classes: they would cost more CPU than the bench should.
                 stream = watch.Watch(return_type="object").stream(
@@ -260,12 +286,11 @@ class Watched:
                     if event["type"] not in ("ADDED", "MODIFIED", "DELETED"):
                         continue
                     item = event["object"]
-                    name = self.key(item)
                     with self.lock:
                         if event["type"] == "DELETED":
-                            self.state.pop(name, None)
+                            self.state.pop(self.key(item), None)
                         else:
-                            self.state[name] = self.summary(item)
+                            self._see(item, time.monotonic())
             except Exception as error:  # a dropped or expired watch: list again
                 if not self.stopped.is_set():
                     print(f"  (watch of {self.name} restarts: {str(error).splitlines()[0][:120]})", file=sys.stderr)
@@ -273,19 +298,32 @@ class Watched:
 
 
 def pod_running(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") == "Running"
+    """Running (or already past it: with --finish-after a pod may end before the last one runs)."""
+    return (pod.get("status") or {}).get("phase") in ("Running", "Succeeded")
 
 
 def job_running(job: dict[str, Any]) -> bool:
-    """A PyTorchJob's Running condition; a TrainJob (which has none) with its JobSet's Job active."""
+    """A PyTorchJob's Running condition; a TrainJob (which has none) with its JobSet's Job active; or finished."""
     status = job.get("status") or {}
+    if job_finished(job):
+        return True
     if job.get("kind") == "TrainJob":
         return any((item.get("active") or 0) > 0 for item in status.get("jobsStatus") or [])
     return any(item.get("type") == "Running" and item.get("status") == "True" for item in status.get("conditions") or [])
 
 
+def job_finished(job: dict[str, Any]) -> bool:
+    """The job's own word that it ended: a Succeeded or Failed condition (Complete or Failed on a TrainJob)."""
+    ends = ("Complete", "Failed") if job.get("kind") == "TrainJob" else ("Succeeded", "Failed")
+    return any(item.get("type") in ends and item.get("status") == "True" for item in (job.get("status") or {}).get("conditions") or [])
+
+
 def run_running(run: dict[str, Any]) -> bool:
-    return (run.get("status") or {}).get("phase") == "Running"
+    return (run.get("status") or {}).get("phase") in ("Running", "Uploading", "Completed")
+
+
+def run_finished(run: dict[str, Any]) -> bool:
+    return (run.get("status") or {}).get("phase") in ("Completed", "Failed", "Cancelled")
 
 
 def workload_admitted(workload: dict[str, Any]) -> bool:
@@ -305,16 +343,14 @@ def watchers(cluster: KubeCluster, backend: str, kueue: bool) -> dict[str, Watch
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
+    jobs = partial(custom.list_namespaced_custom_object, *JOB_PLURALS[backend][:2], plural=JOB_PLURALS[backend][2])
+    runs = partial(custom.list_namespaced_custom_object, "trainrun.dev", "v1alpha1", plural="trainingruns")
     found = {
         "pods": Watched("pods", partial(core.list_namespaced_pod, label_selector=REPLICA_LABEL), pod_running),
-        "jobs": Watched(
-            "jobs", partial(custom.list_namespaced_custom_object, *JOB_PLURALS[backend][:2], plural=JOB_PLURALS[backend][2]), job_running
-        ),
-        "trainingruns": Watched(
-            "trainingruns",
-            partial(custom.list_namespaced_custom_object, "trainrun.dev", "v1alpha1", plural="trainingruns"),
-            run_running,
-        ),
+        "jobs": Watched("jobs", jobs, job_running),
+        "trainingruns": Watched("trainingruns", runs, run_running),
+        "jobs finished": Watched("jobs finished", jobs, job_finished),
+        "trainingruns finished": Watched("trainingruns finished", runs, run_finished),
     }
     if kueue:
         found["workloads"] = Watched(
@@ -397,6 +433,9 @@ class Result:
     peak_rss_mb: float | None = None
     peak_threads: int | None = None
     admitted_s: float | None = None  # every Workload admitted (with --kueue)
+    finished_s: float | None = None  # every job (direct) or run (trainrun) finished (with --finish-after)
+    running_lags: list[float] = field(default_factory=list)  # per run: its last pod Running -> it reports Running
+    final_lags: list[float] = field(default_factory=list)  # per run: its job ended -> it reports its final phase
 
 
 def measure(
@@ -408,6 +447,7 @@ def measure(
     runs: int,
     run_kind: str,
     operator_pid: int | None,
+    finish: bool = False,
 ) -> Result:
     own_before = sum(item.requests for item in watched.values())
     before, open_before = api_requests(cluster)
@@ -421,8 +461,11 @@ def measure(
     pods_at = runs_at = None
     admitted_at = None if "workloads" in watched else 0.0
     deadline = started + TIMEOUT_S
-    while pods_at is None or runs_at is None or admitted_at is None:
+    finished_at = None if finish else 0.0
+    while pods_at is None or runs_at is None or admitted_at is None or finished_at is None:
         now = time.monotonic()
+        if finished_at is None and watched[f"{run_kind} finished"].count(prefix) >= runs:
+            finished_at = now - started
         if admitted_at is None and watched["workloads"].count(prefix) >= runs:
             admitted_at = now - started
         if pods_at is None and watched["pods"].count(prefix) >= pods:
@@ -432,7 +475,8 @@ def measure(
         if now > deadline:
             raise ClusterError(
                 f"timed out after {TIMEOUT_S:.0f} s: {watched['pods'].count(prefix)}/{pods} pods Running, "
-                f"{watched[run_kind].count(prefix)}/{runs} {run_kind} Running"
+                f"{watched[run_kind].count(prefix)}/{runs} {run_kind} Running, "
+                f"{watched[f'{run_kind} finished'].count(prefix)}/{runs} finished"
             )
         time.sleep(0.05)
     cpu_after = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
@@ -442,6 +486,9 @@ def measure(
     opened = {key: open_after[key] - open_before[key] for key in open_after.keys() | open_before.keys()}
     result = Result(pods_at, runs_at, requests, sum(requests.values()) - own, {k: v for k, v in opened.items() if v})
     result.admitted_s = admitted_at if "workloads" in watched else None
+    result.finished_s = finished_at if finish else None
+    if run_kind == "trainingruns":
+        result.running_lags, result.final_lags = lags(watched, prefix)
     if sample is not None and sampler is not None:
         sample.stop.set()
         sampler.join()
@@ -449,6 +496,32 @@ def measure(
         result.peak_rss_mb = sample.peak_rss_kb / 1024
         result.peak_threads = sample.peak_threads
     return result
+
+
+def lags(watched: dict[str, Watched], prefix: str) -> tuple[list[float], list[float]]:
+    """Per run, as the bench's watches saw it: from its last replica pod Running to its status saying Running,
+    and from its job's end to its status's final phase (seconds; the watches' own delays included)."""
+    pods, running, job_ended, run_ended = (watched[name] for name in ("pods", "trainingruns", "jobs finished", "trainingruns finished"))
+    last_pod: dict[str, float] = {}
+    with pods.lock:
+        for name, at in pods.became.items():
+            if name.startswith(f"{prefix}-"):
+                run = pods.runs[name]
+                last_pod[run] = max(last_pod.get(run, at), at)
+    with running.lock:
+        to_running = [running.became[run] - at for run, at in last_pod.items() if run in running.became]
+    with job_ended.lock, run_ended.lock:
+        to_final = [run_ended.became[run] - at for run, at in job_ended.became.items() if run.startswith(f"{prefix}-") and run in run_ended.became]
+    return to_running, to_final
+
+
+def spread(values: list[float]) -> str:
+    """p50 / p99 / max of VALUES in seconds (a dash when there are none)."""
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return f"{statistics.median(ordered):.2f} / {p99:.2f} / {ordered[-1]:.2f} s"
 
 
 def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, repeat: int) -> OperatorProcess:
@@ -512,6 +585,10 @@ def main() -> None:
     parser.add_argument("--old-operator", type=Path, default=None, help="a worktree whose kopf operator to measure")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="PyTorchJob", help="the kind of job of the runs")
     parser.add_argument("--kueue", action="store_true", help="every job through a Kueue LocalQueue (quota for all)")
+    parser.add_argument(
+        "--finish-after", type=float, default=None, metavar="SECONDS",
+        help="replicas succeed this long after they start; the clocks run until every job (run) has finished",
+    )
     arguments = parser.parse_args()
     runs, workers = arguments.runs, arguments.workers
     replicas = runs * (1 + workers)
@@ -544,14 +621,22 @@ def main() -> None:
         wait_until(lambda: all(item.requests >= 2 for item in watched.values()), timeout=60, what="the bench's watches")
         for repeat in range(arguments.repeats):
             prefix = f"direct{repeat}"
-            direct = measure(
-                cluster, watched, direct_jobs(run_documents(prefix, runs, workers, queue), arguments.backend), prefix, replicas, runs, "jobs", None
-            )
+            documents = run_documents(prefix, runs, workers, queue, arguments.finish_after)
+            finish = arguments.finish_after is not None
+            direct = measure(cluster, watched, direct_jobs(documents, arguments.backend), prefix, replicas, runs, "jobs", None, finish)
             clean(cluster)
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
             through = measure(
-                cluster, watched, run_documents(prefix, runs, workers, queue), prefix, replicas, runs, "trainingruns", operator.pid
+                cluster,
+                watched,
+                run_documents(prefix, runs, workers, queue, arguments.finish_after),
+                prefix,
+                replicas,
+                runs,
+                "trainingruns",
+                operator.pid,
+                finish,
             )
             if repeat + 1 < arguments.repeats:  # the cluster goes at the end anyway
                 clean(cluster)
@@ -564,7 +649,9 @@ def main() -> None:
                 f"{per_run(direct, runs):.1f} requests/run | trainrun pods {through.pods_running_s:.1f} s, "
                 f"runs Running {through.runs_running_s:.1f} s, {per_run(through, runs):.1f} requests/run, "
                 f"operator CPU {through.cpu_s:.1f} s, peak RSS {through.peak_rss_mb:.0f} MB, "
-                f"peak threads {through.peak_threads}" + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
+                f"peak threads {through.peak_threads}"
+                + (f" | every job finished {direct.finished_s:.1f} s, every run {through.finished_s:.1f} s" if finish else "")
+                + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
         report(results, runs, workers, nodes, arguments.old_operator, arguments.backend, arguments.kueue)
@@ -610,7 +697,18 @@ def report(
     print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
     print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")
     print(f"{'API requests per run':38} {direct_requests:18.1f} {requests:13.1f} {requests / direct_requests:7.2f}")
-    print(f"{'operator CPU seconds':38} {'':>18} {median([t.cpu_s or 0.0 for _, t in results]):13.1f}")
+    finished = [(direct.finished_s, through.finished_s) for direct, through in results if direct.finished_s and through.finished_s]
+    if finished:
+        direct_end, end = median([item[0] for item in finished]), median([item[1] for item in finished])
+        print(f"{'every job (run) finished (s)':38} {direct_end:18.1f} {end:13.1f} {end / direct_end:7.2f}")
+    cpu = median([t.cpu_s or 0.0 for _, t in results])
+    print(f"{'operator CPU seconds':38} {'':>18} {cpu:13.1f}")
+    print(f"{'  per run (ms)':38} {'':>18} {1000 * cpu / runs:13.1f}")
+    running_lags = [lag for _, through in results for lag in through.running_lags]
+    final_lags = [lag for _, through in results for lag in through.final_lags]
+    print(f"lag, last replica pod Running -> the run reports Running (p50 / p99 / max, {len(running_lags)} runs): {spread(running_lags)}")
+    if final_lags:
+        print(f"lag, its job ended -> the run reports its final phase (p50 / p99 / max, {len(final_lags)} runs): {spread(final_lags)}")
     print(f"{'operator peak RSS (VmHWM, MB)':38} {'':>18} {median([t.peak_rss_mb or 0.0 for _, t in results]):13.0f}")
     print(f"{'operator peak threads':38} {'':>18} {median([float(t.peak_threads or 0) for _, t in results]):13.0f}")
     print("API requests by kind (last repeat; every client of the API server):")

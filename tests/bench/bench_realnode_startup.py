@@ -15,6 +15,12 @@ The clock starts just before ``kubectl apply`` and stops at the Master's first m
 one every 8 steps), by the container runtime's timestamp of that line. Between measurements the job or run is
 deleted and its pods are gone. Needs root (the real node).
 
+Where the time goes, from two watches the bench holds open (jobs and pods of the namespace): apply -> the job
+exists (the operator's own share: it sees the run, renders and applies the job; for a direct job, the apply
+itself), -> the Master's pod is created (the training-operator, or Trainer, JobSet and the Job controller), ->
+the Master's container runs (scheduling, the kubelet, containerd: the node's share), -> its first metric line
+(torch's import, torchrun's rendezvous, the first 8 steps: the program's share).
+
 Usage: python tests/bench/bench_realnode_startup.py [--repeats 3] [--backend PyTorchJob TrainJob]
 """
 
@@ -23,7 +29,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,12 +93,73 @@ def clean(cluster: KubeCluster) -> None:
     wait_until(lambda: not cluster.list_objects("pods", NAMESPACE), timeout=300, what="the pods to go", interval=1)
 
 
-def measure(cluster: KubeCluster, document: dict[str, Any]) -> float:
+JOB_PLURALS = {"PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"), "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds from the apply to each step of one start."""
+
+    job_created: float
+    master_created: float
+    master_running: float
+    first_metric: float
+
+
+class FirstSeen:
+    """One watch of the bench namespace in a thread: when (time.time()) an object first matched."""
+
+    def __init__(self, lister: Callable[..., Any], matches: Callable[[dict[str, Any]], bool]) -> None:
+        self.lister, self.matches = lister, matches
+        self.at: float | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        from kubernetes import watch
+
+        follower = watch.Watch(return_type="object")
+        self.ready.set()
+        for event in follower.stream(self.lister, NAMESPACE, timeout_seconds=int(TIMEOUT_S), deserialize=False):
+            if event["type"] in ("ADDED", "MODIFIED") and self.matches(event["object"]):
+                self.at = time.time()
+                follower.stop()
+                return
+
+
+def is_master(pod: dict[str, Any]) -> bool:
+    return replica_name(pod) == "master-0"
+
+
+def master_runs(pod: dict[str, Any]) -> bool:
+    states = (pod.get("status") or {}).get("containerStatuses") or []
+    return is_master(pod) and any("running" in (item.get("state") or {}) or "terminated" in (item.get("state") or {}) for item in states)
+
+
+def measure(cluster: KubeCluster, document: dict[str, Any], backend: str) -> Timing:
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    jobs = FirstSeen(
+        lambda namespace, **query: client.CustomObjectsApi(api).list_namespaced_custom_object(
+            *JOB_PLURALS[backend][:2], namespace, JOB_PLURALS[backend][2], **query
+        ),
+        lambda job: True,
+    )
+    pods = [FirstSeen(lambda namespace, **query: client.CoreV1Api(api).list_namespaced_pod(namespace, **query), test)
+            for test in (is_master, master_runs)]
+    for watcher in (jobs, *pods):
+        watcher.ready.wait()
+    time.sleep(1.0)  # the watches are open
     applied_at = time.time()
     cluster.apply(document, server_side=True)
     took = first_metric_seconds(cluster, applied_at)
+    for watcher in (jobs, *pods):
+        watcher.thread.join(timeout=30)
+    seen = [watcher.at - applied_at if watcher.at is not None else float("nan") for watcher in (jobs, *pods)]
     clean(cluster)
-    return took
+    return Timing(*seen, first_metric=took)
 
 
 def main() -> None:
@@ -100,27 +170,27 @@ def main() -> None:
     cluster = start_cluster(real_node_images=node_images(), addons=(Addon.TRAINER,))
     work = Path(f"/tmp/bench-realnode-{cluster.name}")
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict[str, list[float]]] = {}
+    results: dict[str, dict[str, list[Timing]]] = {}
     try:
         cluster.kubectl("apply", "-f", str(OVERLAY_CONFIG))
         cluster.create_namespace(NAMESPACE)
         for backend in arguments.backend:
             set_backend(cluster, backend)
             times = results.setdefault(backend, {"direct": [], "trainrun": []})
-            measure(cluster, direct_job(cluster, quickstart("warm-up"), backend))  # the node's page cache, torch's first import
+            measure(cluster, direct_job(cluster, quickstart("warm-up"), backend), backend)  # the page cache, torch's first import
             for repeat in range(arguments.repeats):
-                times["direct"].append(measure(cluster, direct_job(cluster, quickstart(f"direct-{repeat}"), backend)))
+                times["direct"].append(measure(cluster, direct_job(cluster, quickstart(f"direct-{repeat}"), backend), backend))
                 operator = OperatorProcess(cluster, work / f"operator-{backend}-{repeat}.log")
                 operator.start()
                 try:
                     operator.wait_until_leader(timeout=120)
-                    times["trainrun"].append(measure(cluster, quickstart(f"trainrun-{repeat}")))
+                    times["trainrun"].append(measure(cluster, quickstart(f"trainrun-{repeat}"), backend))
                 finally:
                     operator.stop()
                 if operator.tracebacks():
                     raise ClusterError(f"a traceback in the operator's output: {operator.log_path}")
                 print(
-                    f"{backend} repeat {repeat + 1}: direct {times['direct'][-1]:.1f} s, TrainingRun {times['trainrun'][-1]:.1f} s",
+                    f"{backend} repeat {repeat + 1}: direct {steps(times['direct'][-1])}; TrainingRun {steps(times['trainrun'][-1])}",
                     flush=True,
                 )
     finally:
@@ -128,8 +198,21 @@ def main() -> None:
     print("\napply -> the Master's first metric line (step 8) of the quick start on the real node; medians")
     print(f"{'backend':12} {'direct job':>11} {'TrainingRun':>12} {'ratio':>7}  repeats")
     for backend, times in results.items():
-        direct, through = statistics.median(times["direct"]), statistics.median(times["trainrun"])
+        direct, through = (statistics.median([item.first_metric for item in times[side]]) for side in ("direct", "trainrun"))
         print(f"{backend:12} {direct:10.1f}s {through:11.1f}s {through / direct:7.2f}  {len(times['direct'])}")
+    print("\nwhere it goes (medians of each step's seconds): job created | Master pod created | Master runs | first metric line")
+    for backend, times in results.items():
+        for side in ("direct", "trainrun"):
+            parts = [statistics.median([getattr(item, name) for item in times[side]]) for name in Timing.__dataclass_fields__]
+            shares = [parts[0], *(later - earlier for earlier, later in zip(parts, parts[1:], strict=False))]
+            print(f"{backend:12} {side:9} " + " | ".join(f"{share:5.1f}s" for share in shares))
+
+
+def steps(timing: Timing) -> str:
+    return (
+        f"job {timing.job_created:.1f} s, Master pod {timing.master_created:.1f} s, runs {timing.master_running:.1f} s, "
+        f"first metric {timing.first_metric:.1f} s"
+    )
 
 
 if __name__ == "__main__":

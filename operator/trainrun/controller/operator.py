@@ -726,7 +726,8 @@ class Controller:
         tasks = [asyncio.create_task(informer.run(), name=f"watch {informer.what}") for informer in self.informers]
         try:
             await self.wait_synced()
-            logger.info("watch caches synced: %d runs known", len(self.runs))
+            # The runs themselves come from kopf's own watch, which may deliver them after this.
+            logger.info("watch caches of the runs' jobs, pods and Events synced: working the queue")
             await self.queue.run()
         finally:
             for task in tasks:

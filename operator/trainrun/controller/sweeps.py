@@ -235,7 +235,7 @@ class SweepController:
             await asyncio.gather(*(informer.synced.wait() for informer in self.informers))
             if self.config_synced is not None:
                 await self.config_synced()
-            logger.info("trial caches synced: %d sweeps known", len(self.sweeps))
+            logger.info("trial caches synced: working the sweeps' queue")  # the sweeps come from kopf's watch
             await self.queue.run()
         finally:
             running = [*tasks, *self.registering.values()]
