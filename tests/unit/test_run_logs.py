@@ -313,3 +313,35 @@ def test_a_store_that_fails_is_the_followers_problem_until_it_works(tmp_path: Pa
     seen = asyncio.run(scenario())
     assert seen[0] is not None and "bucket 'no-such-bucket' does not exist" in seen[0]
     assert None in seen[1:]  # loaded at the third try: the problem is gone
+
+
+@pytest.mark.parametrize(
+    ("archived", "longest"),
+    [
+        pytest.param(False, 9.0, id="not archived: given up after a few seconds, for the metrics only"),
+        pytest.param(True, None, id="archived: waited for the whole grace, then declared"),
+    ],
+)
+def test_a_stream_of_an_ended_container_that_delivers_nothing(tmp_path: Path, archived: bool, longest: float | None) -> None:
+    """A followed log that never delivers a first batch although its container has ended (kwok holds an empty
+    log open): without an archive the last metrics are not worth the whole grace; with one the archive waits it
+    out. Either way it is not taken as read to its end: a gap."""
+    kube = FakeLogs()
+    kube.held_open.add("run-master-0")
+    grace = 12.0
+
+    async def scenario() -> tuple[float, RunLogs]:
+        archive = LogArchive((tmp_path / "logs").as_uri(), StorageOptions()) if archived else None
+        logs = follower(kube, archive)
+        logs.start()
+        logs.update([finished("run-master-0", "m")])
+        started = asyncio.get_running_loop().time()
+        await logs.finish(grace=grace)
+        return asyncio.get_running_loop().time() - started, logs
+
+    took, logs = asyncio.run(scenario())
+    if longest is not None:
+        assert took < longest, took
+    else:
+        assert took >= grace - 0.5, took
+    assert [(gap.replica, gap.gap) for gap in logs.gaps] == [("master-0", True)]

@@ -61,6 +61,9 @@ FLUSH_BYTES = 4 << 20
 PENDING_LIMIT_BYTES = 32 << 20
 FINISH_GRACE_SECONDS = 30.0  # for streams of containers that ended to deliver their last lines
 QUIET_SECONDS = 2.0  # a stream of an ended container that delivers nothing for this long is at its end
+# Without an archive the end is read for the last metrics only: a stream of an ended container that has not
+# delivered a first batch in this long is given up (a log that stays empty) instead of waiting the whole grace.
+METRICS_ONLY_SILENT_SECONDS = 5.0
 FLUSH_RETRY_MAX_SECONDS = 60.0
 GAP_MARKER = "[trainrun]"  # begins the line the archive gets where a replica's log could not be read on
 
@@ -227,7 +230,7 @@ class RunLogs:
         if self.sealed_files is not None:
             return self.sealed_files
         self._closing = True
-        await self._read_to_the_end(grace)
+        await self._read_to_the_end(grace, silent_grace=grace if self.archive is not None else METRICS_ONLY_SILENT_SECONDS)
         for container in self.containers.values():
             if not container.done:  # its pod is gone (or it did not end in time): what it wrote after is not here
                 self._declare_gap(container, "its pod was gone before the operator read it to its end")
@@ -243,13 +246,15 @@ class RunLogs:
         self.sealed_files = await self.archive.seal(self._state(self.sequence))
         return self.sealed_files
 
-    async def _read_to_the_end(self, grace: float) -> None:
+    async def _read_to_the_end(self, grace: float, *, silent_grace: float) -> None:
         """Wait up to ``grace`` for the open streams to end. A stream whose container has ended (by the pods as
         last seen) and that has delivered nothing for ``QUIET_SECONDS`` since its last batch is at its end
         even when the server keeps it open (kwok does): it counts as read to the end. One that never
-        delivered a batch is not taken as ended; what is still open after ``grace`` is cut off (a gap)."""
+        delivered a batch is not taken as ended: it is cut off (a gap) after ``silent_grace`` if its container
+        has ended, like what is still open after ``grace``."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
+        began = loop.time()
+        deadline = began + grace
         pending = {key: task for key, task in self._tasks.items() if not task.done()}
         while pending and loop.time() < deadline:
             await asyncio.wait(pending.values(), timeout=min(QUIET_SECONDS, max(deadline - loop.time(), 0.0)))
@@ -257,10 +262,11 @@ class RunLogs:
                 container = self.containers[key]
                 quiet = container.last_read is not None and loop.time() - container.last_read >= QUIET_SECONDS
                 ended_and_quiet = quiet and not self._container_runs(key)
-                if task.done() or ended_and_quiet:
+                silent = container.last_read is None and loop.time() - began >= silent_grace and not self._container_runs(key)
+                if task.done() or ended_and_quiet or silent:
                     if not task.done():
                         task.cancel()
-                        container.done = True
+                        container.done = ended_and_quiet  # a silent one is not: finish declares it a gap
                         self._dirty = True
                     del pending[key]
         for task in pending.values():
