@@ -330,8 +330,11 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
     submitted: set[int] = set()
     actions: list[Future[None]] = []
     # Each action in a thread of its own: one that waits for the API server (a cancel due during the outage)
-    # must not hold back the one that ends the outage.
-    acting = ThreadPoolExecutor(16)
+    # must not hold back the one that ends the outage. So the pool has room for every action of the schedule at
+    # once (the runs' applies and cancels and the faults, scheduled already, and the ends the faults add later):
+    # with fewer, the applies and cancels due during an outage can take every thread and keep the API server
+    # down until their retries give up.
+    acting = ThreadPoolExecutor(len(faults) + 16)
     try:
         # The schedule grows as faults schedule their own ends.
         while len(submitted) < len(faults) or not all(action.done() for action in actions):
