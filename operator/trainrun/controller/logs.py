@@ -260,9 +260,10 @@ class RunLogs:
             await asyncio.wait(pending.values(), timeout=min(QUIET_SECONDS, max(deadline - loop.time(), 0.0)))
             for key, task in list(pending.items()):
                 container = self.containers[key]
+                ended = not self._container_runs(key)
                 quiet = container.last_read is not None and loop.time() - container.last_read >= QUIET_SECONDS
-                ended_and_quiet = quiet and not self._container_runs(key)
-                silent = container.last_read is None and loop.time() - began >= silent_grace and not self._container_runs(key)
+                ended_and_quiet = ended and quiet
+                silent = ended and container.last_read is None and loop.time() - began >= silent_grace
                 if task.done() or ended_and_quiet or silent:
                     if not task.done():
                         task.cancel()
