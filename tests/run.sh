@@ -94,6 +94,7 @@ lanes=(
 )
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
+touch "$logs/started"
 step "pytest, in ${#lanes[@]} lanes at once"
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM  # each session stops its clusters on SIGTERM
@@ -114,5 +115,14 @@ step "pytest lanes, in sum"
 for index in "${!lanes[@]}"; do
   printf 'lane %d: %s\n' "$index" "$(tail -n 1 "$logs/$index.log")"
   grep -E '^(FAILED|ERROR) ' "$logs/$index.log" || true
+done
+# A cluster that did not start (up.sh keeps its logs there): why, from its components' own logs, so that a
+# failed run's last lines say it without the whole output.
+failed_clusters="${TRAINRUN_CLUSTER_DIR:-${TMPDIR:-/tmp}/trainrun-clusters}-failed"
+find "$failed_clusters" -mindepth 1 -maxdepth 1 -type d -newer "$logs/started" 2>/dev/null | while read -r cluster; do
+  printf 'cluster %s did not start; the last errors of its logs (all kept in %s):\n' "$(basename "$cluster")" "$cluster"
+  find "$cluster" -name '*.log' | sort | while read -r log; do
+    grep -iE 'error|fatal|panic' "$log" | tail -n 2 | cut -c1-400 | sed "s|^|  $(basename "$log"): |"
+  done
 done
 exit "$failed"

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "storage"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "storage"), str(Path(__file__).resolve().parents[1])]
 
 from emulators import start_azurite, start_fake_gcs  # noqa: E402
 from seaweedfs import BUCKET, TlsFiles, boto3_client_for, make_tls_files, start_seaweedfs  # noqa: E402

@@ -35,6 +35,7 @@ BIN_DIR="$CACHE_DIR/bin"
 KWOKCTL="$BIN_DIR/kwok-$KWOK_VERSION/kwokctl"
 TRAINING_OPERATOR="$BIN_DIR/training-operator-$TRAINING_OPERATOR_VERSION/training-operator"
 # tests/kubecheck/main.go is cached per cli-utils version and per source text: an edit rebuilds it.
+PORTS_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/ports.py"
 KUBECHECK_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/../kubecheck" && pwd)/main.go"
 KUBECHECK_VERSION="$CLI_UTILS_VERSION-$(sha256sum "$KUBECHECK_SOURCE" | cut -c1-12)"
 KUBECHECK="$BIN_DIR/kubecheck-$KUBECHECK_VERSION/kubecheck"
@@ -142,13 +143,10 @@ wait_for_all() {
   done
 }
 
-# Prints N distinct TCP ports of 127.0.0.1 that are free now, one a line (bound all at once, so none repeats).
+# Prints N distinct TCP ports of 127.0.0.1 that are free now, one a line: below the kernel's ephemeral range
+# (a client's connection cannot take one before its server binds it) and below kwokctl's (tests/ports.py).
 free_ports() {
-  python3 -c 'import socket, sys
-sockets = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in sockets:
-    s.bind(("127.0.0.1", 0))
-print("\n".join(str(s.getsockname()[1]) for s in sockets))' "$1"
+  python3 "$PORTS_SCRIPT" "$1"
 }
 
 # Writes a self-signed serving pair DIR/tls.crt and DIR/tls.key (EC P-256, ten years) with common name CN

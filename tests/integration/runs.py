@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from urllib.request import urlopen
 import pytest
 import yaml
 from cluster.harness import ClusterError, KubeCluster, wait_until
+from ports import free_port
 from trainrun.spec.config import CONFIG_MAP_KEY, CONFIG_MAP_NAME
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,9 +70,7 @@ class OperatorProcess:
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
-        with socket.socket() as probe:  # a free port for its Prometheus metrics
-            probe.bind(("127.0.0.1", 0))
-            self.metrics_port: int = probe.getsockname()[1]
+        self.metrics_port = free_port()  # for its Prometheus metrics
 
     @property
     def metrics_url(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
+from ports import free_port
 from runs import TRAINRUN, OperatorProcess, operator, training_run
 from runs import trainrun_cli as trainrun
 from trainrun import Client
@@ -97,11 +98,7 @@ def test_invalid_file_is_refused_before_it_reaches_the_cluster(kube_cluster: Kub
 
 def test_an_unreachable_api_server_is_one_clear_line(tmp_path: Path) -> None:
     """A kubeconfig whose server does not answer (a cluster that is down, a VPN not connected)."""
-    import socket
-
-    with socket.socket() as probe:  # a port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
-from mlflow_server import CallProxy, MlflowServer, free_port, mlflow_client
+from mlflow_server import CallProxy, MlflowServer, mlflow_client
+from ports import free_port
 from runs import (
     OPERATOR_NAMESPACE,
     OperatorProcess,

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.request import urlopen
+
+from ports import free_port
 
 MLFLOW_VERSION = "3.17.2"
 START_SECONDS = 180.0  # a cold start imports a great deal of Python; on a loaded 2-core machine it takes a while
@@ -49,12 +50,6 @@ def require_mlflow() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"{missing}; CI must install it (tests/run.sh does)")
         pytest.skip(missing)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass

@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ports import free_port
 from seaweedfs import TlsFiles
 
 EMULATORS_SH = Path(__file__).resolve().parent / "emulators.sh"
@@ -45,13 +45,6 @@ def emulator_binaries() -> tuple[Path, Path]:
         raise RuntimeError(f"tests/storage/emulators.sh failed:\n{done.stderr[-3000:]}")
     gcs, azurite = done.stdout.strip().splitlines()[-2:]
     return Path(gcs), Path(azurite)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

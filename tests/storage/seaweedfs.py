@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ports
+
 ACCESS_KEY = "trainrun-test-access"
 SECRET_KEY = "trainrun-test-secret-key"
 BUCKET = "trainrun-test"
@@ -161,40 +163,10 @@ def boto3_client_for(endpoint: str, *, ca: Path | None = None) -> Any:
 
 
 def free_ports() -> dict[str, int]:
-    """A free HTTP port for each service whose port + 10000 is free too, a metrics port and an
-    https port for the S3 API."""
-    ports: dict[str, int] = {}
-    held: list[socket.socket] = []
-    try:
-        while len(ports) < len(_SERVICES):
-            port = _bind(held)
-            if port + _GRPC_OFFSET < 65536 and _try_bind(port + _GRPC_OFFSET, held):
-                ports[_SERVICES[len(ports)]] = port
-        ports["metrics"] = _bind(held)
-        ports["s3_https"] = _bind(held)
-    finally:
-        for sock in held:
-            sock.close()
-    return ports
-
-
-def _bind(held: list[socket.socket]) -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    held.append(sock)
-    port: int = sock.getsockname()[1]
-    return port
-
-
-def _try_bind(port: int, held: list[socket.socket]) -> bool:
-    sock = socket.socket()
-    try:
-        sock.bind(("127.0.0.1", port))
-    except OSError:
-        sock.close()
-        return False
-    held.append(sock)
-    return True
+    """A free HTTP port for each service whose port + 10000 (its gRPC port) is free too, a metrics port and
+    an https port for the S3 API."""
+    *http, metrics, s3_https = ports.free_ports(len(_SERVICES) + 2, with_offset=_GRPC_OFFSET)
+    return {**dict(zip(_SERVICES, http, strict=True)), "metrics": metrics, "s3_https": s3_https}
 
 
 def start_seaweedfs(data_dir: Path, tls: TlsFiles | None = None) -> SeaweedFS:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as functional
-from trainer_harness import QUICK_FLAGS, TrainerRun, free_port, torchrun_command, trainer_env
+from ports import free_port
+from trainer_harness import QUICK_FLAGS, TrainerRun, torchrun_command, trainer_env
 from trainrun_trainer.config import parse_config
 from trainrun_trainer.data import TensorSplit, load_dataset
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -81,12 +80,6 @@ def run_trainer(flags: Sequence[str], *, output_dir: Path, timeout: float = 180,
                              text=True, env=trainer_env(output_dir, **env), timeout=timeout,
                              preexec_fn=_one_cpu, cwd=output_dir.parent)
     return TrainerRun(process=process, output_dir=output_dir)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def torchrun_command(*, nnodes: int, nproc_per_node: int, node_rank: int, port: int,

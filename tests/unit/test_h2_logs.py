@@ -6,7 +6,6 @@ say so, and a reader that stops reading stops its stream (flow control), so noth
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import h2.connection
 import h2.events
 import pytest
 import trustme
+from ports import free_port
 from trainrun.kube.h2logs import STREAM_WINDOW, H2LogClient, StreamError
 
 Handler = Callable[["Server", int, str], None]
@@ -205,9 +205,7 @@ def test_streams_asking_while_the_server_is_unreachable_fail_at_once() -> None:
 
     async def scenario() -> tuple[list[str], float]:
         context = ssl.create_default_context()
-        with socket.socket() as probe:  # a port nothing listens on
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()  # nothing listens on it
         client = H2LogClient(f"https://127.0.0.1:{port}", context, {}, per_connection=2)
         started = asyncio.get_running_loop().time()
         outcomes = await asyncio.gather(*(read_all(client.stream(f"/pods/p{n}/log", {})) for n in range(50)), return_exceptions=True)
