@@ -298,3 +298,18 @@ def test_a_final_line_repeating_an_earlier_epoch_does_not_move_the_run_back() ->
     assert (snapshot.step, snapshot.epoch, len(snapshot.marks)) == (576, 3, 3)
     progress = progress_status(snapshot)
     assert progress is not None and progress.percent == 100.0
+
+
+def test_a_plain_line_moves_only_its_replicas_activity_and_never_back() -> None:
+    """Most lines say nothing (no metric, no progress, no failure word): they only say the replica is active,
+    and a line that arrives late (an earlier time) keeps the latest."""
+    tracker = tracked([("worker-0", 1, "ValueError: bad batch")])
+    before = tracker.snapshot()
+    assert not tracker.take("worker-0", "loading shard 3", [], t(4))
+    assert not tracker.take("worker-0", "loading shard 2", [], t(2))
+    assert not tracker.take("master-0", "hello", [], t(3))
+    after = tracker.snapshot()
+    worker = after.replicas["worker-0"]
+    assert worker.last_line == t(4) and worker.signal == before.replicas["worker-0"].signal and worker.signal is not None
+    assert after.replicas["master-0"].last_line == t(3) and after.last_line == t(4)
+    assert (after.marks, after.total_steps, after.stage) == (before.marks, before.total_steps, before.stage)

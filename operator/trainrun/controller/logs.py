@@ -505,9 +505,9 @@ def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> t
     A container's lines come in time order, so a batch whose first line is newer than the position is
     new as a whole: its times are parsed at its ends only (the common case, a stream that is read on).
     Otherwise (a reopened stream replaying what was read) line by line."""
-    first = times.parse(batch[0].partition(" ")[0])
     last_text = batch[-1].partition(" ")[0]
     last = times.parse(last_text)
+    first = last if len(batch) == 1 else times.parse(batch[0].partition(" ")[0])
     if first is not None and last is not None and (position.last is None or first > position.last):
         prefix = last_text + " "
         at_last = 0

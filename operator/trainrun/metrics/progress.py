@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from trainrun.metrics import MetricSample
-from trainrun.metrics.signals import log_signal
+from trainrun.metrics.signals import log_signal, mentions_failure
 
 PROGRESS_PREFIX = "trainrun:progress "
 # A metric line that repeats an earlier measurement: ``trainrun:metric {"epoch": 2, "step": 384, "final": true, ...}``.
@@ -131,6 +131,9 @@ class ProgressTracker:
 
     def take(self, replica: str, text: str, samples: Sequence[MetricSample], at: datetime) -> bool:
         """Record one line of ``replica`` written at ``at``; True when the run's progress moved (a step, a total)."""
+        if not samples and PROGRESS_PREFIX not in text and not mentions_failure(text):
+            self._saw(replica, at)  # most lines: only the replica's activity moves
+            return False
         before = (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
         announced = progress_line(text) or ProgressLine()
         # A final line repeats an earlier measurement at its own position (the built-in trainer's best epoch):
@@ -156,6 +159,13 @@ class ProgressTracker:
         throughput = _throughput(samples)
         self._samples_per_second = throughput if throughput is not None else self._samples_per_second
         return before != (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
+
+    def _saw(self, replica: str, at: datetime) -> None:
+        activity = self._replicas.get(replica)
+        if activity is None:
+            self._replicas[replica] = ReplicaActivity(last_line=at)
+        elif at > activity.last_line:
+            self._replicas[replica] = ReplicaActivity(last_line=at, last_step=activity.last_step, signal=activity.signal)
 
     def _mark(self, step: int, at: datetime) -> None:
         last = self._marks[-1] if self._marks else None

@@ -26,7 +26,7 @@ _COMMUNICATION = re.compile(
     r"|RendezvousConnectionError|RendezvousTimeoutError|DistNetworkError"
 )
 # Every line that announces one of these has one of these words (a cheap test before the expressions).
-_WORDS = ("rror", "xception", "memory", "NCCL", "nccl", "loo", "peer", "Rendezvous")
+_WORDS = re.compile("rror|xception|memory|NCCL|nccl|loo|peer|Rendezvous")
 # The last line of a Python traceback: "ValueError: ...", "torch.distributed.DistBackendError: ..." (also
 # what trainrun.status.failure looks for in a container's last words).
 EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w+(Error|Exception)\b.*")
@@ -34,7 +34,7 @@ EXCEPTION_LINE = re.compile(r"^(\w+\.)*\w+(Error|Exception)\b.*")
 
 def mentions_failure(text: str) -> bool:
     """Whether a line (or many, joined) has a word every failure line has: False means no signal in it."""
-    return any(word in text for word in _WORDS)
+    return _WORDS.search(text) is not None
 
 
 def log_signal(line: str) -> str | None:
