@@ -38,8 +38,12 @@ Completed, with the end of each run's logs read and its pods cleaned up). Either
 the lag from its last replica pod Running to the run reporting Running, and (with --finish-after) from its job's
 end to the run's final phase, as p50 / p99 / max; the times are when the bench's watches saw each change.
 
+With ``--profile FILE`` py-spy (pip install py-spy) samples the operator while the runs go and writes its stacks
+to FILE (folded, one "frame;...;frame count" a line): where the operator's CPU goes; its figures still count only
+the operator's process, though sampling slows it a little.
+
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
-         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS]
+         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE]
          [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
 """
 
@@ -49,6 +53,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -554,6 +559,20 @@ def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, 
     return operator
 
 
+def start_profiler(pid: int, output: Path, repeat: int) -> subprocess.Popen[bytes]:
+    """py-spy recording the operator's stacks (it does not stop the process to read them) into OUTPUT (with the
+    repeat's number after the first): raw folded stacks, one "frame;frame;... count" a line."""
+    path = output if repeat == 0 else output.with_name(f"{output.stem}-{repeat}{output.suffix}")
+    command = ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--rate", "100", "--format", "raw", "--output", str(path)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
+    """Ends the recording the way Ctrl-C does, so py-spy writes what it sampled."""
+    profiler.send_signal(signal.SIGINT)
+    profiler.wait(timeout=60)
+
+
 # --- report --------------------------------------------------------------------------------------
 
 
@@ -585,6 +604,10 @@ def main() -> None:
     parser.add_argument("--old-operator", type=Path, default=None, help="a worktree whose kopf operator to measure")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="PyTorchJob", help="the kind of job of the runs")
     parser.add_argument("--kueue", action="store_true", help="every job through a Kueue LocalQueue (quota for all)")
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="FILE",
+        help="py-spy samples the operator while the runs go (raw stacks to FILE: where its CPU goes)",
+    )
     parser.add_argument(
         "--finish-after", type=float, default=None, metavar="SECONDS",
         help="replicas succeed this long after they start; the clocks run until every job (run) has finished",
@@ -627,6 +650,7 @@ def main() -> None:
             clean(cluster)
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
+            profiler = start_profiler(operator.pid, arguments.profile, repeat) if arguments.profile else None
             through = measure(
                 cluster,
                 watched,
@@ -638,6 +662,8 @@ def main() -> None:
                 operator.pid,
                 finish,
             )
+            if profiler is not None:
+                stop_profiler(profiler)
             if repeat + 1 < arguments.repeats:  # the cluster goes at the end anyway
                 clean(cluster)
             operator.stop()

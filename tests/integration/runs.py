@@ -210,6 +210,21 @@ def training_run(name: str, namespace: str, **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingRun", "metadata": {"name": name, "namespace": namespace}, "spec": body}
 
 
+def training_sweep(name: str, namespace: str, template: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A TrainingSweep of TEMPLATE over a learning rate and a batch size, minimising val_loss; SPEC's fields
+    (algorithm, parallelism, maxTrials, ...) added, or replacing those."""
+    body: dict[str, Any] = {
+        "template": template,
+        "parameters": {
+            "learningRate": {"type": "logUniform", "low": 0.0001, "high": 0.1},
+            "batchSize": {"type": "categorical", "values": [32, 64, 128]},
+        },
+        "objective": {"metric": "val_loss", "goal": "minimize"},
+        **spec,
+    }
+    return {"apiVersion": "trainrun.dev/v1alpha1", "kind": "TrainingSweep", "metadata": {"name": name, "namespace": namespace}, "spec": body}
+
+
 def kubectl_apply(cluster: KubeCluster, document: dict[str, Any], *, check: bool = True) -> subprocess.CompletedProcess[str]:
     return cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(document), check=check)
 

@@ -23,7 +23,15 @@ import pytest
 import yaml
 from cluster.harness import KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from mlflow_server import CallProxy, MlflowServer
-from runs import TRAINER_IMAGE, OperatorProcess, kubectl_apply, operator, volume_for_claim, wait_for_phase
+from runs import (
+    TRAINER_IMAGE,
+    OperatorProcess,
+    kubectl_apply,
+    operator,
+    training_sweep,
+    volume_for_claim,
+    wait_for_phase,
+)
 from runs import trainrun_cli as trainrun
 from seaweedfs import BUCKET
 from test_model_registry import _write_config, copy_outputs, registry_config, registry_operator, storage, versions
@@ -35,29 +43,15 @@ BEST = "tune-1"
 
 
 def sweep(namespace: str, uri: str, model: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "trainrun.dev/v1alpha1",
-        "kind": "TrainingSweep",
-        "metadata": {"name": "tune", "namespace": namespace},
-        "spec": {
-            "template": {
-                "image": TRAINER_IMAGE,
-                "distribution": {"workers": 0},
-                "hyperparameters": {"epochs": 1},
-                "output": {"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}},
-                "podMetadata": {"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")},
-            },
-            "parameters": {
-                "learningRate": {"type": "logUniform", "low": 0.0001, "high": 0.1},
-                "batchSize": {"type": "categorical", "values": [32, 64, 128]},
-            },
-            "objective": {"metric": "val_loss", "goal": "minimize"},
-            "algorithm": "random",
-            "parallelism": 3,
-            "maxTrials": 3,
-            "register": {"name": model, "registry": "proxied", "path": "model.pt", "tags": {"team": "vision"}},
-        },
+    template = {
+        "image": TRAINER_IMAGE,
+        "distribution": {"workers": 0},
+        "hyperparameters": {"epochs": 1},
+        "output": {"uri": uri, "secretName": "s3-creds", "volume": {"size": "1Gi"}},
+        "podMetadata": {"annotations": pod_behaviour(Outcome.SUCCEED, after="2s")},
     }
+    register = {"name": model, "registry": "proxied", "path": "model.pt", "tags": {"team": "vision"}}
+    return training_sweep("tune", namespace, template, algorithm="random", parallelism=3, maxTrials=3, register=register)
 
 
 def sweep_events(cluster: KubeCluster, namespace: str) -> list[dict[str, Any]]:

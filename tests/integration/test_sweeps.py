@@ -27,7 +27,7 @@ import pytest
 import yaml
 from cluster.harness import ClusterError, KubeCluster, Outcome, pod_behaviour, wait_until, write_cri_log
 from faults import ObjectWatch
-from runs import TRAINER_IMAGE, OperatorProcess
+from runs import TRAINER_IMAGE, OperatorProcess, training_sweep
 from runs import trainrun_cli as trainrun
 
 pytestmark = pytest.mark.cluster
@@ -47,30 +47,18 @@ def val_loss(number: int, epoch: int) -> float:
 
 def sweep(namespace: str) -> dict[str, Any]:
     behaviour = {**pod_behaviour(Outcome.SUCCEED, after=f"{int(EPOCHS * SECONDS_PER_EPOCH) + 8}s"), "kwok.trainrun.dev/start-after": "1s"}
-    return {
-        "apiVersion": "trainrun.dev/v1alpha1",
-        "kind": "TrainingSweep",
-        "metadata": {"name": "tune", "namespace": namespace},
-        "spec": {
-            "template": {
-                "image": TRAINER_IMAGE,
-                "distribution": {"workers": 0},
-                "hyperparameters": {"epochs": EPOCHS},
-                "resources": {"pool": "cpu", "cpu": "100m", "memory": "64Mi"},
-                "runPolicy": {"restartPolicy": "Never", "backoffLimit": 0},
-                "podMetadata": {"annotations": behaviour},
-            },
-            "parameters": {
-                "learningRate": {"type": "logUniform", "low": 0.0001, "high": 0.1},
-                "batchSize": {"type": "categorical", "values": [32, 64, 128]},
-            },
-            "objective": {"metric": "val_loss", "goal": "minimize"},
-            "algorithm": "tpe",
-            "earlyStopping": {"type": "median", "startupTrials": 3},
-            "parallelism": PARALLELISM,
-            "maxTrials": TRIALS,
-        },
+    template = {
+        "image": TRAINER_IMAGE,
+        "distribution": {"workers": 0},
+        "hyperparameters": {"epochs": EPOCHS},
+        "resources": {"pool": "cpu", "cpu": "100m", "memory": "64Mi"},
+        "runPolicy": {"restartPolicy": "Never", "backoffLimit": 0},
+        "podMetadata": {"annotations": behaviour},
     }
+    return training_sweep(
+        "tune", namespace, template,
+        algorithm="tpe", earlyStopping={"type": "median", "startupTrials": 3}, parallelism=PARALLELISM, maxTrials=TRIALS,
+    )
 
 
 class TrialLogs:
