@@ -138,13 +138,21 @@ class WrittenStatuses(dict[Key, WrittenStatus]):
 
     def wrote(self, key: Key, patched: Mapping[str, Any], current: Object | None) -> None:
         """The API server's answer to a status write; ``current`` (the cached body) takes its status at once: the
-        watch brings it soon, and meanwhile the next reconcile must not decide from the old one."""
+        watch brings it soon, and meanwhile the next reconcile must not decide from the old one.
+
+        The watch may have brought this very version already, before the answer: kopf hands on only the latest of
+        the events that come close together, so the version of the write before may never have come, and the
+        body of this one was given that older write's status. It takes this write's status now, and nothing
+        stands in for it any more."""
         written = WrittenStatus(
             _version(patched), patched.get("status") or {}, until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS
         )
-        self[key] = written
-        if current is not None and _version(current) != written.version:
+        if current is not None:
             current["status"] = written.status
+            if _version(current) == written.version:
+                self.pop(key, None)
+                return
+        self[key] = written
 
 
 class ChildIndex:
