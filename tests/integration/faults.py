@@ -163,9 +163,8 @@ def supervisor_restarts(kube_cluster: KubeCluster) -> list[str]:
 
 class ObjectWatch:
     """Every uid each object name of one kind had in a namespace, every deletion, and whatever ``see`` makes
-    of each version, from a watch in a thread. The watch resumes from the last version it saw, when it times
-    out and after an API-server outage alike, so no version in between is missed; only when the server no longer
-    has that version (410 Gone, or an error event) does it list again, and only then can one be."""
+    of each version, from a watch in a thread that lists again after a dropped watch (an API-server outage);
+    a version that comes and goes while the watch is down is missed."""
 
     def __init__(
         self,
@@ -201,33 +200,24 @@ class ObjectWatch:
 
     def _loop(self) -> None:
         from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
 
-        version: str | None = None  # the last one seen; None: list (again)
         while not self.stopped.is_set():
             try:
-                if version is None:
-                    listing = json.loads(self._list(_preload_content=False).data)
-                    for item in listing["items"]:
-                        self._note(item)
-                    version = listing["metadata"]["resourceVersion"]
+                listing = json.loads(self._list(_preload_content=False).data)
+                for item in listing["items"]:
+                    self._note(item)
                 stream = watch.Watch(return_type="object").stream(
-                    self._list, resource_version=version, timeout_seconds=60, deserialize=False
+                    self._list, resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=60, deserialize=False
                 )
                 for event in stream:
                     if self.stopped.is_set():
                         return
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                         self._note(event["object"])
-                        version = event["object"]["metadata"].get("resourceVersion") or version
                     if event["type"] == "DELETED":
                         self.deleted.append((event["object"]["metadata"]["name"], event["object"]["metadata"]["uid"]))
-            except Exception as error:  # noqa: BLE001 - whatever broke the watch, it starts again
+            except Exception as error:  # a dropped watch: list again (a version in between is missed)
                 self.errors.append(str(error)[:200])
-                # 410 Gone, or an error event (which the client cannot read when it is not to deserialize): list
-                # again. Anything else (the API server away or starting): resume from the same version.
-                if isinstance(error, KeyError) or (isinstance(error, ApiException) and error.status == 410):
-                    version = None
                 time.sleep(0.5)
 
     def stop(self) -> None:

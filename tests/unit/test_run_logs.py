@@ -345,3 +345,29 @@ def test_a_stream_of_an_ended_container_that_delivers_nothing(tmp_path: Path, ar
     else:
         assert took >= grace - 0.5, took
     assert [(gap.replica, gap.gap) for gap in logs.gaps] == [("master-0", True)]
+
+
+def test_a_start_read_to_its_end_is_recorded_at_once_so_a_follower_taking_over_declares_no_gap(tmp_path: Path) -> None:
+    """The follower that read a container start to its end is killed before its next interval, and the pod goes:
+    the one taking over reads in the archive that the start was read to its end, and declares no gap (it could
+    not tell otherwise: the pod is gone)."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 11)))
+    archive_uri = (tmp_path / "logs").as_uri()
+
+    async def scenario() -> RunLogs:
+        first = RunLogs(kube, training_run(), LogArchive(archive_uri, StorageOptions()), on_metrics=lambda: None, flush_seconds=60)  # type: ignore[arg-type]
+        first.start()
+        await until(lambda: first._loaded.is_set())
+        first.update([finished("run-master-0", "m")])
+        await until(lambda: first.sequence >= 1 and first.containers["m/0"].done and not first._dirty)
+        await first.stop()  # killed long before its 60 s interval
+        second = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        second.start()
+        second.update([])  # the pod is gone
+        await second.finish(grace=1.0)
+        return second
+
+    second = asyncio.run(scenario())
+    assert second.gaps == []
+    assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == [f"line {n}" for n in range(1, 11)]

@@ -340,6 +340,9 @@ class RunLogs:
             if previous or not still_running(self._pods.get(pod_name), uid, restarts):
                 container.done = True  # read to its end (also while finishing: its last lines were wanted)
                 self._dirty = True
+                # Recorded in the archive now, not at the next interval: a follower that took over in between
+                # (this one killed) could no longer tell this start was read to its end, once its pod is gone.
+                self._flush_now.set()
                 return
             if self._closing:
                 return  # broke off while the container runs and the follower is finishing: a gap, said at the seal
