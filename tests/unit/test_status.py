@@ -814,6 +814,17 @@ def test_counts_from_replica_statuses() -> None:
     assert status.replicas == {"Master": ReplicaCounts(active=1), "Worker": ReplicaCounts(active=1, failed=1)}
 
 
+def test_the_replicas_running_count_as_active_before_the_training_operator_says_so() -> None:
+    """The training-operator's replicaStatuses lag behind its pods: a run Running says its replicas are active."""
+    job = pytorchjob(workers=1).running().replica_status("Master", active=0).replica_status("Worker", active=0, failed=1)
+    status = status_of(run=make_run(workers=1), job=job, pods=[master_running, pod("run-worker-0").running()])
+    assert status.phase is Phase.RUNNING
+    assert status.replicas == {"Master": ReplicaCounts(active=1), "Worker": ReplicaCounts(active=1, failed=1)}
+    finished = pytorchjob(workers=1).succeeded().replica_status("Master", succeeded=1).replica_status("Worker", succeeded=1)
+    done = status_of(run=make_run(workers=1), job=finished, pods=[master_running])  # its numbers once it has finished
+    assert done.replicas == {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=1)}
+
+
 def test_counts_from_pods_when_the_job_has_none() -> None:
     pods = [
         master_running,

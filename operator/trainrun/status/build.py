@@ -270,10 +270,23 @@ def _observed_replicas(
 
 
 def replica_counts(job: JobView | None, pods: Sequence[PodView]) -> dict[str, ReplicaCounts]:
-    """Active/succeeded/failed per replica type: the training-operator's numbers, else counted from the pods."""
-    if job is not None and job.replica_statuses:
-        return dict(job.replica_statuses)
-    return count_replicas((pod.replica_type, pod.state) for pod in pods if pod.replica_type is not None and not pod.deleting)
+    """Active/succeeded/failed per replica type. While the job runs, a type whose pods are seen is counted from them
+    (what the phase is decided from: the training-operator's numbers can lag behind, and a run Running with no replica
+    active would say two things at once), keeping the failures and successes the training-operator counted of pods
+    gone since; a type with no pod seen, and every type once the job has finished (its pods may be cleaned up), has
+    the training-operator's numbers."""
+    counted = count_replicas((pod.replica_type, pod.state) for pod in pods if pod.replica_type is not None and not pod.deleting)
+    if job is None:
+        return counted
+    if job.has("Succeeded") or job.has("Failed"):
+        return dict(job.replica_statuses) or counted
+    merged = dict(job.replica_statuses)
+    for kind, seen in counted.items():
+        reported = job.replica_statuses.get(kind, ReplicaCounts())
+        merged[kind] = ReplicaCounts(
+            active=seen.active, succeeded=max(seen.succeeded, reported.succeeded), failed=max(seen.failed, reported.failed)
+        )
+    return merged
 
 
 def count_replicas(replicas: Iterable[tuple[str, ReplicaState]]) -> dict[str, ReplicaCounts]:
