@@ -34,7 +34,7 @@ def _ephemeral_range() -> range:
 
 
 def _pool(span: int) -> list[int]:
-    """Ports p of the pool such that p .. p + span are all in it and none is ephemeral."""
+    """Ports p of the pool such that p + span is in it too, and neither is ephemeral."""
     ephemeral = _ephemeral_range()
     return [
         port
@@ -56,8 +56,7 @@ def _bound(port: int) -> socket.socket | None:
 def free_ports(count: int, *, with_offset: int | None = None) -> list[int]:
     """COUNT distinct ports free now (all bound together while choosing, so none repeats); with
     ``with_offset``, each port + that offset is free too and no chosen port is another's partner."""
-    span = with_offset or 0
-    candidates = _pool(span)
+    candidates = _pool(with_offset or 0)
     random.shuffle(candidates)
     chosen: list[int] = []
     held: list[socket.socket] = []
@@ -65,7 +64,7 @@ def free_ports(count: int, *, with_offset: int | None = None) -> list[int]:
         for port in candidates:
             if len(chosen) == count:
                 break
-            partners = [port] if with_offset is None else [port, port + with_offset]
+            partners = [port, port + with_offset] if with_offset else [port]
             probes = [_bound(each) for each in partners]
             held.extend(probe for probe in probes if probe is not None)
             if all(probe is not None for probe in probes):

@@ -34,8 +34,9 @@ CACHE_DIR="${TRAINRUN_CACHE:-$HOME/.cache/trainrun}"
 BIN_DIR="$CACHE_DIR/bin"
 KWOKCTL="$BIN_DIR/kwok-$KWOK_VERSION/kwokctl"
 TRAINING_OPERATOR="$BIN_DIR/training-operator-$TRAINING_OPERATOR_VERSION/training-operator"
-# tests/kubecheck/main.go is cached per cli-utils version and per source text: an edit rebuilds it.
+# free_ports (below) prints what this script chooses.
 PORTS_SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/ports.py"
+# tests/kubecheck/main.go is cached per cli-utils version and per source text: an edit rebuilds it.
 KUBECHECK_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/../kubecheck" && pwd)/main.go"
 KUBECHECK_VERSION="$CLI_UTILS_VERSION-$(sha256sum "$KUBECHECK_SOURCE" | cut -c1-12)"
 KUBECHECK="$BIN_DIR/kubecheck-$KUBECHECK_VERSION/kubecheck"

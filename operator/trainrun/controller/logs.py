@@ -384,7 +384,7 @@ class RunLogs:
                     self.on_records(self._unarchived_records, [record])
                     self._unarchived_records += 1
         if last_taken is not texts[-1]:
-            changed |= progress.take(replica, texts[-1], [], at)
+            progress.saw(replica, at)  # the batch's last line said nothing the loop did not look at already
         self._queue(replica, texts, len(joined) + 1)
         if changed:
             self.on_metrics()

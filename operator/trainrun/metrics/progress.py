@@ -132,7 +132,7 @@ class ProgressTracker:
     def take(self, replica: str, text: str, samples: Sequence[MetricSample], at: datetime) -> bool:
         """Record one line of ``replica`` written at ``at``; True when the run's progress moved (a step, a total)."""
         if not samples and PROGRESS_PREFIX not in text and not mentions_failure(text):
-            self._saw(replica, at)  # most lines: only the replica's activity moves
+            self.saw(replica, at)  # most lines: only the replica's activity moves
             return False
         before = (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
         announced = progress_line(text) or ProgressLine()
@@ -160,7 +160,8 @@ class ProgressTracker:
         self._samples_per_second = throughput if throughput is not None else self._samples_per_second
         return before != (self._marks[-1] if self._marks else None, self._total_steps, self._epochs)
 
-    def _saw(self, replica: str, at: datetime) -> None:
+    def saw(self, replica: str, at: datetime) -> None:
+        """A line of ``replica`` at ``at`` that says nothing (no metric, progress or failure): it is active."""
         activity = self._replicas.get(replica)
         if activity is None:
             self._replicas[replica] = ReplicaActivity(last_line=at)
