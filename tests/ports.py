@@ -57,7 +57,7 @@ def free_ports(count: int, *, with_offset: int | None = None) -> list[int]:
     """COUNT distinct ports free now (all bound together while choosing, so none repeats); with
     ``with_offset``, each port + that offset is free too and no chosen port is another's partner."""
     candidates = _pool(with_offset or 0)
-    random.shuffle(candidates)
+    random.SystemRandom().shuffle(candidates)  # not the module's generator: a test may have seeded it, alike in every lane
     chosen: list[int] = []
     held: list[socket.socket] = []
     try:
