@@ -13,6 +13,30 @@ command -v "$python" >/dev/null || python=python3
 
 step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
 
+# Debian packages first (seconds when installed): the real node's (containerd, runc, CNI plugins, and buildah,
+# skopeo, mmdebstrap for its images; tests/realpod) and npm for Azurite.
+step "Debian packages: the real node's (containerd, runc, CNI plugins, buildah, skopeo, mmdebstrap) and npm"
+apt_packages=(containerd runc containernetworking-plugins iptables socat buildah skopeo mmdebstrap gcc libc6-dev)
+command -v npm >/dev/null || apt_packages+=(nodejs npm)
+missing_packages=()
+for package in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing_packages+=("$package")
+done
+if ((${#missing_packages[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >/dev/null
+fi
+
+# The Go builds (the control plane and its add-ons, kube-score) run in the background beside the installs below,
+# and are printed whole once done. On a cold 2-core machine (tests/README.md) they are 18 minutes of compiling
+# and the installs about 22 (downloads and unpacking); the cores are busy throughout, so running the installs
+# side by side as well only slowed the Go builds down (25 minutes of set-up instead of 23).
+go_builds_log=$(mktemp)
+step "in the background: Go-built binaries: the control plane (etcd, kube-apiserver, kwok, training-operator, JobSet, Trainer v2, Kueue, kubelet, CoreDNS) and kube-score, the manifest linter (tests/lint)"
+(bash tests/cluster/build.sh && bash tests/lint/build.sh >/dev/null) >"$go_builds_log" 2>&1 &
+go_builds=$!
+trap 'kill "$go_builds" 2>/dev/null; rm -f "$go_builds_log"' EXIT
+
 step "python environment: $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q --upgrade pip setuptools wheel
@@ -30,32 +54,29 @@ if ! "$TRAINRUN_MLFLOW_VENV/bin/python" -c "import mlflow, sys; sys.exit(mlflow.
   "$TRAINRUN_MLFLOW_VENV/bin/python" -m pip install -q "mlflow==$mlflow_version" boto3
 fi
 
-step "control-plane binaries (etcd, kube-apiserver, kwok, training-operator, JobSet, Trainer v2, Kueue, kubelet, CoreDNS)"
-bash tests/cluster/build.sh
-
-step "real node packages (Debian: containerd, runc, CNI plugins, buildah, skopeo, mmdebstrap; tests/realpod)"
-real_node_packages=(containerd runc containernetworking-plugins iptables socat buildah skopeo mmdebstrap gcc libc6-dev)
-missing_packages=()
-for package in "${real_node_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing_packages+=("$package")
-done
-if ((${#missing_packages[@]})); then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing_packages[@]}" >/dev/null
-fi
-
 step "real node images (buildah from images/*/Dockerfile on local Debian bases, cached by content)"
 bash tests/cluster/images.sh >/dev/null
 
 step "object-store emulators (fake-gcs-server from Go modules, Azurite from npm; cached; tests/storage and the cloud-store cluster tests)"
-if ! command -v npm >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
-fi
 bash tests/storage/emulators.sh >/dev/null
 
-step "manifest linter (kube-score, from Go modules, cached; tests/lint checks manifests/ and rendered runs with it)"
-bash tests/lint/build.sh
+step "waiting for the Go builds"
+go_status=0
+wait "$go_builds" || go_status=$?
+cat "$go_builds_log"
+rm -f "$go_builds_log"
+((go_status == 0)) || { echo "the Go builds failed (exit $go_status)" >&2; exit 1; }
+
+# The Go build and module caches (13 GB after a cold build) serve only a rebuild: every binary above is cached
+# by version and source, so they go (TRAINRUN_KEEP_GO_CACHES=1 keeps them, for whoever rebuilds often).
+if [[ "${TRAINRUN_KEEP_GO_CACHES:-}" != 1 ]]; then
+  step "disk: the Go build and module caches go ($(du -sch "$TRAINRUN_CACHE/gocache" "$TRAINRUN_CACHE/gomod" 2>/dev/null | tail -n 1 | cut -f1))"
+  for cache in "$TRAINRUN_CACHE/gocache" "$TRAINRUN_CACHE/gomod"; do
+    [[ -d "$cache" ]] || continue
+    chmod -R u+w "$cache"  # the module cache is read-only
+    rm -rf "$cache"
+  done
+fi
 
 step "static checks: mypy --strict, ruff, import contracts, Dockerfile lint"
 export MYPY_CACHE_DIR="$TRAINRUN_CACHE/mypy-cache" RUFF_CACHE_DIR="$TRAINRUN_CACHE/ruff-cache"  # warm runs reuse them
@@ -95,12 +116,23 @@ lanes=(
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 touch "$logs/started"
-step "pytest, in ${#lanes[@]} lanes at once"
+# The disk the lanes write to (the cache, /tmp), in MiB free where it has least: printed at the start and, as the
+# lowest seen every 5 s, at the end. A run short of disk fails in odd places (SeaweedFS stores nothing with less
+# than 1% of its disk free; the kubelet evicts), so a failed run's last lines say how much there was.
+disk_free_mib() { df -P -BM "$TRAINRUN_CACHE" "${TMPDIR:-/tmp}" | awk 'NR > 1 {sub("M", "", $4); print $4}' | sort -n | head -n 1; }
+disk_at_start=$(disk_free_mib)
+echo "$disk_at_start" >"$logs/disk-lowest"
+(while sleep 5; do
+  free=$(disk_free_mib)
+  ((free < $(cat "$logs/disk-lowest"))) && echo "$free" >"$logs/disk-lowest"
+done) &
+disk_sampler=$!
+step "pytest, in ${#lanes[@]} lanes at once ($((disk_at_start / 1024)) GiB of disk free)"
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null; wait; exit 130' INT TERM  # each session stops its clusters on SIGTERM
+trap 'kill "${pids[@]}" "$disk_sampler" 2>/dev/null; wait; exit 130' INT TERM  # each session stops its clusters on SIGTERM
 for index in "${!lanes[@]}"; do
   # shellcheck disable=SC2086 # a lane is a list of words
-  python -m pytest -ra --durations=10 -p no:cacheprovider ${lanes[index]} >"$logs/$index.log" 2>&1 &
+  python -m pytest -ra --durations=25 -p no:cacheprovider ${lanes[index]} >"$logs/$index.log" 2>&1 &
   pids+=($!)
 done
 failed=0
@@ -111,18 +143,30 @@ for index in "${!lanes[@]}"; do
   cat "$logs/$index.log"
   ((status == 0)) || failed=1
 done
+kill "$disk_sampler" 2>/dev/null || true
 step "pytest lanes, in sum"
+printf 'disk: %d GiB free at the start of the lanes, %d GiB at least during them, %d GiB at the end\n' \
+  "$((disk_at_start / 1024))" "$(($(cat "$logs/disk-lowest") / 1024))" "$(($(disk_free_mib) / 1024))"
 for index in "${!lanes[@]}"; do
   printf 'lane %d: %s\n' "$index" "$(tail -n 1 "$logs/$index.log")"
   grep -E '^(FAILED|ERROR) ' "$logs/$index.log" || true
 done
 # A cluster that did not start (up.sh keeps its logs there): why, from its components' own logs, so that a
 # failed run's last lines say it without the whole output.
+# The folder exists only where a cluster ever failed: looked at only then (under set -e -o pipefail a failed find
+# would end the script here with its own status, after every lane had passed).
 failed_clusters="${TRAINRUN_CLUSTER_DIR:-${TMPDIR:-/tmp}/trainrun-clusters}-failed"
-find "$failed_clusters" -mindepth 1 -maxdepth 1 -type d -newer "$logs/started" 2>/dev/null | while read -r cluster; do
-  printf 'cluster %s did not start; the last errors of its logs (all kept in %s):\n' "$(basename "$cluster")" "$cluster"
-  find "$cluster" -name '*.log' | sort | while read -r log; do
-    grep -iE 'error|fatal|panic' "$log" | tail -n 2 | cut -c1-400 | sed "s|^|  $(basename "$log"): |"
-  done
-done
+if [[ -d "$failed_clusters" ]]; then
+  while read -r cluster; do
+    printf 'cluster %s did not start; the last errors of its logs (all kept in %s):\n' "$(basename "$cluster")" "$cluster"
+    while read -r log; do
+      { grep -iE 'error|fatal|panic' "$log" || true; } | tail -n 2 | cut -c1-400 | sed "s|^|  $(basename "$log"): |"
+    done < <(find "$cluster" -name '*.log' | sort)
+  done < <(find "$failed_clusters" -mindepth 1 -maxdepth 1 -type d -newer "$logs/started")
+fi
+if ((failed)); then
+  echo "tests/run.sh: exit 1: a lane failed (its FAILED and ERROR lines above)" >&2
+else
+  echo "tests/run.sh: exit 0: every lane passed"
+fi
 exit "$failed"

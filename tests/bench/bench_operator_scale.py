@@ -38,6 +38,10 @@ Completed, with the end of each run's logs read and its pods cleaned up). Either
 the lag from its last replica pod Running to the run reporting Running, and (with --finish-after) from its job's
 end to the run's final phase, as p50 / p99 / max; the times are when the bench's watches saw each change.
 
+The operator's CPU is also measured for 20 s after it starts, before any run is applied (lease renewals and
+its timers): the report gives that rate, its reconcile passes per run (its own trainrun_reconciles_total), and
+the CPU per run less what the operator would have spent idle over the same time.
+
 With ``--profile FILE`` py-spy (pip install py-spy) samples the operator while the runs go and writes its stacks
 to FILE (folded, one "frame;...;frame count" a line): where the operator's CPU goes; its figures still count only
 the operator's process, though sampling slows it a little.
@@ -97,6 +101,7 @@ NAMESPACE = "bench"
 GPUS_PER_NODE = 8
 POOL = "a100"
 TIMEOUT_S = 1800.0
+IDLE_S = 20.0  # the operator's CPU is measured this long with no run, before the runs are applied
 SAMPLE_S = 0.2
 Key = tuple[str, str, str]  # verb, resource, subresource
 
@@ -437,6 +442,10 @@ class Result:
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
     peak_threads: int | None = None
+    passes: float | None = None  # the operator's reconcile passes (trainrun_reconciles_total) over the measure
+    watch_events: Counter[str] = field(default_factory=Counter)  # what its watches delivered meanwhile, by kind
+    idle_cpu_per_s: float | None = None  # the operator's CPU seconds per second before any run (leases, resyncs)
+    measured_s: float | None = None  # how long the measure ran (apply to the last clock)
     admitted_s: float | None = None  # every Workload admitted (with --kueue)
     finished_s: float | None = None  # every job (direct) or run (trainrun) finished (with --finish-after)
     running_lags: list[float] = field(default_factory=list)  # per run: its last pod Running -> it reports Running
@@ -485,11 +494,13 @@ def measure(
             )
         time.sleep(0.05)
     cpu_after = cpu_seconds(operator_pid) if operator_pid is not None else 0.0
+    measured = time.monotonic() - started
     after, open_after = api_requests(cluster)
     own = sum(item.requests for item in watched.values()) - own_before
     requests = after - before
     opened = {key: open_after[key] - open_before[key] for key in open_after.keys() | open_before.keys()}
     result = Result(pods_at, runs_at, requests, sum(requests.values()) - own, {k: v for k, v in opened.items() if v})
+    result.measured_s = measured
     result.admitted_s = admitted_at if "workloads" in watched else None
     result.finished_s = finished_at if finish else None
     if run_kind == "trainingruns":
@@ -557,6 +568,24 @@ def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, 
     wait_until(ready, timeout=120, what="the operator to serve /metrics (and hold the Lease)", interval=0.5)
     time.sleep(3)  # its watches have listed the (empty) namespace
     return operator
+
+
+def operator_counts(metrics_url: str) -> Counter[str]:
+    """The operator's reconcile passes so far ("passes", its trainrun_reconciles_total, every trigger and result) and
+    the changes its watches delivered ("pods changed", "events same", ...: trainrun_watch_events_total)."""
+    from urllib.request import urlopen
+
+    with urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.startswith("trainrun_reconciles_total{"):
+            counts["passes"] += float(value)
+        elif sample.startswith("trainrun_watch_events_total{"):
+            labels = dict(part.split("=", 1) for part in sample[sample.index("{") + 1 : -1].split(","))
+            counts[f"{labels['resource'].strip(chr(34))} {labels['effect'].strip(chr(34))}"] += float(value)
+    return counts
 
 
 def start_profiler(pid: int, output: Path, repeat: int) -> subprocess.Popen[bytes]:
@@ -651,6 +680,10 @@ def main() -> None:
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
             profiler = start_profiler(operator.pid, arguments.profile, repeat) if arguments.profile else None
+            idle_from = cpu_seconds(operator.pid)
+            time.sleep(IDLE_S)
+            idle_cpu_per_s = (cpu_seconds(operator.pid) - idle_from) / IDLE_S
+            counts_before = operator_counts(operator.metrics_url)
             through = measure(
                 cluster,
                 watched,
@@ -662,6 +695,11 @@ def main() -> None:
                 operator.pid,
                 finish,
             )
+            counts = operator_counts(operator.metrics_url)
+            counts.subtract(counts_before)
+            through.passes = counts.pop("passes", 0.0)
+            through.watch_events = counts
+            through.idle_cpu_per_s = idle_cpu_per_s
             if profiler is not None:
                 stop_profiler(profiler)
             if repeat + 1 < arguments.repeats:  # the cluster goes at the end anyway
@@ -730,6 +768,17 @@ def report(
     cpu = median([t.cpu_s or 0.0 for _, t in results])
     print(f"{'operator CPU seconds':38} {'':>18} {cpu:13.1f}")
     print(f"{'  per run (ms)':38} {'':>18} {1000 * cpu / runs:13.1f}")
+    idle = median([t.idle_cpu_per_s or 0.0 for _, t in results])
+    busy = median([(t.cpu_s or 0.0) - (t.idle_cpu_per_s or 0.0) * (t.measured_s or 0.0) for _, t in results])
+    print(f"{'  with no run, per second (ms)':38} {'':>18} {1000 * idle:13.1f}")
+    print(f"{'  per run, less that (ms)':38} {'':>18} {1000 * busy / runs:13.1f}")
+    passes = median([t.passes or 0.0 for _, t in results])
+    print(f"{'reconcile passes per run':38} {'':>18} {passes / runs:13.1f}")
+    print(f"{'  CPU per pass, all of it (ms)':38} {'':>18} {1000 * cpu / max(passes, 1.0):13.2f}")
+    delivered = results[-1][1].watch_events
+    if delivered:
+        told = ", ".join(f"{key} {count / runs:.1f}" for key, count in sorted(delivered.items()) if count)
+        print(f"changes the operator's watches delivered per run (last repeat; changed: what it keeps changed): {told}")
     running_lags = [lag for _, through in results for lag in through.running_lags]
     final_lags = [lag for _, through in results for lag in through.final_lags]
     print(f"lag, last replica pod Running -> the run reports Running (p50 / p99 / max, {len(running_lags)} runs): {spread(running_lags)}")

@@ -161,6 +161,20 @@ def pieces(lines: list[str]) -> tuple[list[list[int]], int]:
     return found, markers
 
 
+def operators_on(problems: list[str], operators: list[OperatorProcess], most: int = 12) -> str:
+    """What the operators logged about the runs with problems (the CI log is all a failed run leaves behind)."""
+    names = sorted({problem.split("/")[0].split(":")[0] for problem in problems})
+    told = []
+    for operator in operators:
+        lines = operator.output().splitlines()
+        for name in names[:6]:
+            about = [line[:300] for line in lines if f"{name} " in line or f"{name}/" in line or f"{name}-" in line]
+            if about:
+                told.append(f"-- operator {operator.identity} on {name} (last {min(most, len(about))} of {len(about)} lines):")
+                told += about[-most:]
+    return "\n" + "\n".join(told) if told else ""
+
+
 @pytest.fixture
 def s3_env(kube_cluster: KubeCluster, kube_namespace: str, s3_server: SeaweedFS) -> dict[str, str]:
     return bucket_secret(kube_cluster, kube_namespace, s3_server.endpoint)
@@ -433,7 +447,7 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
             )
             if download.returncode != 0:
                 problems.append(f"{run.name}: the manifest does not verify: {download.stderr.strip()[-300:]}")
-    assert not problems, f"{len(problems)} problems {context}:\n" + "\n".join(problems[:40])
+    assert not problems, f"{len(problems)} problems {context}:\n" + "\n".join(problems[:40]) + operators_on(problems, operator_pair)
     assert wait_until(lambda: all(control_plane_running(kube_cluster).values()), timeout=60, what="every control-plane process")
     restarts = sum(len(runs[run.name]["status"].get("restarts") or []) for run in planned)
     print(

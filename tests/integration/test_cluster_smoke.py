@@ -170,10 +170,12 @@ def test_pytorchjob_runs_on_the_a100_pool_and_succeeds(
         "pytorchjob", job, kube_namespace, "Succeeded", timeout=60
     )
     assert finished["status"]["replicaStatuses"]["Master"].get("succeeded") == 1
-    for pod in kube_cluster.list_objects(
-        "pods", kube_namespace, f"{JOB_NAME_LABEL}={job}"
-    ):
-        assert pod["status"]["phase"] == "Succeeded"
+    # The job succeeds with its Master; the Worker, started a moment later, ends a moment later.
+    def both_succeeded() -> list[dict[str, Any]] | None:
+        pods = kube_cluster.list_objects("pods", kube_namespace, f"{JOB_NAME_LABEL}={job}")
+        return pods if len(pods) == 2 and all(pod["status"]["phase"] == "Succeeded" for pod in pods) else None
+
+    for pod in wait_until(both_succeeded, timeout=30, what="both replica pods Succeeded"):
         assert terminated_state(pod)["exitCode"] == 0
 
 

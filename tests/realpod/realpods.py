@@ -210,6 +210,13 @@ def train_quickstart(
     with torch.no_grad():
         logits = model(torch.rand(4, 1, 28, 28))
     assert tuple(logits.shape) == (4, 10)
+    # The ONNX export ran in the pod too (the trainer only warns when it cannot, so only this sees it missing).
+    import numpy
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(downloaded / "model.onnx"), providers=["CPUExecutionProvider"])
+    (scores,) = session.run(None, {"images": numpy.random.rand(3, 1, 28, 28).astype(numpy.float32)})
+    assert scores.shape == (3, 10)
     if register is not None:
         assert run["status"]["model"] == {"registry": "mlflow", "name": register, "version": "1", "uri": uri}, run["status"]
         registered = tmp_path / "registered"

@@ -10,6 +10,7 @@ prefix each, client options for our code and an independent boto3 client to chec
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -83,6 +84,29 @@ def store(request: pytest.FixtureRequest) -> StoreUnderTest:
     if request.param == "gcs":
         return GcsUnderTest(request.getfixturevalue("fake_gcs"))
     return AzureUnderTest(request.getfixturevalue("azurite"))
+
+
+@pytest.fixture(params=STORES)
+def private_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreUnderTest]:
+    """Each store on a server of the test's own, stopped and its data deleted when the test ends: for the
+    gigabyte tests, whose objects the session's servers would keep on disk to the end (and pytest after it)."""
+    data_dir = tmp_path / f"{request.param}-server"
+    server: SeaweedFS | FakeGcs | Azurite
+    under: StoreUnderTest
+    if request.param == "s3":
+        server = start_seaweedfs(data_dir)
+        under = S3UnderTest(server)
+    elif request.param == "gcs":
+        server = start_fake_gcs(data_dir, tls=make_tls_files(data_dir / "tls"))
+        under = GcsUnderTest(server)
+    else:
+        server = start_azurite(data_dir)
+        under = AzureUnderTest(server)
+    try:
+        yield under
+    finally:
+        server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ the S3 API also listens for https on a second port, signed by a CA no system tru
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +30,8 @@ WEED = Path(sys.executable).parent / "weed"
 # dials the admin gRPC port that way), so every service gets a pair of free ports 10000 apart.
 _SERVICES = ("master", "volume", "filer", "s3", "admin")
 _GRPC_OFFSET = 10000
+# Written and deleted once at start-up: the server is ready when it stores, not only when it answers.
+_PROBE_KEY = ".trainrun-probe"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,9 @@ class SeaweedFS:
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             f"-metricsPort={self.ports['metrics']}",
+            # Volumes of 64 MB, as many as the free disk holds: left to itself, weed sizes them by the disk's
+            # total (1 GB on a large disk) and, with a few GB free, makes none at all, so that every write fails.
+            "-master.volumeSizeLimitMB=64",
         ]
         for service in _SERVICES:
             arguments += [
@@ -140,12 +146,27 @@ class SeaweedFS:
                     with socket.create_connection(("127.0.0.1", self.ports[port_name]), timeout=1):
                         pass
                 client.head_bucket(Bucket=BUCKET)
+                client.put_object(Bucket=BUCKET, Key=_PROBE_KEY, Body=b"probe")
+                client.delete_object(Bucket=BUCKET, Key=_PROBE_KEY)
                 return
             except Exception as error:  # noqa: BLE001 - not up yet; keep polling until the deadline
                 last_error = error
                 time.sleep(0.3)
         self.stop(hard=True)
-        raise RuntimeError(f"weed mini not ready after {timeout_s}s ({last_error}); see {self.log_path}")
+        raise RuntimeError(
+            f"weed mini not ready after {timeout_s}s ({last_error}); see {self.log_path}. {_disk_note(self.data_dir)}"
+        )
+
+
+def _disk_note(data_dir: Path) -> str:
+    """What the disk under DATA_DIR has free: weed makes no volume (and so stores nothing) where less than 1% of
+    the disk is free."""
+    usage = shutil.disk_usage(data_dir)
+    gib = 1024**3
+    return (
+        f"The disk under it has {usage.free / gib:.1f} GiB free of {usage.total / gib:.0f} GiB; SeaweedFS stores "
+        f"nothing with less than 1% ({usage.total / 100 / gib:.1f} GiB) free, plus 64 MB a volume."
+    )
 
 
 def boto3_client_for(endpoint: str, *, ca: Path | None = None) -> Any:

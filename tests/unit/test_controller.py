@@ -279,3 +279,51 @@ def test_a_run_without_an_archive_has_its_logs_read_to_the_end_before_its_metric
         assert plans == [1, 1, 1]
 
     in_loop(scenario)
+
+
+def test_the_events_watch_leaves_out_server_side_only_what_no_reconcile_reads() -> None:
+    """The Events watch's field selector skips our own objects' Events and the frequent reasons of the scheduler,
+    the kubelet and the job controllers; never a reason the status or the restart causes read (EVENT_REASONS),
+    so nothing a run's status needs is filtered away before its cache sees it."""
+    from trainrun.plan import EVENT_REASONS
+
+    selector = controller_module.EVENT_FIELD_SELECTOR
+    terms = selector.split(",")
+    skipped = {term.removeprefix("reason!=") for term in terms if term.startswith("reason!=")}
+    assert skipped == set(controller_module.SKIPPED_EVENT_REASONS) and not skipped & EVENT_REASONS
+    assert {"Scheduled", "SuccessfulCreatePod"} <= skipped
+    assert "involvedObject.kind!=TrainingRun" in terms
+    assert all(term.startswith(("reason!=", "involvedObject.kind!=")) for term in terms)  # ANDed exclusions only
+
+
+def test_a_watch_counts_the_changes_it_delivers_and_the_ones_that_changed_nothing() -> None:
+    """trainrun_watch_events_total{resource, effect}: a change to a field the operator keeps is "changed" (and reaches
+    on_change), one to a field it does not keep, a bookmark or a deletion of an object it never kept is "same"."""
+    from trainrun.controller import telemetry
+    from trainrun.controller.informers import Informer
+    from trainrun.kube.aioclient import PODS
+    from trainrun.plan import projections
+
+    pod = {"metadata": {"name": "run-master-0", "namespace": "ml", "resourceVersion": "1"}, "status": {"phase": "Pending"}}
+    running = {**pod, "metadata": {**pod["metadata"], "resourceVersion": "2"}, "status": {"phase": "Running"}}
+    touched = {**running, "metadata": {**running["metadata"], "resourceVersion": "3", "annotations": {"unread": "x"}}}
+    stranger = {"metadata": {"name": "other", "namespace": "ml", "resourceVersion": "4"}}
+    stream = [("ADDED", pod), ("MODIFIED", running), ("MODIFIED", touched), ("BOOKMARK", {"metadata": {"resourceVersion": "5"}}),
+              ("DELETED", stranger), ("DELETED", {**touched, "metadata": {**touched["metadata"], "resourceVersion": "6"}})]
+
+    class Kube:
+        async def watch(self, *_: Any, **__: Any) -> Any:
+            for item in stream:
+                yield item
+
+    def count(effect: str) -> float:
+        return telemetry.REGISTRY.get_sample_value("trainrun_watch_events_total", {"resource": "pods", "effect": effect}) or 0.0
+
+    changes: list[tuple[Any, Any]] = []
+    informer = Informer(Kube(), PODS, "ml", project=projections.pod, on_change=lambda old, new: changes.append((old, new)))  # type: ignore[arg-type]
+    before = count("changed"), count("same")
+    version = asyncio.run(informer._watch("0"))
+    assert version == "6"  # where the next watch starts: the last version delivered
+    assert (count("changed") - before[0], count("same") - before[1]) == (3, 3)
+    assert [(old is None, new is None) for old, new in changes] == [(True, False), (False, False), (False, True)]
+    assert informer.store == {}

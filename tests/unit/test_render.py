@@ -19,7 +19,7 @@ from trainrun.render import (
     render_uploader_job,
     render_volume_claim,
 )
-from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, decode_applied_spec, pending_changes
+from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, changes_since_applied, decode_applied_spec, pending_changes
 from trainrun.render.children import canonical_spec
 from trainrun.spec import parse_operator_config
 
@@ -342,6 +342,14 @@ def test_applied_spec_annotation_and_pending_changes() -> None:
     assert pending_changes(applied, canonical_spec(changed)) == ["spec.distribution.workers", "spec.image"]
     assert decode_applied_spec({"metadata": {"annotations": {APPLIED_SPEC_ANNOTATION: "{broken"}}}) is None
     assert decode_applied_spec({}) is None
+    # What a reconcile asks: nothing for the job of the current spec (its annotation read at a glance), the
+    # same paths as above for a changed one, and every path of a job whose annotation another version wrote
+    # in another layout (decoded and compared field by field, not taken for a change).
+    assert changes_since_applied(job, canonical_spec(run)) == []
+    assert changes_since_applied(job, canonical_spec(changed)) == ["spec.distribution.workers", "spec.image"]
+    spaced = {"metadata": {"annotations": {APPLIED_SPEC_ANNOTATION: json.dumps(canonical_spec(run), indent=2)}}}
+    assert changes_since_applied(spaced, canonical_spec(run)) == []
+    assert changes_since_applied({}, canonical_spec(run)) == pending_changes({}, canonical_spec(run)) != []
 
 
 # Pod Security "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), as

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from trainrun.kube.aioclient import PODS, TRAINING_RUNS, AsyncKube, Credentials
 from trainrun.kube.api import KubeApi
-from trainrun.kube.body import encode_body
+from trainrun.kube.body import decode_json, encode_body
 
 # Outside the BMP (emoji, a CJK Extension B ideograph, a math letter), CJK and combining marks inside it.
 TEXTS = ["\U0001f600\U0001f680", "\U00020bb7\u91ce\u5bb6", "\U0001d4b3", "e\u0301\u0308 a\u20dd", "\u4e2d\u6587 \u65e5\u672c\u8a9e"]
@@ -130,3 +130,15 @@ def test_the_cli_applies_the_encoded_body(server: str, tmp_path: Path, monkeypat
     [(method, path, kind, body)] = Recorder.seen
     assert (method, kind, body) == ("PATCH", "application/apply-patch+yaml; charset=utf-8", encode_body(BODY))
     assert path == "/apis/trainrun.dev/v1alpha1/namespaces/ml/trainingruns/emoji?fieldManager=trainrun-cli&force=true"
+
+
+def test_answers_decode_as_the_standard_library_reads_them() -> None:
+    """The operator decodes answers and watch events with orjson; the documents it refuses and json reads
+    (NaN, a number past a double) still decode, as json reads them; what neither reads is a ValueError."""
+    document = {"metadata": {"name": "emoji"}, "text": TEXTS, "count": 3, "ratio": 0.5, "none": None, "flag": True}
+    raw = encode_body(document)
+    assert decode_json(raw) == decode_json(raw.decode()) == json.loads(raw) == document
+    nan = decode_json(b'{"loss": NaN, "big": 1e400}')
+    assert nan["loss"] != nan["loss"] and nan["big"] == float("inf")
+    with pytest.raises(ValueError):
+        decode_json(b"<html>502 Bad Gateway</html>")

@@ -61,6 +61,21 @@ class FakeLogs:
             await asyncio.Event().wait()
 
 
+class RefusingAtFirst(LogArchive):
+    """An archive whose store refuses its first two loads with ``refusal`` (a missing bucket, an outage)."""
+
+    def __init__(self, uri: str, options: StorageOptions, refusal: str) -> None:
+        super().__init__(uri, options)
+        self.refusal = refusal
+        self.refusals = 2
+
+    async def load(self) -> Any:
+        if self.refusals:
+            self.refusals -= 1
+            raise StorageError(self.refusal)
+        return await super().load()
+
+
 def follower(kube: FakeLogs, archive: LogArchive | None, offered: list[int] | None = None, **spec: Any) -> RunLogs:
     offered = [] if offered is None else offered
     return RunLogs(kube, training_run(**spec), archive, on_metrics=lambda: offered.append(1), flush_seconds=0.05)  # type: ignore[arg-type]
@@ -291,17 +306,9 @@ def test_a_store_that_fails_is_the_followers_problem_until_it_works(tmp_path: Pa
     running["metadata"]["uid"] = "m"
     offered: list[int] = []
 
-    class Refusing(LogArchive):
-        refusals = 2
-
-        async def load(self) -> Any:
-            if self.refusals:
-                self.refusals -= 1
-                raise StorageError("cannot list the log archive at gs://no-such-bucket/run/logs: bucket 'no-such-bucket' does not exist")
-            return await super().load()
-
     async def scenario() -> list[str | None]:
-        logs = follower(kube, Refusing((tmp_path / "logs").as_uri(), StorageOptions()), offered)
+        refusal = "cannot list the log archive at gs://no-such-bucket/run/logs: bucket 'no-such-bucket' does not exist"
+        logs = follower(kube, RefusingAtFirst((tmp_path / "logs").as_uri(), StorageOptions(), refusal), offered)
         seen: list[str | None] = []
         logs.on_metrics = lambda: seen.append(logs.problem)
         logs.start()
@@ -313,6 +320,34 @@ def test_a_store_that_fails_is_the_followers_problem_until_it_works(tmp_path: Pa
     seen = asyncio.run(scenario())
     assert seen[0] is not None and "bucket 'no-such-bucket' does not exist" in seen[0]
     assert None in seen[1:]  # loaded at the third try: the problem is gone
+
+
+def test_a_pod_that_started_and_went_while_the_archive_could_not_be_read_is_a_declared_gap(tmp_path: Path) -> None:
+    """The store is down when the follower starts (an outage, a new leader): pods it is handed wait until the
+    archive's state can be read. One that started and was deleted meanwhile (its node's pods collected) is
+    never read; the sealed log declares it instead of forgetting it. A pod still there is read as ever."""
+    kube = FakeLogs()
+    kube.write("run-upload-abcde", *(f"line {n}" for n in range(1, 6)))
+    kube.write("run-master-0", "master line")
+    gone = finished("run-upload-abcde", "u")
+    master = finished("run-master-0", "m")
+
+    async def scenario() -> RunLogs:
+        down = RefusingAtFirst((tmp_path / "logs").as_uri(), StorageOptions(), "cannot list the log archive: connection refused")
+        logs = follower(kube, down)
+        logs.start()
+        logs.update([gone, master])
+        logs.update([master])  # the uploader's pod deleted before the store answers
+        await logs.finish(grace=5)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert [(gap.replica, gap.lines) for gap in logs.gaps] == [("run-upload-abcde", 0)]
+    assert (tmp_path / "logs" / "run-upload-abcde.log").read_text().startswith(
+        "[trainrun] run-upload-abcde: the lines after its start could not be read (its pod was deleted while the log archive"
+    )
+    assert (tmp_path / "logs" / "master-0.log").read_text() == "master line\n"
+    assert ("run-upload-abcde", None) not in kube.opened  # never opened: the name may be another pod's by now
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,12 @@ from factories import (
     uploader_job,
     uploader_pod,
 )
+from trainrun.render.children import uploader_job_name
 from trainrun.spec import TrainingRun
 from trainrun.spec.status import Artifacts, Condition, Phase, ReplicaCounts, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, count_replicas, phase_event
 from trainrun.status.failure import Cause, elapsed
-from trainrun.status.observe import ReplicaState
+from trainrun.status.observe import ReplicaState, observe_job, observe_pods
 
 SCHEDULER = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu. preemption: 0/6 nodes are available."
 AMD_SCHEDULER = "0/6 nodes are available: 6 Insufficient amd.com/gpu."
@@ -71,14 +72,17 @@ def status_of(
     generation: int | None = None,
     storage_problem: Cause | None = None,
 ) -> TrainingRunStatus:
+    run = run if run is not None else make_run()
+    replicas, uploader_pods = observe_pods(pods, uploader_job_name=uploader_job_name(run))
     return build_status(
         StatusInput(
-            run=run if run is not None else make_run(),
+            run=run,
             now=now,
             previous=previous or TrainingRunStatus(),
             generation=generation,
-            job=job,
-            pods=pods,
+            job=observe_job(job),
+            replicas=replicas,
+            uploader_pods=uploader_pods,
             events=events,
             uploader=uploader,
             problems=problems,
@@ -985,11 +989,9 @@ def test_garbage_uploader_degrades_to_a_phase(uploader: Any) -> None:
 
 
 def test_garbage_sequences_of_the_wrong_type() -> None:
-    status = build_status(
-        StatusInput(
-            run=make_run(), now=NOW, job=pytorchjob().created(), pods="pods", events=None,  # type: ignore[arg-type]
-            problems=[None, 3], pending_changes="spec.x",  # type: ignore[list-item]
-        )
+    status = status_of(
+        job=pytorchjob().created(), pods="pods", events=None,  # type: ignore[arg-type]
+        problems=[None, 3], pending="spec.x",  # type: ignore[list-item]
     )
     assert status.phase is Phase.QUEUED
     assert status.pending_changes == []

@@ -124,7 +124,7 @@ class LocalBackend:
             raise RunNotFound(f"run {name!r} has no replica {wanted!r} (replicas: {known})")
         offsets: dict[str, int] = {}
         while True:
-            finished = _phase_of(run_object(folder)).finished if follow else True
+            finished = _said_all(folder) if follow else True
             names = [wanted] if wanted is not None else folder.replicas()
             for replica_name in sorted(names, key=replica_sort_key):
                 path = folder.log_path(replica_name)
@@ -228,6 +228,12 @@ def _runner_alive(folder: RunFolder) -> bool:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
+
+
+def _said_all(folder: RunFolder) -> bool:
+    """Whether the run has finished and its runner is gone: the runner writes the final phase, then stops the
+    replicas and copies what they print while they stop (a traceback, torchrun's last words) to their logs."""
+    return _phase_of(run_object(folder)).finished and (folder.read_pid() is None or not _runner_alive(folder))
 
 
 def _phase_of(run: Object) -> Phase:

@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from trainrun.controller import telemetry
 from trainrun.kube.aioclient import ApiError, AsyncKube, Resource
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Informer:
         self.synced = asyncio.Event()
         self.served = True  # False while the API server does not serve the kind (its CRD is missing)
         self.on_served_change: Callable[[bool], None] | None = None
+        self._changed = telemetry.WATCH_EVENTS.labels(resource=resource.plural, effect="changed")
+        self._same = telemetry.WATCH_EVENTS.labels(resource=resource.plural, effect="same")
 
     @property
     def what(self) -> str:
@@ -140,11 +143,13 @@ class Informer:
         ):
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if kind == "BOOKMARK":
+                self._same.inc()
                 continue
             if kind == "DELETED" or (self.keep is not None and not self.keep(obj)):
                 old = self.store.get(key_of(obj))
                 if old is not None:
                     self._remove(old)
+                (self._changed if old is not None else self._same).inc()
                 continue
             projected = self.project(obj)
             key = key_of(projected)
@@ -152,6 +157,9 @@ class Informer:
             if old != projected:
                 self.store[key] = projected
                 self.on_change(old, projected)
+                self._changed.inc()
+            else:
+                self._same.inc()
         return version
 
     def _remove(self, old: Object) -> None:

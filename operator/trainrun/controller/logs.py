@@ -64,7 +64,9 @@ QUIET_SECONDS = 2.0  # a stream of an ended container that delivers nothing for 
 # Without an archive the end is read for the last metrics only: a stream of an ended container that has not
 # delivered a first batch in this long is given up (a log that stays empty) instead of waiting the whole grace.
 METRICS_ONLY_SILENT_SECONDS = 5.0
-FLUSH_RETRY_MAX_SECONDS = 60.0
+# The longest wait between tries while the store refuses: what a follower knows only in memory meanwhile (lines,
+# gaps it declared) is shipped at most this long after the store is back.
+FLUSH_RETRY_MAX_SECONDS = 15.0
 GAP_MARKER = "[trainrun]"  # begins the line the archive gets where a replica's log could not be read on
 
 
@@ -157,6 +159,9 @@ class RunLogs:
         self._flush_now = asyncio.Event()
         self._loaded = asyncio.Event()
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
+        # Container starts seen while the archive's state could not be read yet (key -> replica): one whose pod
+        # is gone by the time it can is declared a gap, never forgotten.
+        self._seen_before_load: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
@@ -189,6 +194,11 @@ class RunLogs:
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Start reading every replica container that has started and is not read to its end yet."""
         self._pods = {str(pod["metadata"]["name"]): pod for pod in pods}
+        if not self._loaded.is_set():
+            for pod in self._pods.values():
+                restarts = started_container_restarts(pod)
+                if restarts is not None:
+                    self._seen_before_load[container_key(str(pod["metadata"].get("uid")), restarts)] = replica_name(pod)
         if self._closing or not self._loaded.is_set() or self.sealed_files is not None:
             return
         for name, pod in self._pods.items():
@@ -201,6 +211,16 @@ class RunLogs:
             if restarts > 0 and earlier is not None and not earlier.done:
                 # Restarted in place while no follower read it: the kubelet keeps the one start before.
                 self._start(pod, name, uid, restarts - 1, previous=True)
+
+    def _declare_unread_gone(self) -> None:
+        """Declare the container starts seen while the archive could not be read whose pods are gone since
+        (deleted, or their node's pods collected): never read, and no follower will ever read them."""
+        present = {str(pod["metadata"].get("uid")) for pod in self._pods.values()}
+        for key, replica in self._seen_before_load.items():
+            if key.rpartition("/")[0] not in present and key not in self.containers:
+                container = self.containers[key] = ContainerLog(replica)
+                self._declare_gap(container, "its pod was deleted while the log archive could not be read")
+        self._seen_before_load.clear()
 
     def _start(self, pod: Mapping[str, Any], name: str, uid: str, restarts: int, *, previous: bool) -> None:
         key = container_key(uid, restarts)
@@ -393,6 +413,7 @@ class RunLogs:
         """Say in the replica's archived log, where its lines end, that what came after could not be read."""
         container.done = container.gap = True
         self._dirty = True
+        self._flush_now.set()  # recorded at once: a follower taking over could not tell, its pod being gone
         after = container.last_line_time or "its start"
         marker = f"{GAP_MARKER} {container.replica}: the lines after {after} could not be read ({why}); some may be missing here"
         self._queue(container.replica, [marker], len(marker) + 1)
@@ -427,13 +448,17 @@ class RunLogs:
         if loaded.sealed:
             self.sealed_files = loaded.files
         self._loaded.set()
+        if self.sealed_files is None:
+            self._declare_unread_gone()
         self.update(self._pods.values())
         if self.sealed_files is not None:
             return
         failures = 0
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=self.flush_seconds * 2**failures)
+                await asyncio.wait_for(
+                    self._flush_now.wait(), timeout=min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
+                )
             self._flush_now.clear()
             try:
                 await self._flush()

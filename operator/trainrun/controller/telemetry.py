@@ -24,6 +24,13 @@ RECONCILES = Counter(
     ["trigger", "result"],
     registry=REGISTRY,
 )
+WATCH_EVENTS = Counter(
+    "trainrun_watch_events",
+    "Changes the operator's watches delivered, by resource and whether they changed what it keeps of the object "
+    "(changed) or not (same: a field it does not read, a bookmark, an Event it does not keep).",
+    ["resource", "effect"],
+    registry=REGISTRY,
+)
 RECONCILE_SECONDS = Histogram(
     "trainrun_reconcile_duration_seconds",
     "Time one reconcile of a TrainingRun took, API calls included.",

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from trainrun.kube.body import encode_body
+from trainrun.kube.body import decode_json, encode_body
 from trainrun.kube.h2logs import H2LogClient, StreamError
 
 Object = dict[str, Any]
@@ -218,10 +218,10 @@ class AsyncKube:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
-                text = await response.text()
+                raw = await response.read()
                 if response.status >= 400:
-                    raise _answer_error(response.status, text, f"{method} {path}")
-                return json.loads(text) if text else {}
+                    raise _answer_error(response.status, raw.decode("utf-8", "replace"), f"{method} {path}")
+                return decode_json(raw) if raw.strip() else {}
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ApiError(f"cannot reach the API server ({method} {path}): {_describe(error)}") from None
 
@@ -326,7 +326,7 @@ class AsyncKube:
                 async for raw in response.content:
                     if not raw.strip():
                         continue
-                    event = json.loads(raw)
+                    event = decode_json(raw)
                     kind, obj = str(event.get("type")), event.get("object") or {}
                     if kind == "ERROR":
                         raise _answer_error(int(obj.get("code") or 500), json.dumps(obj), f"watch {resource.plural}")
@@ -417,7 +417,7 @@ def _describe(error: BaseException) -> str:
 def _answer_error(status: int, text: str, what: str) -> ApiError:
     message, reason = text.strip()[:500] or f"HTTP {status}", None
     try:
-        body = json.loads(text)
+        body = decode_json(text)
         message = str(body.get("message") or message)
         reason = body.get("reason")
     except (TypeError, ValueError, AttributeError):

@@ -5,13 +5,16 @@ ideograph) as a UTF-16 surrogate pair, ``\\ud83d\\ude00``: valid JSON, but the A
 apply body (``application/apply-patch+yaml``) with its YAML decoder, which refuses such escapes ("found
 invalid Unicode character escape code"), so a run with an emoji in a label or a command never got its
 PyTorchJob (issue 24). JSON is YAML, and written without ASCII escaping it is read alike by the JSON
-and the YAML decoders. Used for every body: by the operator's ``aioclient`` and the CLI's ``api``. Pure.
+and the YAML decoders. Used for every body: by the operator's ``aioclient`` and the CLI's ``api``; the
+operator's ``aioclient`` also decodes every answer and watch event with :func:`decode_json`. Pure.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 CHARSET = "utf-8"
 
@@ -25,3 +28,14 @@ def encode_body(body: Any) -> bytes:
         # Surrogates as code points of their own (YAML reads "\ud83d\ude00" as two): a pair becomes its
         # character and a lone one U+FFFD, as the API server's JSON decoder reads their escapes.
         return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace").encode(CHARSET)
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """A JSON document from the API server. orjson decodes a pod's watch event in two thirds of the standard
+    library's CPU in a busy cluster, half in a tight loop (the operator decodes every change of every pod,
+    job and Event it watches); what it refuses but the standard library reads (NaN, a number too large for a
+    double) is read by the latter, and what neither reads raises ``ValueError``."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

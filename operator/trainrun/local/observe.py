@@ -40,7 +40,7 @@ from trainrun.render.children import (
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import Artifacts, ReplicaCounts, Tracked, TrainingRunStatus
 from trainrun.status import StatusInput, build_status, count_replicas
-from trainrun.status.observe import ReplicaState
+from trainrun.status.observe import ReplicaState, observe_job, observe_pods
 from trainrun.status.registration import RegistrationState
 
 Object = dict[str, Any]
@@ -162,10 +162,12 @@ class Assessment:
 def assess(world: LocalWorld, *, previous: TrainingRunStatus, now: str) -> Assessment:
     """Supervise the world and build its status, as the operator's plan does for a run on a cluster."""
     children = local_children(world)
+    replicas, uploader_pods = observe_pods(children.pods, uploader_job_name=uploader_job_name(world.run))
+    job = observe_job(children.job)
     supervised = supervise(
         world.run,
-        job=children.job,
-        pods=children.pods,
+        job=job,
+        pods=replicas,
         gone=(),
         events=(),
         snapshot=world.progress,
@@ -178,8 +180,9 @@ def assess(world: LocalWorld, *, previous: TrainingRunStatus, now: str) -> Asses
             run=world.run,
             now=now,
             previous=previous,
-            job=children.job,
-            pods=children.pods,
+            job=job,
+            replicas=replicas,
+            uploader_pods=uploader_pods,
             uploader=children.uploader,
             artifacts=world.copy.artifacts if world.copy is not None else None,
             supervision=supervised.supervision,

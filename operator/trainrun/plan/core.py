@@ -14,7 +14,7 @@ result. Rendering is ``trainrun.render``; the status is ``trainrun.status.build_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -33,9 +33,10 @@ from trainrun.plan.registration import (
 )
 from trainrun.plan.restarts import Supervised, supervise
 from trainrun.render.backend import Backend, backend_for
-from trainrun.render.changes import decode_applied_spec, pending_changes
+from trainrun.render.changes import changes_since_applied
 from trainrun.render.children import (
     canonical_spec,
+    job_name,
     owns_suspend,
     stopped,
     uploader_job_name,
@@ -53,7 +54,15 @@ from trainrun.spec import (
 from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
 from trainrun.status.failure import Cause
-from trainrun.status.observe import ReplicaState, UploadState, observe_job, observe_pods, observe_uploader
+from trainrun.status.observe import (
+    JobView,
+    PodView,
+    ReplicaState,
+    UploadState,
+    observe_job,
+    observe_pods,
+    observe_uploader,
+)
 from trainrun.status.registration import REGISTERED, REGISTRATION_REFUSED, REGISTRY_UNAVAILABLE
 from trainrun.status.shapes import timestamp
 from trainrun.status.work import (
@@ -217,13 +226,17 @@ def plan(
     actions: list[Action] = []
     pending: list[str] = []
     job = observed.job
+    # Each child read once, for the supervision, the status, the job's convergence and the clean-up alike.
+    job_view = observe_job(job)
+    replicas, uploader_pods = observe_pods(observed.pods, uploader_job_name=uploader_job_name(run))
+    gone, _ = observe_pods(observed.gone_pods, uploader_job_name=None)
     supervised = Supervised()
     if not problems:
         supervised = supervise(
             run,
-            job=job,
-            pods=observed.pods,
-            gone=observed.gone_pods,
+            job=job_view,
+            pods=replicas,
+            gone=gone,
             events=observed.events,
             snapshot=observed.progress,
             restarts=previous.restarts,
@@ -233,7 +246,7 @@ def plan(
             job_kind=backend.kind,
         )
         if not supervised.hold_job:
-            actions, pending = _converge_job(run, config, backend, observed, previous)
+            actions, pending = _converge_job(run, config, backend, observed, job_view, previous)
         if supervised.delete_job:
             actions.append(_delete_job(run, backend))
 
@@ -250,7 +263,7 @@ def plan(
     artifacts: Artifacts | None = None
     manifest_due = False
     if job is not None:
-        actions += _converge_upload(run, config, backend, job, observed, previous)
+        actions += _converge_upload(run, config, backend, job_view, observed, previous)
         # With an output URI the logs are composed into it first, so the manifest lists them.
         if previous.artifacts is None and logs_sealed and _copied(run, observed):
             artifacts = observed.manifest.result
@@ -281,8 +294,9 @@ def plan(
             run=run,
             now=now,
             previous=previous,
-            job=job,
-            pods=[*observed.pods, *_gone_replicas(observed.gone_pods, previous, now)],
+            job=job_view,
+            replicas=[*replicas, *_gone_replicas(gone, previous)],
+            uploader_pods=uploader_pods,
             events=observed.events,
             uploader=observed.uploader,
             workload=observed.workload,
@@ -330,7 +344,7 @@ def plan(
     if _volume_released(run, status) and observed.claim_present:
         actions.append(Delete("v1", "PersistentVolumeClaim", run.metadata.namespace, volume_claim_name(run)))
     if status.phase is not None and status.phase.finished and logs_final:
-        cleaning, wait = _clean_up(run, backend, job, observed.pods, moment)
+        cleaning, wait = _clean_up(run, backend, job_view, replicas, moment)
         actions += cleaning
         waits.append(wait)
     # The uploader's pod is one of the run's logs too: the archive is sealed once it has ended, so its lines are
@@ -476,18 +490,15 @@ def _storage_trouble(status: TrainingRunStatus) -> str | None:
     return status.logs.message if status.logs is not None and not status.logs.gaps else None
 
 
-def _gone_replicas(
-    gone: Sequence[Mapping[str, Any]], previous: TrainingRunStatus, now: str
-) -> list[Mapping[str, Any]]:
+def _gone_replicas(gone: Sequence[PodView], previous: TrainingRunStatus) -> list[PodView]:
     """The deleted pods of the current job (created after the last whole-run restart), as deleted: the status
     reads why they went (a failure whose job took its pods with it), never takes them for live replicas."""
     last = timestamp(previous.restarts[-1].time) if previous.restarts else None
-    current = [
-        pod
+    return [
+        replace(pod, deleting=True)
         for pod in gone
-        if last is None or ((created := timestamp((pod.get("metadata") or {}).get("creationTimestamp"))) and created >= last)
+        if last is None or ((created := timestamp(pod.created)) is not None and created >= last)
     ]
-    return [{**pod, "metadata": {"deletionTimestamp": now, **(pod.get("metadata") or {})}} for pod in current]
 
 
 def _queue_problems(run: TrainingRun, observed: Observed) -> list[str]:
@@ -513,7 +524,12 @@ def _delete_job(run: TrainingRun, backend: Backend) -> Delete:
 
 
 def _converge_job(
-    run: TrainingRun, config: OperatorConfig, backend: Backend, observed: Observed, previous: TrainingRunStatus
+    run: TrainingRun,
+    config: OperatorConfig,
+    backend: Backend,
+    observed: Observed,
+    view: JobView | None,
+    previous: TrainingRunStatus,
 ) -> tuple[list[Action], list[str]]:
     """Create the job once, apply spec changes when it can take them, and report the ones it cannot. A
     queued run is stopped (suspended, cancelled) by deleting its job: its suspend is Kueue's."""
@@ -528,27 +544,25 @@ def _converge_job(
         claim = backend.render_claim(run)
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
         return [*creating, Apply(backend.render_job(run, config))], []
-    changes = pending_changes(decode_applied_spec(job) or {}, canonical_spec(run))
-    view = observe_job(job)
+    changes = changes_since_applied(job, canonical_spec(run))
     if view is None or view.has("Succeeded") or view.has("Failed"):
         return [], changes
     if queued and stopped(run):
         return [_delete_job(run, backend)], []
-    desired = backend.render_job(run, config)
     pods_gone = view.has("Suspended") or view.start_time is None
     if changes and pods_gone:
-        return [Apply(desired)], []
-    patch = backend.live_patch(run, desired, job)
+        return [Apply(backend.render_job(run, config))], []
+    patch = backend.live_patch(run, job)
     if patch is None:
         return [], changes
-    return [MergePatch(backend.api_version, backend.kind, run.metadata.namespace, desired["metadata"]["name"], patch)], changes
+    return [MergePatch(backend.api_version, backend.kind, run.metadata.namespace, job_name(run), patch)], changes
 
 
 def _converge_upload(
     run: TrainingRun,
     config: OperatorConfig,
     backend: Backend,
-    job: Mapping[str, Any],
+    view: JobView | None,
     observed: Observed,
     previous: TrainingRunStatus,
 ) -> list[Action]:
@@ -556,18 +570,16 @@ def _converge_upload(
     output = run.spec.output
     if output.uri is None or observed.uploader is not None or previous.artifacts is not None:
         return []
-    view = observe_job(job)
     copy_due = view is not None and (view.has("Succeeded") or (output.copy_on_failure and view.has("Failed")))
     return [Apply(backend.render_uploader(run, config))] if copy_due else []
 
 
 def _clean_up(
-    run: TrainingRun, backend: Backend, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]], now: datetime
+    run: TrainingRun, backend: Backend, view: JobView | None, replicas: Sequence[PodView], now: datetime
 ) -> tuple[list[Action], float | None]:
     """The end of a finished run's pods, once their logs are archived (the job keeps them until then):
     spec.runPolicy.cleanPodPolicy (Running: the replicas still running; All: every replica pod), and the
     job itself ttlSecondsAfterFinished after it ended (its pods go with it). Also seconds until the TTL."""
-    view = observe_job(job)
     if view is None or not (view.has("Succeeded") or view.has("Failed") or view.has("Suspended")):
         return [], None
     policy = run.spec.run_policy
@@ -579,7 +591,6 @@ def _clean_up(
             return [_delete_job(run, backend)], None
     else:
         left = None
-    replicas, _ = observe_pods(pods, uploader_job_name=uploader_job_name(run))
     cleaned = policy.clean_pod_policy
     doomed = [
         pod.name

@@ -32,11 +32,10 @@ from trainrun.spec.status import Phase, Restart
 from trainrun.status import PhaseEvent
 from trainrun.status.observe import (
     DEFAULT_JOB_KIND,
+    JobView,
     PodView,
     ReplicaState,
     observe_events,
-    observe_job,
-    observe_pods,
     observe_workload,
 )
 from trainrun.status.phase import Supervision, current_replicas
@@ -110,9 +109,9 @@ class Supervised:
 def supervise(
     run: TrainingRun,
     *,
-    job: Mapping[str, Any] | None,
-    pods: Sequence[Mapping[str, Any]],
-    gone: Sequence[Mapping[str, Any]],
+    job: JobView | None,
+    pods: Sequence[PodView],
+    gone: Sequence[PodView],
     events: Sequence[Mapping[str, Any]],
     snapshot: ProgressSnapshot | None,
     restarts: Sequence[Restart],
@@ -121,27 +120,26 @@ def supervise(
     workload: Mapping[str, Any] | None = None,
     job_kind: str = DEFAULT_JOB_KIND,
 ) -> Supervised:
-    """The run's restart state machine at ``now`` (see the module's docstring). ``workload``: Kueue's
-    Workload of a queued run's job (its eviction by preemption is a cause); ``job_kind``: for the words."""
+    """The run's restart state machine at ``now`` (see the module's docstring). ``job``: the job as ``observe_job``
+    reads it; ``pods``: the replica pods, ``gone``: replica pods deleted since, as last seen (both as
+    ``observe_pods`` reads them); ``workload``:
+    Kueue's Workload of a queued run's job (its eviction by preemption is a cause); ``job_kind``: for the words."""
     if phase is not None and (phase.finished or phase is Phase.UPLOADING):
         return Supervised()
     policy = run.spec.run_policy
     moment = timestamp(now)
     last = timestamp(restarts[-1].time) if restarts else None
     assert moment is not None
-    replica_pods, _ = observe_pods(pods, uploader_job_name=None)
     if last is not None:
-        waiting = _restart_under_way(policy, job, replica_pods, restarts, last, moment, job_kind)
+        waiting = _restart_under_way(policy, job, pods, restarts, last, moment, job_kind)
         if waiting is not None:
             return waiting
-    view = observe_job(job)
-    if job is None or view is None or view.has("Succeeded"):
+    if job is None or job.has("Succeeded"):
         return Supervised()
-    gone_pods, _ = observe_pods(gone, uploader_job_name=None)
     memory = str(run.spec.resources.memory) if run.spec.resources.memory is not None else None
     trouble = classify(
-        replica_pods,
-        gone=gone_pods,
+        pods,
+        gone=gone,
         events=observe_events(events),
         snapshot=snapshot,
         since=last,
@@ -149,8 +147,8 @@ def supervise(
         workload=observe_workload(workload),
     )
     check_again_in: float | None = None
-    if trouble is None and not view.has("Failed"):
-        replicas = current_replicas(view, run, replica_pods)
+    if trouble is None and not job.has("Failed"):
+        replicas = current_replicas(job, run, pods)
         running = {
             name: timestamp(pod.running_since) or timestamp(pod.start_time) or moment
             for name, pod in replicas.items()
@@ -184,7 +182,7 @@ def supervise(
 
 def _restart_under_way(
     policy: RunPolicy,
-    job: Mapping[str, Any] | None,
+    job: JobView | None,
     pods: Sequence[PodView],
     restarts: Sequence[Restart],
     last: datetime,
@@ -194,12 +192,11 @@ def _restart_under_way(
     """While the job of before the last restart, or its replicas, are still there, or the backoff runs."""
     latest = restarts[-1]
     what = _restart_words(policy, len(restarts), latest.cause, latest.message)
-    metadata = (job or {}).get("metadata") or {}
-    created = timestamp(metadata.get("creationTimestamp"))
+    created = timestamp(job.created) if job is not None else None
     if job is not None and (created is None or created < last):
         return Supervised(
             supervision=Supervision("Restarting", f"{what}; {STOPPING.format(kind=job_kind)}"),
-            delete_job=metadata.get("deletionTimestamp") is None,
+            delete_job=not job.deleting,
             hold_job=True,
             check_again_in=RESTART_POLL_SECONDS,
         )

@@ -17,9 +17,11 @@ from typing import Any
 from trainrun.render.children import (
     PYTORCHJOB_API_VERSION,
     PYTORCHJOB_KIND,
+    owns_suspend,
     render_pytorchjob,
     render_uploader_job,
     render_volume_claim,
+    run_policy,
 )
 from trainrun.render.trainjob import (
     MASTER_OUTPUTS,
@@ -27,6 +29,7 @@ from trainrun.render.trainjob import (
     TRAINJOB_KIND,
     node_job_name,
     render_trainjob,
+    trainjob_live_fields,
     trainjob_problems,
 )
 from trainrun.spec.config import OperatorConfig
@@ -44,7 +47,9 @@ class Backend:
     api_version: str
     install: str  # what the platform team installs when the cluster does not serve the kind
     render_job: Callable[[TrainingRun, OperatorConfig], Object]
-    live_patch: Callable[[TrainingRun, Object, Mapping[str, Any]], Object | None]  # run, desired, live job
+    # run, live job -> the fields the live job may still take that differ from the run's (None: nothing to patch);
+    # computed from the run alone, so a reconcile of a job that exists renders no whole job to compare
+    live_patch: Callable[[TrainingRun, Mapping[str, Any]], Object | None]
     problems: Callable[[TrainingRun], list[FieldProblem]]  # what this kind cannot carry for the run
     shared_outputs: bool  # every replica mounts the output claim (in a folder of its own)
     master_outputs: str | None  # the Master's folder in the output claim (None: the claim's root)
@@ -63,21 +68,18 @@ class Backend:
         return f"the cluster does not serve {self.kind} ({self.api_version}): {self.install}, then the run starts by itself"
 
 
-def _pytorchjob_live_patch(run: TrainingRun, desired: Object, live: Mapping[str, Any]) -> Object | None:
-    """The run policy fields of a live PyTorchJob that differ from the desired ones."""
+def _pytorchjob_live_patch(run: TrainingRun, live: Mapping[str, Any]) -> Object | None:
+    """The run policy fields of a live PyTorchJob that differ from the run's."""
     current = (live.get("spec") or {}).get("runPolicy") or {}
-    changed = {key: value for key, value in desired["spec"]["runPolicy"].items() if current.get(key) != value}
+    desired = run_policy(run, owns_suspend=owns_suspend(run))
+    changed = {key: value for key, value in desired.items() if current.get(key) != value}
     return {"spec": {"runPolicy": changed}} if changed else None
 
 
-def _trainjob_live_patch(run: TrainingRun, desired: Object, live: Mapping[str, Any]) -> Object | None:
+def _trainjob_live_patch(run: TrainingRun, live: Mapping[str, Any]) -> Object | None:
     """A live TrainJob takes a suspend (stop or resume) and a new deadline; Trainer refuses other changes."""
     current = live.get("spec") or {}
-    changed = {
-        key: desired["spec"][key]
-        for key in ("suspend", "activeDeadlineSeconds")
-        if key in desired["spec"] and current.get(key) != desired["spec"][key]
-    }
+    changed = {key: value for key, value in trainjob_live_fields(run).items() if current.get(key) != value}
     return {"spec": changed} if changed else None
 
 

@@ -54,6 +54,14 @@ def pending_changes(applied_spec: Mapping[str, Any], current_spec: Mapping[str, 
     ]
 
 
+def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any]) -> list[str]:
+    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec``: none at a glance
+    when its annotation is the current spec's own encoding (every reconcile of an unchanged run)."""
+    if job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION) == encode_applied_spec(current_spec):
+        return []
+    return pending_changes(decode_applied_spec(job) or {}, current_spec)
+
+
 def encode_applied_spec(spec: Mapping[str, Any]) -> str:
     """The annotation value: compact, key-sorted JSON, so equal specs give equal strings."""
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))

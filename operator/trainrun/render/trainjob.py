@@ -95,11 +95,18 @@ def render_trainjob(run: TrainingRun, config: OperatorConfig) -> Object:
         "trainer": trainer,
         "runtimePatches": [{"manager": RUNTIME_PATCH_MANAGER, "trainingRuntimeSpec": {"template": _template_patch(run, config)}}],
     }
-    if owns_suspend(run):
-        body["suspend"] = stopped(run)
-    if spec.run_policy.active_deadline_seconds is not None:
-        body["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    body.update(trainjob_live_fields(run))
     return {"apiVersion": TRAINJOB_API_VERSION, "kind": TRAINJOB_KIND, "metadata": metadata, "spec": body}
+
+
+def trainjob_live_fields(run: TrainingRun) -> Object:
+    """The fields of a TrainJob's spec that a live one takes: suspend (where the operator owns it) and the deadline."""
+    fields: Object = {}
+    if owns_suspend(run):
+        fields["suspend"] = stopped(run)
+    if run.spec.run_policy.active_deadline_seconds is not None:
+        fields["activeDeadlineSeconds"] = run.spec.run_policy.active_deadline_seconds
+    return fields
 
 
 def trainjob_problems(run: TrainingRun) -> list[FieldProblem]:

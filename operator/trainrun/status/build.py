@@ -20,7 +20,7 @@ from typing import Any
 
 from trainrun.metrics import SERIES_POINTS, MetricSample
 from trainrun.metrics.progress import ProgressSnapshot
-from trainrun.render.children import master_pod_name, uploader_job_name
+from trainrun.render.children import master_pod_name
 from trainrun.spec.annotations import SERIES_ANNOTATION
 from trainrun.spec.model import TrainingRun
 from trainrun.spec.status import (
@@ -42,8 +42,6 @@ from trainrun.status.observe import (
     PodView,
     ReplicaState,
     observe_events,
-    observe_job,
-    observe_pods,
     observe_uploader,
     observe_workload,
 )
@@ -59,7 +57,8 @@ class StatusInput:
 
     ``run`` is None only for a TrainingRun that does not parse (``problems`` say why, ``generation`` is
     its metadata.generation). The raw objects are as the API serves them (or trimmed by the operator's
-    projections): the job, its replica pods and the uploader's, Events about them, the uploader Job.
+    projections): the job, Events about it and its pods, the uploader Job; the pods come observed
+    (``observe_pods``: the replicas and the uploader's), as the caller's supervision read them too.
     The rest is what the caller decided or learned: problems that stop the run, spec changes the live
     job cannot take, the verified copy, a supervision verdict and a restart, the log follower's metrics
     and progress, the log archive, an object store that is being retried.
@@ -69,8 +68,9 @@ class StatusInput:
     now: str
     previous: TrainingRunStatus = field(default_factory=TrainingRunStatus)
     generation: int | None = None
-    job: Mapping[str, Any] | None = None
-    pods: Sequence[Mapping[str, Any]] = ()
+    job: JobView | None = None  # as observe_job reads it
+    replicas: Sequence[PodView] = ()  # the replica pods, deleted ones that tell why included (``deleting``)
+    uploader_pods: Sequence[PodView] = ()
     events: Sequence[Mapping[str, Any]] = ()
     uploader: Mapping[str, Any] | None = None
     workload: Mapping[str, Any] | None = None  # Kueue's Workload of a queued run's job
@@ -173,10 +173,8 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
     if run is None and not problem_texts:
         problem_texts = ["the TrainingRun could not be read"]
 
-    job_view = observe_job(given.job)
-    replica_pods, uploader_pods = observe_pods(
-        given.pods, uploader_job_name=uploader_job_name(run) if run is not None else None
-    )
+    job_view = given.job
+    replica_pods, uploader_pods = given.replicas, given.uploader_pods
     if earlier.phase is not None and earlier.phase.finished:
         sticky = Verdict(earlier.phase, earlier.reason or earlier.phase.value, earlier.message or "", stalled=False)
         return earlier.model_copy(

@@ -66,6 +66,8 @@ class JobView:
     suspend_requested: bool | None  # spec.runPolicy.suspend; None when absent
     start_time: str | None
     completion_time: str | None
+    created: str | None = None  # metadata.creationTimestamp: a job older than the last restart is the old one
+    deleting: bool = False  # metadata.deletionTimestamp is set
 
     def has(self, condition_type: str) -> bool:
         """Whether the condition of this type is True."""
@@ -212,6 +214,8 @@ def observe_job(raw: Mapping[str, Any] | None) -> JobView | None:
         suspend_requested=suspend if isinstance(suspend, bool) else None,
         start_time=as_text(status.get("startTime")),
         completion_time=as_text(status.get("completionTime")),
+        created=as_text(field(raw, "metadata", "creationTimestamp")),
+        deleting=field(raw, "metadata", "deletionTimestamp") is not None,
     )
 
 
@@ -449,7 +453,7 @@ def observe_events(raw_events: Sequence[Mapping[str, Any]] | object) -> list[Eve
     return events
 
 
-def observe_uploader(raw: Mapping[str, Any] | None, uploader_pods: list[PodView]) -> UploaderView | None:
+def observe_uploader(raw: Mapping[str, Any] | None, uploader_pods: Sequence[PodView]) -> UploaderView | None:
     """The uploader Job's view, or None when there is none yet."""
     if not isinstance(raw, Mapping):
         return None
@@ -479,7 +483,7 @@ def observe_uploader(raw: Mapping[str, Any] | None, uploader_pods: list[PodView]
     )
 
 
-def _last_pod_failure_message(pods: list[PodView]) -> str | None:
+def _last_pod_failure_message(pods: Sequence[PodView]) -> str | None:
     """The termination message of the newest failed uploader container: what ``trainrun upload`` said."""
     failures = [item for pod in pods for item in pod.terminations if item.failed and item.message]
     if not failures:

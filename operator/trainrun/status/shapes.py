@@ -19,11 +19,15 @@ _EMPTY: Mapping[str, Any] = {}
 
 def as_mapping(value: object) -> Mapping[str, Any]:
     """The value if it is a mapping, else an empty one."""
+    if type(value) is dict:  # what decoded JSON is: no abstract-class check (a reconcile reads thousands)
+        return value
     return value if isinstance(value, Mapping) else _EMPTY
 
 
 def as_list(value: object) -> list[Any]:
     """The value's items if it is a list or tuple (not a string), else an empty list."""
+    if type(value) is list:
+        return value.copy()
     if isinstance(value, Sequence) and not isinstance(value, str | bytes):
         return list(value)
     return []
@@ -31,12 +35,14 @@ def as_list(value: object) -> list[Any]:
 
 def mappings(value: object) -> list[Mapping[str, Any]]:
     """The mapping items of a list; anything else in it is skipped."""
-    return [item for item in as_list(value) if isinstance(item, Mapping)]
+    return [item for item in as_list(value) if type(item) is dict or isinstance(item, Mapping)]
 
 
 def as_text(value: object) -> str | None:
     """A non-empty string, or None (numbers are spelled out, other shapes give None)."""
-    if isinstance(value, bool):
+    if type(value) is str:
+        return value if value.strip() else None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return str(value)
@@ -80,7 +86,7 @@ def field(document: object, *path: str) -> Any:
     """``document[path[0]][path[1]]...``, or None as soon as a step is missing or not a mapping."""
     current: Any = document
     for key in path:
-        if not isinstance(current, Mapping):
+        if type(current) is not dict and not isinstance(current, Mapping):
             return None
         current = current.get(key)
     return current
