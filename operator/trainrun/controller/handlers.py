@@ -26,7 +26,7 @@ from trainrun.controller import telemetry
 from trainrun.controller.leader import LeaderElector
 from trainrun.controller.operator import Controller
 from trainrun.controller.sweeps import SweepController
-from trainrun.kube.aioclient import AsyncKube, Credentials
+from trainrun.kube.aioclient import ApiError, AsyncKube, Credentials
 from trainrun.spec.model import GROUP, PLURAL, VERSION
 from trainrun.spec.sweep import SWEEP_PLURAL
 
@@ -85,26 +85,44 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 API_WAIT_SECONDS = 2.0
 API_WAIT_REPORT_SECONDS = 30.0
+WATCHED_PLURALS = (PLURAL, SWEEP_PLURAL)
 
 
 async def _until_the_api_server_answers(credentials: Credentials) -> None:
-    """kopf lists the API's resources once, right after login, and gives up (the operator stops, with a
-    traceback) when the API server is gone for more than its retries' 54 s: an operator started during an
-    outage (a restarted pod, a new leader's node) waits here instead, saying so, until the server answers."""
+    """kopf lists the API's resources once, right after login: it gives up (the operator stops, with a
+    traceback) when the API server is gone for more than its retries' 54 s, and it never watches a kind the
+    server did not list then ("Unresolved resources cannot be served": an operator restarted beside a restarted
+    API server that had not yet served the CRDs' paths took the Lease and reconciled nothing). An operator
+    started during an outage, or before its CRDs are served, waits here instead, saying why, until the server
+    answers and its discovery lists the TrainingRun and TrainingSweep kinds."""
     kube = AsyncKube(lambda: credentials)
     waited_since = asyncio.get_running_loop().time()
     reported = -API_WAIT_REPORT_SECONDS
     try:
-        while (why := await kube.unreachable()) is not None:
+        while (why := await _why_not_served(kube)) is not None:
             waited = asyncio.get_running_loop().time() - waited_since
             if waited - reported >= API_WAIT_REPORT_SECONDS:
-                logger.warning("waiting for the API server (%.0f s so far; trying every %.0f s): %s", waited, API_WAIT_SECONDS, why)
+                logger.warning("waiting (%.0f s so far; trying every %.0f s): %s", waited, API_WAIT_SECONDS, why)
                 reported = waited
             await asyncio.sleep(API_WAIT_SECONDS)
     finally:
         await kube.close()
     if reported >= 0:
-        logger.info("the API server answers after %.0f s", asyncio.get_running_loop().time() - waited_since)
+        logger.info("the API server serves the TrainingRun and TrainingSweep kinds after %.0f s", asyncio.get_running_loop().time() - waited_since)
+
+
+async def _why_not_served(kube: AsyncKube) -> str | None:
+    """Why the operator cannot watch its kinds yet, or None when it can."""
+    if (unreachable := await kube.unreachable()) is not None:
+        return f"the API server does not answer: {unreachable}"
+    try:
+        missing = await kube.unserved(f"{GROUP}/{VERSION}", WATCHED_PLURALS)
+    except ApiError as error:
+        return f"the API server does not list its resources: {error}"
+    if missing:
+        names = ", ".join(f"{plural}.{GROUP}/{VERSION}" for plural in missing)
+        return f"the API server does not serve {names} (yet): install them: kubectl apply --server-side -k manifests/ (or -k crds/)"
+    return None
 
 
 def _credentials() -> Credentials:

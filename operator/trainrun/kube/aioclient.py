@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from ssl import SSLContext
 from typing import Any
@@ -232,6 +232,18 @@ class AsyncKube:
         except ApiError as error:
             return None if error.status is not None else str(error)
         return None
+
+    async def unserved(self, group_version: str, plurals: Sequence[str]) -> list[str]:
+        """Which of ``plurals`` the API server's discovery does not list under ``group_version`` (all of them while
+        the group itself is not served: its CRDs not installed, or not yet established after a restart)."""
+        try:
+            listed = await self.request("GET", f"/apis/{group_version}", timeout=5.0)
+        except ApiError as error:
+            if error.status == 404:
+                return list(plurals)
+            raise
+        served = {str(entry.get("name")) for entry in listed.get("resources") or [] if isinstance(entry, Mapping)}
+        return [plural for plural in plurals if plural not in served]
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> Object | None:
         try:
