@@ -227,6 +227,40 @@ def test_the_written_status_stands_in_for_older_bodies_until_its_version_comes()
     in_loop(scenario)
 
 
+def test_the_echo_of_its_own_status_write_queues_no_reconcile_and_any_other_change_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch brings back every status write; a body that differs from the cached one (which took the written
+    status from the API server's answer) in nothing but its resourceVersion queues no pass. A change to the spec,
+    the metadata or the status, a deletion, or the initial listing does."""
+
+    async def scenario() -> None:
+        kube = RecordingKube()
+        controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        controller.run_changed(None, run_body(version="v1"))
+        await controller.reconcile(KEY)
+        queued: list[tuple[str, str]] = []
+        monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: queued.append(key))
+        written = controller.written[KEY]
+        echo = {**run_body(version=written.version), "status": copy.deepcopy(written.status)}
+        controller.run_changed("MODIFIED", echo)
+        assert queued == [] and controller.runs[KEY]["metadata"]["resourceVersion"] == written.version
+        controller.run_changed("MODIFIED", {**copy.deepcopy(echo), "metadata": {**echo["metadata"], "resourceVersion": "v500"}})
+        assert queued == []  # another echo-like event: still nothing new to decide from
+        changed_spec = copy.deepcopy(echo)
+        changed_spec["metadata"]["resourceVersion"], changed_spec["spec"]["image"] = "v501", "ghcr.io/acme/trainer:1.1"
+        controller.run_changed("MODIFIED", changed_spec)
+        someone_elses_status = {**copy.deepcopy(changed_spec), "status": {**written.status, "message": "edited by hand"}}
+        someone_elses_status["metadata"]["resourceVersion"] = "v502"
+        controller.run_changed("MODIFIED", someone_elses_status)
+        deleting = copy.deepcopy(someone_elses_status)
+        deleting["metadata"].update(resourceVersion="v503", deletionTimestamp="2026-12-06T00:00:00Z")
+        controller.run_changed("MODIFIED", deleting)
+        controller.run_changed(None, {**copy.deepcopy(deleting), "metadata": {**deleting["metadata"], "resourceVersion": "v504"}})
+        controller.run_changed("DELETED", deleting)
+        assert queued == [KEY] * 5
+
+    in_loop(scenario)
+
+
 def test_a_write_whose_version_the_watch_brought_before_its_answer_keeps_its_own_status() -> None:
     """kopf hands on only the latest of the events that come close together: the first write's version never
     comes, and the second's comes before the API server's answer to it, so it is first given the first write's

@@ -31,6 +31,12 @@ WATCH_EVENTS = Counter(
     ["resource", "effect"],
     registry=REGISTRY,
 )
+RUN_EVENTS_SKIPPED = Counter(
+    "trainrun_run_events_skipped",
+    "TrainingRun changes that queued no reconcile: only their resourceVersion differed from the cached body "
+    "(the watch bringing back the operator's own status write).",
+    registry=REGISTRY,
+)
 RECONCILE_SECONDS = Histogram(
     "trainrun_reconcile_duration_seconds",
     "Time one reconcile of a TrainingRun took, API calls included.",
