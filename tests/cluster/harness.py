@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -78,7 +79,12 @@ JsonObject = dict[str, Any]
 
 
 class ClusterError(RuntimeError):
-    """The cluster could not be built, started, stopped, or did not reach an awaited state."""
+    """The cluster could not be built, started, stopped, or did not reach an awaited state; or a read failed
+    (``status``: the API server's HTTP status, where it answered)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 ADDONS_VARIABLE = "TRAINRUN_CLUSTER_ADDONS"
@@ -166,6 +172,106 @@ def pod_condition(
 
 
 @dataclass(frozen=True)
+class _ResourcePath:
+    """Where a kind's objects are served: ``/api/v1`` or ``/apis/GROUP/VERSION``, and its plural."""
+
+    prefix: str
+    plural: str
+    kind: str
+    api_version: str
+    namespaced: bool
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        where = f"{self.prefix}/namespaces/{namespace}" if self.namespaced and namespace is not None else self.prefix
+        return f"{where}/{self.plural}" + (f"/{name}" if name is not None else "")
+
+
+class ObjectReader:
+    """``kubectl get -o json`` in this process, through trainrun's own synchronous client (``KubeApi``'s API
+    client): the tests' waits read objects every fraction of a second, and a kubectl process for each read was
+    a tenth of a CI run's CPU. Kinds are named as kubectl names them (plural, singular, kind, short name, each
+    with ``.group`` or not), resolved from the API server's discovery as kubectl does (the core group first,
+    then the groups in the order the server lists them); a name discovery does not know (a CRD installed since)
+    discovers again once, and :meth:`resolve` returns None if it still does not."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        from trainrun.kube.api import load_api_client
+
+        self.api_client = load_api_client(kubeconfig=str(kubeconfig))
+        self._lock = threading.Lock()
+        self._kinds: dict[str, _ResourcePath] = {}
+
+    def resolve(self, kind: str) -> _ResourcePath | None:
+        with self._lock:
+            found = self._kinds.get(kind.lower())
+            if found is None:
+                self._kinds = self._discover()
+                found = self._kinds.get(kind.lower())
+            return found
+
+    def _discover(self) -> dict[str, _ResourcePath]:
+        kinds: dict[str, _ResourcePath] = {}
+        served = [("/api/v1", "", "v1")]
+        for group in self.request("/apis").get("groups") or []:
+            version = group["preferredVersion"]["version"]
+            served.append((f"/apis/{group['name']}/{version}", group["name"], f"{group['name']}/{version}"))
+        for prefix, group_name, api_version in served:
+            try:
+                listed = self.request(prefix)
+            except ClusterError:
+                continue  # a group whose server is away (an aggregated API) serves nothing the tests read
+            for entry in listed.get("resources") or []:
+                if "/" in entry["name"]:
+                    continue  # a subresource
+                where = _ResourcePath(prefix, entry["name"], entry["kind"], api_version, bool(entry.get("namespaced")))
+                names = [entry["name"], entry.get("singularName") or entry["kind"].lower(), entry["kind"].lower(), *(entry.get("shortNames") or [])]
+                for name in names:
+                    for key in (name, f"{name}.{group_name}", f"{name}.{api_version.replace('/', '.')}"):
+                        kinds.setdefault(key.lower().rstrip("."), where)
+        return kinds
+
+    def request(self, path: str, query: list[tuple[str, str]] | None = None) -> JsonObject:
+        """GET ``path`` as JSON; ClusterError with the server's message (its ``status`` attribute the HTTP status,
+        None when the server was not reached)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            response = self.api_client.call_api(
+                path,
+                "GET",
+                query_params=query or [],
+                header_params={"Accept": "application/json"},
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _return_http_data_only=True,
+                _request_timeout=60,
+            )
+        except ApiException as error:
+            try:
+                message = json.loads(error.body or "{}").get("message") or error.reason
+            except ValueError:
+                message = error.reason
+            raise ClusterError(f"GET {path}: {message} ({error.status})", status=error.status) from None
+        except Exception as error:  # urllib3's, the socket's: the server was not reached
+            raise ClusterError(f"GET {path}: the API server cannot be reached: {error}") from None
+        answer: JsonObject = json.loads(response.data)
+        return answer
+
+
+_readers: dict[tuple[str, int], ObjectReader] = {}
+_readers_lock = threading.Lock()
+
+
+def object_reader(kubeconfig: Path) -> ObjectReader:
+    """One reader per kubeconfig (per its version: a cluster made again under the same name has new certificates)."""
+    key = (str(kubeconfig), kubeconfig.stat().st_mtime_ns)
+    with _readers_lock:
+        if key not in _readers:
+            _readers[key] = ObjectReader(kubeconfig)
+        return _readers[key]
+
+
+@dataclass(frozen=True)
 class KubeCluster:
     """A running local cluster: its name (for down.sh), kubeconfig, and helpers around kubectl."""
 
@@ -219,7 +325,24 @@ class KubeCluster:
     def get(
         self, kind: str, name: str, namespace: str | None = None
     ) -> JsonObject | None:
-        """The object as JSON, or None when it does not exist."""
+        """The object as JSON, or None when it does not exist, as ``kubectl get KIND NAME -o json --ignore-not-found``
+        prints it (without its managed fields; read in this process: :class:`ObjectReader`); a namespaced kind
+        without NAMESPACE is read in ``default``."""
+        reader = object_reader(self.kubeconfig)
+        where = reader.resolve(kind)
+        if where is None:
+            return self._kubectl_get(kind, name, namespace)
+        try:
+            found = reader.request(where.path(namespace or "default", name))
+        except ClusterError as error:
+            if error.status == 404:
+                return None
+            raise
+        found.get("metadata", {}).pop("managedFields", None)  # kubectl leaves them out (--show-managed-fields)
+        return found
+
+    def _kubectl_get(self, kind: str, name: str, namespace: str | None) -> JsonObject | None:
+        """kubectl's own reading, for a kind that discovery does not name (its error is kubectl's)."""
         args = ["get", kind, name, "-o", "json", "--ignore-not-found"]
         if namespace is not None:
             args += ["-n", namespace]
@@ -229,12 +352,24 @@ class KubeCluster:
     def list_objects(
         self, kind: str, namespace: str | None = None, selector: str | None = None
     ) -> list[JsonObject]:
-        """The objects of KIND (in NAMESPACE, matching the label SELECTOR) as JSON."""
-        args = ["get", kind, "-o", "json"]
-        args += ["-n", namespace] if namespace is not None else ["--all-namespaces"]
-        if selector is not None:
-            args += ["-l", selector]
-        items: list[JsonObject] = json.loads(self.kubectl(*args).stdout)["items"]
+        """The objects of KIND (in NAMESPACE, else all namespaces; matching the label SELECTOR) as JSON, as
+        ``kubectl get -o json`` prints them (each with its apiVersion and kind, without its managed fields; read in
+        this process: :class:`ObjectReader`)."""
+        reader = object_reader(self.kubeconfig)
+        where = reader.resolve(kind)
+        if where is None:
+            args = ["get", kind, "-o", "json"]
+            args += ["-n", namespace] if namespace is not None else ["--all-namespaces"]
+            if selector is not None:
+                args += ["-l", selector]
+            listed: list[JsonObject] = json.loads(self.kubectl(*args).stdout)["items"]
+            return listed
+        query = [("labelSelector", selector)] if selector is not None else []
+        items: list[JsonObject] = reader.request(where.path(namespace), query).get("items") or []
+        for item in items:
+            item.setdefault("apiVersion", where.api_version)
+            item.setdefault("kind", where.kind)
+            item.get("metadata", {}).pop("managedFields", None)
         return items
 
     @contextmanager

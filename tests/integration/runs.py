@@ -238,9 +238,11 @@ def get_run(cluster: KubeCluster, name: str, namespace: str) -> dict[str, Any]:
 def wait_for_phase(
     cluster: KubeCluster, operator: OperatorProcess, name: str, namespace: str, phase: str, *, timeout: float = 90, seen: list[str] | None = None
 ) -> dict[str, Any]:
+    """Waits until the run (made by the test, or yet to be made by a sweep) reports PHASE; returns it."""
+
     def reached() -> dict[str, Any] | None:
-        run = get_run(cluster, name, namespace)
-        current = run.get("status", {}).get("phase")
+        run = cluster.get("trainingrun", name, namespace)
+        current = run.get("status", {}).get("phase") if run is not None else None
         if seen is not None and current and (not seen or seen[-1] != current):
             seen.append(current)
         return run if current == phase else None
@@ -248,8 +250,9 @@ def wait_for_phase(
     try:
         return wait_until(reached, timeout=timeout, what=f"TrainingRun {name} phase {phase}", interval=0.3)
     except ClusterError as error:
-        status = get_run(cluster, name, namespace).get("status")
-        raise AssertionError(f"{error}\nstatus: {json.dumps(status, indent=1)}\noperator log:\n{operator.log_tail()}") from None
+        run = cluster.get("trainingrun", name, namespace)
+        status = json.dumps(run.get("status"), indent=1) if run is not None else "(the run does not exist)"
+        raise AssertionError(f"{error}\nstatus: {status}\noperator log:\n{operator.log_tail()}") from None
 
 
 def events_of(cluster: KubeCluster, name: str, namespace: str) -> list[dict[str, Any]]:
