@@ -104,10 +104,11 @@ fi
 # own clusters and S3 servers; its output is printed whole when all are done. The real pods have a lane of
 # their own (their cluster stops with it); in the third, pytest's folder order puts the other cluster tests
 # first, beside the real pods' training, and the local runs' training after them.
-sleepy=(tests/integration/test_log_archive.py tests/integration/test_operator_ha.py tests/integration/test_progress_restarts.py
-  tests/integration/test_artifacts.py tests/integration/test_chaos_soak.py tests/integration/test_sweeps.py)
-# The real pods' lane, and a local sweep's training after them (its cores are free once the real pods are done).
-realpods=(tests/realpod tests/local/test_local_sweep.py)
+sleepy=(tests/integration/test_log_archive.py tests/integration/test_progress_restarts.py
+  tests/integration/test_artifacts.py tests/integration/test_chaos_soak.py)
+# The real pods' lane, then a local sweep's training (its cores are free once the real pods are done), then more
+# sleepy cluster tests on a cluster of its own: HA and the 12-trial sweep (the chaos soak alone varies by minutes).
+realpods=(tests/realpod tests/local/test_local_sweep.py tests/integration/test_operator_ha.py tests/integration/test_sweeps.py)
 # The tests of the platform cluster (JobSet, Trainer v2, Kueue: a second control plane) beside the storage and
 # trainer tests, which start no cluster.
 platform=(tests/integration/test_platform.py tests/integration/test_trainjob_backend.py tests/integration/test_kueue_runs.py

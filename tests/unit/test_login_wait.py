@@ -99,7 +99,7 @@ def test_the_reason_names_the_kinds_not_served_and_how_to_install_them(server: s
 
 def test_an_api_server_that_does_not_answer_is_the_reason() -> None:
     why = _why("http://127.0.0.1:9")  # the discard port: nothing listens
-    assert why is not None and why.startswith("the API server does not answer: cannot reach the API server")
+    assert why is not None and why.startswith("it does not answer: cannot reach the API server")
 
 
 def test_the_login_waits_until_both_kinds_are_served(server: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -109,7 +109,8 @@ def test_the_login_waits_until_both_kinds_are_served(server: str, monkeypatch: p
     asyncio.run(handlers._until_the_api_server_answers(_credentials(server)))
     assert Discovery.asked == 4  # not before the fourth answer listed both
     messages = [record.getMessage() for record in caplog.records]
-    assert "does not serve trainingruns.trainrun.dev/v1alpha1" in messages[0]  # said at once, then every 30 s
+    assert messages[0].startswith("waiting for the API server (0 s so far")  # said at once, then every 30 s
+    assert "it does not serve trainingruns.trainrun.dev/v1alpha1, trainingsweeps" in messages[0]
     assert messages[-1].startswith("the API server serves the TrainingRun and TrainingSweep kinds after")
 
 

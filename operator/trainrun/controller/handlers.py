@@ -102,7 +102,7 @@ async def _until_the_api_server_answers(credentials: Credentials) -> None:
         while (why := await _why_not_served(kube)) is not None:
             waited = asyncio.get_running_loop().time() - waited_since
             if waited - reported >= API_WAIT_REPORT_SECONDS:
-                logger.warning("waiting (%.0f s so far; trying every %.0f s): %s", waited, API_WAIT_SECONDS, why)
+                logger.warning("waiting for the API server (%.0f s so far; trying every %.0f s): %s", waited, API_WAIT_SECONDS, why)
                 reported = waited
             await asyncio.sleep(API_WAIT_SECONDS)
     finally:
@@ -114,14 +114,14 @@ async def _until_the_api_server_answers(credentials: Credentials) -> None:
 async def _why_not_served(kube: AsyncKube) -> str | None:
     """Why the operator cannot watch its kinds yet, or None when it can."""
     if (unreachable := await kube.unreachable()) is not None:
-        return f"the API server does not answer: {unreachable}"
+        return f"it does not answer: {unreachable}"
     try:
         missing = await kube.unserved(f"{GROUP}/{VERSION}", WATCHED_PLURALS)
     except ApiError as error:
-        return f"the API server does not list its resources: {error}"
+        return f"it does not list its resources: {error}"
     if missing:
         names = ", ".join(f"{plural}.{GROUP}/{VERSION}" for plural in missing)
-        return f"the API server does not serve {names} (yet): install them: kubectl apply --server-side -k manifests/ (or -k crds/)"
+        return f"it does not serve {names} (yet): install them: kubectl apply --server-side -k manifests/ (or -k crds/)"
     return None
 
 
