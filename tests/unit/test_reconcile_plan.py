@@ -26,12 +26,12 @@ from trainrun.plan import (
     plan,
     projections,
 )
-from trainrun.plan.core import RESYNC_SECONDS
+from trainrun.plan.core import RESYNC_SECONDS, replicas_that_ended
 from trainrun.render import render_pytorchjob
 from trainrun.render.backend import PYTORCHJOB
 from trainrun.spec import load_training_run
 from trainrun.spec.config import LogArchiveSettings
-from trainrun.spec.status import Artifacts, Phase
+from trainrun.spec.status import Artifacts, Phase, ReplicaCounts
 
 ARTIFACTS = Artifacts(uri="s3://models/run/", manifest_uri="s3://models/run/manifest.json", file_count=3, bytes=1234)
 SEALED = SealedLogs(metrics={"loss": 0.25}, key_metric="loss=0.25")
@@ -614,3 +614,27 @@ def test_an_azure_output_no_one_can_name_an_account_for_stops_the_run_naming_the
     decided = plan(body(output={"uri": "az://models/run"}), pools(), Observed(), now=NOW)
     assert decided.actions == () and decided.status.phase is Phase.QUEUED
     assert (decided.status.message or "").startswith("spec.output.uri: az://models/run names no Azure storage account")
+
+
+@pytest.mark.parametrize(
+    ("workers", "counts", "ended"),
+    [
+        pytest.param(2, {}, (), id="nothing counted yet"),
+        pytest.param(2, {"Master": ReplicaCounts(active=1)}, (), id="running is not ended"),
+        pytest.param(2, {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=2)}, ("master-0", "worker-0", "worker-1"), id="all succeeded"),
+        pytest.param(2, {"Master": ReplicaCounts(failed=1), "Worker": ReplicaCounts(failed=1, active=1)}, ("master-0",), id="one of two workers: which is not known"),
+        pytest.param(0, {"Master": ReplicaCounts(succeeded=1)}, ("master-0",), id="a master alone"),
+    ],
+)
+def test_the_replicas_that_ended_come_from_the_runs_pod_counts(workers: int, counts: dict[str, ReplicaCounts], ended: tuple[str, ...]) -> None:
+    assert replicas_that_ended(workers, counts) == ended
+
+
+def test_the_seal_names_the_replicas_the_job_says_ended() -> None:
+    """Once the job has succeeded the seal carries its replicas (the job's counts: every Master and Worker ended),
+    so that one no operator ever followed is declared a gap in the archive."""
+    counted = job(output={"uri": "s3://models/run/"}).succeeded().started()
+    counted.replica_status("Master", succeeded=1).replica_status("Worker", succeeded=1)
+    for observed, ended in ((replace(uploading(), job=counted), ("master-0", "worker-0")), (uploading(), ())):
+        decided = plan(with_output(previous(Phase.UPLOADING)), pools(), observed, now=shifted(1))
+        assert [work.ended for work in decided.storage if isinstance(work, SealLogs)] == [ended]

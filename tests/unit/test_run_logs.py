@@ -350,6 +350,36 @@ def test_a_pod_that_started_and_went_while_the_archive_could_not_be_read_is_a_de
     assert ("run-upload-abcde", None) not in kube.opened  # never opened: the name may be another pod's by now
 
 
+def test_a_replica_that_ended_while_no_operator_followed_it_is_a_declared_gap_once(tmp_path: Path) -> None:
+    """The leader that saw the pods while the store was down was killed before it could write a line, and they
+    were gone by the time another took the run up: the job says the Master and the Worker ended, the archive
+    holds nothing of the Worker. The sealed log declares the Worker instead of leaving no trace, the Master (read
+    as ever) is not declared, and a follower that seals again after a crash declares nothing twice."""
+    kube = FakeLogs()
+    kube.write("run-master-0", "master line")
+    master = finished("run-master-0", "m")
+    archive_uri = (tmp_path / "logs").as_uri()
+
+    async def scenario() -> tuple[RunLogs, RunLogs]:
+        first = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        first.start()
+        first.update([master])
+        await first.finish(grace=5, ended=("master-0", "worker-0"))
+        again = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        again.start()
+        await again.finish(grace=5, ended=("master-0", "worker-0"))
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert [(gap.replica, gap.lines) for gap in first.gaps] == [("worker-0", 0)]
+    assert (tmp_path / "logs" / "master-0.log").read_text() == "master line\n"
+    assert (tmp_path / "logs" / "worker-0.log").read_text().splitlines() == [
+        "[trainrun] worker-0: the lines after its start could not be read (its pods were gone before any operator"
+        " followed them); some may be missing here"
+    ]
+    assert again.sealed_files == first.sealed_files and [gap.replica for gap in again.gaps] == ["worker-0"]
+
+
 @pytest.mark.parametrize(
     ("archived", "longest"),
     [

@@ -222,6 +222,15 @@ class RunLogs:
                 self._declare_gap(container, "its pod was deleted while the log archive could not be read")
         self._seen_before_load.clear()
 
+    def _declare_never_followed(self, ended: Iterable[str]) -> None:
+        """Declare each replica of ``ended`` that has no container start here: it ran, and its pods came and went
+        while no operator followed them (the leader that saw them killed before it could write a line)."""
+        followed = {container.replica for container in self.containers.values()}
+        for replica in ended:
+            if replica not in followed:
+                container = self.containers[container_key(f"unfollowed-{replica}", 0)] = ContainerLog(replica)
+                self._declare_gap(container, "its pods were gone before any operator followed them")
+
     def _start(self, pod: Mapping[str, Any], name: str, uid: str, restarts: int, *, previous: bool) -> None:
         key = container_key(uid, restarts)
         container = self.containers.get(key)
@@ -234,13 +243,14 @@ class RunLogs:
             name=f"logs {self.run.metadata.name}/{name}",
         )
 
-    async def finish(self, grace: float = FINISH_GRACE_SECONDS) -> tuple[FileRecord, ...] | None:
+    async def finish(self, grace: float = FINISH_GRACE_SECONDS, *, ended: Iterable[str] = ()) -> tuple[FileRecord, ...] | None:
         """Let the streams deliver their last lines, ship them, and seal the archive: its composed files.
 
         A container start whose log was not read to its end by then (its pod went first, or it did not end
-        within ``grace``) gets a marker line where its lines stop and counts in :attr:`gaps`. None when there
-        is no archive. Raises ``StorageError`` when the store cannot take the last segment or the seal (the
-        follower stays usable: call again later).
+        within ``grace``) gets a marker line where its lines stop and counts in :attr:`gaps`; so does a replica
+        of ``ended`` (replicas the job says ended) of which neither the archive nor this follower knows a
+        container start. None when there is no archive. Raises ``StorageError`` when the store cannot take the
+        last segment or the seal (the follower stays usable: call again later).
         """
         if self.archive is not None:
             try:
@@ -256,6 +266,7 @@ class RunLogs:
                 self._declare_gap(container, "its pod was gone before the operator read it to its end")
         if self.archive is None:
             return None
+        self._declare_never_followed(ended)
         if self._flusher is not None:
             # Never cancelled in the middle of a write (its lines would be neither shipped nor kept):
             # told to ship once more and stop.

@@ -623,7 +623,7 @@ class Controller:
             memory.attempts[step] = replace(attempts, running=True)
             doing: Awaitable[Any]
             if isinstance(work, SealLogs):
-                doing = self._seal(key, memory, run, work.archive)
+                doing = self._seal(key, memory, run, work)
             elif isinstance(work, Register):
                 doing = self.registrar.register(run, work, self.config)
             else:
@@ -644,10 +644,11 @@ class Controller:
         memory.attempts[step] = after
         self.queue.add(key)
 
-    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, archive_uri: str | None) -> SealedLogs:
+    async def _seal(self, key: Key, memory: RunMemory, run: TrainingRun, work: SealLogs) -> SealedLogs:
         """Finish the run's follower (read every replica's log to its end) and seal its archive, if it has one: a
         new follower where this process has none (the run may have ended while no operator ran; it resumes from
         the archive) or has one that could not open the archive."""
+        archive_uri = work.archive
         logs = memory.logs
         if logs is None or (archive_uri is not None and logs.archive is None):
             if logs is not None:
@@ -655,7 +656,7 @@ class Controller:
             archive = await self._open_archive(run, archive_uri) if archive_uri is not None else None
             logs = memory.logs = await self._follower(key, run, archive)
         logs.update(self.children.of(key, POD))
-        await logs.finish()
+        await logs.finish(ended=work.ended)
         await self._drop_follower(memory, stop=False)
         gaps = tuple(LogGap(replica=item.replica, after=item.last_line_time) for item in logs.gaps)
         return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric, gaps=gaps)

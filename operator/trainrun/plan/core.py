@@ -51,7 +51,7 @@ from trainrun.spec import (
     storage_problems,
     suspicious_values,
 )
-from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, TrainingRunStatus
+from trainrun.spec.status import Artifacts, LogGap, LogsStatus, Phase, ReplicaCounts, TrainingRunStatus
 from trainrun.status import PhaseEvent, StatusInput, build_status, phase_event
 from trainrun.status.failure import Cause
 from trainrun.status.observe import (
@@ -357,7 +357,7 @@ def plan(
         seal_due, wait = due(observed.seal, moment)
         waits.append(wait)
         if seal_due:
-            storage.append(SealLogs(archive))
+            storage.append(SealLogs(archive, ended=replicas_that_ended(run.spec.distribution.workers, status.replicas)))
     # Through a restart too: the new job's replicas append to the same followed logs.
     active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
     events = [
@@ -488,6 +488,17 @@ def _storage_trouble(status: TrainingRunStatus) -> str | None:
     if status.reason in STORAGE_REASONS and status.phase is Phase.UPLOADING:
         return status.message
     return status.logs.message if status.logs is not None and not status.logs.gaps else None
+
+
+def replicas_that_ended(workers: int, counts: Mapping[str, ReplicaCounts]) -> tuple[str, ...]:
+    """The replicas that surely ended at least once, by the run's pod counts (``status.replicas``, the job's own
+    once it has finished): the Master once one of its pods ended; every Worker once as many Worker pods ended
+    as there are Workers (fewer do not say which)."""
+    master, worker = counts.get("Master"), counts.get("Worker")
+    ended = ["master-0"] if master is not None and master.succeeded + master.failed >= 1 else []
+    if worker is not None and workers > 0 and worker.succeeded + worker.failed >= workers:
+        ended += [f"worker-{index}" for index in range(workers)]
+    return tuple(ended)
 
 
 def _gone_replicas(gone: Sequence[PodView], previous: TrainingRunStatus) -> list[PodView]:

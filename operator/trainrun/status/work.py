@@ -61,9 +61,12 @@ class Refusal:
 @dataclass(frozen=True)
 class SealLogs:
     """Finish following the run's logs: read every replica's to its end, and compose them in the archive at
-    ``archive`` (None: the run's logs are not archived; read for the metrics only)."""
+    ``archive`` (None: the run's logs are not archived; read for the metrics only). ``ended``: the replicas the
+    job's counts say ended at least once; one of which the archive holds nothing (its pods came and went while
+    no operator followed them) is declared a gap there, not forgotten."""
 
     archive: str | None
+    ended: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
