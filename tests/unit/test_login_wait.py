@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, ClassVar
 
 import pytest
+from http_server import serving
 from trainrun.controller import handlers
 from trainrun.kube.aioclient import AsyncKube, Credentials
 
@@ -55,14 +55,8 @@ class Discovery(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Discovery.asked = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Discovery)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Discovery) as url:
+        yield url
 
 
 def _credentials(server: str) -> Credentials:

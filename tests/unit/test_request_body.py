@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from http_server import serving
 from trainrun.kube.aioclient import PODS, TRAINING_RUNS, AsyncKube, Credentials
 from trainrun.kube.api import KubeApi
 from trainrun.kube.body import decode_json, encode_body
@@ -72,14 +72,8 @@ class Recorder(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     Recorder.seen = []
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(Recorder) as url:
+        yield url
 
 
 def test_the_operator_sends_the_encoded_body_in_every_request(server: str) -> None:
