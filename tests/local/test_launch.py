@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from localrun import sample
 from trainrun.local.folder import RunFolder
-from trainrun.local.launch import build_launches, remap_paths, replica_names, split_gpus
+from trainrun.local.launch import build_launches, remap_paths, split_gpus
 from trainrun.spec import validate_training_run
+from trainrun.status.observe import replica_names
 
 PYTHON = sys.executable
 

@@ -112,13 +112,12 @@ async def _until_the_api_server_answers(credentials: Credentials) -> None:
 
 
 async def _why_not_served(kube: AsyncKube) -> str | None:
-    """Why the operator cannot watch its kinds yet, or None when it can."""
-    if (unreachable := await kube.unreachable()) is not None:
-        return f"it does not answer: {unreachable}"
+    """Why the operator cannot watch its kinds yet, or None when it can (one discovery request: its error says
+    whether the server answered at all)."""
     try:
         missing = await kube.unserved(f"{GROUP}/{VERSION}", WATCHED_PLURALS)
     except ApiError as error:
-        return f"it does not list its resources: {error}"
+        return f"it does not answer: {error}" if error.status is None else f"it does not list its resources: {error}"
     if missing:
         names = ", ".join(f"{plural}.{GROUP}/{VERSION}" for plural in missing)
         return f"it does not serve {names} (yet): install them: kubectl apply --server-side -k manifests/ (or -k crds/)"

@@ -225,14 +225,6 @@ class AsyncKube:
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ApiError(f"cannot reach the API server ({method} {path}): {_describe(error)}") from None
 
-    async def unreachable(self) -> str | None:
-        """Why the API server does not answer (``GET /version``), or None when it answers at all (any HTTP status)."""
-        try:
-            await self.request("GET", "/version", timeout=5.0)
-        except ApiError as error:
-            return None if error.status is not None else str(error)
-        return None
-
     async def unserved(self, group_version: str, plurals: Sequence[str]) -> list[str]:
         """Which of ``plurals`` the API server's discovery does not list under ``group_version`` (all of them while
         the group itself is not served: its CRDs not installed, or not yet established after a restart)."""

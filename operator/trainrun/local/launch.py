@@ -23,6 +23,7 @@ from trainrun.local.folder import RunFolder
 from trainrun.render import expand_references, launch_command, operator_env, trainrun_env
 from trainrun.render.replica import input_env_name, input_path
 from trainrun.spec import LOCAL_IMAGE, TrainingRun
+from trainrun.status.observe import replica_names
 
 LOCAL_MASTER_ADDR = "localhost"
 
@@ -47,11 +48,6 @@ class Launches:
     replicas: list[ReplicaLaunch]
     notices: list[str] = field(default_factory=list)
     problem: str | None = None  # why the replicas cannot start (the run fails before any starts)
-
-
-def replica_names(worker_count: int) -> list[str]:
-    """master-0 then worker-0 .. worker-(n-1), as the training-operator names the pods' replicas."""
-    return ["master-0", *(f"worker-{index}" for index in range(worker_count))]
 
 
 def split_gpus(available: Sequence[str], *, replicas: int, per_replica: int) -> tuple[list[list[str]], str | None]:

@@ -42,7 +42,7 @@ from types import FrameType
 from typing import IO, Any
 
 from trainrun.local.folder import RunFolder
-from trainrun.local.launch import Launches, ReplicaLaunch, build_launches, replica_names
+from trainrun.local.launch import Launches, ReplicaLaunch, build_launches
 from trainrun.local.observe import (
     ArtifactCopy,
     Assessment,
@@ -64,6 +64,7 @@ from trainrun.spec.annotations import SERIES_ANNOTATION
 from trainrun.spec.status import Artifacts, Phase, Tracked, TrainingRunStatus
 from trainrun.status import PhaseEvent, phase_event
 from trainrun.status.failure import error_line
+from trainrun.status.observe import replica_names
 from trainrun.status.registration import RegistrationState
 from trainrun.status.shapes import utc_now
 

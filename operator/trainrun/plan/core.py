@@ -62,6 +62,7 @@ from trainrun.status.observe import (
     observe_job,
     observe_pods,
     observe_uploader,
+    replica_names,
 )
 from trainrun.status.registration import REGISTERED, REGISTRATION_REFUSED, REGISTRY_UNAVAILABLE
 from trainrun.status.shapes import timestamp
@@ -494,10 +495,11 @@ def replicas_that_ended(workers: int, counts: Mapping[str, ReplicaCounts]) -> tu
     """The replicas that surely ended at least once, by the run's pod counts (``status.replicas``, the job's own
     once it has finished): the Master once one of its pods ended; every Worker once as many Worker pods ended
     as there are Workers (fewer do not say which)."""
-    master, worker = counts.get("Master"), counts.get("Worker")
-    ended = ["master-0"] if master is not None and master.succeeded + master.failed >= 1 else []
-    if worker is not None and workers > 0 and worker.succeeded + worker.failed >= workers:
-        ended += [f"worker-{index}" for index in range(workers)]
+    master, *worker_names = replica_names(workers)
+    ended_of = {kind: count.succeeded + count.failed for kind, count in counts.items()}
+    ended = [master] if ended_of.get("Master", 0) >= 1 else []
+    if worker_names and ended_of.get("Worker", 0) >= len(worker_names):
+        ended += worker_names
     return tuple(ended)
 
 

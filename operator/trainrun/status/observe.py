@@ -366,6 +366,11 @@ def replica_sort_key(replica: str) -> tuple[int, int]:
     return (0 if kind == "master" else 1, int(index) if index.isdigit() else 0)
 
 
+def replica_names(worker_count: int) -> list[str]:
+    """master-0 then worker-0 .. worker-(n-1), as the training-operator names the pods' replicas."""
+    return ["master-0", *(f"worker-{index}" for index in range(worker_count))]
+
+
 def replica_name(pod: Mapping[str, Any]) -> str:
     """``master-0``, ``worker-2``: the replica a pod plays (its labels, else its name)."""
     metadata = as_mapping(pod.get("metadata"))
