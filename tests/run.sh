@@ -45,12 +45,12 @@ uv_venv="$TRAINRUN_CACHE/uv-$uv_version"
 step "uv $uv_version, the installer: $uv_venv"
 [ -x "$uv_venv/bin/uv" ] || { "$python" -m venv "$uv_venv" && "$uv_venv/bin/python" -m pip install -q "uv==$uv_version"; }
 export UV_NO_CACHE=1 UV_NATIVE_TLS=1 UV_LINK_MODE=copy  # no cache: what it downloads is installed once, and the disk is short
-install() { "$uv_venv/bin/uv" pip install -q --python "$@"; }
+uv_install() { "$uv_venv/bin/uv" pip install -q --python "$@"; }
 
 step "python environment: $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-install "$venv/bin/python" --upgrade pip setuptools wheel
-install "$venv/bin/python" -e '.[train,test]'
+uv_install "$venv/bin/python" --upgrade pip setuptools wheel
+uv_install "$venv/bin/python" -e '.[train,test]'
 export PATH="$venv/bin:$PATH" TRAINRUN_VENV_BIN="$venv/bin"
 
 # The registry tests' MLflow server runs from a virtualenv of its own: the package never imports mlflow, and
@@ -60,7 +60,7 @@ export TRAINRUN_MLFLOW_VENV="${TRAINRUN_MLFLOW_VENV:-$TRAINRUN_CACHE/mlflow-venv
 step "MLflow server for the registry tests: $TRAINRUN_MLFLOW_VENV (mlflow==$mlflow_version)"
 if ! "$TRAINRUN_MLFLOW_VENV/bin/python" -c "import mlflow, sys; sys.exit(mlflow.__version__ != '$mlflow_version')" 2>/dev/null; then
   [ -x "$TRAINRUN_MLFLOW_VENV/bin/python" ] || "$python" -m venv "$TRAINRUN_MLFLOW_VENV"
-  install "$TRAINRUN_MLFLOW_VENV/bin/python" "mlflow==$mlflow_version" boto3
+  uv_install "$TRAINRUN_MLFLOW_VENV/bin/python" "mlflow==$mlflow_version" boto3
 fi
 
 step "real node images (buildah from images/*/Dockerfile on local Debian bases, cached by content)"
