@@ -12,14 +12,19 @@ the other, each in a fresh process, N streams as N/4 runs of a Master and 3 Work
   trainrun:  the operator's log follower (``trainrun.controller.logs.RunLogs``, the code the operator runs,
              one per run) with a ``file://`` archive: every line cut, its time parsed, checked against the
              stream's position, parsed for metrics, queued and shipped as segments every 2 s (the default
-             ``logs.flushSeconds``) with the positions and the metric series.
+             ``logs.flushSeconds``) with the positions and the metric series; its streams are read paced
+             (what they received is taken right before each flush), so its latency to the follower is
+             up to a flush interval by design, and the one that counts is to the archive.
 
 Each process opens every stream, waits a few seconds, then measures for S seconds: lines received,
 latency from a line's write to its arrival (the first line of each batch a stream hands over, the one that
 waited longest; for trainrun also until its segment is in the archive), CPU seconds of the process (user +
 system), peak RSS and threads. Lines per second per core = lines / CPU seconds.
 
+Both readers run on the event loop the operator runs on (uvloop's; ``--loop asyncio`` for asyncio's own).
+
 Usage: python tests/bench/bench_log_fanin.py [--streams 1000 4000] [--lines 5] [--seconds 30] [--flush-seconds 2]
+       [--loop uvloop|asyncio]
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ def build_source() -> Path:
 def measure(role: str, server: str, count: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result_path = work / f"{role}-{count}.json"
     command = [sys.executable, __file__, "--child", role, "--server", server, "--count", str(count),
-               "--seconds", str(args.seconds), "--flush-seconds", str(args.flush_seconds),
+               "--seconds", str(args.seconds), "--flush-seconds", str(args.flush_seconds), "--loop", args.loop,
                "--archive", str(work / f"archive-{role}-{count}"), "--result", str(result_path)]
     done = subprocess.run(command, timeout=args.seconds + 900, capture_output=True, text=True)
     if done.returncode != 0:
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=5, help="lines per stream per second")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--flush-seconds", type=float, default=2.0, help="the follower's segment interval (logs.flushSeconds)")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the readers' event loop")
     parser.add_argument("--child", choices=["plain", "trainrun"])
     parser.add_argument("--server")
     parser.add_argument("--count", type=int)
@@ -100,7 +106,13 @@ def main() -> None:
     parser.add_argument("--result")
     args = parser.parse_args()
     if args.child:
-        result = asyncio.run(child(args.child, args.server, args.count, args.seconds, Path(args.archive), args.flush_seconds))
+        factory = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            result = runner.run(child(args.child, args.server, args.count, args.seconds, Path(args.archive), args.flush_seconds))
         Path(args.result).write_text(json.dumps(result))
         return
 
@@ -114,15 +126,17 @@ def main() -> None:
             plain = measure("plain", server, count, args, work)
             ours = measure("trainrun", server, count, args, work)
             rows.append((count, plain, ours))
-            report(rows, args.lines, args.seconds, args.flush_seconds)
+            report(rows, args.lines, args.seconds, args.flush_seconds, args.loop)
     finally:
         source.terminate()
         source.wait(timeout=30)
 
 
-def report(rows: list[tuple[int, dict[str, Any], dict[str, Any]]], lines: int, seconds: float, flush_seconds: float) -> None:
-    print(f"\nfan-in: {lines} lines/s per stream, {seconds:.0f} s measured per reader, segments every {flush_seconds:g} s "
-          "(ratios: trainrun / plain)")
+def report(
+    rows: list[tuple[int, dict[str, Any], dict[str, Any]]], lines: int, seconds: float, flush_seconds: float, loop: str
+) -> None:
+    print(f"\nfan-in: {lines} lines/s per stream, {seconds:.0f} s measured per reader, segments every {flush_seconds:g} s, "
+          f"{loop} event loop (ratios: trainrun / plain)")
     print(f"{'streams':>8} {'reader':>9} {'lines/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'archive p50/p99 ms':>19} "
           f"{'CPU s':>7} {'lines/s/core':>13} {'RSS MB':>7} {'threads':>8}")
     for count, plain, ours in rows:

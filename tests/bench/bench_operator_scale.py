@@ -48,7 +48,8 @@ the operator's process, though sampling slows it a little.
 
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
          [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE]
-         [--old-operator WORKTREE]    (an older checkout's operator: kopf run --standalone --all-namespaces)
+         [--old-operator WORKTREE]    (an older checkout's operator: python -m trainrun.controller, or kopf run
+                                      --standalone --all-namespaces where it has no such entry point)
 """
 
 from __future__ import annotations
@@ -542,10 +543,13 @@ def spread(values: list[float]) -> str:
 
 def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, repeat: int) -> OperatorProcess:
     if old_worktree is not None:
+        # Its own entry point where it has one (as the Deployment runs it: its loop, its logging); else kopf's CLI.
+        entry = (old_worktree / "operator" / "trainrun" / "controller" / "__main__.py").exists()
+        command = ["-m", "trainrun.controller"] if entry else ["-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"]
         operator = OperatorProcess(
             cluster,
             work / f"operator-{repeat}.log",
-            command=[sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces", "-m", "trainrun.controller.handlers"],
+            command=[sys.executable, *command],
             extra_env={"PYTHONPATH": str(old_worktree / "operator")},
         )
     else:
@@ -745,7 +749,8 @@ def report(
     requests = median([per_run(through, runs) for _, through in results])
     tree = old if old is not None else REPO
     commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI"], capture_output=True, text=True).stdout.strip()
-    command = "kopf run --standalone --all-namespaces" if old is not None else "python -m trainrun.controller"
+    own_entry = old is None or (old / "operator" / "trainrun" / "controller" / "__main__.py").exists()
+    command = "python -m trainrun.controller" if own_entry else "kopf run --standalone --all-namespaces"
     which = f"the operator of {tree} at {commit} ({command})"
     print(
         f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "

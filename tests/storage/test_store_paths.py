@@ -75,6 +75,28 @@ def test_log_archive_segments_are_create_only_and_the_seal_composes_one_object_p
     assert back.verified and (tmp_path / "back" / "logs" / "master-0.log").read_text().splitlines() == master
 
 
+def test_the_archives_of_runs_in_one_bucket_share_one_client_and_keep_apart(store: StoreUnderTest, store_uri: str) -> None:
+    """A thousand runs archived in one bucket keep one client (connection pool, TLS configuration), not one each;
+    each archive still lists, resumes from, seals and deletes only its own objects."""
+    first_uri, second_uri = f"{store_uri}/first/logs", f"{store_uri}/second/logs"
+
+    async def scenario() -> None:
+        first, second = LogArchive(first_uri, store.options), LogArchive(second_uri, store.options)
+        assert first.store is second.store
+        await first.write(segment(1, **{"master-0": ("first one",)}))
+        await second.write(segment(1, **{"master-0": ("second one",)}))  # its own segment 1: no conflict
+        await second.write(segment(2, **{"master-0": ("second two",)}))
+        assert (await first.load()).state.sequence == 1
+        assert (await second.load()).state.sequence == 2
+        await first.seal(ArchiveState(sequence=1, shipped={"master-0": 1}))
+
+    asyncio.run(scenario())
+    assert store.get(first_uri, "master-0.log") == b"first one\n"
+    assert sorted(store.listing(first_uri)) == [".parts/sealed.json", "master-0.log"]
+    assert sorted(store.listing(second_uri)) == [".parts/0000000001.seg", ".parts/0000000002.seg"]  # untouched
+    assert read_archived_logs(second_uri, store.options)["master-0"] == ["second one", "second two"]
+
+
 def test_a_restarted_follower_resumes_from_the_archive_in_the_store(store: StoreUnderTest, store_uri: str) -> None:
     """The operator killed mid-run: the next follower resumes every stream where the newest segment says."""
     kube = FakeLogs()

@@ -1,7 +1,9 @@
 """The operator's HTTP/2 log transport (``trainrun.kube.h2logs``) against a real HTTP/2 server over TLS in the
 test process (the h2 library on the server side, a trustme certificate): streams share a connection, an
 error status comes with its body, a connection lost mid-stream and a server without HTTP/2 are errors that
-say so, and a reader that stops reading stops its stream (flow control), so nothing piles up in memory."""
+say so, and a reader that stops reading stops its stream (flow control), so nothing piles up in memory; a paced
+reader takes what arrived at the pace's releases and at its stream's end. On asyncio's loop and on uvloop's (the
+operator's)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,16 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import h2.config
 import h2.connection
 import h2.events
 import pytest
 import trustme
+import uvloop
 from ports import free_port
-from trainrun.kube.h2logs import STREAM_WINDOW, H2LogClient, StreamError
+from trainrun.kube.h2logs import PACED_WAKE_BYTES, STREAM_WINDOW, H2LogClient, Pace, StreamError
 
 Handler = Callable[["Server", int, str], None]
 
@@ -33,8 +37,7 @@ class Server(asyncio.Protocol):
     )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not derive from the class
         self.connections.append(self)
         self.h2.initiate_connection()
         self.flush()
@@ -84,7 +87,10 @@ async def read_all(chunks: AsyncIterator[bytes]) -> bytes:
     return b"".join([chunk async for chunk in chunks])
 
 
-def test_streams_share_a_connection_and_end_with_the_response(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+@pytest.mark.parametrize("loop_factory", [None, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_streams_share_a_connection_and_end_with_the_response(
+    certificates: tuple[ssl.SSLContext, trustme.CA], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> None:
     def handler(server: Server, stream_id: int, path: str) -> None:
         server.respond(stream_id, 200, f"{path}\n".encode(), b"second line\n")
 
@@ -95,7 +101,8 @@ def test_streams_share_a_connection_and_end_with_the_response(certificates: tupl
         listening.close()
         return bodies, len(connections), len(client.connections)
 
-    bodies, opened, _ = asyncio.run(scenario())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        bodies, opened, _ = runner.run(scenario())
     assert bodies == [f"/pods/p{n}/log?follow=true\nsecond line\n".encode() for n in range(3)]
     assert opened == 2  # two streams per connection here: three streams need two
 
@@ -214,3 +221,101 @@ def test_streams_asking_while_the_server_is_unreachable_fail_at_once() -> None:
     messages, elapsed = asyncio.run(scenario())
     assert all(message.startswith("cannot connect") for message in messages), messages[:3]
     assert elapsed < 5
+
+
+async def paced_reader(client: H2LogClient, pace: Pace, got: list[bytes], servers: list[tuple[Server, int]]) -> asyncio.Task[None]:
+    """A task reading ``/pods/x/log`` paced into ``got``, once the server has its stream."""
+
+    async def read() -> None:
+        async for chunk in client.stream("/pods/x/log", {}, pace):
+            got.append(chunk)
+
+    reader = asyncio.create_task(read())
+    while not servers:
+        await asyncio.sleep(0.01)
+    return reader
+
+
+@pytest.mark.parametrize("loop_factory", [None, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_a_paced_reader_takes_what_arrived_at_each_release_in_one_piece(
+    certificates: tuple[ssl.SSLContext, trustme.CA], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> None:
+    servers: list[tuple[Server, int]] = []
+
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+        servers.append((server, stream_id))
+
+    async def send(*chunks: bytes, end: bool = False) -> None:
+        server, stream_id = servers[0]
+        for chunk in chunks:
+            frame = server.h2.max_outbound_frame_size
+            for start in range(0, len(chunk), frame):
+                server.h2.send_data(stream_id, chunk[start : start + frame])
+            server.flush()
+            await asyncio.sleep(0.02)  # each its own read
+        if end:
+            server.h2.end_stream(stream_id)
+            server.flush()
+
+    async def scenario() -> list[list[bytes]]:
+        client, _, listening = await serve(handler, certificates)
+        pace = Pace()
+        got: list[bytes] = []
+        moments: list[list[bytes]] = []
+        reader = await paced_reader(client, pace, got, servers)
+        await send(b"one\n", b"two\n", b"three\n")
+        moments.append(list(got))  # nothing yet: no release
+        pace.release()
+        await asyncio.sleep(0)
+        moments.append(list(got))  # taken before the releasing coroutine's next step
+        await send(b"x" * (PACED_WAKE_BYTES // 2), b"y" * (PACED_WAKE_BYTES // 2 + 1))
+        await asyncio.sleep(0.1)
+        moments.append([chunk[:1] for chunk in got[1:]])  # that much wakes the reader without a release
+        await send(b"last\n", end=True)
+        await asyncio.wait_for(reader, timeout=5)  # its end wakes it, no release
+        moments.append(got[2:])
+        pace.stop()
+        await client.close()
+        listening.close()
+        return moments
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        before, released, early, ended = runner.run(scenario())
+    assert before == []
+    assert released == [b"one\ntwo\nthree\n"]
+    assert early == [b"x"]
+    assert ended == [b"last\n"]
+
+
+def test_a_stopped_pace_hands_over_every_chunk_as_it_comes(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    servers: list[tuple[Server, int]] = []
+
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+        servers.append((server, stream_id))
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        client, _, listening = await serve(handler, certificates)
+        pace = Pace()
+        got: list[bytes] = []
+        reader = await paced_reader(client, pace, got, servers)
+        server, stream_id = servers[0]
+        server.h2.send_data(stream_id, b"held\n")
+        server.flush()
+        await asyncio.sleep(0.1)
+        held = list(got)
+        pace.stop()  # releases what waits, and paces nothing from now on
+        await asyncio.sleep(0.05)
+        server.h2.send_data(stream_id, b"at once\n")
+        server.flush()
+        await asyncio.sleep(0.1)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await client.close()
+        listening.close()
+        return held, got
+
+    held, got = asyncio.run(scenario())
+    assert held == []
+    assert got == [b"held\n", b"at once\n"]

@@ -21,6 +21,7 @@ from factories import pod
 from run_factory import training_run
 from trainrun.controller.logs import RunLogs
 from trainrun.kube.aioclient import ApiError
+from trainrun.kube.h2logs import Pace
 from trainrun.storage import StorageError, StorageOptions
 from trainrun.storage.logarchive import ArchiveState, Segment
 from trainrun.storage.logstore import LogArchive, add_to_manifest, read_archived_logs
@@ -47,13 +48,27 @@ class FakeLogs:
             lines.append(f"{stamp(second, len(lines))} {text}")
 
     async def log_batches(
-        self, namespace: str, pod_name: str, *, container: str, since_seconds: int | None = None, previous: bool = False
+        self,
+        namespace: str,
+        pod_name: str,
+        *,
+        container: str,
+        since_seconds: int | None = None,
+        previous: bool = False,
+        pace: Pace | None = None,
     ) -> AsyncIterator[list[str]]:
+        """Batches of 3 lines. Paced, as the HTTP/2 transport reads: a stream held open hands each batch over at a
+        release of ``pace`` only; one that ends or breaks off wakes its reader with its end, so at once."""
         self.opened.append((pod_name, since_seconds))
         lines = list(self.lines.get(pod_name, []))
         cut = self.break_after.pop(pod_name, None)
         for start in range(0, len(lines) if cut is None else cut, 3):
-            await asyncio.sleep(0)
+            if pace is not None and not pace.stopped and pod_name in self.held_open and cut is None:
+                released = asyncio.get_running_loop().create_future()
+                pace.waiting.append(released)
+                await released
+            else:
+                await asyncio.sleep(0)
             yield lines[start : min(start + 3, len(lines) if cut is None else cut)]
         if cut is not None:
             raise ApiError(f"log stream of pod {pod_name} broke off: reset")
@@ -127,9 +142,13 @@ def test_a_restarted_follower_resumes_exactly_where_the_archive_says(tmp_path: P
     assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == master
 
 
-def test_lines_reach_the_archive_while_the_run_goes_on(tmp_path: Path) -> None:
+@pytest.mark.parametrize("held_open", [False, True], ids=["ending", "followed"])
+def test_lines_reach_the_archive_while_the_run_goes_on(tmp_path: Path, held_open: bool) -> None:
+    """Also from a stream the server keeps open (a followed log): read paced, its lines are taken at a flush."""
     kube = FakeLogs()
     kube.write("run-master-0", 'trainrun:metric {"epoch": 1, "step": 10, "train_loss": 0.9}', "plain")
+    if held_open:
+        kube.held_open.add("run-master-0")
     archive_uri = (tmp_path / "logs").as_uri()
     running = pod("run-master-0").running()
     running["metadata"]["uid"] = "m"
@@ -436,3 +455,19 @@ def test_a_start_read_to_its_end_is_recorded_at_once_so_a_follower_taking_over_d
     second = asyncio.run(scenario())
     assert second.gaps == []
     assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == [f"line {n}" for n in range(1, 11)]
+
+
+def test_runs_flush_at_their_own_point_of_the_interval_the_same_whoever_follows_them() -> None:
+    """A thousand runs followed from one moment (an operator starting) do not all read and ship at once."""
+
+    def phase(uid: str) -> float:
+        run = training_run()
+        run.metadata.uid = uid
+        return RunLogs(FakeLogs(), run, None, on_metrics=lambda: None, flush_seconds=2.0)._phase()  # type: ignore[arg-type]
+
+    phases = [phase(f"uid-{index}") for index in range(1000)]
+    assert all(0 <= value < 2.0 for value in phases)
+    assert phase("uid-7") == phases[7]  # the same run, another follower: the same point
+    spread = sorted(phases)
+    assert max(later - earlier for earlier, later in zip(spread, spread[1:], strict=False)) < 0.05  # no run waits on 999 others
+    assert sum(1 for value in phases if value < 1.0) in range(400, 601)

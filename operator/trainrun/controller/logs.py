@@ -7,7 +7,10 @@ is done with its logs, calls :meth:`RunLogs.finish`, which seals the archive.
 
 Each container start (pod uid, restart count) is read by one task through ``AsyncKube.log_batches``; a
 stream that breaks off while its container runs is opened again and goes on after the last line
-delivered (``trainrun.kube.streams.StreamPosition``). Lines are parsed by the same ``MetricParser`` as the
+delivered (``trainrun.kube.streams.StreamPosition``). With an archive the streams are read *paced*
+(``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush,
+one batch per stream, instead of a pass per chunk the server sends; a line is in the archive as soon as
+before, and its metrics reach the status at most one flush interval later. Lines are parsed by the same ``MetricParser`` as the
 local runner's; the latest values are offered to the controller, which writes them with the rest of
 the status (coalesced: at most one status write per run every few seconds).
 
@@ -27,12 +30,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
+from trainrun.kube.h2logs import Pace
 from trainrun.kube.streams import (
     LogTime,
     LogTimes,
@@ -157,6 +162,8 @@ class RunLogs:
         self._room = asyncio.Event()
         self._room.set()
         self._flush_now = asyncio.Event()
+        # The streams' data is taken right before each flush (without an archive: every flush interval).
+        self._pace = Pace()
         self._loaded = asyncio.Event()
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
         # Container starts seen while the archive's state could not be read yet (key -> replica): one whose pod
@@ -185,11 +192,25 @@ class RunLogs:
 
     def start(self) -> None:
         """Load the archive's state (retrying while the store cannot be read), then ship every few seconds;
-        without an archive the streams are read at once, for metrics only."""
+        without an archive the streams are read at once, for metrics only, their data taken as often."""
+        loop = asyncio.get_running_loop()
         if self.archive is None:
             self._loaded.set()  # nothing to resume from or ship to: read at once
+            self._flusher = loop.create_task(self._take_every_interval(), name=f"logs {self.run.metadata.name}")
             return
-        self._flusher = asyncio.get_running_loop().create_task(self._ship(self.archive), name=f"logs {self.run.metadata.name}")
+        self._flusher = loop.create_task(self._ship(self.archive), name=f"logs {self.run.metadata.name}")
+
+    async def _take_every_interval(self) -> None:
+        await asyncio.sleep(self._phase())
+        while not self._closing:
+            self._pace.release()
+            await asyncio.sleep(self.flush_seconds)
+
+    def _phase(self) -> float:
+        """How far into the flush interval this run's flushes fall, the same for a run whoever follows it. Runs
+        followed from the same moment (an operator starting with a thousand) would otherwise all read and ship
+        at once, every interval, and the last of them wait for the others."""
+        return self.flush_seconds * (zlib.crc32((self.run.metadata.uid or self.run.metadata.name).encode()) % 1024) / 1024
 
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Start reading every replica container that has started and is not read to its end yet."""
@@ -260,11 +281,15 @@ class RunLogs:
         if self.sealed_files is not None:
             return self.sealed_files
         self._closing = True
+        self._pace.stop()  # the ends are awaited now: every chunk taken as it comes
         await self._read_to_the_end(grace, silent_grace=grace if self.archive is not None else METRICS_ONLY_SILENT_SECONDS)
         for container in self.containers.values():
             if not container.done:  # its pod is gone (or it did not end in time): what it wrote after is not here
                 self._declare_gap(container, "its pod was gone before the operator read it to its end")
         if self.archive is None:
+            if self._flusher is not None:
+                self._flusher.cancel()  # its interval's releases: nothing paced is left
+                self._flusher = None
             return None
         self._declare_never_followed(ended)
         if self._flusher is not None:
@@ -347,6 +372,7 @@ class RunLogs:
                     container=container_name,
                     since_seconds=since,
                     previous=previous,
+                    pace=self._pace,
                 ):
                     container.last_read = asyncio.get_running_loop().time()
                     texts, last = _new_lines(batch, position, times)
@@ -465,12 +491,12 @@ class RunLogs:
         if self.sealed_files is not None:
             return
         failures = 0
+        wait = self._phase()
         while not self._closing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._flush_now.wait(), timeout=min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
-                )
+                await asyncio.wait_for(self._flush_now.wait(), timeout=wait)
             self._flush_now.clear()
+            await self._take_streams()
             try:
                 await self._flush()
                 failures = 0
@@ -483,6 +509,13 @@ class RunLogs:
                 failures = min(failures + 1, 5)
                 self._trouble(f"{error} (the lines are kept and sent again)")
                 logger.warning("could not ship the logs of %s (kept, tried again): %s", self.run.metadata.name, error)
+            wait = min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
+
+    async def _take_streams(self) -> None:
+        """Have every paced stream's reader take what arrived since the last flush (they run before this
+        returns: each was woken before this coroutine's own next step)."""
+        self._pace.release()
+        await asyncio.sleep(0)
 
     def _trouble(self, problem: str | None) -> None:
         """Keep why the archive fails (None: it works again) and have the status say so when that changes."""

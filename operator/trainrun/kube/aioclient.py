@@ -25,7 +25,7 @@ from urllib.parse import quote
 import aiohttp
 
 from trainrun.kube.body import decode_json, encode_body
-from trainrun.kube.h2logs import H2LogClient, StreamError
+from trainrun.kube.h2logs import H2LogClient, Pace, StreamError
 
 Object = dict[str, Any]
 DEFAULT_FIELD_MANAGER = "trainrun"
@@ -346,10 +346,13 @@ class AsyncKube:
         container: str,
         since_seconds: int | None = None,
         previous: bool = False,
+        pace: Pace | None = None,
     ) -> AsyncIterator[LogBatch]:
         """A followed container log with kubelet timestamps, in batches of whole lines as they arrive
-        (one per chunk the server sends: per-line work stays in tight loops), until the container ends.
+        (what came since the last batch: per-line work stays in tight loops), until the container ends.
         ``previous``: the container's last start before this one (ended, so the stream ends with it).
+        ``pace``: over HTTP/2, batches come at its releases (``trainrun.kube.h2logs.Pace``); over HTTP/1.1
+        as they arrive.
 
         Lines longer than MAX_LINE_BYTES are cut with a marker; bytes that are not UTF-8 are replaced."""
         query = {"container": container, "follow": "true", "timestamps": "true"}
@@ -361,7 +364,7 @@ class AsyncKube:
         path = PODS.path(namespace, pod, "log")
         try:
             if logs is not None:
-                async for batch in split_lines(logs.stream(path, query)):
+                async for batch in split_lines(logs.stream(path, query, pace)):
                     yield batch
                 return
             _, streams = self._sessions()

@@ -7,7 +7,12 @@ module feeds the bytes the connection receives to the h2 state machine once and 
 data to its reader directly (its queue, one wake-up when it was waiting), so a frame costs what h2's
 parsing costs. Flow control is the reader's: data is acknowledged when the reader takes it, so a reader
 that stops reading (the follower waiting for its archive) stops its stream and no memory piles up.
-Only over TLS (the API server's), with ALPN h2.
+
+A reader that needs its data only now and then (the follower ships each run's lines every few seconds) reads
+*paced* (:class:`Pace`): its stream keeps what arrives and wakes it only at the pace's :meth:`~Pace.release`,
+at its end, or once ``PACED_WAKE_BYTES`` wait; the reader then takes everything in one piece. At thousands of
+quiet streams (a line or two a second each) that turns a wake-up and a pass through the reader's code per
+chunk into one per release. Only over TLS (the API server's), with ALPN h2.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 from urllib.parse import urlencode, urlsplit
 
 import h2.config
@@ -31,6 +37,8 @@ import h2.settings
 STREAM_WINDOW = 1 << 20
 CONNECT_TIMEOUT = 10.0
 RECONNECT_PAUSE = 1.0  # after a failed connect, streams asking within this long fail without trying
+# A paced stream wakes its reader before the release once this much waits (a chatty log is read as it comes).
+PACED_WAKE_BYTES = 256 << 10
 
 
 class StreamError(Exception):
@@ -42,13 +50,36 @@ class StreamError(Exception):
         self.body = body
 
 
+class Pace:
+    """When paced readers take their data: at each :meth:`release`, not at each chunk, until :meth:`stop`."""
+
+    def __init__(self) -> None:
+        self.waiting: list[asyncio.Future[None]] = []
+        self.stopped = False
+
+    def release(self) -> None:
+        """Wake every paced reader that waits: each takes what its stream holds (they run before the caller's
+        next ``await`` returns, in the order they began to wait)."""
+        waiting, self.waiting = self.waiting, []
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def stop(self) -> None:
+        """From now on the readers take every chunk as it comes (the follower finishing: ends are awaited)."""
+        self.stopped = True
+        self.release()
+
+
 @dataclass
 class _Stream:
     """One request's response as it arrives: status, then data chunks, then its end."""
 
     stream_id: int
+    pace: Pace | None = None
     status: int | None = None
     chunks: collections.deque[tuple[bytes, int]] = field(default_factory=collections.deque)
+    held: int = 0  # bytes in chunks
     ended: bool = False
     error: StreamError | None = None
     waiter: asyncio.Future[None] | None = None
@@ -57,6 +88,26 @@ class _Stream:
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
+
+    def arrived(self, data: bytes, flow_length: int) -> None:
+        """Keep a chunk; wake the reader unless it is paced and little waits."""
+        self.chunks.append((data, flow_length))
+        self.held += len(data)
+        pace = self.pace
+        if pace is None or pace.stopped or self.held >= PACED_WAKE_BYTES:
+            self.wake()
+
+    def take_all(self) -> tuple[bytes, int]:
+        """Every chunk held, in one piece, and their flow-controlled length."""
+        chunks = self.chunks
+        if len(chunks) == 1:
+            data, flow_length = chunks.popleft()
+        else:
+            data = b"".join(chunk for chunk, _ in chunks)
+            flow_length = sum(length for _, length in chunks)
+            chunks.clear()
+        self.held = 0
+        return data, flow_length
 
 
 class H2Connection(asyncio.Protocol):
@@ -75,8 +126,7 @@ class H2Connection(asyncio.Protocol):
     # ---- asyncio.Protocol ----
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is one, without deriving from the class
         ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
             self._fail(StreamError("the API server did not agree to HTTP/2 (ALPN h2) for log streams"))
@@ -113,13 +163,13 @@ class H2Connection(asyncio.Protocol):
         limit = min(self.capacity, self.h2.remote_settings.max_concurrent_streams or self.capacity)
         return len(self.streams) < limit
 
-    def open(self, path: str) -> _Stream:
+    def open(self, path: str, pace: Pace | None = None) -> _Stream:
         """Send a GET for ``path``; the stream's data arrives as the server sends it."""
         stream_id = self.h2.get_next_available_stream_id()
         headers = [(":method", "GET"), (":scheme", "https"), (":authority", self.authority), (":path", path)]
         headers += list(self.headers.items())
         self.h2.send_headers(stream_id, headers, end_stream=True)
-        stream = self.streams[stream_id] = _Stream(stream_id)
+        stream = self.streams[stream_id] = _Stream(stream_id, pace)
         self._flush()
         return stream
 
@@ -144,8 +194,7 @@ class H2Connection(asyncio.Protocol):
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 return
-            stream.chunks.append((event.data, event.flow_controlled_length))
-            stream.wake()
+            stream.arrived(event.data, event.flow_controlled_length)
         elif isinstance(event, h2.events.ResponseReceived):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
@@ -242,11 +291,12 @@ class H2LogClient:
             raise protocol.closed
         return protocol
 
-    async def stream(self, path: str, query: Mapping[str, str]) -> AsyncIterator[bytes]:
-        """The response body of a GET as it arrives; raises :class:`StreamError` for an error status or a
-        stream or connection that ends early (a stream the server ends normally just stops)."""
+    async def stream(self, path: str, query: Mapping[str, str], pace: Pace | None = None) -> AsyncIterator[bytes]:
+        """The response body of a GET as it arrives (all that arrived since the last piece, in one piece; with
+        ``pace``, at its releases); raises :class:`StreamError` for an error status or a stream or connection
+        that ends early (a stream the server ends normally just stops)."""
         connection = await self._connection()
-        stream = connection.open(f"{self.prefix}{path}?{urlencode(query)}")
+        stream = connection.open(f"{self.prefix}{path}?{urlencode(query)}", pace)
         try:
             await stream.headers_seen.wait()
             if stream.status is not None and stream.status >= 400:
@@ -263,16 +313,20 @@ class H2LogClient:
     async def _chunks(connection: H2Connection, stream: _Stream) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         while True:
-            while stream.chunks:
-                data, flow_length = stream.chunks.popleft()
+            if stream.chunks:
+                data, flow_length = stream.take_all()
                 connection.take(stream, data, flow_length)
                 yield data
+                continue  # more may have come while the reader worked
             if stream.ended:
                 if stream.error is not None:
                     raise stream.error
                 return
-            stream.waiter = loop.create_future()
-            await stream.waiter
+            stream.waiter = waiter = loop.create_future()
+            pace = stream.pace
+            if pace is not None and not pace.stopped:
+                pace.waiting.append(waiter)
+            await waiter
             stream.waiter = None
 
     async def close(self) -> None:

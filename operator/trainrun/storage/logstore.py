@@ -32,7 +32,7 @@ from trainrun.storage.logarchive import (
 )
 from trainrun.storage.manifest import MANIFEST_NAME, FileRecord, Manifest
 from trainrun.storage.options import StorageOptions
-from trainrun.storage.stores import open_store
+from trainrun.storage.stores import open_store, shared_store
 from trainrun.storage.transfer import store_errors
 
 LOGS_FOLDER = "logs"
@@ -76,7 +76,9 @@ class LogArchive:
         self.location = parse_uri(uri)
         self.options = options
         with self._errors("open the log archive"):
-            self.store = open_store(self.location, options, create_local_dir=True)
+            rooted = shared_store(self.location, options, create_local_dir=True)
+        self.store = rooted.store  # shared with the other archives in its bucket
+        self.root = rooted.root  # where this archive's keys begin in it
 
     @property
     def uri(self) -> str:
@@ -88,13 +90,17 @@ class LogArchive:
     async def _keys(self) -> list[str]:
         async with _io_slot():
             with self._errors("list the log archive"):
-                batches = await obstore.list(self.store, f"{PARTS}/").collect_async()
-        return [str(item["path"]) for item in batches]
+                batches = await obstore.list(self.store, f"{self.root}{PARTS}/").collect_async()
+        return [self._relative(str(item["path"])) for item in batches]
+
+    def _relative(self, path: str) -> str:
+        """A key as the store lists it -> the key in this archive (``.parts/0000000001.seg``)."""
+        return path[len(self.root) :] if path.startswith(self.root) else path
 
     async def read(self, key: str) -> bytes:
         async with _io_slot():
             with self._errors("read the log archive"):
-                result = await obstore.get_async(self.store, key)
+                result = await obstore.get_async(self.store, self.root + key)
                 return bytes(await result.bytes_async())
 
     def read_all(self) -> dict[str, list[str]]:
@@ -108,10 +114,10 @@ class LogArchive:
 
         def read(key: str) -> bytes:
             with self._errors("read the log archive"):
-                return bytes(obstore.get(self.store, key).bytes())
+                return bytes(obstore.get(self.store, self.root + key).bytes())
 
         with self._errors("list the log archive"):
-            keys = [str(item["path"]) for item in obstore.list(self.store, f"{PARTS}/").collect()]
+            keys = [self._relative(str(item["path"])) for item in obstore.list(self.store, f"{self.root}{PARTS}/").collect()]
         if SEALED_KEY not in keys:
             return compose([Segment.decode(read(key), source=self._name(key)) for _, key in ordered_segments(keys)])
         channels: dict[str, list[str]] = {}
@@ -144,7 +150,9 @@ class LogArchive:
         try:
             async with _io_slot():
                 with self._errors("write a log segment"):
-                    await obstore.put_async(self.store, segment.key, segment.encode(), mode="create", use_multipart=False)
+                    await obstore.put_async(
+                        self.store, self.root + segment.key, segment.encode(), mode="create", use_multipart=False
+                    )
         except StorageError as error:
             if isinstance(error.__cause__, (AlreadyExistsError, PreconditionError)):
                 raise ArchiveConflict(f"{self._name(segment.key)} was written by another follower") from error
@@ -172,9 +180,9 @@ class LogArchive:
             "files": [{"path": r.path, "size": r.size, "sha256": r.sha256} for r in records],
         }
         with self._errors("record the sealed log archive"):
-            await obstore.put_async(self.store, SEALED_KEY, json.dumps(document, indent=1).encode())
+            await obstore.put_async(self.store, self.root + SEALED_KEY, json.dumps(document, indent=1).encode())
             if keys:
-                await obstore.delete_async(self.store, keys)
+                await obstore.delete_async(self.store, [self.root + key for key in keys])
         return tuple(records)
 
     async def _compose(self, keys: list[str], channels: list[str]) -> list[FileRecord]:
@@ -184,7 +192,9 @@ class LogArchive:
         sizes = dict.fromkeys(channels, 0)
         with self._errors("write a composed log"):
             for channel in channels:
-                writers[channel] = obstore.open_writer_async(self.store, channel_key(channel), buffer_size=COMPOSE_BUFFER)
+                writers[channel] = obstore.open_writer_async(
+                    self.store, self.root + channel_key(channel), buffer_size=COMPOSE_BUFFER
+                )
             for key in keys:  # one segment in memory at a time
                 segment = Segment.decode(await self.read(key), source=self._name(key))
                 for channel in channels:

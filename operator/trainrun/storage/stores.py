@@ -4,7 +4,8 @@ Each cloud's settings as :class:`StorageOptions` carries them: S3 keys and endpo
 account's key (its JSON text or a file's path) or an emulator (``STORAGE_EMULATOR_HOST``, anonymous); an
 Azure account with a key, a SAS token or a connection string (:meth:`StorageOptions.azure`).
 
-Used by :mod:`trainrun.storage.transfer` only. obstore's own retries (a few quick ones per
+Used by :mod:`trainrun.storage.transfer`, and by the log archive (:mod:`trainrun.storage.logstore`) through
+:func:`shared_store`: one client per bucket and settings for every run's archive. obstore's own retries (a few quick ones per
 request) sit under the file-level retries of the transfer code; errors are turned into one-line
 messages that name the URI and the likely fix (credentials, bucket, endpoint, CA certificate).
 
@@ -20,6 +21,9 @@ from __future__ import annotations
 import json
 import re
 import ssl
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -77,6 +81,41 @@ _SERVICE = {"s3": "S3 service", "gs": "GCS service", "az": "Azure Blob service",
 class UnusableSettings(StorageError):
     """The settings cannot open the store (a CA bundle with no certificate, a connection string that does not
     read): ``store_errors`` says so as it says the store's own errors."""
+
+
+# Buckets (with their settings) whose shared store a process keeps: past it, the least recently opened goes.
+SHARED_STORES = 64
+
+
+@dataclass(frozen=True)
+class RootedStore:
+    """A store, and where one location's keys begin in it: ``""``, or its prefix with a final ``/``."""
+
+    store: ObjectStore
+    root: str
+
+
+_shared: OrderedDict[tuple[StorageLocation, StorageOptions], ObjectStore] = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def shared_store(location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False) -> RootedStore:
+    """``location``'s store for a long-lived user (each run's log archive, written every few seconds while it
+    trains): one store per bucket and settings, shared by every location in it. A store is a client of its own
+    (its connection pool, its TLS configuration: 112 KB each over https, measured), so a thousand runs archived
+    in one bucket keep one instead of a thousand. A local directory gets its own (there is nothing to share)."""
+    if location.scheme == "file":
+        return RootedStore(open_store(location, options, create_local_dir=create_local_dir), "")
+    bucket = replace(location, prefix="")
+    with _shared_lock:
+        store = _shared.get((bucket, options))
+        if store is None:
+            store = _shared[(bucket, options)] = open_store(bucket, options)
+            while len(_shared) > SHARED_STORES:
+                _shared.popitem(last=False)
+        else:
+            _shared.move_to_end((bucket, options))
+    return RootedStore(store, f"{location.prefix}/" if location.prefix else "")
 
 
 def open_store(location: StorageLocation, options: StorageOptions, *, create_local_dir: bool = False) -> ObjectStore:
