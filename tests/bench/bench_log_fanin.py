@@ -7,8 +7,8 @@ source that cheap measures the reader, not the source (the kwok cluster's log pa
 the API server proxying it, saturates on this 2-core machine before 1,000 streams do). For each N, one after
 the other, each in a fresh process, N streams as N/4 runs of a Master and 3 Workers:
 
-  plain:     a plain reader on the operator's HTTP/2 transport (``trainrun.kube.h2logs``, 64 streams per
-             connection): counts the lines of every stream, nothing else;
+  plain:     a plain reader on the operator's HTTP/2 transport (``trainrun.kube.h2logs``, as many streams per
+             connection as the operator puts on one): counts the lines of every stream, nothing else;
   trainrun:  the operator's log follower (``trainrun.controller.logs.RunLogs``, the code the operator runs,
              one per run) with a ``file://`` archive: every line cut, its time parsed, checked against the
              stream's position, parsed for metrics, queued and shipped as segments every 2 s (the default
@@ -55,7 +55,6 @@ NAMESPACE = "fanin"
 REPLICAS_PER_RUN = 4
 WRITE_MARK = "w="
 WARM_UP_SECONDS = 5.0
-STREAMS_PER_CONNECTION = 64
 
 
 def written_at(text: str) -> float | None:
@@ -240,9 +239,10 @@ def replica_pods(count: int) -> list[dict[str, Any]]:
 
 async def _plain(credentials: Any, listed: list[dict[str, Any]], tally: Tally) -> list[asyncio.Task[None]]:
     """The same transport as the operator's (``trainrun.kube.h2logs``), counting lines, nothing else."""
+    from trainrun.kube.aioclient import STREAMS_PER_CONNECTION
     from trainrun.kube.h2logs import H2LogClient
 
-    client = H2LogClient(credentials.server, credentials.stream_ssl, {}, per_connection=STREAMS_PER_CONNECTION)
+    client = H2LogClient(credentials.server, credentials.stream_ssl, {}, per_connection=STREAMS_PER_CONNECTION)  # the operator's
 
     async def read(name: str) -> None:
         query = {"container": "pytorch", "follow": "true", "timestamps": "true"}

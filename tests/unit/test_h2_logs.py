@@ -16,6 +16,7 @@ from typing import cast
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 import trustme
 import uvloop
@@ -31,6 +32,7 @@ class Server(asyncio.Protocol):
 
     handler: Handler
     connections: list[Server] = field(default_factory=list)
+    max_streams: int | None = None  # SETTINGS_MAX_CONCURRENT_STREAMS it announces, if any
     transport: asyncio.Transport | None = None
     h2: h2.connection.H2Connection = field(
         default_factory=lambda: h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
@@ -40,6 +42,8 @@ class Server(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not derive from the class
         self.connections.append(self)
         self.h2.initiate_connection()
+        if self.max_streams is not None:
+            self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         self.flush()
 
     def data_received(self, data: bytes) -> None:
@@ -70,17 +74,25 @@ def certificates() -> tuple[ssl.SSLContext, trustme.CA]:
     return server, authority
 
 
-async def serve(handler: Handler, certificates: tuple[ssl.SSLContext, trustme.CA], alpn: str = "h2") -> tuple[H2LogClient, list[Server], asyncio.Server]:
+async def serve(
+    handler: Handler,
+    certificates: tuple[ssl.SSLContext, trustme.CA],
+    alpn: str = "h2",
+    *,
+    per_connection: int = 2,
+    max_streams: int | None = None,
+) -> tuple[H2LogClient, list[Server], asyncio.Server]:
     server_context, authority = certificates
     server_context.set_alpn_protocols([alpn])
     connections: list[Server] = []
     listening = await asyncio.get_running_loop().create_server(
-        lambda: Server(handler, connections), "127.0.0.1", 0, ssl=server_context
+        lambda: Server(handler, connections, max_streams), "127.0.0.1", 0, ssl=server_context
     )
     port = listening.sockets[0].getsockname()[1]
     client_context = ssl.create_default_context()
     authority.configure_trust(client_context)
-    return H2LogClient(f"https://127.0.0.1:{port}", client_context, {"authorization": "Bearer t"}, per_connection=2), connections, listening
+    client = H2LogClient(f"https://127.0.0.1:{port}", client_context, {"authorization": "Bearer t"}, per_connection=per_connection)
+    return client, connections, listening
 
 
 async def read_all(chunks: AsyncIterator[bytes]) -> bytes:
@@ -319,3 +331,59 @@ def test_a_stopped_pace_hands_over_every_chunk_as_it_comes(certificates: tuple[s
     held, got = asyncio.run(scenario())
     assert held == []
     assert got == [b"held\n", b"at once\n"]
+
+
+def test_a_connection_takes_at_most_four_fifths_of_the_streams_its_server_allows(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    """Streams closed here may still count at the server until it reads their reset: a new one is never refused."""
+
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+
+    async def scenario() -> list[int]:
+        client, connections, listening = await serve(handler, certificates, per_connection=100, max_streams=10)
+        readers = [asyncio.create_task(read_all(client.stream("/pods/p0/log", {})))]
+        while not connections or not connections[0].h2.open_inbound_streams:
+            await asyncio.sleep(0.01)  # its SETTINGS have arrived by the time the server has the first stream
+        readers += [asyncio.create_task(read_all(client.stream(f"/pods/p{n}/log", {}))) for n in range(1, 12)]
+        while sum(len(connection.streams) for connection in client.connections) < 12:
+            await asyncio.sleep(0.01)
+        carried = [len(connection.streams) for connection in client.connections]
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+        await client.close()
+        listening.close()
+        return carried
+
+    assert asyncio.run(scenario())[0] == 8  # 4/5 of 10; the rest on the next connection
+
+
+def test_a_chunk_with_the_paces_mark_wakes_its_reader_at_once(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
+    servers: list[tuple[Server, int]] = []
+
+    def handler(server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+        servers.append((server, stream_id))
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        client, _, listening = await serve(handler, certificates)
+        pace = Pace(wake_on=b"trainrun:metric ")
+        got: list[bytes] = []
+        reader = await paced_reader(client, pace, got, servers)
+        server, stream_id = servers[0]
+        server.h2.send_data(stream_id, b"plain\n")
+        server.flush()
+        await asyncio.sleep(0.1)
+        quiet = list(got)
+        server.h2.send_data(stream_id, b'trainrun:metric {"loss": 1}\n')
+        server.flush()
+        await asyncio.sleep(0.1)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await client.close()
+        listening.close()
+        return quiet, got
+
+    quiet, got = asyncio.run(scenario())
+    assert quiet == []
+    assert got == [b'plain\ntrainrun:metric {"loss": 1}\n']  # with what waited before it, in one piece

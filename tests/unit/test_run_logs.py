@@ -58,18 +58,21 @@ class FakeLogs:
         pace: Pace | None = None,
     ) -> AsyncIterator[list[str]]:
         """Batches of 3 lines. Paced, as the HTTP/2 transport reads: a stream held open hands each batch over at a
-        release of ``pace`` only; one that ends or breaks off wakes its reader with its end, so at once."""
+        release of ``pace`` only, unless the batch holds the pace's ``wake_on`` mark; one that ends or breaks off
+        wakes its reader with its end, so at once."""
         self.opened.append((pod_name, since_seconds))
         lines = list(self.lines.get(pod_name, []))
         cut = self.break_after.pop(pod_name, None)
         for start in range(0, len(lines) if cut is None else cut, 3):
-            if pace is not None and not pace.stopped and pod_name in self.held_open and cut is None:
+            batch = lines[start : min(start + 3, len(lines) if cut is None else cut)]
+            marked = pace is not None and pace.wake_on is not None and any(pace.wake_on.decode() in line for line in batch)
+            if pace is not None and not pace.stopped and pod_name in self.held_open and cut is None and not marked:
                 released = asyncio.get_running_loop().create_future()
                 pace.waiting.append(released)
                 await released
             else:
                 await asyncio.sleep(0)
-            yield lines[start : min(start + 3, len(lines) if cut is None else cut)]
+            yield batch
         if cut is not None:
             raise ApiError(f"log stream of pod {pod_name} broke off: reset")
         if pod_name in self.held_open:
@@ -471,3 +474,27 @@ def test_runs_flush_at_their_own_point_of_the_interval_the_same_whoever_follows_
     spread = sorted(phases)
     assert max(later - earlier for earlier, later in zip(spread, spread[1:], strict=False)) < 0.05  # no run waits on 999 others
     assert sum(1 for value in phases if value < 1.0) in range(400, 601)
+
+
+def test_a_metric_line_reaches_the_follower_at_once_from_a_paced_stream() -> None:
+    """The streams are read once per flush interval, but a metric is not kept waiting (a sweep prunes on it)."""
+    kube = FakeLogs()
+    kube.write("run-master-0", 'trainrun:metric {"epoch": 1, "step": 10, "val_loss": 0.5}')
+    kube.write("run-worker-0", "a worker's line without a metric")
+    kube.held_open.update({"run-master-0", "run-worker-0"})
+    running = [pod("run-master-0").running(), pod("run-worker-0").running()]
+    for built, uid in zip(running, ("m", "w"), strict=True):
+        built["metadata"]["uid"] = uid
+
+    async def scenario() -> tuple[dict[str, float] | None, int, int]:
+        logs = RunLogs(kube, training_run(), None, on_metrics=lambda: None, flush_seconds=60)  # type: ignore[arg-type]
+        logs.start()
+        logs.update(running)
+        await until(lambda: logs.metrics is not None, timeout=5)
+        lines = (logs.containers["m/0"].lines, logs.containers["w/0"].lines)
+        await logs.stop()
+        return logs.metrics, *lines
+
+    metrics, master_lines, worker_lines = asyncio.run(scenario())
+    assert metrics == {"val_loss": 0.5}
+    assert (master_lines, worker_lines) == (1, 0)  # the worker's line waits for the interval

@@ -9,8 +9,8 @@ Each container start (pod uid, restart count) is read by one task through ``Asyn
 stream that breaks off while its container runs is opened again and goes on after the last line
 delivered (``trainrun.kube.streams.StreamPosition``). With an archive the streams are read *paced*
 (``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush,
-one batch per stream, instead of a pass per chunk the server sends; a line is in the archive as soon as
-before, and its metrics reach the status at most one flush interval later. Lines are parsed by the same ``MetricParser`` as the
+one batch per stream, instead of a pass per chunk the server sends (a line is in the archive as soon as
+before); a chunk with a metric line is taken at once, as every line is when the spec has metric expressions. Lines are parsed by the same ``MetricParser`` as the
 local runner's; the latest values are offered to the controller, which writes them with the rest of
 the status (coalesced: at most one status write per run every few seconds).
 
@@ -162,8 +162,12 @@ class RunLogs:
         self._room = asyncio.Event()
         self._room.set()
         self._flush_now = asyncio.Event()
-        # The streams' data is taken right before each flush (without an archive: every flush interval).
-        self._pace = Pace()
+        # The streams' data is taken right before each flush (without an archive: every flush interval), and at
+        # once when it holds a metric line (a sweep's pruner waits for each); with metric expressions, which may
+        # match any line, as it comes.
+        self._pace = Pace(wake_on=METRIC_PREFIX.encode())
+        if self.parser.definitions:
+            self._pace.stop()
         self._loaded = asyncio.Event()
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
         # Container starts seen while the archive's state could not be read yet (key -> replica): one whose pod

@@ -34,10 +34,12 @@ LogBatch = list[str]  # whole lines of a log stream, as one chunk of it brought 
 MAX_LINE_BYTES = 64 * 1024
 TRUNCATED_MARKER = " [trainrun: line cut at 64 KiB]"
 WATCH_LINE_LIMIT = 4 * 1024 * 1024
-# Log streams per HTTP/2 connection: well below the limit of concurrent streams a server may set (HTTP/2
-# asks servers to allow at least 100, and the h2 library assumes 100 until the server says more), with
-# room for streams that ended but are not closed yet, so a new stream never waits or is refused.
-STREAMS_PER_CONNECTION = 64
+# Log streams per HTTP/2 connection, at most. A connection takes at most four fifths of what its server
+# allows at once (kube-apiserver 1.36 says 100, its --http2-max-streams-per-connection can raise it; HTTP/2
+# asks servers to allow at least 100, and the h2 library assumes 100 until the server says), so streams that
+# ended but are not closed there yet leave room and a new stream never waits or is refused. Each connection
+# is a TLS session with its buffers (about 300 KB): fewer is less memory per stream.
+STREAMS_PER_CONNECTION = 200
 
 
 @dataclass(frozen=True)

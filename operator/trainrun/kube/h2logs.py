@@ -10,7 +10,8 @@ that stops reading (the follower waiting for its archive) stops its stream and n
 
 A reader that needs its data only now and then (the follower ships each run's lines every few seconds) reads
 *paced* (:class:`Pace`): its stream keeps what arrives and wakes it only at the pace's :meth:`~Pace.release`,
-at its end, or once ``PACED_WAKE_BYTES`` wait; the reader then takes everything in one piece. At thousands of
+at its end, once ``PACED_WAKE_BYTES`` wait, or when a chunk carries the pace's ``wake_on`` mark (the follower's:
+a metric line, which a sweep's pruner waits for); the reader then takes everything in one piece. At thousands of
 quiet streams (a line or two a second each) that turns a wake-up and a pass through the reader's code per
 chunk into one per release. Only over TLS (the API server's), with ALPN h2.
 """
@@ -51,11 +52,13 @@ class StreamError(Exception):
 
 
 class Pace:
-    """When paced readers take their data: at each :meth:`release`, not at each chunk, until :meth:`stop`."""
+    """When paced readers take their data: at each :meth:`release`, not at each chunk, until :meth:`stop`; at
+    once for a chunk that holds ``wake_on``."""
 
-    def __init__(self) -> None:
+    def __init__(self, wake_on: bytes | None = None) -> None:
         self.waiting: list[asyncio.Future[None]] = []
         self.stopped = False
+        self.wake_on = wake_on
 
     def release(self) -> None:
         """Wake every paced reader that waits: each takes what its stream holds (they run before the caller's
@@ -83,7 +86,7 @@ class _Stream:
     ended: bool = False
     error: StreamError | None = None
     waiter: asyncio.Future[None] | None = None
-    headers_seen: asyncio.Event = field(default_factory=asyncio.Event)
+    headers_seen: bool = False  # the response's headers came, or the stream ended without them
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -94,7 +97,12 @@ class _Stream:
         self.chunks.append((data, flow_length))
         self.held += len(data)
         pace = self.pace
-        if pace is None or pace.stopped or self.held >= PACED_WAKE_BYTES:
+        if (
+            pace is None
+            or pace.stopped
+            or self.held >= PACED_WAKE_BYTES
+            or (pace.wake_on is not None and pace.wake_on in data)
+        ):
             self.wake()
 
     def take_all(self) -> tuple[bytes, int]:
@@ -160,8 +168,10 @@ class H2Connection(asyncio.Protocol):
     def accepting(self) -> bool:
         if self.closed is not None or self.transport is None or self.transport.is_closing():
             return False
-        limit = min(self.capacity, self.h2.remote_settings.max_concurrent_streams or self.capacity)
-        return len(self.streams) < limit
+        # Below the server's limit by a fifth: streams this side closed may still count there until it reads the reset.
+        server_limit = self.h2.remote_settings.max_concurrent_streams
+        limit = min(self.capacity, server_limit * 4 // 5) if server_limit else self.capacity
+        return len(self.streams) < max(1, limit)
 
     def open(self, path: str, pace: Pace | None = None) -> _Stream:
         """Send a GET for ``path``; the stream's data arrives as the server sends it."""
@@ -202,7 +212,8 @@ class H2Connection(asyncio.Protocol):
                     text = value.decode() if isinstance(value, bytes) else str(value)
                     if name in (":status", b":status") and text.isdigit():
                         stream.status = int(text)
-                stream.headers_seen.set()
+                stream.headers_seen = True
+                stream.wake()
         elif isinstance(event, h2.events.StreamEnded):
             self._end(event.stream_id, None)
         elif isinstance(event, h2.events.StreamReset):
@@ -217,8 +228,7 @@ class H2Connection(asyncio.Protocol):
     def _end(self, stream_id: int, error: StreamError | None) -> None:
         stream = self.streams.get(stream_id)
         if stream is not None:
-            stream.ended, stream.error = True, error
-            stream.headers_seen.set()
+            stream.ended, stream.error, stream.headers_seen = True, error, True
             stream.wake()
 
     def _fail(self, error: StreamError) -> None:
@@ -226,7 +236,7 @@ class H2Connection(asyncio.Protocol):
         for stream in list(self.streams.values()):
             if not stream.ended:
                 stream.ended, stream.error = True, self.closed
-            stream.headers_seen.set()
+            stream.headers_seen = True
             stream.wake()
 
     def _flush(self) -> None:
@@ -298,7 +308,11 @@ class H2LogClient:
         connection = await self._connection()
         stream = connection.open(f"{self.prefix}{path}?{urlencode(query)}", pace)
         try:
-            await stream.headers_seen.wait()
+            loop = asyncio.get_running_loop()
+            while not stream.headers_seen:
+                stream.waiter = loop.create_future()
+                await stream.waiter
+                stream.waiter = None
             if stream.status is not None and stream.status >= 400:
                 body = b""
                 async for chunk in self._chunks(connection, stream):
