@@ -7,10 +7,11 @@ is done with its logs, calls :meth:`RunLogs.finish`, which seals the archive.
 
 Each container start (pod uid, restart count) is read by one task through ``AsyncKube.log_batches``; a
 stream that breaks off while its container runs is opened again and goes on after the last line
-delivered (``trainrun.kube.streams.StreamPosition``). With an archive the streams are read *paced*
-(``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush,
-one batch per stream, instead of a pass per chunk the server sends (a line is in the archive as soon as
-before); a chunk with a metric line is taken at once, as every line is when the spec has metric expressions. Lines are parsed by the same ``MetricParser`` as the
+delivered (``trainrun.kube.streams.StreamPosition``). The streams are read *paced*
+(``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush
+(without an archive, once per flush interval), one batch per stream, instead of a pass per chunk the
+server sends (a line is in the archive as soon as before); a chunk with a metric line is taken at once, as
+every line is when the spec has metric expressions. Lines are parsed by the same ``MetricParser`` as the
 local runner's; the latest values are offered to the controller, which writes them with the rest of
 the status (coalesced: at most one status write per run every few seconds).
 
