@@ -21,7 +21,7 @@ latency from a line's write to its arrival (the first line of each batch a strea
 waited longest; for trainrun also until its segment is in the archive), CPU seconds of the process (user +
 system), peak RSS and threads. Lines per second per core = lines / CPU seconds.
 
-Both readers run on the event loop the operator runs on (uvloop's; ``--loop asyncio`` for asyncio's own).
+Both readers run on the event loop the operator runs on (asyncio's; ``--loop uvloop`` for uvloop's).
 
 Usage: python tests/bench/bench_log_fanin.py [--streams 1000 4000] [--lines 5] [--seconds 30] [--flush-seconds 2]
        [--loop uvloop|asyncio]
@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=5, help="lines per stream per second")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--flush-seconds", type=float, default=2.0, help="the follower's segment interval (logs.flushSeconds)")
-    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop", help="the readers' event loop")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="asyncio", help="the readers' event loop")
     parser.add_argument("--child", choices=["plain", "trainrun"])
     parser.add_argument("--server")
     parser.add_argument("--count", type=int)

@@ -4,17 +4,14 @@ What the Deployment in ``manifests/`` runs, and what the integration tests start
 then runs kopf with the handlers of ``trainrun.controller.handlers``: all namespaces unless
 ``--namespace`` names some, with leader election on a Lease unless ``--no-leader-election``.
 Environment: TRAINRUN_OPERATOR_NAMESPACE (where the Lease and the config ConfigMap live),
-POD_NAME (this replica's identity), TRAINRUN_METRICS_PORT (/metrics, /healthz, /readyz). The event loop
-is uvloop's where it is installed.
+POD_NAME (this replica's identity), TRAINRUN_METRICS_PORT (/metrics, /healthz, /readyz).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,18 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     if not arguments.verbose:  # one "Handler 'on_run_event' succeeded" line per TrainingRun event is noise
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        kopf.run(loop=runner.get_loop(), standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop where it is installed (every platform but Windows), as kopf's own CLI does: the operator's
-    work is mostly TLS reads of watches and log streams, which asyncio's own loop does in Python."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+    # asyncio's own loop, not uvloop's: with uvloop an API server outage crashed kopf's watcher on reconnect
+    # (aiohttp's happy eyeballs: "File descriptor N is used by transport"; CI48, the outage test and the soak).
+    kopf.run(standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)
 
 
 if __name__ == "__main__":
