@@ -235,61 +235,74 @@ def test_streams_asking_while_the_server_is_unreachable_fail_at_once() -> None:
     assert elapsed < 5
 
 
-async def paced_reader(client: H2LogClient, pace: Pace, got: list[bytes], servers: list[tuple[Server, int]]) -> asyncio.Task[None]:
-    """A task reading ``/pods/x/log`` paced into ``got``, once the server has its stream."""
+@dataclass
+class HeldOpen:
+    """A server's side for the paced tests: each request answered 200 and kept open; the test sends on the first."""
 
-    async def read() -> None:
-        async for chunk in client.stream("/pods/x/log", {}, pace):
-            got.append(chunk)
+    servers: list[tuple[Server, int]] = field(default_factory=list)
 
-    reader = asyncio.create_task(read())
-    while not servers:
-        await asyncio.sleep(0.01)
-    return reader
+    def handler(self, server: Server, stream_id: int, path: str) -> None:
+        server.respond(stream_id, 200, end=False)
+        self.servers.append((server, stream_id))
+
+    async def reader(self, client: H2LogClient, pace: Pace, got: list[bytes]) -> asyncio.Task[None]:
+        """A task reading ``/pods/x/log`` paced into ``got``, once the server has its stream."""
+
+        async def read() -> None:
+            async for chunk in client.stream("/pods/x/log", {}, pace):
+                got.append(chunk)
+
+        reader = asyncio.create_task(read())
+        while not self.servers:
+            await asyncio.sleep(0.01)
+        return reader
+
+    async def send(self, *chunks: bytes, end: bool = False, pause: float = 0.02) -> None:
+        """Each chunk in DATA frames of the largest size, then ``pause`` (each its own read); then the end."""
+        server, stream_id = self.servers[0]
+        for chunk in chunks:
+            frame = server.h2.max_outbound_frame_size
+            for start in range(0, len(chunk), frame):
+                server.h2.send_data(stream_id, chunk[start : start + frame])
+            server.flush()
+            await asyncio.sleep(pause)
+        if end:
+            server.h2.end_stream(stream_id)
+            server.flush()
+
+
+async def stop(reader: asyncio.Task[None], client: H2LogClient, listening: asyncio.Server) -> None:
+    reader.cancel()
+    await asyncio.gather(reader, return_exceptions=True)
+    await client.close()
+    listening.close()
 
 
 @pytest.mark.parametrize("loop_factory", [None, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
 def test_a_paced_reader_takes_what_arrived_at_each_release_in_one_piece(
     certificates: tuple[ssl.SSLContext, trustme.CA], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 ) -> None:
-    servers: list[tuple[Server, int]] = []
-
-    def handler(server: Server, stream_id: int, path: str) -> None:
-        server.respond(stream_id, 200, end=False)
-        servers.append((server, stream_id))
-
-    async def send(*chunks: bytes, end: bool = False) -> None:
-        server, stream_id = servers[0]
-        for chunk in chunks:
-            frame = server.h2.max_outbound_frame_size
-            for start in range(0, len(chunk), frame):
-                server.h2.send_data(stream_id, chunk[start : start + frame])
-            server.flush()
-            await asyncio.sleep(0.02)  # each its own read
-        if end:
-            server.h2.end_stream(stream_id)
-            server.flush()
+    held = HeldOpen()
 
     async def scenario() -> list[list[bytes]]:
-        client, _, listening = await serve(handler, certificates)
+        client, _, listening = await serve(held.handler, certificates)
         pace = Pace()
         got: list[bytes] = []
         moments: list[list[bytes]] = []
-        reader = await paced_reader(client, pace, got, servers)
-        await send(b"one\n", b"two\n", b"three\n")
+        reader = await held.reader(client, pace, got)
+        await held.send(b"one\n", b"two\n", b"three\n")
         moments.append(list(got))  # nothing yet: no release
         pace.release()
         await asyncio.sleep(0)
         moments.append(list(got))  # taken before the releasing coroutine's next step
-        await send(b"x" * (PACED_WAKE_BYTES // 2), b"y" * (PACED_WAKE_BYTES // 2 + 1))
+        await held.send(b"x" * (PACED_WAKE_BYTES // 2), b"y" * (PACED_WAKE_BYTES // 2 + 1))
         await asyncio.sleep(0.1)
         moments.append([chunk[:1] for chunk in got[1:]])  # that much wakes the reader without a release
-        await send(b"last\n", end=True)
+        await held.send(b"last\n", end=True)
         await asyncio.wait_for(reader, timeout=5)  # its end wakes it, no release
         moments.append(got[2:])
         pace.stop()
-        await client.close()
-        listening.close()
+        await stop(reader, client, listening)
         return moments
 
     with asyncio.Runner(loop_factory=loop_factory) as runner:
@@ -301,46 +314,31 @@ def test_a_paced_reader_takes_what_arrived_at_each_release_in_one_piece(
 
 
 def test_a_stopped_pace_hands_over_every_chunk_as_it_comes(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
-    servers: list[tuple[Server, int]] = []
-
-    def handler(server: Server, stream_id: int, path: str) -> None:
-        server.respond(stream_id, 200, end=False)
-        servers.append((server, stream_id))
+    held = HeldOpen()
 
     async def scenario() -> tuple[list[bytes], list[bytes]]:
-        client, _, listening = await serve(handler, certificates)
+        client, _, listening = await serve(held.handler, certificates)
         pace = Pace()
         got: list[bytes] = []
-        reader = await paced_reader(client, pace, got, servers)
-        server, stream_id = servers[0]
-        server.h2.send_data(stream_id, b"held\n")
-        server.flush()
-        await asyncio.sleep(0.1)
-        held = list(got)
+        reader = await held.reader(client, pace, got)
+        await held.send(b"held\n", pause=0.1)
+        before_stop = list(got)
         pace.stop()  # releases what waits, and paces nothing from now on
         await asyncio.sleep(0.05)
-        server.h2.send_data(stream_id, b"at once\n")
-        server.flush()
-        await asyncio.sleep(0.1)
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        await client.close()
-        listening.close()
-        return held, got
+        await held.send(b"at once\n", pause=0.1)
+        await stop(reader, client, listening)
+        return before_stop, got
 
-    held, got = asyncio.run(scenario())
-    assert held == []
+    before_stop, got = asyncio.run(scenario())
+    assert before_stop == []
     assert got == [b"held\n", b"at once\n"]
 
 
 def test_a_connection_takes_at_most_four_fifths_of_the_streams_its_server_allows(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
     """Streams closed here may still count at the server until it reads their reset: a new one is never refused."""
 
-    def handler(server: Server, stream_id: int, path: str) -> None:
-        server.respond(stream_id, 200, end=False)
-
     async def scenario() -> list[int]:
-        client, connections, listening = await serve(handler, certificates, per_connection=100, max_streams=10)
+        client, connections, listening = await serve(HeldOpen().handler, certificates, per_connection=100, max_streams=10)
         readers = [asyncio.create_task(read_all(client.stream("/pods/p0/log", {})))]
         while not connections or not connections[0].h2.open_inbound_streams:
             await asyncio.sleep(0.01)  # its SETTINGS have arrived by the time the server has the first stream
@@ -359,29 +357,16 @@ def test_a_connection_takes_at_most_four_fifths_of_the_streams_its_server_allows
 
 
 def test_a_chunk_with_the_paces_mark_wakes_its_reader_at_once(certificates: tuple[ssl.SSLContext, trustme.CA]) -> None:
-    servers: list[tuple[Server, int]] = []
-
-    def handler(server: Server, stream_id: int, path: str) -> None:
-        server.respond(stream_id, 200, end=False)
-        servers.append((server, stream_id))
+    held = HeldOpen()
 
     async def scenario() -> tuple[list[bytes], list[bytes]]:
-        client, _, listening = await serve(handler, certificates)
-        pace = Pace(wake_on=b"trainrun:metric ")
+        client, _, listening = await serve(held.handler, certificates)
         got: list[bytes] = []
-        reader = await paced_reader(client, pace, got, servers)
-        server, stream_id = servers[0]
-        server.h2.send_data(stream_id, b"plain\n")
-        server.flush()
-        await asyncio.sleep(0.1)
+        reader = await held.reader(client, Pace(wake_on=b"trainrun:metric "), got)
+        await held.send(b"plain\n", pause=0.1)
         quiet = list(got)
-        server.h2.send_data(stream_id, b'trainrun:metric {"loss": 1}\n')
-        server.flush()
-        await asyncio.sleep(0.1)
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        await client.close()
-        listening.close()
+        await held.send(b'trainrun:metric {"loss": 1}\n', pause=0.1)
+        await stop(reader, client, listening)
         return quiet, got
 
     quiet, got = asyncio.run(scenario())

@@ -92,6 +92,17 @@ class _Stream:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
 
+    async def wait(self) -> None:
+        """Until woken: by its headers, its end, a chunk (unless paced and little waits) or the pace's release."""
+        self.waiter = waiter = asyncio.get_running_loop().create_future()
+        pace = self.pace
+        if pace is not None and not pace.stopped:
+            pace.waiting.append(waiter)
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
     def arrived(self, data: bytes, flow_length: int) -> None:
         """Keep a chunk; wake the reader unless it is paced and little waits."""
         self.chunks.append((data, flow_length))
@@ -308,11 +319,8 @@ class H2LogClient:
         connection = await self._connection()
         stream = connection.open(f"{self.prefix}{path}?{urlencode(query)}", pace)
         try:
-            loop = asyncio.get_running_loop()
             while not stream.headers_seen:
-                stream.waiter = loop.create_future()
-                await stream.waiter
-                stream.waiter = None
+                await stream.wait()
             if stream.status is not None and stream.status >= 400:
                 body = b""
                 async for chunk in self._chunks(connection, stream):
@@ -325,7 +333,6 @@ class H2LogClient:
 
     @staticmethod
     async def _chunks(connection: H2Connection, stream: _Stream) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
         while True:
             if stream.chunks:
                 data, flow_length = stream.take_all()
@@ -336,12 +343,7 @@ class H2LogClient:
                 if stream.error is not None:
                     raise stream.error
                 return
-            stream.waiter = waiter = loop.create_future()
-            pace = stream.pace
-            if pace is not None and not pace.stopped:
-                pace.waiting.append(waiter)
-            await waiter
-            stream.waiter = None
+            await stream.wait()
 
     async def close(self) -> None:
         for connection in self.connections:
