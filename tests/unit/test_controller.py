@@ -6,7 +6,8 @@ returns while the manifest read it started still waits on the object store; the 
 as a fact that the next reconcile (which the read's end asks for) turns into Completed. A child the API
 server refuses is kept as a fact: that reconcile writes nothing, the next one reports the refusal and
 applies nothing until the plan's window is over. The status this process wrote stands in for older bodies
-from the watch until it sees the written version (compared for equality, never as numbers).
+from the watch until it sees the written version (compared for equality, never as numbers); the echo of a
+write, before or after its answer, queues no pass. A new log follower takes the cached pods at once.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from factories import pytorchjob, uploader_job
+from factories import pod, pytorchjob, uploader_job
 from run_factory import document
 from trainrun.controller import operator as controller_module
 from trainrun.controller.operator import JOB, UPLOADER, Controller, WrittenStatuses
 from trainrun.kube.aioclient import ApiError
 from trainrun.plan import Attempts, SealedLogs
+from trainrun.spec import load_training_run
 from trainrun.spec.status import Artifacts
 from trainrun.storage import StorageError
 
@@ -280,6 +282,89 @@ def test_a_write_whose_version_the_watch_brought_before_its_answer_keeps_its_own
         later: dict[str, Any] = {"metadata": {"resourceVersion": "4"}, "status": {**second, "message": "attempt 2"}}
         written.stand_in(KEY, later)
         assert later["status"]["message"] == "attempt 2"
+
+    in_loop(scenario)
+
+
+class EchoFirstKube(RecordingKube):
+    """An API server whose watch brings each status write to the controller before the write's answer comes."""
+
+    def __init__(self, *, someone_else: Object | None = None) -> None:
+        super().__init__()
+        self.controller: Controller | None = None
+        self.someone_else = someone_else or {}  # what another writer changed in the status before the echo
+
+    async def patch_merge(self, resource: Any, namespace: str, name: str, patch: Object, subresource: str | None = None) -> Object:
+        answer = await super().patch_merge(resource, namespace, name, patch, subresource)
+        if subresource == "status" and self.controller is not None:
+            echo = {**run_body(version=answer["metadata"]["resourceVersion"]), "status": {**answer["status"], **self.someone_else}}
+            self.controller.run_changed("MODIFIED", echo)
+        return answer
+
+
+@pytest.mark.parametrize(("someone_else", "passes"), [({}, 0), ({"message": "edited by hand"}, 1)])
+def test_the_echo_of_a_status_write_that_comes_before_its_answer_queues_no_reconcile(
+    monkeypatch: pytest.MonkeyPatch, someone_else: Object, passes: int
+) -> None:
+    """The watch may bring a status write's version before the API server's answer to it: the body with the
+    status of the write under way is that write (nothing older stands in for it any more), and queues no pass;
+    a body with any other status does."""
+
+    async def scenario() -> None:
+        kube = EchoFirstKube(someone_else=someone_else)
+        controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        kube.controller = controller
+        controller.run_changed(None, run_body(version="v1"))
+        queued: list[tuple[str, str]] = []
+        monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: queued.append(key))
+        await controller.reconcile(KEY)
+        assert kube.status_patches, "the first pass writes a status"
+        assert len(queued) == passes and controller.written.under_way == {}
+        if not someone_else:
+            assert controller.runs[KEY]["status"] == kube.statuses["run"] and KEY not in controller.written
+
+    in_loop(scenario)
+
+
+class FakeFollower:
+    def __init__(self) -> None:
+        self.pods: list[list[str]] = []
+
+    def update(self, pods: list[Object]) -> None:
+        self.pods.append([pod["metadata"]["name"] for pod in pods])
+
+
+@pytest.mark.parametrize("archive_fails", [False, True])
+def test_a_new_log_follower_takes_the_pods_at_once_and_a_pass_comes_only_for_the_archives_trouble(
+    monkeypatch: pytest.MonkeyPatch, archive_fails: bool
+) -> None:
+    """The follower a pass asked for starts reading the pods the caches hold as soon as it exists (the passes
+    after it keep it fed); a pass is queued only when the status has something new to say: the archive cannot
+    be opened."""
+
+    async def scenario() -> None:
+        controller = Controller(RecordingKube(), operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        controller.run_changed(None, run_body(phase="Running"))
+        controller.children.change(controller_module.POD, None, child(controller_module.POD, pod("run-master-0").running()))
+        follower = FakeFollower()
+
+        async def new_follower(*args: Any) -> FakeFollower:
+            return follower
+
+        async def open_archive(*args: Any) -> None:
+            if archive_fails:
+                raise StorageError("s3://logs/run: access denied")
+
+        monkeypatch.setattr(controller, "_follower", new_follower)
+        monkeypatch.setattr(controller, "_open_archive", open_archive)
+        queued: list[tuple[str, str]] = []
+        monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: queued.append(key))
+        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+        run = load_training_run(controller.runs[KEY])
+        await controller._start_following(KEY, memory, run, "s3://logs/run")
+        assert follower.pods == [["run-master-0"]]
+        assert queued == ([KEY] if archive_fails else [])
+        assert (memory.archive_problem is not None) is archive_fails
 
     in_loop(scenario)
 

@@ -857,7 +857,7 @@ def test_names_pool_and_carried_fields() -> None:
                        pool="a100")
     assert (status.job_name, status.master_pod, status.pool) == ("run", "run-master-0", "a100")
     assert status.metrics == {"val_loss": 0.31} and status.key_metric == "val_loss=0.31"
-    assert status.start_time == at(2) and status.completion_time is None
+    assert status.start_time == at(1) and status.completion_time is None  # its pods started before the job said so
 
 
 def test_master_pod_name_known_before_the_pod_exists() -> None:
@@ -878,6 +878,19 @@ def test_without_a_job_what_was_known_is_kept() -> None:
 def test_start_time_falls_back_to_the_earliest_pod() -> None:
     status = status_of(job=pytorchjob().running(), pods=[pod("run-master-0").running(at(7)), pod("run-worker-0").running(at(3))])
     assert status.start_time == at(3)
+
+
+def test_the_start_time_is_the_earliest_known_and_never_moves_later() -> None:
+    """The job's startTime and its pods' come in either order: a later one arriving writes no new start."""
+    pods = [pod("run-master-0").running(at(3)), pod("run-worker-0").running(at(3))]
+    before_the_job_said = status_of(job=pytorchjob().created(), pods=pods)
+    assert before_the_job_said.start_time == at(3)
+    job_later = status_of(job=pytorchjob().running().started(at(4)), pods=pods, previous=before_the_job_said)
+    assert job_later.start_time == at(3)
+    job_earlier = status_of(job=pytorchjob().running().started(at(2)), pods=pods, previous=before_the_job_said)
+    assert job_earlier.start_time == at(2)
+    pods_gone = status_of(job=pytorchjob().succeeded().started(at(4)), previous=job_later)
+    assert pods_gone.start_time == at(3)
 
 
 COMPLETION_ROWS = [

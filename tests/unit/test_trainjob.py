@@ -19,6 +19,7 @@ import yaml
 from factories import NOW, event, pod
 from run_factory import pools, training_run
 from trainrun.plan import Apply, Delete, MergePatch, Observed, plan, projections
+from trainrun.plan.triggers import job_change_at_once, pod_change_at_once
 from trainrun.render.backend import PYTORCHJOB, TRAINJOB
 from trainrun.render.children import staged_downloads
 from trainrun.render.trainjob import COMPLETION_INDEX_FIELD, render_trainjob, trainjob_problems
@@ -275,3 +276,18 @@ def test_a_refusal_of_a_trainjobs_pods_is_read_off_jobsets_job(message: str, rea
     uploader_refusal = projections.event(event("FailedCreate", message, name="run-upload", kind="Job"))
     decided = plan(document, trainjob_config(), Observed(job=job, events=[uploader_refusal]), now=NOW)
     assert decided.status.reason != reason
+
+
+def test_a_trainjobs_end_and_its_last_node_running_are_reconciled_at_once() -> None:
+    """The controller's triggers read a TrainJob as the watch keeps it (projected): Complete and Failed end it,
+    and the node pod that makes numNodes of them Running starts the run's Running at once."""
+    running = projections.trainjob(trainjob_as_trainer_reports_it("run"))
+    complete = projections.trainjob(trainjob_as_trainer_reports_it("run", ("Complete", "AllJobsCompleted", "done")))
+    failed = projections.trainjob(trainjob_as_trainer_reports_it("run", ("Failed", "FailedJobs", "Job failed")))
+    assert job_change_at_once(running, complete, []) and job_change_at_once(running, failed, [])
+    assert job_change_at_once(None, complete, []) and not job_change_at_once(complete, complete, [])
+    assert not job_change_at_once(None, running, [])
+    first, second = (projections.pod(node_pod("run", rank)) for rank in range(2))
+    second_pending = {**second, "status": {"phase": "Pending"}}
+    assert not pod_change_at_once(None, first, running, [first, second_pending])
+    assert pod_change_at_once(second_pending, second, running, [first, second])

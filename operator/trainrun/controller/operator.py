@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -61,11 +61,13 @@ from trainrun.plan import (
     SealedLogs,
     SealLogs,
     StorageWork,
+    merge_patched,
     plan,
     projections,
 )
 from trainrun.plan.causes import worth_remembering
 from trainrun.plan.registration import Track
+from trainrun.plan.triggers import job_change_at_once, pod_change_at_once
 from trainrun.registry import ModelRegistry, client_for
 from trainrun.render import FIELD_MANAGER
 from trainrun.render.backend import PYTORCHJOB, TRAINJOB, backend_for, backend_of
@@ -111,7 +113,8 @@ EVENT_FIELD_SELECTOR = ",".join(
     [*(f"involvedObject.kind!={kind}" for kind in SKIPPED_EVENT_OBJECTS), *(f"reason!={reason}" for reason in SKIPPED_EVENT_REASONS)]
 )
 # Changes of a run's children within this window give one reconcile (a job's pods are created,
-# scheduled and started within moments of each other): fewer status writes, each a settled view.
+# scheduled and started within moments of each other): fewer status writes, each a settled view. The last
+# replica Running, and the job's end with every replica's, are reconciled at once (trainrun.plan.triggers).
 CHILD_COALESCE_SECONDS = 1.0
 # How long the status this process wrote stands in for the watch's older bodies, at most (the watch may
 # never bring the written version itself: a relist after a compaction gives a later one).
@@ -146,20 +149,31 @@ class WrittenStatus:
 
 class WrittenStatuses(dict[Key, WrittenStatus]):
     """The statuses this process wrote, by object: each stands in for the watch's older bodies of its object
-    until the watch brings the version the write made (the TrainingRun and TrainingSweep controllers)."""
+    until the watch brings the version the write made (the TrainingRun and TrainingSweep controllers); and
+    the status of a write under way, whose version the watch may bring before the write's answer comes."""
 
-    def stand_in(self, key: Key, body: Object) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.under_way: dict[Key, Object] = {}  # the status each write under way will leave on the server
+
+    def stand_in(self, key: Key, body: Object) -> bool:
         """A body from the watch: events come in order, so until the watch brings the version this process
         wrote, every body is from before that write, and the status written replaces its older one (kopf
         waits for the version it patched in the same way). resourceVersions are only compared for equality:
-        Kubernetes says they are opaque."""
+        Kubernetes says they are opaque. True when the body has the status of the write under way: the watch
+        brought that write (or a later version equal to it) before its answer, and nothing older stands in."""
+        under_way = self.under_way.get(key)
+        if under_way is not None and body.get("status") == under_way:
+            self.pop(key, None)
+            return True
         written = self.get(key)
         if written is None:
-            return
+            return False
         if _version(body) == written.version or asyncio.get_running_loop().time() > written.until:
             del self[key]
         else:
             body["status"] = written.status
+        return False
 
     def wrote(self, key: Key, patched: Mapping[str, Any], current: Object | None) -> None:
         """The API server's answer to a status write; ``current`` (the cached body) takes its status at once: the
@@ -386,12 +400,15 @@ class Controller:
             self.runs.pop(key, None)
             self.written.pop(key, None)
         else:
-            self.written.stand_in(key, projected)
+            writing_echo = self.written.stand_in(key, projected)
             cached = self.runs.get(key)
             self.runs[key] = projected
+            if writing_echo and cached is not None:
+                cached = {**cached, "status": projected.get("status")}  # what the answer will give the cached body
             if event_type is not None and cached is not None and _only_the_version_differs(cached, projected):
                 # The echo of this process's own status write (the cached body took that status from the API
-                # server's answer): a pass would decide from what the last one decided with (5.8 a run).
+                # server's answer, or the watch brought it before the answer): a pass would decide from what the
+                # last one decided with (5.8 a run).
                 telemetry.RUN_EVENTS_SKIPPED.inc()
                 return
         self.queue.add(key)
@@ -400,7 +417,8 @@ class Controller:
         def changed(old: Object | None, new: Object | None) -> None:
             run_key = self.children.change(kind, old, new)
             if run_key is not None:
-                self.queue.add(run_key, CHILD_COALESCE_SECONDS)
+                at_once = kind == JOB and job_change_at_once(old, new, self.children.of(run_key, POD))
+                self.queue.add(run_key, 0.0 if at_once else CHILD_COALESCE_SECONDS)
 
         return changed
 
@@ -410,7 +428,8 @@ class Controller:
             return
         if new is None and old is not None and worth_remembering(old):
             self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = old
-        self.queue.add(run_key, CHILD_COALESCE_SECONDS)
+        at_once = pod_change_at_once(old, new, self.children.one(run_key, JOB), self.children.of(run_key, POD))
+        self.queue.add(run_key, 0.0 if at_once else CHILD_COALESCE_SECONDS)
 
     def _on_workload(self, old: Object | None, new: Object | None) -> None:
         """A Workload of one of our jobs (owned by a TrainJob or PyTorchJob named after its run)."""
@@ -601,9 +620,14 @@ class Controller:
         return None
 
     async def _write_status(self, key: Key, decided: Plan) -> None:
-        patched = await self.kube.patch_merge(
-            TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
-        )
+        current = self.runs.get(key)
+        self.written.under_way[key] = cast(Object, merge_patched((current or {}).get("status"), decided.status_patch))
+        try:
+            patched = await self.kube.patch_merge(
+                TRAINING_RUNS, key[0], key[1], {"status": decided.status_patch}, subresource="status"
+            )
+        finally:
+            self.written.under_way.pop(key, None)
         if "phase" in decided.status_patch and decided.status.phase is not None:
             telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
         self.written.wrote(key, patched, self.runs.get(key))  # kopf may deliver events from before this write after it
@@ -683,6 +707,7 @@ class Controller:
         """A follower of the run's logs that resumes from its archive; without one (not archived, or the store
         cannot be opened: said in the status) it reads for metrics and progress only."""
         archive = None
+        problem_before = memory.archive_problem
         try:
             if archive_uri is not None:
                 archive = await self._open_archive(run, archive_uri)
@@ -694,7 +719,9 @@ class Controller:
             memory.tasks.pop(FOLLOW, None)
         if memory.logs is None:
             memory.logs = await self._follower(key, run, archive)
-        self.queue.add(key)
+            memory.logs.update(self.children.of(key, POD))  # the pods as the caches hold them; each pass feeds it on
+        if memory.archive_problem != problem_before:
+            self.queue.add(key)  # the status says whether the logs are archived
 
     def _track(self, key: Key, memory: RunMemory, decided: Plan) -> None:
         """Keep a tracker while the plan tracks the run; one that ended, or is no longer wanted, goes."""

@@ -3,7 +3,9 @@
 Used by ``trainrun.controller.operator``: every watch event adds its run's key; a key already waiting
 is not added twice, and a key being reconciled is reconciled once more afterwards, so a burst of pod
 events for one run gives one reconcile, and one run is never reconciled by two workers at once.
-``add(key, after)`` keeps only the earliest pending deadline per key (requeue-after). Failures are
+``add(key, after)`` keeps only the earliest pending deadline per key (requeue-after), none for a key
+already waiting for a worker, and a key added for now drops its deadline: the pass it waits for reads the
+caches as they are when it begins, so it sees every change that came before. Failures are
 retried with a per-key exponential back-off. Workers run only while ``active`` (the leader).
 """
 
@@ -43,6 +45,8 @@ class WorkQueue:
         """Reconcile key now (after=0) or once ``after`` seconds have passed, whichever comes first."""
         loop = asyncio.get_running_loop()
         if after > 0:
+            if key in self._queued:
+                return  # its pass, not begun yet, reads the caches as they are when it begins
             deadline = loop.time() + after
             pending = self._timers.get(key)
             if pending is not None:
@@ -51,6 +55,7 @@ class WorkQueue:
                 pending[1].cancel()
             self._timers[key] = (deadline, loop.call_at(deadline, self._due, key))
             return
+        self._drop_timer(key)  # the pass now decides with what the timer's pass would have seen
         if key in self._running:
             self._again.add(key)
         elif key not in self._queued:
@@ -60,10 +65,13 @@ class WorkQueue:
 
     def forget(self, key: Hashable) -> None:
         """Drop the key's timer and back-off (its run is gone)."""
+        self._drop_timer(key)
+        self._failures.pop(key, None)
+
+    def _drop_timer(self, key: Hashable) -> None:
         pending = self._timers.pop(key, None)
         if pending is not None:
             pending[1].cancel()
-        self._failures.pop(key, None)
 
     def _due(self, key: Hashable) -> None:
         self._timers.pop(key, None)

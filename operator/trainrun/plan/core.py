@@ -192,6 +192,19 @@ def status_patch(previous: TrainingRunStatus, status: TrainingRunStatus) -> Obje
     return {key: value for key, value in new.items() if old.get(key) != value}
 
 
+def merge_patched(target: object, patch: object) -> object:
+    """``target`` with a JSON merge patch applied (RFC 7386), as the API server applies ``status_patch``."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patched(result.get(key), value)
+    return result
+
+
 def plan(
     body: Mapping[str, Any],
     config: OperatorConfig,

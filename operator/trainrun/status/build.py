@@ -220,7 +220,9 @@ def _phase_and_children(given: StatusInput) -> TrainingRunStatus:
     if job_view is not None and run is not None:
         job_name: str | None = job_view.name or run.metadata.name
         master_pod: str | None = master.name if master is not None else master_pod_name(run)
-        start_time = job_view.start_time or earliest([pod.start_time for pod in replica_pods])
+        # The earliest start known: the job's (a TrainJob has none) and its pods' come in either order, and a
+        # start that moved later at each would write the status again for nothing.
+        start_time = earliest([job_view.start_time, *(pod.start_time for pod in replica_pods), earlier.start_time])
     else:
         # The job was not read (not created yet, or the operator stopped at a problem): keep what was known.
         job_name, master_pod, start_time = earlier.job_name, earlier.master_pod, earlier.start_time
