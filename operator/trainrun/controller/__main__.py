@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
     # asyncio's own loop, not uvloop's: with uvloop an API server outage crashed kopf's watcher on reconnect
-    # (aiohttp's happy eyeballs: "File descriptor N is used by transport"; CI48, the outage test and the soak).
+    # (aiohttp's happy eyeballs: "File descriptor N is used by transport"; the outage test and the chaos soak).
     kopf.run(standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)
 
 

@@ -571,7 +571,7 @@ def _converge_job(
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
         return [*creating, Apply(backend.render_job(run, config))], []
     changes = changes_since_applied(job, canonical_spec(run))
-    if view is None or view.has("Succeeded") or view.has("Failed"):
+    if view is None or view.ended:
         return [], changes
     if queued and stopped(run):
         return [_delete_job(run, backend)], []
@@ -606,7 +606,7 @@ def _clean_up(
     """The end of a finished run's pods, once their logs are archived (the job keeps them until then):
     spec.runPolicy.cleanPodPolicy (Running: the replicas still running; All: every replica pod), and the
     job itself ttlSecondsAfterFinished after it ended (its pods go with it). Also seconds until the TTL."""
-    if view is None or not (view.has("Succeeded") or view.has("Failed") or view.has("Suspended")):
+    if view is None or not (view.ended or view.has("Suspended")):
         return [], None
     policy = run.spec.run_policy
     namespace = run.metadata.namespace

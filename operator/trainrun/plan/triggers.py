@@ -38,7 +38,7 @@ def pod_change_at_once(old: Object | None, new: Object | None, job: Object | Non
 
 
 def _ended(job: JobView | None) -> bool:
-    return job is not None and (job.has("Succeeded") or job.has("Failed"))
+    return job is not None and job.ended
 
 
 def _phase(pod: Object | None) -> object:

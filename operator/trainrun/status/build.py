@@ -278,7 +278,7 @@ def replica_counts(job: JobView | None, pods: Sequence[PodView]) -> dict[str, Re
     counted = count_replicas((pod.replica_type, pod.state) for pod in pods if pod.replica_type is not None and not pod.deleting)
     if job is None:
         return counted
-    if job.has("Succeeded") or job.has("Failed"):
+    if job.ended:
         return dict(job.replica_statuses) or counted
     merged = dict(job.replica_statuses)
     for kind, seen in counted.items():

@@ -74,6 +74,11 @@ class JobView:
         condition = self.conditions.get(condition_type)
         return condition is not None and condition.true
 
+    @property
+    def ended(self) -> bool:
+        """Whether training is over: the job Succeeded or Failed."""
+        return self.has("Succeeded") or self.has("Failed")
+
     def message_of(self, condition_type: str) -> str | None:
         """The message of the condition of this type, whatever its status."""
         condition = self.conditions.get(condition_type)
