@@ -22,8 +22,8 @@ from trainrun.spec.status import MetricSeries, Phase, SeriesPoint
 from trainrun.spec.sweepstatus import TrialState
 from trainrun.status.build import series_status
 from trainrun.sweep import plan_sweep
-from trainrun.sweep.study import SweepStudy, TrialView
-from trainrun.sweep.trials import run_finished
+from trainrun.sweep.study import SweepStudy
+from trainrun.sweep.trials import TrialView, run_finished
 
 NOW = "2026-12-05T10:00:00Z"
 LATER = "2026-12-05T11:00:00Z"
@@ -354,13 +354,13 @@ def test_a_trial_update_while_every_place_is_taken_rebuilds_no_study(monkeypatch
     import trainrun.sweep.plan as plan_module
 
     built: list[int] = []
-    real = plan_module.SweepStudy
+    real = plan_module._study
 
     def counting(*args: Any, **kwargs: Any) -> SweepStudy:
         built.append(len(args[1]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(plan_module, "SweepStudy", counting)
+    monkeypatch.setattr(plan_module, "_study", counting)
     document = sweep_doc(maxTrials=6, parallelism=2)
     first = plan_sweep(document, [], now=NOW)
     document = {**document, "status": first.status_patch}

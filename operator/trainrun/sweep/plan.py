@@ -20,12 +20,12 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainrun.base.registry import SWEEP_OBJECTIVE_TAG, SWEEP_PARAMETERS_TAG, SWEEP_TAG, SWEEP_UID_TAG
 from trainrun.spec import InvalidTrainingSweep, OperatorConfig, TrainingRun, load_training_sweep
 from trainrun.spec.status import Condition, ModelVersion, Phase, TrainingRunStatus
-from trainrun.spec.sweep import TrainingSweep, grid_size
+from trainrun.spec.sweep import TrainingSweep, TrainingSweepSpec, grid_size
 from trainrun.spec.sweepstatus import (
     MAX_TRIAL_SUMMARIES,
     BestTrial,
@@ -45,8 +45,11 @@ from trainrun.status.registration import (
 from trainrun.status.shapes import timestamp
 from trainrun.status.transitions import PhaseEvent
 from trainrun.status.work import Attempts, Register, Registration, due, failure_words
-from trainrun.sweep.study import SweepStudy, TrialView
+
+if TYPE_CHECKING:
+    from trainrun.sweep.study import SweepStudy
 from trainrun.sweep.trials import (
+    TrialView,
     notes_annotation,
     owned_by,
     pruned_mark,
@@ -96,6 +99,13 @@ class SweepPlan:
     @property
     def status_patch(self) -> dict[str, object]:
         return self.status.to_patch()
+
+
+def _study(spec: TrainingSweepSpec, views: Sequence[TrialView], *, uid: str) -> SweepStudy:
+    """The sweep's Optuna study, rebuilt from its trials; Optuna is imported here, at the first study."""
+    from trainrun.sweep.study import SweepStudy
+
+    return SweepStudy(spec, views, uid=uid)
 
 
 def plan_sweep(
@@ -189,7 +199,7 @@ def plan_sweep(
     # The study is rebuilt (at a cost that grows with the trials) only when it has something to decide: a pruner's
     # verdicts, or the parameters of new trials. A trial's status update while every place is taken needs neither.
     deciding = spec.early_stopping is not None or bool(starting)
-    study = SweepStudy(spec, views, uid=sweep.metadata.uid or sweep.metadata.name) if deciding else None
+    study = _study(spec, views, uid=sweep.metadata.uid or sweep.metadata.name) if deciding else None
     patches: list[TrialPatch] = []
     for view in views:
         trial = by_view[view.number][1]

@@ -5,6 +5,8 @@ it is made again each time from the trials as their objects say (``TrialView``: 
 state, value, the objective's values by position), through Optuna's ask-and-tell interface, so an
 operator that restarted or a new leader continues the same study. The sampler is seeded from the sweep's
 uid and the trial's number: the same history gives the same suggestion. Pure: nothing here does I/O.
+The planner imports this module at its first study: Optuna (numpy with it) is 17 MB that an operator or a
+CLI that never plans a sweep does not hold.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -22,35 +24,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from trainrun.spec.sweep import Parameter, Scalar, TrainingSweepSpec
 from trainrun.spec.sweepstatus import TrialState as SweepTrialState
+from trainrun.sweep.trials import Suggestion, TrialView
 
 optuna.logging.set_verbosity(logging.WARNING)
 # Optuna's notes it would unpickle when it reads them back (CMA-ES's optimizer): never taken from an object
 # anyone who may annotate a TrainingRun can write. CMA-ES then starts its search distribution afresh.
 UNSAFE_NOTES = ("cma:optimizer",)
 STUDY_NAME = "trainrun-sweep"  # Hyperband's brackets hash it with the trial's number: fixed, so they stay put
-
-
-@dataclass(frozen=True)
-class TrialView:
-    """One trial as the study needs it, read from its TrainingRun (``trainrun.sweep.trials``)."""
-
-    number: int
-    name: str
-    parameters: Mapping[str, Scalar]
-    state: SweepTrialState
-    value: float | None = None  # the objective's value (Completed), else its last reported
-    intermediate: Mapping[int, float] = field(default_factory=dict)  # the objective by position
-    notes: Mapping[str, Any] = field(default_factory=dict)  # Optuna's system attrs of the trial
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """The parameters of a new trial, and Optuna's notes about it (kept on the trial for the next rebuild)."""
-
-    number: int
-    parameters: dict[str, Scalar]
-    notes: dict[str, Any]
 
 
 def distributions(spec: TrainingSweepSpec) -> dict[str, BaseDistribution]:

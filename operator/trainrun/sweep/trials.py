@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainrun.spec.annotations import (
@@ -25,9 +26,8 @@ from trainrun.spec.annotations import (
 )
 from trainrun.spec.model import API_VERSION, KIND
 from trainrun.spec.status import Phase
-from trainrun.spec.sweep import SWEEP_KIND, TrainingSweep, with_parameters
+from trainrun.spec.sweep import SWEEP_KIND, Scalar, TrainingSweep, with_parameters
 from trainrun.spec.sweepstatus import TrialState
-from trainrun.sweep.study import Suggestion, TrialView
 
 Object = dict[str, Any]
 SWEEP_ANNOTATIONS = (
@@ -39,6 +39,30 @@ SWEEP_ANNOTATIONS = (
 )
 # Optuna's notes larger than this are not kept on a trial (an annotation's room is 256 KiB in all).
 MAX_NOTES_BYTES = 64 * 1024
+
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial as the study needs it, read from its TrainingRun (``trainrun.sweep.trials``)."""
+
+    number: int
+    name: str
+    parameters: Mapping[str, Scalar]
+    state: TrialState
+    value: float | None = None  # the objective's value (Completed), else its last reported
+    intermediate: Mapping[int, float] = field(default_factory=dict)  # the objective by position
+    notes: Mapping[str, Any] = field(default_factory=dict)  # Optuna's system attrs of the trial
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The parameters of a new trial, and Optuna's notes about it (kept on the trial for the next rebuild)."""
+
+    number: int
+    parameters: dict[str, Scalar]
+    notes: dict[str, Any]
 
 
 def trial_name(sweep: str, number: int) -> str:
