@@ -21,15 +21,24 @@ import pytest
 from factories import pod, pytorchjob, uploader_job
 from run_factory import document
 from trainrun.controller import operator as controller_module
+from trainrun.controller.informers import key_of
 from trainrun.controller.operator import JOB, UPLOADER, Controller, WrittenStatuses
 from trainrun.kube.aioclient import ApiError
-from trainrun.plan import Attempts, SealedLogs
+from trainrun.plan import Attempts, SealedLogs, projections
 from trainrun.spec import load_training_run
 from trainrun.spec.status import Artifacts
 from trainrun.storage import StorageError
 
 Object = dict[str, Any]
 KEY = ("default", "run")
+
+
+def seen(controller: Controller, body: Object) -> None:
+    """The runs' watch brings ``body`` (listed, added or modified), projected as its informer keeps it."""
+    projected = projections.training_run(body)
+    controller.run_changed(controller.runs.get(key_of(projected)), projected)
+
+
 URI = "s3://models/run"
 ARTIFACTS = Artifacts(uri=URI, manifest_uri=f"{URI}/manifest.json", file_count=3, bytes=1234)
 
@@ -134,7 +143,7 @@ def uploaded(
     what is left is reading the manifest (from ``store``)."""
     controller, plans = controller_with(kube, monkeypatch)
     controller.artifacts = store  # type: ignore[assignment]
-    controller.run_changed(None, run_body(phase="Uploading", output={"uri": URI}))
+    seen(controller, run_body(phase="Uploading", output={"uri": URI}))
     controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
     controller.children.change(UPLOADER, None, child(UPLOADER, uploader_job().succeeded()))
     memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
@@ -197,7 +206,7 @@ def test_a_refused_child_is_a_fact_and_the_next_pass_reports_it(monkeypatch: pyt
         kube = RecordingKube()
         kube.refuse = "PyTorchJob.kubeflow.org \"run\" is invalid: spec.x: Invalid value"
         controller, plans = controller_with(kube, monkeypatch)
-        controller.run_changed(None, run_body())
+        seen(controller, run_body())
         assert await controller.reconcile(KEY) == 0.0  # plan again at once: nothing of this plan is true
         assert kube.calls == ["apply PyTorchJob"] and kube.status_patches == []
         after = await controller.reconcile(KEY)
@@ -213,17 +222,17 @@ def test_the_written_status_stands_in_for_older_bodies_until_its_version_comes()
     async def scenario() -> None:
         kube = RecordingKube()
         controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
-        controller.run_changed(None, run_body(version="v1"))
+        seen(controller, run_body(version="v1"))
         await controller.reconcile(KEY)
         written = kube.status_patches[-1]
         version = controller.written[KEY].version
         # An event from before the write (kopf may deliver it late): the written status is kept.
-        controller.run_changed("MODIFIED", run_body(version="v0"))
+        seen(controller, run_body(version="v0"))
         assert controller.runs[KEY]["status"]["phase"] == written["phase"]
         # "v10" > "v9" as numbers would say nothing here: versions are opaque, only the written one counts.
-        controller.run_changed("MODIFIED", run_body(version="v99"))
+        seen(controller, run_body(version="v99"))
         assert controller.runs[KEY]["status"]["phase"] == written["phase"]
-        controller.run_changed("MODIFIED", {**run_body(version=version), "status": {"phase": "Queued", "reason": "x"}})
+        seen(controller, {**run_body(version=version), "status": {"phase": "Queued", "reason": "x"}})
         assert KEY not in controller.written and controller.runs[KEY]["status"]["reason"] == "x"
 
     in_loop(scenario)
@@ -232,33 +241,33 @@ def test_the_written_status_stands_in_for_older_bodies_until_its_version_comes()
 def test_the_echo_of_its_own_status_write_queues_no_reconcile_and_any_other_change_does(monkeypatch: pytest.MonkeyPatch) -> None:
     """The watch brings back every status write; a body that differs from the cached one (which took the written
     status from the API server's answer) in nothing but its resourceVersion queues no pass. A change to the spec,
-    the metadata or the status, a deletion, or the initial listing does."""
+    the metadata or the status, a deletion, or the first listing does; a relisting that finds nothing new does not."""
 
     async def scenario() -> None:
         kube = RecordingKube()
         controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
-        controller.run_changed(None, run_body(version="v1"))
+        seen(controller, run_body(version="v1"))
         await controller.reconcile(KEY)
         queued: list[tuple[str, str]] = []
         monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: queued.append(key))
         written = controller.written[KEY]
         echo = {**run_body(version=written.version), "status": copy.deepcopy(written.status)}
-        controller.run_changed("MODIFIED", echo)
+        seen(controller, echo)
         assert queued == [] and controller.runs[KEY]["metadata"]["resourceVersion"] == written.version
-        controller.run_changed("MODIFIED", {**copy.deepcopy(echo), "metadata": {**echo["metadata"], "resourceVersion": "v500"}})
+        seen(controller, {**copy.deepcopy(echo), "metadata": {**echo["metadata"], "resourceVersion": "v500"}})
         assert queued == []  # another echo-like event: still nothing new to decide from
         changed_spec = copy.deepcopy(echo)
         changed_spec["metadata"]["resourceVersion"], changed_spec["spec"]["image"] = "v501", "ghcr.io/acme/trainer:1.1"
-        controller.run_changed("MODIFIED", changed_spec)
+        seen(controller, changed_spec)
         someone_elses_status = {**copy.deepcopy(changed_spec), "status": {**written.status, "message": "edited by hand"}}
         someone_elses_status["metadata"]["resourceVersion"] = "v502"
-        controller.run_changed("MODIFIED", someone_elses_status)
+        seen(controller, someone_elses_status)
         deleting = copy.deepcopy(someone_elses_status)
         deleting["metadata"].update(resourceVersion="v503", deletionTimestamp="2026-12-06T00:00:00Z")
-        controller.run_changed("MODIFIED", deleting)
-        controller.run_changed(None, {**copy.deepcopy(deleting), "metadata": {**deleting["metadata"], "resourceVersion": "v504"}})
-        controller.run_changed("DELETED", deleting)
-        assert queued == [KEY] * 5
+        seen(controller, deleting)
+        seen(controller, {**copy.deepcopy(deleting), "metadata": {**deleting["metadata"], "resourceVersion": "v504"}})
+        controller.run_changed(controller.runs[KEY], None)  # deleted
+        assert queued == [KEY] * 4  # the relisting found nothing new but the version
 
     in_loop(scenario)
 
@@ -298,7 +307,7 @@ class EchoFirstKube(RecordingKube):
         answer = await super().patch_merge(resource, namespace, name, patch, subresource)
         if subresource == "status" and self.controller is not None:
             echo = {**run_body(version=answer["metadata"]["resourceVersion"]), "status": {**answer["status"], **self.someone_else}}
-            self.controller.run_changed("MODIFIED", echo)
+            seen(self.controller, echo)
         return answer
 
 
@@ -314,7 +323,7 @@ def test_the_echo_of_a_status_write_that_comes_before_its_answer_queues_no_recon
         kube = EchoFirstKube(someone_else=someone_else)
         controller = Controller(kube, operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
         kube.controller = controller
-        controller.run_changed(None, run_body(version="v1"))
+        seen(controller, run_body(version="v1"))
         queued: list[tuple[str, str]] = []
         monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: queued.append(key))
         await controller.reconcile(KEY)
@@ -344,7 +353,7 @@ def test_a_new_log_follower_takes_the_pods_at_once_and_a_pass_comes_only_for_the
 
     async def scenario() -> None:
         controller = Controller(RecordingKube(), operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
-        controller.run_changed(None, run_body(phase="Running"))
+        seen(controller, run_body(phase="Running"))
         controller.children.change(controller_module.POD, None, child(controller_module.POD, pod("run-master-0").running()))
         follower = FakeFollower()
 
@@ -381,7 +390,7 @@ def test_a_run_without_an_archive_has_its_logs_read_to_the_end_before_its_metric
         body = run_body(phase="Running")
         body["status"].update(metrics={"loss": 0.2, "accuracy": 0.9}, keyMetric="loss=0.2")
         kube.statuses["run"] = copy.deepcopy(body["status"])
-        controller.run_changed(None, body)
+        seen(controller, body)
         controller.children.change(JOB, None, child(JOB, pytorchjob().succeeded().started()))
         await controller.reconcile(KEY)
         memory = controller.memory[KEY]

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     handlers.options = handlers.Options(namespaces=arguments.namespace, leader_election=arguments.leader_election)
     kopf.configure(verbose=arguments.verbose)
-    if not arguments.verbose:  # one "Handler 'on_run_event' succeeded" line per TrainingRun event is noise
+    if not arguments.verbose:  # one "Handler 'on_sweep_event' succeeded" line per TrainingSweep event is noise
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
     # asyncio's own loop, not uvloop's: with uvloop an API server outage crashed kopf's watcher on reconnect

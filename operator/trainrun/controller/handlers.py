@@ -1,11 +1,12 @@
 """The kopf wiring of the operator: login, start-up, the TrainingRun and TrainingSweep watches, clean-up.
 
 Loaded by ``trainrun.controller.__main__`` (``trainrun-operator``, what the Deployment runs), which sets
-:data:`options` first. kopf watches the TrainingRuns and hands every event to the
-:class:`~trainrun.controller.operator.Controller`, and the TrainingSweeps to the
-:class:`~trainrun.controller.sweeps.SweepController`; everything else (the children's and trials' watch
-caches, the work queues, leader election, log followers, the metrics and probe server) runs as tasks on
-kopf's event loop, started here at start-up and stopped at clean-up. One Lease makes one leader of both
+:data:`options` first. kopf watches the TrainingSweeps and hands every event to the
+:class:`~trainrun.controller.sweeps.SweepController`; the :class:`~trainrun.controller.operator.Controller`
+watches the TrainingRuns itself, as it watches their children (at 1,000 runs kopf's worker per object and its
+handling of every event cost more CPU and memory per run than a watch cache: tests/bench/README.md). Everything
+else (the watch caches, the work queues, leader election, log followers, the metrics and probe server) runs
+as tasks on kopf's event loop, started here at start-up and stopped at clean-up. One Lease makes one leader of both
 controllers. Handlers only watch: kopf writes nothing to the runs or the sweeps.
 """
 
@@ -176,13 +177,6 @@ async def _after_login(work: Coroutine[Any, Any, None]) -> None:
     """kopf runs start-up before login: the controller's requests wait for the credentials."""
     await _running.logged_in.wait()
     await work
-
-
-@kopf.on.event(GROUP, VERSION, PLURAL)
-async def on_run_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-    """Every TrainingRun event (the initial listing too) goes to the controller's cache and queue."""
-    if _running.controller is not None:
-        _running.controller.run_changed(event.get("type"), body)
 
 
 @kopf.on.event(GROUP, VERSION, SWEEP_PLURAL)

@@ -1,7 +1,7 @@
 """The operator's controller: watch caches in, ``plan`` in the middle, the API server's writes out.
 
-Made by ``trainrun.controller.handlers`` at kopf's start-up and fed TrainingRun events by its kopf
-handler. A reconcile is one pass for one run: read the run and its children from memory (``informers``,
+Made by ``trainrun.controller.handlers`` at kopf's start-up; its informers watch the TrainingRuns and
+their children. A reconcile is one pass for one run: read the run and its children from memory (``informers``,
 indexed by run in :class:`ChildIndex`) -> ``trainrun.plan.plan``, once (pure) -> server-side apply what
 the plan says -> start the storage work it asks for as tasks -> post its Events through the
 deduplicating :class:`EventRecorder` -> patch status once, when it changed -> requeue at the plan's
@@ -28,7 +28,7 @@ from trainrun.base.redact import redact
 from trainrun.base.registry import RegistryUnavailable
 from trainrun.controller import telemetry
 from trainrun.controller.artifacts import ArtifactReader
-from trainrun.controller.informers import Informer, Key
+from trainrun.controller.informers import Informer, Key, key_of
 from trainrun.controller.logs import RunLogs
 from trainrun.controller.queue import WorkQueue
 from trainrun.controller.registration import Registrar, registry_env
@@ -179,9 +179,9 @@ class WrittenStatuses(dict[Key, WrittenStatus]):
         """The API server's answer to a status write; ``current`` (the cached body) takes its status at once: the
         watch brings it soon, and meanwhile the next reconcile must not decide from the old one.
 
-        The watch may have brought this very version already, before the answer: kopf hands on only the latest of
-        the events that come close together, so the version of the write before may never have come, and the
-        body of this one was given that older write's status. It takes this write's status now, and nothing
+        The watch may have brought this very version already, before the answer (kopf, which watches the sweeps,
+        hands on only the latest of the events that come close together, so the version of the write before may
+        never have come), and the body of this one was given that older write's status. It takes this write's status now, and nothing
         stands in for it any more."""
         written = WrittenStatus(
             _version(patched), patched.get("status") or {}, until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS
@@ -379,6 +379,12 @@ class Controller:
                     keep=lambda event: event.get("reason") in EVENT_REASONS,
                 ),
             ]
+        # The runs themselves: watched like their children (kopf's per-object workers and its decoding of every event
+        # were a tenth of the operator's CPU and memory per run at 1,000 runs; tests/bench/README.md).
+        self.informers += [
+            Informer(kube, TRAINING_RUNS, namespace, project=projections.training_run, on_change=self.run_changed)
+            for namespace in namespaces
+        ]
         self.informers.append(
             Informer(
                 kube,
@@ -390,27 +396,29 @@ class Controller:
             )
         )
 
-    # ---- inputs: kopf's TrainingRun events and the watch caches ----
+    # ---- inputs: the watch caches of the runs and their children ----
 
-    def run_changed(self, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A TrainingRun event from kopf (type None: the initial listing)."""
-        projected = projections.training_run(body)
-        key = (str(projected["metadata"].get("namespace")), str(projected["metadata"].get("name")))
-        if event_type == "DELETED":
+    def run_changed(self, old: Object | None, new: Object | None) -> None:
+        """A TrainingRun from the runs' watch, projected (old None: listed or added; new None: deleted)."""
+        if new is None:
+            assert old is not None
+            key = key_of(old)
             self.runs.pop(key, None)
             self.written.pop(key, None)
-        else:
-            writing_echo = self.written.stand_in(key, projected)
-            cached = self.runs.get(key)
-            self.runs[key] = projected
-            if writing_echo and cached is not None:
-                cached = {**cached, "status": projected.get("status")}  # what the answer will give the cached body
-            if event_type is not None and cached is not None and _only_the_version_differs(cached, projected):
-                # The echo of this process's own status write (the cached body took that status from the API
-                # server's answer, or the watch brought it before the answer): a pass would decide from what the
-                # last one decided with (5.8 a run).
-                telemetry.RUN_EVENTS_SKIPPED.inc()
-                return
+            self.queue.add(key)
+            return
+        key = key_of(new)
+        writing_echo = self.written.stand_in(key, new)
+        cached = self.runs.get(key)
+        self.runs[key] = new
+        if writing_echo and cached is not None:
+            cached = {**cached, "status": new.get("status")}  # what the answer will give the cached body
+        if cached is not None and _only_the_version_differs(cached, new):
+            # The echo of this process's own status write (the cached body took that status from the API server's
+            # answer, or the watch brought it before the answer), or a relisting that found nothing new: a pass would
+            # decide from what the last one decided with (5.8 a run).
+            telemetry.RUN_EVENTS_SKIPPED.inc()
+            return
         self.queue.add(key)
 
     def _on_child(self, kind: str) -> Callable[[Object | None, Object | None], None]:
@@ -630,7 +638,7 @@ class Controller:
             self.written.under_way.pop(key, None)
         if "phase" in decided.status_patch and decided.status.phase is not None:
             telemetry.PHASE_CHANGES.labels(phase=decided.status.phase.value).inc()
-        self.written.wrote(key, patched, self.runs.get(key))  # kopf may deliver events from before this write after it
+        self.written.wrote(key, patched, self.runs.get(key))  # the watch may bring events from before this write after it
 
     # ---- background work: storage steps and log followers, whose results come back as facts ----
 
@@ -804,8 +812,7 @@ class Controller:
         tasks = [asyncio.create_task(informer.run(), name=f"watch {informer.what}") for informer in self.informers]
         try:
             await self.wait_synced()
-            # The runs themselves come from kopf's own watch, which may deliver them after this.
-            logger.info("watch caches of the runs' jobs, pods and Events synced: working the queue")
+            logger.info("watch caches of the runs, their jobs, pods and Events synced: working the queue")
             await self.queue.run()
         finally:
             for task in tasks:
