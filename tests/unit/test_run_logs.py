@@ -8,10 +8,12 @@ exactly once, in order; metrics come from the same lines, the Master's winning."
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -498,3 +500,41 @@ def test_a_metric_line_reaches_the_follower_at_once_from_a_paced_stream() -> Non
     metrics, master_lines, worker_lines = asyncio.run(scenario())
     assert metrics == {"val_loss": 0.5}
     assert (master_lines, worker_lines) == (1, 0)  # the worker's line waits for the interval
+
+
+@pytest.mark.parametrize("ending", ["finish", "stop"])
+def test_a_follower_that_ended_goes_at_once_not_at_the_garbage_collectors_next_full_pass(ending: str) -> None:
+    """Its readers cancelled (a stream kept open after its container ended; leadership lost): nothing it made
+    refers back to it, so it is freed as soon as the controller lets it go. A reader's task kept after its end
+    held its CancelledError, whose frames hold the follower: a cycle that kept every ended follower, with its
+    streams' state, until one of the garbage collector's rare full passes (170 objects a run at 1,000 runs)."""
+    kube = FakeLogs()
+    kube.write("run-master-0", "line 1", "line 2")
+    kube.held_open.add("run-master-0")
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+
+    async def ended_follower() -> weakref.ref[RunLogs]:
+        logs = follower(kube, None)
+        logs.start()
+        logs.update([running])
+        await until(lambda: any(container.lines == 2 for container in logs.containers.values()))
+        if ending == "finish":
+            logs.update([finished("run-master-0", "m")])
+            await logs.finish(grace=10)
+            assert logs.gaps == []  # quiet after its container ended: read to its end, its reader cancelled
+        else:
+            await logs.stop()
+        return weakref.ref(logs)
+
+    async def scenario() -> None:
+        gone = await ended_follower()
+        await asyncio.sleep(0)
+        assert gone() is None, "the ended follower is kept by a reference cycle"
+
+    gc.collect()
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
