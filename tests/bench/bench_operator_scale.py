@@ -46,8 +46,11 @@ With ``--profile FILE`` py-spy (pip install py-spy) samples the operator while t
 to FILE (folded, one "frame;...;frame count" a line): where the operator's CPU goes; its figures still count only
 the operator's process, though sampling slows it a little.
 
+With ``--operator-only`` the direct baseline is not run (half the time): the operator's own figures only (its
+CPU and memory, passes, the lags), which the baseline does not enter into.
+
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
-         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE]
+         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE] [--operator-only]
          [--old-operator WORKTREE]    (an older checkout's operator: python -m trainrun.controller, or kopf run
                                       --standalone --all-namespaces where it has no such entry point)
 """
@@ -645,6 +648,10 @@ def main() -> None:
         "--finish-after", type=float, default=None, metavar="SECONDS",
         help="replicas succeed this long after they start; the clocks run until every job (run) has finished",
     )
+    parser.add_argument(
+        "--operator-only", action="store_true",
+        help="no direct baseline: the operator's CPU, memory, passes and lags only (half the time)",
+    )
     arguments = parser.parse_args()
     runs, workers = arguments.runs, arguments.workers
     replicas = runs * (1 + workers)
@@ -664,7 +671,7 @@ def main() -> None:
     set_backend(cluster, arguments.backend)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
     operator: OperatorProcess | None = None
-    results: list[tuple[Result, Result]] = []
+    results: list[tuple[Result | None, Result]] = []
     watched: dict[str, Watched] = {}
     try:
         cluster.create_namespace(NAMESPACE)
@@ -679,8 +686,10 @@ def main() -> None:
             prefix = f"direct{repeat}"
             documents = run_documents(prefix, runs, workers, queue, arguments.finish_after)
             finish = arguments.finish_after is not None
-            direct = measure(cluster, watched, direct_jobs(documents, arguments.backend), prefix, replicas, runs, "jobs", None, finish)
-            clean(cluster)
+            direct = None
+            if not arguments.operator_only:
+                direct = measure(cluster, watched, direct_jobs(documents, arguments.backend), prefix, replicas, runs, "jobs", None, finish)
+                clean(cluster)
             operator = start_operator(cluster, work, arguments.old_operator, repeat)
             prefix = f"trainrun{repeat}"
             profiler = start_profiler(operator.pid, arguments.profile, repeat) if arguments.profile else None
@@ -713,12 +722,19 @@ def main() -> None:
             operator = None
             results.append((direct, through))
             print(
-                f"repeat {repeat + 1}: direct pods {direct.pods_running_s:.1f} s, jobs Running {direct.runs_running_s:.1f} s, "
-                f"{per_run(direct, runs):.1f} requests/run | trainrun pods {through.pods_running_s:.1f} s, "
+                f"repeat {repeat + 1}: "
+                + (
+                    f"direct pods {direct.pods_running_s:.1f} s, jobs Running {direct.runs_running_s:.1f} s, "
+                    f"{per_run(direct, runs):.1f} requests/run | "
+                    if direct is not None
+                    else ""
+                )
+                + f"trainrun pods {through.pods_running_s:.1f} s, "
                 f"runs Running {through.runs_running_s:.1f} s, {per_run(through, runs):.1f} requests/run, "
                 f"operator CPU {through.cpu_s:.1f} s, peak RSS {through.peak_rss_mb:.0f} MB, "
                 f"peak threads {through.peak_threads}"
-                + (f" | every job finished {direct.finished_s:.1f} s, every run {through.finished_s:.1f} s" if finish else "")
+                + (f" | every job finished {direct.finished_s:.1f} s" if finish and direct is not None else "")
+                + (f", every run {through.finished_s:.1f} s" if finish else "")
                 + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
@@ -736,17 +752,12 @@ def main() -> None:
 
 
 def report(
-    results: list[tuple[Result, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str, kueue: bool
+    results: list[tuple[Result | None, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str, kueue: bool
 ) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
-    direct_pods = median([direct.pods_running_s for direct, _ in results])
-    direct_runs = median([direct.runs_running_s for direct, _ in results])
-    direct_requests = median([per_run(direct, runs) for direct, _ in results])
-    pods = median([through.pods_running_s for _, through in results])
-    running = median([through.runs_running_s for _, through in results])
-    requests = median([per_run(through, runs) for _, through in results])
+    pairs = [(direct, through) for direct, through in results if direct is not None]
     tree = old if old is not None else REPO
     commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI"], capture_output=True, text=True).stdout.strip()
     own_entry = old is None or (old / "operator" / "trainrun" / "controller" / "__main__.py").exists()
@@ -756,20 +767,34 @@ def report(
         f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "
         f"{which}; medians of {len(results)} ({os.cpu_count()}-core machine, whole control plane on it)"
         + ("; every job through a Kueue LocalQueue" if kueue else "")
+        + ("" if pairs else "; no direct baseline (--operator-only)")
     )
-    print(f"{'':38} {'direct ' + backend + 's':>18} {'TrainingRuns':>13} {'ratio':>7}")
-    if kueue:
-        direct_admitted = median([direct.admitted_s or 0.0 for direct, _ in results])
-        admitted = median([through.admitted_s or 0.0 for _, through in results])
-        print(f"{'every Workload admitted by Kueue (s)':38} {direct_admitted:18.1f} {admitted:13.1f} {admitted / direct_admitted:7.2f}")
-    print(f"{'every pod Running (s)':38} {direct_pods:18.1f} {pods:13.1f} {pods / direct_pods:7.2f}")
-    print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
-    print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")
-    print(f"{'API requests per run':38} {direct_requests:18.1f} {requests:13.1f} {requests / direct_requests:7.2f}")
-    finished = [(direct.finished_s, through.finished_s) for direct, through in results if direct.finished_s and through.finished_s]
-    if finished:
-        direct_end, end = median([item[0] for item in finished]), median([item[1] for item in finished])
-        print(f"{'every job (run) finished (s)':38} {direct_end:18.1f} {end:13.1f} {end / direct_end:7.2f}")
+    pods = median([through.pods_running_s for _, through in results])
+    running = median([through.runs_running_s for _, through in results])
+    requests = median([per_run(through, runs) for _, through in results])
+    if not pairs:
+        print(f"{'every pod Running (s)':38} {'':>18} {pods:13.1f}")
+        print(f"{'every run reports Running (s)':38} {'':>18} {running:13.1f}")
+        ends = [through.finished_s for _, through in results if through.finished_s]
+        if ends:
+            print(f"{'every run finished (s)':38} {'':>18} {median(ends):13.1f}")
+    else:
+        direct_pods = median([direct.pods_running_s for direct, _ in pairs])
+        direct_runs = median([direct.runs_running_s for direct, _ in pairs])
+        direct_requests = median([per_run(direct, runs) for direct, _ in pairs])
+        print(f"{'':38} {'direct ' + backend + 's':>18} {'TrainingRuns':>13} {'ratio':>7}")
+        if kueue:
+            direct_admitted = median([direct.admitted_s or 0.0 for direct, _ in pairs])
+            admitted = median([through.admitted_s or 0.0 for _, through in pairs])
+            print(f"{'every Workload admitted by Kueue (s)':38} {direct_admitted:18.1f} {admitted:13.1f} {admitted / direct_admitted:7.2f}")
+        print(f"{'every pod Running (s)':38} {direct_pods:18.1f} {pods:13.1f} {pods / direct_pods:7.2f}")
+        print(f"{'every run reports Running (s)':38} {direct_runs:18.1f} {running:13.1f} {running / direct_runs:7.2f}")
+        print(f"{'  the same against direct pods Running':38} {direct_pods:18.1f} {running:13.1f} {running / direct_pods:7.2f}")
+        print(f"{'API requests per run':38} {direct_requests:18.1f} {requests:13.1f} {requests / direct_requests:7.2f}")
+        finished = [(direct.finished_s, through.finished_s) for direct, through in pairs if direct.finished_s and through.finished_s]
+        if finished:
+            direct_end, end = median([item[0] for item in finished]), median([item[1] for item in finished])
+            print(f"{'every job (run) finished (s)':38} {direct_end:18.1f} {end:13.1f} {end / direct_end:7.2f}")
     cpu = median([t.cpu_s or 0.0 for _, t in results])
     print(f"{'operator CPU seconds':38} {'':>18} {cpu:13.1f}")
     print(f"{'  per run (ms)':38} {'':>18} {1000 * cpu / runs:13.1f}")
@@ -791,8 +816,10 @@ def report(
         print(f"lag, its job ended -> the run reports its final phase (p50 / p99 / max, {len(final_lags)} runs): {spread(final_lags)}")
     print(f"{'operator peak RSS (VmHWM, MB)':38} {'':>18} {median([t.peak_rss_mb or 0.0 for _, t in results]):13.0f}")
     print(f"{'operator peak threads':38} {'':>18} {median([float(t.peak_threads or 0) for _, t in results]):13.0f}")
-    print("API requests by kind (last repeat; every client of the API server):")
     direct, through = results[-1]
+    if direct is None:
+        return
+    print("API requests by kind (last repeat; every client of the API server):")
     print("\n".join(breakdown(direct, through, runs)))
     for label, result in (("direct", direct), ("trainrun", through)):
         opened = ", ".join(f"{' '.join(part for part in key if part)} {count:+d}" for key, count in sorted(result.opened.items()))
