@@ -3,8 +3,8 @@
 Loaded by ``trainrun.controller.__main__`` (``trainrun-operator``, what the Deployment runs), which sets
 :data:`options` first. kopf watches the TrainingSweeps and hands every event to the
 :class:`~trainrun.controller.sweeps.SweepController`; the :class:`~trainrun.controller.operator.Controller`
-watches the TrainingRuns itself, as it watches their children (at 1,000 runs kopf's worker per object and its
-handling of every event cost more CPU and memory per run than a watch cache: tests/bench/README.md). Everything
+watches the TrainingRuns itself, as it watches their children (kopf's worker per object and its own decoding of
+every event held more memory per run than a watch cache's projection: tests/bench/README.md). Everything
 else (the watch caches, the work queues, leader election, log followers, the metrics and probe server) runs
 as tasks on kopf's event loop, started here at start-up and stopped at clean-up. One Lease makes one leader of both
 controllers. Handlers only watch: kopf writes nothing to the runs or the sweeps.

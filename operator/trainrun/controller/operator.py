@@ -181,8 +181,8 @@ class WrittenStatuses(dict[Key, WrittenStatus]):
 
         The watch may have brought this very version already, before the answer (kopf, which watches the sweeps,
         hands on only the latest of the events that come close together, so the version of the write before may
-        never have come), and the body of this one was given that older write's status. It takes this write's status now, and nothing
-        stands in for it any more."""
+        never have come), and the body of this one was given that older write's status. It takes this write's
+        status now, and nothing stands in for it any more."""
         written = WrittenStatus(
             _version(patched), patched.get("status") or {}, until=asyncio.get_running_loop().time() + WRITTEN_STATUS_SECONDS
         )
@@ -379,8 +379,8 @@ class Controller:
                     keep=lambda event: event.get("reason") in EVENT_REASONS,
                 ),
             ]
-        # The runs themselves: watched like their children (kopf's per-object workers and its decoding of every event
-        # were a tenth of the operator's CPU and memory per run at 1,000 runs; tests/bench/README.md).
+        # The runs themselves, watched like their children: kopf kept a worker per run (its queue, task and timers)
+        # and decoded every event again (tests/bench/README.md, "the operator's memory at 1,000 runs").
         self.informers += [
             Informer(kube, TRAINING_RUNS, namespace, project=projections.training_run, on_change=self.run_changed)
             for namespace in namespaces
