@@ -1,5 +1,5 @@
 """What the operator's and the CLI's processes import before they do anything: Optuna (and numpy with it) only at
-a sweep's first study (``trainrun.sweep.plan._study``), 17 MB an operator of TrainingRuns alone never holds."""
+a sweep's first study (``trainrun.sweep.plan._study``), 16 MB an operator of TrainingRuns alone never holds."""
 
 from __future__ import annotations
 

@@ -45,9 +45,6 @@ from trainrun.status.registration import (
 from trainrun.status.shapes import timestamp
 from trainrun.status.transitions import PhaseEvent
 from trainrun.status.work import Attempts, Register, Registration, due, failure_words
-
-if TYPE_CHECKING:
-    from trainrun.sweep.study import SweepStudy
 from trainrun.sweep.trials import (
     TrialView,
     notes_annotation,
@@ -59,6 +56,9 @@ from trainrun.sweep.trials import (
     trial_object,
     trial_view,
 )
+
+if TYPE_CHECKING:
+    from trainrun.sweep.study import SweepStudy  # Optuna: imported at the first study (_study)
 
 Object = dict[str, Any]
 # Event reasons of a sweep.

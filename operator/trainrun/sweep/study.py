@@ -5,7 +5,7 @@ it is made again each time from the trials as their objects say (``TrialView``: 
 state, value, the objective's values by position), through Optuna's ask-and-tell interface, so an
 operator that restarted or a new leader continues the same study. The sampler is seeded from the sweep's
 uid and the trial's number: the same history gives the same suggestion. Pure: nothing here does I/O.
-The planner imports this module at its first study: Optuna (numpy with it) is 17 MB that an operator or a
+The planner imports this module at its first study: Optuna (numpy with it) is 16 MB that an operator or a
 CLI that never plans a sweep does not hold.
 """
 

@@ -41,10 +41,9 @@ SWEEP_ANNOTATIONS = (
 MAX_NOTES_BYTES = 64 * 1024
 
 
-
 @dataclass(frozen=True)
 class TrialView:
-    """One trial as the study needs it, read from its TrainingRun (``trainrun.sweep.trials``)."""
+    """One trial as the study needs it, read from its TrainingRun (``trial_view``)."""
 
     number: int
     name: str
