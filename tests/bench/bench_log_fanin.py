@@ -283,9 +283,9 @@ async def _followers(
                         tally.durable.append(now - written)
 
     class MeasuredRunLogs(RunLogs):
-        def _take(self, container: ContainerLog, texts: list[str], last: LogTime | None) -> None:
+        def _take(self, container: ContainerLog, texts: list[str], stamped: list[str], last: LogTime | None) -> None:
             tally.take(f"{self.run.metadata.name}/{container.replica}", texts[0], len(texts))
-            super()._take(container, texts, last)
+            super()._take(container, texts, stamped, last)
 
     kube = AsyncKube(lambda: credentials)
     by_run: dict[str, list[Mapping[str, Any]]] = {}

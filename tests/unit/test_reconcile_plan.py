@@ -26,7 +26,7 @@ from trainrun.plan import (
     plan,
     projections,
 )
-from trainrun.plan.core import RESYNC_SECONDS, replicas_that_ended
+from trainrun.plan.core import RESYNC_SECONDS, replicas_that_ran
 from trainrun.render import render_pytorchjob
 from trainrun.render.backend import PYTORCHJOB
 from trainrun.spec import load_training_run
@@ -617,17 +617,39 @@ def test_an_azure_output_no_one_can_name_an_account_for_stops_the_run_naming_the
 
 
 @pytest.mark.parametrize(
-    ("workers", "counts", "ended"),
+    ("workers", "counts", "started", "ran"),
     [
-        pytest.param(2, {}, (), id="nothing counted yet"),
-        pytest.param(2, {"Master": ReplicaCounts(active=1)}, (), id="running is not ended"),
-        pytest.param(2, {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=2)}, ("master-0", "worker-0", "worker-1"), id="all succeeded"),
-        pytest.param(2, {"Master": ReplicaCounts(failed=1), "Worker": ReplicaCounts(failed=1, active=1)}, ("master-0",), id="one of two workers: which is not known"),
-        pytest.param(0, {"Master": ReplicaCounts(succeeded=1)}, ("master-0",), id="a master alone"),
+        pytest.param(2, {}, (), (), id="nothing counted yet"),
+        pytest.param(2, {"Master": ReplicaCounts(active=1)}, (), (), id="running is not ended"),
+        pytest.param(2, {"Master": ReplicaCounts(succeeded=1), "Worker": ReplicaCounts(succeeded=2)}, (), ("master-0", "worker-0", "worker-1"), id="all succeeded"),
+        pytest.param(2, {"Master": ReplicaCounts(failed=1), "Worker": ReplicaCounts(failed=1, active=1)}, (), ("master-0",), id="one of two workers: which is not known"),
+        pytest.param(0, {"Master": ReplicaCounts(succeeded=1)}, (), ("master-0",), id="a master alone"),
+        pytest.param(2, {"Master": ReplicaCounts(active=1)}, ("worker-1", "master-0"), ("master-0", "worker-1"), id="seen started, in replica order"),
+        pytest.param(1, {"Master": ReplicaCounts(failed=1)}, ("worker-0",), ("master-0", "worker-0"), id="seen started and counted"),
     ],
 )
-def test_the_replicas_that_ended_come_from_the_runs_pod_counts(workers: int, counts: dict[str, ReplicaCounts], ended: tuple[str, ...]) -> None:
-    assert replicas_that_ended(workers, counts) == ended
+def test_the_replicas_that_ran_are_those_seen_started_and_those_the_counts_say_ended(
+    workers: int, counts: dict[str, ReplicaCounts], started: tuple[str, ...], ran: tuple[str, ...]
+) -> None:
+    assert replicas_that_ran(workers, counts, started) == ran
+
+
+def test_a_replica_seen_started_stays_in_the_status_and_is_named_at_the_seal_after_its_pods_went() -> None:
+    """The operator that sees the replicas start records them (status.logs.started); the one that seals after their
+    pods went (the first killed before it could ship a line of them, its store down) names them all the same, so
+    each is declared a gap unless the archive holds its log."""
+    started_job = job(output={"uri": "s3://models/run/"}).running().started()
+    pods = [pod("run-master-0").running(), pod("run-worker-0").scheduled()]
+    running = plan(with_output(previous(Phase.RUNNING)), pools(), Observed(job=started_job, pods=pods, claim_present=True), now=NOW)
+    assert running.status.logs is not None and running.status.logs.started == ["master-0"]
+    pods = [pod("run-master-0").running(), pod("run-worker-0").running()]
+    both = plan(with_output(running.status.to_patch()), pools(), Observed(job=started_job, pods=pods, claim_present=True), now=shifted(1))
+    assert both.status.logs is not None and both.status.logs.started == ["master-0", "worker-0"]
+    written = with_output(both.status.to_patch(), cancel=True)
+    gone = plan(written, pools(), Observed(job=started_job.suspended(), claim_present=True), now=shifted(5))
+    assert gone.status.phase is Phase.CANCELLED
+    assert gone.status.logs is not None and gone.status.logs.started == ["master-0", "worker-0"]
+    assert [work.ran for work in gone.storage if isinstance(work, SealLogs)] == [("master-0", "worker-0")]
 
 
 def test_the_seal_names_the_replicas_the_job_says_ended() -> None:
@@ -637,4 +659,4 @@ def test_the_seal_names_the_replicas_the_job_says_ended() -> None:
     counted.replica_status("Master", succeeded=1).replica_status("Worker", succeeded=1)
     for observed, ended in ((replace(uploading(), job=counted), ("master-0", "worker-0")), (uploading(), ())):
         decided = plan(with_output(previous(Phase.UPLOADING)), pools(), observed, now=shifted(1))
-        assert [work.ended for work in decided.storage if isinstance(work, SealLogs)] == [ended]
+        assert [work.ran for work in decided.storage if isinstance(work, SealLogs)] == [ended]

@@ -24,6 +24,7 @@ from run_factory import training_run
 from trainrun.controller.logs import RunLogs
 from trainrun.kube.aioclient import ApiError
 from trainrun.kube.h2logs import Pace
+from trainrun.status.progress import steps_per_second
 from trainrun.storage import StorageError, StorageOptions
 from trainrun.storage.logarchive import ArchiveState, Segment
 from trainrun.storage.logstore import LogArchive, add_to_manifest, read_archived_logs
@@ -388,10 +389,10 @@ def test_a_replica_that_ended_while_no_operator_followed_it_is_a_declared_gap_on
         first = follower(kube, LogArchive(archive_uri, StorageOptions()))
         first.start()
         first.update([master])
-        await first.finish(grace=5, ended=("master-0", "worker-0"))
+        await first.finish(grace=5, ran=("master-0", "worker-0"))
         again = follower(kube, LogArchive(archive_uri, StorageOptions()))
         again.start()
-        await again.finish(grace=5, ended=("master-0", "worker-0"))
+        await again.finish(grace=5, ran=("master-0", "worker-0"))
         return first, again
 
     first, again = asyncio.run(scenario())
@@ -500,6 +501,30 @@ def test_a_metric_line_reaches_the_follower_at_once_from_a_paced_stream() -> Non
     metrics, master_lines, worker_lines = asyncio.run(scenario())
     assert metrics == {"val_loss": 0.5}
     assert (master_lines, worker_lines) == (1, 0)  # the worker's line waits for the interval
+
+
+def test_steps_read_together_keep_their_own_times_to_the_fraction_of_a_second() -> None:
+    """The pace (status.progress.stepsPerSecond, the ETA) is measured between the kubelet's times of the step
+    lines, to the microsecond, each line at its own: not the second, nor the time of the batch it came in."""
+    kube = FakeLogs()
+    kube.lines["run-master-0"] = [
+        f'{stamp(0, 250_000_000 * index)} trainrun:metric {{"step": {10 * index}, "loss": 1.0}}' for index in range(4)
+    ]
+    master = finished("run-master-0", "m")
+    records: list[str] = []
+
+    async def scenario() -> RunLogs:
+        logs = RunLogs(kube, training_run(), None, on_metrics=lambda: None, on_records=lambda first, lines: records.extend(lines), flush_seconds=0.05)  # type: ignore[arg-type]
+        logs.start()
+        logs.update([master])
+        await logs.finish(grace=5)
+        return logs
+
+    logs = asyncio.run(scenario())
+    marks = logs.progress.snapshot().marks
+    assert [(mark.step, mark.at.microsecond) for mark in marks] == [(0, 0), (10, 250_000), (20, 500_000), (30, 750_000)]
+    assert steps_per_second(logs.progress.snapshot()) == pytest.approx(40.0)
+    assert [json.loads(record)["time"][-7:] for record in records] == ["00.000Z", "00.250Z", "00.500Z", "00.750Z"]
 
 
 @pytest.mark.parametrize("ending", ["finish", "stop"])

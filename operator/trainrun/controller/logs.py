@@ -35,7 +35,7 @@ import logging
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trainrun.kube.aioclient import ApiError, AsyncKube
@@ -44,6 +44,7 @@ from trainrun.kube.streams import (
     LogTime,
     LogTimes,
     StreamPosition,
+    parse_log_time,
     started_container_restarts,
     still_running,
     training_container_name,
@@ -250,11 +251,11 @@ class RunLogs:
                 self._declare_gap(container, "its pod was deleted while the log archive could not be read")
         self._seen_before_load.clear()
 
-    def _declare_never_followed(self, ended: Iterable[str]) -> None:
-        """Declare each replica of ``ended`` that has no container start here: it ran, and its pods came and went
-        while no operator followed them (the leader that saw them killed before it could write a line)."""
+    def _declare_never_followed(self, ran: Iterable[str]) -> None:
+        """Declare each replica of ``ran`` that has no container start here: it ran, and its pods came and went
+        while no operator followed them, or the one that read them was killed before it could ship a line."""
         followed = {container.replica for container in self.containers.values()}
-        for replica in ended:
+        for replica in ran:
             if replica not in followed:
                 container = self.containers[container_key(f"unfollowed-{replica}", 0)] = ContainerLog(replica)
                 self._declare_gap(container, "its pods were gone before any operator followed them")
@@ -282,13 +283,13 @@ class RunLogs:
         if not task.cancelled() and task.exception() is not None:
             logger.warning("reading the log of %s stopped: %s", task.get_name(), task.exception())
 
-    async def finish(self, grace: float = FINISH_GRACE_SECONDS, *, ended: Iterable[str] = ()) -> tuple[FileRecord, ...] | None:
+    async def finish(self, grace: float = FINISH_GRACE_SECONDS, *, ran: Iterable[str] = ()) -> tuple[FileRecord, ...] | None:
         """Let the streams deliver their last lines, ship them, and seal the archive: its composed files.
 
         A container start whose log was not read to its end by then (its pod went first, or it did not end
         within ``grace``) gets a marker line where its lines stop and counts in :attr:`gaps`; so does a replica
-        of ``ended`` (replicas the job says ended) of which neither the archive nor this follower knows a
-        container start. None when there is no archive. Raises ``StorageError`` when the store cannot take the
+        of ``ran`` (replicas known to have run: seen started, or ended by the job's counts) of which neither the
+        archive nor this follower knows a container start. None when there is no archive. Raises ``StorageError`` when the store cannot take the
         last segment or the seal (the follower stays usable: call again later).
         """
         if self.archive is not None:
@@ -309,7 +310,7 @@ class RunLogs:
                 self._flusher.cancel()  # its interval's releases: nothing paced is left
                 self._flusher = None
             return None
-        self._declare_never_followed(ended)
+        self._declare_never_followed(ran)
         if self._flusher is not None:
             # Never cancelled in the middle of a write (its lines would be neither shipped nor kept):
             # told to ship once more and stop.
@@ -394,9 +395,9 @@ class RunLogs:
                     pace=self._pace,
                 ):
                     container.last_read = asyncio.get_running_loop().time()
-                    texts, last = _new_lines(batch, position, times)
+                    texts, stamped, last = _new_lines(batch, position, times)
                     if texts:
-                        self._take(container, texts, last)
+                        self._take(container, texts, stamped, last)
                         breaks = 0
                     if not self._room.is_set():
                         await self._room.wait()
@@ -426,41 +427,46 @@ class RunLogs:
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
-    def _take(self, container: ContainerLog, texts: list[str], last: LogTime | None) -> None:
+    def _take(self, container: ContainerLog, texts: list[str], stamped: list[str], last: LogTime | None) -> None:
         """Queue a container's new lines for the archive and parse them for metrics, progress and failures.
 
         Whole batches at a time: one search over the batch says whether any line can carry a metric, a
         progress report or a failure; only such lines are parsed one by one (all of them when the spec has
-        metric expressions, which may match anything), and the progress tracker also sees the batch's
-        last line, for the replica's activity."""
+        metric expressions, which may match anything), each at its own kubelet time (``stamped``: the lines
+        as they came, times in front), and the progress tracker also sees the batch's last line, for the
+        replica's activity."""
         replica = container.replica
         container.lines += len(texts)
         self._dirty = True
         changed = False
         progress = self.progress
-        at = _line_time(last)
         joined = "\n".join(texts)
+        candidates: Iterable[int]
         if self.parser.definitions or mentions_failure(joined):
-            candidates = texts
+            candidates = range(len(texts))
         elif METRIC_PREFIX in joined or PROGRESS_PREFIX in joined:
-            candidates = [text for text in texts if METRIC_PREFIX in text or PROGRESS_PREFIX in text]
+            candidates = [index for index, text in enumerate(texts) if METRIC_PREFIX in text or PROGRESS_PREFIX in text]
         else:
-            candidates = []
+            candidates = ()
         last_taken = None
-        for text in candidates:
+        for index in candidates:
+            text = texts[index]
             samples = self.parser.parse(text)
-            if samples or PROGRESS_PREFIX in text or log_signal(text) is not None:
-                changed |= progress.take(replica, text, samples, at)
-                last_taken = text
+            if not samples and PROGRESS_PREFIX not in text and log_signal(text) is None:
+                continue
+            # Its own time, not the batch's: steps read together (a follower catching up) keep their pace.
+            stamp = parse_log_time(stamped[index].partition(" ")[0])
+            changed |= progress.take(replica, text, samples, _line_time(stamp))
+            last_taken = index
             if samples:
                 changed |= self.summary.add(samples, from_master=is_master(replica))
-                record = json.dumps(metric_record(replica, samples, at=_stamp_text(last)))
+                record = json.dumps(metric_record(replica, samples, at=_stamp_text(stamp)))
                 self._queue(METRICS_CHANNEL, [record], len(record) + 1)
                 if self.archive is None and self.on_records is not None:
                     self.on_records(self._unarchived_records, [record])
                     self._unarchived_records += 1
-        if last_taken is not texts[-1]:
-            progress.saw(replica, at)  # the batch's last line said nothing the loop did not look at already
+        if last_taken != len(texts) - 1:
+            progress.saw(replica, _line_time(last))  # the batch's last line said nothing the loop looked at already
         self._queue(replica, texts, len(joined) + 1)
         if changed:
             self.on_metrics()
@@ -590,8 +596,9 @@ class RunLogs:
             self.on_records(self.shipped[METRICS_CHANNEL] - len(records), records)
 
 
-def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> tuple[list[str], LogTime | None]:
-    """The lines of a batch not delivered yet, without their kubelet times, and the last one's time.
+def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> tuple[list[str], list[str], LogTime | None]:
+    """The lines of a batch not delivered yet, without their kubelet times; the same lines as they came (times in
+    front); and the last one's time.
 
     A container's lines come in time order, so a batch whose first line is newer than the position is
     new as a whole: its times are parsed at its ends only (the common case, a stream that is read on).
@@ -607,22 +614,26 @@ def _new_lines(batch: list[str], position: StreamPosition, times: LogTimes) -> t
                 break
             at_last += 1
         position.advance(last, at_last)
-        return [line.partition(" ")[2] for line in batch], last
+        return [line.partition(" ")[2] for line in batch], batch, last
     texts = []
+    kept = []
     newest = None
     for stamped in batch:
         stamp_text, _, text = stamped.partition(" ")
         stamp = times.parse(stamp_text)
         if stamp is None:
             texts.append(stamped)  # no time in front (not a kubelet): keep the line whole
+            kept.append(stamped)
         elif position.take(stamp):
             texts.append(text)
+            kept.append(stamped)
             newest = stamp
-    return texts, newest
+    return texts, kept, newest
 
 
 def _line_time(stamp: LogTime | None) -> datetime:
-    return stamp[0] if stamp is not None else datetime.now(UTC)
+    """A line's kubelet time to the microsecond (now when it has none): a pace is measured between such times."""
+    return stamp[0] + timedelta(microseconds=stamp[1] // 1000) if stamp is not None else datetime.now(UTC)
 
 
 _SECOND_TEXTS: dict[datetime, str] = {}  # recent seconds formatted (the lines of a second share it)

@@ -688,7 +688,7 @@ class Controller:
             archive = await self._open_archive(run, archive_uri) if archive_uri is not None else None
             logs = memory.logs = await self._follower(key, run, archive)
         logs.update(self.children.of(key, POD))
-        await logs.finish(ended=work.ended)
+        await logs.finish(ran=work.ran)
         await self._drop_follower(memory, stop=False)
         gaps = tuple(LogGap(replica=item.replica, after=item.last_line_time) for item in logs.gaps)
         return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric, gaps=gaps)

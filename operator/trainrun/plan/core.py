@@ -13,7 +13,7 @@ result. Rendering is ``trainrun.render``; the status is ``trainrun.status.build_
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
@@ -272,6 +272,11 @@ def plan(
     # Every replica's log read to its end: the archive sealed, or (not archived) read to the end for the metrics.
     logs_final = logs_sealed if archive is not None else sealed is not None or bool(previous.metrics_final)
     gaps = list(sealed.gaps) if sealed is not None else list(known_logs.gaps) if known_logs is not None else []
+    # Kept in the status, so that a replica whose pods went while no operator could ship what it had read of them
+    # (the one that read them killed with its lines, the store down) is declared at the seal, not forgotten.
+    started = sorted(
+        {*(known_logs.started if known_logs is not None else ()), *(pod.replica for pod in (*replicas, *gone) if pod.replica_type is not None and pod.ran)}
+    )
     storage: list[StorageWork] = []
     waits: list[float | None] = [refusal_ends_in, supervised.check_again_in]
     artifacts: Artifacts | None = None
@@ -334,6 +339,7 @@ def plan(
                     sealed=logs_sealed,
                     complete=logs_sealed and not gaps,
                     gaps=gaps,
+                    started=started,
                     message=seal_problem or archive_problem or _gap_words(gaps),
                 )
                 if archive is not None
@@ -371,7 +377,7 @@ def plan(
         seal_due, wait = due(observed.seal, moment)
         waits.append(wait)
         if seal_due:
-            storage.append(SealLogs(archive, ended=replicas_that_ended(run.spec.distribution.workers, status.replicas)))
+            storage.append(SealLogs(archive, ran=replicas_that_ran(run.spec.distribution.workers, status.replicas, started)))
     # Through a restart too: the new job's replicas append to the same followed logs.
     active = (job is not None or supervised.restarting) and status.phase is not None and not status.phase.finished
     events = [
@@ -504,16 +510,19 @@ def _storage_trouble(status: TrainingRunStatus) -> str | None:
     return status.logs.message if status.logs is not None and not status.logs.gaps else None
 
 
-def replicas_that_ended(workers: int, counts: Mapping[str, ReplicaCounts]) -> tuple[str, ...]:
-    """The replicas that surely ended at least once, by the run's pod counts (``status.replicas``, the job's own
-    once it has finished): the Master once one of its pods ended; every Worker once as many Worker pods ended
-    as there are Workers (fewer do not say which)."""
+def replicas_that_ran(workers: int, counts: Mapping[str, ReplicaCounts], started: Iterable[str] = ()) -> tuple[str, ...]:
+    """The replicas that surely ran, in replica order: those ``started`` names (seen started, status.logs.started),
+    and those the run's pod counts say ended at least once (``status.replicas``, the job's own once it has
+    finished; pods no operator saw): the Master once one of its pods ended; every Worker once as many Worker pods
+    ended as there are Workers (fewer do not say which)."""
     master, *worker_names = replica_names(workers)
     ended_of = {kind: count.succeeded + count.failed for kind, count in counts.items()}
-    ended = [master] if ended_of.get("Master", 0) >= 1 else []
+    ran = set(started)
+    if ended_of.get("Master", 0) >= 1:
+        ran.add(master)
     if worker_names and ended_of.get("Worker", 0) >= len(worker_names):
-        ended += worker_names
-    return tuple(ended)
+        ran.update(worker_names)
+    return tuple(name for name in (master, *worker_names) if name in ran) + tuple(sorted(ran - {master, *worker_names}))
 
 
 def _gone_replicas(gone: Sequence[PodView], previous: TrainingRunStatus) -> list[PodView]:

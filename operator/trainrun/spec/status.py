@@ -103,6 +103,11 @@ class LogsStatus(StatusModel):
     gaps: list[LogGap] = Field(
         default_factory=list, description="Replica logs that could not be read to their end (each marked in its .log)."
     )
+    started: list[str] = Field(
+        default_factory=list,
+        description="The replicas whose training container was seen started: once sealed, each has its log in the "
+        "archive or a gap declared (also when its pods went while no operator could ship what it had read).",
+    )
     message: str | None = Field(
         default=None, description="Why the archive is not complete yet: the object store's words and when it is tried again."
     )

@@ -152,6 +152,11 @@ class PodView:
     running_since: str | None = None  # when its (latest started) training container began running
 
     @property
+    def ran(self) -> bool:
+        """Whether a container of it (not an init container) started: it runs, or it exited."""
+        return self.running_since is not None or any(not termination.init for termination in self.terminations)
+
+    @property
     def state(self) -> ReplicaState:
         if self.phase == "Running":
             return ReplicaState.RUNNING

@@ -61,12 +61,13 @@ class Refusal:
 @dataclass(frozen=True)
 class SealLogs:
     """Finish following the run's logs: read every replica's to its end, and compose them in the archive at
-    ``archive`` (None: the run's logs are not archived; read for the metrics only). ``ended``: the replicas the
-    job's counts say ended at least once; one of which the archive holds nothing (its pods came and went while
-    no operator followed them) is declared a gap there, not forgotten."""
+    ``archive`` (None: the run's logs are not archived; read for the metrics only). ``ran``: the replicas known to
+    have run (seen started, or ended by the job's counts); one of which the archive holds nothing (its pods came
+    and went while no operator followed them, or the one that read them was killed before it shipped a line) is
+    declared a gap there, not forgotten."""
 
     archive: str | None
-    ended: tuple[str, ...] = ()
+    ran: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
