@@ -455,3 +455,26 @@ def test_a_watch_counts_the_changes_it_delivers_and_the_ones_that_changed_nothin
     assert (count("changed") - before[0], count("same") - before[1]) == (3, 3)
     assert [(old is None, new is None) for old, new in changes] == [(True, False), (False, False), (False, True)]
     assert informer.store == {}
+
+
+def test_new_metric_values_are_written_at_once_then_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower's first values get a pass at once; more within METRICS_WRITE_SECONDS wait for the end of that
+    interval (one pass takes them all); values after it get a pass at once again."""
+
+    async def scenario() -> None:
+        controller = Controller(RecordingKube(), operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        added: list[float] = []
+        monkeypatch.setattr(controller.queue, "add", lambda key, after=0.0: added.append(round(after, 1)))
+        interval = controller_module.METRICS_WRITE_SECONDS
+        controller._metrics_changed(KEY)
+        assert added == [], "a run this process does not follow any more"
+        memory = controller.memory[KEY] = controller_module.RunMemory()
+        for _ in range(3):
+            controller._metrics_changed(KEY)
+        assert added == [0.0, interval, interval], "at once, then one pass at the end of the interval for the rest"
+        assert memory.metrics_pass_at is not None
+        memory.metrics_pass_at -= 2 * interval  # that pass was made, an interval and more ago
+        controller._metrics_changed(KEY)
+        assert added[-1] == 0.0
+
+    in_loop(scenario)

@@ -136,6 +136,7 @@ class RunMemory:
     refusal: Refusal | None = None
     posted: set[str] = field(default_factory=set)
     tracker: RunTracker | None = None  # the run's tracked run in an experiment tracker (plan.tracking)
+    metrics_pass_at: float | None = None  # loop time of the last (or next) pass for new metric values
 
 
 @dataclass(frozen=True)
@@ -756,6 +757,23 @@ class Controller:
             raise RegistryUnavailable(f"registry {track.registry!r} is not in the operator configuration (registries)")
         return client_for(registry, await registry_env(self.kube, self.operator_namespace, track.registry, registry))
 
+    def _metrics_changed(self, key: Key) -> None:
+        """New metric values from the run's follower: a pass at once when none was made for them in the last
+        METRICS_WRITE_SECONDS, else when that many seconds have passed since it (one status write per run that
+        often at most). The first values after a follower starts are written at once: a sweep's pruner and
+        ``kubectl get`` see them without waiting out an interval (when every change waited one, a trial whose
+        operator was restarted every few seconds could run to its last epoch unpruned)."""
+        memory = self.memory.get(key)
+        if memory is None:
+            return  # not followed by this process any more
+        now = asyncio.get_running_loop().time()
+        last = memory.metrics_pass_at
+        if last is not None and last > now:
+            self.queue.add(key, last - now)  # the pass due then takes these values too
+            return
+        memory.metrics_pass_at = now if last is None else max(now, last + METRICS_WRITE_SECONDS)
+        self.queue.add(key, memory.metrics_pass_at - now)
+
     def _feed_tracker(self, key: Key, first: int, lines: list[str]) -> None:
         memory = self.memory.get(key)
         if memory is not None and memory.tracker is not None:
@@ -766,7 +784,7 @@ class Controller:
             self.kube,
             run,
             archive,
-            on_metrics=lambda: self.queue.add(key, METRICS_WRITE_SECONDS),
+            on_metrics=lambda: self._metrics_changed(key),
             on_records=lambda first, lines: self._feed_tracker(key, first, lines),
             flush_seconds=self.config.logs.flush_seconds,
         )
