@@ -82,6 +82,7 @@ class Tally:
     lines_declared_lost: int = 0
     duplicates: int = 0
     gaps: int = 0
+    starts_lost: list[str] = field(default_factory=list)  # run/replica (its expected phase): why, by its markers
 
 
 def plan_runs(namespace: str, chance: random.Random) -> list[Planned]:
@@ -433,6 +434,10 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
         for replica, count in container_starts.items():
             tally.lines_written += count * LINES
             cut, markers = pieces(archive.get(replica, []))
+            if count > len(cut):  # starts of which no line was archived
+                tally.lines_declared_lost += (count - len(cut)) * LINES
+                why = sorted({line.partition("could not be read (")[2].partition(")")[0] for line in archive.get(replica, []) if line.startswith(GAP_MARKER)})
+                tally.starts_lost.append(f"{run.name}/{replica} ({run.expected}): {'; '.join(why)}")
             if len(cut) + markers < count:  # a start neither archived nor declared
                 problems.append(f"{run.name}/{replica}: {count} container starts, {len(cut)} in the archive and {markers} declared")
         if declared and logs.get("complete"):
@@ -454,6 +459,6 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
         f"\nchaos soak, seed {seed}: {RUNS} runs in {took:.0f} s; faults: {len(tally.faults)} ({'; '.join(tally.faults)}); "
         f"whole-run restarts {restarts}; PyTorchJobs {sum(len(uids) for uids in jobs.uids.values())}; "
         f"lines written {tally.lines_written}, archived {tally.lines_archived}, declared lost {tally.lines_declared_lost} "
-        f"in {tally.gaps} declared gaps, duplicates {tally.duplicates}; "
+        f"in {tally.gaps} declared gaps, duplicates {tally.duplicates}; starts of which no line was archived: {tally.starts_lost}; "
         f"the supervisor restarted: {supervisor_restarts(kube_cluster)[restarted_before:]}; watch errors {len(jobs.errors) + len(pods.errors)}"
     )

@@ -7,12 +7,14 @@ the plan must do (actions, phase, Events, whether to read the manifest or follow
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 from factories import NOW, PyTorchJobBuilder, at, event, pod, pytorchjob, uploader_job
 from run_factory import document, pools
+from trainrun.kube.streams import started_container_restarts, training_container_name
 from trainrun.plan import (
     Apply,
     Attempts,
@@ -26,12 +28,14 @@ from trainrun.plan import (
     plan,
     projections,
 )
+from trainrun.plan.causes import worth_remembering
 from trainrun.plan.core import RESYNC_SECONDS, replicas_that_ran
 from trainrun.render import render_pytorchjob
 from trainrun.render.backend import PYTORCHJOB
 from trainrun.spec import load_training_run
 from trainrun.spec.config import LogArchiveSettings
 from trainrun.spec.status import Artifacts, Phase, ReplicaCounts
+from trainrun.status.observe import observe_job, observe_pod
 
 ARTIFACTS = Artifacts(uri="s3://models/run/", manifest_uri="s3://models/run/manifest.json", file_count=3, bytes=1234)
 SEALED = SealedLogs(metrics={"loss": 0.25}, key_metric="loss=0.25")
@@ -382,21 +386,62 @@ def test_an_invalid_run_is_refused_naming_the_field() -> None:
     assert decided.run is None
 
 
-def test_the_plan_from_projections_is_the_plan_from_whole_objects() -> None:
-    """What the operator keeps in memory is enough: the same plan as from the objects the API serves."""
-    failed = job().failed().started()
+def as_served(built: dict[str, Any]) -> dict[str, Any]:
+    """A pod as the API server serves it: the fields the projection drops (managed fields, ids, readiness, probe
+    times, the Ready conditions, mounts) filled in."""
+    served = copy.deepcopy(built)
+    served["metadata"]["managedFields"] = [{"manager": "kubelet", "operation": "Update"}]
+    status = served.setdefault("status", {})
+    status.setdefault("conditions", []).extend(
+        {"type": kind, "status": "False", "lastProbeTime": None, "lastTransitionTime": at(1)} for kind in ("Ready", "ContainersReady", "Initialized")
+    )
+    for key in ("containerStatuses", "initContainerStatuses"):
+        for index, item in enumerate(status.get(key) or []):
+            item.update(containerID=f"containerd://{index:064d}", imageID="sha256:" + "0" * 64, started=False, ready=False)
+            item["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
+    status.update(hostIP="10.0.0.1", podIP="10.1.0.7", qosClass="Burstable")
+    return served
+
+
+PODS_AS_SEEN = {
+    "running and failed": [pod("run-master-0").running(), pod("run-worker-0").terminated(3, finished_at=at(19))],
+    "unschedulable": [pod("run-master-0").pending_unschedulable("0/3 nodes are available: 3 Insufficient nvidia.com/gpu"), pod("run-worker-0").scheduled()],
+    "image pull": [pod("run-master-0").image_pull_backoff(), pod("run-worker-0").container_creating()],
+    "init containers": [pod("run-master-0").init_container().init_failed(2, "no such bucket"), pod("run-worker-0").init_container().init_running()],
+    "crash loop and oom": [pod("run-master-0").crash_looping(1, finished_at=at(9)), pod("run-worker-0").oom_killed(finished_at=at(9))],
+    "taken away": [pod("run-master-0").evicted("The node was low on resource: memory."), pod("run-worker-0").running().disrupted("DeletionByPodGC", "the node is gone")],
+    "restarted and succeeded": [pod("run-master-0").restarted(1, finished_at=at(5)), pod("run-worker-0").succeeded()],
+}
+
+
+@pytest.mark.parametrize("seen", list(PODS_AS_SEEN), ids=list(PODS_AS_SEEN))
+def test_the_plan_from_projections_is_the_plan_from_whole_objects(seen: str) -> None:
+    """What the operator keeps in memory is enough: the same plan as from the objects the API serves, and the same
+    answers for the log follower and the pods the controller remembers once deleted."""
+    failed = job().failed().started().replica_status("Master", failed=1).replica_status("Worker", active=1)
     failed["metadata"]["managedFields"] = [{"manager": "training-operator"}]
-    pods = [pod("run-master-0").running(), pod("run-worker-0").terminated(3, finished_at=at(19))]
+    for replica_type, numbers in failed["status"]["replicaStatuses"].items():
+        numbers["labelSelector"] = {"matchLabels": {"training.kubeflow.org/job-name": "run", "training.kubeflow.org/replica-type": replica_type.lower()}}
+        numbers["selector"] = f"training.kubeflow.org/job-name=run,training.kubeflow.org/replica-type={replica_type.lower()}"
+    pods = [as_served(item) for item in PODS_AS_SEEN[seen]]
     events = [event("FailedScheduling", "0/3 nodes are available", name="run-worker-0", when=at(2))]
-    whole = Observed(job=failed, pods=pods, events=events)
+    whole = Observed(job=failed, pods=pods, events=events, gone_pods=pods)
     trimmed = replace(
         whole,
         job=projections.pytorchjob(failed),
         pods=[projections.pod(item) for item in pods],
         events=[projections.event(item) for item in events],
+        gone_pods=[projections.pod(item) for item in pods],
     )
     run = body(previous(Phase.RUNNING))
     assert plan(run, pools(), whole, now=NOW) == plan(projections.training_run(run), pools(), trimmed, now=NOW)
+    assert observe_job(failed) == observe_job(trimmed.job)
+    for served, kept in zip(pods, trimmed.pods, strict=True):
+        assert observe_pod(served) == observe_pod(kept)
+        assert worth_remembering(served) == worth_remembering(kept)
+        assert started_container_restarts(served) == started_container_restarts(kept)
+        assert training_container_name(served) == training_container_name(kept)
+        assert len(json.dumps(kept)) < len(json.dumps(served))
 
 
 @pytest.mark.parametrize(

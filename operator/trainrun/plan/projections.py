@@ -33,16 +33,37 @@ def _containers(raw: object) -> list[Object]:
     return [_pick(item, ("name", "image", "resources")) for item in raw if isinstance(item, Mapping)]
 
 
+# The pod conditions the status reads (placed or not, and why; taken away by the cluster), and of each
+# container's status what says where it is: not its ids, readiness, probes' times or mounts (a third of a pod).
+_POD_CONDITIONS = frozenset({"PodScheduled", "DisruptionTarget"})
+_CONDITION_FIELDS = ("type", "status", "reason", "message")
+_CONTAINER_STATUS_FIELDS = ("name", "image", "restartCount", "state", "lastState")
+
+
+def _container_statuses(raw: object) -> list[Object]:
+    if not isinstance(raw, list):
+        return []
+    return [_pick(item, _CONTAINER_STATUS_FIELDS) for item in raw if isinstance(item, Mapping)]
+
+
 def pod(raw: Mapping[str, Any]) -> Object:
-    """A pod: identity, its containers' images and resources, and its status."""
+    """A pod: identity, its containers' images and resources, and its status as the status builder reads it."""
     spec = raw.get("spec") or {}
+    raw_status = raw.get("status")
+    status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
+    projected = _pick(status, ("phase", "reason", "message", "startTime"))
+    conditions = status.get("conditions")
+    if isinstance(conditions, list):
+        projected["conditions"] = [
+            _pick(item, _CONDITION_FIELDS) for item in conditions if isinstance(item, Mapping) and item.get("type") in _POD_CONDITIONS
+        ]
+    for key in ("containerStatuses", "initContainerStatuses"):
+        if key in status:
+            projected[key] = _container_statuses(status[key])
     return {
         "metadata": _metadata(raw),
         "spec": {"containers": _containers(spec.get("containers")), "initContainers": _containers(spec.get("initContainers"))},
-        "status": _pick(
-            raw.get("status"),
-            ("phase", "conditions", "containerStatuses", "initContainerStatuses", "reason", "message", "startTime"),
-        ),
+        "status": projected,
     }
 
 
@@ -71,8 +92,24 @@ def pytorchjob(raw: Mapping[str, Any]) -> Object:
                 if isinstance(replica_spec, Mapping)
             },
         },
-        "status": raw.get("status") or {},
+        "status": _job_status(raw.get("status")),
     }
+
+
+def _job_status(raw: object) -> Object:
+    """A PyTorchJob's status as the status builder reads it: its conditions (not their update times, which move
+    without news), replica counts (not their label selectors), start and completion times."""
+    status: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    kept = _pick(status, ("startTime", "completionTime"))
+    conditions = status.get("conditions")
+    if isinstance(conditions, list):
+        kept["conditions"] = [_pick(item, (*_CONDITION_FIELDS, "lastTransitionTime")) for item in conditions if isinstance(item, Mapping)]
+    counts = status.get("replicaStatuses")
+    if isinstance(counts, Mapping):
+        kept["replicaStatuses"] = {
+            replica_type: _pick(numbers, ("active", "succeeded", "failed")) for replica_type, numbers in counts.items() if isinstance(numbers, Mapping)
+        }
+    return kept
 
 
 # TrainJob condition types -> the PyTorchJob condition types the status reads.
