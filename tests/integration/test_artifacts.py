@@ -91,7 +91,7 @@ def test_succeeded_training_is_uploaded_and_recorded(
     artifacts = run["status"]["artifacts"]
     ready = next(item for item in run["status"]["conditions"] if item["type"] == "Ready")
     assert ready["status"] == "True"
-    assert run["status"]["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": []}
+    assert run["status"]["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": [], "started": ["master-0", "worker-0"]}
 
     s3 = boto3_client_for(s3_server.endpoint)
     prefix = uri.removeprefix(f"s3://{BUCKET}/")

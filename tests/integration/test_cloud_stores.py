@@ -142,7 +142,7 @@ def test_archive_and_artifacts_on_the_store_through_an_operator_kill(
     manifest = json.loads(store.get(uri, "manifest.json"))
     assert [entry["path"] for entry in manifest["files"]] == ["logs/master-0.log", "model.pt"]
     assert run["status"]["artifacts"]["fileCount"] == 2 and run["status"]["artifacts"]["uri"] == uri
-    assert run["status"]["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": []}
+    assert run["status"]["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": [], "started": ["master-0"]}
     assert condition(run, "LogsComplete")["status"] == "True"
     printed = json.dumps(run) + json.dumps(events_of(kube_cluster, "arch", namespace)) + operator.output() + upload.stdout
     assert not [secret for secret in store.secrets if secret in printed]

@@ -104,7 +104,7 @@ def test_a_run_completes_as_a_trainjob_with_its_logs_archived_and_its_copy_verif
     run = wait_for_phase(cluster, operator, "tj", namespace, "Completed", timeout=180, seen=seen)
     assert seen[-3:] == ["Running", "Uploading", "Completed"], seen
     status = run["status"]
-    assert status["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": []}
+    assert status["logs"] == {"uri": f"{uri}/logs", "sealed": True, "complete": True, "gaps": [], "started": ["master-0", "worker-0"]}
     assert status["replicas"] == {"Master": {"active": 0, "succeeded": 1, "failed": 0}, "Worker": {"active": 0, "succeeded": 1, "failed": 0}}
     assert status["metrics"] == {"val_loss": 0.2}
     prefix = uri.removeprefix(f"s3://{BUCKET}/")
