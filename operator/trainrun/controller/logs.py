@@ -349,6 +349,11 @@ class RunLogs:
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
+    def _pod_is_here(self, pod_name: str, uid: str) -> bool:
+        """Whether the pod of that name and uid is among the pods as last seen."""
+        pod = self._pods.get(pod_name)
+        return pod is not None and str(pod["metadata"].get("uid")) == uid
+
     def _container_runs(self, key: str) -> bool:
         """Whether the container start ``key`` (uid/restarts) still runs, by the pods as last seen."""
         uid, _, restarts = key.rpartition("/")
@@ -377,7 +382,8 @@ class RunLogs:
     async def _read(
         self, container: ContainerLog, pod_name: str, container_name: str, uid: str, restarts: int, previous: bool
     ) -> None:
-        """Read one container start's log to its end, reopening a stream that breaks off while it runs."""
+        """Read one container start's log to its end, reopening a stream that breaks off (its container running
+        or ended) or ends while its container runs."""
         position = container.position
         times = LogTimes()
         breaks = 0
@@ -401,30 +407,38 @@ class RunLogs:
                         breaks = 0
                     if not self._room.is_set():
                         await self._room.wait()
-                why = "it ended"
+                why = None  # the stream ended: the log is read to its end once its container has
             except ApiError as error:
                 why = str(error)
-                if error.status == 404 and not previous:  # the pod is gone, and its log with it
+                container.last_read = None  # broke off: not at its end, however quiet it has been since
+                if error.status == 404 and not previous and not self._pod_is_here(pod_name, uid):
+                    # The pod is gone, and its log with it. (A 404 for a pod still here is its node, unknown to
+                    # the API server for now: read again, as after any break, while the pod is there.)
                     self._declare_gap(container, "its pod was deleted before the operator read it to its end")
                     return
                 if previous and error.refused:
                     why = "the kubelet no longer has it"  # restarted again since: that start's log is gone
                     self._declare_gap(container, "the container restarted again before the operator read it")
-                elif previous:
+                    return
+                if previous:
                     breaks += 1
                     await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
                     continue
-            if previous or not still_running(self._pods.get(pod_name), uid, restarts):
+            runs = still_running(self._pods.get(pod_name), uid, restarts)
+            if why is None and (previous or not runs):
                 container.done = True  # read to its end (also while finishing: its last lines were wanted)
                 self._dirty = True
                 # Recorded in the archive now, not at the next interval: a follower that took over in between
                 # (this one killed) could no longer tell this start was read to its end, once its pod is gone.
                 self._flush_now.set()
                 return
-            if self._closing:
-                return  # broke off while the container runs and the follower is finishing: a gap, said at the seal
+            if self._closing and runs:
+                return  # stopped while the container runs and the follower is finishing: a gap, said at the seal
+            # Broke off (its container running or not: an ended one's lines after the break are still the
+            # kubelet's), or ended while it runs: read on from the position (while finishing, until the seal's
+            # deadline cancels this reader, which is then a gap).
             breaks += 1
-            logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
+            logger.info("log stream of %s broke off (%s); reading on", pod_name, why or "it ended while the container runs")
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
     def _take(self, container: ContainerLog, texts: list[str], stamped: list[str], last: LogTime | None) -> None:
