@@ -43,7 +43,7 @@ class FakeLogs:
         self.lines: dict[str, list[str]] = {}
         self.break_after: dict[str, int] = {}  # pod -> lines served before the stream breaks (once)
         self.held_open: set[str] = set()  # pods whose stream stays open after its last line (as kwok's do)
-        self.node_unknown: set[str] = set()  # pods whose log is answered 404 once (their node gone for a moment)
+        self.answer_once: dict[str, ApiError] = {}  # pod -> an error its log is answered with once
         self.opened: list[tuple[str, int | None]] = []
 
     def write(self, pod_name: str, *texts: str, second: int = 0) -> None:
@@ -65,9 +65,9 @@ class FakeLogs:
         release of ``pace`` only, unless the batch holds the pace's ``wake_on`` mark; one that ends or breaks off
         wakes its reader with its end, so at once."""
         self.opened.append((pod_name, since_seconds))
-        if pod_name in self.node_unknown:
-            self.node_unknown.discard(pod_name)
-            raise ApiError('nodes "cpu-1" not found', status=404)
+        answer = self.answer_once.pop(pod_name, None)
+        if answer is not None:
+            raise answer
         lines = list(self.lines.get(pod_name, []))
         cut = self.break_after.pop(pod_name, None)
         for start in range(0, len(lines) if cut is None else cut, 3):
@@ -296,17 +296,20 @@ def test_a_stream_held_open_after_its_container_ended_is_read_to_its_end(tmp_pat
     assert (tmp_path / "logs" / "master-0.log").read_text().splitlines() == [f"line {n}" for n in range(1, 21)]
 
 
-@pytest.mark.parametrize("trouble", ["broke-off", "node-unknown"])
+@pytest.mark.parametrize("trouble", ["broke-off", "node-unknown", "kubelet-unreachable"])
 def test_an_ended_containers_log_that_breaks_off_is_read_on_to_its_end_not_taken_as_read(tmp_path: Path, trouble: str) -> None:
-    """A stream that breaks off (a connection reset, the API server restarted) or is answered 404 while the pod is
-    still there (its node unknown for a moment) has not reached the log's end, also when the container has ended:
-    the follower reads on from where it was, while the pod is there; every line once, no gap."""
+    """A stream that breaks off (a connection reset, the API server restarted), is answered 404 while the pod is
+    still there (its node unknown for a moment) or 5xx (the API server cannot reach the kubelet) has not reached
+    the log's end, also when the container has ended: the follower reads on from where it was, while the pod is
+    there; every line once, no gap."""
     kube = FakeLogs()
     kube.write("run-master-0", *(f"line {n}" for n in range(1, 11)))
     if trouble == "broke-off":
         kube.break_after["run-master-0"] = 4
+    elif trouble == "node-unknown":
+        kube.answer_once["run-master-0"] = ApiError('nodes "cpu-1" not found', status=404)
     else:
-        kube.node_unknown.add("run-master-0")
+        kube.answer_once["run-master-0"] = ApiError("error dialing backend: connection refused", status=500)
     archive_uri = (tmp_path / "logs").as_uri()
 
     async def scenario() -> RunLogs:
@@ -320,6 +323,23 @@ def test_an_ended_containers_log_that_breaks_off_is_read_on_to_its_end_not_taken
     assert logs.gaps == []
     assert (tmp_path / "logs" / "master-0.log").read_text().splitlines() == [f"line {n}" for n in range(1, 11)]
     assert len(kube.opened) == 2
+
+
+def test_a_log_the_server_refuses_for_an_ended_container_is_at_its_end() -> None:
+    """kwok answers 400 "no logs found" for a pod it serves no log for (the uploader's, in the tests): a refusal
+    is the end of what there is to read, not a break to read on from until the seal's deadline."""
+    kube = FakeLogs()
+    kube.answer_once["run-master-0"] = ApiError('no logs found for container "pytorch"', status=400)
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, None)
+        logs.start()
+        logs.update([finished("run-master-0", "m")])
+        await logs.finish(grace=10)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert logs.gaps == [] and logs.containers["m/0"].done and len(kube.opened) == 1
 
 
 def test_a_log_whose_pod_went_before_it_was_read_to_its_end_is_a_declared_gap(tmp_path: Path) -> None:
