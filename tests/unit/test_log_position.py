@@ -1,10 +1,18 @@
-"""Where a broken-off log stream picks up (``trainrun.kube.logs``, pure parts): log times and skipping."""
+"""Where a broken-off log stream picks up (``trainrun.kube.streams``, shared by both log readers): log times,
+skipping what was delivered, and what an error that ended a stream says of the log behind it."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from trainrun.kube.streams import RESUME_MARGIN_SECONDS, StreamPosition, parse_log_time
+import pytest
+from trainrun.kube.streams import (
+    RESUME_MARGIN_SECONDS,
+    StreamEnd,
+    StreamPosition,
+    parse_log_time,
+    stream_end_after_error,
+)
 
 
 def test_kubelet_times_parse_to_second_and_nanoseconds() -> None:
@@ -49,3 +57,24 @@ def test_a_reopened_stream_reaches_back_past_the_last_line_with_a_margin() -> No
     now = at(0)[0] + timedelta(seconds=42.2)
     assert position.since_seconds(now) == 43 + RESUME_MARGIN_SECONDS
     assert position.since_seconds(at(0)[0]) == 1 + RESUME_MARGIN_SECONDS  # never 0: that reads nothing
+
+
+@pytest.mark.parametrize(
+    ("status", "previous", "pod_here", "end"),
+    [
+        (None, False, True, StreamEnd.GOES_ON),  # broke off: the lines after the break are still the kubelet's
+        (None, True, True, StreamEnd.GOES_ON),
+        (500, False, True, StreamEnd.GOES_ON),  # the API server could not reach the kubelet
+        (503, True, True, StreamEnd.GOES_ON),
+        (429, False, True, StreamEnd.GOES_ON),  # throttled
+        (404, False, True, StreamEnd.GOES_ON),  # the pod is here: its node unknown to the API server for a moment
+        (404, False, False, StreamEnd.POD_DELETED),
+        (404, True, False, StreamEnd.GOES_ON),  # a previous start's log: asked again until the seal's deadline
+        (400, False, True, StreamEnd.READ),  # kwok's "no logs found": nothing more to read
+        (403, False, True, StreamEnd.READ),
+        (400, True, True, StreamEnd.RESTARTED_AGAIN),  # "previous terminated container not found"
+        (422, True, False, StreamEnd.RESTARTED_AGAIN),
+    ],
+)
+def test_how_far_a_stream_that_ended_with_an_error_got(status: int | None, previous: bool, pod_here: bool, end: StreamEnd) -> None:
+    assert stream_end_after_error(status, previous=previous, pod_here=pod_here) is end

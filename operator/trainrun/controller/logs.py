@@ -43,10 +43,12 @@ from trainrun.kube.h2logs import Pace
 from trainrun.kube.streams import (
     LogTime,
     LogTimes,
+    StreamEnd,
     StreamPosition,
     parse_log_time,
     started_container_restarts,
     still_running,
+    stream_end_after_error,
     training_container_name,
 )
 from trainrun.metrics import METRIC_PREFIX, MetricParser, MetricSummary, is_master
@@ -391,9 +393,6 @@ class RunLogs:
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
             container.last_read = None
-            # Whether the log was read to where the server stops: true once the stream ends, or the server refuses
-            # it (nothing more to read: an ended container's log is then read).
-            at_end = True
             why = "it ended while the container runs"
             try:
                 async for batch in self.kube.log_batches(
@@ -413,26 +412,16 @@ class RunLogs:
                         await self._room.wait()
             except ApiError as error:
                 why = str(error)
-                if error.status == 404 and not previous and not self._pod_is_here(pod_name, uid):
-                    # The pod is gone, and its log with it. (A 404 for a pod still here is its node, unknown to
-                    # the API server for now: read again, as after any break, while the pod is there.)
-                    self._declare_gap(container, "its pod was deleted before the operator read it to its end")
-                    return
-                if previous and error.refused:  # restarted again since: that start's log is gone
-                    self._declare_gap(container, "the container restarted again before the operator read it")
-                    return
-                if previous:
-                    breaks += 1
-                    await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
-                    continue
-                if error.status is None or error.status == 404 or error.status >= 500:
-                    # No answer (the stream broke off), the server's own failure (a kubelet it cannot reach), or a
-                    # 404 for a pod still here: the log goes on past what was read, whether its container still
-                    # runs or not. (A refusal, 400 "no logs found" say, is the end of what there is to read.)
-                    at_end = False
-                    container.last_read = None  # not at its end, however quiet it has been since
+                end = stream_end_after_error(error.status, previous=previous, pod_here=self._pod_is_here(pod_name, uid))
+            else:
+                end = StreamEnd.READ
+            if end in (StreamEnd.POD_DELETED, StreamEnd.RESTARTED_AGAIN):  # its log is gone with it
+                self._declare_gap(container, end.value)
+                return
+            if end is StreamEnd.GOES_ON:
+                container.last_read = None  # not at its end, however quiet it has been since
             runs = still_running(self._pods.get(pod_name), uid, restarts)
-            if at_end and (previous or not runs):
+            if end is StreamEnd.READ and (previous or not runs):
                 container.done = True  # read to its end (also while finishing: its last lines were wanted)
                 self._dirty = True
                 # Recorded in the archive now, not at the next interval: a follower that took over in between
@@ -441,9 +430,9 @@ class RunLogs:
                 return
             if self._closing and runs:
                 return  # stopped while the container runs and the follower is finishing: a gap, said at the seal
-            # Broke off (its container running or not: an ended one's lines after the break are still the
-            # kubelet's), or ended while it runs: read on from the position (while finishing, until the seal's
-            # deadline cancels this reader, which is then a gap).
+            # The log goes on (its container running or not: an ended one's lines after a break are still the
+            # kubelet's), or the stream ended while the container runs: read on from the position (while
+            # finishing, until the seal's deadline cancels this reader, which is then a gap).
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))

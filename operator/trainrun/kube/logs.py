@@ -23,10 +23,12 @@ from typing import Any
 
 from trainrun.kube.api import KubeApi, KubeError, StreamCloser
 from trainrun.kube.streams import (
+    StreamEnd,
     StreamPosition,
     parse_log_time,
     started_container_restarts,
     still_running,
+    stream_end_after_error,
     training_container_name,
 )
 from trainrun.render.children import COMPONENT_LABEL, REPLICA_COMPONENT, RUN_LABEL
@@ -133,8 +135,8 @@ class ReplicaLogStreams:
             return closer
 
     def _read(self, replica: str, pod_name: str, container: str, uid: str, restarts: int) -> None:
-        """Read one container's log to its end; a stream that breaks off while the container still runs
-        (an API server restart, an idle connection cut) is opened again where it stopped."""
+        """Read one container's log to its end; a stream that breaks off (an API server restart, an idle
+        connection cut), or ends while the container still runs, is opened again where it stopped."""
         position = StreamPosition()
         breaks = 0
         while (closer := self._new_closer()) is not None:
@@ -159,12 +161,15 @@ class ReplicaLogStreams:
                         continue  # read before the stream broke off
                     self._queue.put(LogLine(replica, text))
                     breaks = 0
-                why = "it ended"
+                why, end = "it ended", StreamEnd.READ
             except KubeError as error:
                 why = str(error)
+                end = stream_end_after_error(error.status, previous=False, pod_here=self._pod_is_here(pod_name, uid))
             with self._lock:
                 self._closers.remove(closer)
-            if self._closing.is_set() or not self._still_running(pod_name, uid, restarts):
+            if self._closing.is_set() or end in (StreamEnd.POD_DELETED, StreamEnd.RESTARTED_AGAIN):
+                return
+            if end is StreamEnd.READ and not self._still_running(pod_name, uid, restarts):
                 return
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
@@ -172,6 +177,14 @@ class ReplicaLogStreams:
                 LogLine(replica, f"[trainrun] log stream of {pod_name} broke off ({why}); reading on", note=True)
             )
             self._closing.wait(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+
+    def _pod_is_here(self, pod_name: str, uid: str) -> bool:
+        """Whether the pod of that name and uid is still there (or the API server is away and cannot say)."""
+        try:
+            pod = self.api.get("v1", "Pod", pod_name, self.namespace)
+        except KubeError:
+            return True  # try again later
+        return pod is not None and (pod.get("metadata") or {}).get("uid") == uid
 
     def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
         """Whether the container a stream read is still the pod's running training container."""

@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from trainrun.render.children import CONTAINER_NAME
@@ -140,3 +141,31 @@ def still_running(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> boo
         and int(container.get("restartCount") or 0) == restarts
         and "running" in (container.get("state") or {})
     )
+
+
+class StreamEnd(Enum):
+    """What the way a log stream ended says of the container start's log behind it (``stream_end``)."""
+
+    READ = "read to where the server stops"
+    GOES_ON = "the log goes on past what was read"
+    POD_DELETED = "its pod was deleted before the operator read it to its end"
+    RESTARTED_AGAIN = "the container restarted again before the operator read it"
+
+
+def stream_end_after_error(status: int | None, *, previous: bool, pod_here: bool) -> StreamEnd:
+    """How far a stream of a container start's log got that ended with an error of HTTP status STATUS (None:
+    no answer, the stream broke off); one that ended without error read the log to where the server stops.
+    PREVIOUS: it read the log of the start before the container's current one. POD_HERE: whether the pod (the
+    same uid) is still there.
+
+    A stream that breaks off, a 5xx (the API server cannot reach the kubelet) and a 429 leave the log going
+    on past what was read, whether the container still runs or not; so does a 404 for a pod still there (its
+    node unknown to the API server for a moment). Any other 4xx is a refusal, the end of what there is to
+    read (kwok answers 400 "no logs found" for a pod it serves no log for); of a previous start's log, it
+    means the container restarted again since and that log is gone."""
+    if status == 404 and not previous and not pod_here:
+        return StreamEnd.POD_DELETED
+    refused = status is not None and 400 <= status < 500 and status not in (404, 429)
+    if previous:
+        return StreamEnd.RESTARTED_AGAIN if refused else StreamEnd.GOES_ON
+    return StreamEnd.READ if refused else StreamEnd.GOES_ON

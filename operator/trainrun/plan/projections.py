@@ -27,23 +27,20 @@ def _metadata(raw: Mapping[str, Any]) -> Object:
     return _pick(raw.get("metadata"), _METADATA)
 
 
-def _containers(raw: object) -> list[Object]:
+def _pick_each(raw: object, keys: tuple[str, ...], types: frozenset[str] | None = None) -> list[Object]:
+    """KEYS of each mapping in the list RAW (only of those whose type is one of TYPES, when given)."""
     if not isinstance(raw, list):
         return []
-    return [_pick(item, ("name", "image", "resources")) for item in raw if isinstance(item, Mapping)]
+    return [_pick(item, keys) for item in raw if isinstance(item, Mapping) and (types is None or item.get("type") in types)]
 
 
+_CONTAINER_FIELDS = ("name", "image", "resources")
 # The pod conditions the status reads (placed or not, and why; taken away by the cluster), and of each
 # container's status what says where it is: not its ids, readiness, probes' times or mounts (a third of a pod).
 _POD_CONDITIONS = frozenset({"PodScheduled", "DisruptionTarget"})
 _CONDITION_FIELDS = ("type", "status", "reason", "message")
+_TIMED_CONDITION_FIELDS = (*_CONDITION_FIELDS, "lastTransitionTime")
 _CONTAINER_STATUS_FIELDS = ("name", "image", "restartCount", "state", "lastState")
-
-
-def _container_statuses(raw: object) -> list[Object]:
-    if not isinstance(raw, list):
-        return []
-    return [_pick(item, _CONTAINER_STATUS_FIELDS) for item in raw if isinstance(item, Mapping)]
 
 
 def pod(raw: Mapping[str, Any]) -> Object:
@@ -52,17 +49,17 @@ def pod(raw: Mapping[str, Any]) -> Object:
     raw_status = raw.get("status")
     status: Mapping[str, Any] = raw_status if isinstance(raw_status, Mapping) else {}
     projected = _pick(status, ("phase", "reason", "message", "startTime"))
-    conditions = status.get("conditions")
-    if isinstance(conditions, list):
-        projected["conditions"] = [
-            _pick(item, _CONDITION_FIELDS) for item in conditions if isinstance(item, Mapping) and item.get("type") in _POD_CONDITIONS
-        ]
+    if isinstance(status.get("conditions"), list):
+        projected["conditions"] = _pick_each(status["conditions"], _CONDITION_FIELDS, _POD_CONDITIONS)
     for key in ("containerStatuses", "initContainerStatuses"):
         if key in status:
-            projected[key] = _container_statuses(status[key])
+            projected[key] = _pick_each(status[key], _CONTAINER_STATUS_FIELDS)
     return {
         "metadata": _metadata(raw),
-        "spec": {"containers": _containers(spec.get("containers")), "initContainers": _containers(spec.get("initContainers"))},
+        "spec": {
+            "containers": _pick_each(spec.get("containers"), _CONTAINER_FIELDS),
+            "initContainers": _pick_each(spec.get("initContainers"), _CONTAINER_FIELDS),
+        },
         "status": projected,
     }
 
@@ -101,9 +98,8 @@ def _job_status(raw: object) -> Object:
     without news), replica counts (not their label selectors), start and completion times."""
     status: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     kept = _pick(status, ("startTime", "completionTime"))
-    conditions = status.get("conditions")
-    if isinstance(conditions, list):
-        kept["conditions"] = [_pick(item, (*_CONDITION_FIELDS, "lastTransitionTime")) for item in conditions if isinstance(item, Mapping)]
+    if isinstance(status.get("conditions"), list):
+        kept["conditions"] = _pick_each(status["conditions"], _TIMED_CONDITION_FIELDS)
     counts = status.get("replicaStatuses")
     if isinstance(counts, Mapping):
         kept["replicaStatuses"] = {
@@ -157,16 +153,8 @@ def trainjob(raw: Mapping[str, Any]) -> Object:
 def workload(raw: Mapping[str, Any]) -> Object:
     """Kueue's Workload of a job: whose it is (its owner references) and its conditions."""
     metadata = _metadata(raw)
-    metadata["ownerReferences"] = [
-        _pick(owner, ("kind", "name", "uid")) for owner in (raw.get("metadata") or {}).get("ownerReferences") or [] if isinstance(owner, Mapping)
-    ]
-    conditions = (raw.get("status") or {}).get("conditions") or []
-    kept = [
-        _pick(condition, ("type", "status", "reason", "message", "lastTransitionTime"))
-        for condition in conditions
-        if isinstance(condition, Mapping)
-    ]
-    return {"metadata": metadata, "status": {"conditions": kept}}
+    metadata["ownerReferences"] = _pick_each((raw.get("metadata") or {}).get("ownerReferences"), ("kind", "name", "uid"))
+    return {"metadata": metadata, "status": {"conditions": _pick_each((raw.get("status") or {}).get("conditions"), _TIMED_CONDITION_FIELDS)}}
 
 
 def batch_job(raw: Mapping[str, Any]) -> Object:
