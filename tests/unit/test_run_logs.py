@@ -325,6 +325,45 @@ def test_an_ended_containers_log_that_breaks_off_is_read_on_to_its_end_not_taken
     assert len(kube.opened) == 2
 
 
+def test_a_stream_to_read_on_after_its_container_restarted_is_a_declared_gap_not_the_new_starts_lines(tmp_path: Path) -> None:
+    """A stream broke off (its node away, say) and the container restarted before it could be opened again: a
+    stream opened as before reads the new start's log, and its lines were taken as the old start's (the chaos
+    soak: 2 starts of a replica, 1 in the archive, nothing declared). The rest of the old start is a declared
+    gap; the new start is read whole by its own reader, its lines not interleaved with the old one's."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 11)))
+    kube.break_after["run-master-0"] = 4
+    archive_uri = (tmp_path / "logs").as_uri()
+
+    def master(restarts: int) -> dict[str, Any]:
+        built = pod("run-master-0").running() if restarts == 0 else pod("run-master-0").restarted(1, finished_at=stamp(9), restarts=restarts)
+        built["metadata"]["uid"] = "m"
+        return built
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([master(0)])
+        await until(lambda: "m/0" in logs.containers and logs.containers["m/0"].lines == 4)
+        # The container restarts while the reader waits to open its stream again: the log served now is the new start's.
+        kube.lines.pop("run-master-0")
+        kube.write("run-master-0", *(f"again {n}" for n in range(1, 4)), second=20)
+        logs.update([master(1)])
+        await until(lambda: logs.containers["m/0"].done)
+        ended = finished("run-master-0", "m")
+        ended["status"]["containerStatuses"][0]["restartCount"] = 1
+        logs.update([ended])
+        await logs.finish(grace=10)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert [gap.replica for gap in logs.gaps] == ["master-0"] and logs.containers["m/0"].lines == 4
+    assert logs.containers["m/1"].lines == 3 and not logs.containers["m/1"].gap
+    archived = (tmp_path / "logs" / "master-0.log").read_text().splitlines()
+    assert [line for line in archived if not line.startswith("[trainrun]")] == [*(f"line {n}" for n in range(1, 5)), *(f"again {n}" for n in range(1, 4))]
+    assert any("the container restarted before the operator read it to its end" in line for line in archived)
+
+
 def test_a_log_the_server_refuses_for_an_ended_container_is_at_its_end() -> None:
     """kwok answers 400 "no logs found" for a pod it serves no log for (the uploader's, in the tests): a refusal
     is the end of what there is to read, not a break to read on from until the seal's deadline."""

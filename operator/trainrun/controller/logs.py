@@ -46,6 +46,7 @@ from trainrun.kube.streams import (
     StreamEnd,
     StreamPosition,
     parse_log_time,
+    restarted_since,
     started_container_restarts,
     still_running,
     stream_end_after_error,
@@ -390,6 +391,12 @@ class RunLogs:
         times = LogTimes()
         breaks = 0
         while True:  # read at least once, also when the follower is finishing: its last lines are wanted
+            if not previous and restarted_since(self._pods.get(pod_name), uid, restarts):
+                # Restarted while the stream was away (its node was, say): a stream opened as before would read the
+                # new start's lines as this one's. The rest of this start is in the kubelet's previous log, but
+                # read beside the new start's reader its lines would interleave with that start's in the archive.
+                self._declare_gap(container, "the container restarted before the operator read it to its end")
+                return
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
             container.last_read = None

@@ -26,6 +26,7 @@ from trainrun.kube.streams import (
     StreamEnd,
     StreamPosition,
     parse_log_time,
+    restarted_since,
     started_container_restarts,
     still_running,
     stream_end_after_error,
@@ -161,15 +162,12 @@ class ReplicaLogStreams:
                         continue  # read before the stream broke off
                     self._queue.put(LogLine(replica, text))
                     breaks = 0
-                why, end = "it ended", StreamEnd.READ
+                why, failure = "it ended", None
             except KubeError as error:
-                why = str(error)
-                end = stream_end_after_error(error.status, previous=False, pod_here=self._pod_is_here(pod_name, uid))
+                why, failure = str(error), error
             with self._lock:
                 self._closers.remove(closer)
-            if self._closing.is_set() or end in (StreamEnd.POD_DELETED, StreamEnd.RESTARTED_AGAIN):
-                return
-            if end is StreamEnd.READ and not self._still_running(pod_name, uid, restarts):
+            if self._closing.is_set() or not self._reads_on(pod_name, uid, restarts, failure):
                 return
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
@@ -178,21 +176,19 @@ class ReplicaLogStreams:
             )
             self._closing.wait(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
 
-    def _pod_is_here(self, pod_name: str, uid: str) -> bool:
-        """Whether the pod of that name and uid is still there (or the API server is away and cannot say)."""
-        try:
-            pod = self.api.get("v1", "Pod", pod_name, self.namespace)
-        except KubeError:
-            return True  # try again later
-        return pod is not None and (pod.get("metadata") or {}).get("uid") == uid
-
-    def _still_running(self, pod_name: str, uid: str, restarts: int) -> bool:
-        """Whether the container a stream read is still the pod's running training container."""
+    def _reads_on(self, pod_name: str, uid: str, restarts: int, failure: KubeError | None) -> bool:
+        """Whether a stream that ended (with ``failure``, or without error) is opened again: while its container
+        start still runs, or after an error that leaves its log going on (``stream_end_after_error``); not once
+        the container restarted since (a stream opened again would read the new start, which has its reader)."""
         try:
             pod = self.api.get("v1", "Pod", pod_name, self.namespace)
         except KubeError:
             return True  # the API server is away: try again later
-        return still_running(pod, uid, restarts)
+        if restarted_since(pod, uid, restarts):
+            return False
+        here = pod is not None and (pod.get("metadata") or {}).get("uid") == uid
+        goes_on = failure is not None and stream_end_after_error(failure.status, previous=False, pod_here=here) is StreamEnd.GOES_ON
+        return goes_on or still_running(pod, uid, restarts)
 
 
 def replica_pods(api: KubeApi, namespace: str, job_name: str) -> dict[str, Pod]:

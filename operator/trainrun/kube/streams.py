@@ -130,6 +130,16 @@ def started_container_restarts(pod: Mapping[str, Any]) -> int | None:
     return int(container.get("restartCount") or 0)
 
 
+def restarted_since(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> bool:
+    """Whether the pod's training container has restarted since the start a stream read (pod uid, restart
+    count): that start's log is then the kubelet's previous one, and a stream opened as before reads the newer
+    start's lines. False when the pod is gone or another has its name."""
+    if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+        return False
+    container = training_container(pod)
+    return int((container or {}).get("restartCount") or 0) > restarts
+
+
 def still_running(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> bool:
     """Whether the container start a stream read (pod uid, restart count) is still the pod's running
     training container: if not, its log has ended and is not opened again."""
