@@ -46,11 +46,16 @@ With ``--profile FILE`` py-spy (pip install py-spy) samples the operator while t
 to FILE (folded, one "frame;...;frame count" a line): where the operator's CPU goes; its figures still count only
 the operator's process, though sampling slows it a little.
 
+With ``--tracemalloc FILE`` the operator traces its Python heap (``tracemalloc_peak/sitecustomize.py``) and
+leaves at FILE a snapshot from within 4 MB of its peak; the bench then prints what held that memory: by the
+operator's own line that allocated it (the innermost frame in ``trainrun``) and by the module that did. Tracing
+doubles the operator's CPU and adds to its memory: its figures are not the untraced ones.
+
 With ``--operator-only`` the direct baseline is not run (half the time): the operator's own figures only (its
 CPU and memory, passes, the lags), which the baseline does not enter into.
 
 Usage: python tests/bench/bench_operator_scale.py [--runs 100] [--workers 3] [--nodes M] [--repeats 1]
-         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE] [--operator-only]
+         [--backend PyTorchJob|TrainJob] [--kueue] [--finish-after SECONDS] [--profile FILE] [--tracemalloc FILE] [--operator-only]
          [--old-operator WORKTREE]    (an older checkout's operator: python -m trainrun.controller, or kopf run
                                       --standalone --all-namespaces where it has no such entry point)
 """
@@ -544,7 +549,12 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(ordered):.2f} / {p99:.2f} / {ordered[-1]:.2f} s"
 
 
-def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, repeat: int) -> OperatorProcess:
+TRACEMALLOC_HOOK = Path(__file__).resolve().parent / "tracemalloc_peak"
+
+
+def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, repeat: int, heap: Path | None) -> OperatorProcess:
+    traced = {"TRAINRUN_TRACEMALLOC_FILE": str(heap)} if heap is not None else {}
+    hooks = [str(TRACEMALLOC_HOOK), *filter(None, [os.environ.get("PYTHONPATH")])] if heap is not None else []
     if old_worktree is not None:
         # Its own entry point where it has one (as the Deployment runs it: its loop, its logging); else kopf's CLI.
         entry = (old_worktree / "operator" / "trainrun" / "controller" / "__main__.py").exists()
@@ -553,10 +563,10 @@ def start_operator(cluster: KubeCluster, work: Path, old_worktree: Path | None, 
             cluster,
             work / f"operator-{repeat}.log",
             command=[sys.executable, *command],
-            extra_env={"PYTHONPATH": str(old_worktree / "operator")},
+            extra_env={**traced, "PYTHONPATH": os.pathsep.join([str(old_worktree / "operator"), *hooks])},
         )
     else:
-        operator = OperatorProcess(cluster, work / f"operator-{repeat}.log")  # all namespaces, as the Deployment
+        operator = OperatorProcess(cluster, work / f"operator-{repeat}.log", extra_env={**traced, "PYTHONPATH": os.pathsep.join(hooks)} if hooks else None)  # all namespaces, as the Deployment
     operator.start()
 
     def ready() -> bool:
@@ -595,10 +605,15 @@ def operator_counts(metrics_url: str) -> Counter[str]:
     return counts
 
 
+def numbered(path: Path, repeat: int) -> Path:
+    """PATH for the first repeat, PATH with the repeat's number after its stem for the others."""
+    return path if repeat == 0 else path.with_name(f"{path.stem}-{repeat}{path.suffix}")
+
+
 def start_profiler(pid: int, output: Path, repeat: int) -> subprocess.Popen[bytes]:
     """py-spy recording the operator's stacks (it does not stop the process to read them) into OUTPUT (with the
     repeat's number after the first): raw folded stacks, one "frame;frame;... count" a line."""
-    path = output if repeat == 0 else output.with_name(f"{output.stem}-{repeat}{output.suffix}")
+    path = numbered(output, repeat)
     command = ["py-spy", "record", "--pid", str(pid), "--nonblocking", "--rate", "100", "--format", "raw", "--output", str(path)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -607,6 +622,33 @@ def stop_profiler(profiler: subprocess.Popen[bytes]) -> None:
     """Ends the recording the way Ctrl-C does, so py-spy writes what it sampled."""
     profiler.send_signal(signal.SIGINT)
     profiler.wait(timeout=60)
+
+
+def heap_report(snapshot_file: Path, top: int = 25) -> list[str]:
+    """What held the operator's traced heap at the snapshot: by the operator's own line that allocated it (the
+    innermost frame in ``operator/trainrun``) and the line that did (in a library, say: "own <- site"; the site
+    alone when no operator code is on the stack, kopf's and aiohttp's own tasks), and what imports hold
+    (modules' code and dictionaries)."""
+    import tracemalloc
+
+    def short(frame: tracemalloc.Frame) -> str:
+        return f"{frame.filename.split('/site-packages/')[-1].split('/operator/')[-1].split('/python3.11/')[-1]}:{frame.lineno}"
+
+    snapshot = tracemalloc.Snapshot.load(str(snapshot_file))
+    by_where: Counter[str] = Counter()
+    for trace in snapshot.traces:
+        frames = list(reversed(trace.traceback))  # the allocation's own frame first (a Traceback lists the oldest first)
+        if any(frame.filename.startswith("<frozen importlib") for frame in frames):
+            by_where["imports: modules' code and dictionaries"] += trace.size
+            continue
+        own = next((frame for frame in frames if "/operator/trainrun/" in frame.filename), None)
+        site = frames[0] if frames else None
+        where = " <- ".join(dict.fromkeys(short(frame) for frame in (own, site) if frame is not None))  # once if the same
+        by_where[where or "?"] += trace.size
+    total = sum(by_where.values())
+    lines = [f"\nheap at its snapshot: {total / 1e6:.1f} MB traced in Python objects (where RSS peaked untraced is the figure above less tracing's own)"]
+    lines.extend(f"  {size / 1e6:7.2f} MB  {where}" for where, size in by_where.most_common(top))
+    return lines
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -643,6 +685,10 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, metavar="FILE",
         help="py-spy samples the operator while the runs go (raw stacks to FILE: where its CPU goes)",
+    )
+    parser.add_argument(
+        "--tracemalloc", type=Path, default=None, metavar="FILE",
+        help="the operator traces its Python heap; a snapshot near its peak to FILE, and what held it printed",
     )
     parser.add_argument(
         "--finish-after", type=float, default=None, metavar="SECONDS",
@@ -690,7 +736,8 @@ def main() -> None:
             if not arguments.operator_only:
                 direct = measure(cluster, watched, direct_jobs(documents, arguments.backend), prefix, replicas, runs, "jobs", None, finish)
                 clean(cluster)
-            operator = start_operator(cluster, work, arguments.old_operator, repeat)
+            heap = numbered(arguments.tracemalloc, repeat) if arguments.tracemalloc else None
+            operator = start_operator(cluster, work, arguments.old_operator, repeat, heap)
             prefix = f"trainrun{repeat}"
             profiler = start_profiler(operator.pid, arguments.profile, repeat) if arguments.profile else None
             idle_from = cpu_seconds(operator.pid)
@@ -720,6 +767,8 @@ def main() -> None:
             operator.stop()
             tracebacks = operator.tracebacks()
             operator = None
+            if heap is not None:
+                print("\n".join(heap_report(heap)), flush=True)
             results.append((direct, through))
             print(
                 f"repeat {repeat + 1}: "
