@@ -364,6 +364,31 @@ def test_a_stream_to_read_on_after_its_container_restarted_is_a_declared_gap_not
     assert any("the container restarted before the operator read it to its end" in line for line in archived)
 
 
+def test_starts_that_restarted_before_any_follower_read_them_are_declared(tmp_path: Path) -> None:
+    """A follower that first sees a pod with its container restarted twice, of which the archive knows no start
+    (they ran while the store was down, or no operator led; the chaos soak: 2 starts, 1 in the archive, none
+    declared), declares both earlier starts before the current one's lines; a start the archive knows is not."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 4)))
+    archive_uri = (tmp_path / "logs").as_uri()
+    ended = finished("run-master-0", "m")
+    ended["status"]["containerStatuses"][0]["restartCount"] = 2
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([ended])
+        await logs.finish(grace=10)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert [(gap.replica, gap.gap) for gap in logs.gaps] == [("master-0", True), ("master-0", True)]
+    assert not logs.containers["m/2"].gap and logs.containers["m/2"].lines == 3
+    archived = (tmp_path / "logs" / "master-0.log").read_text().splitlines()
+    assert [line.count("it restarted before any operator read it") for line in archived] == [1, 1, 0, 0, 0]
+    assert archived[2:] == ["line 1", "line 2", "line 3"]
+
+
 def test_a_log_the_server_refuses_for_an_ended_container_is_at_its_end() -> None:
     """kwok answers 400 "no logs found" for a pod it serves no log for (the uploader's, in the tests): a refusal
     is the end of what there is to read, not a break to read on from until the seal's deadline."""

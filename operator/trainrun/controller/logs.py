@@ -243,6 +243,7 @@ class RunLogs:
             if restarts > 0 and earlier is not None and not earlier.done:
                 # Restarted in place while no follower read it: the kubelet keeps the one start before.
                 self._start(pod, name, uid, restarts - 1, previous=True)
+            self._declare_starts_never_read(pod, uid, restarts)
 
     def _declare_unread_gone(self) -> None:
         """Declare the container starts seen while the archive could not be read whose pods are gone since
@@ -253,6 +254,16 @@ class RunLogs:
                 container = self.containers[key] = ContainerLog(replica)
                 self._declare_gap(container, "its pod was deleted while the log archive could not be read")
         self._seen_before_load.clear()
+
+    def _declare_starts_never_read(self, pod: Mapping[str, Any], uid: str, restarts: int) -> None:
+        """Declare each start of the pod's container before its current one that neither the archive nor this
+        follower knows of: it ran and restarted while no operator read it (the store down, no leader, its node
+        away), and without a declaration the new start's lines in the archive hid that it was ever there."""
+        for earlier in range(restarts):
+            key = container_key(uid, earlier)
+            if key not in self.containers:
+                container = self.containers[key] = ContainerLog(replica_name(pod))
+                self._declare_gap(container, "it restarted before any operator read it")
 
     def _declare_never_followed(self, ran: Iterable[str]) -> None:
         """Declare each replica of ``ran`` that has no container start here: it ran, and its pods came and went
