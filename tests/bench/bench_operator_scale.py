@@ -48,7 +48,8 @@ the operator's process, though sampling slows it a little.
 
 With ``--tracemalloc FILE`` the operator traces its Python heap (``tracemalloc_peak/sitecustomize.py``) and
 leaves at FILE a snapshot from within 4 MB of its peak; the bench then prints what held that memory: by the
-operator's own line that allocated it (the innermost frame in ``trainrun``) and by the module that did. Tracing
+operator's own line that allocated it (the innermost frame in ``operator/trainrun``) and the line that did, with
+what imports hold apart. Tracing
 doubles the operator's CPU and adds to its memory: its figures are not the untraced ones.
 
 With ``--operator-only`` the direct baseline is not run (half the time): the operator's own figures only (its

@@ -45,6 +45,7 @@ from trainrun.kube.streams import (
     LogTimes,
     StreamEnd,
     StreamPosition,
+    is_same_pod,
     parse_log_time,
     restarted_since,
     started_container_restarts,
@@ -365,8 +366,7 @@ class RunLogs:
 
     def _pod_is_here(self, pod_name: str, uid: str) -> bool:
         """Whether the pod of that name and uid is among the pods as last seen."""
-        pod = self._pods.get(pod_name)
-        return pod is not None and str(pod["metadata"].get("uid")) == uid
+        return is_same_pod(self._pods.get(pod_name), uid)
 
     def _container_runs(self, key: str) -> bool:
         """Whether the container start ``key`` (uid/restarts) still runs, by the pods as last seen."""

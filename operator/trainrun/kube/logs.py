@@ -25,6 +25,7 @@ from trainrun.kube.api import KubeApi, KubeError, StreamCloser
 from trainrun.kube.streams import (
     StreamEnd,
     StreamPosition,
+    is_same_pod,
     parse_log_time,
     restarted_since,
     started_container_restarts,
@@ -186,8 +187,7 @@ class ReplicaLogStreams:
             return True  # the API server is away: try again later
         if restarted_since(pod, uid, restarts):
             return False
-        here = pod is not None and (pod.get("metadata") or {}).get("uid") == uid
-        goes_on = failure is not None and stream_end_after_error(failure.status, previous=False, pod_here=here) is StreamEnd.GOES_ON
+        goes_on = failure is not None and stream_end_after_error(failure.status, previous=False, pod_here=is_same_pod(pod, uid)) is StreamEnd.GOES_ON
         return goes_on or still_running(pod, uid, restarts)
 
 

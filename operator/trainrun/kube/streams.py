@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeGuard
 
 from trainrun.render.children import CONTAINER_NAME
 
@@ -130,11 +130,16 @@ def started_container_restarts(pod: Mapping[str, Any]) -> int | None:
     return int(container.get("restartCount") or 0)
 
 
+def is_same_pod(pod: Mapping[str, Any] | None, uid: str) -> TypeGuard[Mapping[str, Any]]:
+    """Whether POD is there and is the one of that uid (not another that took its name)."""
+    return pod is not None and (pod.get("metadata") or {}).get("uid") == uid
+
+
 def restarted_since(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> bool:
     """Whether the pod's training container has restarted since the start a stream read (pod uid, restart
     count): that start's log is then the kubelet's previous one, and a stream opened as before reads the newer
     start's lines. False when the pod is gone or another has its name."""
-    if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+    if not is_same_pod(pod, uid):
         return False
     container = training_container(pod)
     return int((container or {}).get("restartCount") or 0) > restarts
@@ -143,7 +148,7 @@ def restarted_since(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> b
 def still_running(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> bool:
     """Whether the container start a stream read (pod uid, restart count) is still the pod's running
     training container: if not, its log has ended and is not opened again."""
-    if pod is None or (pod.get("metadata") or {}).get("uid") != uid:
+    if not is_same_pod(pod, uid):
         return False
     container = training_container(pod)
     return (
@@ -154,7 +159,7 @@ def still_running(pod: Mapping[str, Any] | None, uid: str, restarts: int) -> boo
 
 
 class StreamEnd(Enum):
-    """What the way a log stream ended says of the container start's log behind it (``stream_end``)."""
+    """What the way a log stream ended says of the container start's log behind it (``stream_end_after_error``)."""
 
     READ = "read to where the server stops"
     GOES_ON = "the log goes on past what was read"
