@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from trainrun.kube.streams import (
     RESUME_MARGIN_SECONDS,
+    LogTimes,
     StreamEnd,
     StreamPosition,
     parse_log_time,
@@ -26,6 +27,42 @@ def test_kubelet_times_parse_to_second_and_nanoseconds() -> None:
     # Trimmed fractions compare by value, not as text (".1" is later than ".12" as text).
     later, earlier = parse_log_time("2026-11-24T01:02:03.2Z"), parse_log_time("2026-11-24T01:02:03.12Z")
     assert later is not None and earlier is not None and later > earlier
+
+
+def test_a_streams_times_read_alike_and_parse_each_second_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LogTimes`` gives what ``parse_log_time`` gives, also for texts that only start like a second it has seen;
+    a batch's first and last lines, seconds apart, each parse their second once however often they alternate."""
+    texts = [
+        "2026-11-24T01:02:03.123456789Z",
+        "2026-11-24T01:02:05.1Z",
+        "2026-11-24T01:02:03Z",
+        "2026-11-24T01:02:05.000000001Z",
+        "2026-11-24T01:02:03.12345678901Z",  # ten digits: not a kubelet time
+        "2026-11-24T01:02:03.1x3Z",
+        "2026-11-24T01:02:03garbageZ",
+        "2026-11-24T01:02:03.5+01:00",
+        "2026-11-24T01:02:03.٣Z",  # a digit, but not an ASCII one
+        "loss=0.5",
+        "",
+    ]
+    times = LogTimes()
+    assert [times.parse(text) for text in texts] == [parse_log_time(text) for text in texts]
+    parsed: list[str] = []
+    real = parse_log_time
+
+    def counted(text: str) -> object:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr("trainrun.kube.streams.parse_log_time", counted)
+    fresh = LogTimes()
+    for fraction in range(100):  # a stream read on: each batch's first line, then its last
+        assert fresh.parse(f"2026-11-24T01:02:03.{fraction}Z") == real(f"2026-11-24T01:02:03.{fraction}Z")
+        assert fresh.parse(f"2026-11-24T01:02:05.{fraction}Z") == real(f"2026-11-24T01:02:05.{fraction}Z")
+    assert len(parsed) == 2
+    for second in range(10, 20):  # many seconds: a few are kept
+        fresh.parse(f"2026-11-24T01:02:{second}Z")
+    assert len(fresh._seconds) <= LogTimes.KEPT_SECONDS
 
 
 def at(nanos: int, second: int = 3) -> tuple[datetime, int]:

@@ -83,15 +83,18 @@ def parse_log_time(text: str) -> LogTime | None:
 
 class LogTimes:
     """:func:`parse_log_time` for one stream: the lines of a second share its parsed time, so only the
-    fraction is parsed for most lines (the follower's per-line cost at thousands of streams)."""
+    fraction is parsed for most lines (the follower's per-line cost at thousands of streams). The last few
+    seconds are kept: a batch's first and last lines (all the follower parses of a batch read on) are seconds
+    apart, and each would otherwise push the other's out."""
+
+    KEPT_SECONDS = 4
 
     def __init__(self) -> None:
-        self._second_text = ""
-        self._second: datetime | None = None
+        self._seconds: dict[str, datetime] = {}  # "YYYY-MM-DDTHH:MM:SS" -> that second, UTC
 
     def parse(self, text: str) -> LogTime | None:
-        second = self._second
-        if second is not None and text.startswith(self._second_text) and text.endswith("Z"):
+        second = self._seconds.get(text[:19])
+        if second is not None and text.endswith("Z"):
             rest = text[19:-1]
             if not rest:
                 return second, 0
@@ -100,7 +103,9 @@ class LogTimes:
                 return second, int(fraction.ljust(9, "0"))
         parsed = parse_log_time(text)
         if parsed is not None and text.endswith("Z"):
-            self._second_text, self._second = text[:19], parsed[0]
+            if len(self._seconds) >= self.KEPT_SECONDS:
+                del self._seconds[next(iter(self._seconds))]  # the oldest
+            self._seconds[text[:19]] = parsed[0]
         return parsed
 
 
