@@ -54,10 +54,7 @@ class Supervised:
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def pid(self) -> int | None:
-        try:
-            return int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
+        return read_pid(self.pid_file)
 
     def check(self, now: float) -> None:
         for child in list(self.children):  # reap the ones this process started
@@ -104,6 +101,14 @@ class Supervised:
         self.gone_since = None
         self.restarts += 1
         print(f"supervise: {self.name} exited; started again (pid {child.pid}, restart {self.restarts})", flush=True)
+
+
+def read_pid(pid_file: Path) -> int | None:
+    """The pid in a pid file; None while there is none, or while its writer has not finished it."""
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def running(pid: int) -> bool:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.harness import KubeCluster, wait_until
+from cluster.supervise import read_pid, running
 from runs import events_of
 
 # What kwokctl runs; the cluster's supervisor (tests/cluster/supervise.py) starts the controllers again when they exit.
@@ -34,10 +35,9 @@ class Component:
     and the supervisor)."""
 
     def __init__(self, kube_cluster: KubeCluster, name: str) -> None:
-        workdir = kube_cluster.state_dir / "kwok" / "clusters" / kube_cluster.name
         self.name = name
         self.pid_file = pid_file(kube_cluster, name)
-        self.log_file = workdir / "logs" / f"{name}.log"
+        self.log_file = kwok_workdir(kube_cluster) / "logs" / f"{name}.log"
         pid = self.pid
         self.command = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")]
         self.cwd = os.readlink(f"/proc/{pid}/cwd")
@@ -72,17 +72,14 @@ class Component:
         self.pid_file.write_text(f"{process.pid}\n")
 
 
+def kwok_workdir(kube_cluster: KubeCluster) -> Path:
+    """kwokctl's folder of the cluster: its control-plane processes' pid files and logs."""
+    return kube_cluster.state_dir / "kwok" / "clusters" / kube_cluster.name
+
+
 def pid_file(kube_cluster: KubeCluster, name: str) -> Path:
     """Where kwokctl (and the supervisor, when it starts the process again) keeps a control-plane process's pid."""
-    return kube_cluster.state_dir / "kwok" / "clusters" / kube_cluster.name / "pids" / f"{name}.pid"
-
-
-def running(pid: int) -> bool:
-    """Whether PID exists and has not exited (a zombie has exited)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return kwok_workdir(kube_cluster) / "pids" / f"{name}.pid"
 
 
 class PortHolder:
@@ -159,10 +156,8 @@ def control_plane_running(kube_cluster: KubeCluster) -> dict[str, bool]:
     made that read raise instead of answering False (CI, the chaos soak's last check)."""
 
     def alive(name: str) -> bool:
-        try:
-            return running(int(pid_file(kube_cluster, name).read_text().strip()))
-        except (OSError, ValueError):  # no pid file, or the supervisor writing it
-            return False
+        pid = read_pid(pid_file(kube_cluster, name))  # None: no pid file, or the supervisor writing it
+        return pid is not None and running(pid)
 
     return {name: alive(name) for name in CONTROL_PLANE}
 
