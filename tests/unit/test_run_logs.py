@@ -24,6 +24,7 @@ from run_factory import training_run
 from trainrun.controller.logs import RunLogs
 from trainrun.kube.aioclient import ApiError
 from trainrun.kube.h2logs import Pace
+from trainrun.spec.annotations import SWEEP_LABEL
 from trainrun.status.progress import steps_per_second
 from trainrun.storage import StorageError, StorageOptions
 from trainrun.storage.logarchive import ArchiveState, Segment
@@ -101,6 +102,19 @@ class RefusingAtFirst(LogArchive):
         return await super().load()
 
 
+class Counting(LogArchive):
+    """An archive that counts the lines of each channel its written segments carried (once each write is done)."""
+
+    def __init__(self, uri: str, options: StorageOptions) -> None:
+        super().__init__(uri, options)
+        self.written: dict[str, int] = {}
+
+    async def write(self, segment: Segment) -> None:
+        await super().write(segment)
+        for channel, lines in segment.blocks.items():
+            self.written[channel] = self.written.get(channel, 0) + len(lines)
+
+
 def follower(kube: FakeLogs, archive: LogArchive | None, offered: list[int] | None = None, **spec: Any) -> RunLogs:
     offered = [] if offered is None else offered
     return RunLogs(kube, training_run(**spec), archive, on_metrics=lambda: offered.append(1), flush_seconds=0.05)  # type: ignore[arg-type]
@@ -164,10 +178,11 @@ def test_lines_reach_the_archive_while_the_run_goes_on(tmp_path: Path, held_open
     running["metadata"]["uid"] = "m"
 
     async def scenario() -> dict[str, list[str]]:
-        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        archive = Counting(archive_uri, StorageOptions())
+        logs = follower(kube, archive)
         logs.start()
         logs.update([running])
-        await until(lambda: logs.sequence >= 1 and not logs._pending)
+        await until(lambda: archive.written.get("master-0") == 2 and archive.written.get("metrics") == 1)
         await logs.stop()
         return await asyncio.to_thread(read_archived_logs, archive_uri, StorageOptions())
 
@@ -577,6 +592,38 @@ def test_a_start_read_to_its_end_is_recorded_at_once_so_a_follower_taking_over_d
     assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == [f"line {n}" for n in range(1, 11)]
 
 
+def test_a_start_that_could_not_be_read_is_recorded_at_once_so_a_follower_taking_over_declares_it(tmp_path: Path) -> None:
+    """A follower begins a container start whose log cannot be read (its node deleted: the API server answers 404
+    for the node while the pod is still there) and is killed long before its interval; the pod goes too. The
+    follower taking over knows of the start from the archive alone, and declares it a gap: never read, never
+    silently lost."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 11)))
+    kube.answer_once["run-master-0"] = ApiError('logs of pod run-master-0: pods "cpu-1" not found', status=404)
+    archive_uri = (tmp_path / "logs").as_uri()
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+
+    async def scenario() -> RunLogs:
+        first = RunLogs(kube, training_run(), LogArchive(archive_uri, StorageOptions()), on_metrics=lambda: None, flush_seconds=60)  # type: ignore[arg-type]
+        first.start()
+        await until(lambda: first._loaded.is_set())
+        first.update([running])
+        await until(lambda: kube.opened != [] and first.sequence >= 1)
+        assert first.containers["m/0"].lines == 0  # the stream was refused: nothing read, the start recorded
+        await first.stop()  # killed before the stream is tried again
+        second = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        second.start()
+        second.update([])  # the pod is gone with its node
+        await second.finish(grace=1.0)
+        return second
+
+    second = asyncio.run(scenario())
+    assert [(gap.replica, gap.lines) for gap in second.gaps] == [("master-0", 0)]
+    archived = read_archived_logs(archive_uri, StorageOptions())["master-0"]
+    assert len(archived) == 1 and archived[0].startswith("[trainrun] master-0: the lines after its start could not be read")
+
+
 def test_runs_flush_at_their_own_point_of_the_interval_the_same_whoever_follows_them() -> None:
     """A thousand runs followed from one moment (an operator starting) do not all read and ship at once."""
 
@@ -593,8 +640,78 @@ def test_runs_flush_at_their_own_point_of_the_interval_the_same_whoever_follows_
     assert sum(1 for value in phases if value < 1.0) in range(400, 601)
 
 
-def test_a_metric_line_reaches_the_follower_at_once_from_a_paced_stream() -> None:
-    """The streams are read once per flush interval, but a metric is not kept waiting (a sweep prunes on it)."""
+def test_each_point_of_the_interval_is_taken_once_also_when_a_timer_fires_a_hair_early() -> None:
+    """A follower waits for its run's points of the interval (``_phase`` past each multiple); a timer that fires a
+    nanosecond before its point does not make that point read as still ahead (a second tick at once)."""
+    run = training_run()
+    run.metadata.uid = "uid-7"
+
+    async def waits(times: list[float]) -> list[float]:
+        logs = RunLogs(FakeLogs(), run, None, on_metrics=lambda: None, flush_seconds=2.0)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        found = []
+        for now in times:
+            loop.time = lambda now=now: now  # type: ignore[method-assign]
+            found.append(logs._until_tick())
+        return found
+
+    phase = RunLogs(FakeLogs(), run, None, on_metrics=lambda: None, flush_seconds=2.0)._phase()  # type: ignore[arg-type]
+    base = 70_000.0 + phase  # a point, on a clock that has run for hours
+    # Before a point; a hair before it (the timer set for it firing); at the next, the same; woken between two
+    # points (a flush asked for), twice; much later.
+    found = asyncio.run(waits([base - 0.5, base - 1e-9, base + 2.0 - 1e-9, base + 2.3, base + 2.3, base + 9.0]))
+    assert found == pytest.approx([0.5, 2.0, 2.0, 1.7, 1.7, 1.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("archived", [True, False], ids=["archived", "metrics-only"])
+def test_a_follower_with_no_stream_to_read_does_not_tick(tmp_path: Path, archived: bool) -> None:
+    """A run Pending for minutes (its pods not started) has a follower from its first pass: it waits for a stream
+    instead of waking every interval (at 1,000 runs those wake-ups were a share of the operator's CPU). Once a
+    pod starts it reads and ships on the interval, and once its streams are read to their end it waits again."""
+    kube = FakeLogs()
+    kube.write("run-master-0", "line 1", "line 2")
+    archive = LogArchive((tmp_path / "logs").as_uri(), StorageOptions()) if archived else None
+    ticks: list[float] = []
+
+    class Counted(RunLogs):
+        async def _take_streams(self) -> None:
+            ticks.append(asyncio.get_running_loop().time())
+            await super()._take_streams()
+
+    async def scenario() -> tuple[int, int, int]:
+        logs = Counted(kube, training_run(), archive, on_metrics=lambda: None, flush_seconds=0.02)  # type: ignore[arg-type]
+        release = logs._pace.release
+
+        def counted_release() -> None:
+            ticks.append(asyncio.get_running_loop().time())
+            release()
+
+        logs._pace.release = counted_release  # type: ignore[method-assign]
+        logs.start()
+        logs.update([pod("run-master-0").scheduled()])  # Pending: no container started
+        await asyncio.sleep(0.3)  # 15 intervals with nothing to read
+        idle = len(ticks)
+        logs.update([finished("run-master-0", "m")])
+        await until(lambda: logs.containers["m/0"].done and not logs._reading.is_set())
+        await until(lambda: not logs._pending and not (archived and logs._dirty))  # shipped
+        read = len(ticks)
+        await asyncio.sleep(0.3)  # read to its end and shipped: nothing to do again
+        after = len(ticks) - read
+        await logs.stop()
+        return idle, read, after
+
+    idle, read, after = asyncio.run(scenario())
+    assert idle == 0
+    assert after <= 1  # at most the tick that was already due
+    if archived:
+        assert read >= 1
+        assert read_archived_logs((tmp_path / "logs").as_uri(), StorageOptions())["master-0"] == ["line 1", "line 2"]
+
+
+@pytest.mark.parametrize("trial", [True, False], ids=["sweep-trial", "run"])
+def test_a_trials_metric_line_reaches_the_follower_at_once_from_a_paced_stream(trial: bool) -> None:
+    """The streams are read once per flush interval, but a trial's metric is not kept waiting (its sweep prunes on
+    it); a run's own waits for the interval like its other lines."""
     kube = FakeLogs()
     kube.write("run-master-0", 'trainrun:metric {"epoch": 1, "step": 10, "val_loss": 0.5}')
     kube.write("run-worker-0", "a worker's line without a metric")
@@ -603,18 +720,25 @@ def test_a_metric_line_reaches_the_follower_at_once_from_a_paced_stream() -> Non
     for built, uid in zip(running, ("m", "w"), strict=True):
         built["metadata"]["uid"] = uid
 
+    run = training_run()
+    if trial:
+        run.metadata.labels[SWEEP_LABEL] = "sweep"
+
     async def scenario() -> tuple[dict[str, float] | None, int, int]:
-        logs = RunLogs(kube, training_run(), None, on_metrics=lambda: None, flush_seconds=60)  # type: ignore[arg-type]
+        logs = RunLogs(kube, run, None, on_metrics=lambda: None, flush_seconds=60)  # type: ignore[arg-type]
         logs.start()
         logs.update(running)
-        await until(lambda: logs.metrics is not None, timeout=5)
+        if trial:
+            await until(lambda: logs.metrics is not None, timeout=5)
+        else:
+            await asyncio.sleep(0.5)
         lines = (logs.containers["m/0"].lines, logs.containers["w/0"].lines)
         await logs.stop()
         return logs.metrics, *lines
 
     metrics, master_lines, worker_lines = asyncio.run(scenario())
-    assert metrics == {"val_loss": 0.5}
-    assert (master_lines, worker_lines) == (1, 0)  # the worker's line waits for the interval
+    assert metrics == ({"val_loss": 0.5} if trial else None)
+    assert (master_lines, worker_lines) == ((1, 0) if trial else (0, 0))  # the worker's line waits for the interval
 
 
 def test_steps_read_together_keep_their_own_times_to_the_fraction_of_a_second() -> None:

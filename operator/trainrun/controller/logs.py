@@ -10,8 +10,8 @@ stream that breaks off while its container runs is opened again and goes on afte
 delivered (``trainrun.kube.streams.StreamPosition``). The streams are read *paced*
 (``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush
 (without an archive, once per flush interval), one batch per stream, instead of a pass per chunk the
-server sends (a line is in the archive as soon as before); a chunk with a metric line is taken at once, as
-every line is when the spec has metric expressions. Lines are parsed by the same ``MetricParser`` as the
+server sends (a line is in the archive as soon as before); a sweep trial's chunk with a metric line is taken at
+once, as every line is when the spec has metric expressions. A follower with no stream open does not tick. Lines are parsed by the same ``MetricParser`` as the
 local runner's; the latest values are offered to the controller, which writes them with the rest of
 the status (coalesced: at most one status write per run every few seconds).
 
@@ -57,7 +57,7 @@ from trainrun.metrics import METRIC_PREFIX, MetricParser, MetricSummary, is_mast
 from trainrun.metrics.observer import metric_record
 from trainrun.metrics.progress import PROGRESS_PREFIX, ProgressTracker
 from trainrun.metrics.signals import log_signal, mentions_failure
-from trainrun.spec.annotations import SERIES_ANNOTATION
+from trainrun.spec.annotations import SERIES_ANNOTATION, SWEEP_LABEL
 from trainrun.spec.model import TrainingRun
 from trainrun.status import replica_name
 from trainrun.storage import StorageError
@@ -70,6 +70,7 @@ logger = logging.getLogger(__name__)
 RESUME_MAX_DELAY_SECONDS = 30.0
 FLUSH_SECONDS = 2.0
 FLUSH_BYTES = 4 << 20
+TICK_SLACK_SECONDS = 0.001  # a point of the flush interval this close ahead counts as reached
 PENDING_LIMIT_BYTES = 32 << 20
 FINISH_GRACE_SECONDS = 30.0  # for streams of containers that ended to deliver their last lines
 QUIET_SECONDS = 2.0  # a stream of an ended container that delivers nothing for this long is at its end
@@ -169,10 +170,12 @@ class RunLogs:
         self._room = asyncio.Event()
         self._room.set()
         self._flush_now = asyncio.Event()
-        # The streams' data is taken right before each flush (without an archive: every flush interval), and at
-        # once when it holds a metric line (a sweep's pruner waits for each); with metric expressions, which may
-        # match any line, as it comes.
-        self._pace = Pace(wake_on=METRIC_PREFIX.encode())
+        # The streams' data is taken right before each flush (without an archive: every flush interval); a trial's
+        # at once when it holds a metric line (its sweep's pruner decides on each); with metric expressions, which
+        # may match any line, as it comes. A run's own metrics reach its status at most an interval later (its
+        # status writes are coalesced over a few seconds anyway), and a metric line every few lines no longer
+        # wakes every stream as often as its chunks come.
+        self._pace = Pace(wake_on=METRIC_PREFIX.encode() if SWEEP_LABEL in run.metadata.labels else None)
         if self.parser.definitions:
             self._pace.stop()
         self._loaded = asyncio.Event()
@@ -184,6 +187,9 @@ class RunLogs:
         self._started: set[str] = set()  # every container start this follower began to read: never begun again
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
+        # Set while a stream is being read: the interval's loop waits for it instead of ticking (a run Pending for
+        # minutes, its pods not started, would otherwise wake its follower every interval for nothing).
+        self._reading = asyncio.Event()
 
     # ---- what the controller reads ----
 
@@ -213,16 +219,24 @@ class RunLogs:
         self._flusher = loop.create_task(self._ship(self.archive), name=f"logs {self.run.metadata.name}")
 
     async def _take_every_interval(self) -> None:
-        await asyncio.sleep(self._phase())
         while not self._closing:
+            await self._reading.wait()
+            await asyncio.sleep(self._until_tick())
             self._pace.release()
-            await asyncio.sleep(self.flush_seconds)
 
     def _phase(self) -> float:
         """How far into the flush interval this run's flushes fall, the same for a run whoever follows it. Runs
         followed from the same moment (an operator starting with a thousand) would otherwise all read and ship
         at once, every interval, and the last of them wait for the others."""
         return self.flush_seconds * (zlib.crc32((self.run.metadata.uid or self.run.metadata.name).encode()) % 1024) / 1024
+
+    def _until_tick(self) -> float:
+        """Seconds to this run's next point of the flush interval (:meth:`_phase`), on the loop's clock: where a
+        follower that waited idle resumes, its phase is kept. A point less than ``TICK_SLACK_SECONDS`` ahead
+        counts as reached: a timer may fire a hair before its time, and that point would read as still ahead
+        (a second tick at once)."""
+        until = self.flush_seconds - (asyncio.get_running_loop().time() - self._phase()) % self.flush_seconds
+        return until + self.flush_seconds if until < TICK_SLACK_SECONDS else until
 
     def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
         """Start reading every replica container that has started and is not read to its end yet."""
@@ -283,11 +297,17 @@ class RunLogs:
         if container is None:
             container = self.containers[key] = ContainerLog(replica_name(pod))
         self._started.add(key)
+        # Recorded in the archive at once, before a line is read: should this follower go (killed, leadership
+        # lost) while the start cannot be read (its node away) and its pod go too, the follower taking over knows
+        # of it from the archive and declares it a gap; unrecorded, the start would be lost without a word.
+        self._dirty = True
+        self._flush_now.set()
         task = self._tasks[key] = asyncio.get_running_loop().create_task(
             self._read(container, name, training_container_name(pod), uid, restarts, previous),
             name=f"logs {self.run.metadata.name}/{name}",
         )
         task.add_done_callback(functools.partial(self._read_ended, key))
+        self._reading.set()
 
     def _read_ended(self, key: str, task: asyncio.Task[None]) -> None:
         """A reader's task is let go as it ends. Kept, a cancelled one (its CancelledError holds its frames, which
@@ -295,6 +315,8 @@ class RunLogs:
         rare full passes freed: 170 objects a run, the whole follower with its streams' state."""
         if self._tasks.get(key) is task:
             del self._tasks[key]
+        if not self._tasks:
+            self._reading.clear()
         if not task.cancelled() and task.exception() is not None:
             logger.warning("reading the log of %s stopped: %s", task.get_name(), task.exception())
 
@@ -544,10 +566,14 @@ class RunLogs:
         if self.sealed_files is not None:
             return
         failures = 0
-        wait = self._phase()
         while not self._closing:
+            wait = self._until_tick() if failures == 0 else min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
+            if not (self._reading.is_set() or self._pending or self._dirty or self._flush_now.is_set()):
+                await self._idle()  # nothing to read or ship: no tick until a stream opens or a flush is asked for
+                continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flush_now.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._flush_now.wait()
             self._flush_now.clear()
             await self._take_streams()
             try:
@@ -562,7 +588,16 @@ class RunLogs:
                 failures = min(failures + 1, 5)
                 self._trouble(f"{error} (the lines are kept and sent again)")
                 logger.warning("could not ship the logs of %s (kept, tried again): %s", self.run.metadata.name, error)
-            wait = min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
+
+    async def _idle(self) -> None:
+        """Until a stream opens or a flush is asked for (a gap declared, the follower finishing)."""
+        reading = asyncio.ensure_future(self._reading.wait())
+        flush = asyncio.ensure_future(self._flush_now.wait())
+        try:
+            await asyncio.wait((reading, flush), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            reading.cancel()
+            flush.cancel()
 
     async def _take_streams(self) -> None:
         """Have every paced stream's reader take what arrived since the last flush (they run before this
