@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from factories import NOW, PyTorchJobBuilder, at, event, pod, pytorchjob, uploader_job
 from run_factory import document, pools
+from trainrun.kube.body import decode_watch_event
 from trainrun.kube.streams import started_container_restarts, training_container_name
 from trainrun.plan import (
     Apply,
@@ -442,6 +443,71 @@ def test_the_plan_from_projections_is_the_plan_from_whole_objects(seen: str) -> 
         assert started_container_restarts(served) == started_container_restarts(kept)
         assert training_container_name(served) == training_container_name(kept)
         assert len(json.dumps(kept)) < len(json.dumps(served))
+
+
+def served_job_and_run() -> tuple[dict[str, Any], dict[str, Any]]:
+    """A failed PyTorchJob and its TrainingRun as the API server serves them: managed fields, the replicas' pod
+    templates, the counts' label selectors, kubectl's last-applied annotation."""
+    served_job = job().failed().started().replica_status("Master", failed=1).replica_status("Worker", active=1)
+    served_job["metadata"]["managedFields"] = [{"manager": "training-operator", "fieldsV1": {"f:status": {"f:conditions": {}}}}]
+    for replica_type, numbers in served_job["status"]["replicaStatuses"].items():
+        numbers["selector"] = f"training.kubeflow.org/job-name=run,training.kubeflow.org/replica-type={replica_type.lower()}"
+    for replica_spec in served_job["spec"]["pytorchReplicaSpecs"].values():
+        replica_spec["template"] = {"spec": {"containers": [{"name": "pytorch", "env": [{"name": "RANK", "value": "0"}]}]}}
+    run = body(previous(Phase.RUNNING, message="training"))
+    run["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(run["spec"])}
+    run["metadata"]["managedFields"] = [{"manager": "kubectl-client-side-apply", "operation": "Update"}]
+    run["metadata"]["resourceVersion"] = "4711"
+    return served_job, run
+
+
+@pytest.mark.parametrize("seen", list(PODS_AS_SEEN), ids=list(PODS_AS_SEEN))
+def test_a_watch_event_decoded_into_its_projections_shape_projects_as_the_whole_object(seen: str) -> None:
+    """The watch decodes a pod's, a PyTorchJob's and a TrainingRun's events into the fields their projections read
+    (``projections.PodEvent``, ...) and reads past the rest: each projects as the whole object does, and what was
+    decoded holds none of what the projection drops."""
+    served_job, run = served_job_and_run()
+    cases = [(as_served(item), projections.PodEvent, projections.pod) for item in PODS_AS_SEEN[seen]]
+    cases += [(served_job, projections.PyTorchJobEvent, projections.pytorchjob), (run, projections.TrainingRunEvent, projections.training_run)]
+    for served, shape, project in cases:
+        event = decode_watch_event(json.dumps({"type": "MODIFIED", "object": served}).encode(), shape)
+        assert event["type"] == "MODIFIED"
+        assert project(event["object"]) == project(served)
+        assert "managedFields" not in event["object"]["metadata"]
+        assert event["object"]["metadata"].get("resourceVersion") == served["metadata"].get("resourceVersion")
+    pod_event = decode_watch_event(json.dumps({"type": "ADDED", "object": cases[0][0]}).encode(), projections.PodEvent)
+    assert "hostIP" not in pod_event["object"]["status"] and "containerID" not in json.dumps(pod_event)
+    job_event = decode_watch_event(json.dumps({"type": "ADDED", "object": served_job}).encode(), projections.PyTorchJobEvent)
+    assert "template" not in json.dumps(job_event) and "selector" not in json.dumps(job_event)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "ERROR", "object": {"kind": "Status", "code": 410, "message": "too old resource version"}},
+        {"type": "MODIFIED", "object": {"metadata": {"name": "p"}, "spec": {"containers": None}}},
+        {"type": "MODIFIED", "object": {"metadata": {"name": "p"}, "status": {"conditions": "not a list"}}},
+    ],
+    ids=["an ERROR's Status", "null where a list is declared", "a string where a list is declared"],
+)
+def test_a_watch_event_that_does_not_fit_its_shape_is_decoded_whole(event: dict[str, Any]) -> None:
+    """What the watch's shape cannot read is not lost: an event that does not fit it, and an ERROR (whose object is
+    a Status the shape knows nothing of), comes decoded whole."""
+    assert decode_watch_event(json.dumps(event).encode(), projections.PodEvent) == event
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "BOOKMARK", "object": {"kind": "Pod", "metadata": {"resourceVersion": "12345"}}},
+        {"type": "DELETED", "object": {"kind": "Pod", "metadata": {"name": "p", "namespace": "n", "uid": "u", "resourceVersion": "9"}}},
+    ],
+    ids=["a bookmark", "a deletion"],
+)
+def test_a_bookmark_and_a_deletion_keep_what_the_watch_reads_of_them(event: dict[str, Any]) -> None:
+    """The version a watch goes on from, and the key of an object deleted."""
+    decoded = decode_watch_event(json.dumps(event).encode(), projections.PodEvent)
+    assert decoded["type"] == event["type"] and decoded["object"]["metadata"] == event["object"]["metadata"]
 
 
 @pytest.mark.parametrize(

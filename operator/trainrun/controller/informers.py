@@ -49,6 +49,7 @@ class Informer:
         keep: Callable[[Mapping[str, Any]], bool] | None = None,
         watch_seconds: int = 300,
         when_absent: str | None = None,
+        shape: type | None = None,
     ) -> None:
         self.kube = kube
         # What it means for the runs that the cluster does not serve the kind (an add-on not installed): said
@@ -57,6 +58,8 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.project = project
+        # The watch event's fields that ``project`` reads (``trainrun.plan.projections``): only those are decoded.
+        self.shape = shape
         self.on_change = on_change
         self.params = dict(params or {})
         self.keep = keep
@@ -139,7 +142,7 @@ class Informer:
         """Watch from version until the server ends the watch; the version reached."""
         timeout = int(self.watch_seconds * random.uniform(0.8, 1.2))
         async for kind, obj in self.kube.watch(
-            self.resource, self.namespace, resource_version=version, params=self.params, timeout_seconds=timeout
+            self.resource, self.namespace, resource_version=version, params=self.params, timeout_seconds=timeout, shape=self.shape
         ):
             version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if kind == "BOOKMARK":

@@ -335,13 +335,13 @@ class Controller:
         self.jobs: dict[str, list[Informer]] = {PYTORCHJOB.kind: [], TRAINJOB.kind: []}  # by kind: either backend
         self.informers: list[Informer] = []
         for namespace in namespaces:
-            for kind, resource, project in (
-                (PYTORCHJOB.kind, PYTORCHJOBS, projections.pytorchjob),
-                (TRAINJOB.kind, TRAINJOBS, projections.trainjob),
+            for kind, resource, project, shape in (
+                (PYTORCHJOB.kind, PYTORCHJOBS, projections.pytorchjob, projections.PyTorchJobEvent),
+                (TRAINJOB.kind, TRAINJOBS, projections.trainjob, None),
             ):
                 job_informer = Informer(
                     kube, resource, namespace, project=project, on_change=self._on_child(JOB), params=by_label,
-                    when_absent=f"a run whose job is a {kind} waits until it is (the status says what to install)",
+                    when_absent=f"a run whose job is a {kind} waits until it is (the status says what to install)", shape=shape,
                 )
                 job_informer.on_served_change = self._on_job_kind_served
                 self.jobs[kind].append(job_informer)
@@ -369,7 +369,7 @@ class Controller:
                     params={"labelSelector": f"{RUN_LABEL},{COMPONENT_LABEL}={UPLOADER_COMPONENT}"},
                 ),
                 Informer(kube, CLAIMS, namespace, project=projections.identity, on_change=self._on_child(CLAIM), params=by_label),
-                Informer(kube, PODS, namespace, project=projections.pod, on_change=self._on_pod, params=by_label),
+                Informer(kube, PODS, namespace, project=projections.pod, on_change=self._on_pod, params=by_label, shape=projections.PodEvent),
                 Informer(
                     kube,
                     EVENTS,
@@ -383,7 +383,9 @@ class Controller:
         # The runs themselves, watched like their children: kopf kept a worker per run (its queue, task and timers)
         # and decoded every event again (tests/bench/README.md, "the operator's memory at 1,000 runs").
         self.informers += [
-            Informer(kube, TRAINING_RUNS, namespace, project=projections.training_run, on_change=self.run_changed)
+            Informer(
+                kube, TRAINING_RUNS, namespace, project=projections.training_run, on_change=self.run_changed, shape=projections.TrainingRunEvent
+            )
             for namespace in namespaces
         ]
         self.informers.append(

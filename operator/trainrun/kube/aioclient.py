@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from trainrun.kube.body import decode_json, encode_body
+from trainrun.kube.body import decode_json, decode_watch_event, encode_body
 from trainrun.kube.h2logs import H2LogClient, Pace, StreamError
 
 Object = dict[str, Any]
@@ -323,8 +323,10 @@ class AsyncKube:
         resource_version: str,
         params: Mapping[str, str] | None = None,
         timeout_seconds: int = 300,
+        shape: type | None = None,
     ) -> AsyncIterator[tuple[str, Object]]:
-        """(type, object) from a watch that starts after resource_version, until the server ends it.
+        """(type, object) from a watch that starts after resource_version, until the server ends it; with a
+        ``shape`` (``trainrun.kube.body.decode_watch_event``) each object holds only the fields it declares.
 
         A 410 (the version is too old) arrives as ApiError with status 410: list again."""
         _, streams = self._sessions()
@@ -346,7 +348,7 @@ class AsyncKube:
                 async for raw in response.content:
                     if not raw.strip():
                         continue
-                    event = decode_json(raw)
+                    event = decode_watch_event(raw, shape)
                     kind, obj = str(event.get("type")), event.get("object") or {}
                     if kind == "ERROR":
                         raise _answer_error(int(obj.get("code") or 500), json.dumps(obj), f"watch {resource.plural}")

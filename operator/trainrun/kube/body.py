@@ -6,14 +6,17 @@ apply body (``application/apply-patch+yaml``) with its YAML decoder, which refus
 invalid Unicode character escape code"), so a run with an emoji in a label or a command never got its
 PyTorchJob (issue 24). JSON is YAML, and written without ASCII escaping it is read alike by the JSON
 and the YAML decoders. Used for every body: by the operator's ``aioclient`` and the CLI's ``api``; the
-operator's ``aioclient`` also decodes every answer and watch event with :func:`decode_json`. Pure.
+operator's ``aioclient`` also decodes every answer and watch event with :func:`decode_json`, and a watch event
+of a kind whose fields it reads are known with :func:`decode_watch_event`. Pure.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
+import msgspec
 import orjson
 
 CHARSET = "utf-8"
@@ -39,3 +42,25 @@ def decode_json(raw: bytes | str) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
+
+def decode_watch_event(raw: bytes, shape: type | None) -> Any:
+    """A watch event, ``{"type": ..., "object": ...}``. With a ``shape`` (a ``TypedDict`` of the event, as
+    ``trainrun.plan.projections.PodEvent``) only the fields it declares are made into objects: the rest of the
+    document is read past (msgspec), so a pod's managed fields, env and volumes cost no allocations. An event
+    that does not fit the shape (a field of another type than declared) and an ERROR event (whose object is a
+    Status) are decoded whole, as without one."""
+    if shape is None:
+        return decode_json(raw)
+    try:
+        event = _event_decoder(shape).decode(raw)
+    except msgspec.MsgspecError:
+        return decode_json(raw)
+    if event.get("type") == "ERROR":
+        return decode_json(raw)
+    return event
+
+
+@functools.cache
+def _event_decoder(shape: type) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(shape)

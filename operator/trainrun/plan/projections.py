@@ -4,13 +4,19 @@ Applied by the operator's watch caches (``trainrun.controller.informers``) to ev
 delivers, so a thousand runs with four pods each cost a few MB, not the whole objects with their managed
 fields, env and volumes. ``tests/unit/test_reconcile_plan.py`` checks that a plan made from projections equals one
 made from the whole objects. Pure.
+
+Each projection of a kind with many changes a run (pods, PyTorchJobs, TrainingRuns) also has the *shape* of
+what it reads: a ``TypedDict`` of the watch event with only those fields (``PodEvent``, ...). The watch decodes
+an event into it (``trainrun.kube.body.decode_watch_event``) and makes no objects for the rest (a pod's
+managed fields, env, volumes and IPs: two thirds of it); ``tests/unit/test_reconcile_plan.py`` checks that
+each projection of the shape's decoding equals the projection of the whole object.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION
 from trainrun.spec.annotations import SERIES_ANNOTATION
@@ -57,6 +63,68 @@ _TIMED_CONDITION_FIELDS = (*_CONDITION_FIELDS, "lastTransitionTime")
 _CONTAINER_STATUS_FIELDS = ("name", "image", "restartCount", "state", "lastState")
 
 
+class _Identity(TypedDict, total=False):
+    """The metadata every projection reads, and the version the watch goes on from."""
+
+    name: Any
+    namespace: Any
+    uid: Any
+    labels: Any
+    creationTimestamp: Any
+    deletionTimestamp: Any
+    resourceVersion: Any
+
+
+class _Container(TypedDict, total=False):
+    name: Any
+    image: Any
+    resources: Any
+
+
+class _PodSpec(TypedDict, total=False):
+    containers: list[_Container]
+    initContainers: list[_Container]
+
+
+class _Condition(TypedDict, total=False):
+    type: Any
+    status: Any
+    reason: Any
+    message: Any
+    lastTransitionTime: Any
+
+
+class _ContainerStatus(TypedDict, total=False):
+    name: Any
+    image: Any
+    restartCount: Any
+    state: Any
+    lastState: Any
+
+
+class _PodStatus(TypedDict, total=False):
+    phase: Any
+    reason: Any
+    message: Any
+    startTime: Any
+    conditions: list[_Condition]
+    containerStatuses: list[_ContainerStatus]
+    initContainerStatuses: list[_ContainerStatus]
+
+
+class _Pod(TypedDict, total=False):
+    metadata: _Identity
+    spec: _PodSpec
+    status: _PodStatus
+
+
+class PodEvent(TypedDict):
+    """A pod's watch event with what :func:`pod` reads."""
+
+    type: str
+    object: _Pod
+
+
 def pod(raw: Mapping[str, Any]) -> Object:
     """A pod: identity, its containers' images and resources, and its status as the status builder reads it."""
     spec = raw.get("spec") or {}
@@ -85,6 +153,47 @@ def _job_metadata(raw: Mapping[str, Any]) -> Object:
     if APPLIED_SPEC_ANNOTATION in annotations:
         metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: annotations[APPLIED_SPEC_ANNOTATION]}
     return metadata
+
+
+class _JobIdentity(_Identity, total=False):
+    annotations: Any
+
+
+class _ReplicaSpec(TypedDict, total=False):
+    replicas: Any
+
+
+class _PyTorchJobSpec(TypedDict, total=False):
+    runPolicy: Any
+    pytorchReplicaSpecs: dict[str, _ReplicaSpec]
+
+
+class _ReplicaCounts(TypedDict, total=False):
+    active: Any
+    succeeded: Any
+    failed: Any
+
+
+class _JobStatus(TypedDict, total=False):
+    startTime: Any
+    completionTime: Any
+    conditions: list[_Condition]
+    replicaStatuses: dict[str, _ReplicaCounts]
+
+
+class _PyTorchJob(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    metadata: _JobIdentity
+    spec: _PyTorchJobSpec
+    status: _JobStatus
+
+
+class PyTorchJobEvent(TypedDict):
+    """A PyTorchJob's watch event with what :func:`pytorchjob` reads (not its replicas' pod templates)."""
+
+    type: str
+    object: _PyTorchJob
 
 
 def pytorchjob(raw: Mapping[str, Any]) -> Object:
@@ -195,6 +304,25 @@ def event(raw: Mapping[str, Any]) -> Object:
 
 def config_map(raw: Mapping[str, Any]) -> Object:
     return {"metadata": _metadata(raw), "data": _shared(raw.get("data") or {})}
+
+
+class _RunIdentity(_JobIdentity, total=False):
+    generation: Any
+
+
+class _TrainingRun(TypedDict, total=False):
+    apiVersion: Any
+    kind: Any
+    metadata: _RunIdentity
+    spec: Any
+    status: Any
+
+
+class TrainingRunEvent(TypedDict):
+    """A TrainingRun's watch event with what :func:`training_run` reads (not its managed fields)."""
+
+    type: str
+    object: _TrainingRun
 
 
 def training_run(raw: Mapping[str, Any]) -> Object:
