@@ -22,7 +22,57 @@ from trainrun.render.changes import APPLIED_SPEC_ANNOTATION
 from trainrun.spec.annotations import SERIES_ANNOTATION
 
 Object = dict[str, Any]
-_METADATA = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+
+
+# The fields each projection picks are spelled once, in the shapes the watch decodes into: the tuples below
+# are read from them.
+class _Identity(TypedDict, total=False):
+    """The metadata every projection reads, and the version the watch goes on from."""
+
+    name: Any
+    namespace: Any
+    uid: Any
+    labels: Any
+    creationTimestamp: Any
+    deletionTimestamp: Any
+    resourceVersion: Any
+
+
+class _Container(TypedDict, total=False):
+    name: Any
+    image: Any
+    resources: Any
+
+
+class _Condition(TypedDict, total=False):
+    type: Any
+    status: Any
+    reason: Any
+    message: Any
+    lastTransitionTime: Any
+
+
+class _ContainerStatus(TypedDict, total=False):
+    name: Any
+    image: Any
+    restartCount: Any
+    state: Any
+    lastState: Any
+
+
+def _fields(shape: type, *leaving: str) -> tuple[str, ...]:
+    """The keys of the TypedDict SHAPE, in their order, but LEAVING."""
+    return tuple(key for key in shape.__annotations__ if key not in leaving)
+
+
+_METADATA = _fields(_Identity, "resourceVersion")
+_CONTAINER_FIELDS = _fields(_Container)
+# The pod conditions the status reads (placed or not, and why; taken away by the cluster), and of each
+# container's status what says where it is: not its ids, readiness, probes' times or mounts (a third of a pod).
+_POD_CONDITIONS = frozenset({"PodScheduled", "DisruptionTarget"})
+_TIMED_CONDITION_FIELDS = _fields(_Condition)
+_CONDITION_FIELDS = _fields(_Condition, "lastTransitionTime")
+_CONTAINER_STATUS_FIELDS = _fields(_ContainerStatus)
 
 
 def _shared(value: Any) -> Any:
@@ -54,52 +104,9 @@ def _pick_each(raw: object, keys: tuple[str, ...], types: frozenset[str] | None 
     return [_pick(item, keys) for item in raw if isinstance(item, Mapping) and (types is None or item.get("type") in types)]
 
 
-_CONTAINER_FIELDS = ("name", "image", "resources")
-# The pod conditions the status reads (placed or not, and why; taken away by the cluster), and of each
-# container's status what says where it is: not its ids, readiness, probes' times or mounts (a third of a pod).
-_POD_CONDITIONS = frozenset({"PodScheduled", "DisruptionTarget"})
-_CONDITION_FIELDS = ("type", "status", "reason", "message")
-_TIMED_CONDITION_FIELDS = (*_CONDITION_FIELDS, "lastTransitionTime")
-_CONTAINER_STATUS_FIELDS = ("name", "image", "restartCount", "state", "lastState")
-
-
-class _Identity(TypedDict, total=False):
-    """The metadata every projection reads, and the version the watch goes on from."""
-
-    name: Any
-    namespace: Any
-    uid: Any
-    labels: Any
-    creationTimestamp: Any
-    deletionTimestamp: Any
-    resourceVersion: Any
-
-
-class _Container(TypedDict, total=False):
-    name: Any
-    image: Any
-    resources: Any
-
-
 class _PodSpec(TypedDict, total=False):
     containers: list[_Container]
     initContainers: list[_Container]
-
-
-class _Condition(TypedDict, total=False):
-    type: Any
-    status: Any
-    reason: Any
-    message: Any
-    lastTransitionTime: Any
-
-
-class _ContainerStatus(TypedDict, total=False):
-    name: Any
-    image: Any
-    restartCount: Any
-    state: Any
-    lastState: Any
 
 
 class _PodStatus(TypedDict, total=False):
@@ -174,11 +181,17 @@ class _ReplicaCounts(TypedDict, total=False):
     failed: Any
 
 
+_REPLICA_COUNT_FIELDS = _fields(_ReplicaCounts)
+
+
 class _JobStatus(TypedDict, total=False):
     startTime: Any
     completionTime: Any
     conditions: list[_Condition]
     replicaStatuses: dict[str, _ReplicaCounts]
+
+
+_JOB_TIMES = _fields(_JobStatus, "conditions", "replicaStatuses")
 
 
 class _PyTorchJob(TypedDict, total=False):
@@ -207,7 +220,7 @@ def pytorchjob(raw: Mapping[str, Any]) -> Object:
         "spec": {
             "runPolicy": spec.get("runPolicy") or {},
             "pytorchReplicaSpecs": {
-                replica_type: _pick(replica_spec, ("replicas",))
+                replica_type: _pick(replica_spec, _fields(_ReplicaSpec))
                 for replica_type, replica_spec in replica_specs.items()
                 if isinstance(replica_spec, Mapping)
             },
@@ -220,13 +233,13 @@ def _job_status(raw: object) -> Object:
     """A PyTorchJob's status as the status builder reads it: its conditions (not their update times, which move
     without news), replica counts (not their label selectors), start and completion times."""
     status: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    kept = _pick(status, ("startTime", "completionTime"))
+    kept = _pick(status, _JOB_TIMES)
     if isinstance(status.get("conditions"), list):
         kept["conditions"] = _pick_each(status["conditions"], _TIMED_CONDITION_FIELDS)
     counts = status.get("replicaStatuses")
     if isinstance(counts, Mapping):
         kept["replicaStatuses"] = {
-            replica_type: _pick(numbers, ("active", "succeeded", "failed")) for replica_type, numbers in counts.items() if isinstance(numbers, Mapping)
+            replica_type: _pick(numbers, _REPLICA_COUNT_FIELDS) for replica_type, numbers in counts.items() if isinstance(numbers, Mapping)
         }
     return kept
 
@@ -310,6 +323,9 @@ class _RunIdentity(_JobIdentity, total=False):
     generation: Any
 
 
+_RUN_METADATA = _fields(_RunIdentity, "annotations")
+
+
 class _TrainingRun(TypedDict, total=False):
     apiVersion: Any
     kind: Any
@@ -327,7 +343,7 @@ class TrainingRunEvent(TypedDict):
 
 def training_run(raw: Mapping[str, Any]) -> Object:
     """A TrainingRun without its managed fields and annotations but the series one: what ``plan`` reads."""
-    metadata = _pick(raw.get("metadata"), (*_METADATA, "generation", "resourceVersion"))
+    metadata = _pick(raw.get("metadata"), _RUN_METADATA)
     series = ((raw.get("metadata") or {}).get("annotations") or {}).get(SERIES_ANNOTATION)
     if series is not None:
         metadata["annotations"] = {SERIES_ANNOTATION: series}  # the one annotation the plan reads (a sweep's trial)
