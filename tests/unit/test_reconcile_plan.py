@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from factories import NOW, PyTorchJobBuilder, at, event, pod, pytorchjob, uploader_job
 from run_factory import document, pools
-from trainrun.kube.body import decode_watch_event
+from trainrun.kube.body import decode_list_page, decode_watch_event
 from trainrun.kube.streams import started_container_restarts, training_container_name
 from trainrun.plan import (
     Apply,
@@ -479,6 +479,31 @@ def test_a_watch_event_decoded_into_its_projections_shape_projects_as_the_whole_
     assert "hostIP" not in pod_event["object"]["status"] and "containerID" not in json.dumps(pod_event)
     job_event = decode_watch_event(json.dumps({"type": "ADDED", "object": served_job}).encode(), projections.PyTorchJobEvent)
     assert "template" not in json.dumps(job_event) and "selector" not in json.dumps(job_event)
+
+
+@pytest.mark.parametrize("seen", list(PODS_AS_SEEN), ids=list(PODS_AS_SEEN))
+def test_a_list_page_decoded_into_its_kinds_shape_projects_as_the_whole_objects(seen: str) -> None:
+    """The first listing and every relisting read their pages through the watch event's shape: each item projects
+    as the whole object does, without what the projection drops, and the page keeps where the list goes on."""
+    served_job, run = served_job_and_run()
+    pods = [as_served(item) for item in PODS_AS_SEEN[seen]]
+    cases = [(pods, projections.PodEvent, projections.pod), ([served_job], projections.PyTorchJobEvent, projections.pytorchjob)]
+    cases.append(([run], projections.TrainingRunEvent, projections.training_run))
+    for objects, shape, project in cases:
+        listed = {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "77", "continue": "next"}, "items": objects}
+        page = decode_list_page(json.dumps(listed).encode(), shape)
+        assert page["metadata"] == {"resourceVersion": "77", "continue": "next"}
+        assert [project(item) for item in page["items"]] == [project(item) for item in objects]
+        assert all("managedFields" not in item["metadata"] for item in page["items"])
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [{"metadata": {"resourceVersion": "5"}, "items": None}, {"metadata": {}, "items": [{"metadata": {"name": "p"}, "spec": {"containers": None}}]}],
+    ids=["null items", "an item that does not fit"],
+)
+def test_a_list_page_that_does_not_fit_its_shape_is_decoded_whole(listed: dict[str, Any]) -> None:
+    assert decode_list_page(json.dumps(listed).encode(), projections.PodEvent) == listed
 
 
 @pytest.mark.parametrize(

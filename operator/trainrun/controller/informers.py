@@ -120,7 +120,7 @@ class Informer:
             self.synced.set()  # nothing to wait for: there is nothing of this kind
 
     async def _list(self) -> str:
-        items, version = await self.kube.list(self.resource, self.namespace, params=self.params)
+        items, version = await self.kube.list(self.resource, self.namespace, params=self.params, shape=self.shape)
         self._set_served(True)
         fresh: dict[Key, Object] = {}
         for item in items:

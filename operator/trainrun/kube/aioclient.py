@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import functools
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from trainrun.kube.body import decode_json, decode_watch_event, encode_body
+from trainrun.kube.body import decode_json, decode_list_page, decode_watch_event, encode_body
 from trainrun.kube.h2logs import H2LogClient, Pace, StreamError
 
 Object = dict[str, Any]
@@ -220,8 +221,9 @@ class AsyncKube:
         body: Any = None,
         content_type: str = "application/json",
         timeout: float = 30.0,
+        decode: Callable[[bytes], Any] = decode_json,
     ) -> Object:
-        """One call; the answer as JSON. Raises ApiError with the server's message."""
+        """One call; the answer as JSON (read by ``decode``). Raises ApiError with the server's message."""
         session, _ = self._sessions()
         data = encode_body(body) if body is not None else None
         headers = {"Content-Type": content_type} if data is not None else None
@@ -237,7 +239,7 @@ class AsyncKube:
                 raw = await response.read()
                 if response.status >= 400:
                     raise _answer_error(response.status, raw.decode("utf-8", "replace"), f"{method} {path}")
-                return decode_json(raw) if raw.strip() else {}
+                return decode(raw) if raw.strip() else {}
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise ApiError(f"cannot reach the API server ({method} {path}): {_describe(error)}") from None
 
@@ -301,14 +303,16 @@ class AsyncKube:
         return True
 
     async def list(
-        self, resource: Resource, namespace: str | None, *, params: Mapping[str, str] | None = None
+        self, resource: Resource, namespace: str | None, *, params: Mapping[str, str] | None = None, shape: type | None = None
     ) -> tuple[list[Object], str]:
-        """(items, resourceVersion of the list), all pages."""
+        """(items, resourceVersion of the list), all pages; with the ``shape`` of the kind's watch event
+        (``trainrun.kube.body.decode_list_page``) each item holds only the fields its object declares."""
         items: list[Object] = []
         query = dict(params or {})
         query["limit"] = "500"
+        decode = functools.partial(decode_list_page, shape=shape)
         while True:
-            page = await self.request("GET", resource.path(namespace), params=query, timeout=120.0)
+            page = await self.request("GET", resource.path(namespace), params=query, timeout=120.0, decode=decode)
             items.extend(page.get("items") or [])
             metadata = page.get("metadata") or {}
             if not metadata.get("continue"):
