@@ -8,6 +8,7 @@ exactly once, in order; metrics come from the same lines, the Master's winning."
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -34,6 +35,11 @@ from trainrun.storage.manifest import FileRecord, Manifest
 
 def stamp(second: int, nanos: int = 0) -> str:
     return f"2026-11-30T08:{second // 60:02d}:{second % 60:02d}.{nanos:09d}Z"
+
+
+def _settle(released: asyncio.Future[None]) -> None:
+    if not released.done():
+        released.set_result(None)
 
 
 class FakeLogs:
@@ -75,8 +81,8 @@ class FakeLogs:
             batch = lines[start : min(start + 3, len(lines) if cut is None else cut)]
             marked = pace is not None and pace.wake_on is not None and any(pace.wake_on.decode() in line for line in batch)
             if pace is not None and not pace.stopped and pod_name in self.held_open and cut is None and not marked:
-                released = asyncio.get_running_loop().create_future()
-                pace.waiting.append(released)
+                released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                pace.hold(functools.partial(_settle, released))
                 await released
             else:
                 await asyncio.sleep(0)
@@ -663,23 +669,22 @@ def test_each_point_of_the_interval_is_taken_once_also_when_a_timer_fires_a_hair
     assert found == pytest.approx([0.5, 2.0, 2.0, 1.7, 1.7, 1.0], abs=1e-6)
 
 
+@pytest.mark.parametrize("stream", ["held-open", "ended"])
 @pytest.mark.parametrize("archived", [True, False], ids=["archived", "metrics-only"])
-def test_a_follower_with_no_stream_to_read_does_not_tick(tmp_path: Path, archived: bool) -> None:
-    """A run Pending for minutes (its pods not started) has a follower from its first pass: it waits for a stream
-    instead of waking every interval (at 1,000 runs those wake-ups were a share of the operator's CPU). Once a
-    pod starts it reads and ships on the interval, and once its streams are read to their end it waits again."""
+def test_a_follower_with_nothing_to_take_does_not_tick(tmp_path: Path, archived: bool, stream: str) -> None:
+    """A run Pending for minutes (its pods not started) has a follower from its first pass, and a running one's
+    streams may stay open but quiet for as long: it waits for something to take instead of waking every interval
+    (at 1,000 runs those wake-ups were a share of the operator's CPU). Once lines come it reads and ships them on
+    the interval, and then waits again, its stream open (quiet) or read to its end."""
     kube = FakeLogs()
     kube.write("run-master-0", "line 1", "line 2")
+    if stream == "held-open":
+        kube.held_open.add("run-master-0")
     archive = LogArchive((tmp_path / "logs").as_uri(), StorageOptions()) if archived else None
-    ticks: list[float] = []
+    ticks: list[float] = []  # the pace's releases: each tick of either loop (archived or not) makes one
 
-    class Counted(RunLogs):
-        async def _take_streams(self) -> None:
-            ticks.append(asyncio.get_running_loop().time())
-            await super()._take_streams()
-
-    async def scenario() -> tuple[int, int, int]:
-        logs = Counted(kube, training_run(), archive, on_metrics=lambda: None, flush_seconds=0.02)  # type: ignore[arg-type]
+    async def scenario() -> tuple[int, int, int, int]:
+        logs = RunLogs(kube, training_run(), archive, on_metrics=lambda: None, flush_seconds=0.02)  # type: ignore[arg-type]
         release = logs._pace.release
 
         def counted_release() -> None:
@@ -691,20 +696,30 @@ def test_a_follower_with_no_stream_to_read_does_not_tick(tmp_path: Path, archive
         logs.update([pod("run-master-0").scheduled()])  # Pending: no container started
         await asyncio.sleep(0.3)  # 15 intervals with nothing to read
         idle = len(ticks)
-        logs.update([finished("run-master-0", "m")])
-        await until(lambda: logs.containers["m/0"].done and not logs._reading.is_set())
+        if stream == "held-open":
+            master = pod("run-master-0").running()
+            master["metadata"]["uid"] = "m"
+            logs.update([master])
+        else:
+            logs.update([finished("run-master-0", "m")])
+        await until(lambda: "m/0" in logs.containers and logs.containers["m/0"].lines == 2)
+        if stream == "ended":
+            await until(lambda: logs.containers["m/0"].done and not logs._tasks)
         await until(lambda: not logs._pending and not (archived and logs._dirty))  # shipped
         read = len(ticks)
-        await asyncio.sleep(0.3)  # read to its end and shipped: nothing to do again
+        await asyncio.sleep(0.3)  # nothing more comes: nothing to do again
         after = len(ticks) - read
+        open_streams = len(logs._tasks)
         await logs.stop()
-        return idle, read, after
+        return idle, read, after, open_streams
 
-    idle, read, after = asyncio.run(scenario())
+    idle, read, after, open_streams = asyncio.run(scenario())
     assert idle == 0
+    if archived or stream == "held-open":
+        assert read >= 1  # shipped on a tick; a paced stream's lines taken at one (an ended stream hands its own over)
     assert after <= 1  # at most the tick that was already due
+    assert open_streams == (1 if stream == "held-open" else 0)  # quiet, not ended: still read
     if archived:
-        assert read >= 1
         assert read_archived_logs((tmp_path / "logs").as_uri(), StorageOptions())["master-0"] == ["line 1", "line 2"]
 
 

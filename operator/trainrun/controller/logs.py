@@ -11,8 +11,9 @@ delivered (``trainrun.kube.streams.StreamPosition``). The streams are read *pace
 (``trainrun.kube.h2logs.Pace``): what they received is taken, parsed and queued right before each flush
 (without an archive, once per flush interval), one batch per stream, instead of a pass per chunk the
 server sends (a line is in the archive as soon as before); a sweep trial's chunk with a metric line is taken at
-once, as every line is when the spec has metric expressions. A follower with no stream open does not tick. Lines are parsed by the same ``MetricParser`` as the
-local runner's; the latest values are offered to the controller, which writes them with the rest of
+once, as every line is when the spec has metric expressions. A follower ticks only while something waits to
+be taken or shipped: not while its pods are Pending, nor while their streams are open but quiet. Lines are
+parsed by the same ``MetricParser`` as the local runner's; the latest values are offered to the controller, which writes them with the rest of
 the status (coalesced: at most one status write per run every few seconds).
 
 Durable as it goes: every ``flush_seconds`` (or sooner, past ``flush_bytes``) the lines read since the
@@ -170,12 +171,17 @@ class RunLogs:
         self._room = asyncio.Event()
         self._room.set()
         self._flush_now = asyncio.Event()
+        # Set while there is something to take or ship (a paced stream's data waits for the release, or lines are
+        # queued): the interval's loop waits for it instead of ticking. A run Pending for minutes (its pods not
+        # started), or one whose streams are open but quiet, would otherwise wake its follower every interval for
+        # nothing: at 1,000 runs those wake-ups were a share of the operator's CPU.
+        self._to_take = asyncio.Event()
         # The streams' data is taken right before each flush (without an archive: every flush interval); a trial's
         # at once when it holds a metric line (its sweep's pruner decides on each); with metric expressions, which
         # may match any line, as it comes. A run's own metrics reach its status at most an interval later (its
         # status writes are coalesced over a few seconds anyway), and a metric line every few lines no longer
         # wakes every stream as often as its chunks come.
-        self._pace = Pace(wake_on=METRIC_PREFIX.encode() if SWEEP_LABEL in run.metadata.labels else None)
+        self._pace = Pace(wake_on=METRIC_PREFIX.encode() if SWEEP_LABEL in run.metadata.labels else None, on_due=self._to_take.set)
         if self.parser.definitions:
             self._pace.stop()
         self._loaded = asyncio.Event()
@@ -187,9 +193,6 @@ class RunLogs:
         self._started: set[str] = set()  # every container start this follower began to read: never begun again
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
-        # Set while a stream is being read: the interval's loop waits for it instead of ticking (a run Pending for
-        # minutes, its pods not started, would otherwise wake its follower every interval for nothing).
-        self._reading = asyncio.Event()
 
     # ---- what the controller reads ----
 
@@ -220,8 +223,9 @@ class RunLogs:
 
     async def _take_every_interval(self) -> None:
         while not self._closing:
-            await self._reading.wait()
+            await self._to_take.wait()
             await asyncio.sleep(self._until_tick())
+            self._to_take.clear()
             self._pace.release()
 
     def _phase(self) -> float:
@@ -307,7 +311,6 @@ class RunLogs:
             name=f"logs {self.run.metadata.name}/{name}",
         )
         task.add_done_callback(functools.partial(self._read_ended, key))
-        self._reading.set()
 
     def _read_ended(self, key: str, task: asyncio.Task[None]) -> None:
         """A reader's task is let go as it ends. Kept, a cancelled one (its CancelledError holds its frames, which
@@ -315,8 +318,6 @@ class RunLogs:
         rare full passes freed: 170 objects a run, the whole follower with its streams' state."""
         if self._tasks.get(key) is task:
             del self._tasks[key]
-        if not self._tasks:
-            self._reading.clear()
         if not task.cancelled() and task.exception() is not None:
             logger.warning("reading the log of %s stopped: %s", task.get_name(), task.exception())
 
@@ -536,6 +537,7 @@ class RunLogs:
             return
         self._pending.setdefault(channel, []).extend(texts)
         self._pending_bytes += size
+        self._to_take.set()
         if self._pending_bytes >= self.flush_bytes:
             self._flush_now.set()
         if self._pending_bytes >= PENDING_LIMIT_BYTES:
@@ -568,8 +570,8 @@ class RunLogs:
         failures = 0
         while not self._closing:
             wait = self._until_tick() if failures == 0 else min(FLUSH_RETRY_MAX_SECONDS, self.flush_seconds * 2**failures)
-            if not (self._reading.is_set() or self._pending or self._dirty or self._flush_now.is_set()):
-                await self._idle()  # nothing to read or ship: no tick until a stream opens or a flush is asked for
+            if not (self._to_take.is_set() or self._pending or self._dirty or self._flush_now.is_set()):
+                await self._idle()  # nothing to take or ship: no tick until something is, or a flush is asked for
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -578,6 +580,8 @@ class RunLogs:
             await self._take_streams()
             try:
                 await self._flush()
+                if not self._pace.due:
+                    self._to_take.clear()  # taken and shipped (what came meanwhile keeps it set)
                 failures = 0
                 self._trouble(None)
             except ArchiveConflict as error:
@@ -590,13 +594,14 @@ class RunLogs:
                 logger.warning("could not ship the logs of %s (kept, tried again): %s", self.run.metadata.name, error)
 
     async def _idle(self) -> None:
-        """Until a stream opens or a flush is asked for (a gap declared, the follower finishing)."""
-        reading = asyncio.ensure_future(self._reading.wait())
+        """Until there is something to take or ship, or a flush is asked for (a start recorded, a gap declared,
+        the follower finishing)."""
+        to_take = asyncio.ensure_future(self._to_take.wait())
         flush = asyncio.ensure_future(self._flush_now.wait())
         try:
-            await asyncio.wait((reading, flush), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((to_take, flush), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            reading.cancel()
+            to_take.cancel()
             flush.cancel()
 
     async def _take_streams(self) -> None:

@@ -11,9 +11,10 @@ that stops reading (the follower waiting for its archive) stops its stream and n
 A reader that needs its data only now and then (the follower ships each run's lines every few seconds) reads
 *paced* (:class:`Pace`): its stream keeps what arrives and wakes it only at the pace's :meth:`~Pace.release`,
 at its end, once ``PACED_WAKE_BYTES`` wait, or when a chunk carries the pace's ``wake_on`` mark (the follower's:
-a metric line, which a sweep's pruner waits for); the reader then takes everything in one piece. At thousands of
-quiet streams (a line or two a second each) that turns a wake-up and a pass through the reader's code per
-chunk into one per release. Only over TLS (the API server's), with ALPN h2.
+a metric line, which a sweep's pruner waits for); the reader then takes everything in one piece. At thousands
+of quiet streams (a line or two a second each) that turns a wake-up and a pass through the reader's code per
+chunk into one per release, and a release wakes only the readers whose streams hold data (a stream open but
+silent costs nothing per release). Only over TLS (the API server's), with ALPN h2.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import asyncio
 import collections
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlencode, urlsplit
@@ -53,20 +54,28 @@ class StreamError(Exception):
 
 class Pace:
     """When paced readers take their data: at each :meth:`release`, not at each chunk, until :meth:`stop`; at
-    once for a chunk that holds ``wake_on``."""
+    once for a chunk that holds ``wake_on``. Only a reader whose stream holds data is woken by a release (a
+    stream held open but quiet costs nothing per release), and ``on_due`` is told when the first of them since
+    the last release begins to wait (the follower then knows there is something to take at its next tick)."""
 
-    def __init__(self, wake_on: bytes | None = None) -> None:
-        self.waiting: list[asyncio.Future[None]] = []
+    def __init__(self, wake_on: bytes | None = None, on_due: Callable[[], None] | None = None) -> None:
+        self.due: list[Callable[[], None]] = []  # how to wake each reader whose data waits for the release
         self.stopped = False
         self.wake_on = wake_on
+        self.on_due = on_due
+
+    def hold(self, wake: Callable[[], None]) -> None:
+        """A paced reader's data waits: ``wake`` it at the next release."""
+        self.due.append(wake)
+        if len(self.due) == 1 and self.on_due is not None:
+            self.on_due()
 
     def release(self) -> None:
-        """Wake every paced reader that waits: each takes what its stream holds (they run before the caller's
-        next ``await`` returns, in the order they began to wait)."""
-        waiting, self.waiting = self.waiting, []
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_result(None)
+        """Wake every paced reader whose data waits: each takes what its stream holds (they run before the
+        caller's next ``await`` returns, in the order their data came)."""
+        due, self.due = self.due, []
+        for wake in due:
+            wake()
 
     def stop(self) -> None:
         """From now on the readers take every chunk as it comes (the follower finishing: ends are awaited)."""
@@ -87,6 +96,7 @@ class _Stream:
     error: StreamError | None = None
     waiter: asyncio.Future[None] | None = None
     headers_seen: bool = False  # the response's headers came, or the stream ended without them
+    due: bool = False  # its data waits for the pace's release
 
     def wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -95,9 +105,6 @@ class _Stream:
     async def wait(self) -> None:
         """Until woken: by its headers, its end, a chunk (unless paced and little waits) or the pace's release."""
         self.waiter = waiter = asyncio.get_running_loop().create_future()
-        pace = self.pace
-        if pace is not None and not pace.stopped:
-            pace.waiting.append(waiter)
         try:
             await waiter
         finally:
@@ -115,6 +122,13 @@ class _Stream:
             or (pace.wake_on is not None and pace.wake_on in data)
         ):
             self.wake()
+        elif not self.due:
+            self.due = True
+            pace.hold(self._released)
+
+    def _released(self) -> None:
+        self.due = False
+        self.wake()
 
     def take_all(self) -> tuple[bytes, int]:
         """Every chunk held, in one piece, and their flow-controlled length."""
