@@ -37,6 +37,11 @@ job (direct) or every TrainingRun (trainrun) has finished: the operator's CPU th
 Completed, with the end of each run's logs read and its pods cleaned up). Either way the bench reports, per run,
 the lag from its last replica pod Running to the run reporting Running, and (with --finish-after) from its job's
 end to the run's final phase, as p50 / p99 / max; the times are when the bench's watches saw each change.
+With --finish-after it also splits the operator's CPU by what its runs were doing: its CPU rate over 5 s windows
+fitted (least squares) as a rate whatever they do, plus one per run waiting for its pods, one per run running, and
+a cost per start or end; with how long a run waited and ran on average, that says how much of a run's CPU is
+paid for the time it spends (which grows with the number of runs, the training-operator's pace being fixed) and
+how much for what happens to it.
 
 The operator's CPU is also measured for 20 s after it starts, before any run is applied (lease renewals and
 its timers): the report gives that rate, its reconcile passes per run (its own trainrun_reconciles_total), and
@@ -113,6 +118,7 @@ POOL = "a100"
 TIMEOUT_S = 1800.0
 IDLE_S = 20.0  # the operator's CPU is measured this long with no run, before the runs are applied
 SAMPLE_S = 0.2
+CPU_SAMPLE_S = 5.0  # the windows of the CPU's split by what the runs were doing (cpu_by_state)
 Key = tuple[str, str, str]  # verb, resource, subresource
 
 
@@ -392,12 +398,15 @@ class ProcessSample:
     pid: int
     peak_threads: int = 0
     peak_rss_kb: int = 0
+    cpu: list[tuple[float, float]] = field(default_factory=list)  # (time.monotonic(), CPU seconds) every CPU_SAMPLE_S
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
         while not self.stop.is_set():
             try:
                 status = proc_status(self.pid)
+                if not self.cpu or time.monotonic() - self.cpu[-1][0] >= CPU_SAMPLE_S:
+                    self.cpu.append((time.monotonic(), cpu_seconds(self.pid)))
             except OSError:
                 return
             self.peak_threads = max(self.peak_threads, int(status["Threads"]))
@@ -460,6 +469,7 @@ class Result:
     finished_s: float | None = None  # every job (direct) or run (trainrun) finished (with --finish-after)
     running_lags: list[float] = field(default_factory=list)  # per run: its last pod Running -> it reports Running
     final_lags: list[float] = field(default_factory=list)  # per run: its job ended -> it reports its final phase
+    by_state: StateCosts | None = None  # the operator's CPU split by what its runs were doing (cpu_by_state)
 
 
 def measure(
@@ -518,10 +528,66 @@ def measure(
     if sample is not None and sampler is not None:
         sample.stop.set()
         sampler.join()
+        if finish and run_kind == "trainingruns":
+            result.by_state = cpu_by_state(sample.cpu, watched, prefix, runs, started)
         result.cpu_s = cpu_after - cpu_before
         result.peak_rss_mb = sample.peak_rss_kb / 1024
         result.peak_threads = sample.peak_threads
     return result
+
+
+@dataclass
+class StateCosts:
+    """The operator's CPU rate fitted, by least squares over the CPU_SAMPLE_S windows of a measure, as
+    ``base + per_waiting * runs waiting + per_running * runs running + per_change * runs changing per second``:
+    what a run costs while it waits for its pods, while it runs, and for each start or end, apart from one
+    another. A run's whole cost grows with how long it waits and runs, which grows with the number of runs while
+    the training-operator's pace is what it is: this says which share that is."""
+
+    base_ms_per_s: float
+    per_waiting_us_per_s: float
+    per_running_us_per_s: float
+    per_change_ms: float
+    mean_waiting_s: float  # apply -> reports Running
+    mean_running_s: float  # reports Running -> final phase
+    windows: int
+    r_squared: float
+
+
+def cpu_by_state(
+    cpu: list[tuple[float, float]], watched: dict[str, Watched], prefix: str, runs: int, applied_at: float
+) -> StateCosts | None:
+    import numpy
+
+    with watched["trainingruns"].lock:
+        running_at = {name: at for name, at in watched["trainingruns"].became.items() if name.startswith(f"{prefix}-")}
+    with watched["trainingruns finished"].lock:
+        finished_at = {name: at for name, at in watched["trainingruns finished"].became.items() if name.startswith(f"{prefix}-")}
+    rows, rates = [], []
+    for (start, cpu_start), (end, cpu_end) in zip(cpu, cpu[1:], strict=False):
+        middle = (start + end) / 2
+        running = sum(1 for at in running_at.values() if at <= middle)
+        finished = sum(1 for at in finished_at.values() if at <= middle)
+        changes = sum(1 for at in [*running_at.values(), *finished_at.values()] if start <= at < end)
+        rows.append([1.0, runs - running, running - finished, changes / (end - start)])
+        rates.append((cpu_end - cpu_start) / (end - start))
+    if len(rows) < 8 or not running_at or not finished_at:
+        return None
+    matrix, target = numpy.array(rows), numpy.array(rates)
+    fitted, *_ = numpy.linalg.lstsq(matrix, target, rcond=None)
+    residual = float(((target - matrix @ fitted) ** 2).sum())
+    total = float(((target - target.mean()) ** 2).sum()) or 1.0
+    lives = [(finished_at[name] - running_at[name]) for name in finished_at if name in running_at]
+    return StateCosts(
+        base_ms_per_s=1000 * float(fitted[0]),
+        per_waiting_us_per_s=1e6 * float(fitted[1]),
+        per_running_us_per_s=1e6 * float(fitted[2]),
+        per_change_ms=1000 * float(fitted[3]),
+        mean_waiting_s=statistics.mean(at - applied_at for at in running_at.values()),
+        mean_running_s=statistics.mean(lives) if lives else 0.0,
+        windows=len(rows),
+        r_squared=1 - residual / total,
+    )
 
 
 def lags(watched: dict[str, Watched], prefix: str) -> tuple[list[float], list[float]]:
@@ -864,6 +930,16 @@ def report(
     print(f"lag, last replica pod Running -> the run reports Running (p50 / p99 / max, {len(running_lags)} runs): {spread(running_lags)}")
     if final_lags:
         print(f"lag, its job ended -> the run reports its final phase (p50 / p99 / max, {len(final_lags)} runs): {spread(final_lags)}")
+    costs = results[-1][1].by_state
+    if costs is not None:
+        waiting, running = costs.per_waiting_us_per_s * costs.mean_waiting_s / 1000, costs.per_running_us_per_s * costs.mean_running_s / 1000
+        print(
+            f"operator CPU by what its runs did (last repeat; least squares over {costs.windows} windows of {CPU_SAMPLE_S:.0f} s, "
+            f"R^2 {costs.r_squared:.2f}): {costs.base_ms_per_s:.1f} ms/s whatever they do; "
+            f"{costs.per_waiting_us_per_s:.0f} us/s a run waiting (for {costs.mean_waiting_s:.0f} s on average: {waiting:.1f} ms a run); "
+            f"{costs.per_running_us_per_s:.0f} us/s a run running (for {costs.mean_running_s:.0f} s: {running:.1f} ms a run); "
+            f"{costs.per_change_ms:.1f} ms a start or end (two a run: {2 * costs.per_change_ms:.1f} ms)"
+        )
     print(f"{'operator peak RSS (VmHWM, MB)':38} {'':>18} {median([t.peak_rss_mb or 0.0 for _, t in results]):13.0f}")
     print(f"{'operator peak threads':38} {'':>18} {median([float(t.peak_threads or 0) for _, t in results]):13.0f}")
     direct, through = results[-1]
