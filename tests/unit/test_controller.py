@@ -24,9 +24,9 @@ from trainrun.controller import operator as controller_module
 from trainrun.controller.informers import key_of
 from trainrun.controller.operator import JOB, UPLOADER, Controller, WrittenStatuses
 from trainrun.kube.aioclient import ApiError
-from trainrun.plan import Attempts, SealedLogs, projections
+from trainrun.plan import Attempts, Plan, SealedLogs, projections
 from trainrun.spec import load_training_run
-from trainrun.spec.status import Artifacts
+from trainrun.spec.status import Artifacts, TrainingRunStatus
 from trainrun.storage import StorageError
 
 Object = dict[str, Any]
@@ -336,8 +336,9 @@ def test_the_echo_of_a_status_write_that_comes_before_its_answer_queues_no_recon
 
 
 class FakeFollower:
-    def __init__(self) -> None:
+    def __init__(self, *, superseded: bool = False) -> None:
         self.pods: list[list[str]] = []
+        self.superseded = superseded
 
     def update(self, pods: list[Object]) -> None:
         self.pods.append([pod["metadata"]["name"] for pod in pods])
@@ -374,6 +375,37 @@ def test_a_new_log_follower_takes_the_pods_at_once_and_a_pass_comes_only_for_the
         assert follower.pods == [["run-master-0"]]
         assert queued == ([KEY] if archive_fails else [])
         assert (memory.archive_problem is not None) is archive_fails
+
+    in_loop(scenario)
+
+
+def test_a_superseded_follower_is_replaced_by_one_that_resumes_from_the_archive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A follower that found its next segment written by another one (stopped while its write was under way) has
+    stopped reading: the next pass that follows the run drops it, and a new follower, which loads the archive as it
+    is now, takes the pods."""
+
+    async def scenario() -> None:
+        controller = Controller(RecordingKube(), operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        seen(controller, run_body(phase="Running"))
+        controller.children.change(controller_module.POD, None, child(controller_module.POD, pod("run-master-0").running()))
+        superseded, fresh = FakeFollower(superseded=True), FakeFollower()
+
+        async def new_follower(*args: Any) -> FakeFollower:
+            return fresh
+
+        async def open_archive(*args: Any) -> None:
+            return None
+
+        monkeypatch.setattr(controller, "_follower", new_follower)
+        monkeypatch.setattr(controller, "_open_archive", open_archive)
+        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+        memory.logs = superseded  # type: ignore[assignment]
+        run = load_training_run(controller.runs[KEY])
+        decided = Plan(status=TrainingRunStatus(), status_patch={}, logs="follow", log_archive="s3://logs/run", run=run)
+        controller._follow(KEY, memory, decided)
+        await asyncio.wait_for(memory.tasks[controller_module.FOLLOW], timeout=5)
+        assert memory.logs is fresh and fresh.pods == [["run-master-0"]]
+        assert superseded.pods == []  # not fed again: it reads no more
 
     in_loop(scenario)
 

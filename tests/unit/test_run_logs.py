@@ -29,7 +29,7 @@ from trainrun.spec.annotations import SWEEP_LABEL
 from trainrun.status.progress import steps_per_second
 from trainrun.storage import StorageError, StorageOptions
 from trainrun.storage.logarchive import ArchiveState, Segment
-from trainrun.storage.logstore import LogArchive, add_to_manifest, read_archived_logs
+from trainrun.storage.logstore import ArchiveConflict, LogArchive, add_to_manifest, read_archived_logs
 from trainrun.storage.manifest import FileRecord, Manifest
 
 
@@ -170,6 +170,68 @@ def test_a_restarted_follower_resumes_exactly_where_the_archive_says(tmp_path: P
     assert not list((tmp_path / "out" / "logs" / ".parts").glob("*.seg"))  # the segments went after the seal
     # The CLI reads the same lines back.
     assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == master
+
+
+class Gated(LogArchive):
+    """An archive whose writes of segments past the first wait for ``gate``: a request under way while its follower
+    is killed, which reaches the store when the gate opens, after the follower that took over read the archive."""
+
+    def __init__(self, uri: str, options: StorageOptions) -> None:
+        super().__init__(uri, options)
+        self.gate = asyncio.Event()
+
+    async def write(self, segment: Segment) -> None:
+        if segment.state.sequence >= 2:
+            await self.gate.wait()
+        await super().write(segment)
+
+
+def test_a_follower_that_finds_its_next_segment_written_by_another_is_superseded_and_the_next_resumes(tmp_path: Path) -> None:
+    """A follower is killed while its second segment is under way; the one taking over reads the archive before that
+    segment lands, and finds its own next number taken: it stops reading and says it is superseded (and asks for a
+    pass, in which the controller replaces it). The follower replacing it resumes from the archive as it is now:
+    every line once, none lost (what the superseded one had read is read again from the positions there)."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 31)))
+    kube.held_open.add("run-master-0")
+    archive_uri = (tmp_path / "logs").as_uri()
+    running = pod("run-master-0").running()
+    running["metadata"]["uid"] = "m"
+    told: list[int] = []
+
+    async def scenario() -> tuple[RunLogs, RunLogs]:
+        killed_archive = Gated(archive_uri, StorageOptions())
+        first = follower(kube, killed_archive)
+        first.start()
+        first.update([running])
+        await until(lambda: first.sequence == 1 and first._writing is not None and not first._writing.done())
+        assert first.containers["m/0"].lines >= 1  # the second segment, under way, carries them
+        if first._flusher is not None:
+            first._flusher.cancel()  # killed: nothing of it runs on but the request under way
+        await first._stop_reading()
+        second = follower(kube, LogArchive(archive_uri, StorageOptions()), offered=told)
+        second.start()
+        await until(lambda: second._loaded.is_set())
+        killed_archive.gate.set()
+        await until(lambda: first._writing is not None and first._writing.done())  # it landed: segment 2
+        second.update([running])
+        await until(lambda: second.superseded)
+        reading = dict(second._tasks)
+        kube.write("run-master-0", *(f"line {n}" for n in range(31, 36)), second=60)
+        kube.held_open.discard("run-master-0")
+        third = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        third.start()
+        third.update([finished("run-master-0", "m")])
+        await third.finish(grace=5)
+        with pytest.raises(ArchiveConflict):
+            await second.finish(grace=1)  # superseded: never sealed by it
+        assert reading == {}
+        return second, third
+
+    second, third = asyncio.run(scenario())
+    assert told  # the superseded follower asked for a pass
+    assert third.gaps == []
+    assert read_archived_logs(archive_uri, StorageOptions())["master-0"] == [f"line {n}" for n in range(1, 36)]
 
 
 @pytest.mark.parametrize("held_open", [False, True], ids=["ending", "followed"])

@@ -81,6 +81,7 @@ METRICS_ONLY_SILENT_SECONDS = 5.0
 # The longest wait between tries while the store refuses: what a follower knows only in memory meanwhile (lines,
 # gaps it declared) is shipped at most this long after the store is back.
 FLUSH_RETRY_MAX_SECONDS = 15.0
+STOP_WRITE_GRACE_SECONDS = 10.0  # a follower stopping waits this long for a segment it is writing to land
 GAP_MARKER = "[trainrun]"  # begins the line the archive gets where a replica's log could not be read on
 
 
@@ -165,6 +166,11 @@ class RunLogs:
         self.sealed_files: tuple[FileRecord, ...] | None = None
         # Why the archive cannot be read or written now (the store's words), for the run's status; None while it works.
         self.problem: str | None = None
+        # Another follower wrote the segment this one was about to (one stopped while its write was under way, the
+        # write landing after this one had read the archive): this one stopped reading, and the controller
+        # replaces it with one that resumes from the archive as it is now (what this one read unshipped is read
+        # again from the positions there: nothing lost, nothing twice).
+        self.superseded = False
         self._pending: dict[str, list[str]] = {}
         self._pending_bytes = 0
         self._dirty = False  # positions moved since the last segment
@@ -193,6 +199,7 @@ class RunLogs:
         self._started: set[str] = set()  # every container start this follower began to read: never begun again
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None  # the segment write under way
 
     # ---- what the controller reads ----
 
@@ -328,7 +335,8 @@ class RunLogs:
         within ``grace``) gets a marker line where its lines stop and counts in :attr:`gaps`; so does a replica
         of ``ran`` (replicas known to have run: seen started, or ended by the job's counts) of which neither the
         archive nor this follower knows a container start. None when there is no archive. Raises ``StorageError`` when the store cannot take the
-        last segment or the seal (the follower stays usable: call again later).
+        last segment or the seal (the follower stays usable: call again later), and its ``ArchiveConflict`` when
+        another follower wrote the archive (this one is :attr:`superseded`: a new follower resumes from the archive).
         """
         if self.archive is not None:
             try:
@@ -337,6 +345,7 @@ class RunLogs:
                 raise StorageError(f"the log archive {self.archive.uri} cannot be read yet") from None
         if self.sealed_files is not None:
             return self.sealed_files
+        self._raise_if_superseded()
         self._closing = True
         self._pace.stop()  # the ends are awaited now: every chunk taken as it comes
         await self._read_to_the_end(grace, silent_grace=grace if self.archive is not None else METRICS_ONLY_SILENT_SECONDS)
@@ -355,7 +364,12 @@ class RunLogs:
             self._flush_now.set()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
-        await self._flush()
+        self._raise_if_superseded()
+        try:
+            await self._flush()
+        except ArchiveConflict:
+            self.superseded = True
+            raise
         self.sealed_files = await self.archive.seal(self._state(self.sequence))
         return self.sealed_files
 
@@ -397,14 +411,25 @@ class RunLogs:
         pod = next((pod for pod in self._pods.values() if str(pod["metadata"].get("uid")) == uid), None)
         return still_running(pod, uid, int(restarts))
 
+    def _raise_if_superseded(self) -> None:
+        if self.superseded:
+            raise ArchiveConflict(f"another follower wrote the log archive of {self.run.metadata.name}: this one is superseded")
+
     async def stop(self) -> None:
         """Stop reading at once (leadership lost, run deleted, operator shutting down): what was not
-        shipped yet is read again by the next follower, from the positions in the archive."""
+        shipped yet is read again by the next follower, from the positions in the archive. A segment being
+        written is let land first (for up to ``STOP_WRITE_GRACE_SECONDS``)."""
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
         await self._stop_reading()
+        if self._writing is not None and not self._writing.done():
+            # A segment under way lands before this follower is gone (a request sent reaches the store whether or
+            # not its answer is awaited): the next follower reads it, instead of finding its number taken when
+            # it writes its own (which would supersede it: its reading begun again).
+            with contextlib.suppress(StorageError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._writing), STOP_WRITE_GRACE_SECONDS)
 
     async def _stop_reading(self) -> None:
         self._closing = True
@@ -585,8 +610,10 @@ class RunLogs:
                 failures = 0
                 self._trouble(None)
             except ArchiveConflict as error:
-                logger.warning("stopped following the logs of %s: %s", self.run.metadata.name, error)
+                logger.warning("the logs of %s are followed anew from their archive: %s", self.run.metadata.name, error)
+                self.superseded = True
                 await self._stop_reading()
+                self.on_metrics()  # a pass, which replaces this follower
                 return
             except StorageError as error:
                 failures = min(failures + 1, 5)
@@ -646,8 +673,9 @@ class RunLogs:
         for channel, lines in blocks.items():
             self.shipped[channel] = self.shipped.get(channel, 0) + len(lines)
         segment = Segment(self._state(self.sequence + 1), {channel: tuple(lines) for channel, lines in blocks.items()})
+        self._writing = asyncio.ensure_future(self.archive.write(segment))
         try:
-            await self.archive.write(segment)
+            await asyncio.shield(self._writing)  # stop() lets it land (the store would take it anyway)
         except StorageError:
             # Put the lines back in front of those read meanwhile: the next segment carries both.
             for channel, lines in blocks.items():

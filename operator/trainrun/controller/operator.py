@@ -685,7 +685,7 @@ class Controller:
         the archive) or has one that could not open the archive."""
         archive_uri = work.archive
         logs = memory.logs
-        if logs is None or (archive_uri is not None and logs.archive is None):
+        if logs is None or logs.superseded or (archive_uri is not None and logs.archive is None):
             if logs is not None:
                 await self._drop_follower(memory)
             archive = await self._open_archive(run, archive_uri) if archive_uri is not None else None
@@ -707,6 +707,8 @@ class Controller:
         """Keep a log follower while the plan says so; leave it to the seal while the archive is being sealed."""
         run = decided.run
         if decided.logs == "follow" and run is not None:
+            if memory.logs is not None and memory.logs.superseded:
+                self._detach_follower(memory)  # it stopped reading; the next follower resumes from the archive
             if memory.logs is not None:
                 memory.logs.update(self.children.of(key, POD))
             elif FOLLOW not in memory.tasks:
@@ -795,11 +797,16 @@ class Controller:
         return logs
 
     async def _drop_follower(self, memory: RunMemory, *, stop: bool = True) -> None:
+        logs = self._detach_follower(memory)
+        if logs is not None and stop:
+            await logs.stop()
+
+    @staticmethod
+    def _detach_follower(memory: RunMemory) -> RunLogs | None:
         logs, memory.logs = memory.logs, None
         if logs is not None:
             telemetry.LOG_FOLLOWERS.dec()
-            if stop:
-                await logs.stop()
+        return logs
 
     async def _let_go(self, memory: RunMemory) -> None:
         """Stop a run's background work and its follower (what was not shipped is read again by the next one)."""
