@@ -82,5 +82,25 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+def hold(ports: list[int]) -> list[socket.socket]:
+    """Keep the ports of a server that is down for a while (killed by a test, to be started again on them):
+    each bound, not listening, so that no other session's :func:`free_ports` picks it meanwhile (its probes
+    bind without SO_REUSEADDR, which a bound port refuses) while a client connecting still finds nothing there
+    (refused, as a server that is down). SO_REUSEADDR here: the killed server's connections may linger in
+    TIME_WAIT on the port. Close them right before the server starts again. The chaos soak's object store,
+    down 30 s, got its admin port taken by another lane's server that started meanwhile."""
+    held = []
+    for port in ports:
+        placeholder = socket.socket()
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            placeholder.bind(("127.0.0.1", port))
+        except OSError:
+            placeholder.close()  # taken already: holding the others still narrows the window
+            continue
+        held.append(placeholder)
+    return held
+
+
 if __name__ == "__main__":
     print("\n".join(str(port) for port in free_ports(int(sys.argv[1]))))

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class SeaweedFS:
     log_path: Path
     tls: TlsFiles | None = None
     process: subprocess.Popen[bytes] | None = None
+    held: list[socket.socket] = field(default_factory=list)  # its ports while it is down (ports.hold)
 
     @property
     def endpoint(self) -> str:
@@ -86,6 +87,9 @@ class SeaweedFS:
         }
 
     def start(self, *, timeout_s: float = 90.0) -> None:
+        for placeholder in self.held:
+            placeholder.close()
+        self.held = []
         arguments = [
             str(WEED),
             "mini",
@@ -122,7 +126,8 @@ class SeaweedFS:
         self._wait_until_ready(timeout_s)
 
     def stop(self, *, hard: bool = False) -> None:
-        """Kill the server (SIGKILL when ``hard``, like a crash) and wait until it is gone."""
+        """Kill the server (SIGKILL when ``hard``, like a crash) and wait until it is gone. Its ports stay held
+        (:func:`ports.hold`) until it starts again, or this object goes."""
         if self.process is None:
             return
         self.process.send_signal(signal.SIGKILL if hard else signal.SIGTERM)
@@ -132,6 +137,7 @@ class SeaweedFS:
             self.process.kill()
             self.process.wait(timeout=20)
         self.process = None
+        self.held = ports.hold([*self.ports.values(), *(self.ports[service] + _GRPC_OFFSET for service in _SERVICES)])
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         client = boto3_client_for(self.endpoint)  # also checks that the bucket exists
