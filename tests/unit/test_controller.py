@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import pytest
@@ -338,10 +338,16 @@ def test_the_echo_of_a_status_write_that_comes_before_its_answer_queues_no_recon
 class FakeFollower:
     def __init__(self, *, superseded: bool = False) -> None:
         self.pods: list[list[str]] = []
+        self.gone: list[list[str]] = []
         self.superseded = superseded
+        self.stopped = False
 
-    def update(self, pods: list[Object]) -> None:
+    def update(self, pods: list[Object], gone: Iterable[Object] = ()) -> None:
         self.pods.append([pod["metadata"]["name"] for pod in pods])
+        self.gone.append([pod["metadata"]["name"] for pod in gone])
+
+    async def stop(self) -> None:
+        self.stopped = True
 
 
 @pytest.mark.parametrize("archive_fails", [False, True])
@@ -406,6 +412,32 @@ def test_a_superseded_follower_is_replaced_by_one_that_resumes_from_the_archive(
         await asyncio.wait_for(memory.tasks[controller_module.FOLLOW], timeout=5)
         assert memory.logs is fresh and fresh.pods == [["run-master-0"]]
         assert superseded.pods == []  # not fed again: it reads no more
+
+    in_loop(scenario)
+
+
+def test_a_pod_deleted_after_its_container_started_reaches_the_follower_as_gone() -> None:
+    """A replica pod that started and was deleted between two passes (a cancellation, its node's pods collected)
+    is never among the pods the caches hold at a pass: the controller keeps it as last seen and hands it to the
+    follower as gone, whose start no follower read is then declared (RunLogs.update). One deleted before its
+    container started ran nothing and is not handed over; a run forgotten has its gone pods forgotten."""
+
+    async def scenario() -> None:
+        controller = Controller(RecordingKube(), operator_namespace="trainrun-system", namespaces=[None], instance="test")  # type: ignore[arg-type]
+        seen(controller, run_body(phase="Running"))
+        started = child(controller_module.POD, pod("run-worker-0").running())
+        never_started = child(controller_module.POD, pod("run-worker-1"))
+        for obj in (started, never_started):
+            controller._on_pod(None, obj)
+            controller._on_pod(obj, None)
+        follower = FakeFollower()
+        memory = controller.memory.setdefault(KEY, controller_module.RunMemory())
+        memory.logs = follower  # type: ignore[assignment]
+        run = load_training_run(controller.runs[KEY])
+        controller._follow(KEY, memory, Plan(status=TrainingRunStatus(), status_patch={}, logs="follow", log_archive="s3://logs/run", run=run))
+        assert follower.pods == [[]] and follower.gone == [["run-worker-0"]]
+        await controller._forget(KEY)
+        assert KEY not in controller.gone_starts and follower.stopped
 
     in_loop(scenario)
 

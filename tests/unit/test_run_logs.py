@@ -447,6 +447,71 @@ def test_a_stream_to_read_on_after_its_container_restarted_is_a_declared_gap_not
     assert any("the container restarted before the operator read it to its end" in line for line in archived)
 
 
+def test_a_stream_to_read_on_after_its_pod_was_created_again_is_a_declared_gap_not_the_new_pods_lines(tmp_path: Path) -> None:
+    """A replica's stream broke off (its node gone) and its pod was replaced by a new one of the same name (the job
+    created the replica again) before the stream could be opened again: the log API finds pods by name, so a
+    stream opened as before reads the new pod's log as the old start's. The rest of the old start is a declared
+    gap; the new pod's lines are archived once, by its own reader."""
+    kube = FakeLogs()
+    kube.write("run-worker-0", *(f"line {n}" for n in range(1, 11)))
+    kube.break_after["run-worker-0"] = 4
+    archive_uri = (tmp_path / "logs").as_uri()
+
+    def worker(uid: str, *, ended: bool = False) -> dict[str, Any]:
+        built = finished("run-worker-0", uid) if ended else pod("run-worker-0").running()
+        built["metadata"]["uid"] = uid
+        return built
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([worker("a")])
+        await until(lambda: "a/0" in logs.containers and logs.containers["a/0"].lines == 4)
+        # While the reader waits to open its stream again, the pod is deleted and created again under its name.
+        kube.lines.pop("run-worker-0")
+        kube.write("run-worker-0", *(f"again {n}" for n in range(1, 4)), second=20)
+        logs.update([worker("b")])
+        await until(lambda: logs.containers["a/0"].done and logs.containers.get("b/0") is not None and logs.containers["b/0"].lines == 3)
+        logs.update([worker("b", ended=True)])
+        await logs.finish(grace=10)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert [(gap.replica, gap.lines) for gap in logs.gaps] == [("worker-0", 4)]
+    assert logs.containers["b/0"].lines == 3 and not logs.containers["b/0"].gap
+    archived = (tmp_path / "logs" / "worker-0.log").read_text().splitlines()
+    assert [line for line in archived if not line.startswith("[trainrun]")] == [*(f"line {n}" for n in range(1, 5)), *(f"again {n}" for n in range(1, 4))]
+    assert any("its pod was deleted before the operator read it to its end" in line for line in archived)
+
+
+def test_starts_of_pods_deleted_before_any_follower_read_them_are_declared(tmp_path: Path) -> None:
+    """A pod that started and was deleted between two passes (a cancellation; its node's pods collected) is never
+    among the pods handed to the follower: it is handed over as gone, and each of its container starts that
+    neither the archive nor a reader knows of is declared. A gone pod whose start was read to its end is not."""
+    kube = FakeLogs()
+    kube.write("run-master-0", *(f"line {n}" for n in range(1, 4)))
+    archive_uri = (tmp_path / "logs").as_uri()
+    master = finished("run-master-0", "m")
+    worker = pod("run-worker-0").restarted(1, finished_at=stamp(9), restarts=1)
+    worker["metadata"]["uid"] = "w"
+
+    async def scenario() -> RunLogs:
+        logs = follower(kube, LogArchive(archive_uri, StorageOptions()))
+        logs.start()
+        logs.update([master])
+        await until(lambda: "m/0" in logs.containers and logs.containers["m/0"].done)
+        logs.update([], gone=[master, worker])
+        await logs.finish(grace=10)
+        return logs
+
+    logs = asyncio.run(scenario())
+    assert sorted(key for key, container in logs.containers.items() if container.gap) == ["w/0", "w/1"]
+    assert not logs.containers["m/0"].gap and logs.containers["m/0"].lines == 3
+    archived = (tmp_path / "logs" / "worker-0.log").read_text().splitlines()
+    assert len(archived) == 2 and all("its pod was deleted before any operator read it" in line for line in archived)
+    assert ("run-worker-0", None) not in kube.opened  # never opened: the name may be another pod's by now
+
+
 def test_starts_that_restarted_before_any_follower_read_them_are_declared(tmp_path: Path) -> None:
     """A follower that first sees a pod with its container restarted twice, of which the archive knows no start
     (they ran while the store was down, or no operator led; the chaos soak: 2 starts, 1 in the archive, none

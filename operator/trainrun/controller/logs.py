@@ -192,6 +192,11 @@ class RunLogs:
             self._pace.stop()
         self._loaded = asyncio.Event()
         self._pods: dict[str, Mapping[str, Any]] = {}  # by pod name, as last seen
+        # The run's pods deleted after a container of theirs started, as last seen (by uid): a start among them that
+        # neither the archive nor this follower knows of is declared a gap. A pod that started and went between two
+        # passes (deleted within seconds: a cancellation, its node's pods collected) is never among the pods as
+        # last seen; its start would be lost without a word.
+        self._gone: dict[str, Mapping[str, Any]] = {}
         # Container starts seen while the archive's state could not be read yet (key -> replica): one whose pod
         # is gone by the time it can is declared a gap, never forgotten.
         self._seen_before_load: dict[str, str] = {}
@@ -249,9 +254,11 @@ class RunLogs:
         until = self.flush_seconds - (asyncio.get_running_loop().time() - self._phase()) % self.flush_seconds
         return until + self.flush_seconds if until < TICK_SLACK_SECONDS else until
 
-    def update(self, pods: Iterable[Mapping[str, Any]]) -> None:
-        """Start reading every replica container that has started and is not read to its end yet."""
+    def update(self, pods: Iterable[Mapping[str, Any]], gone: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Start reading every replica container that has started and is not read to its end yet; declare each
+        container start of the ``gone`` pods (deleted, as last seen) that was never read."""
         self._pods = {str(pod["metadata"]["name"]): pod for pod in pods}
+        self._gone.update((str(pod["metadata"].get("uid")), pod) for pod in gone)
         if not self._loaded.is_set():
             for pod in self._pods.values():
                 restarts = started_container_restarts(pod)
@@ -270,6 +277,10 @@ class RunLogs:
                 # Restarted in place while no follower read it: the kubelet keeps the one start before.
                 self._start(pod, name, uid, restarts - 1, previous=True)
             self._declare_starts_never_read(pod, uid, restarts)
+        for uid, pod in self._gone.items():
+            restarts = started_container_restarts(pod)
+            if restarts is not None:
+                self._declare_starts_never_read(pod, uid, restarts + 1, why="its pod was deleted before any operator read it")
 
     def _declare_unread_gone(self) -> None:
         """Declare the container starts seen while the archive could not be read whose pods are gone since
@@ -281,15 +292,18 @@ class RunLogs:
                 self._declare_gap(container, "its pod was deleted while the log archive could not be read")
         self._seen_before_load.clear()
 
-    def _declare_starts_never_read(self, pod: Mapping[str, Any], uid: str, restarts: int) -> None:
-        """Declare each start of the pod's container before its current one that neither the archive nor this
-        follower knows of: it ran and restarted while no operator read it (the store down, no leader, its node
-        away), and without a declaration the new start's lines in the archive hid that it was ever there."""
-        for earlier in range(restarts):
+    def _declare_starts_never_read(
+        self, pod: Mapping[str, Any], uid: str, starts: int, why: str = "it restarted before any operator read it"
+    ) -> None:
+        """Declare each of the pod's first ``starts`` container starts that neither the archive nor this follower
+        knows of: those before its current one ran and restarted while no operator read them (the store down, no
+        leader, its node away), and without a declaration the new start's lines in the archive hid that they were
+        ever there; a deleted pod's ran and went."""
+        for earlier in range(starts):
             key = container_key(uid, earlier)
             if key not in self.containers:
                 container = self.containers[key] = ContainerLog(replica_name(pod))
-                self._declare_gap(container, "it restarted before any operator read it")
+                self._declare_gap(container, why)
 
     def _declare_never_followed(self, ran: Iterable[str]) -> None:
         """Declare each replica of ``ran`` that has no container start here: it ran, and its pods came and went
@@ -450,7 +464,13 @@ class RunLogs:
         times = LogTimes()
         breaks = 0
         while True:  # read at least once, also when the follower is finishing: its last lines are wanted
-            if not previous and restarted_since(self._pods.get(pod_name), uid, restarts):
+            now_named = self._pods.get(pod_name)
+            if now_named is not None and not is_same_pod(now_named, uid):
+                # Another pod took its name (a replica created again): this one is gone with its log, and a stream
+                # opened by the name would read the new pod's lines as this start's.
+                self._declare_gap(container, StreamEnd.POD_DELETED.value)
+                return
+            if not previous and restarted_since(now_named, uid, restarts):
                 # Restarted while the stream was away (its node was, say): a stream opened as before would read the
                 # new start's lines as this one's. The rest of this start is in the kubelet's previous log, but
                 # read beside the new start's reader its lines would interleave with that start's in the archive.
@@ -589,7 +609,7 @@ class RunLogs:
         self._loaded.set()
         if self.sealed_files is None:
             self._declare_unread_gone()
-        self.update(self._pods.values())
+        self.update(self._pods.values())  # with the gone pods it was handed
         if self.sealed_files is not None:
             return
         failures = 0

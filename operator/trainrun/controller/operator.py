@@ -48,6 +48,7 @@ from trainrun.kube.aioclient import (
     AsyncKube,
     resource_of,
 )
+from trainrun.kube.streams import started_container_restarts
 from trainrun.plan import (
     EVENT_REASONS,
     Apply,
@@ -324,6 +325,9 @@ class Controller:
         # Replica pods that tell why a run is where it is, as last seen before they were deleted: taken away by
         # the cluster (node lost, preempted, evicted) or failed (trainrun.plan.causes.worth_remembering).
         self.gone_pods: dict[Key, dict[str, Object]] = {}
+        # The run's pods deleted after a container of theirs started, as last seen, until its logs are sealed: the
+        # follower declares a start among them that no follower read (RunLogs.update).
+        self.gone_starts: dict[Key, dict[str, Object]] = {}
         self.events_by_object: dict[Key, list[Object]] = {}
         # Kueue: the Workload of each queued run's job (by the run: the job is named after it), and the
         # LocalQueues that exist (a run naming another waits with a Stalled reason instead of creating its job).
@@ -437,8 +441,12 @@ class Controller:
         run_key = self.children.change(POD, old, new)
         if run_key is None:
             return
-        if new is None and old is not None and worth_remembering(old):
-            self.gone_pods.setdefault(run_key, {})[str(old["metadata"].get("uid"))] = old
+        if new is None and old is not None:
+            uid = str(old["metadata"].get("uid"))
+            if worth_remembering(old):
+                self.gone_pods.setdefault(run_key, {})[uid] = old
+            if started_container_restarts(old) is not None:
+                self.gone_starts.setdefault(run_key, {})[uid] = old
         at_once = pod_change_at_once(old, new, self.children.one(run_key, JOB), self.children.of(run_key, POD))
         self.queue.add(run_key, 0.0 if at_once else CHILD_COALESCE_SECONDS)
 
@@ -690,9 +698,10 @@ class Controller:
                 await self._drop_follower(memory)
             archive = await self._open_archive(run, archive_uri) if archive_uri is not None else None
             logs = memory.logs = await self._follower(key, run, archive)
-        logs.update(self.children.of(key, POD))
+        self._feed(key, logs)
         await logs.finish(ran=work.ran)
         await self._drop_follower(memory, stop=False)
+        self.gone_starts.pop(key, None)  # declared or read: the archive says so now
         gaps = tuple(LogGap(replica=item.replica, after=item.last_line_time) for item in logs.gaps)
         return SealedLogs(metrics=dict(logs.summary.latest), key_metric=logs.key_metric, gaps=gaps)
 
@@ -710,7 +719,7 @@ class Controller:
             if memory.logs is not None and memory.logs.superseded:
                 self._detach_follower(memory)  # it stopped reading; the next follower resumes from the archive
             if memory.logs is not None:
-                memory.logs.update(self.children.of(key, POD))
+                self._feed(key, memory.logs)
             elif FOLLOW not in memory.tasks:
                 memory.tasks[FOLLOW] = self._spawn(self._start_following(key, memory, run, decided.log_archive), name=f"follow {key[1]}")
         elif decided.logs == "stop" and memory.logs is not None:
@@ -732,9 +741,13 @@ class Controller:
             memory.tasks.pop(FOLLOW, None)
         if memory.logs is None:
             memory.logs = await self._follower(key, run, archive)
-            memory.logs.update(self.children.of(key, POD))  # the pods as the caches hold them; each pass feeds it on
+            self._feed(key, memory.logs)  # the pods as the caches hold them; each pass feeds it on
         if memory.archive_problem != problem_before:
             self.queue.add(key)  # the status says whether the logs are archived
+
+    def _feed(self, key: Key, logs: RunLogs) -> None:
+        """Hand the run's follower its pods as the caches hold them, and those deleted after they started."""
+        logs.update(self.children.of(key, POD), gone=self.gone_starts.get(key, {}).values())
 
     def _track(self, key: Key, memory: RunMemory, decided: Plan) -> None:
         """Keep a tracker while the plan tracks the run; one that ended, or is no longer wanted, goes."""
@@ -830,6 +843,7 @@ class Controller:
         self.written.pop(key, None)
         self.workloads.pop(key, None)
         self.gone_pods.pop(key, None)
+        self.gone_starts.pop(key, None)
         self.queue.forget(key)
         if memory is not None:
             await self._let_go(memory)
