@@ -95,14 +95,14 @@ def describe(action: Apply | MergePatch | Delete) -> str:
 
 
 CASES = [
-    Case("new run: create its PyTorchJob", body(), Observed(), ["apply PyTorchJob"], Phase.QUEUED, event="Creating"),
+    Case("new run: create its PyTorchJob", body(), Observed(), ["apply PyTorchJob"], Phase.QUEUED, event="WaitingForPods"),
     Case(
         "new run with an output: its claim first, then the job",
         with_output(),
         Observed(),
         ["apply PersistentVolumeClaim", "apply PyTorchJob"],
         Phase.QUEUED,
-        event="Creating",
+        event="WaitingForPods",
     ),
     Case(
         "the claim exists already: only the job",
@@ -110,7 +110,7 @@ CASES = [
         Observed(claim_present=True),
         ["apply PyTorchJob"],
         Phase.QUEUED,
-        event="Creating",
+        event="WaitingForPods",
     ),
     Case(
         "job created, pods unscheduled: Queued, nothing to do",
@@ -333,6 +333,26 @@ def test_plan(case: Case) -> None:
         assert words in (decided.status.message or ""), decided.status.message
     if not case.phase.finished and not case.observed.refusal and not case.observed.manifest.failures:
         assert decided.requeue_after == RESYNC_SECONDS
+
+
+@pytest.mark.parametrize("queue", [None, "team-a"])
+def test_the_pass_that_creates_the_job_writes_what_the_jobs_arrival_would_say(queue: str | None) -> None:
+    """The pass that creates a run's first job writes the status that holds once it exists (waiting for its
+    replicas; through Kueue, for admission), with its name: the pass that the job's arrival brings has nothing
+    to write, where a status saying "creating" for milliseconds cost a write and its echo a run."""
+    resources = {"pool": "a100", "gpus": 1} if queue is None else {"pool": "a100", "gpus": 1, "queue": queue}
+    run = body(resources=resources)
+    config = pools()
+    local_queue = Observed(kueue_served=True, queue_present=True) if queue is not None else Observed()
+    first = plan(run, config, local_queue, now=NOW)
+    created = next(action.obj for action in first.actions if isinstance(action, Apply) and action.obj["kind"] == PYTORCHJOB.kind)
+    assert first.status.job_name == "run" and first.status.reason != "Creating"
+    written = copy.deepcopy(run)
+    written["status"] = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    arrived = copy.deepcopy(created)
+    arrived["metadata"].update(uid="job-uid", creationTimestamp=NOW)
+    second = plan(written, config, replace(local_queue, job=projections.pytorchjob(arrived)), now=NOW)
+    assert second.status_patch == {} and second.events == () and second.actions == ()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

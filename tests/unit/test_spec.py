@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from trainrun.spec import (
     LOCAL_IMAGE,
     InvalidTrainingRun,
     load_training_run,
+    load_training_run_for_pass,
     parse_operator_config,
     problems_with_config,
     suspicious_values,
@@ -236,3 +239,34 @@ def test_the_log_archive_location_of_the_configuration_is_a_storage_uri() -> Non
         parse_operator_config({"logs": {"defaultUri": "ftp://logs/all"}})
     with pytest.raises(ValueError, match=r"logs\.flushSeconds"):
         parse_operator_config({"logs": {"flushSeconds": 0}})
+
+
+def test_a_pass_parses_a_run_again_only_when_its_spec_or_read_metadata_changed() -> None:
+    """The operator's passes parse their run's document at every pass; while the run parsed before is held (by
+    its log follower), one that differs only in what is not read (its resourceVersion, its status: every status
+    write changes both) gives that run. A changed spec, generation, label or annotation is parsed anew; a run no
+    longer held is not kept for this; a document that does not parse raises every time; the run's metadata holds
+    the fields it reads only."""
+    body = document(image="ghcr.io/acme/trainer:1.0")
+    body["metadata"] = {"name": "cached", "namespace": "default", "uid": "u-1", "generation": 1, "resourceVersion": "10"}
+    first = load_training_run_for_pass(body)
+    echoed = {**body, "metadata": {**body["metadata"], "resourceVersion": "11", "managedFields": [{}]}, "status": {"phase": "Running"}}
+    assert load_training_run_for_pass(echoed) is first
+    assert first.metadata.model_extra == {}
+    changed = [
+        {**body, "spec": {**body["spec"], "image": "ghcr.io/acme/trainer:2.0"}, "metadata": {**body["metadata"], "generation": 2}},
+        {**body, "metadata": {**body["metadata"], "labels": {"team": "vision"}}},
+        {**body, "metadata": {**body["metadata"], "annotations": {"trainrun.dev/note": "x"}}},
+    ]
+    parsed = [load_training_run_for_pass(each) for each in changed]
+    assert parsed[0].spec.image == "ghcr.io/acme/trainer:2.0" and parsed[0].metadata.generation == 2
+    assert parsed[1].metadata.labels == {"team": "vision"} and parsed[2].metadata.annotations == {"trainrun.dev/note": "x"}
+    assert all(run is not first for run in parsed)
+    held = weakref.ref(first)
+    del first, parsed
+    gc.collect()
+    assert held() is None  # not kept for this alone
+    broken = {**body, "spec": {**body["spec"], "image": ""}}
+    for _ in range(2):
+        with pytest.raises(InvalidTrainingRun):
+            load_training_run_for_pass(broken)

@@ -46,7 +46,7 @@ from trainrun.spec import (
     InvalidTrainingRun,
     OperatorConfig,
     TrainingRun,
-    load_training_run,
+    load_training_run_for_pass,
     problems_with_config,
     storage_problems,
     suspicious_values,
@@ -217,7 +217,7 @@ def plan(
     previous = previous_status(body)
     generation = (body.get("metadata") or {}).get("generation")
     try:
-        run = load_training_run(body)
+        run = load_training_run_for_pass(body)
     except InvalidTrainingRun as error:
         given = StatusInput(
             run=None, now=now, previous=previous, generation=generation, problems=[str(item) for item in error.problems]
@@ -245,6 +245,7 @@ def plan(
     replicas, uploader_pods = observe_pods(observed.pods, uploader_job_name=uploader_job_name(run))
     gone, _ = observe_pods(observed.gone_pods, uploader_job_name=None)
     supervised = Supervised()
+    status_job = job_view  # the job the status describes
     if not problems:
         supervised = supervise(
             run,
@@ -261,6 +262,13 @@ def plan(
         )
         if not supervised.hold_job:
             actions, pending = _converge_job(run, config, backend, observed, job_view, previous)
+            if job is None and not supervised.restarting:
+                # The job is created in this pass (the status is written once it is): the status says what holds
+                # then, as the pass that the job's arrival brings would, which then has nothing to write (nor has a
+                # pass before it arrives). "Creating the PyTorchJob" was true for milliseconds at the cost of a
+                # status write and its echo a run.
+                created = next((action.obj for action in actions if isinstance(action, Apply) and action.obj.get("kind") == backend.kind), None)
+                status_job = observe_job(created) if created is not None else None
         if supervised.delete_job:
             actions.append(_delete_job(run, backend))
 
@@ -313,7 +321,7 @@ def plan(
             run=run,
             now=now,
             previous=previous,
-            job=job_view,
+            job=status_job,
             replicas=[*replicas, *_gone_replicas(gone, previous)],
             uploader_pods=uploader_pods,
             events=observed.events,

@@ -7,9 +7,12 @@ runner), so a file is judged the same way everywhere. Pure.
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from trainrun.base.redact import redact
@@ -37,6 +40,33 @@ def load_training_run(document: Mapping[str, Any], *, local: bool = False) -> Tr
         return TrainingRun.model_validate(body)
     except ValidationError as error:
         raise InvalidTrainingRun([_image_hint(problem) for problem in problems_from_validation_error(error)]) from None
+
+
+# The metadata fields a TrainingRun keeps for the operator's passes (spec.model.ObjectMeta's own): the rest (its
+# resourceVersion, managedFields, ...) changes with every status write and is not read.
+_PASS_METADATA = ("name", "namespace", "uid", "generation", "labels", "annotations")
+# The runs parsed for passes that something still holds (a log follower, a tracker), by a digest of what was parsed.
+_held_runs: weakref.WeakValueDictionary[bytes, TrainingRun] = weakref.WeakValueDictionary()
+
+
+def load_training_run_for_pass(document: Mapping[str, Any]) -> TrainingRun:
+    """:func:`load_training_run` for the operator's reconcile passes, which parse their run's document at every
+    pass (8 or 9 in a run's life, most for a status write or a child's change): while the run parsed from the same
+    spec and read metadata is still held (by its log follower, its tracker), that run is given again instead of
+    a new parse (its readers do not change it), and no run is kept for this alone. Its metadata holds the read
+    fields only. A document that does not parse raises as ever."""
+    body = {key: document[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in document}
+    metadata = body.get("metadata")
+    if isinstance(metadata, Mapping):
+        body["metadata"] = {key: metadata[key] for key in _PASS_METADATA if key in metadata}
+    try:
+        digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    except TypeError:  # not JSON's values (a document built in Python): parsed every time
+        return load_training_run(body)
+    run = _held_runs.get(digest)
+    if run is None:
+        run = _held_runs[digest] = load_training_run(body)
+    return run
 
 
 def load_training_sweep(document: Mapping[str, Any], *, local: bool = False) -> TrainingSweep:
@@ -254,6 +284,7 @@ __all__ = [
     "TrainingRunSpec",
     "TrainingSweep",
     "load_training_run",
+    "load_training_run_for_pass",
     "load_training_sweep",
     "parse_operator_config",
     "problems_with_config",
