@@ -335,27 +335,6 @@ def test_plan(case: Case) -> None:
         assert decided.requeue_after == RESYNC_SECONDS
 
 
-@pytest.mark.parametrize(("ended_seconds_ago", "written"), [(2, False), (6, True)])
-def test_a_running_run_whose_replicas_all_succeeded_waits_a_moment_for_its_jobs_verdict(ended_seconds_ago: int, written: bool) -> None:
-    """Every replica succeeded and the job has not said so yet: for a few seconds after the last replica's end the
-    status holds ("training: 4 of 4 replicas running") and the pass comes back when they are up, instead of
-    writing "0 of 4 replicas running" for the moment before the final phase. Past them the status says what is;
-    the job's verdict, when it comes, is written at once."""
-    now = "2026-01-01T12:00:10Z"
-    ended = f"2026-01-01T12:00:{10 - ended_seconds_ago:02d}Z"
-    pods = [pod(f"run-{name}").succeeded(finished_at=ended) for name in ("master-0", "worker-0")]
-    running = body(previous(Phase.RUNNING, startTime=at(1), jobName="run", masterPod="run-master-0"))
-    decided = plan(running, pools(), Observed(job=job().running().started(), pods=pods), now=now)
-    assert decided.status.phase is Phase.RUNNING
-    if not written:
-        assert decided.status_patch == {} and decided.events == ()
-        assert decided.requeue_after == pytest.approx(3.0)
-    else:
-        assert decided.status_patch["replicas"] == {"Master": {"active": 0, "failed": 0, "succeeded": 1}, "Worker": {"active": 0, "failed": 0, "succeeded": 1}}
-    verdict = plan(running, pools(), Observed(job=job().succeeded().started(), pods=pods), now=now)
-    assert verdict.status.phase is Phase.COMPLETED and verdict.status_patch["phase"] == "Completed"
-
-
 @pytest.mark.parametrize("queue", [None, "team-a"])
 def test_the_pass_that_creates_the_job_writes_what_the_jobs_arrival_would_say(queue: str | None) -> None:
     """The pass that creates a run's first job writes the status that holds once it exists (waiting for its

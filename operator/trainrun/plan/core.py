@@ -88,9 +88,6 @@ EVENT_REASONS = frozenset({"FailedCreatePod", "FailedCreate", "FailedScheduling"
 RESYNC_SECONDS = 300.0
 MIN_REQUEUE_SECONDS = 1.0
 ENDED = (ReplicaState.SUCCEEDED, ReplicaState.FAILED)
-# Every replica has succeeded and the job's verdict has not come: the status holds this long after the last
-# replica's end for it (the job's controller watches the same pods and says so within moments).
-VERDICT_GRACE_SECONDS = 5.0
 # The reasons of an Uploading run whose storage steps fail (tried again with back-off), and of the Events
 # when that starts and ends.
 UPLOAD_NOT_VERIFIED, STORAGE_UNAVAILABLE = "UploadNotVerified", "StorageUnavailable"
@@ -400,12 +397,9 @@ def plan(
     ]
     created = (body.get("metadata") or {}).get("creationTimestamp")
     tracking = tracking_plan(run, config, previous, status, logs_done=logs_final, created=created)
-    verdict_due_in = _verdict_due_in(run, job_view, replicas, previous, status, moment)
-    waits.append(verdict_due_in)
     return _finish(
         previous,
         status,
-        hold_status=verdict_due_in is not None,
         actions=actions,
         storage=storage,
         logs="finish" if seal else "follow" if active and not logs_final else "stop",
@@ -415,30 +409,6 @@ def plan(
         waits=waits,
         tracking=tracking,
     )
-
-
-def _verdict_due_in(
-    run: TrainingRun,
-    job: JobView | None,
-    replicas: Sequence[PodView],
-    previous: TrainingRunStatus,
-    status: TrainingRunStatus,
-    moment: datetime,
-) -> float | None:
-    """Seconds the status of a Running run holds still for its job's verdict: every replica has succeeded and
-    the job has not ended yet, less than ``VERDICT_GRACE_SECONDS`` after the last replica's end. Written at
-    once, the status would say "0 of N replicas running" for the moment before it says Completed: a write and
-    its echo a run for nothing. None when it does not hold."""
-    if job is None or job.ended or previous.phase != Phase.RUNNING or status.phase != Phase.RUNNING:
-        return None
-    if len({pod.replica for pod in replicas}) != run.spec.replica_count or any(pod.state is not ReplicaState.SUCCEEDED for pod in replicas):
-        return None
-    ends = [timestamp(item.finished_at) for pod in replicas for item in pod.terminations if not item.init]
-    known = [end for end in ends if end is not None]
-    if not known or len(known) != len(ends):
-        return None
-    left = VERDICT_GRACE_SECONDS - (moment - max(known)).total_seconds()
-    return left if left > 0 else None
 
 
 def log_archive_uri(run: TrainingRun, config: OperatorConfig) -> str | None:
@@ -468,11 +438,9 @@ def _finish(
     run: TrainingRun | None = None,
     events: Sequence[PhaseEvent] = (),
     tracking: Track | None = None,
-    hold_status: bool = False,
 ) -> Plan:
-    """The plan, with the phase change's Event first and the requeue at the soonest of ``waits``. With
-    ``hold_status`` the status is not written nor its Events posted in this pass (a later one writes both)."""
-    change = None if hold_status else phase_event(previous, status)
+    """The plan, with the phase change's Event first and the requeue at the soonest of ``waits``."""
+    change = phase_event(previous, status)
     soonest = min((wait for wait in waits if wait is not None), default=None)
     active = status.phase is None or not status.phase.finished
     if soonest is not None:
@@ -481,9 +449,9 @@ def _finish(
         requeue = RESYNC_SECONDS if active else None
     return Plan(
         status=status,
-        status_patch={} if hold_status else status_patch(previous, status),
+        status_patch=status_patch(previous, status),
         actions=tuple(actions),
-        events=() if hold_status else tuple([*((change,) if change is not None else ()), *events]),
+        events=tuple([*((change,) if change is not None else ()), *events]),
         storage=tuple(storage),
         logs=logs,
         log_archive=log_archive,
