@@ -795,6 +795,7 @@ def main() -> None:
         queue = kueue_queue(cluster, nodes * GPUS_PER_NODE) if arguments.kueue else None
         watched = watchers(cluster, arguments.backend, arguments.kueue)
         wait_until(lambda: all(item.requests >= 2 for item in watched.values()), timeout=60, what="the bench's watches")
+        measured = code_of(arguments.old_operator)  # before any operator starts: what they load
         for repeat in range(arguments.repeats):
             prefix = f"direct{repeat}"
             documents = run_documents(prefix, runs, workers, queue, arguments.finish_after)
@@ -854,7 +855,7 @@ def main() -> None:
                 + (f", {len(tracebacks)} TRACEBACKS in its log" if tracebacks else ""),
                 flush=True,
             )
-        report(results, runs, workers, nodes, arguments.old_operator, arguments.backend, arguments.kueue)
+        report(results, runs, workers, nodes, measured, arguments.backend, arguments.kueue)
         print(f"operator logs: {work}")
     finally:
         if operator is not None:
@@ -867,18 +868,24 @@ def main() -> None:
             INOTIFY_INSTANCES.write_text(str(inotify_before))
 
 
+def code_of(old: Path | None) -> str:
+    """The operator's code as it is started: its tree, commit (and whether the tree had changes not committed),
+    and command. Read when the operator starts: a commit made while the bench runs is not the code it measured."""
+    tree = old if old is not None else REPO
+    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+    own_entry = old is None or (old / "operator" / "trainrun" / "controller" / "__main__.py").exists()
+    command = "python -m trainrun.controller" if own_entry else "kopf run --standalone --all-namespaces"
+    return f"the operator of {tree} at {commit}{' with changes not committed' if changed else ''} ({command})"
+
+
 def report(
-    results: list[tuple[Result | None, Result]], runs: int, workers: int, nodes: int, old: Path | None, backend: str, kueue: bool
+    results: list[tuple[Result | None, Result]], runs: int, workers: int, nodes: int, which: str, backend: str, kueue: bool
 ) -> None:
     def median(values: list[float]) -> float:
         return statistics.median(values)
 
     pairs = [(direct, through) for direct, through in results if direct is not None]
-    tree = old if old is not None else REPO
-    commit = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %cI"], capture_output=True, text=True).stdout.strip()
-    own_entry = old is None or (old / "operator" / "trainrun" / "controller" / "__main__.py").exists()
-    command = "python -m trainrun.controller" if own_entry else "kopf run --standalone --all-namespaces"
-    which = f"the operator of {tree} at {commit} ({command})"
     print(
         f"\n{runs} runs x (1 Master + {workers} Workers), 1 GPU per replica, {nodes} extra nodes of {GPUS_PER_NODE} GPUs; "
         f"{which}; medians of {len(results)} ({os.cpu_count()}-core machine, whole control plane on it)"

@@ -142,6 +142,11 @@ class PodStarts:
         with self.lock:
             return {replica: sum(by_uid.values()) for (name, replica), by_uid in self.starts.items() if name == run}
 
+    def by_pod(self, run: str, replica: str) -> dict[str, int]:
+        """The replica's container starts by pod uid (for a failure's message: which pod's start is missing)."""
+        with self.lock:
+            return dict(self.starts.get((run, replica), {}))
+
 
 def pieces(lines: list[str]) -> tuple[list[list[int]], int]:
     """A replica's archived log cut into container starts (the numbers of each start's lines: a start begins at
@@ -439,7 +444,10 @@ def test_fifty_runs_through_random_faults_end_right_with_nothing_lost_silently(
                 why = sorted({line.partition("could not be read (")[2].partition(")")[0] for line in archive.get(replica, []) if line.startswith(GAP_MARKER)})
                 tally.starts_lost.append(f"{run.name}/{replica} ({run.expected}): {'; '.join(why)}")
             if len(cut) + markers < count:  # a start neither archived nor declared
-                problems.append(f"{run.name}/{replica}: {count} container starts, {len(cut)} in the archive and {markers} declared")
+                problems.append(
+                    f"{run.name}/{replica}: {count} container starts, {len(cut)} in the archive and {markers} declared "
+                    f"(starts by pod uid: {starts.by_pod(run.name, replica)}; archived starts' lengths: {[len(numbers) for numbers in cut]})"
+                )
         if declared and logs.get("complete"):
             problems.append(f"{run.name}: gaps {sorted(declared)} yet logs.complete is true")
         if run.expected == "Completed":

@@ -438,6 +438,18 @@ def test_a_pod_deleted_after_its_container_started_reaches_the_follower_as_gone(
         assert follower.pods == [[]] and follower.gone == [["run-worker-0"]]
         await controller._forget(KEY)
         assert KEY not in controller.gone_starts and follower.stopped
+        # The pods of a run deleted (its job's pods go after it), or of one whose logs are read to their end (its
+        # clean-up), are not kept: nothing would ever let them go.
+        controller.run_changed(controller.runs[KEY], None)
+        controller._on_pod(None, started)
+        controller._on_pod(started, None)
+        assert KEY not in controller.gone_starts
+        final = run_body(phase="Completed")
+        final["status"]["metricsFinal"] = True
+        seen(controller, final)
+        controller._on_pod(None, started)
+        controller._on_pod(started, None)
+        assert KEY not in controller.gone_starts
 
     in_loop(scenario)
 

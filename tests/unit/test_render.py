@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from trainrun.render import (
     render_volume_claim,
 )
 from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, changes_since_applied, decode_applied_spec, pending_changes
-from trainrun.render.children import canonical_spec
+from trainrun.render.children import _spec_forms, applied_spec, canonical_spec
 from trainrun.spec import parse_operator_config
 
 
@@ -469,3 +470,21 @@ def test_a_run_references_only_objects_of_its_own_namespace() -> None:
     found = references(children)
     assert len(found) >= 6
     assert all("namespace" not in item for item in found)
+
+
+def test_a_runs_spec_forms_are_made_once_and_go_with_the_run() -> None:
+    """Every pass asks for the run's canonical spec and its encoding (has the job changes to apply?): they are
+    made once per parsed run, equal to what a fresh dump and encoding give, and forgotten with the run."""
+    run, other = training_run(image="ghcr.io/acme/trainer:1.0"), training_run(image="ghcr.io/acme/trainer:2.0")
+    assert canonical_spec(run) is canonical_spec(run)
+    assert canonical_spec(run) == run.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert applied_spec(run) == json.dumps(canonical_spec(run), sort_keys=True, separators=(",", ":"))
+    assert canonical_spec(other)["image"] == "ghcr.io/acme/trainer:2.0" != canonical_spec(run)["image"]
+    rendered = render_pytorchjob(run, pools())
+    assert rendered["metadata"]["annotations"][APPLIED_SPEC_ANNOTATION] == applied_spec(run)
+    assert changes_since_applied(rendered, canonical_spec(run), applied_spec(run)) == []
+    assert changes_since_applied(rendered, canonical_spec(other), applied_spec(other)) == ["spec.image"]
+    held = len(_spec_forms)
+    del run, other, rendered
+    gc.collect()
+    assert len(_spec_forms) == held - 2

@@ -443,12 +443,18 @@ class Controller:
             return
         if new is None and old is not None:
             uid = str(old["metadata"].get("uid"))
-            if worth_remembering(old):
+            if run_key in self.runs and worth_remembering(old):  # a deleted run's pods go after it: not kept
                 self.gone_pods.setdefault(run_key, {})[uid] = old
-            if started_container_restarts(old) is not None:
+            if started_container_restarts(old) is not None and self._logs_followed(run_key):
                 self.gone_starts.setdefault(run_key, {})[uid] = old
         at_once = pod_change_at_once(old, new, self.children.one(run_key, JOB), self.children.of(run_key, POD))
         self.queue.add(run_key, 0.0 if at_once else CHILD_COALESCE_SECONDS)
+
+    def _logs_followed(self, key: Key) -> bool:
+        """Whether the run is here and its logs are not read to their end yet (the pods a run's clean-up deletes,
+        or those of a run deleted, are nothing its follower needs)."""
+        body = self.runs.get(key)
+        return body is not None and not (body.get("status") or {}).get("metricsFinal")
 
     def _on_workload(self, old: Object | None, new: Object | None) -> None:
         """A Workload of one of our jobs (owned by a TrainJob or PyTorchJob named after its run)."""

@@ -35,6 +35,7 @@ from trainrun.plan.restarts import Supervised, supervise
 from trainrun.render.backend import Backend, backend_for
 from trainrun.render.changes import changes_since_applied
 from trainrun.render.children import (
+    applied_spec,
     canonical_spec,
     job_name,
     owns_suspend,
@@ -587,7 +588,7 @@ def _converge_job(
         claim = backend.render_claim(run)
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
         return [*creating, Apply(backend.render_job(run, config))], []
-    changes = changes_since_applied(job, canonical_spec(run))
+    changes = changes_since_applied(job, canonical_spec(run), applied_spec(run))
     if view is None or view.ended:
         return [], changes
     if queued and stopped(run):

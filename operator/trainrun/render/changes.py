@@ -54,10 +54,12 @@ def pending_changes(applied_spec: Mapping[str, Any], current_spec: Mapping[str, 
     ]
 
 
-def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any]) -> list[str]:
-    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec``: none at a glance
-    when its annotation is the current spec's own encoding (every reconcile of an unchanged run)."""
-    if job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION) == encode_applied_spec(current_spec):
+def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any], encoded: str | None = None) -> list[str]:
+    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec`` (``encoded``: its
+    :func:`encode_applied_spec`, when known): none at a glance when its annotation is the current spec's own
+    encoding (every reconcile of an unchanged run)."""
+    current = encode_applied_spec(current_spec) if encoded is None else encoded
+    if job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION) == current:
         return []
     return pending_changes(decode_applied_spec(job) or {}, current_spec)
 

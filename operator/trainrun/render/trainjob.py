@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
+from trainrun.render.changes import APPLIED_SPEC_ANNOTATION
 from trainrun.render.children import (
     CREDENTIALS_DIR_VARIABLE,
     REPLICA_COMPONENT,
     RUNTIME_DEFAULT_SECCOMP,
     STAGE_IN_CONTAINER,
-    canonical_spec,
+    applied_spec,
     child_metadata,
     common_labels,
     container_resources,
@@ -78,7 +78,7 @@ def render_trainjob(run: TrainingRun, config: OperatorConfig) -> Object:
     _, pool = config.pool_named(spec.resources.pool)
     nodes = 1 + spec.distribution.workers
     metadata = child_metadata(run, name, "training")
-    metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: encode_applied_spec(canonical_spec(run))}
+    metadata["annotations"] = {APPLIED_SPEC_ANNOTATION: applied_spec(run)}
     metadata["labels"].update(kueue_labels(run))
     trainer: Object = {
         "image": spec.image,
