@@ -54,14 +54,18 @@ def pending_changes(applied_spec: Mapping[str, Any], current_spec: Mapping[str, 
     ]
 
 
-def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any], encoded: str | None = None) -> list[str]:
-    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec`` (``encoded``: its
-    :func:`encode_applied_spec`, when known): none at a glance when its annotation is the current spec's own
-    encoding (every reconcile of an unchanged run)."""
-    current = encode_applied_spec(current_spec) if encoded is None else encoded
-    if job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION) == current:
+def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any]) -> list[str]:
+    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec``: none at a glance
+    when its annotation is the current spec's own encoding (every reconcile of an unchanged run)."""
+    if applied_annotation(job) == encode_applied_spec(current_spec):
         return []
     return pending_changes(decode_applied_spec(job) or {}, current_spec)
+
+
+def applied_annotation(job: Mapping[str, Any]) -> str | None:
+    """The job's applied-spec annotation as it is (the encoded spec it was rendered from)."""
+    value = job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION)
+    return value if isinstance(value, str) else None
 
 
 def encode_applied_spec(spec: Mapping[str, Any]) -> str:
@@ -71,7 +75,7 @@ def encode_applied_spec(spec: Mapping[str, Any]) -> str:
 
 def decode_applied_spec(job: Mapping[str, Any]) -> dict[str, Any] | None:
     """The spec a job was rendered from, or None for a job without (or with a damaged) annotation."""
-    raw = job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION)
+    raw = applied_annotation(job)
     if not raw:
         return None
     try:
