@@ -86,6 +86,10 @@ class SeaweedFS:
             "AWS_REGION": "us-east-1",
         }
 
+    def grpc_port(self, service: str) -> int:
+        """The gRPC port of one of its services: its HTTP port plus the offset weed assumes."""
+        return self.ports[service] + _GRPC_OFFSET
+
     def start(self, *, timeout_s: float = 90.0) -> None:
         for placeholder in self.held:
             placeholder.close()
@@ -110,7 +114,7 @@ class SeaweedFS:
         for service in _SERVICES:
             arguments += [
                 f"-{service}.port={self.ports[service]}",
-                f"-{service}.port.grpc={self.ports[service] + _GRPC_OFFSET}",
+                f"-{service}.port.grpc={self.grpc_port(service)}",
             ]
         if self.tls is not None:
             arguments += [
@@ -137,7 +141,7 @@ class SeaweedFS:
             self.process.kill()
             self.process.wait(timeout=20)
         self.process = None
-        self.held = ports.hold([*self.ports.values(), *(self.ports[service] + _GRPC_OFFSET for service in _SERVICES)])
+        self.held = ports.hold([*self.ports.values(), *(self.grpc_port(service) for service in _SERVICES)])
 
     def _wait_until_ready(self, timeout_s: float) -> None:
         client = boto3_client_for(self.endpoint)  # also checks that the bucket exists

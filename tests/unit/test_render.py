@@ -23,11 +23,10 @@ from trainrun.render import (
 from trainrun.render.changes import (
     APPLIED_SPEC_ANNOTATION,
     applied_annotation,
-    changes_since_applied,
     decode_applied_spec,
     pending_changes,
 )
-from trainrun.render.children import _applied_specs, applied_spec, canonical_spec
+from trainrun.render.children import _applied_specs, applied_spec, canonical_spec, changes_since_applied
 from trainrun.spec import parse_operator_config
 
 
@@ -352,11 +351,11 @@ def test_applied_spec_annotation_and_pending_changes() -> None:
     # What a reconcile asks: nothing for the job of the current spec (its annotation read at a glance), the
     # same paths as above for a changed one, and every path of a job whose annotation another version wrote
     # in another layout (decoded and compared field by field, not taken for a change).
-    assert changes_since_applied(job, canonical_spec(run)) == []
-    assert changes_since_applied(job, canonical_spec(changed)) == ["spec.distribution.workers", "spec.image"]
+    assert changes_since_applied(job, run) == []
+    assert changes_since_applied(job, changed) == ["spec.distribution.workers", "spec.image"]
     spaced = {"metadata": {"annotations": {APPLIED_SPEC_ANNOTATION: json.dumps(canonical_spec(run), indent=2)}}}
-    assert changes_since_applied(spaced, canonical_spec(run)) == []
-    assert changes_since_applied({}, canonical_spec(run)) == pending_changes({}, canonical_spec(run)) != []
+    assert changes_since_applied(spaced, run) == []
+    assert changes_since_applied({}, run) == pending_changes({}, canonical_spec(run)) != []
 
 
 # Pod Security "restricted" (https://kubernetes.io/docs/concepts/security/pod-security-standards/), as
@@ -487,7 +486,7 @@ def test_a_runs_applied_spec_is_encoded_once_and_goes_with_the_run() -> None:
     assert applied_spec(run) == json.dumps(canonical_spec(run), sort_keys=True, separators=(",", ":")) != applied_spec(other)
     rendered = render_pytorchjob(run, pools())
     assert applied_annotation(rendered) == applied_spec(run)
-    assert changes_since_applied(rendered, canonical_spec(other)) == ["spec.image"]
+    assert changes_since_applied(rendered, other) == ["spec.image"]
     held = len(_applied_specs)
     del run, other, rendered
     gc.collect()

@@ -33,10 +33,8 @@ from trainrun.plan.registration import (
 )
 from trainrun.plan.restarts import Supervised, supervise
 from trainrun.render.backend import Backend, backend_for
-from trainrun.render.changes import applied_annotation, changes_since_applied
 from trainrun.render.children import (
-    applied_spec,
-    canonical_spec,
+    changes_since_applied,
     job_name,
     owns_suspend,
     stopped,
@@ -588,8 +586,7 @@ def _converge_job(
         claim = backend.render_claim(run)
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
         return [*creating, Apply(backend.render_job(run, config))], []
-    # Unchanged at a glance (every pass of an unchanged run: the run's encoding is made once while it is held).
-    changes = [] if applied_annotation(job) == applied_spec(run) else changes_since_applied(job, canonical_spec(run))
+    changes = changes_since_applied(job, run)
     if view is None or view.ended:
         return [], changes
     if queued and stopped(run):

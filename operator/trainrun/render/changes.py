@@ -54,14 +54,6 @@ def pending_changes(applied_spec: Mapping[str, Any], current_spec: Mapping[str, 
     ]
 
 
-def changes_since_applied(job: Mapping[str, Any], current_spec: Mapping[str, Any]) -> list[str]:
-    """:func:`pending_changes` between the spec the job was rendered from and ``current_spec``: none at a glance
-    when its annotation is the current spec's own encoding (every reconcile of an unchanged run)."""
-    if applied_annotation(job) == encode_applied_spec(current_spec):
-        return []
-    return pending_changes(decode_applied_spec(job) or {}, current_spec)
-
-
 def applied_annotation(job: Mapping[str, Any]) -> str | None:
     """The job's applied-spec annotation as it is (the encoded spec it was rendered from)."""
     value = job.get("metadata", {}).get("annotations", {}).get(APPLIED_SPEC_ANNOTATION)

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
-from trainrun.render.changes import APPLIED_SPEC_ANNOTATION, encode_applied_spec
+from trainrun.render.changes import (
+    APPLIED_SPEC_ANNOTATION,
+    applied_annotation,
+    decode_applied_spec,
+    encode_applied_spec,
+    pending_changes,
+)
 from trainrun.render.replica import (
     DEFAULT_MASTER_PORT,
     INPUTS_ROOT,
@@ -79,6 +86,14 @@ def applied_spec(run: TrainingRun) -> str:
         encoded = _applied_specs[key] = encode_applied_spec(canonical_spec(run))
         weakref.finalize(run, _applied_specs.pop, key, None)
     return encoded
+
+
+def changes_since_applied(job: Mapping[str, Any], run: TrainingRun) -> list[str]:
+    """:func:`pending_changes` between the spec the job was rendered from and the run's: none at a glance when its
+    annotation is the run's :func:`applied_spec` (every reconcile of an unchanged run)."""
+    if applied_annotation(job) == applied_spec(run):
+        return []
+    return pending_changes(decode_applied_spec(job) or {}, canonical_spec(run))
 
 
 def job_name(run: TrainingRun) -> str:
