@@ -195,11 +195,9 @@ class RunLogs:
         # The run's pods deleted after a container of theirs started, as last seen (by uid): a start among them that
         # neither the archive nor this follower knows of is declared a gap. A pod that started and went between two
         # passes (deleted within seconds: a cancellation, its node's pods collected) is never among the pods as
-        # last seen; its start would be lost without a word.
+        # last seen; its start would be lost without a word. Those deleted while the archive's state could not be
+        # read yet (the store down) are declared once it can be.
         self._gone: dict[str, Mapping[str, Any]] = {}
-        # Container starts seen while the archive's state could not be read yet (key -> replica): one whose pod
-        # is gone by the time it can is declared a gap, never forgotten.
-        self._seen_before_load: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}  # the container starts being read now
         self._started: set[str] = set()  # every container start this follower began to read: never begun again
         self._closing = False
@@ -259,11 +257,6 @@ class RunLogs:
         container start of the ``gone`` pods (deleted, as last seen) that was never read."""
         self._pods = {str(pod["metadata"]["name"]): pod for pod in pods}
         self._gone.update((str(pod["metadata"].get("uid")), pod) for pod in gone)
-        if not self._loaded.is_set():
-            for pod in self._pods.values():
-                restarts = started_container_restarts(pod)
-                if restarts is not None:
-                    self._seen_before_load[container_key(str(pod["metadata"].get("uid")), restarts)] = replica_name(pod)
         if self._closing or not self._loaded.is_set() or self.sealed_files is not None:
             return
         for name, pod in self._pods.items():
@@ -281,16 +274,6 @@ class RunLogs:
             restarts = started_container_restarts(pod)
             if restarts is not None:
                 self._declare_starts_never_read(pod, uid, restarts + 1, why="its pod was deleted before any operator read it")
-
-    def _declare_unread_gone(self) -> None:
-        """Declare the container starts seen while the archive could not be read whose pods are gone since
-        (deleted, or their node's pods collected): never read, and no follower will ever read them."""
-        present = {str(pod["metadata"].get("uid")) for pod in self._pods.values()}
-        for key, replica in self._seen_before_load.items():
-            if key.rpartition("/")[0] not in present and key not in self.containers:
-                container = self.containers[key] = ContainerLog(replica)
-                self._declare_gap(container, "its pod was deleted while the log archive could not be read")
-        self._seen_before_load.clear()
 
     def _declare_starts_never_read(
         self, pod: Mapping[str, Any], uid: str, starts: int, why: str = "it restarted before any operator read it"
@@ -464,17 +447,7 @@ class RunLogs:
         times = LogTimes()
         breaks = 0
         while True:  # read at least once, also when the follower is finishing: its last lines are wanted
-            now_named = self._pods.get(pod_name)
-            if now_named is not None and not is_same_pod(now_named, uid):
-                # Another pod took its name (a replica created again): this one is gone with its log, and a stream
-                # opened by the name would read the new pod's lines as this start's.
-                self._declare_gap(container, StreamEnd.POD_DELETED.value)
-                return
-            if not previous and restarted_since(now_named, uid, restarts):
-                # Restarted while the stream was away (its node was, say): a stream opened as before would read the
-                # new start's lines as this one's. The rest of this start is in the kubelet's previous log, but
-                # read beside the new start's reader its lines would interleave with that start's in the archive.
-                self._declare_gap(container, "the container restarted before the operator read it to its end")
+            if self._unreadable_by_name(container, pod_name, uid, restarts, previous=previous):
                 return
             since = position.since_seconds(datetime.now(UTC))
             position.reopen()
@@ -522,6 +495,26 @@ class RunLogs:
             breaks += 1
             logger.info("log stream of %s broke off (%s); reading on", pod_name, why)
             await asyncio.sleep(min(RESUME_MAX_DELAY_SECONDS, 0.5 * 2**breaks))
+
+    def _unreadable_by_name(
+        self, container: ContainerLog, pod_name: str, uid: str, restarts: int, *, previous: bool
+    ) -> bool:
+        """Whether the pod now under the start's name says a stream opened by that name would not read this start
+        (declared a gap then). Asked apart from the reader: a local of its frame would keep the pod as it was for
+        as long as the stream lasts, a stale copy of every followed pod beside the cache's (4 a run)."""
+        now_named = self._pods.get(pod_name)
+        if now_named is not None and not is_same_pod(now_named, uid):
+            # Another pod took its name (a replica created again): this one is gone with its log, and a stream
+            # opened by the name would read the new pod's lines as this start's.
+            self._declare_gap(container, StreamEnd.POD_DELETED.value)
+            return True
+        if not previous and restarted_since(now_named, uid, restarts):
+            # Restarted while the stream was away (its node was, say): a stream opened as before would read the
+            # new start's lines as this one's. The rest of this start is in the kubelet's previous log, but
+            # read beside the new start's reader its lines would interleave with that start's in the archive.
+            self._declare_gap(container, "the container restarted before the operator read it to its end")
+            return True
+        return False
 
     def _take(self, container: ContainerLog, texts: list[str], stamped: list[str], last: LogTime | None) -> None:
         """Queue a container's new lines for the archive and parse them for metrics, progress and failures.
@@ -607,8 +600,6 @@ class RunLogs:
         if loaded.sealed:
             self.sealed_files = loaded.files
         self._loaded.set()
-        if self.sealed_files is None:
-            self._declare_unread_gone()
         self.update(self._pods.values())  # with the gone pods it was handed
         if self.sealed_files is not None:
             return

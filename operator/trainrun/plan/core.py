@@ -260,14 +260,9 @@ def plan(
             job_kind=backend.kind,
         )
         if not supervised.hold_job:
-            actions, pending = _converge_job(run, config, backend, observed, job_view, previous)
-            if job is None and not supervised.restarting:
-                # The job is created in this pass (the status is written once it is): the status says what holds
-                # then, as the pass that the job's arrival brings would, which then has nothing to write (nor has a
-                # pass before it arrives). "Creating the PyTorchJob" was true for milliseconds at the cost of a
-                # status write and its echo a run.
-                created = next((action.obj for action in actions if isinstance(action, Apply) and action.obj.get("kind") == backend.kind), None)
-                status_job = observe_job(created) if created is not None else None
+            actions, pending, converged = _converge_job(run, config, backend, observed, job_view, previous)
+            if not supervised.restarting:
+                status_job = converged  # a job created in this pass is described as it will be once it exists
         if supervised.delete_job:
             actions.append(_delete_job(run, backend))
 
@@ -572,32 +567,36 @@ def _converge_job(
     observed: Observed,
     view: JobView | None,
     previous: TrainingRunStatus,
-) -> tuple[list[Action], list[str]]:
+) -> tuple[list[Action], list[str], JobView | None]:
     """Create the job once, apply spec changes when it can take them, and report the ones it cannot. A
-    queued run is stopped (suspended, cancelled) by deleting its job: its suspend is Kueue's."""
+    queued run is stopped (suspended, cancelled) by deleting its job: its suspend is Kueue's. Also the job the
+    status describes: the one observed, or the one created in this pass as it will be once it exists (the status
+    is written after it is created, so the pass its arrival brings has nothing to write: "creating the
+    PyTorchJob" was true for milliseconds at the cost of a status write and its echo a run)."""
     job = observed.job
     queued = not owns_suspend(run)
     if job is None:
         if previous.phase is not None and (previous.phase.finished or previous.phase == Phase.UPLOADING):
             # Training ended and the job was cleaned up (ttlSecondsAfterFinished): never train again.
-            return [], []
+            return [], [], None
         if queued and stopped(run):
-            return [], []  # resumed (suspend false), it is created again and waits for Kueue anew
+            return [], [], None  # resumed (suspend false), it is created again and waits for Kueue anew
         claim = backend.render_claim(run)
         creating: list[Action] = [Apply(claim)] if claim is not None and not observed.claim_present else []
-        return [*creating, Apply(backend.render_job(run, config))], []
+        created = backend.render_job(run, config)
+        return [*creating, Apply(created)], [], observe_job(created)
     changes = changes_since_applied(job, run)
     if view is None or view.ended:
-        return [], changes
+        return [], changes, view
     if queued and stopped(run):
-        return [_delete_job(run, backend)], []
+        return [_delete_job(run, backend)], [], view
     pods_gone = view.has("Suspended") or view.start_time is None
     if changes and pods_gone:
-        return [Apply(backend.render_job(run, config))], []
+        return [Apply(backend.render_job(run, config))], [], view
     patch = backend.live_patch(run, job)
     if patch is None:
-        return [], changes
-    return [MergePatch(backend.api_version, backend.kind, run.metadata.namespace, job_name(run), patch)], changes
+        return [], changes, view
+    return [MergePatch(backend.api_version, backend.kind, run.metadata.namespace, job_name(run), patch)], changes, view
 
 
 def _converge_upload(
